@@ -1,0 +1,45 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* Disk image backing chains, read from the images' own headers. */
+#pragma once
+
+#include <glib.h>
+#include <stdint.h>
+
+/* One image of a chain. */
+struct snapfs_layer {
+    char *file;          /* absolute path */
+    char *format;        /* "qcow2", "raw", "vmdk", ... ("unknown" if not detectable) */
+    uint64_t virtual_size;
+    char *backing;       /* the backing file name as the image records it, NULL at the base */
+    char *backing_format;/* as the image records it, NULL if it does not */
+};
+
+void snapfs_layer_free(struct snapfs_layer *layer);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(snapfs_layer, snapfs_layer_free)
+
+/*
+ * Read one image's header. @format may be NULL to detect it from the magic
+ * (an image with no known magic is "raw").  Returns NULL and records the
+ * reason (snapfs_error_*) if the file cannot be read.
+ */
+struct snapfs_layer *snapfs_chain_read_layer(const char *file, const char *format);
+
+/*
+ * The whole chain of @top, base first: element 0 is the base, the last is
+ * @top.  A relative backing name is resolved against the directory of the
+ * image that names it.  A backing name snapfs cannot open locally (a
+ * protocol such as nbd: or json:) ends the chain there.  Loops are refused.
+ * Returns a GPtrArray of struct snapfs_layer *, or NULL with the reason.
+ */
+GPtrArray *snapfs_chain_read(const char *top, const char *format);
+
+/* Absolute path of @backing as named by the image @file. */
+char *snapfs_chain_resolve(const char *file, const char *backing);
+
+/*
+ * The <source> and nested <backingStore> elements that spell out @chain
+ * (base first, as from snapfs_chain_read) below a <disk> element, for domain
+ * XML that libvirt 9.0 needs to delete external snapshots of a shut-off
+ * domain.  The result starts with the <backingStore> of the layer below the top.
+ */
+char *snapfs_chain_backing_xml(GPtrArray *chain);

@@ -1,0 +1,35 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* The snapshot engine: create and delete snapshots, serialized per domain. */
+#pragma once
+
+#include <libvirt/libvirt.h>
+#include <stdbool.h>
+
+enum engine_quiesce { ENGINE_QUIESCE_AUTO, ENGINE_QUIESCE_ON, ENGINE_QUIESCE_OFF };
+
+struct engine_options {
+    enum engine_quiesce quiesce;
+};
+
+/*
+ * Operations on one domain run one at a time: callers take the domain's
+ * lock, waiting for it.  @key identifies the domain across connections
+ * (e.g. "URI\nNAME").  Never fails.
+ */
+struct engine_lock;
+struct engine_lock *engine_lock_domain(const char *key);
+void engine_unlock_domain(struct engine_lock *lock);
+
+/* 0 if @name can name a snapshot, else -1 with EINVAL or EEXIST (reserved) recorded. */
+int engine_check_name(const char *name);
+
+/* mkdir: external, disk-only, atomic snapshot @name of every disk of @domain. */
+int engine_snapshot_create(virConnectPtr conn, const char *domain, const char *name,
+                           const struct engine_options *options);
+
+/* rmdir: delete snapshot @name, merging its data so that everything else reads as before. */
+int engine_snapshot_delete(virConnectPtr conn, const char *domain, const char *name);
+
+/* setfattr user.snapfs.description */
+int engine_snapshot_set_description(virConnectPtr conn, const char *domain, const char *name,
+                                    const char *description);

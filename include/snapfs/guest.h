@@ -1,0 +1,66 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* The guest reader: a snapshot's or a layer's guest files, read through pooled libguestfs appliances. */
+#pragma once
+
+#include <glib.h>
+#include <stdbool.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+/* One disk of a view, always opened read-only. */
+struct guest_drive {
+    const char *file;              /* image path (the top of the chain to read) */
+    const char *format;            /* "qcow2", "raw", ...; never probed */
+    const char *internal_snapshot; /* qcow2 internal snapshot to read, or NULL */
+    const char *target;            /* disk target in the domain ("vda"), for names and messages */
+};
+
+/* What one snapshot or layer directory shows. */
+struct guest_view_spec {
+    const char *group;   /* views of one group (a domain) share appliances where possible */
+    const char *id;      /* unique and stable id of this view, e.g. "host/web01/snap/before" */
+    bool live;           /* content changes under us (a running domain's top layer): cache briefly */
+    size_t n_drives;
+    const struct guest_drive *drives;
+};
+
+struct guest_pool_config {
+    unsigned max_appliances;   /* -o max_appliances */
+    unsigned idle_seconds;     /* -o appliance_idle */
+    unsigned live_ttl_ms;      /* how long a live view's answers may be reused */
+};
+
+struct guest_pool;
+struct guest_view;
+
+struct guest_pool *guest_pool_new(const struct guest_pool_config *config);
+void guest_pool_free(struct guest_pool *pool);
+
+/*
+ * The view for @spec, created on first use (no appliance is started here).
+ * The same id returns the same view.  The caller owns one reference.
+ */
+struct guest_view *guest_pool_view(struct guest_pool *pool, const struct guest_view_spec *spec);
+void guest_view_unref(struct guest_view *view);
+
+/*
+ * Paths are absolute within the view ("/" is its root).  Each returns -1
+ * after snapfs_error_set() on failure (ENOENT, EIO, ...).
+ */
+int guest_view_getattr(struct guest_view *view, const char *path, struct stat *st);
+
+/* Calls @fn for every entry of directory @path (not "." or ".."); stops early if @fn returns non-zero. */
+typedef int (*guest_dirent_fn)(void *opaque, const char *name, const struct stat *st);
+int guest_view_readdir(struct guest_view *view, const char *path, guest_dirent_fn fn, void *opaque);
+
+int guest_view_readlink(struct guest_view *view, const char *path, char **target);
+ssize_t guest_view_read(struct guest_view *view, const char *path, char *buf, size_t size, off_t offset);
+/* Like getxattr(2)/listxattr(2): size 0 asks for the length. */
+ssize_t guest_view_getxattr(struct guest_view *view, const char *path, const char *name, char *buf, size_t size);
+ssize_t guest_view_listxattr(struct guest_view *view, const char *path, char *buf, size_t size);
+
+/* Why the view's root shows nothing (no filesystem found, image unreadable), or NULL. Caller frees. */
+char *guest_view_error(struct guest_view *view);
+
+/* A chain changed: drop every view and appliance that reads @file (content caches of unchanged files may stay). */
+void guest_pool_forget_file(struct guest_pool *pool, const char *file);
