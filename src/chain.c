@@ -135,7 +135,7 @@ static uint64_t chain_other_size(int fd, const char *format, const unsigned char
 
 struct snapfs_layer *snapfs_chain_read_layer(const char *file, const char *format)
 {
-    g_autoptr(snapfs_layer) layer = g_new0(struct snapfs_layer, 1);
+    struct snapfs_layer *layer = g_new0(struct snapfs_layer, 1);
     unsigned char head[512] = { 0 };
     ssize_t len;
     int fd;
@@ -145,30 +145,32 @@ struct snapfs_layer *snapfs_chain_read_layer(const char *file, const char *forma
     if (fd < 0) {
         snapfs_error_set(errno == ENOENT ? ENOENT : EIO, "cannot open image '%s': %s",
                          file, g_strerror(errno));
-        return NULL;
+        goto error;
     }
     len = pread(fd, head, sizeof(head), 0);
     if (len < 0) {
         snapfs_error_set(EIO, "cannot read image '%s': %s", file, g_strerror(errno));
-        close(fd);
-        return NULL;
+        goto error;
     }
     layer->format = g_strdup(format ? format : chain_probe_format(head, len));
     if (strcmp(layer->format, "qcow2") == 0) {
         if (len < 104 || be32(head) != QCOW2_MAGIC) {
             snapfs_error_set(EIO, "image '%s' is not a qcow2 image", file);
-            close(fd);
-            return NULL;
+            goto error;
         }
-        if (chain_read_qcow2(fd, head, layer) < 0) {
-            close(fd);
-            return NULL;
-        }
+        if (chain_read_qcow2(fd, head, layer) < 0)
+            goto error;
     } else {
         layer->virtual_size = chain_other_size(fd, layer->format, head, len);
     }
     close(fd);
-    return g_steal_pointer(&layer);
+    return layer;
+
+error:
+    if (fd >= 0)
+        close(fd);
+    snapfs_layer_free(layer);
+    return NULL;
 }
 
 char *snapfs_chain_resolve(const char *file, const char *backing)

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <glib.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 /* One image of a chain. */
@@ -15,7 +16,6 @@ struct snapfs_layer {
 };
 
 void snapfs_layer_free(struct snapfs_layer *layer);
-G_DEFINE_AUTOPTR_CLEANUP_FUNC(snapfs_layer, snapfs_layer_free)
 
 /*
  * Read one image's header. @format may be NULL to detect it from the magic
