@@ -1,3 +1,665 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* placeholder while being written */
+/* Connections to libvirt, kept alive and reconnected, and short-lived caches of what they say about domains. */
+#include "snapfs/virt.h"
 #include "snapfs/error.h"
+#include "snapfs/log.h"
+
+#include <errno.h>
+#include <libvirt/virterror.h>
+#include <libxml/parser.h>
+#include <libxml/uri.h>
+#include <libxml/xpath.h>
+#include <string.h>
+
+/*
+ * How long an answer from libvirt is reused.  libvirt 9.0 sends no event
+ * when a snapshot is made or deleted, so this bounds how stale the tree is.
+ */
+#define VIRT_CACHE_USEC (400 * 1000)
+#define VIRT_RECONNECT_USEC (1000 * 1000)
+
+struct snapfs_host {
+    char *uri;
+    char *name;
+    GMutex lock;
+    GCond wake;
+    virConnectPtr conn;     /* NULL while disconnected */
+    virConnectPtr dead;     /* a closed connection the reconnector still has to release */
+    char *down_reason;      /* why conn is NULL */
+    GThread *reconnector;
+    bool closing;
+    GPtrArray *domain_names;
+    gint64 domain_names_fetched;
+    GHashTable *domains;    /* name -> struct snapfs_domain * */
+    int lifecycle_callback;
+};
+
+/* ---- libvirt's event loop ---------------------------------------------- */
+
+static GThread *event_thread;
+static gint event_quit;
+static int event_wake_timer = -1;
+
+static gpointer virt_event_loop(gpointer data)
+{
+    while (!g_atomic_int_get(&event_quit)) {
+        if (virEventRunDefaultImpl() < 0)
+            snapfs_warn("libvirt's event loop failed: %s", virGetLastErrorMessage());
+    }
+    return NULL;
+}
+
+static void virt_event_nop(int timer, void *opaque)
+{
+}
+
+int snapfs_virt_start_events(void)
+{
+    if (event_thread)
+        return 0;
+    if (virInitialize() < 0 || virEventRegisterDefaultImpl() < 0) {
+        snapfs_error_from_virt("cannot start libvirt's event loop");
+        return -1;
+    }
+    /* A disabled timer that stop() arms to wake the loop up. */
+    event_wake_timer = virEventAddTimeout(-1, virt_event_nop, NULL, NULL);
+    event_thread = g_thread_new("snapfs-events", virt_event_loop, NULL);
+    return 0;
+}
+
+void snapfs_virt_stop_events(void)
+{
+    if (!event_thread)
+        return;
+    g_atomic_int_set(&event_quit, 1);
+    virEventUpdateTimeout(event_wake_timer, 0);
+    g_thread_join(event_thread);
+    event_thread = NULL;
+    virEventRemoveTimeout(event_wake_timer);
+}
+
+/* ---- XML helpers ---------------------------------------------------------- */
+
+static char *xml_string(xmlXPathContextPtr ctxt, const char *expr)
+{
+    xmlXPathObjectPtr obj = xmlXPathEval((const xmlChar *)expr, ctxt);
+    char *value = NULL;
+
+    if (obj && obj->type == XPATH_STRING && obj->stringval && obj->stringval[0])
+        value = g_strdup((const char *)obj->stringval);
+    xmlXPathFreeObject(obj);
+    return value;
+}
+
+/* Evaluates @expr relative to @node. */
+static char *xml_node_string(xmlXPathContextPtr ctxt, xmlNodePtr node, const char *expr)
+{
+    xmlNodePtr saved = ctxt->node;
+    char *value;
+
+    ctxt->node = node;
+    value = xml_string(ctxt, expr);
+    ctxt->node = saved;
+    return value;
+}
+
+static xmlDocPtr xml_parse(const char *xml, xmlXPathContextPtr *ctxt)
+{
+    xmlDocPtr doc = xmlReadMemory(xml, strlen(xml), "libvirt.xml", NULL,
+                                  XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
+
+    if (!doc)
+        return NULL;
+    *ctxt = xmlXPathNewContext(doc);
+    return doc;
+}
+
+/* ---- domains and snapshots -------------------------------------------------- */
+
+static void disk_free(gpointer data)
+{
+    struct snapfs_disk *disk = data;
+
+    g_free(disk->target);
+    g_free(disk->file);
+    g_free(disk->format);
+    g_free(disk);
+}
+
+static void snapshot_disk_free(gpointer data)
+{
+    struct snapfs_snapshot_disk *disk = data;
+
+    g_free(disk->target);
+    g_free(disk->kind);
+    g_free(disk->file);
+    g_free(disk);
+}
+
+static void snapshot_free(gpointer data)
+{
+    struct snapfs_snapshot *snap = data;
+
+    g_free(snap->name);
+    g_free(snap->parent);
+    g_free(snap->description);
+    g_free(snap->state);
+    g_ptr_array_unref(snap->disks);
+    g_free(snap);
+}
+
+struct snapfs_domain *snapfs_domain_ref(struct snapfs_domain *domain)
+{
+    g_atomic_int_inc(&domain->refs);
+    return domain;
+}
+
+void snapfs_domain_unref(struct snapfs_domain *domain)
+{
+    if (!domain || !g_atomic_int_dec_and_test(&domain->refs))
+        return;
+    g_free(domain->name);
+    g_free(domain->uuid);
+    g_ptr_array_unref(domain->disks);
+    g_ptr_array_unref(domain->snapshots);
+    g_free(domain);
+}
+
+static void domain_parse_disks(struct snapfs_domain *domain, const char *xml)
+{
+    xmlXPathContextPtr ctxt = NULL;
+    xmlDocPtr doc = xml_parse(xml, &ctxt);
+    xmlXPathObjectPtr disks;
+
+    if (!doc)
+        return;
+    disks = xmlXPathEval((const xmlChar *)"/domain/devices/disk[@device='disk' or not(@device)]", ctxt);
+    for (int i = 0; disks && disks->nodesetval && i < disks->nodesetval->nodeNr; i++) {
+        xmlNodePtr node = disks->nodesetval->nodeTab[i];
+        struct snapfs_disk *disk = g_new0(struct snapfs_disk, 1);
+
+        disk->target = xml_node_string(ctxt, node, "string(target/@dev)");
+        disk->file = xml_node_string(ctxt, node, "string(source/@file)");
+        if (!disk->file)
+            disk->file = xml_node_string(ctxt, node, "string(source/@dev)");
+        disk->format = xml_node_string(ctxt, node, "string(driver/@type)");
+        if (!disk->target) {
+            disk_free(disk);
+            continue;
+        }
+        g_ptr_array_add(domain->disks, disk);
+    }
+    xmlXPathFreeObject(disks);
+    xmlXPathFreeContext(ctxt);
+    xmlFreeDoc(doc);
+}
+
+static struct snapfs_snapshot *snapshot_parse(const char *xml)
+{
+    xmlXPathContextPtr ctxt = NULL;
+    xmlDocPtr doc = xml_parse(xml, &ctxt);
+    xmlXPathObjectPtr disks;
+    struct snapfs_snapshot *snap;
+    g_autofree char *created = NULL;
+    g_autofree char *memory = NULL;
+
+    if (!doc)
+        return NULL;
+    snap = g_new0(struct snapfs_snapshot, 1);
+    snap->disks = g_ptr_array_new_with_free_func(snapshot_disk_free);
+    snap->name = xml_string(ctxt, "string(/domainsnapshot/name)");
+    snap->parent = xml_string(ctxt, "string(/domainsnapshot/parent/name)");
+    snap->description = xml_string(ctxt, "string(/domainsnapshot/description)");
+    if (!snap->description)
+        snap->description = g_strdup("");
+    snap->state = xml_string(ctxt, "string(/domainsnapshot/state)");
+    created = xml_string(ctxt, "string(/domainsnapshot/creationTime)");
+    snap->created = created ? g_ascii_strtoll(created, NULL, 10) : 0;
+    memory = xml_string(ctxt, "string(/domainsnapshot/memory/@snapshot)");
+    snap->external = memory && strcmp(memory, "external") == 0;
+    disks = xmlXPathEval((const xmlChar *)"/domainsnapshot/disks/disk", ctxt);
+    for (int i = 0; disks && disks->nodesetval && i < disks->nodesetval->nodeNr; i++) {
+        xmlNodePtr node = disks->nodesetval->nodeTab[i];
+        struct snapfs_snapshot_disk *disk = g_new0(struct snapfs_snapshot_disk, 1);
+
+        disk->target = xml_node_string(ctxt, node, "string(@name)");
+        disk->kind = xml_node_string(ctxt, node, "string(@snapshot)");
+        disk->file = xml_node_string(ctxt, node, "string(source/@file)");
+        if (!disk->kind)
+            disk->kind = g_strdup("internal");
+        if (strcmp(disk->kind, "external") == 0)
+            snap->external = true;
+        if (!disk->target) {
+            snapshot_disk_free(disk);
+            continue;
+        }
+        g_ptr_array_add(snap->disks, disk);
+    }
+    xmlXPathFreeObject(disks);
+    xmlXPathFreeContext(ctxt);
+    xmlFreeDoc(doc);
+    if (!snap->name || !snap->state)
+        g_clear_pointer(&snap, snapshot_free);
+    return snap;
+}
+
+static gint snapshot_compare(gconstpointer a, gconstpointer b)
+{
+    const struct snapfs_snapshot *x = *(struct snapfs_snapshot *const *)a;
+    const struct snapfs_snapshot *y = *(struct snapfs_snapshot *const *)b;
+
+    if (x->created != y->created)
+        return x->created < y->created ? -1 : 1;
+    return strcmp(x->name, y->name);
+}
+
+/* One round of questions to libvirt about one domain.  NULL with the reason recorded. */
+static struct snapfs_domain *domain_fetch(virConnectPtr conn, const char *name)
+{
+    virDomainPtr dom = virDomainLookupByName(conn, name);
+    virDomainSnapshotPtr *snaps = NULL;
+    struct snapfs_domain *domain = NULL;
+    g_autofree char *xml = NULL;
+    char uuid[VIR_UUID_STRING_BUFLEN];
+    int state = 0, n;
+
+    if (!dom) {
+        snapfs_error_from_virt("cannot look up domain '%s'", name);
+        return NULL;
+    }
+    domain = g_new0(struct snapfs_domain, 1);
+    domain->refs = 1;
+    domain->name = g_strdup(virDomainGetName(dom));
+    domain->disks = g_ptr_array_new_with_free_func(disk_free);
+    domain->snapshots = g_ptr_array_new_with_free_func(snapshot_free);
+    if (virDomainGetUUIDString(dom, uuid) == 0)
+        domain->uuid = g_strdup(uuid);
+    if (virDomainGetState(dom, &state, NULL, 0) < 0 || !(xml = virDomainGetXMLDesc(dom, 0)))
+        goto error;
+    domain->running = state == VIR_DOMAIN_RUNNING || state == VIR_DOMAIN_PAUSED ||
+                      state == VIR_DOMAIN_BLOCKED || state == VIR_DOMAIN_PMSUSPENDED;
+    domain_parse_disks(domain, xml);
+
+    n = virDomainListAllSnapshots(dom, &snaps, 0);
+    if (n < 0)
+        goto error;
+    for (int i = 0; i < n; i++) {
+        g_autofree char *snap_xml = virDomainSnapshotGetXMLDesc(snaps[i], 0);
+        struct snapfs_snapshot *snap = snap_xml ? snapshot_parse(snap_xml) : NULL;
+
+        /* A snapshot deleted between the listing and this question is simply gone. */
+        if (snap) {
+            snap->current = virDomainSnapshotIsCurrent(snaps[i], 0) == 1;
+            g_ptr_array_add(domain->snapshots, snap);
+        }
+    }
+    for (int i = 0; i < n; i++)
+        virDomainSnapshotFree(snaps[i]);
+    g_free(snaps);
+    g_ptr_array_sort(domain->snapshots, snapshot_compare);
+    domain->fetched = g_get_monotonic_time();
+    virDomainFree(dom);
+    return domain;
+
+error:
+    snapfs_error_from_virt("cannot read domain '%s'", name);
+    snapfs_domain_unref(domain);
+    virDomainFree(dom);
+    return NULL;
+}
+
+struct snapfs_snapshot *snapfs_domain_find_snapshot(struct snapfs_domain *domain, const char *name)
+{
+    for (guint i = 0; i < domain->snapshots->len; i++) {
+        struct snapfs_snapshot *snap = g_ptr_array_index(domain->snapshots, i);
+
+        if (strcmp(snap->name, name) == 0)
+            return snap;
+    }
+    return NULL;
+}
+
+struct snapfs_snapshot *snapfs_domain_current(struct snapfs_domain *domain)
+{
+    for (guint i = 0; i < domain->snapshots->len; i++) {
+        struct snapfs_snapshot *snap = g_ptr_array_index(domain->snapshots, i);
+
+        if (snap->current)
+            return snap;
+    }
+    return NULL;
+}
+
+struct snapfs_disk *snapfs_domain_find_disk(struct snapfs_domain *domain, const char *target)
+{
+    for (guint i = 0; i < domain->disks->len; i++) {
+        struct snapfs_disk *disk = g_ptr_array_index(domain->disks, i);
+
+        if (strcmp(disk->target, target) == 0)
+            return disk;
+    }
+    return NULL;
+}
+
+/* ---- hosts ------------------------------------------------------------------- */
+
+static void host_lifecycle_event(virConnectPtr conn, virDomainPtr dom, int event, int detail, void *opaque)
+{
+    struct snapfs_host *host = opaque;
+
+    snapfs_debug("%s: domain '%s': lifecycle event %d", host->name, virDomainGetName(dom), event);
+    snapfs_host_invalidate(host, virDomainGetName(dom));
+}
+
+static void host_closed(virConnectPtr conn, int reason, void *opaque)
+{
+    struct snapfs_host *host = opaque;
+    static const char *const reasons[] = { "an error", "end of file", "keepalive timeout", "a client request" };
+
+    g_mutex_lock(&host->lock);
+    if (host->conn == conn) {
+        snapfs_warn("%s: the connection to %s was closed by %s; reconnecting", host->name, host->uri,
+                    reason >= 0 && reason < (int)G_N_ELEMENTS(reasons) ? reasons[reason] : "libvirt");
+        g_free(host->down_reason);
+        host->down_reason = g_strdup_printf("the connection to '%s' was lost; reconnecting", host->uri);
+        /* A close callback may not unregister itself: the reconnector releases it. */
+        host->dead = conn;
+        host->conn = NULL;
+        g_cond_broadcast(&host->wake);
+    }
+    g_mutex_unlock(&host->lock);
+}
+
+static void host_close_conn(struct snapfs_host *host, virConnectPtr conn)
+{
+    if (host->lifecycle_callback >= 0)
+        virConnectDomainEventDeregisterAny(conn, host->lifecycle_callback);
+    host->lifecycle_callback = -1;
+    virConnectUnregisterCloseCallback(conn, host_closed);
+    virConnectClose(conn);
+}
+
+/* Opens a connection and hooks it up; NULL with the reason recorded. */
+static virConnectPtr host_connect(struct snapfs_host *host)
+{
+    virConnectPtr conn = virConnectOpen(host->uri);
+
+    if (!conn) {
+        snapfs_error_from_virt("cannot connect to '%s'", host->uri ? host->uri : "the default URI");
+        return NULL;
+    }
+    /* Keepalive notices a dead peer; drivers without it (embed, test) refuse, which is fine. */
+    if (virConnectSetKeepAlive(conn, 5, 3) < 0)
+        virResetLastError();
+    virConnectRegisterCloseCallback(conn, host_closed, host, NULL);
+    host->lifecycle_callback = virConnectDomainEventRegisterAny(conn, NULL, VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                                                VIR_DOMAIN_EVENT_CALLBACK(host_lifecycle_event),
+                                                                host, NULL);
+    if (host->lifecycle_callback < 0)
+        virResetLastError();
+    return conn;
+}
+
+/* Retries a lost connection once a second, so that callers never wait for it. */
+static gpointer host_reconnect_loop(gpointer data)
+{
+    struct snapfs_host *host = data;
+
+    g_mutex_lock(&host->lock);
+    while (!host->closing) {
+        virConnectPtr conn = g_steal_pointer(&host->dead);
+
+        if (conn) {
+            g_mutex_unlock(&host->lock);
+            host_close_conn(host, conn);
+            g_mutex_lock(&host->lock);
+            continue;
+        }
+        if (host->conn) {
+            g_cond_wait(&host->wake, &host->lock);
+            continue;
+        }
+        g_mutex_unlock(&host->lock);
+        conn = host_connect(host);
+        g_mutex_lock(&host->lock);
+        if (conn && !host->closing) {
+            snapfs_info("%s: reconnected to %s", host->name, host->uri);
+            host->conn = conn;
+            g_clear_pointer(&host->down_reason, g_free);
+            g_hash_table_remove_all(host->domains);
+            continue;
+        }
+        if (conn) {
+            g_mutex_unlock(&host->lock);
+            host_close_conn(host, conn);
+            g_mutex_lock(&host->lock);
+            break;
+        }
+        g_free(host->down_reason);
+        host->down_reason = g_strdup(snapfs_error_message());
+        g_cond_wait_until(&host->wake, &host->lock, g_get_monotonic_time() + VIRT_RECONNECT_USEC);
+    }
+    g_mutex_unlock(&host->lock);
+    return NULL;
+}
+
+struct snapfs_host *snapfs_host_open(const char *uri)
+{
+    struct snapfs_host *host = g_new0(struct snapfs_host, 1);
+    virConnectPtr conn;
+    char *actual;
+
+    host->uri = g_strdup(uri);
+    host->lifecycle_callback = -1;
+    g_mutex_init(&host->lock);
+    g_cond_init(&host->wake);
+    host->domains = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
+                                          (GDestroyNotify)snapfs_domain_unref);
+    conn = host_connect(host);
+    if (!conn) {
+        snapfs_host_close(host);
+        return NULL;
+    }
+    /* Reconnect to what libvirt chose, not to whatever the default is later. */
+    actual = virConnectGetURI(conn);
+    if (actual) {
+        g_free(host->uri);
+        host->uri = actual;
+    }
+    host->conn = conn;
+    host->reconnector = g_thread_new("snapfs-reconnect", host_reconnect_loop, host);
+    return host;
+}
+
+void snapfs_host_close(struct snapfs_host *host)
+{
+    virConnectPtr conn;
+
+    if (!host)
+        return;
+    g_mutex_lock(&host->lock);
+    host->closing = true;
+    conn = g_steal_pointer(&host->conn);
+    g_cond_broadcast(&host->wake);
+    g_mutex_unlock(&host->lock);
+    if (host->reconnector)
+        g_thread_join(host->reconnector);
+    if (host->dead)
+        host_close_conn(host, host->dead);
+    if (conn)
+        host_close_conn(host, conn);
+    g_hash_table_unref(host->domains);
+    if (host->domain_names)
+        g_ptr_array_unref(host->domain_names);
+    g_mutex_clear(&host->lock);
+    g_cond_clear(&host->wake);
+    g_free(host->down_reason);
+    g_free(host->uri);
+    g_free(host->name);
+    g_free(host);
+}
+
+void snapfs_hosts_name(struct snapfs_host **hosts, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        xmlURIPtr uri = xmlParseURI(hosts[i]->uri);
+        const char *server = uri && uri->server && uri->server[0] ? uri->server : "localhost";
+        g_autofree char *base = g_strdup(server);
+        int clash = 1;
+
+        for (size_t j = 0; j < i; j++) {
+            if (g_str_has_prefix(hosts[j]->name, base) &&
+                (hosts[j]->name[strlen(base)] == '\0' || hosts[j]->name[strlen(base)] == '-'))
+                clash++;
+        }
+        g_free(hosts[i]->name);
+        hosts[i]->name = clash > 1 ? g_strdup_printf("%s-%d", base, clash) : g_strdup(base);
+        xmlFreeURI(uri);
+    }
+}
+
+const char *snapfs_host_name(struct snapfs_host *host)
+{
+    return host->name ? host->name : "localhost";
+}
+
+const char *snapfs_host_uri(struct snapfs_host *host)
+{
+    return host->uri;
+}
+
+virConnectPtr snapfs_host_conn(struct snapfs_host *host)
+{
+    virConnectPtr conn = NULL;
+
+    g_mutex_lock(&host->lock);
+    if (host->conn) {
+        conn = host->conn;
+        virConnectRef(conn);
+    } else {
+        snapfs_error_set(EIO, "%s", host->down_reason ? host->down_reason : "not connected to libvirt");
+    }
+    g_mutex_unlock(&host->lock);
+    return conn;
+}
+
+char *snapfs_host_error(struct snapfs_host *host)
+{
+    char *reason;
+
+    g_mutex_lock(&host->lock);
+    reason = host->conn ? NULL : g_strdup(host->down_reason);
+    g_mutex_unlock(&host->lock);
+    return reason;
+}
+
+static bool virt_conn_lost(void)
+{
+    virErrorPtr err = virGetLastError();
+
+    return err && (err->code == VIR_ERR_SYSTEM_ERROR || err->code == VIR_ERR_RPC ||
+                   err->code == VIR_ERR_NO_CONNECT || err->code == VIR_ERR_INVALID_CONN);
+}
+
+static gint name_compare(gconstpointer a, gconstpointer b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+GPtrArray *snapfs_host_list_domains(struct snapfs_host *host)
+{
+    virConnectPtr conn;
+    virDomainPtr *doms = NULL;
+    GPtrArray *names;
+    int n;
+
+    g_mutex_lock(&host->lock);
+    if (host->domain_names && g_get_monotonic_time() - host->domain_names_fetched < VIRT_CACHE_USEC) {
+        names = g_ptr_array_ref(host->domain_names);
+        g_mutex_unlock(&host->lock);
+        return names;
+    }
+    g_mutex_unlock(&host->lock);
+
+    conn = snapfs_host_conn(host);
+    n = conn ? virConnectListAllDomains(conn, &doms, 0) : -1;
+    if (n < 0) {
+        if (conn)
+            snapfs_error_from_virt("cannot list the domains of '%s'", host->uri);
+        if (conn)
+            virConnectClose(conn);
+        /* While libvirt is away, the last answer is better than nothing. */
+        g_mutex_lock(&host->lock);
+        names = host->domain_names ? g_ptr_array_ref(host->domain_names) : NULL;
+        g_mutex_unlock(&host->lock);
+        return names;
+    }
+    names = g_ptr_array_new_with_free_func(g_free);
+    for (int i = 0; i < n; i++) {
+        g_ptr_array_add(names, g_strdup(virDomainGetName(doms[i])));
+        virDomainFree(doms[i]);
+    }
+    g_free(doms);
+    virConnectClose(conn);
+    g_ptr_array_sort(names, name_compare);
+
+    g_mutex_lock(&host->lock);
+    if (host->domain_names)
+        g_ptr_array_unref(host->domain_names);
+    host->domain_names = g_ptr_array_ref(names);
+    host->domain_names_fetched = g_get_monotonic_time();
+    g_mutex_unlock(&host->lock);
+    return names;
+}
+
+struct snapfs_domain *snapfs_host_get_domain(struct snapfs_host *host, const char *name)
+{
+    struct snapfs_domain *domain, *cached;
+    virConnectPtr conn;
+
+    g_mutex_lock(&host->lock);
+    cached = g_hash_table_lookup(host->domains, name);
+    if (cached && g_get_monotonic_time() - cached->fetched < VIRT_CACHE_USEC) {
+        snapfs_domain_ref(cached);
+        g_mutex_unlock(&host->lock);
+        return cached;
+    }
+    if (cached)
+        snapfs_domain_ref(cached);
+    g_mutex_unlock(&host->lock);
+
+    conn = snapfs_host_conn(host);
+    domain = conn ? domain_fetch(conn, name) : NULL;
+    if (!domain) {
+        bool lost = !conn || virt_conn_lost();
+
+        if (conn)
+            virConnectClose(conn);
+        if (lost && cached)
+            return cached;
+        snapfs_domain_unref(cached);
+        if (snapfs_error_errno() == ENOENT) {
+            g_mutex_lock(&host->lock);
+            g_hash_table_remove(host->domains, name);
+            g_mutex_unlock(&host->lock);
+        }
+        return NULL;
+    }
+    virConnectClose(conn);
+    snapfs_domain_unref(cached);
+    g_mutex_lock(&host->lock);
+    g_hash_table_replace(host->domains, g_strdup(name), snapfs_domain_ref(domain));
+    g_mutex_unlock(&host->lock);
+    return domain;
+}
+
+void snapfs_host_invalidate(struct snapfs_host *host, const char *name)
+{
+    g_mutex_lock(&host->lock);
+    if (name)
+        g_hash_table_remove(host->domains, name);
+    else
+        g_hash_table_remove_all(host->domains);
+    host->domain_names_fetched = 0;
+    g_mutex_unlock(&host->lock);
+}

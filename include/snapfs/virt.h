@@ -1,0 +1,77 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* Connections to libvirt (one per -c URI), kept alive and reconnected, and what they say about domains. */
+#pragma once
+
+#include <glib.h>
+#include <libvirt/libvirt.h>
+#include <stdbool.h>
+
+/* A disk of a domain, as its XML names it. */
+struct snapfs_disk {
+    char *target;   /* "vda" */
+    char *file;     /* top image (file or block device), NULL for network disks */
+    char *format;   /* driver type, NULL if the XML does not say */
+};
+
+/* A disk of a snapshot, as the snapshot's XML names it. */
+struct snapfs_snapshot_disk {
+    char *target;
+    char *kind;     /* "internal", "external", "no", "manual" */
+    char *file;     /* external: the overlay this snapshot created */
+};
+
+struct snapfs_snapshot {
+    char *name;
+    char *parent;        /* NULL for a root */
+    char *description;   /* "" if none */
+    char *state;         /* "shutoff", "running", "disk-snapshot", ... */
+    long long created;   /* seconds since the epoch */
+    bool external;
+    bool current;
+    GPtrArray *disks;    /* struct snapfs_snapshot_disk * */
+};
+
+/* What libvirt said about a domain at one moment; shared and never modified. */
+struct snapfs_domain {
+    gint refs;
+    char *name;
+    char *uuid;
+    bool running;
+    GPtrArray *disks;      /* struct snapfs_disk *, in the XML's order */
+    GPtrArray *snapshots;  /* struct snapfs_snapshot *, oldest first */
+    gint64 fetched;        /* g_get_monotonic_time() of the answer */
+};
+
+struct snapfs_host;
+
+/* Must run before the first host is opened: libvirt's event loop on a thread of its own. */
+int snapfs_virt_start_events(void);
+void snapfs_virt_stop_events(void);
+
+/* Opens @uri (NULL: libvirt's default); NULL with the reason if it cannot be opened now. */
+struct snapfs_host *snapfs_host_open(const char *uri);
+void snapfs_host_close(struct snapfs_host *host);
+
+/* The folder name of each host: its server name, "localhost" for local URIs, "-2", "-3"... on clashes. */
+void snapfs_hosts_name(struct snapfs_host **hosts, size_t n);
+const char *snapfs_host_name(struct snapfs_host *host);
+const char *snapfs_host_uri(struct snapfs_host *host);
+
+/* The live connection (a reference the caller drops with virConnectClose), or NULL with EIO while down. */
+virConnectPtr snapfs_host_conn(struct snapfs_host *host);
+/* Why the host is unreachable, or NULL when it is connected. Caller frees. */
+char *snapfs_host_error(struct snapfs_host *host);
+
+/* Names of all domains, running or not, sorted. */
+GPtrArray *snapfs_host_list_domains(struct snapfs_host *host);
+
+/* What libvirt says about domain @name, at most a short while old; NULL with ENOENT or EIO. */
+struct snapfs_domain *snapfs_host_get_domain(struct snapfs_host *host, const char *name);
+/* Forget what is cached about @name (NULL: every domain), after changing it. */
+void snapfs_host_invalidate(struct snapfs_host *host, const char *name);
+
+struct snapfs_domain *snapfs_domain_ref(struct snapfs_domain *domain);
+void snapfs_domain_unref(struct snapfs_domain *domain);
+struct snapfs_snapshot *snapfs_domain_find_snapshot(struct snapfs_domain *domain, const char *name);
+struct snapfs_snapshot *snapfs_domain_current(struct snapfs_domain *domain);
+struct snapfs_disk *snapfs_domain_find_disk(struct snapfs_domain *domain, const char *target);
