@@ -173,6 +173,47 @@ error:
     return NULL;
 }
 
+GPtrArray *snapfs_chain_internal_snapshots(const char *file)
+{
+    g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
+    unsigned char head[72];
+    uint64_t offset;
+    uint32_t count;
+    int fd = open(file, O_RDONLY | O_CLOEXEC);
+
+    if (fd < 0) {
+        snapfs_error_set(errno == ENOENT ? ENOENT : EIO, "cannot open image '%s': %s", file, g_strerror(errno));
+        return NULL;
+    }
+    if (!read_exact(fd, head, sizeof(head), 0) || be32(head) != QCOW2_MAGIC) {
+        close(fd);
+        return g_steal_pointer(&names);
+    }
+    count = be32(head + 60);
+    offset = be64(head + 64);
+    /* Each entry: fixed 40 bytes, extra data, id, name, padded to 8 bytes. */
+    for (uint32_t i = 0; i < count && i < 65536; i++) {
+        unsigned char entry[40];
+        uint32_t extra, id_len, name_len;
+        char *name;
+
+        if (!read_exact(fd, entry, sizeof(entry), offset))
+            break;
+        id_len = (uint32_t)entry[12] << 8 | entry[13];
+        name_len = (uint32_t)entry[14] << 8 | entry[15];
+        extra = be32(entry + 36);
+        name = g_malloc0(name_len + 1);
+        if (!read_exact(fd, name, name_len, offset + 40 + extra + id_len)) {
+            g_free(name);
+            break;
+        }
+        g_ptr_array_add(names, name);
+        offset += (40ULL + extra + id_len + name_len + 7) & ~7ULL;
+    }
+    close(fd);
+    return g_steal_pointer(&names);
+}
+
 char *snapfs_chain_resolve(const char *file, const char *backing)
 {
     g_autofree char *dir = NULL;

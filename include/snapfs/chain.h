@@ -33,6 +33,9 @@ struct snapfs_layer *snapfs_chain_read_layer(const char *file, const char *forma
  */
 GPtrArray *snapfs_chain_read(const char *top, const char *format);
 
+/* Names of the internal snapshots a qcow2 image holds (empty for other formats), or NULL with the reason. */
+GPtrArray *snapfs_chain_internal_snapshots(const char *file);
+
 /* Absolute path of @backing as named by the image @file. */
 char *snapfs_chain_resolve(const char *file, const char *backing);
 

@@ -79,6 +79,20 @@ static void test_chain_probe_formats(void)
     snapfs_layer_free(layer);
 }
 
+static void test_chain_internal_snapshots(void)
+{
+    g_autofree char *file = g_build_filename(tmpdir, "internal.qcow2", NULL);
+    g_autoptr(GPtrArray) names = NULL;
+
+    run("qemu-img create -q -f qcow2 internal.qcow2 4M");
+    run("qemu-img snapshot -c first internal.qcow2 && qemu-img snapshot -c 'second one' internal.qcow2");
+    names = snapfs_chain_internal_snapshots(file);
+    g_assert_nonnull(names);
+    g_assert_cmpuint(names->len, ==, 2);
+    g_assert_cmpstr(g_ptr_array_index(names, 0), ==, "first");
+    g_assert_cmpstr(g_ptr_array_index(names, 1), ==, "second one");
+}
+
 static void test_chain_errors(void)
 {
     g_autofree char *missing = g_build_filename(tmpdir, "missing.qcow2", NULL);
@@ -111,6 +125,7 @@ int main(int argc, char **argv)
     tmpdir = g_dir_make_tmp("snapfs-chain-XXXXXX", NULL);
     g_test_add_func("/chain/three-deep", test_chain_three_deep);
     g_test_add_func("/chain/probe-formats", test_chain_probe_formats);
+    g_test_add_func("/chain/internal-snapshots", test_chain_internal_snapshots);
     g_test_add_func("/chain/errors", test_chain_errors);
     ret = g_test_run();
     g_autofree char *rm = g_strdup_printf("rm -rf '%s'", tmpdir);
