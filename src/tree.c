@@ -1,3 +1,1066 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* placeholder while being written */
+/* The namespace: which node a name leads to, what each node shows, and which part acts on a change. */
+#include "snapfs/tree.h"
+#include "snapfs/chain.h"
 #include "snapfs/error.h"
+#include "snapfs/log.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/xattr.h>
+#include <time.h>
+
+#define XATTR_PREFIX "user.snapfs."
+
+struct snapfs_tree {
+    struct snapfs_host **hosts;
+    size_t n_hosts;
+    struct snapfs_tree_config config;
+    struct guest_pool *guests;
+    time_t mounted;
+    GMutex lock;
+    GHashTable *inos;          /* node key -> inode number shown in st_ino */
+    guint64 next_ino;
+    GHashTable *last_errors;   /* "host/domain" -> the last refusal's reason */
+};
+
+/* ---- nodes -------------------------------------------------------------- */
+
+struct snapfs_node *snapfs_node_root(void)
+{
+    struct snapfs_node *node = g_new0(struct snapfs_node, 1);
+
+    node->kind = SNAPFS_NODE_ROOT;
+    node->layer = -1;
+    return node;
+}
+
+struct snapfs_node *snapfs_node_copy(const struct snapfs_node *node)
+{
+    struct snapfs_node *copy = g_memdup2(node, sizeof(*node));
+
+    copy->domain = g_strdup(node->domain);
+    copy->snapshot = g_strdup(node->snapshot);
+    copy->disk = g_strdup(node->disk);
+    copy->layer_file = g_strdup(node->layer_file);
+    copy->path = g_strdup(node->path);
+    return copy;
+}
+
+void snapfs_node_free(struct snapfs_node *node)
+{
+    if (!node)
+        return;
+    g_free(node->domain);
+    g_free(node->snapshot);
+    g_free(node->disk);
+    g_free(node->layer_file);
+    g_free(node->path);
+    g_free(node);
+}
+
+static bool node_has_content(const struct snapfs_node *node)
+{
+    return node->kind == SNAPFS_NODE_SNAPSHOT || node->kind == SNAPFS_NODE_LAYER ||
+           node->kind == SNAPFS_NODE_GUEST;
+}
+
+enum snapfs_cache snapfs_node_cache(const struct snapfs_node *node)
+{
+    switch (node->kind) {
+    case SNAPFS_NODE_REVERT:
+        return SNAPFS_CACHE_NONE;
+    case SNAPFS_NODE_GUEST:
+        return node->live ? SNAPFS_CACHE_LIVE : SNAPFS_CACHE_FOREVER;
+    default:
+        return SNAPFS_CACHE_SHORT;
+    }
+}
+
+bool snapfs_tree_is_control(const struct snapfs_node *node)
+{
+    return node->kind == SNAPFS_NODE_REVERT;
+}
+
+/* ---- the tree ------------------------------------------------------------- */
+
+struct snapfs_tree *snapfs_tree_new(struct snapfs_host **hosts, size_t n_hosts,
+                                    const struct snapfs_tree_config *config)
+{
+    struct snapfs_tree *tree = g_new0(struct snapfs_tree, 1);
+
+    tree->hosts = hosts;
+    tree->n_hosts = n_hosts;
+    tree->config = *config;
+    tree->guests = guest_pool_new(&config->guest);
+    tree->mounted = time(NULL);
+    g_mutex_init(&tree->lock);
+    tree->inos = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    tree->next_ino = 2;   /* 1 is the root's */
+    tree->last_errors = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    return tree;
+}
+
+void snapfs_tree_free(struct snapfs_tree *tree)
+{
+    if (!tree)
+        return;
+    guest_pool_free(tree->guests);
+    g_hash_table_unref(tree->inos);
+    g_hash_table_unref(tree->last_errors);
+    g_mutex_clear(&tree->lock);
+    g_free(tree);
+}
+
+static struct snapfs_host *tree_host(struct snapfs_tree *tree, const struct snapfs_node *node)
+{
+    return tree->hosts[node->host];
+}
+
+/* The root lists hosts only when there are several; with one, it is that host's folder. */
+static bool node_lists_domains(struct snapfs_tree *tree, const struct snapfs_node *node)
+{
+    return node->kind == SNAPFS_NODE_HOST || (node->kind == SNAPFS_NODE_ROOT && tree->n_hosts == 1);
+}
+
+/*
+ * Inode numbers: stable for as long as snapfs runs, distinct for distinct
+ * objects (diff and cp -a compare them), and equal for a guest's hard links.
+ */
+static ino_t tree_ino(struct snapfs_tree *tree, const char *key)
+{
+    gpointer value;
+    ino_t ino;
+
+    g_mutex_lock(&tree->lock);
+    value = g_hash_table_lookup(tree->inos, key);
+    if (value) {
+        ino = GPOINTER_TO_SIZE(value);
+    } else {
+        ino = tree->next_ino++;
+        g_hash_table_insert(tree->inos, g_strdup(key), GSIZE_TO_POINTER(ino));
+    }
+    g_mutex_unlock(&tree->lock);
+    return ino;
+}
+
+static char *node_key(const struct snapfs_node *node)
+{
+    return g_strdup_printf("%d|%d|%s|%s|%s|%d|%s", node->kind, node->host,
+                           node->domain ? node->domain : "", node->snapshot ? node->snapshot : "",
+                           node->disk ? node->disk : "", node->layer,
+                           node->layer_file ? node->layer_file : "");
+}
+
+static void tree_stat_dir(struct snapfs_tree *tree, struct stat *st, mode_t mode, time_t when)
+{
+    memset(st, 0, sizeof(*st));
+    st->st_mode = S_IFDIR | mode;
+    st->st_nlink = 2;
+    st->st_uid = tree->config.uid;
+    st->st_gid = tree->config.gid;
+    st->st_blksize = 4096;
+    st->st_atime = st->st_mtime = st->st_ctime = when;
+}
+
+static void tree_remember_error(struct snapfs_tree *tree, const struct snapfs_node *node, const char *what)
+{
+    g_autofree char *message = g_strdup_printf("%s: %s", what, snapfs_error_message());
+
+    snapfs_warn("%s", message);
+    g_mutex_lock(&tree->lock);
+    g_hash_table_replace(tree->last_errors, g_strdup_printf("%d/%s", node->host, node->domain),
+                         g_strdup(snapfs_error_message()));
+    g_mutex_unlock(&tree->lock);
+}
+
+/* ---- domains, snapshots and layers --------------------------------------------- */
+
+static struct snapfs_domain *tree_domain(struct snapfs_tree *tree, const struct snapfs_node *node)
+{
+    return snapfs_host_get_domain(tree_host(tree, node), node->domain);
+}
+
+static GPtrArray *tree_chain(struct snapfs_domain *domain, const char *target)
+{
+    struct snapfs_disk *disk = snapfs_domain_find_disk(domain, target);
+
+    if (!disk || !disk->file) {
+        snapfs_error_set(ENOENT, "domain '%s' has no disk image for '%s'", domain->name, target);
+        return NULL;
+    }
+    return snapfs_chain_read(disk->file, disk->format);
+}
+
+static char *layer_dir_name(guint index, const struct snapfs_layer *layer)
+{
+    g_autofree char *base = g_path_get_basename(layer->file);
+
+    return g_strdup_printf("%u-%s", index, base);
+}
+
+/* The layer a LAYER or GUEST-below-a-layer node stands for, checked against the chain as it is now. */
+static struct snapfs_layer *tree_layer(struct snapfs_domain *domain, const struct snapfs_node *node,
+                                       GPtrArray **chain_out)
+{
+    g_autoptr(GPtrArray) chain = tree_chain(domain, node->disk);
+    struct snapfs_layer *layer;
+
+    if (!chain)
+        return NULL;
+    if (node->layer < 0 || (guint)node->layer >= chain->len) {
+        snapfs_error_set(ENOENT, "disk '%s' of domain '%s' has no layer %d", node->disk, domain->name, node->layer);
+        return NULL;
+    }
+    layer = g_ptr_array_index(chain, node->layer);
+    if (strcmp(layer->file, node->layer_file) != 0) {
+        snapfs_error_set(ENOENT, "layer %d of disk '%s' of domain '%s' is no longer '%s'",
+                         node->layer, node->disk, domain->name, node->layer_file);
+        return NULL;
+    }
+    if (chain_out)
+        *chain_out = g_ptr_array_ref(chain);
+    return layer;
+}
+
+/* The snapshot that froze layer @index: the one whose overlay is the layer above it. */
+static struct snapfs_snapshot *layer_frozen_by(struct snapfs_domain *domain, const char *target,
+                                               GPtrArray *chain, guint index)
+{
+    struct snapfs_layer *above;
+
+    if (index + 1 >= chain->len)
+        return NULL;
+    above = g_ptr_array_index(chain, index + 1);
+    for (guint i = 0; i < domain->snapshots->len; i++) {
+        struct snapfs_snapshot *snap = g_ptr_array_index(domain->snapshots, i);
+
+        for (guint j = 0; j < snap->disks->len; j++) {
+            struct snapfs_snapshot_disk *disk = g_ptr_array_index(snap->disks, j);
+
+            if (disk->file && strcmp(disk->target, target) == 0 && strcmp(disk->file, above->file) == 0)
+                return snap;
+        }
+    }
+    return NULL;
+}
+
+/* ---- guest views ------------------------------------------------------------ */
+
+struct view_drives {
+    GPtrArray *strings;   /* owns what the drives point to */
+    GArray *drives;       /* struct guest_drive */
+    GString *id;
+};
+
+static void view_drives_init(struct view_drives *v)
+{
+    v->strings = g_ptr_array_new_with_free_func(g_free);
+    v->drives = g_array_new(FALSE, TRUE, sizeof(struct guest_drive));
+    v->id = g_string_new(NULL);
+}
+
+static void view_drives_clear(struct view_drives *v)
+{
+    g_ptr_array_unref(v->strings);
+    g_array_unref(v->drives);
+    g_string_free(v->id, TRUE);
+}
+
+static const char *view_keep(struct view_drives *v, char *s)
+{
+    if (s)
+        g_ptr_array_add(v->strings, s);
+    return s;
+}
+
+static void view_add(struct view_drives *v, const char *target, char *file, char *format, char *internal)
+{
+    struct guest_drive drive = {
+        .target = view_keep(v, g_strdup(target)),
+        .file = view_keep(v, file),
+        .format = view_keep(v, format),
+        .internal_snapshot = view_keep(v, internal),
+    };
+
+    g_string_append_printf(v->id, "|%s:%s:%s", target, file, internal ? internal : "");
+    g_array_append_val(v->drives, drive);
+}
+
+/* The image holding internal snapshot @name: the lowest layer of the disk's chain that has it. */
+static struct snapfs_layer *internal_holder(GPtrArray *chain, const char *name)
+{
+    for (guint i = 0; i < chain->len; i++) {
+        struct snapfs_layer *layer = g_ptr_array_index(chain, i);
+        g_autoptr(GPtrArray) names = snapfs_chain_internal_snapshots(layer->file);
+
+        for (guint j = 0; names && j < names->len; j++) {
+            if (strcmp(g_ptr_array_index(names, j), name) == 0)
+                return layer;
+        }
+    }
+    return NULL;
+}
+
+/* The drives of snapshot @snap: for each disk, the image it froze (external) or holds it (internal). */
+static int snapshot_drives(struct snapfs_domain *domain, struct snapfs_snapshot *snap, struct view_drives *v)
+{
+    for (guint i = 0; i < snap->disks->len; i++) {
+        struct snapfs_snapshot_disk *sd = g_ptr_array_index(snap->disks, i);
+
+        if (strcmp(sd->kind, "external") == 0 && sd->file) {
+            g_autoptr(GPtrArray) chain = snapfs_chain_read(sd->file, NULL);
+            struct snapfs_layer *frozen;
+
+            if (!chain || chain->len < 2) {
+                if (chain)
+                    snapfs_error_set(EIO, "the overlay '%s' of snapshot '%s' has no backing image", sd->file, snap->name);
+                return -1;
+            }
+            frozen = g_ptr_array_index(chain, chain->len - 2);
+            view_add(v, sd->target, g_strdup(frozen->file), g_strdup(frozen->format), NULL);
+        } else if (strcmp(sd->kind, "internal") == 0) {
+            g_autoptr(GPtrArray) chain = tree_chain(domain, sd->target);
+            struct snapfs_layer *holder = chain ? internal_holder(chain, snap->name) : NULL;
+
+            if (!holder) {
+                if (chain)
+                    snapfs_error_set(EIO, "no image of disk '%s' holds internal snapshot '%s'", sd->target, snap->name);
+                return -1;
+            }
+            view_add(v, sd->target, g_strdup(holder->file), g_strdup(holder->format), g_strdup(snap->name));
+        }
+    }
+    return 0;
+}
+
+/* The view behind a SNAPSHOT, LAYER or GUEST node; NULL with the reason. */
+static struct guest_view *tree_view(struct snapfs_tree *tree, const struct snapfs_node *node)
+{
+    g_autoptr(GPtrArray) chain = NULL;
+    struct snapfs_domain *domain = tree_domain(tree, node);
+    struct view_drives v;
+    struct guest_view *view = NULL;
+    g_autofree char *group = NULL;
+    bool live = false;
+
+    if (!domain)
+        return NULL;
+    view_drives_init(&v);
+    group = g_strdup_printf("%d/%s", node->host, domain->uuid ? domain->uuid : domain->name);
+    if (node->snapshot) {
+        struct snapfs_snapshot *snap = snapfs_domain_find_snapshot(domain, node->snapshot);
+
+        if (!snap) {
+            snapfs_error_set(ENOENT, "domain '%s' has no snapshot '%s'", domain->name, node->snapshot);
+            goto cleanup;
+        }
+        g_string_append_printf(v.id, "%s/snapshot/%s", group, snap->name);
+        if (snapshot_drives(domain, snap, &v) < 0)
+            goto cleanup;
+    } else {
+        struct snapfs_layer *layer = tree_layer(domain, node, &chain);
+
+        if (!layer)
+            goto cleanup;
+        live = (guint)node->layer == chain->len - 1;
+        g_string_append_printf(v.id, "%s/layer", group);
+        view_add(&v, node->disk, g_strdup(layer->file), g_strdup(layer->format), NULL);
+    }
+    {
+        struct guest_view_spec spec = {
+            .group = group,
+            .id = v.id->str,
+            .live = live,
+            .n_drives = v.drives->len,
+            .drives = (const struct guest_drive *)v.drives->data,
+        };
+
+        view = guest_pool_view(tree->guests, &spec);
+    }
+
+cleanup:
+    view_drives_clear(&v);
+    snapfs_domain_unref(domain);
+    return view;
+}
+
+static const char *guest_path(const struct snapfs_node *node)
+{
+    return node->kind == SNAPFS_NODE_GUEST ? node->path : "/";
+}
+
+static void tree_guest_ino(struct snapfs_tree *tree, const struct snapfs_node *node, struct stat *st)
+{
+    g_autofree char *key = node_key(node);
+    g_autofree char *full = g_strdup_printf("%s#%llu#%llu", key, (unsigned long long)st->st_dev,
+                                            (unsigned long long)st->st_ino);
+
+    st->st_ino = tree_ino(tree, full);
+    st->st_dev = 0;
+}
+
+/* ---- getattr ------------------------------------------------------------------ */
+
+static int snapshot_stat(struct snapfs_tree *tree, struct snapfs_snapshot *snap, struct stat *st)
+{
+    tree_stat_dir(tree, st, 0555, (time_t)snap->created);
+    return 0;
+}
+
+int snapfs_tree_getattr(struct snapfs_tree *tree, const struct snapfs_node *node, struct stat *st)
+{
+    struct snapfs_domain *domain = NULL;
+    g_autofree char *key = NULL;
+    mode_t writable = tree->config.read_only ? 0555 : 0755;
+    int ret = 0;
+
+    switch (node->kind) {
+    case SNAPFS_NODE_ROOT:
+    case SNAPFS_NODE_HOST:
+        tree_stat_dir(tree, st, 0555, tree->mounted);
+        if (node->kind == SNAPFS_NODE_ROOT) {
+            st->st_ino = 1;
+            return 0;
+        }
+        break;
+    case SNAPFS_NODE_GUEST: {
+        struct guest_view *view = tree_view(tree, node);
+
+        if (!view)
+            return -1;
+        ret = guest_view_getattr(view, node->path, st);
+        guest_view_unref(view);
+        if (ret == 0)
+            tree_guest_ino(tree, node, st);
+        return ret;
+    }
+    default:
+        domain = tree_domain(tree, node);
+        if (!domain)
+            return -1;
+        if (node->kind == SNAPFS_NODE_DOMAIN) {
+            tree_stat_dir(tree, st, writable, tree->mounted);
+            st->st_nlink = 3 + domain->snapshots->len;
+        } else if (node->kind == SNAPFS_NODE_REVERT) {
+            struct snapfs_snapshot *current = snapfs_domain_current(domain);
+
+            tree_stat_dir(tree, st, 0, tree->mounted);
+            st->st_mode = S_IFREG | (tree->config.read_only ? 0444 : 0644);
+            st->st_nlink = 1;
+            st->st_size = current ? strlen(current->name) + 1 : 0;
+        } else if (node->kind == SNAPFS_NODE_LAYERS || node->kind == SNAPFS_NODE_DISK) {
+            tree_stat_dir(tree, st, 0555, tree->mounted);
+        } else if (node->kind == SNAPFS_NODE_LAYER) {
+            struct snapfs_layer *layer = tree_layer(domain, node, NULL);
+            struct stat image;
+
+            if (!layer) {
+                ret = -1;
+            } else {
+                tree_stat_dir(tree, st, 0555, tree->mounted);
+                if (stat(layer->file, &image) == 0) {
+                    st->st_mtim = image.st_mtim;
+                    st->st_ctim = image.st_ctim;
+                    st->st_atim = image.st_mtim;
+                }
+            }
+        } else if (node->kind == SNAPFS_NODE_SNAPSHOT) {
+            struct snapfs_snapshot *snap = snapfs_domain_find_snapshot(domain, node->snapshot);
+
+            if (snap) {
+                ret = snapshot_stat(tree, snap, st);
+            } else {
+                snapfs_error_set(ENOENT, "domain '%s' has no snapshot '%s'", domain->name, node->snapshot);
+                ret = -1;
+            }
+        }
+        snapfs_domain_unref(domain);
+        break;
+    }
+    if (ret == 0) {
+        key = node_key(node);
+        st->st_ino = tree_ino(tree, key);
+    }
+    return ret;
+}
+
+/* ---- lookup ------------------------------------------------------------------ */
+
+static struct snapfs_node *node_child(const struct snapfs_node *parent, enum snapfs_node_kind kind)
+{
+    struct snapfs_node *child = snapfs_node_copy(parent);
+
+    child->kind = kind;
+    return child;
+}
+
+static bool name_reserved(const char *name)
+{
+    return strcmp(name, "revert") == 0 || strcmp(name, "layers") == 0;
+}
+
+int snapfs_tree_lookup(struct snapfs_tree *tree, const struct snapfs_node *parent, const char *name,
+                       struct snapfs_node **child_out, struct stat *st)
+{
+    g_autoptr(GPtrArray) chain = NULL;
+    struct snapfs_node *child = NULL;
+    struct snapfs_domain *domain = NULL;
+
+    if (node_lists_domains(tree, parent)) {
+        child = node_child(parent, SNAPFS_NODE_DOMAIN);
+        child->domain = g_strdup(name);
+    } else if (parent->kind == SNAPFS_NODE_ROOT) {
+        for (size_t i = 0; i < tree->n_hosts && !child; i++) {
+            if (strcmp(snapfs_host_name(tree->hosts[i]), name) == 0) {
+                child = node_child(parent, SNAPFS_NODE_HOST);
+                child->host = (int)i;
+            }
+        }
+    } else if (parent->kind == SNAPFS_NODE_DOMAIN) {
+        if (strcmp(name, "revert") == 0) {
+            child = node_child(parent, SNAPFS_NODE_REVERT);
+        } else if (strcmp(name, "layers") == 0) {
+            child = node_child(parent, SNAPFS_NODE_LAYERS);
+        } else {
+            child = node_child(parent, SNAPFS_NODE_SNAPSHOT);
+            child->snapshot = g_strdup(name);
+        }
+    } else if (parent->kind == SNAPFS_NODE_LAYERS) {
+        child = node_child(parent, SNAPFS_NODE_DISK);
+        child->disk = g_strdup(name);
+        domain = tree_domain(tree, parent);
+        if (!domain)
+            goto error;
+        if (!snapfs_domain_find_disk(domain, name) || !snapfs_domain_find_disk(domain, name)->file)
+            goto enoent;
+    } else if (parent->kind == SNAPFS_NODE_DISK) {
+        char *end = NULL;
+        guint64 index = g_ascii_strtoull(name, &end, 10);
+
+        if (end == name || *end != '-')
+            goto enoent;
+        domain = tree_domain(tree, parent);
+        if (!domain || !(chain = tree_chain(domain, parent->disk)))
+            goto error;
+        if (index >= chain->len)
+            goto enoent;
+        {
+            struct snapfs_layer *layer = g_ptr_array_index(chain, index);
+            g_autofree char *expected = layer_dir_name(index, layer);
+
+            if (strcmp(expected, name) != 0)
+                goto enoent;
+            child = node_child(parent, SNAPFS_NODE_LAYER);
+            child->layer = (int)index;
+            child->layer_file = g_strdup(layer->file);
+            child->live = index == chain->len - 1;
+        }
+    } else if (node_has_content(parent)) {
+        child = node_child(parent, SNAPFS_NODE_GUEST);
+        g_free(child->path);
+        child->path = g_build_filename(guest_path(parent), name, NULL);
+    }
+    if (!child)
+        goto enoent;
+    if (snapfs_tree_getattr(tree, child, st) < 0)
+        goto error;
+    snapfs_domain_unref(domain);
+    *child_out = child;
+    return 0;
+
+enoent:
+    snapfs_error_set(ENOENT, "'%s' does not exist here", name);
+error:
+    snapfs_domain_unref(domain);
+    snapfs_node_free(child);
+    return -1;
+}
+
+/* ---- readdir -------------------------------------------------------------------- */
+
+static int dirent_dir(struct snapfs_tree *tree, const struct snapfs_node *child,
+                      const char *name, snapfs_dirent_fn fn, void *opaque)
+{
+    g_autofree char *key = node_key(child);
+    struct stat st;
+
+    memset(&st, 0, sizeof(st));
+    st.st_mode = child->kind == SNAPFS_NODE_REVERT ? S_IFREG : S_IFDIR;
+    st.st_ino = tree_ino(tree, key);
+    return fn(opaque, name, &st);
+}
+
+struct guest_readdir_ctx {
+    struct snapfs_tree *tree;
+    const struct snapfs_node *node;
+    snapfs_dirent_fn fn;
+    void *opaque;
+};
+
+static int guest_readdir_entry(void *opaque, const char *name, const struct stat *st)
+{
+    struct guest_readdir_ctx *ctx = opaque;
+    struct snapfs_node child = *ctx->node;
+    g_autofree char *path = g_build_filename(guest_path(ctx->node), name, NULL);
+    struct stat copy = *st;
+
+    child.kind = SNAPFS_NODE_GUEST;
+    child.path = path;
+    tree_guest_ino(ctx->tree, &child, &copy);
+    return ctx->fn(ctx->opaque, name, &copy);
+}
+
+int snapfs_tree_readdir(struct snapfs_tree *tree, const struct snapfs_node *node,
+                        snapfs_dirent_fn fn, void *opaque)
+{
+    g_autoptr(GPtrArray) chain = NULL;
+    struct snapfs_domain *domain = NULL;
+    struct snapfs_node child = *node;
+    int ret = 0;
+
+    if (node_lists_domains(tree, node)) {
+        g_autoptr(GPtrArray) names = snapfs_host_list_domains(tree_host(tree, node));
+
+        if (!names)
+            return -1;
+        child.kind = SNAPFS_NODE_DOMAIN;
+        for (guint i = 0; i < names->len && ret == 0; i++) {
+            child.domain = g_ptr_array_index(names, i);
+            ret = dirent_dir(tree, &child, child.domain, fn, opaque);
+        }
+        return 0;
+    }
+    if (node->kind == SNAPFS_NODE_ROOT) {
+        child.kind = SNAPFS_NODE_HOST;
+        for (size_t i = 0; i < tree->n_hosts && ret == 0; i++) {
+            child.host = (int)i;
+            ret = dirent_dir(tree, &child, snapfs_host_name(tree->hosts[i]), fn, opaque);
+        }
+        return 0;
+    }
+    if (node_has_content(node)) {
+        struct guest_readdir_ctx ctx = { tree, node, fn, opaque };
+        struct guest_view *view = tree_view(tree, node);
+
+        if (!view)
+            return -1;
+        ret = guest_view_readdir(view, guest_path(node), guest_readdir_entry, &ctx);
+        guest_view_unref(view);
+        return ret < 0 ? -1 : 0;
+    }
+
+    domain = tree_domain(tree, node);
+    if (!domain)
+        return -1;
+    if (node->kind == SNAPFS_NODE_DOMAIN) {
+        child.kind = SNAPFS_NODE_REVERT;
+        ret = dirent_dir(tree, &child, "revert", fn, opaque);
+        child.kind = SNAPFS_NODE_LAYERS;
+        if (ret == 0)
+            ret = dirent_dir(tree, &child, "layers", fn, opaque);
+        child.kind = SNAPFS_NODE_SNAPSHOT;
+        for (guint i = 0; i < domain->snapshots->len && ret == 0; i++) {
+            struct snapfs_snapshot *snap = g_ptr_array_index(domain->snapshots, i);
+
+            /* A snapshot named like a control file cannot be shown; see README. */
+            if (name_reserved(snap->name) || strcmp(snap->name, ".") == 0 || strcmp(snap->name, "..") == 0)
+                continue;
+            child.snapshot = snap->name;
+            ret = dirent_dir(tree, &child, snap->name, fn, opaque);
+        }
+    } else if (node->kind == SNAPFS_NODE_LAYERS) {
+        child.kind = SNAPFS_NODE_DISK;
+        for (guint i = 0; i < domain->disks->len && ret == 0; i++) {
+            struct snapfs_disk *disk = g_ptr_array_index(domain->disks, i);
+
+            if (!disk->file)
+                continue;
+            child.disk = disk->target;
+            ret = dirent_dir(tree, &child, disk->target, fn, opaque);
+        }
+    } else if (node->kind == SNAPFS_NODE_DISK) {
+        chain = tree_chain(domain, node->disk);
+        if (!chain) {
+            snapfs_domain_unref(domain);
+            return -1;
+        }
+        child.kind = SNAPFS_NODE_LAYER;
+        for (guint i = 0; i < chain->len && ret == 0; i++) {
+            struct snapfs_layer *layer = g_ptr_array_index(chain, i);
+            g_autofree char *name = layer_dir_name(i, layer);
+
+            child.layer = (int)i;
+            child.layer_file = layer->file;
+            ret = dirent_dir(tree, &child, name, fn, opaque);
+        }
+    }
+    snapfs_domain_unref(domain);
+    return 0;
+}
+
+/* ---- content ---------------------------------------------------------------------- */
+
+int snapfs_tree_readlink(struct snapfs_tree *tree, const struct snapfs_node *node, char **target)
+{
+    struct guest_view *view;
+    int ret;
+
+    if (node->kind != SNAPFS_NODE_GUEST) {
+        snapfs_error_set(EINVAL, "'%s' is not a symbolic link", node->domain ? node->domain : "/");
+        return -1;
+    }
+    view = tree_view(tree, node);
+    if (!view)
+        return -1;
+    ret = guest_view_readlink(view, node->path, target);
+    guest_view_unref(view);
+    return ret;
+}
+
+static char *revert_content(struct snapfs_tree *tree, const struct snapfs_node *node)
+{
+    struct snapfs_domain *domain = tree_domain(tree, node);
+    struct snapfs_snapshot *current;
+    char *text;
+
+    if (!domain)
+        return NULL;
+    current = snapfs_domain_current(domain);
+    text = g_strdup_printf("%s%s", current ? current->name : "", current ? "\n" : "");
+    snapfs_domain_unref(domain);
+    return text;
+}
+
+ssize_t snapfs_tree_read(struct snapfs_tree *tree, const struct snapfs_node *node,
+                         char *buf, size_t size, off_t offset)
+{
+    if (node->kind == SNAPFS_NODE_REVERT) {
+        g_autofree char *text = revert_content(tree, node);
+        size_t len;
+
+        if (!text)
+            return -1;
+        len = strlen(text);
+        if ((size_t)offset >= len)
+            return 0;
+        size = MIN(size, len - (size_t)offset);
+        memcpy(buf, text + offset, size);
+        return (ssize_t)size;
+    }
+    if (node->kind == SNAPFS_NODE_GUEST) {
+        struct guest_view *view = tree_view(tree, node);
+        ssize_t ret;
+
+        if (!view)
+            return -1;
+        ret = guest_view_read(view, node->path, buf, size, offset);
+        guest_view_unref(view);
+        return ret;
+    }
+    snapfs_error_set(EISDIR, "this is a directory");
+    return -1;
+}
+
+/* Drop what the guest reader holds of files a chain change moved or merged. */
+static void tree_forget_chains(struct snapfs_tree *tree, struct snapfs_domain *before)
+{
+    for (guint i = 0; before && i < before->disks->len; i++) {
+        struct snapfs_disk *disk = g_ptr_array_index(before->disks, i);
+        g_autoptr(GPtrArray) chain = disk->file ? snapfs_chain_read(disk->file, disk->format) : NULL;
+
+        for (guint j = 0; chain && j < chain->len; j++)
+            guest_pool_forget_file(tree->guests, ((struct snapfs_layer *)g_ptr_array_index(chain, j))->file);
+    }
+}
+
+int snapfs_tree_write(struct snapfs_tree *tree, const struct snapfs_node *node, const char *buf, size_t size)
+{
+    struct snapfs_domain *before;
+    virConnectPtr conn;
+    int ret;
+
+    if (node->kind != SNAPFS_NODE_REVERT) {
+        snapfs_error_set(EROFS, "only DOMAIN/revert can be written");
+        return -1;
+    }
+    if (tree->config.read_only) {
+        snapfs_error_set(EROFS, "cannot revert '%s': mounted read-only", node->domain);
+        return -1;
+    }
+    conn = snapfs_host_conn(tree_host(tree, node));
+    if (!conn)
+        return -1;
+    before = tree_domain(tree, node);
+    ret = revert_write(conn, node->domain, buf, size, &tree->config.revert);
+    if (ret < 0)
+        tree_remember_error(tree, node, "revert");
+    else
+        tree_forget_chains(tree, before);
+    snapfs_host_invalidate(tree_host(tree, node), node->domain);
+    snapfs_domain_unref(before);
+    virConnectClose(conn);
+    return ret;
+}
+
+/* ---- xattrs ------------------------------------------------------------------------ */
+
+struct xattr_list {
+    GPtrArray *names;
+    GPtrArray *values;
+};
+
+static void xattr_add(struct xattr_list *list, const char *name, char *value)
+{
+    g_ptr_array_add(list->names, g_strconcat(XATTR_PREFIX, name, NULL));
+    g_ptr_array_add(list->values, value);
+}
+
+/* The xattrs snapfs itself shows on a node, in a fixed order. */
+static int tree_xattrs(struct snapfs_tree *tree, const struct snapfs_node *node, struct xattr_list *list)
+{
+    struct snapfs_domain *domain;
+
+    if (node->kind == SNAPFS_NODE_ROOT || node->kind == SNAPFS_NODE_HOST) {
+        if (node_lists_domains(tree, node)) {
+            struct snapfs_host *host = tree_host(tree, node);
+            char *down = snapfs_host_error(host);
+
+            xattr_add(list, "uri", g_strdup(snapfs_host_uri(host)));
+            if (down)
+                xattr_add(list, "error", down);
+        }
+        return 0;
+    }
+    if (node->kind == SNAPFS_NODE_GUEST || node->kind == SNAPFS_NODE_REVERT)
+        return 0;
+    domain = tree_domain(tree, node);
+    if (!domain)
+        return -1;
+    if (node->kind == SNAPFS_NODE_DOMAIN) {
+        g_autofree char *key = g_strdup_printf("%d/%s", node->host, node->domain);
+        char *last;
+
+        g_mutex_lock(&tree->lock);
+        last = g_strdup(g_hash_table_lookup(tree->last_errors, key));
+        g_mutex_unlock(&tree->lock);
+        xattr_add(list, "state", g_strdup(domain->running ? "running" : "shutoff"));
+        if (domain->uuid)
+            xattr_add(list, "uuid", g_strdup(domain->uuid));
+        if (last)
+            xattr_add(list, "last_error", last);
+    } else if (node->kind == SNAPFS_NODE_SNAPSHOT) {
+        struct snapfs_snapshot *snap = snapfs_domain_find_snapshot(domain, node->snapshot);
+
+        if (!snap) {
+            snapfs_error_set(ENOENT, "domain '%s' has no snapshot '%s'", domain->name, node->snapshot);
+            snapfs_domain_unref(domain);
+            return -1;
+        }
+        if (snap->parent)
+            xattr_add(list, "parent", g_strdup(snap->parent));
+        xattr_add(list, "created", g_strdup_printf("%lld", snap->created));
+        xattr_add(list, "description", g_strdup(snap->description));
+        xattr_add(list, "state", g_strdup(snap->state));
+        xattr_add(list, "kind", g_strdup(snap->external ? "external" : "internal"));
+        xattr_add(list, "current", g_strdup(snap->current ? "1" : "0"));
+    } else if (node->kind == SNAPFS_NODE_LAYER) {
+        g_autoptr(GPtrArray) chain = NULL;
+        struct snapfs_layer *layer = tree_layer(domain, node, &chain);
+        struct snapfs_snapshot *frozen_by;
+
+        if (!layer) {
+            snapfs_domain_unref(domain);
+            return -1;
+        }
+        frozen_by = layer_frozen_by(domain, node->disk, chain, (guint)node->layer);
+        xattr_add(list, "file", g_strdup(layer->file));
+        xattr_add(list, "format", g_strdup(layer->format));
+        xattr_add(list, "virtual_size", g_strdup_printf("%" G_GUINT64_FORMAT, layer->virtual_size));
+        if (layer->backing)
+            xattr_add(list, "backing", snapfs_chain_resolve(layer->file, layer->backing));
+        if (frozen_by)
+            xattr_add(list, "snapshot", g_strdup(frozen_by->name));
+        xattr_add(list, "live", g_strdup((guint)node->layer == chain->len - 1 ? "1" : "0"));
+    }
+    if (node->kind == SNAPFS_NODE_SNAPSHOT || node->kind == SNAPFS_NODE_LAYER) {
+        struct guest_view *view = tree_view(tree, node);
+        char *why = view ? guest_view_error(view) : g_strdup(snapfs_error_message());
+
+        if (why)
+            xattr_add(list, "error", why);
+        guest_view_unref(view);
+    }
+    snapfs_domain_unref(domain);
+    return 0;
+}
+
+static ssize_t xattr_copy(const char *value, size_t len, char *buf, size_t size)
+{
+    if (size == 0)
+        return (ssize_t)len;
+    if (size < len) {
+        snapfs_error_set(ERANGE, "the buffer is too small");
+        return -1;
+    }
+    memcpy(buf, value, len);
+    return (ssize_t)len;
+}
+
+ssize_t snapfs_tree_getxattr(struct snapfs_tree *tree, const struct snapfs_node *node,
+                             const char *name, char *buf, size_t size)
+{
+    struct xattr_list list = { g_ptr_array_new_with_free_func(g_free), g_ptr_array_new_with_free_func(g_free) };
+    ssize_t ret = -1;
+
+    if (node->kind == SNAPFS_NODE_GUEST) {
+        struct guest_view *view = tree_view(tree, node);
+
+        if (view) {
+            ret = guest_view_getxattr(view, node->path, name, buf, size);
+            guest_view_unref(view);
+        }
+        goto cleanup;
+    }
+    if (tree_xattrs(tree, node, &list) < 0)
+        goto cleanup;
+    snapfs_error_set(ENODATA, "no attribute '%s'", name);
+    for (guint i = 0; i < list.names->len; i++) {
+        const char *value = g_ptr_array_index(list.values, i);
+
+        if (strcmp(g_ptr_array_index(list.names, i), name) == 0) {
+            ret = xattr_copy(value, strlen(value), buf, size);
+            break;
+        }
+    }
+
+cleanup:
+    g_ptr_array_unref(list.names);
+    g_ptr_array_unref(list.values);
+    return ret;
+}
+
+ssize_t snapfs_tree_listxattr(struct snapfs_tree *tree, const struct snapfs_node *node, char *buf, size_t size)
+{
+    struct xattr_list list = { g_ptr_array_new_with_free_func(g_free), g_ptr_array_new_with_free_func(g_free) };
+    GString *names = g_string_new(NULL);
+    ssize_t ret = -1;
+
+    if (node->kind == SNAPFS_NODE_GUEST) {
+        struct guest_view *view = tree_view(tree, node);
+
+        if (view) {
+            ret = guest_view_listxattr(view, node->path, buf, size);
+            guest_view_unref(view);
+        }
+        goto cleanup;
+    }
+    if (tree_xattrs(tree, node, &list) < 0)
+        goto cleanup;
+    for (guint i = 0; i < list.names->len; i++)
+        g_string_append_len(names, g_ptr_array_index(list.names, i),
+                            (gssize)strlen(g_ptr_array_index(list.names, i)) + 1);
+    ret = xattr_copy(names->str, names->len, buf, size);
+
+cleanup:
+    g_string_free(names, TRUE);
+    g_ptr_array_unref(list.names);
+    g_ptr_array_unref(list.values);
+    return ret;
+}
+
+int snapfs_tree_setxattr(struct snapfs_tree *tree, const struct snapfs_node *node,
+                         const char *name, const char *value, size_t size)
+{
+    g_autofree char *text = NULL;
+    virConnectPtr conn;
+    int ret;
+
+    if (node->kind != SNAPFS_NODE_SNAPSHOT || strcmp(name, XATTR_PREFIX "description") != 0) {
+        snapfs_error_set(node_has_content(node) ? EROFS : EPERM,
+                         "only user.snapfs.description of a snapshot can be set");
+        return -1;
+    }
+    if (tree->config.read_only) {
+        snapfs_error_set(EROFS, "cannot describe snapshot '%s': mounted read-only", node->snapshot);
+        return -1;
+    }
+    conn = snapfs_host_conn(tree_host(tree, node));
+    if (!conn)
+        return -1;
+    text = g_strndup(value, size);
+    ret = engine_snapshot_set_description(conn, node->domain, node->snapshot, text);
+    if (ret < 0)
+        tree_remember_error(tree, node, "setfattr");
+    snapfs_host_invalidate(tree_host(tree, node), node->domain);
+    virConnectClose(conn);
+    return ret;
+}
+
+/* ---- mkdir and rmdir ------------------------------------------------------------------ */
+
+static int tree_check_snapshot_parent(struct snapfs_tree *tree, const struct snapfs_node *parent, const char *what)
+{
+    if (node_has_content(parent)) {
+        snapfs_error_set(EROFS, "cannot %s inside a snapshot or a layer: they are read-only", what);
+        return -1;
+    }
+    if (parent->kind != SNAPFS_NODE_DOMAIN) {
+        snapfs_error_set(EPERM, "cannot %s here: only a domain's directory holds snapshots", what);
+        return -1;
+    }
+    if (tree->config.read_only) {
+        snapfs_error_set(EROFS, "cannot %s in '%s': mounted read-only", what, parent->domain);
+        return -1;
+    }
+    return 0;
+}
+
+int snapfs_tree_mkdir(struct snapfs_tree *tree, const struct snapfs_node *parent, const char *name)
+{
+    virConnectPtr conn;
+    int ret;
+
+    if (tree_check_snapshot_parent(tree, parent, "create a snapshot") < 0)
+        return -1;
+    if (engine_check_name(name) < 0) {
+        tree_remember_error(tree, parent, "mkdir");
+        return -1;
+    }
+    conn = snapfs_host_conn(tree_host(tree, parent));
+    if (!conn)
+        return -1;
+    ret = engine_snapshot_create(conn, parent->domain, name, &tree->config.engine);
+    if (ret < 0)
+        tree_remember_error(tree, parent, "mkdir");
+    snapfs_host_invalidate(tree_host(tree, parent), parent->domain);
+    virConnectClose(conn);
+    return ret;
+}
+
+int snapfs_tree_rmdir(struct snapfs_tree *tree, const struct snapfs_node *parent, const char *name)
+{
+    struct snapfs_domain *before;
+    virConnectPtr conn;
+    int ret;
+
+    if (tree_check_snapshot_parent(tree, parent, "delete a snapshot") < 0)
+        return -1;
+    if (name_reserved(name)) {
+        snapfs_error_set(EPERM, "'%s' is not a snapshot", name);
+        return -1;
+    }
+    conn = snapfs_host_conn(tree_host(tree, parent));
+    if (!conn)
+        return -1;
+    before = tree_domain(tree, parent);
+    ret = engine_snapshot_delete(conn, parent->domain, name);
+    if (ret < 0)
+        tree_remember_error(tree, parent, "rmdir");
+    else
+        tree_forget_chains(tree, before);
+    snapfs_host_invalidate(tree_host(tree, parent), parent->domain);
+    snapfs_domain_unref(before);
+    virConnectClose(conn);
+    return ret;
+}

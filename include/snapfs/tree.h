@@ -1,0 +1,93 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* The namespace: hosts, domains, snapshots, layers and control files as nodes, with no FUSE in sight. */
+#pragma once
+
+#include "snapfs/engine.h"
+#include "snapfs/guest.h"
+#include "snapfs/revert.h"
+#include "snapfs/virt.h"
+
+#include <stdbool.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+enum snapfs_node_kind {
+    SNAPFS_NODE_ROOT,       /* the mount's root: domains, or hosts when there are several */
+    SNAPFS_NODE_HOST,       /* one connection's folder */
+    SNAPFS_NODE_DOMAIN,
+    SNAPFS_NODE_REVERT,     /* DOMAIN/revert */
+    SNAPFS_NODE_LAYERS,     /* DOMAIN/layers */
+    SNAPFS_NODE_DISK,       /* DOMAIN/layers/vda */
+    SNAPFS_NODE_LAYER,      /* DOMAIN/layers/vda/N-FILE */
+    SNAPFS_NODE_SNAPSHOT,   /* DOMAIN/NAME */
+    SNAPFS_NODE_GUEST,      /* anything below a snapshot or a layer */
+};
+
+/* How long the kernel may keep what a node says. */
+enum snapfs_cache {
+    SNAPFS_CACHE_NONE,      /* control files: ask every time */
+    SNAPFS_CACHE_SHORT,     /* what libvirt says: a fraction of a second */
+    SNAPFS_CACHE_LIVE,      /* a live disk's files: briefly */
+    SNAPFS_CACHE_FOREVER,   /* frozen content never changes */
+};
+
+struct snapfs_node {
+    enum snapfs_node_kind kind;
+    int host;               /* index of the connection */
+    char *domain;
+    char *snapshot;         /* SNAPSHOT, and GUEST below a snapshot */
+    char *disk;             /* DISK, LAYER, and GUEST below a layer */
+    int layer;              /* LAYER: index from the base; -1 otherwise */
+    char *layer_file;       /* LAYER: the image, so a renumbered chain is noticed */
+    char *path;             /* GUEST: path inside the view, "/" at its root */
+    bool live;              /* below the top layer: content moves */
+};
+
+struct snapfs_tree_config {
+    bool read_only;                      /* -o ro */
+    uid_t uid;                           /* owner shown for snapfs's own nodes */
+    gid_t gid;
+    struct engine_options engine;
+    struct revert_options revert;
+    struct guest_pool_config guest;
+};
+
+struct snapfs_tree;
+
+struct snapfs_tree *snapfs_tree_new(struct snapfs_host **hosts, size_t n_hosts,
+                                    const struct snapfs_tree_config *config);
+void snapfs_tree_free(struct snapfs_tree *tree);
+
+struct snapfs_node *snapfs_node_root(void);
+struct snapfs_node *snapfs_node_copy(const struct snapfs_node *node);
+void snapfs_node_free(struct snapfs_node *node);
+enum snapfs_cache snapfs_node_cache(const struct snapfs_node *node);
+
+/* Every call returns -1 after recording errno and reason (snapfs_error_*) on failure. */
+int snapfs_tree_lookup(struct snapfs_tree *tree, const struct snapfs_node *parent, const char *name,
+                       struct snapfs_node **child, struct stat *st);
+int snapfs_tree_getattr(struct snapfs_tree *tree, const struct snapfs_node *node, struct stat *st);
+
+typedef int (*snapfs_dirent_fn)(void *opaque, const char *name, const struct stat *st);
+int snapfs_tree_readdir(struct snapfs_tree *tree, const struct snapfs_node *node,
+                        snapfs_dirent_fn fn, void *opaque);
+
+int snapfs_tree_readlink(struct snapfs_tree *tree, const struct snapfs_node *node, char **target);
+ssize_t snapfs_tree_read(struct snapfs_tree *tree, const struct snapfs_node *node,
+                         char *buf, size_t size, off_t offset);
+/* A write to a control file, whole (fs/ gathers it until release). */
+int snapfs_tree_write(struct snapfs_tree *tree, const struct snapfs_node *node,
+                      const char *buf, size_t size);
+
+ssize_t snapfs_tree_getxattr(struct snapfs_tree *tree, const struct snapfs_node *node,
+                             const char *name, char *buf, size_t size);
+ssize_t snapfs_tree_listxattr(struct snapfs_tree *tree, const struct snapfs_node *node,
+                              char *buf, size_t size);
+int snapfs_tree_setxattr(struct snapfs_tree *tree, const struct snapfs_node *node,
+                         const char *name, const char *value, size_t size);
+
+int snapfs_tree_mkdir(struct snapfs_tree *tree, const struct snapfs_node *parent, const char *name);
+int snapfs_tree_rmdir(struct snapfs_tree *tree, const struct snapfs_node *parent, const char *name);
+
+/* Whether @node accepts writes of any kind (else EROFS); mkdir/rmdir/revert need it. */
+bool snapfs_tree_is_control(const struct snapfs_node *node);
