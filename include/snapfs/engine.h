@@ -20,6 +20,11 @@ struct engine_lock;
 struct engine_lock *engine_lock_domain(const char *key);
 void engine_unlock_domain(struct engine_lock *lock);
 
+/* The key engine_lock_domain() uses for @domain on @conn: "URI\nNAME". Caller frees. */
+char *engine_domain_key(virConnectPtr conn, const char *domain);
+/* engine_lock_domain(engine_domain_key(conn, domain)): what create, delete and revert take. */
+struct engine_lock *engine_lock_domain_conn(virConnectPtr conn, const char *domain);
+
 /* 0 if @name can name a snapshot, else -1 with EINVAL or EEXIST (reserved) recorded. */
 int engine_check_name(const char *name);
 
