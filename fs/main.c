@@ -1,3 +1,352 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* placeholder while being written */
-int main(void) { return 1; }
+/* The snapfs command: parse the command line, connect to libvirt, mount, serve until unmounted. */
+#include "fs.h"
+#include "snapfs/error.h"
+#include "snapfs/log.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <guestfs.h>
+#include <inttypes.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+struct snapfs_options {
+    GPtrArray *uris;
+    int read_only;
+    int nonempty;
+    int allow_other;
+    unsigned max_appliances;
+    unsigned appliance_idle;
+    char *quiesce;
+    char *revert_keep;
+    char *state_dir;
+};
+
+enum { KEY_CONNECT, KEY_RO, KEY_ALLOW_OTHER };
+
+#define OPTION(t, p) { t, offsetof(struct snapfs_options, p), 1 }
+static const struct fuse_opt option_spec[] = {
+    FUSE_OPT_KEY("-c ", KEY_CONNECT),
+    FUSE_OPT_KEY("--connect=", KEY_CONNECT),
+    FUSE_OPT_KEY("--connect ", KEY_CONNECT),
+    FUSE_OPT_KEY("ro", KEY_RO),
+    FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
+    OPTION("nonempty", nonempty),
+    OPTION("max_appliances=%u", max_appliances),
+    OPTION("appliance_idle=%u", appliance_idle),
+    OPTION("quiesce=%s", quiesce),
+    OPTION("revert_keep=%s", revert_keep),
+    OPTION("state_dir=%s", state_dir),
+    FUSE_OPT_END
+};
+
+static int option_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
+{
+    struct snapfs_options *options = data;
+
+    switch (key) {
+    case KEY_CONNECT:
+        /* fuse_opt hands over the option and its value run together. */
+        if (g_str_has_prefix(arg, "--connect="))
+            arg += strlen("--connect=");
+        else if (g_str_has_prefix(arg, "--connect"))
+            arg += strlen("--connect");
+        else
+            arg += strlen("-c");
+        g_ptr_array_add(options->uris, g_strdup(arg));
+        return 0;
+    case KEY_RO:
+        options->read_only = 1;
+        return 1;   /* the kernel refuses writes too */
+    case KEY_ALLOW_OTHER:
+        options->allow_other = 1;
+        return 1;
+    default:
+        return 1;
+    }
+}
+
+static void usage(const char *prog)
+{
+    printf("usage: %s [-c URI]... [-o OPT[,OPT...]] [-f] [-d] MOUNTPOINT\n"
+           "       fusermount3 -u MOUNTPOINT\n\n"
+           "Shows libvirt domains, their snapshots and their disks' layers as directories.\n\n"
+           "snapfs options:\n"
+           "    -c URI, --connect URI  libvirt connection (as virsh -c); repeat for several hosts,\n"
+           "                           each then a folder named after its host (\"localhost\" for\n"
+           "                           local URIs, \"-2\", \"-3\"... added when names clash)\n"
+           "    -o ro                  read-only: no mkdir, rmdir, revert (EROFS)\n"
+           "    -o nonempty            allow mounting over a non-empty directory\n"
+           "    -o max_appliances=N    libguestfs appliances running at once (default 4)\n"
+           "    -o appliance_idle=S    stop an appliance after S idle seconds (default 60)\n"
+           "    -o quiesce=auto|on|off freeze guest filesystems through the agent for mkdir (auto)\n"
+           "    -o revert_keep=on|off  keep the state a revert leaves as pre-revert-DATE (on)\n"
+           "    -o state_dir=DIR       where snapfs journals by-hand operations (/var/lib/snapfs)\n"
+           "    -o allow_other         let other users in; reading then follows the guest's modes\n"
+           "                           (default_permissions), changes stay with root and you\n\n",
+           prog);
+    printf("FUSE options:\n");
+    fuse_cmdline_help();
+    fuse_lowlevel_help();
+}
+
+static void version(void)
+{
+    unsigned long lib = 0;
+    struct guestfs_version *gv = NULL;
+    guestfs_h *g = guestfs_create_flags(GUESTFS_CREATE_NO_ENVIRONMENT);
+
+    virGetVersion(&lib, NULL, NULL);
+    if (g)
+        gv = guestfs_version(g);
+    printf("snapfs %s\nlibvirt %lu.%lu.%lu\nlibfuse %s\n", SNAPFS_VERSION,
+           lib / 1000000, lib / 1000 % 1000, lib % 1000, fuse_pkgversion());
+    if (gv)
+        printf("libguestfs %" PRIi64 ".%" PRIi64 ".%" PRIi64 "\n", gv->major, gv->minor, gv->release);
+    guestfs_free_version(gv);
+    if (g)
+        guestfs_close(g);
+}
+
+/* A mountpoint must be an existing directory, and empty unless -o nonempty says otherwise. */
+static int check_mountpoint(const char *path, bool nonempty)
+{
+    struct stat st;
+    DIR *dir;
+    struct dirent *entry;
+
+    if (stat(path, &st) < 0) {
+        fprintf(stderr, "snapfs: cannot use mountpoint '%s': %s\n", path, g_strerror(errno));
+        return -1;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "snapfs: cannot use mountpoint '%s': it is not a directory\n", path);
+        return -1;
+    }
+    if (nonempty)
+        return 0;
+    dir = opendir(path);
+    if (!dir) {
+        fprintf(stderr, "snapfs: cannot use mountpoint '%s': %s\n", path, g_strerror(errno));
+        return -1;
+    }
+    while ((entry = readdir(dir))) {
+        if (strcmp(entry->d_name, ".") != 0 && strcmp(entry->d_name, "..") != 0) {
+            closedir(dir);
+            fprintf(stderr, "snapfs: cannot use mountpoint '%s': it is not empty (-o nonempty allows it)\n", path);
+            return -1;
+        }
+    }
+    closedir(dir);
+    return 0;
+}
+
+/*
+ * Daemonizing forks before any thread exists (libvirt's event loop and the
+ * embedded driver start threads); the parent waits for the child to say
+ * whether it mounted, so every error still reaches the terminal.
+ */
+static int daemon_status_fd = -1;
+
+static int daemon_start(void)
+{
+    int fds[2];
+    pid_t pid;
+    char status = 1;
+
+    if (pipe(fds) < 0) {
+        perror("snapfs: pipe");
+        return -1;
+    }
+    pid = fork();
+    if (pid < 0) {
+        perror("snapfs: fork");
+        return -1;
+    }
+    if (pid > 0) {
+        close(fds[1]);
+        if (read(fds[0], &status, 1) != 1)
+            status = 1;
+        _exit(status ? EXIT_FAILURE : EXIT_SUCCESS);
+    }
+    close(fds[0]);
+    daemon_status_fd = fds[1];
+    setsid();
+    return 0;
+}
+
+static void daemon_ready(void)
+{
+    char ok = 0;
+    int null;
+
+    if (daemon_status_fd < 0)
+        return;
+    if (chdir("/") < 0)
+        snapfs_warn("cannot change to /: %s", g_strerror(errno));
+    null = open("/dev/null", O_RDWR);
+    if (null >= 0) {
+        dup2(null, STDIN_FILENO);
+        dup2(null, STDOUT_FILENO);
+        dup2(null, STDERR_FILENO);
+        if (null > STDERR_FILENO)
+            close(null);
+    }
+    if (write(daemon_status_fd, &ok, 1) != 1)
+        snapfs_warn("cannot tell the parent that the mount is ready");
+    close(daemon_status_fd);
+    daemon_status_fd = -1;
+}
+
+static bool parse_on_off(const char *value, bool fallback, const char *name, bool *out)
+{
+    if (!value) {
+        *out = fallback;
+        return true;
+    }
+    if (strcmp(value, "on") == 0 || strcmp(value, "off") == 0) {
+        *out = strcmp(value, "on") == 0;
+        return true;
+    }
+    fprintf(stderr, "snapfs: -o %s takes on or off, not '%s'\n", name, value);
+    return false;
+}
+
+static bool build_config(const struct snapfs_options *options, struct snapfs_tree_config *config)
+{
+    config->read_only = options->read_only;
+    config->uid = getuid();
+    config->gid = getgid();
+    config->guest.max_appliances = options->max_appliances ? options->max_appliances : 4;
+    config->guest.idle_seconds = options->appliance_idle ? options->appliance_idle : 60;
+    config->guest.live_ttl_ms = 1000;
+    if (!options->quiesce || strcmp(options->quiesce, "auto") == 0) {
+        config->engine.quiesce = ENGINE_QUIESCE_AUTO;
+    } else if (strcmp(options->quiesce, "on") == 0) {
+        config->engine.quiesce = ENGINE_QUIESCE_ON;
+    } else if (strcmp(options->quiesce, "off") == 0) {
+        config->engine.quiesce = ENGINE_QUIESCE_OFF;
+    } else {
+        fprintf(stderr, "snapfs: -o quiesce takes auto, on or off, not '%s'\n", options->quiesce);
+        return false;
+    }
+    if (!parse_on_off(options->revert_keep, true, "revert_keep", &config->revert.keep))
+        return false;
+    config->revert.state_dir = options->state_dir ? options->state_dir : "/var/lib/snapfs";
+    return true;
+}
+
+int main(int argc, char **argv)
+{
+    struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+    struct snapfs_options options = { .uris = g_ptr_array_new_with_free_func(g_free) };
+    struct fuse_cmdline_opts cmdline = { 0 };
+    struct snapfs_tree_config config = { 0 };
+    struct fs_context ctx = { 0 };
+    g_autoptr(GPtrArray) hosts = g_ptr_array_new_with_free_func((GDestroyNotify)snapfs_host_close);
+    struct fuse_session *se = NULL;
+    struct fuse_loop_config loop = { .clone_fd = 0, .max_idle_threads = 10 };
+    int ret = EXIT_FAILURE;
+
+    if (fuse_opt_parse(&args, &options, option_spec, option_proc) < 0 ||
+        fuse_parse_cmdline(&args, &cmdline) < 0)
+        goto out;
+    if (cmdline.show_help) {
+        usage(argv[0]);
+        ret = EXIT_SUCCESS;
+        goto out;
+    }
+    if (cmdline.show_version) {
+        version();
+        ret = EXIT_SUCCESS;
+        goto out;
+    }
+    if (!cmdline.mountpoint) {
+        fprintf(stderr, "snapfs: no mountpoint given (see %s --help)\n", argv[0]);
+        goto out;
+    }
+    if (!build_config(&options, &config) || check_mountpoint(cmdline.mountpoint, options.nonempty) < 0)
+        goto out;
+    if (access("/dev/fuse", R_OK | W_OK) < 0) {
+        fprintf(stderr, "snapfs: cannot use /dev/fuse: %s (load the fuse module, or run where it exists)\n",
+                g_strerror(errno));
+        goto out;
+    }
+    if (options.allow_other)
+        fuse_opt_add_arg(&args, "-odefault_permissions");
+    if (!cmdline.foreground && daemon_start() < 0)
+        goto out;
+    snapfs_log_init(false, cmdline.debug);
+
+    if (snapfs_virt_start_events() < 0) {
+        fprintf(stderr, "snapfs: %s\n", snapfs_error_message());
+        goto out;
+    }
+    if (options.uris->len == 0)
+        g_ptr_array_add(options.uris, NULL);   /* libvirt's default */
+    for (guint i = 0; i < options.uris->len; i++) {
+        struct snapfs_host *host = snapfs_host_open(g_ptr_array_index(options.uris, i));
+
+        if (!host) {
+            fprintf(stderr, "snapfs: %s\n", snapfs_error_message());
+            goto out;
+        }
+        g_ptr_array_add(hosts, host);
+    }
+    snapfs_hosts_name((struct snapfs_host **)hosts->pdata, hosts->len);
+    for (guint i = 0; i < hosts->len; i++) {
+        virConnectPtr conn = snapfs_host_conn(g_ptr_array_index(hosts, i));
+
+        /* Finish or roll back what an earlier run left half done, before anyone looks. */
+        if (conn && revert_recover(conn, &config.revert) < 0)
+            snapfs_warn("cannot recover an interrupted revert: %s", snapfs_error_message());
+        if (conn)
+            virConnectClose(conn);
+    }
+
+    ctx.owner = getuid();
+    ctx.inodes = fs_inodes_new();
+    ctx.tree = snapfs_tree_new((struct snapfs_host **)hosts->pdata, hosts->len, &config);
+    fuse_opt_add_arg(&args, "-osubtype=snapfs");
+    fuse_opt_add_arg(&args, "-ofsname=snapfs");
+    se = fuse_session_new(&args, &fs_operations, sizeof(fs_operations), &ctx);
+    if (!se)
+        goto out;   /* libfuse said why, e.g. an unknown option */
+    if (fuse_set_signal_handlers(se) < 0)
+        goto out;
+    if (fuse_session_mount(se, cmdline.mountpoint) < 0) {
+        fuse_remove_signal_handlers(se);
+        goto out;
+    }
+    if (!cmdline.foreground) {
+        snapfs_log_init(true, cmdline.debug);
+        daemon_ready();
+    }
+    snapfs_info("mounted %u connection(s) on %s", hosts->len, cmdline.mountpoint);
+    ret = cmdline.singlethread ? fuse_session_loop(se) : fuse_session_loop_mt(se, &loop);
+    ret = ret == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    fuse_session_unmount(se);
+    fuse_remove_signal_handlers(se);
+
+out:
+    if (se)
+        fuse_session_destroy(se);
+    snapfs_tree_free(ctx.tree);
+    fs_inodes_free(ctx.inodes);
+    g_ptr_array_set_size(hosts, 0);
+    snapfs_virt_stop_events();
+    free(cmdline.mountpoint);
+    fuse_opt_free_args(&args);
+    g_ptr_array_unref(options.uris);
+    g_free(options.quiesce);
+    g_free(options.revert_keep);
+    g_free(options.state_dir);
+    return ret;
+}

@@ -1,2 +1,539 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* placeholder while being written */
+/* The FUSE operations: each finds its node, asks the tree, and answers the kernel with attributes, data or -errno. */
+#include "fs.h"
+#include "snapfs/error.h"
+#include "snapfs/log.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/statvfs.h>
+
+/* Frozen content never changes: let the kernel keep it for as long as it likes. */
+#define FS_FOREVER (365.0 * 86400.0)
+#define FS_LIVE 1.0
+
+static struct fs_context *fs_ctx(fuse_req_t req)
+{
+    return fuse_req_userdata(req);
+}
+
+static double fs_timeout(const struct snapfs_node *node)
+{
+    switch (snapfs_node_cache(node)) {
+    case SNAPFS_CACHE_FOREVER:
+        return FS_FOREVER;
+    case SNAPFS_CACHE_LIVE:
+        return FS_LIVE;
+    default:
+        /* What libvirt says must show at once: snapfs caches it briefly itself. */
+        return 0.0;
+    }
+}
+
+/* The one place where a failure of src/ becomes an errno for the kernel. */
+static void fs_reply_error(fuse_req_t req, const char *op)
+{
+    int err = snapfs_error_errno();
+
+    if (err != ENOENT && err != ENODATA && err != ERANGE)
+        snapfs_debug("%s: %s", op, snapfs_error_message());
+    fuse_reply_err(req, err);
+}
+
+/* Finds the node of @ino, or answers ESTALE for an id the kernel should no longer hold. */
+static struct snapfs_node *fs_node(fuse_req_t req, fuse_ino_t ino)
+{
+    struct snapfs_node *node = fs_inodes_node(fs_ctx(req)->inodes, ino);
+
+    if (!node)
+        fuse_reply_err(req, ESTALE);
+    return node;
+}
+
+/* Only root and the mounting user may take, delete or revert snapshots. */
+static bool fs_may_administer(fuse_req_t req)
+{
+    const struct fuse_ctx *caller = fuse_req_ctx(req);
+
+    return caller->uid == 0 || caller->uid == fs_ctx(req)->owner;
+}
+
+static void fs_init(void *userdata, struct fuse_conn_info *conn)
+{
+    if (conn->capable & FUSE_CAP_READDIRPLUS)
+        conn->want |= FUSE_CAP_READDIRPLUS;
+    if (conn->capable & FUSE_CAP_CACHE_SYMLINKS)
+        conn->want |= FUSE_CAP_CACHE_SYMLINKS;
+    /* An O_TRUNC open of revert is not a request to change anything. */
+    if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)
+        conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
+}
+
+static void fs_entry(fuse_req_t req, fuse_ino_t parent, const char *name,
+                     const struct snapfs_node *node, const struct stat *st)
+{
+    struct fuse_entry_param entry = { 0 };
+
+    entry.ino = fs_inodes_get(fs_ctx(req)->inodes, parent, name, node);
+    entry.attr = *st;
+    entry.attr_timeout = entry.entry_timeout = fs_timeout(node);
+    if (fuse_reply_entry(req, &entry) == -ENOENT)
+        fs_inodes_forget(fs_ctx(req)->inodes, entry.ino, 1);
+}
+
+/* Resolves a name in a directory.  ENOENT when it names nothing; inside frozen content that is cached too. */
+static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+    struct snapfs_node *dir = fs_node(req, parent);
+    struct snapfs_node *child = NULL;
+    struct stat st;
+
+    if (!dir)
+        return;
+    if (snapfs_tree_lookup(fs_ctx(req)->tree, dir, name, &child, &st) < 0) {
+        if (snapfs_error_errno() == ENOENT && snapfs_node_cache(dir) == SNAPFS_CACHE_FOREVER &&
+            dir->kind == SNAPFS_NODE_GUEST) {
+            struct fuse_entry_param negative = { .entry_timeout = FS_FOREVER };
+
+            fuse_reply_entry(req, &negative);
+        } else {
+            fs_reply_error(req, "lookup");
+        }
+        snapfs_node_free(dir);
+        return;
+    }
+    fs_entry(req, parent, name, child, &st);
+    snapfs_node_free(child);
+    snapfs_node_free(dir);
+}
+
+static void fs_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+    fs_inodes_forget(fs_ctx(req)->inodes, ino, nlookup);
+    fuse_reply_none(req);
+}
+
+static void fs_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
+{
+    for (size_t i = 0; i < count; i++)
+        fs_inodes_forget(fs_ctx(req)->inodes, forgets[i].ino, forgets[i].nlookup);
+    fuse_reply_none(req);
+}
+
+/* Attributes: guest files as the guest has them; snapfs's own folders owned by the mounting user. */
+static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    struct snapfs_node *node = fs_node(req, ino);
+    struct stat st;
+
+    if (!node)
+        return;
+    if (snapfs_tree_getattr(fs_ctx(req)->tree, node, &st) < 0)
+        fs_reply_error(req, "getattr");
+    else
+        fuse_reply_attr(req, &st, fs_timeout(node));
+    snapfs_node_free(node);
+}
+
+/* Nothing's attributes can be changed: EROFS in snapshots and layers, EPERM elsewhere; revert may be truncated. */
+static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi)
+{
+    struct snapfs_node *node = fs_node(req, ino);
+    struct stat st;
+
+    if (!node)
+        return;
+    if (node->kind == SNAPFS_NODE_REVERT && to_set == FUSE_SET_ATTR_SIZE && attr->st_size == 0 &&
+        snapfs_tree_getattr(fs_ctx(req)->tree, node, &st) == 0) {
+        fuse_reply_attr(req, &st, 0.0);
+    } else {
+        bool content = node->kind == SNAPFS_NODE_GUEST || node->kind == SNAPFS_NODE_SNAPSHOT ||
+                       node->kind == SNAPFS_NODE_LAYER;
+
+        fuse_reply_err(req, content ? EROFS : EPERM);
+    }
+    snapfs_node_free(node);
+}
+
+static void fs_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+    struct snapfs_node *node = fs_node(req, ino);
+    g_autofree char *target = NULL;
+
+    if (!node)
+        return;
+    if (snapfs_tree_readlink(fs_ctx(req)->tree, node, &target) < 0)
+        fs_reply_error(req, "readlink");
+    else
+        fuse_reply_readlink(req, target);
+    snapfs_node_free(node);
+}
+
+/* ---- directories -------------------------------------------------------- */
+
+struct fs_dirent {
+    char *name;
+    struct stat st;
+};
+
+/* A directory's entries, read once at opendir so that offsets stay valid while it is read. */
+struct fs_dir {
+    struct snapfs_node *node;
+    GArray *entries;   /* struct fs_dirent */
+};
+
+static void fs_dirent_clear(gpointer data)
+{
+    g_free(((struct fs_dirent *)data)->name);
+}
+
+static int fs_dir_collect(void *opaque, const char *name, const struct stat *st)
+{
+    struct fs_dir *dir = opaque;
+    struct fs_dirent entry = { g_strdup(name), *st };
+
+    g_array_append_val(dir->entries, entry);
+    return 0;
+}
+
+static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    struct snapfs_node *node = fs_node(req, ino);
+    struct fs_dir *dir;
+
+    if (!node)
+        return;
+    dir = g_new0(struct fs_dir, 1);
+    dir->node = node;
+    dir->entries = g_array_new(FALSE, TRUE, sizeof(struct fs_dirent));
+    g_array_set_clear_func(dir->entries, fs_dirent_clear);
+    if (snapfs_tree_readdir(fs_ctx(req)->tree, node, fs_dir_collect, dir) < 0) {
+        fs_reply_error(req, "readdir");
+        g_array_unref(dir->entries);
+        snapfs_node_free(dir->node);
+        g_free(dir);
+        return;
+    }
+    fi->fh = (uintptr_t)dir;
+    if (snapfs_node_cache(node) == SNAPFS_CACHE_FOREVER) {
+        fi->keep_cache = 1;
+        fi->cache_readdir = 1;
+    }
+    fuse_reply_open(req, fi);
+}
+
+static void fs_readdir_any(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset,
+                           struct fuse_file_info *fi, bool plus)
+{
+    struct fs_dir *dir = (struct fs_dir *)(uintptr_t)fi->fh;
+    /* Attributes come with the entries only for guest content, where they are exact and cached. */
+    bool attrs = plus && snapfs_node_cache(dir->node) != SNAPFS_CACHE_SHORT &&
+                 dir->node->kind != SNAPFS_NODE_REVERT;
+    g_autofree char *buf = g_malloc(size);
+    size_t used = 0;
+
+    for (guint i = (guint)offset; i < dir->entries->len; i++) {
+        struct fs_dirent *entry = &g_array_index(dir->entries, struct fs_dirent, i);
+        size_t len;
+
+        if (!plus) {
+            len = fuse_add_direntry(req, buf + used, size - used, entry->name, &entry->st, i + 1);
+        } else {
+            struct fuse_entry_param param = { .attr = entry->st };
+
+            /* Counts a lookup only for an entry that fits, or the kernel's count and ours part. */
+            if (fuse_add_direntry_plus(req, NULL, 0, entry->name, NULL, 0) > size - used)
+                break;
+            if (attrs) {
+                struct snapfs_node child = *dir->node;
+                g_autofree char *path = g_build_filename(dir->node->kind == SNAPFS_NODE_GUEST ?
+                                                         dir->node->path : "/", entry->name, NULL);
+
+                child.kind = SNAPFS_NODE_GUEST;
+                child.path = path;
+                param.attr_timeout = param.entry_timeout = fs_timeout(&child);
+                param.ino = fs_inodes_get(fs_ctx(req)->inodes, ino, entry->name, &child);
+            }
+            len = fuse_add_direntry_plus(req, buf + used, size - used, entry->name, &param, i + 1);
+        }
+        if (len > size - used)
+            break;
+        used += len;
+    }
+    fuse_reply_buf(req, buf, used);
+}
+
+/* Lists a directory: domains, snapshots, disks, layers, or the guest's own entries. */
+static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, struct fuse_file_info *fi)
+{
+    fs_readdir_any(req, ino, size, offset, fi, false);
+}
+
+static void fs_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, struct fuse_file_info *fi)
+{
+    fs_readdir_any(req, ino, size, offset, fi, true);
+}
+
+static void fs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    struct fs_dir *dir = (struct fs_dir *)(uintptr_t)fi->fh;
+
+    g_array_unref(dir->entries);
+    snapfs_node_free(dir->node);
+    g_free(dir);
+    fuse_reply_err(req, 0);
+}
+
+/* ---- files ---------------------------------------------------------------- */
+
+/* Opens a guest file read-only (EROFS for writing) or the revert control file. */
+static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    struct snapfs_node *node = fs_node(req, ino);
+    bool writing = (fi->flags & O_ACCMODE) != O_RDONLY;
+
+    if (!node)
+        return;
+    if (node->kind == SNAPFS_NODE_REVERT) {
+        if (writing && !fs_may_administer(req)) {
+            fuse_reply_err(req, EACCES);
+        } else {
+            fi->direct_io = 1;   /* its content is made at each read */
+            fuse_reply_open(req, fi);
+        }
+    } else if (node->kind != SNAPFS_NODE_GUEST) {
+        fuse_reply_err(req, EISDIR);
+    } else if (writing) {
+        fuse_reply_err(req, EROFS);
+    } else {
+        fi->keep_cache = snapfs_node_cache(node) == SNAPFS_CACHE_FOREVER;
+        fuse_reply_open(req, fi);
+    }
+    snapfs_node_free(node);
+}
+
+static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, struct fuse_file_info *fi)
+{
+    struct snapfs_node *node = fs_node(req, ino);
+    g_autofree char *buf = NULL;
+    ssize_t n;
+
+    if (!node)
+        return;
+    buf = g_malloc(size ? size : 1);
+    n = snapfs_tree_read(fs_ctx(req)->tree, node, buf, size, offset);
+    if (n < 0)
+        fs_reply_error(req, "read");
+    else
+        fuse_reply_buf(req, buf, (size_t)n);
+    snapfs_node_free(node);
+}
+
+/* A write to revert is one request ("NAME\n"); everything else is read-only. */
+static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t offset,
+                     struct fuse_file_info *fi)
+{
+    struct snapfs_node *node = fs_node(req, ino);
+
+    if (!node)
+        return;
+    if (node->kind != SNAPFS_NODE_REVERT)
+        fuse_reply_err(req, EROFS);
+    else if (snapfs_tree_write(fs_ctx(req)->tree, node, buf, size) < 0)
+        fs_reply_error(req, "revert");
+    else
+        fuse_reply_write(req, size);
+    snapfs_node_free(node);
+}
+
+/* ---- changes -------------------------------------------------------------- */
+
+/* mkdir DOMAIN/NAME takes a snapshot: EACCES for others than root and the mounting user. */
+static void fs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+    struct fs_context *ctx = fs_ctx(req);
+    struct snapfs_node *dir = fs_node(req, parent);
+    struct snapfs_node *child = NULL;
+    struct stat st;
+
+    if (!dir)
+        return;
+    if (dir->kind == SNAPFS_NODE_DOMAIN && !fs_may_administer(req))
+        fuse_reply_err(req, EACCES);
+    else if (snapfs_tree_mkdir(ctx->tree, dir, name) < 0)
+        fs_reply_error(req, "mkdir");
+    else if (snapfs_tree_lookup(ctx->tree, dir, name, &child, &st) < 0)
+        fs_reply_error(req, "mkdir");
+    else
+        fs_entry(req, parent, name, child, &st);
+    snapfs_node_free(child);
+    snapfs_node_free(dir);
+}
+
+/* rmdir DOMAIN/NAME deletes a snapshot: EACCES for others than root and the mounting user. */
+static void fs_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+    struct snapfs_node *dir = fs_node(req, parent);
+
+    if (!dir)
+        return;
+    if (dir->kind == SNAPFS_NODE_DOMAIN && !fs_may_administer(req))
+        fuse_reply_err(req, EACCES);
+    else if (snapfs_tree_rmdir(fs_ctx(req)->tree, dir, name) < 0)
+        fs_reply_error(req, "rmdir");
+    else
+        fuse_reply_err(req, 0);
+    snapfs_node_free(dir);
+}
+
+/* Nothing else can be made or removed: EROFS in snapshots and layers, EPERM elsewhere. */
+static void fs_refuse(fuse_req_t req, fuse_ino_t parent)
+{
+    struct snapfs_node *dir = fs_node(req, parent);
+
+    if (!dir)
+        return;
+    fuse_reply_err(req, dir->kind == SNAPFS_NODE_GUEST || dir->kind == SNAPFS_NODE_SNAPSHOT ||
+                        dir->kind == SNAPFS_NODE_LAYER ? EROFS : EPERM);
+    snapfs_node_free(dir);
+}
+
+static void fs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
+{
+    fs_refuse(req, parent);
+}
+
+static void fs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi)
+{
+    fs_refuse(req, parent);
+}
+
+static void fs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+    fs_refuse(req, parent);
+}
+
+static void fs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
+{
+    fs_refuse(req, parent);
+}
+
+static void fs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t parent, const char *name)
+{
+    fs_refuse(req, parent);
+}
+
+/* Renaming snapshots is not supported (DESIGN.md: optional). */
+static void fs_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+                      const char *newname, unsigned int flags)
+{
+    struct snapfs_node *dir = fs_node(req, parent);
+
+    if (!dir)
+        return;
+    if (dir->kind == SNAPFS_NODE_DOMAIN)
+        fuse_reply_err(req, parent == newparent ? ENOTSUP : EXDEV);
+    else
+        fs_refuse(req, parent);
+    snapfs_node_free(dir);
+}
+
+/* ---- xattrs ----------------------------------------------------------------- */
+
+static void fs_reply_xattr(fuse_req_t req, const char *buf, size_t size, ssize_t n, const char *op)
+{
+    if (n < 0)
+        fs_reply_error(req, op);
+    else if (size == 0)
+        fuse_reply_xattr(req, (size_t)n);
+    else
+        fuse_reply_buf(req, buf, (size_t)n);
+}
+
+/* user.snapfs.* on snapfs's own folders (DESIGN.md), the guest's own xattrs inside. */
+static void fs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+    struct snapfs_node *node = fs_node(req, ino);
+    g_autofree char *buf = g_malloc(size ? size : 1);
+
+    if (!node)
+        return;
+    fs_reply_xattr(req, buf, size, snapfs_tree_getxattr(fs_ctx(req)->tree, node, name, buf, size), "getxattr");
+    snapfs_node_free(node);
+}
+
+static void fs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+    struct snapfs_node *node = fs_node(req, ino);
+    g_autofree char *buf = g_malloc(size ? size : 1);
+
+    if (!node)
+        return;
+    fs_reply_xattr(req, buf, size, snapfs_tree_listxattr(fs_ctx(req)->tree, node, buf, size), "listxattr");
+    snapfs_node_free(node);
+}
+
+/* Only user.snapfs.description of a snapshot can be set; EROFS in content, EPERM elsewhere. */
+static void fs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
+                        size_t size, int flags)
+{
+    struct snapfs_node *node = fs_node(req, ino);
+
+    if (!node)
+        return;
+    if (node->kind == SNAPFS_NODE_SNAPSHOT && !fs_may_administer(req))
+        fuse_reply_err(req, EACCES);
+    else if (snapfs_tree_setxattr(fs_ctx(req)->tree, node, name, value, size) < 0)
+        fs_reply_error(req, "setxattr");
+    else
+        fuse_reply_err(req, 0);
+    snapfs_node_free(node);
+}
+
+static void fs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+    struct snapfs_node *node = fs_node(req, ino);
+
+    if (!node)
+        return;
+    fuse_reply_err(req, node->kind == SNAPFS_NODE_GUEST || node->kind == SNAPFS_NODE_SNAPSHOT ||
+                        node->kind == SNAPFS_NODE_LAYER ? EROFS : EPERM);
+    snapfs_node_free(node);
+}
+
+static void fs_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+    struct statvfs st = { .f_bsize = 4096, .f_frsize = 4096, .f_namemax = 255 };
+
+    fuse_reply_statfs(req, &st);
+}
+
+const struct fuse_lowlevel_ops fs_operations = {
+    .init = fs_init,
+    .lookup = fs_lookup,
+    .forget = fs_forget,
+    .forget_multi = fs_forget_multi,
+    .getattr = fs_getattr,
+    .setattr = fs_setattr,
+    .readlink = fs_readlink,
+    .mknod = fs_mknod,
+    .mkdir = fs_mkdir,
+    .unlink = fs_unlink,
+    .rmdir = fs_rmdir,
+    .symlink = fs_symlink,
+    .rename = fs_rename,
+    .link = fs_link,
+    .open = fs_open,
+    .read = fs_read,
+    .write = fs_write,
+    .opendir = fs_opendir,
+    .readdir = fs_readdir,
+    .readdirplus = fs_readdirplus,
+    .releasedir = fs_releasedir,
+    .statfs = fs_statfs,
+    .setxattr = fs_setxattr,
+    .getxattr = fs_getxattr,
+    .listxattr = fs_listxattr,
+    .removexattr = fs_removexattr,
+    .create = fs_create,
+};

@@ -1,0 +1,28 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* What the files of the FUSE layer share: the inode table and the operations table. */
+#pragma once
+
+#define FUSE_USE_VERSION 35
+#include <fuse_lowlevel.h>
+
+#include "snapfs/tree.h"
+
+/* The kernel's node ids, each standing for one node of the tree. */
+struct fs_inodes;
+
+struct fs_inodes *fs_inodes_new(void);
+void fs_inodes_free(struct fs_inodes *inodes);
+/* The id for @name in directory @parent, made on first use; counts one lookup. */
+fuse_ino_t fs_inodes_get(struct fs_inodes *inodes, fuse_ino_t parent, const char *name,
+                         const struct snapfs_node *node);
+/* A copy of the node behind @ino (the caller frees it), or NULL if the kernel forgot it. */
+struct snapfs_node *fs_inodes_node(struct fs_inodes *inodes, fuse_ino_t ino);
+void fs_inodes_forget(struct fs_inodes *inodes, fuse_ino_t ino, uint64_t nlookup);
+
+struct fs_context {
+    struct snapfs_tree *tree;
+    struct fs_inodes *inodes;
+    uid_t owner;      /* the mounting user: with root, the only one who may change things */
+};
+
+extern const struct fuse_lowlevel_ops fs_operations;
