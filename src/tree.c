@@ -199,7 +199,10 @@ static char *layer_dir_name(guint index, const struct snapfs_layer *layer)
     return g_strdup_printf("%u-%s", index, base);
 }
 
-/* The layer a LAYER or GUEST-below-a-layer node stands for, checked against the chain as it is now. */
+/*
+ * The layer a LAYER or GUEST-below-a-layer node stands for, checked against
+ * the chain as it is now; it lives in *@chain_out, which the caller releases.
+ */
 static struct snapfs_layer *tree_layer(struct snapfs_domain *domain, const struct snapfs_node *node,
                                        GPtrArray **chain_out)
 {
@@ -218,8 +221,7 @@ static struct snapfs_layer *tree_layer(struct snapfs_domain *domain, const struc
                          node->layer, node->disk, domain->name, node->layer_file);
         return NULL;
     }
-    if (chain_out)
-        *chain_out = g_ptr_array_ref(chain);
+    *chain_out = g_ptr_array_ref(chain);
     return layer;
 }
 
@@ -452,7 +454,8 @@ int snapfs_tree_getattr(struct snapfs_tree *tree, const struct snapfs_node *node
         } else if (node->kind == SNAPFS_NODE_LAYERS || node->kind == SNAPFS_NODE_DISK) {
             tree_stat_dir(tree, st, 0555, tree->mounted);
         } else if (node->kind == SNAPFS_NODE_LAYER) {
-            struct snapfs_layer *layer = tree_layer(domain, node, NULL);
+            g_autoptr(GPtrArray) chain = NULL;
+            struct snapfs_layer *layer = tree_layer(domain, node, &chain);
             struct stat image;
 
             if (!layer) {

@@ -53,10 +53,18 @@ static void virt_event_nop(int timer, void *opaque)
 {
 }
 
+/* libvirt's errors go to the log, at debug level: callers record and log what matters. */
+static void virt_error_log(void *opaque, virErrorPtr err)
+{
+    if (err && err->message)
+        snapfs_debug("libvirt: %s", err->message);
+}
+
 int snapfs_virt_start_events(void)
 {
     if (event_thread)
         return 0;
+    virSetErrorFunc(NULL, virt_error_log);
     if (virInitialize() < 0 || virEventRegisterDefaultImpl() < 0) {
         snapfs_error_from_virt("cannot start libvirt's event loop");
         return -1;
