@@ -1,0 +1,272 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* Unit test of src/tree.c and src/virt.c against libvirt's test:/// driver with a fixture of snapshots and real image chains. */
+#include "snapfs/chain.h"
+#include "snapfs/error.h"
+#include "snapfs/tree.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static char *tmpdir;
+static char *uri;
+static struct snapfs_host *hosts[2];
+static struct snapfs_tree *tree;
+
+static const char fixture[] =
+    "<node>\n"
+    " <domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>\n"
+    "  <name>web01</name><memory>65536</memory><os><type>hvm</type></os>\n"
+    "  <devices>\n"
+    "   <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\n"
+    "    <source file='@DIR@/web01.s2'/><target dev='vda'/></disk>\n"
+    "   <disk type='file' device='cdrom'><source file='@DIR@/none.iso'/><target dev='hdc'/></disk>\n"
+    "  </devices>\n"
+    "  <test:domainsnapshot><name>s1</name><active>0</active><creationTime>1700000000</creationTime>\n"
+    "   <state>shutoff</state><description>first one</description>\n"
+    "   <disks><disk name='vda' snapshot='external'><source file='@DIR@/web01.s1'/></disk></disks>\n"
+    "  </test:domainsnapshot>\n"
+    "  <test:domainsnapshot><name>s2</name><active>1</active><creationTime>1700000100</creationTime>\n"
+    "   <state>shutoff</state><parent><name>s1</name></parent>\n"
+    "   <disks><disk name='vda' snapshot='external'><source file='@DIR@/web01.s2'/></disk></disks>\n"
+    "  </test:domainsnapshot>\n"
+    " </domain>\n"
+    " <domain type='test'>\n"
+    "  <name>db 01 é</name><memory>65536</memory><os><type>hvm</type></os>\n"
+    " </domain>\n"
+    "</node>\n";
+
+static void run(const char *cmd)
+{
+    g_autofree char *full = g_strdup_printf("cd '%s' && %s >/dev/null 2>&1", tmpdir, cmd);
+
+    if (system(full) != 0) {
+        fprintf(stderr, "command failed: %s\n", cmd);
+        exit(1);
+    }
+}
+
+static struct snapfs_node *lookup_path(const char *path)
+{
+    g_auto(GStrv) parts = g_strsplit(path, "/", -1);
+    struct snapfs_node *node = snapfs_node_root();
+
+    for (int i = 0; parts[i]; i++) {
+        struct snapfs_node *child = NULL;
+        struct stat st;
+
+        if (!parts[i][0])
+            continue;
+        if (snapfs_tree_lookup(tree, node, parts[i], &child, &st) < 0) {
+            snapfs_node_free(node);
+            return NULL;
+        }
+        snapfs_node_free(node);
+        node = child;
+    }
+    return node;
+}
+
+static int collect(void *opaque, const char *name, const struct stat *st)
+{
+    g_string_append_printf(opaque, "%s%s,", name, S_ISDIR(st->st_mode) ? "/" : "");
+    return 0;
+}
+
+static char *listing(const char *path)
+{
+    struct snapfs_node *node = lookup_path(path);
+    GString *names = g_string_new(NULL);
+
+    g_assert_nonnull(node);
+    g_assert_cmpint(snapfs_tree_readdir(tree, node, collect, names), ==, 0);
+    snapfs_node_free(node);
+    return g_string_free(names, FALSE);
+}
+
+static char *xattr(const char *path, const char *name)
+{
+    struct snapfs_node *node = lookup_path(path);
+    char buf[4096];
+    ssize_t n;
+
+    g_assert_nonnull(node);
+    n = snapfs_tree_getxattr(tree, node, name, buf, sizeof(buf));
+    snapfs_node_free(node);
+    return n < 0 ? NULL : g_strndup(buf, (gsize)n);
+}
+
+static void test_tree_listings(void)
+{
+    g_autofree char *root = listing("/");
+    g_autofree char *domain = listing("/web01");
+    g_autofree char *disks = listing("/web01/layers");
+    g_autofree char *layers = listing("/web01/layers/vda");
+
+    g_assert_cmpstr(root, ==, "db 01 é/,web01/,");
+    g_assert_cmpstr(domain, ==, "revert,layers/,s1/,s2/,");
+    g_assert_cmpstr(disks, ==, "vda/,");   /* the cdrom is no disk */
+    g_assert_cmpstr(layers, ==, "0-base.qcow2/,1-web01.s1/,2-web01.s2/,");
+}
+
+static void test_tree_snapshot_attrs(void)
+{
+    struct snapfs_node *node = lookup_path("/web01/s1");
+    struct stat st;
+
+    g_assert_nonnull(node);
+    g_assert_cmpint(snapfs_tree_getattr(tree, node, &st), ==, 0);
+    g_assert_true(S_ISDIR(st.st_mode));
+    g_assert_cmpint(st.st_mode & 07777, ==, 0555);
+    g_assert_cmpint(st.st_mtime, ==, 1700000000);
+    snapfs_node_free(node);
+
+    g_autofree char *parent1 = xattr("/web01/s1", "user.snapfs.parent");
+    g_autofree char *parent2 = xattr("/web01/s2", "user.snapfs.parent");
+    g_autofree char *created = xattr("/web01/s2", "user.snapfs.created");
+    g_autofree char *desc = xattr("/web01/s1", "user.snapfs.description");
+    g_autofree char *kind = xattr("/web01/s1", "user.snapfs.kind");
+    g_autofree char *state = xattr("/web01/s1", "user.snapfs.state");
+    g_autofree char *current1 = xattr("/web01/s1", "user.snapfs.current");
+    g_autofree char *current2 = xattr("/web01/s2", "user.snapfs.current");
+
+    g_assert_null(parent1);
+    g_assert_cmpint(snapfs_error_errno(), ==, ENODATA);
+    g_assert_cmpstr(parent2, ==, "s1");
+    g_assert_cmpstr(created, ==, "1700000100");
+    g_assert_cmpstr(desc, ==, "first one");
+    g_assert_cmpstr(kind, ==, "external");
+    g_assert_cmpstr(state, ==, "shutoff");
+    g_assert_cmpstr(current1, ==, "0");
+    g_assert_cmpstr(current2, ==, "1");
+}
+
+static void test_tree_layer_attrs(void)
+{
+    g_autofree char *base_file = xattr("/web01/layers/vda/0-base.qcow2", "user.snapfs.file");
+    g_autofree char *base_backing = xattr("/web01/layers/vda/0-base.qcow2", "user.snapfs.backing");
+    g_autofree char *base_frozen = xattr("/web01/layers/vda/0-base.qcow2", "user.snapfs.snapshot");
+    g_autofree char *mid_frozen = xattr("/web01/layers/vda/1-web01.s1", "user.snapfs.snapshot");
+    g_autofree char *mid_backing = xattr("/web01/layers/vda/1-web01.s1", "user.snapfs.backing");
+    g_autofree char *top_frozen = xattr("/web01/layers/vda/2-web01.s2", "user.snapfs.snapshot");
+    g_autofree char *top_live = xattr("/web01/layers/vda/2-web01.s2", "user.snapfs.live");
+    g_autofree char *size = xattr("/web01/layers/vda/2-web01.s2", "user.snapfs.virtual_size");
+    g_autofree char *format = xattr("/web01/layers/vda/0-base.qcow2", "user.snapfs.format");
+    g_autofree char *expected_base = g_build_filename(tmpdir, "base.qcow2", NULL);
+
+    g_assert_cmpstr(base_file, ==, expected_base);
+    g_assert_null(base_backing);
+    g_assert_cmpstr(base_frozen, ==, "s1");
+    g_assert_cmpstr(mid_frozen, ==, "s2");
+    g_assert_cmpstr(mid_backing, ==, expected_base);
+    g_assert_null(top_frozen);
+    g_assert_cmpstr(top_live, ==, "1");
+    g_assert_cmpstr(size, ==, "16777216");
+    g_assert_cmpstr(format, ==, "qcow2");
+}
+
+static void test_tree_revert_content(void)
+{
+    struct snapfs_node *node = lookup_path("/web01/revert");
+    char buf[64] = { 0 };
+    struct stat st;
+
+    g_assert_nonnull(node);
+    g_assert_cmpint(snapfs_tree_getattr(tree, node, &st), ==, 0);
+    g_assert_true(S_ISREG(st.st_mode));
+    g_assert_cmpint(st.st_size, ==, 3);
+    g_assert_cmpint(snapfs_tree_read(tree, node, buf, sizeof(buf), 0), ==, 3);
+    g_assert_cmpstr(buf, ==, "s2\n");
+    g_assert_cmpint(snapfs_tree_read(tree, node, buf, sizeof(buf), 3), ==, 0);
+    snapfs_node_free(node);
+}
+
+static void test_tree_errors(void)
+{
+    struct snapfs_node *root = snapfs_node_root();
+    struct snapfs_node *domain = lookup_path("/web01");
+
+    g_assert_null(lookup_path("/nosuch"));
+    g_assert_cmpint(snapfs_error_errno(), ==, ENOENT);
+    g_assert_null(lookup_path("/web01/nosuch"));
+    g_assert_cmpint(snapfs_error_errno(), ==, ENOENT);
+    g_assert_null(lookup_path("/web01/layers/vdb"));
+    g_assert_cmpint(snapfs_error_errno(), ==, ENOENT);
+    g_assert_null(lookup_path("/web01/layers/hdc"));
+    g_assert_cmpint(snapfs_error_errno(), ==, ENOENT);
+    g_assert_null(lookup_path("/web01/layers/vda/3-web01.s2"));
+    g_assert_cmpint(snapfs_error_errno(), ==, ENOENT);
+    g_assert_null(lookup_path("/web01/layers/vda/1-base.qcow2"));
+    g_assert_cmpint(snapfs_error_errno(), ==, ENOENT);
+
+    g_assert_cmpint(snapfs_tree_mkdir(tree, root, "newdomain"), ==, -1);
+    g_assert_cmpint(snapfs_error_errno(), ==, EPERM);
+    g_assert_cmpint(snapfs_tree_write(tree, domain, "x", 1), ==, -1);
+    g_assert_cmpint(snapfs_error_errno(), ==, EROFS);
+    g_assert_cmpint(snapfs_tree_rmdir(tree, domain, "layers"), ==, -1);
+    g_assert_cmpint(snapfs_error_errno(), ==, EPERM);
+    snapfs_node_free(domain);
+    snapfs_node_free(root);
+}
+
+static void test_tree_host_names(void)
+{
+    struct snapfs_host *two[3];
+
+    two[0] = hosts[0];
+    two[1] = hosts[1];
+    snapfs_hosts_name(two, 2);
+    g_assert_cmpstr(snapfs_host_name(two[0]), ==, "localhost");
+    g_assert_cmpstr(snapfs_host_name(two[1]), ==, "localhost-2");
+}
+
+int main(int argc, char **argv)
+{
+    struct snapfs_tree_config config = { .uid = 0, .gid = 0 };
+    g_autofree char *xml = NULL;
+    g_autofree char *path = NULL;
+    g_autoptr(GString) text = NULL;
+    int ret;
+
+    if (system("qemu-img --version >/dev/null 2>&1") != 0)
+        return 77;
+    g_test_init(&argc, &argv, NULL);
+    g_setenv("LIBVIRT_LOG_OUTPUTS", "1:file:/dev/null", TRUE);
+    tmpdir = g_dir_make_tmp("snapfs-tree-XXXXXX", NULL);
+    run("qemu-img create -q -f qcow2 base.qcow2 16M");
+    run("qemu-img create -q -f qcow2 -F qcow2 -b base.qcow2 web01.s1");
+    run("qemu-img create -q -f qcow2 -F qcow2 -b web01.s1 web01.s2");
+    text = g_string_new(fixture);
+    g_string_replace(text, "@DIR@", tmpdir, 0);
+    path = g_build_filename(tmpdir, "fixture.xml", NULL);
+    g_assert_true(g_file_set_contents(path, text->str, -1, NULL));
+    uri = g_strdup_printf("test://%s", path);
+
+    g_assert_cmpint(snapfs_virt_start_events(), ==, 0);
+    hosts[0] = snapfs_host_open(uri);
+    hosts[1] = snapfs_host_open(uri);
+    g_assert_nonnull(hosts[0]);
+    g_assert_nonnull(hosts[1]);
+    g_assert_null(snapfs_host_open("nosuchdriver:///x"));
+    tree = snapfs_tree_new(hosts, 1, &config);
+
+    g_test_add_func("/tree/listings", test_tree_listings);
+    g_test_add_func("/tree/snapshot-attrs", test_tree_snapshot_attrs);
+    g_test_add_func("/tree/layer-attrs", test_tree_layer_attrs);
+    g_test_add_func("/tree/revert-content", test_tree_revert_content);
+    g_test_add_func("/tree/errors", test_tree_errors);
+    g_test_add_func("/tree/host-names", test_tree_host_names);
+    ret = g_test_run();
+
+    snapfs_tree_free(tree);
+    snapfs_host_close(hosts[0]);
+    snapfs_host_close(hosts[1]);
+    snapfs_virt_stop_events();
+    xml = g_strdup_printf("rm -rf '%s'", tmpdir);
+    if (system(xml) != 0)
+        ret = 1;
+    g_free(tmpdir);
+    g_free(uri);
+    return ret;
+}
