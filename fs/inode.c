@@ -57,7 +57,9 @@ void fs_inodes_free(struct fs_inodes *inodes)
 fuse_ino_t fs_inodes_get(struct fs_inodes *inodes, fuse_ino_t parent, const char *name,
                          const struct snapfs_node *node)
 {
-    g_autofree char *key = g_strdup_printf("%" G_GUINT64_FORMAT "/%s", (guint64)parent, name);
+    /* The identity makes a name that now shows other content a new inode, so the kernel drops what it cached. */
+    g_autofree char *key = g_strdup_printf("%" G_GUINT64_FORMAT "/%s#%s", (guint64)parent, name,
+                                           node->identity ? node->identity : "");
     struct fs_inode *inode;
     fuse_ino_t ino;
 

@@ -44,6 +44,7 @@ struct snapfs_node *snapfs_node_copy(const struct snapfs_node *node)
     copy->disk = g_strdup(node->disk);
     copy->layer_file = g_strdup(node->layer_file);
     copy->path = g_strdup(node->path);
+    copy->identity = g_strdup(node->identity);
     return copy;
 }
 
@@ -56,6 +57,7 @@ void snapfs_node_free(struct snapfs_node *node)
     g_free(node->disk);
     g_free(node->layer_file);
     g_free(node->path);
+    g_free(node->identity);
     g_free(node);
 }
 
@@ -225,6 +227,21 @@ static struct snapfs_layer *tree_layer(struct snapfs_domain *domain, const struc
     return layer;
 }
 
+/*
+ * What a layer's content depends on: a merge (rmdir, revert) rewrites a
+ * frozen image in place, so its modification time is part of it.  The live
+ * top changes all the time and is cached only briefly anyway.
+ */
+static char *layer_identity(const struct snapfs_layer *layer, bool live)
+{
+    struct stat st;
+
+    if (live || stat(layer->file, &st) < 0)
+        return g_strdup(layer->file);
+    return g_strdup_printf("%s@%lld.%09ld:%lld", layer->file, (long long)st.st_mtim.tv_sec,
+                           st.st_mtim.tv_nsec, (long long)st.st_size);
+}
+
 /* The snapshot that froze layer @index: the one whose overlay is the layer above it. */
 static struct snapfs_snapshot *layer_frozen_by(struct snapfs_domain *domain, const char *target,
                                                GPtrArray *chain, guint index)
@@ -357,7 +374,7 @@ static struct guest_view *tree_view(struct snapfs_tree *tree, const struct snapf
             snapfs_error_set(ENOENT, "domain '%s' has no snapshot '%s'", domain->name, node->snapshot);
             goto cleanup;
         }
-        g_string_append_printf(v.id, "%s/snapshot/%s", group, snap->name);
+        g_string_append_printf(v.id, "%s/snapshot/%s@%lld", group, snap->name, snap->created);
         if (snapshot_drives(domain, snap, &v) < 0)
             goto cleanup;
     } else {
@@ -366,7 +383,7 @@ static struct guest_view *tree_view(struct snapfs_tree *tree, const struct snapf
         if (!layer)
             goto cleanup;
         live = (guint)node->layer == chain->len - 1;
-        g_string_append_printf(v.id, "%s/layer", group);
+        g_string_append_printf(v.id, "%s/layer/%s", group, node->identity ? node->identity : layer->file);
         view_add(&v, node->disk, g_strdup(layer->file), g_strdup(layer->format), NULL);
     }
     {
@@ -526,8 +543,18 @@ int snapfs_tree_lookup(struct snapfs_tree *tree, const struct snapfs_node *paren
         } else if (strcmp(name, "layers") == 0) {
             child = node_child(parent, SNAPFS_NODE_LAYERS);
         } else {
+            struct snapfs_snapshot *snap;
+
             child = node_child(parent, SNAPFS_NODE_SNAPSHOT);
             child->snapshot = g_strdup(name);
+            domain = tree_domain(tree, parent);
+            if (!domain)
+                goto error;
+            snap = snapfs_domain_find_snapshot(domain, name);
+            if (!snap)
+                goto enoent;
+            /* A snapshot deleted and made again under the same name is another directory. */
+            child->identity = g_strdup_printf("%s@%lld", snap->name, snap->created);
         }
     } else if (parent->kind == SNAPFS_NODE_LAYERS) {
         child = node_child(parent, SNAPFS_NODE_DISK);
@@ -558,6 +585,7 @@ int snapfs_tree_lookup(struct snapfs_tree *tree, const struct snapfs_node *paren
             child->layer = (int)index;
             child->layer_file = g_strdup(layer->file);
             child->live = index == chain->len - 1;
+            child->identity = layer_identity(layer, child->live);
         }
     } else if (node_has_content(parent)) {
         child = node_child(parent, SNAPFS_NODE_GUEST);

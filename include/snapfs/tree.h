@@ -41,6 +41,7 @@ struct snapfs_node {
     char *layer_file;       /* LAYER: the image, so a renumbered chain is noticed */
     char *path;             /* GUEST: path inside the view, "/" at its root */
     bool live;              /* below the top layer: content moves */
+    char *identity;         /* SNAPSHOT, LAYER and below: changes when the same name shows other content */
 };
 
 struct snapfs_tree_config {
