@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /* The snapfs command: parse the command line, connect to libvirt, mount, serve until unmounted. */
 #include "fs.h"
+#include "snapfs/check.h"
 #include "snapfs/error.h"
 #include "snapfs/log.h"
 
@@ -21,6 +22,7 @@ struct snapfs_options {
     GPtrArray *uris;
     int read_only;
     int nonempty;
+    int check;
     int allow_other;
     unsigned max_appliances;
     unsigned appliance_idle;
@@ -36,6 +38,7 @@ static const struct fuse_opt option_spec[] = {
     FUSE_OPT_KEY("-c ", KEY_CONNECT),
     FUSE_OPT_KEY("--connect=", KEY_CONNECT),
     FUSE_OPT_KEY("--connect ", KEY_CONNECT),
+    OPTION("--check", check),
     FUSE_OPT_KEY("ro", KEY_RO),
     FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
     OPTION("nonempty", nonempty),
@@ -76,7 +79,8 @@ static int option_proc(void *data, const char *arg, int key, struct fuse_args *o
 static void usage(const char *prog)
 {
     printf("usage: %s [-c URI]... [-o OPT[,OPT...]] [-f] [-d] MOUNTPOINT\n"
-           "       fusermount3 -u MOUNTPOINT\n\n"
+           "       fusermount3 -u MOUNTPOINT\n"
+           "       %s --check [-c URI]...\n\n"
            "Shows libvirt domains, their snapshots and their disks' layers as directories.\n\n"
            "snapfs options:\n"
            "    -c URI, --connect URI  libvirt connection (as virsh -c); repeat for several hosts,\n"
@@ -90,8 +94,10 @@ static void usage(const char *prog)
            "    -o revert_keep=on|off  keep the state a revert leaves as pre-revert-DATE (on)\n"
            "    -o state_dir=DIR       where snapfs journals by-hand operations (/var/lib/snapfs)\n"
            "    -o allow_other         let other users in; reading then follows the guest's modes\n"
-           "                           (default_permissions), changes stay with root and you\n\n",
-           prog);
+           "                           (default_permissions), changes stay with root and you\n"
+           "    --check                check /dev/fuse, the connections and a libguestfs appliance,\n"
+           "                           say what is wrong and how to fix it, and exit\n\n",
+           prog, prog);
     printf("FUSE options:\n");
     fuse_cmdline_help();
     fuse_lowlevel_help();
@@ -266,6 +272,14 @@ int main(int argc, char **argv)
     if (cmdline.show_version) {
         version();
         ret = EXIT_SUCCESS;
+        goto out;
+    }
+    if (options.check) {
+        if (options.uris->len == 0)
+            g_ptr_array_add(options.uris, NULL);
+        ret = snapfs_check((const char *const *)options.uris->pdata, options.uris->len, stdout) ? EXIT_FAILURE
+                                                                                              : EXIT_SUCCESS;
+        snapfs_virt_stop_events();
         goto out;
     }
     if (!cmdline.mountpoint) {
