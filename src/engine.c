@@ -1,32 +1,340 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* The snapshot engine: create and delete snapshots (being written; the locks are in engine-lock.c). */
-#include "snapfs/engine.h"
+/* The snapshot engine: snapshot names, mkdir's external snapshot, descriptions, and helpers the delete shares. */
+#include "engine-priv.h"
 #include "snapfs/error.h"
+#include "snapfs/log.h"
 
 #include <errno.h>
+#include <libvirt/virterror.h>
+#include <libxml/parser.h>
+#include <libxml/xpath.h>
+#include <limits.h>
+#include <string.h>
+#include <unistd.h>
 
 int engine_check_name(const char *name)
 {
-    snapfs_error_set(ENOTSUP, "cannot use '%s' as a snapshot name: the engine is not written yet", name);
-    return -1;
+    if (!name || !*name) {
+        snapfs_error_set(EINVAL, "a snapshot needs a name");
+        return -1;
+    }
+    if (strcmp(name, "revert") == 0 || strcmp(name, "layers") == 0) {
+        snapfs_error_set(EEXIST, "'%s' is reserved in a domain's directory and cannot name a snapshot", name);
+        return -1;
+    }
+    /* File managers and editors make dot-directories of their own; they must never become snapshots. */
+    if (name[0] == '.') {
+        snapfs_error_set(EINVAL, "'%s' cannot name a snapshot: it starts with a dot", name);
+        return -1;
+    }
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++) {
+        if (*p == '/' || *p < 0x20 || *p == 0x7f) {
+            g_autofree char *shown = g_strescape(name, NULL);
+
+            snapfs_error_set(EINVAL, "'%s' cannot name a snapshot: it holds a '/' or a control character", shown);
+            return -1;
+        }
+    }
+    /* libvirt keeps names in XML, which takes only UTF-8. */
+    if (!g_utf8_validate(name, -1, NULL)) {
+        g_autofree char *shown = g_strescape(name, NULL);
+
+        snapfs_error_set(EINVAL, "'%s' cannot name a snapshot: it is not valid UTF-8", shown);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- helpers shared with the delete ------------------------------------------------ */
+
+int engine_run(const char *const *argv, const char *what)
+{
+    g_autofree char *err = NULL;
+    g_autoptr(GError) error = NULL;
+    int status = 0;
+
+    if (!g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH | G_SPAWN_STDOUT_TO_DEV_NULL,
+                      NULL, NULL, NULL, &err, &status, &error)) {
+        snapfs_error_set(EIO, "%s: cannot run %s: %s", what, argv[0], error->message);
+        return -1;
+    }
+    if (!g_spawn_check_wait_status(status, &error)) {
+        g_strstrip(err);
+        snapfs_error_set(EIO, "%s: %s failed: %s", what, argv[0], err && *err ? err : error->message);
+        return -1;
+    }
+    return 0;
+}
+
+GPtrArray *engine_domain_disks(virDomainPtr dom, bool inactive)
+{
+    g_autofree char *xml = virDomainGetXMLDesc(dom, inactive ? VIR_DOMAIN_XML_INACTIVE : 0);
+    GPtrArray *disks;
+
+    if (!xml) {
+        snapfs_error_from_virt("cannot read the XML of '%s'", virDomainGetName(dom));
+        return NULL;
+    }
+    disks = engine_parse_disks(xml, false);
+    if (!disks)
+        snapfs_error_set(EIO, "cannot parse the XML of '%s'", virDomainGetName(dom));
+    return disks;
+}
+
+bool engine_block_job_running(virDomainPtr dom, GPtrArray *disks, const char *what)
+{
+    if (virDomainIsActive(dom) != 1)
+        return false;
+    for (guint i = 0; i < disks->len; i++) {
+        struct engine_disk *disk = g_ptr_array_index(disks, i);
+        virDomainBlockJobInfo info;
+
+        if (!disk->target || !disk->file)
+            continue;
+        if (virDomainGetBlockJobInfo(dom, disk->target, &info, 0) > 0) {
+            snapfs_error_set(EBUSY, "%s: a block job is running on disk %s of '%s'", what, disk->target,
+                             virDomainGetName(dom));
+            return true;
+        }
+    }
+    return false;
+}
+
+/* The files of every disk's chain, top first, to notice afterwards what moved. */
+static GPtrArray *engine_domain_chain_files(GPtrArray *disks)
+{
+    GPtrArray *files = g_ptr_array_new_with_free_func(g_free);
+
+    for (guint i = 0; disks && i < disks->len; i++) {
+        struct engine_disk *disk = g_ptr_array_index(disks, i);
+        GPtrArray *chain;
+
+        if (!disk->file || strcmp(disk->type, "network") == 0)
+            continue;
+        chain = engine_chain_files(disk->file, disk->format);
+        for (guint j = 0; j < chain->len; j++)
+            g_ptr_array_add(files, g_strdup(g_ptr_array_index(chain, j)));
+        g_ptr_array_unref(chain);
+    }
+    return files;
+}
+
+GHashTable *engine_domain_files_state(virDomainPtr dom)
+{
+    GPtrArray *disks = engine_domain_disks(dom, virDomainIsActive(dom) != 1);
+    GPtrArray *files = engine_domain_chain_files(disks);
+    GHashTable *state = engine_files_state(files);
+
+    g_ptr_array_unref(files);
+    if (disks)
+        g_ptr_array_unref(disks);
+    return state;
+}
+
+/* ---- mkdir ------------------------------------------------------------------------- */
+
+/* The overlay libvirt names by default: the image's name with its extension replaced by the snapshot's. */
+static char *create_overlay_name(const char *file, const char *name)
+{
+    const char *dot = strrchr(file, '.');
+    g_autofree char *stem = dot && !strchr(dot, '/') ? g_strndup(file, (gsize)(dot - file)) : g_strdup(file);
+
+    return g_strdup_printf("%s.%s", stem, name);
+}
+
+/* Whether the guest agent is there to freeze the guest's filesystems (it says so in the live XML). */
+static bool create_agent_connected(virDomainPtr dom)
+{
+    g_autofree char *xml = virDomainGetXMLDesc(dom, 0);
+    xmlDocPtr doc;
+    xmlXPathContextPtr ctxt;
+    xmlXPathObjectPtr obj;
+    bool connected = false;
+
+    if (!xml || !(doc = xmlReadMemory(xml, (int)strlen(xml), "domain.xml", NULL,
+                                      XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING)))
+        return false;
+    ctxt = xmlXPathNewContext(doc);
+    obj = ctxt ? xmlXPathEval((const xmlChar *)"/domain/devices/channel/target"
+                              "[@name='org.qemu.guest_agent.0' and @state='connected']", ctxt) : NULL;
+    connected = obj && obj->type == XPATH_NODESET && obj->nodesetval && obj->nodesetval->nodeNr > 0;
+    xmlXPathFreeObject(obj);
+    xmlXPathFreeContext(ctxt);
+    xmlFreeDoc(doc);
+    return connected;
+}
+
+/* Refusals that must come before libvirt touches anything: the name taken, a file in the way, a block job. */
+static int create_check(virDomainPtr dom, const char *domain, const char *name, GPtrArray *disks)
+{
+    virDomainSnapshotPtr existing = virDomainSnapshotLookupByName(dom, name, 0);
+    g_autofree char *what = g_strdup_printf("cannot create snapshot '%s' of '%s'", name, domain);
+    guint snapshotted = 0;
+
+    if (existing) {
+        virDomainSnapshotFree(existing);
+        snapfs_error_set(EEXIST, "%s: a snapshot of that name exists", what);
+        return -1;
+    }
+    if (engine_block_job_running(dom, disks, what))
+        return -1;
+    for (guint i = 0; i < disks->len; i++) {
+        struct engine_disk *disk = g_ptr_array_index(disks, i);
+        g_autofree char *overlay = NULL;
+        g_autofree char *base = NULL;
+
+        if (!engine_disk_is_snapshotted(disk))
+            continue;
+        if (!disk->file) {
+            snapfs_error_set(ENOTSUP, "%s: disk %s has no local image to put an overlay beside", what,
+                             disk->target);
+            return -1;
+        }
+        snapshotted++;
+        overlay = create_overlay_name(disk->file, name);
+        base = g_path_get_basename(overlay);
+        if (strlen(base) > NAME_MAX) {
+            snapfs_error_set(ENAMETOOLONG, "%s: the overlay of disk %s would be named '%s', too long a file name",
+                             what, disk->target, base);
+            return -1;
+        }
+        if (access(overlay, F_OK) == 0) {
+            snapfs_error_set(EEXIST, "%s: the overlay of disk %s, '%s', exists already", what, disk->target, overlay);
+            return -1;
+        }
+    }
+    if (!snapshotted) {
+        snapfs_error_set(ENOTSUP, "%s: it has no writable disk to snapshot", what);
+        return -1;
+    }
+    return 0;
+}
+
+static virDomainSnapshotPtr create_call(virDomainPtr dom, const char *xml, unsigned int flags, bool running,
+                                        enum engine_quiesce quiesce, const char *domain, const char *name)
+{
+    virDomainSnapshotPtr snap;
+
+    /* A shut-off guest has nothing in flight: quiescing is only for a running one. */
+    if (running && (quiesce == ENGINE_QUIESCE_ON ||
+                    (quiesce == ENGINE_QUIESCE_AUTO && create_agent_connected(dom)))) {
+        snap = virDomainSnapshotCreateXML(dom, xml, flags | VIR_DOMAIN_SNAPSHOT_CREATE_QUIESCE);
+        if (snap || quiesce == ENGINE_QUIESCE_ON)
+            return snap;
+        /* ATOMIC: the failed attempt left nothing behind, so trying again unquiesced is safe. */
+        snapfs_warn("snapshot '%s' of '%s' is taken without quiescing: %s", name, domain,
+                    virGetLastErrorMessage());
+    }
+    return virDomainSnapshotCreateXML(dom, xml, flags);
 }
 
 int engine_snapshot_create(virConnectPtr conn, const char *domain, const char *name,
                            const struct engine_options *options)
 {
-    snapfs_error_set(ENOTSUP, "cannot create snapshot '%s' of '%s': not written yet", name, domain);
-    return -1;
+    struct engine_lock *lock = NULL;
+    virDomainPtr dom = NULL;
+    virDomainSnapshotPtr snap = NULL;
+    GPtrArray *disks = NULL;
+    g_autofree char *escaped = NULL;
+    g_autofree char *xml = NULL;
+    enum engine_quiesce quiesce = options ? options->quiesce : ENGINE_QUIESCE_AUTO;
+    bool running;
+    int ret = -1;
+
+    if (engine_check_name(name) < 0)
+        return -1;
+    /* Two mkdirs of one name: the second waits here, then finds the name taken. */
+    lock = engine_lock_domain_conn(conn, domain);
+    dom = virDomainLookupByName(conn, domain);
+    if (!dom) {
+        snapfs_error_from_virt("cannot create snapshot '%s' of '%s'", name, domain);
+        goto cleanup;
+    }
+    running = virDomainIsActive(dom) == 1;
+    disks = engine_domain_disks(dom, !running);
+    if (!disks || create_check(dom, domain, name, disks) < 0)
+        goto cleanup;
+
+    escaped = g_markup_escape_text(name, -1);
+    xml = g_strdup_printf("<domainsnapshot><name>%s</name></domainsnapshot>", escaped);
+    snap = create_call(dom, xml, VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY | VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC,
+                       running, quiesce, domain, name);
+    if (!snap) {
+        snapfs_error_from_virt("cannot create snapshot '%s' of '%s'", name, domain);
+        goto cleanup;
+    }
+    snapfs_info("created snapshot '%s' of '%s'%s", name, domain, running ? " (live)" : "");
+    /* The old tops are frozen now, with an overlay above: views that read them as live must go. */
+    for (guint i = 0; i < disks->len; i++) {
+        struct engine_disk *disk = g_ptr_array_index(disks, i);
+
+        if (engine_disk_is_snapshotted(disk) && disk->file)
+            engine_notify_chain_changed(disk->file);
+    }
+    ret = 0;
+
+cleanup:
+    if (disks)
+        g_ptr_array_unref(disks);
+    if (snap)
+        virDomainSnapshotFree(snap);
+    if (dom)
+        virDomainFree(dom);
+    engine_unlock_domain(lock);
+    return ret;
 }
 
-int engine_snapshot_delete(virConnectPtr conn, const char *domain, const char *name)
-{
-    snapfs_error_set(ENOTSUP, "cannot delete snapshot '%s' of '%s': not written yet", name, domain);
-    return -1;
-}
+/* ---- setfattr user.snapfs.description ------------------------------------------------ */
 
 int engine_snapshot_set_description(virConnectPtr conn, const char *domain, const char *name,
                                     const char *description)
 {
-    snapfs_error_set(ENOTSUP, "cannot describe snapshot '%s' of '%s': not written yet", name, domain);
-    return -1;
+    struct engine_lock *lock = engine_lock_domain_conn(conn, domain);
+    virDomainPtr dom = NULL;
+    virDomainSnapshotPtr snap = NULL, redefined = NULL;
+    g_autofree char *xml = NULL;
+    g_autofree char *changed = NULL;
+    unsigned int flags = VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE;
+    int ret = -1;
+
+    if (!g_utf8_validate(description, -1, NULL)) {
+        snapfs_error_set(EINVAL, "cannot describe snapshot '%s' of '%s': the text is not valid UTF-8", name, domain);
+        goto cleanup;
+    }
+    dom = virDomainLookupByName(conn, domain);
+    snap = dom ? virDomainSnapshotLookupByName(dom, name, 0) : NULL;
+    if (!snap) {
+        snapfs_error_from_virt("cannot describe snapshot '%s' of '%s'", name, domain);
+        goto cleanup;
+    }
+    /* SECURE: the redefinition must carry every secret the snapshot's domain XML holds. */
+    xml = virDomainSnapshotGetXMLDesc(snap, VIR_DOMAIN_SNAPSHOT_XML_SECURE);
+    if (!xml) {
+        snapfs_error_from_virt("cannot describe snapshot '%s' of '%s'", name, domain);
+        goto cleanup;
+    }
+    changed = engine_snapshot_xml_set_description(xml, description);
+    if (!changed) {
+        snapfs_error_set(EIO, "cannot describe snapshot '%s' of '%s': its XML cannot be parsed", name, domain);
+        goto cleanup;
+    }
+    /* Redefining without CURRENT would leave the domain with no current snapshot. */
+    if (virDomainSnapshotIsCurrent(snap, 0) == 1)
+        flags |= VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT;
+    redefined = virDomainSnapshotCreateXML(dom, changed, flags);
+    if (!redefined) {
+        snapfs_error_from_virt("cannot describe snapshot '%s' of '%s'", name, domain);
+        goto cleanup;
+    }
+    ret = 0;
+
+cleanup:
+    if (redefined)
+        virDomainSnapshotFree(redefined);
+    if (snap)
+        virDomainSnapshotFree(snap);
+    if (dom)
+        virDomainFree(dom);
+    engine_unlock_domain(lock);
+    return ret;
 }

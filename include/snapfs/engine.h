@@ -35,6 +35,14 @@ int engine_snapshot_create(virConnectPtr conn, const char *domain, const char *n
 /* rmdir: delete snapshot @name, merging its data so that everything else reads as before. */
 int engine_snapshot_delete(virConnectPtr conn, const char *domain, const char *name);
 
+/*
+ * After a create or a delete, @fn is called (on the thread that did it, with
+ * the domain's lock held) once for every image file whose content, backing
+ * or place changed, or that was removed, so that views and appliances that
+ * read it are dropped.  Set once at startup; NULL turns it off.
+ */
+void engine_set_chain_changed(void (*fn)(const char *file, void *opaque), void *opaque);
+
 /* setfattr user.snapfs.description */
 int engine_snapshot_set_description(virConnectPtr conn, const char *domain, const char *name,
                                     const char *description);

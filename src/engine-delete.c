@@ -1,0 +1,409 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* rmdir: delete a snapshot through libvirt where it is safe, refuse (ENOTSUP) where libvirt 9.0 would lose data. */
+#include "engine-priv.h"
+#include "snapfs/chain.h"
+#include "snapfs/error.h"
+#include "snapfs/log.h"
+
+#include <errno.h>
+#include <libvirt/virterror.h>
+#include <libxml/parser.h>
+#include <libxml/tree.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Everything one delete looks at, gathered before anything is changed. */
+struct delete_ctx {
+    virConnectPtr conn;
+    virDomainPtr dom;
+    virDomainSnapshotPtr snap;
+    const char *domain;
+    const char *name;
+    char *what;                         /* "cannot delete snapshot 'NAME' of 'DOMAIN'" */
+    bool running;
+    struct engine_snapshot_info *info;
+    GPtrArray *disks;                   /* struct engine_disk *, live if running */
+    struct engine_images *images;
+};
+
+static struct engine_disk *delete_find_disk(struct delete_ctx *ctx, const char *target)
+{
+    for (guint i = 0; i < ctx->disks->len; i++) {
+        struct engine_disk *disk = g_ptr_array_index(ctx->disks, i);
+
+        if (disk->target && strcmp(disk->target, target) == 0)
+            return disk;
+    }
+    return NULL;
+}
+
+/* The image right above @file in the chain that starts at @top, "" if @file is @top, NULL if absent. */
+static const char *delete_above_in_chain(struct engine_images *images, const char *top, const char *file)
+{
+    const char *above = "";
+    const char *cur = top;
+
+    for (int depth = 0; cur && *cur && depth < 256; depth++) {
+        if (strcmp(cur, file) == 0)
+            return above;
+        above = cur;
+        cur = g_hash_table_lookup(images->backing, cur);
+    }
+    return NULL;
+}
+
+/* ---- the checks that keep libvirt 9.0 from losing data ---------------------------------- */
+
+/*
+ * libvirt merges the snapshot's overlay into the image below it (the one
+ * the snapshot froze), rebases the image above onto that, and unlinks the
+ * overlay.  That is right only when nothing else reads either file.
+ */
+static int delete_check_merge_disk(struct delete_ctx *ctx, struct engine_snapshot_disk *sd,
+                                   struct engine_disk *disk, const char *above)
+{
+    const char *overlay = sd->file;
+    const char *frozen = g_hash_table_lookup(ctx->images->backing, overlay);
+    g_autofree const char **over_deps = NULL;
+    g_autofree const char **frozen_deps = NULL;
+    GPtrArray *internal;
+    const char *user;
+
+    if (!frozen || !*frozen) {
+        snapfs_error_set(ENOTSUP, "%s: its overlay '%s' of disk %s has no backing image to merge into",
+                         ctx->what, overlay, sd->target);
+        return -1;
+    }
+    /* libvirt 9.0 unlinks the overlay with every internal snapshot inside it (seen: a child's, after a revert). */
+    internal = snapfs_chain_internal_snapshots(overlay);
+    if (internal && internal->len > 0) {
+        snapfs_error_set(ENOTSUP, "%s: its overlay '%s' holds internal snapshot '%s', which the merge would destroy",
+                         ctx->what, overlay, (const char *)g_ptr_array_index(internal, 0));
+        g_ptr_array_unref(internal);
+        return -1;
+    }
+    if (internal)
+        g_ptr_array_unref(internal);
+    over_deps = engine_images_dependents(ctx->images, overlay);
+    for (size_t i = 0; over_deps[i]; i++) {
+        if (strcmp(over_deps[i], above) != 0) {
+            snapfs_error_set(ENOTSUP, "%s: '%s' is built on its overlay '%s' outside the disk's chain (a branch); "
+                             "the merge would break it", ctx->what, over_deps[i], overlay);
+            return -1;
+        }
+    }
+    frozen_deps = engine_images_dependents(ctx->images, frozen);
+    for (size_t i = 0; frozen_deps[i]; i++) {
+        if (strcmp(frozen_deps[i], overlay) != 0) {
+            snapfs_error_set(ENOTSUP, "%s: '%s' is also built on '%s', which the merge would change",
+                             ctx->what, frozen_deps[i], frozen);
+            return -1;
+        }
+    }
+    user = g_hash_table_lookup(ctx->images->tops, frozen);
+    if (user) {
+        snapfs_error_set(ENOTSUP, "%s: '%s', which the merge would change, is the disk of %s",
+                         ctx->what, frozen, user);
+        return -1;
+    }
+    user = g_hash_table_lookup(ctx->images->tops, overlay);
+    if (user && strcmp(overlay, disk->file) != 0) {
+        snapfs_error_set(ENOTSUP, "%s: its overlay '%s' is the disk of %s", ctx->what, overlay, user);
+        return -1;
+    }
+    return 0;
+}
+
+/*
+ * libvirt 9.0 deletes external snapshots of a shut-off domain only when the
+ * persistent XML spells out each disk's <backingStore> chain.  Spelling it out
+ * changes nothing the guest sees, so it is safe at any moment.
+ */
+static int delete_spell_out_chains(struct delete_ctx *ctx)
+{
+    g_autofree char *xml = virDomainGetXMLDesc(ctx->dom, VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE);
+    xmlDocPtr doc = NULL;
+    xmlNodePtr root;
+    xmlChar *out = NULL;
+    int len = 0;
+    bool changed = false;
+    virDomainPtr redefined;
+    int ret = -1;
+
+    if (!xml) {
+        snapfs_error_from_virt("%s", ctx->what);
+        return -1;
+    }
+    doc = xmlReadMemory(xml, (int)strlen(xml), "domain.xml", NULL,
+                        XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
+    root = doc ? xmlDocGetRootElement(doc) : NULL;
+    for (xmlNodePtr devices = root ? root->children : NULL; devices; devices = devices->next) {
+        if (devices->type != XML_ELEMENT_NODE || strcmp((const char *)devices->name, "devices") != 0)
+            continue;
+        for (xmlNodePtr disk = devices->children; disk; disk = disk->next) {
+            xmlNodePtr source = NULL, backing = NULL, parsed = NULL;
+            xmlChar *file = NULL, *format = NULL;
+            GPtrArray *chain;
+
+            if (disk->type != XML_ELEMENT_NODE || strcmp((const char *)disk->name, "disk") != 0)
+                continue;
+            for (xmlNodePtr c = disk->children; c; c = c->next) {
+                if (c->type != XML_ELEMENT_NODE)
+                    continue;
+                if (strcmp((const char *)c->name, "source") == 0)
+                    source = c;
+                else if (strcmp((const char *)c->name, "backingStore") == 0)
+                    backing = c;
+                else if (strcmp((const char *)c->name, "driver") == 0)
+                    format = xmlGetProp(c, (const xmlChar *)"type");
+            }
+            if (source)
+                file = xmlGetProp(source, (const xmlChar *)"file");
+            /* Already spelled out (a non-empty <backingStore>), or nothing to spell. */
+            if (!file || (backing && backing->children)) {
+                xmlFree(file);
+                xmlFree(format);
+                continue;
+            }
+            chain = snapfs_chain_read((const char *)file, (const char *)format);
+            xmlFree(format);
+            if (!chain) {
+                xmlFree(file);
+                goto cleanup;
+            }
+            if (chain->len > 1) {
+                g_autofree char *spelled = snapfs_chain_backing_xml(chain);
+
+                if (xmlParseInNodeContext(disk, spelled, (int)strlen(spelled), 0, &parsed) != XML_ERR_OK) {
+                    g_ptr_array_unref(chain);
+                    snapfs_error_set(EIO, "%s: cannot spell out the chain of '%s'", ctx->what, (const char *)file);
+                    xmlFree(file);
+                    goto cleanup;
+                }
+                if (backing) {
+                    xmlUnlinkNode(backing);
+                    xmlFreeNode(backing);
+                }
+                xmlAddNextSibling(source, parsed);
+                changed = true;
+            }
+            xmlFree(file);
+            g_ptr_array_unref(chain);
+        }
+    }
+    if (!changed) {
+        ret = 0;
+        goto cleanup;
+    }
+    xmlDocDumpMemory(doc, &out, &len);
+    redefined = out ? virDomainDefineXML(ctx->conn, (const char *)out) : NULL;
+    if (!redefined) {
+        snapfs_error_from_virt("%s: cannot spell out the backing chains in its XML", ctx->what);
+        goto cleanup;
+    }
+    virDomainFree(redefined);
+    snapfs_debug("spelled out the backing chains of '%s' for libvirt", ctx->domain);
+    ret = 0;
+
+cleanup:
+    xmlFree(out);
+    if (doc)
+        xmlFreeDoc(doc);
+    return ret;
+}
+
+/* ---- the three ways ----------------------------------------------------------------- */
+
+static int delete_internal(struct delete_ctx *ctx)
+{
+    /* libvirt 9.0 finds each disk's internal snapshot where the snapshot's own XML says it is. */
+    if (virDomainSnapshotDelete(ctx->snap, 0) < 0) {
+        snapfs_error_from_virt("%s", ctx->what);
+        return -1;
+    }
+    return 0;
+}
+
+/*
+ * The snapshot is on a branch the domain no longer runs (a revert moved it):
+ * nothing needs merging.  Its metadata goes first, then each overlay it made
+ * that nothing reaches any more, so a crash in between leaves only a file.
+ */
+static int delete_off_branch(struct delete_ctx *ctx)
+{
+    struct engine_images *after;
+
+    if (virDomainSnapshotDelete(ctx->snap, VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY) < 0) {
+        snapfs_error_from_virt("%s", ctx->what);
+        return -1;
+    }
+    after = engine_images_collect(ctx->conn, NULL, NULL);
+    if (!after) {
+        snapfs_warn("deleted snapshot '%s' of '%s' but kept its overlays: %s", ctx->name, ctx->domain,
+                    snapfs_error_message());
+        return 0;
+    }
+    for (guint i = 0; i < ctx->info->disks->len; i++) {
+        struct engine_snapshot_disk *sd = g_ptr_array_index(ctx->info->disks, i);
+        g_autofree const char **deps = NULL;
+
+        if (strcmp(sd->kind, "external") != 0 || !sd->file)
+            continue;
+        deps = engine_images_dependents(after, sd->file);
+        if (engine_images_reachable(after, sd->file) || deps[0]) {
+            snapfs_info("kept '%s' of deleted snapshot '%s' of '%s': something still reads it",
+                        sd->file, ctx->name, ctx->domain);
+            continue;
+        }
+        if (unlink(sd->file) < 0)
+            snapfs_warn("cannot remove '%s' of deleted snapshot '%s' of '%s': %s", sd->file, ctx->name,
+                        ctx->domain, g_strerror(errno));
+        else
+            engine_notify_chain_changed(sd->file);
+    }
+    engine_images_free(after);
+    return 0;
+}
+
+/* libvirt 9.0 takes a childless snapshot that is not current for one with nothing to merge, and unlinks what it froze. */
+static int delete_make_current(struct delete_ctx *ctx)
+{
+    g_autofree char *xml = virDomainSnapshotGetXMLDesc(ctx->snap, VIR_DOMAIN_SNAPSHOT_XML_SECURE);
+    virDomainSnapshotPtr redefined;
+
+    redefined = xml ? virDomainSnapshotCreateXML(ctx->dom, xml, VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE |
+                                                 VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT) : NULL;
+    if (!redefined) {
+        snapfs_error_from_virt("%s", ctx->what);
+        return -1;
+    }
+    virDomainSnapshotFree(redefined);
+    return 0;
+}
+
+static int delete_external(struct delete_ctx *ctx)
+{
+    int children = virDomainSnapshotNumChildren(ctx->snap, 0);
+    int current = virDomainSnapshotIsCurrent(ctx->snap, 0);
+    guint in_chain = 0, external = 0;
+
+    if (children < 0 || current < 0) {
+        snapfs_error_from_virt("%s", ctx->what);
+        return -1;
+    }
+    ctx->images = engine_images_collect(ctx->conn, NULL, NULL);
+    if (!ctx->images)
+        return -1;
+    for (guint i = 0; i < ctx->info->disks->len; i++) {
+        struct engine_snapshot_disk *sd = g_ptr_array_index(ctx->info->disks, i);
+        struct engine_disk *disk;
+
+        if (strcmp(sd->kind, "internal") == 0) {
+            snapfs_error_set(ENOTSUP, "%s: it mixes internal and external disks", ctx->what);
+            return -1;
+        }
+        if (strcmp(sd->kind, "external") != 0)
+            continue;
+        external++;
+        disk = delete_find_disk(ctx, sd->target);
+        if (sd->file && disk && disk->file && delete_above_in_chain(ctx->images, disk->file, sd->file))
+            in_chain++;
+    }
+    if (in_chain == 0 && children == 0)
+        return delete_off_branch(ctx);
+    if (in_chain != external) {
+        snapfs_error_set(ENOTSUP, "%s: the domain's disks no longer run on it (a revert moved them) and "
+                         "snapshots depend on it; delete those first", ctx->what);
+        return -1;
+    }
+    if (children > 1) {
+        snapfs_error_set(ENOTSUP, "%s: it has %d children (a branched tree); libvirt cannot merge it into both",
+                         ctx->what, children);
+        return -1;
+    }
+    if (current == 1 && children > 0) {
+        snapfs_error_set(ENOTSUP, "%s: it is the current snapshot (reverted to) and has children; "
+                         "libvirt 9.0 cannot merge it", ctx->what);
+        return -1;
+    }
+    for (guint i = 0; i < ctx->info->disks->len; i++) {
+        struct engine_snapshot_disk *sd = g_ptr_array_index(ctx->info->disks, i);
+        struct engine_disk *disk;
+
+        if (strcmp(sd->kind, "external") != 0)
+            continue;
+        disk = delete_find_disk(ctx, sd->target);
+        if (delete_check_merge_disk(ctx, sd, disk, delete_above_in_chain(ctx->images, disk->file, sd->file)) < 0)
+            return -1;
+    }
+    if (!ctx->running && delete_spell_out_chains(ctx) < 0)
+        return -1;
+    if (children == 0 && current != 1 && delete_make_current(ctx) < 0)
+        return -1;
+    if (virDomainSnapshotDelete(ctx->snap, 0) < 0) {
+        snapfs_error_from_virt("%s", ctx->what);
+        return -1;
+    }
+    /* Merged into, and merged away: even where no byte moved (an empty overlay), the chain did. */
+    for (guint i = 0; i < ctx->info->disks->len; i++) {
+        struct engine_snapshot_disk *sd = g_ptr_array_index(ctx->info->disks, i);
+        const char *frozen;
+
+        if (strcmp(sd->kind, "external") != 0)
+            continue;
+        frozen = g_hash_table_lookup(ctx->images->backing, sd->file);
+        engine_notify_chain_changed(sd->file);
+        if (frozen && *frozen)
+            engine_notify_chain_changed(frozen);
+    }
+    return 0;
+}
+
+int engine_snapshot_delete(virConnectPtr conn, const char *domain, const char *name)
+{
+    struct delete_ctx ctx = { .conn = conn, .domain = domain, .name = name };
+    struct engine_lock *lock = engine_lock_domain_conn(conn, domain);
+    GHashTable *before = NULL;
+    g_autofree char *xml = NULL;
+    int ret = -1;
+
+    ctx.what = g_strdup_printf("cannot delete snapshot '%s' of '%s'", name, domain);
+    ctx.dom = virDomainLookupByName(conn, domain);
+    ctx.snap = ctx.dom ? virDomainSnapshotLookupByName(ctx.dom, name, 0) : NULL;
+    if (!ctx.snap) {
+        snapfs_error_from_virt("%s", ctx.what);
+        goto cleanup;
+    }
+    xml = virDomainSnapshotGetXMLDesc(ctx.snap, 0);
+    ctx.info = xml ? engine_parse_snapshot(xml) : NULL;
+    if (!ctx.info) {
+        snapfs_error_from_virt("%s", ctx.what);
+        goto cleanup;
+    }
+    ctx.running = virDomainIsActive(ctx.dom) == 1;
+    ctx.disks = engine_domain_disks(ctx.dom, !ctx.running);
+    if (!ctx.disks || engine_block_job_running(ctx.dom, ctx.disks, ctx.what))
+        goto cleanup;
+    before = engine_domain_files_state(ctx.dom);
+
+    ret = ctx.info->external ? delete_external(&ctx) : delete_internal(&ctx);
+    if (ret == 0) {
+        snapfs_info("deleted snapshot '%s' of '%s'", name, domain);
+        engine_notify_changed_since(before);
+    }
+
+cleanup:
+    if (before)
+        g_hash_table_unref(before);
+    engine_images_free(ctx.images);
+    if (ctx.disks)
+        g_ptr_array_unref(ctx.disks);
+    engine_snapshot_info_free(ctx.info);
+    if (ctx.snap)
+        virDomainSnapshotFree(ctx.snap);
+    if (ctx.dom)
+        virDomainFree(ctx.dom);
+    g_free(ctx.what);
+    engine_unlock_domain(lock);
+    return ret;
+}

@@ -1,0 +1,102 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* What the engine's files share: disks and snapshots as their XML names them, and the graph of images. */
+#pragma once
+
+#include "snapfs/engine.h"
+
+#include <glib.h>
+#include <libvirt/libvirt.h>
+#include <stdbool.h>
+
+/* A <disk> of a domain's XML, with what decides whether a snapshot covers it. */
+struct engine_disk {
+    char *target;    /* "vda" */
+    char *type;      /* "file", "block", "network", ... */
+    char *device;    /* "disk", "cdrom", ... */
+    char *file;      /* source file or dev; NULL for network disks and empty drives */
+    char *format;    /* driver type, NULL if unsaid */
+    char *snapshot;  /* the disk's snapshot= attribute, NULL if unsaid */
+    bool readonly;
+};
+
+void engine_disk_free(struct engine_disk *disk);
+
+/* Disks of domain XML (a whole <domain>, or the one inside a <domainsnapshot>); NULL if it cannot be parsed. */
+GPtrArray *engine_parse_disks(const char *xml, bool inside_snapshot);
+
+/* Whether libvirt's disk-only snapshot makes an overlay for @disk by default. */
+bool engine_disk_is_snapshotted(const struct engine_disk *disk);
+
+/* A <disk> of a snapshot's own <disks>. */
+struct engine_snapshot_disk {
+    char *target;
+    char *kind;   /* "internal", "external", "no", "manual" */
+    char *file;   /* external: the overlay the snapshot made */
+};
+
+struct engine_snapshot_info {
+    char *name;
+    char *description;
+    bool external;          /* any disk external */
+    GPtrArray *disks;       /* struct engine_snapshot_disk * */
+    GPtrArray *domain_disks;/* struct engine_disk *: the domain as it was, so each disk's top then */
+};
+
+void engine_snapshot_info_free(struct engine_snapshot_info *info);
+struct engine_snapshot_info *engine_parse_snapshot(const char *xml);
+
+/* @xml with <description> set to @description (added if missing), or NULL if it cannot be parsed. */
+char *engine_snapshot_xml_set_description(const char *xml, const char *description);
+
+/*
+ * Every image the connection's domains and snapshots can reach, each with
+ * the image below it, read from the images' headers.  What a delete checks
+ * before it merges or unlinks anything.
+ */
+struct engine_images {
+    GHashTable *backing;  /* file -> the file below it ("" at a base) */
+    GHashTable *tops;     /* file -> "domain disk" for every image a domain runs on */
+    GHashTable *named;    /* file -> "domain/snapshot" for every image a snapshot's XML names */
+};
+
+void engine_images_free(struct engine_images *images);
+
+/*
+ * Walk every domain on @conn (live and persistent XML) and every snapshot
+ * of each, except snapshot @skip_snapshot of domain @skip_domain (NULL: none).
+ * Returns NULL with the reason if libvirt cannot list them.
+ */
+struct engine_images *engine_images_collect(virConnectPtr conn, const char *skip_domain,
+                                            const char *skip_snapshot);
+
+/* Add @file and the chain below it (already known images end the walk). */
+void engine_images_add_chain(struct engine_images *images, const char *file, const char *format);
+
+/* Whether @file is @images's top or lies in a chain below some top or named image. */
+bool engine_images_reachable(struct engine_images *images, const char *file);
+
+/* Images whose backing is @file, as a NULL-terminated array the caller frees (g_free, not the strings). */
+const char **engine_images_dependents(struct engine_images *images, const char *file);
+
+/* The chain of @top as absolute paths, top first (never NULL; just @top if unreadable). */
+GPtrArray *engine_chain_files(const char *top, const char *format);
+
+/* Tell whoever listens (engine_set_chain_changed) that @file moved, merged or went away. */
+void engine_notify_chain_changed(const char *file);
+
+/* Snapshot of the files of a set of chains: size, mtime and backing, to tell afterwards what changed. */
+GHashTable *engine_files_state(GPtrArray *files);
+/* Notify every file of @before whose state differs now (or that is gone). */
+void engine_notify_changed_since(GHashTable *before);
+
+/* Run a program (argv[0] found on PATH); 0, or -1 with EIO and its stderr recorded under @what. */
+int engine_run(const char *const *argv, const char *what);
+
+/* Whether a block job runs on any disk of @dom; sets EBUSY naming it. */
+bool engine_block_job_running(virDomainPtr dom, GPtrArray *disks, const char *what);
+
+/* engine_files_state() of every chain of @dom's disks (live ones if it runs). */
+GHashTable *engine_domain_files_state(virDomainPtr dom);
+
+/* Libvirt's live (if running) or persistent disks of @dom, or NULL with the reason. */
+GPtrArray *engine_domain_disks(virDomainPtr dom, bool inactive);
