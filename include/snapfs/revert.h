@@ -8,15 +8,47 @@
 
 struct revert_options {
     bool keep;             /* -o revert_keep: keep the state left behind as pre-revert-... */
-    const char *state_dir; /* where the journal lives */
+    const char *state_dir; /* where the journal lives; created (0700) on first use */
 };
 
 /*
+ * A write to DOMAIN/revert, parsed.  The syntax (README, --help):
+ *   NAME            revert to snapshot NAME; EBUSY if the domain runs
+ *   NAME --force    stop the running domain first (as `virsh destroy`), then revert
+ * One trailing newline is allowed (echo adds one).  Empty writes, several
+ * lines, control characters, blanks around the name and unknown --options
+ * are EINVAL.
+ */
+struct revert_request {
+    char *name;
+    bool force;
+};
+
+/* 0 and @request filled (free it with revert_request_clear), or -1 with EINVAL recorded. */
+int revert_parse(const char *buf, size_t len, struct revert_request *request);
+void revert_request_clear(struct revert_request *request);
+
+/*
  * What was written to DOMAIN/revert (@len bytes, not NUL-terminated).
- * Returns 0 or -1 with the errno of DESIGN.md recorded.
+ * Returns 0 or -1 with the errno of DESIGN.md recorded: EINVAL malformed,
+ * ENOENT no such snapshot, EBUSY running (without --force) or another
+ * operation on the domain under way, ENOTSUP where neither libvirt nor
+ * snapfs can, EIO otherwise.
  */
 int revert_write(virConnectPtr conn, const char *domain, const char *request, size_t len,
                  const struct revert_options *options);
 
-/* At start: finish or roll back every by-hand operation the journal says was under way. */
+/*
+ * At start: finish or roll back every by-hand revert on @conn's URI that
+ * the journal says was under way.  Returns -1 with the reason if one could
+ * not be settled (its journal stays for the next start).
+ */
 int revert_recover(virConnectPtr conn, const struct revert_options *options);
+
+/*
+ * For tests only: with SNAPFS_FAULT=revert:STEP in the environment the
+ * process ends with _exit(137) right after STEP, as a kill -9 would.
+ * Steps in order: journal, keep-overlays, keep, overlays, domain, current,
+ * cleanup (see src/revert.c).
+ */
+#define REVERT_FAULT_STEPS "journal keep-overlays keep overlays domain current cleanup"
