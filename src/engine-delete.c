@@ -228,6 +228,7 @@ static int delete_internal(struct delete_ctx *ctx)
  * The snapshot is on a branch the domain no longer runs (a revert moved it):
  * nothing needs merging.  Its metadata goes first, then each overlay it made
  * that nothing reaches any more, so a crash in between leaves only a file.
+ * Images below its overlays are left alone: they may be the user's own.
  */
 static int delete_off_branch(struct delete_ctx *ctx)
 {
@@ -309,11 +310,15 @@ static int delete_external(struct delete_ctx *ctx)
         if (sd->file && disk && disk->file && delete_above_in_chain(ctx->images, disk->file, sd->file))
             in_chain++;
     }
-    if (in_chain == 0 && children == 0)
+    /*
+     * Off the branch the domain runs on, nothing needs merging: what it froze
+     * stays as long as anything (its children) reads it.  Never libvirt's
+     * delete here: 9.0 would unlink the image the snapshot froze.
+     */
+    if (in_chain == 0)
         return delete_off_branch(ctx);
     if (in_chain != external) {
-        snapfs_error_set(ENOTSUP, "%s: the domain's disks no longer run on it (a revert moved them) and "
-                         "snapshots depend on it; delete those first", ctx->what);
+        snapfs_error_set(ENOTSUP, "%s: some of its disks run on it and others no longer do", ctx->what);
         return -1;
     }
     if (children > 1) {
