@@ -41,6 +41,8 @@ class Engine:
 
     def __call__(self, *args):
         proc = run(engine_cli(), URI, *args, check=False)
+        if os.environ.get("ENGINE_TRACE"):
+            print(f"\n    engine-cli {' '.join(map(repr, args))} -> {proc.returncode}: {proc.stderr.strip()}")
         if proc.returncode == 0:
             return "OK", proc.stdout, proc.stderr
         name = proc.stderr.split(":", 1)[0].strip()
