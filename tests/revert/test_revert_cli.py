@@ -1,0 +1,174 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+# revert through src/revert*.c (revert-cli) against the real libvirtd: what virsh and qemu-img see afterwards.
+import pytest
+
+from conftest import run, virsh
+
+STEPS = ["journal", "keep-overlays", "keep", "overlays", "domain", "current", "cleanup"]
+COMMITTED = {"domain", "current", "cleanup"}
+
+
+def pre_reverts(dom):
+    return [s for s in dom.snapshots() if s.startswith("pre-revert-")]
+
+
+def check_reverted(dom, target, saved, before_snaps, kept_from=None):
+    """The live disks read as @target, XML and metadata agree, every other snapshot is intact, the domain boots."""
+    assert dom.current() == target
+    for t in dom.targets:
+        if dom.kind(target) == "external":
+            assert dom.reads_as(saved[(target, t)], dom.top(t)), f"{t} does not read as {target}"
+            # The XML spells out the chain the images have.
+            assert dom.xml_chain(t) == dom.chain(dom.top(t))
+        else:
+            assert dom.reads_as(saved[(target, t)], dom.top(t))
+    for snap in before_snaps:
+        assert snap in dom.snapshots()
+        if dom.kind(snap) == "external":
+            for t in dom.targets:
+                assert dom.reads_as(saved[(snap, t)], dom.content(snap, t)), f"{snap}/{t} changed"
+    if kept_from is not None:
+        new = [s for s in pre_reverts(dom) if s not in before_snaps]
+        assert len(new) == 1, dom.snapshots()
+        for t in dom.targets:
+            if dom.kind(new[0]) == "external":
+                assert dom.reads_as(saved[(kept_from, t)], dom.content(new[0], t)), "the state left behind is lost"
+    dom.start_and_stop()
+
+
+def test_revert_root_middle_leaf_and_back(chained):
+    dom = chained
+    saved = dom.save()
+    before = dom.snapshots()
+
+    status, err = dom.revert("s2\n")
+    assert status == "OK", err
+    check_reverted(dom, "s2", saved, before, kept_from="live")
+    names = [f.name for f in dom.dir.iterdir()]
+    assert any(".revert-s2-" in n for n in names), names   # a person can tell what the overlay is
+
+    # From s2 with nothing written: no second pre-revert, the empty revert overlay is not left behind.
+    before = dom.snapshots()
+    saved = dom.save()
+    status, err = dom.revert("r1")
+    assert status == "OK", err
+    check_reverted(dom, "r1", saved, before)
+    assert dom.snapshots() == before
+    assert not any(".revert-s2-" in f.name for f in dom.dir.iterdir())
+
+    # A leaf, then the pre-revert snapshot on its own branch, after writes each time.
+    dom.write(5)
+    saved = dom.save()
+    before = dom.snapshots()
+    status, err = dom.revert("s3")
+    assert status == "OK", err
+    check_reverted(dom, "s3", saved, before, kept_from="live")
+
+    saved = dom.save()
+    before = dom.snapshots()
+    first = sorted(pre_reverts(dom))[0]
+    status, err = dom.revert(first + "\n")
+    assert status == "OK", err
+    check_reverted(dom, first, saved, before)
+
+    # Reverting to where the domain is: nothing changes, nothing is kept.
+    status, err = dom.revert(first)
+    assert status == "OK", err
+    assert dom.snapshots() == before
+
+    # Every snapshot can still be deleted (by snapfs's rmdir), leaves first, and what remains reads the same.
+    engine = pytest.importorskip("conftest").built("engine-cli")
+    saved = dom.save()
+    for snap in sorted(dom.snapshots(), key=lambda s: (s.startswith("pre-revert"), s), reverse=True):
+        proc = run(engine, "qemu:///system", "delete", dom.name, snap, check=False)
+        assert proc.returncode == 0, f"rmdir {snap}: {proc.stderr}"
+        for t in dom.targets:
+            assert dom.reads_as(saved[("live", t)], dom.top(t))
+            for other in dom.snapshots():
+                assert dom.reads_as(saved[(other, t)], dom.content(other, t)), f"{other}/{t} changed deleting {snap}"
+    assert dom.snapshots() == []
+    dom.start_and_stop()
+
+
+def test_keep_off_discards(chained):
+    dom = chained
+    saved = dom.save()
+    before = dom.snapshots()
+    status, err = dom.revert("r1", keep=False)
+    assert status == "OK", err
+    check_reverted(dom, "r1", saved, before)
+    assert pre_reverts(dom) == []
+
+
+def test_bad_requests_change_nothing(chained):
+    dom = chained
+    print_before = dom.fingerprint()
+    for request, errno in [("", "EINVAL"), ("\n", "EINVAL"), ("s2\nr1\n", "EINVAL"), ("s2 junk", "EINVAL"),
+                           ("s2 --bogus", "EINVAL"), (" s2", "EINVAL"), ("s2\n\n", "EINVAL"),
+                           ("s2\x01", "EINVAL"), ("nosuch", "ENOENT"), ("nosuch\n", "ENOENT")]:
+        status, err = dom.revert(request)
+        assert status == errno, f"{request!r}: {err}"
+        assert dom.fingerprint() == print_before, f"{request!r} changed something"
+
+
+def test_running_domain(chained):
+    dom = chained
+    virsh("start", dom.name)
+    try:
+        files = dom.fingerprint()["files"]
+        status, err = dom.revert("s2\n")
+        assert status == "EBUSY", err
+        assert "--force" in err
+        assert dom.running()
+        assert dom.fingerprint()["files"] == files
+        status, err = dom.revert("s2 --force\n")
+        assert status == "OK", err
+        assert not dom.running()
+        assert dom.current() == "s2"
+        assert len(pre_reverts(dom)) == 1
+    finally:
+        if dom.running():
+            virsh("destroy", dom.name)
+    dom.start_and_stop()
+
+
+def test_internal_snapshot(make_domain):
+    dom = make_domain(ndisks=1)
+    dom.write(1)
+    dom.snapshot("i1", internal=True)
+    dom.write(2)
+    saved = dom.save()
+    status, err = dom.revert("i1")
+    assert status == "OK", err
+    assert dom.current() == "i1"
+    assert dom.reads_as(saved[("i1", "vda")], dom.top("vda"))
+    kept = pre_reverts(dom)
+    assert len(kept) == 1
+    assert dom.reads_as(saved[("live", "vda")], dom.top("vda"), snapshot=kept[0])
+    dom.start_and_stop()
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_killed_at_every_step(chained, step):
+    dom = chained
+    saved = dom.save()
+    before = dom.fingerprint()
+    status, err = dom.revert("s2", fault=f"revert:{step}")
+    assert status == "KILLED", err
+
+    # Killed there, the domain is one libvirt accepts and that boots.
+    for t in dom.targets:
+        assert dom.xml_chain(t)[0] == dom.top(t)
+        assert dom.chain(dom.top(t))
+    if step not in COMMITTED:
+        assert dom.fingerprint()["xml"] == before["xml"]
+
+    dom.recover()
+    assert list(dom.state.iterdir()) == [], "the journal is left behind"
+    if step in COMMITTED:
+        check_reverted(dom, "s2", saved, before["snapshots"], kept_from="live")
+    else:
+        assert dom.fingerprint() == before, f"not rolled back after a kill at {step}"
+        dom.start_and_stop()
+    # And a second recover finds nothing to do.
+    dom.recover()
