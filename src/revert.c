@@ -12,6 +12,7 @@
 #include <libvirt/virterror.h>
 #include <libxml/parser.h>
 #include <libxml/tree.h>
+#include <libxml/uri.h>
 #include <libxml/xpath.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -1094,6 +1095,57 @@ static struct revert_journal *plan_external(struct rstate *st, struct rsnap *tar
     return g_steal_pointer(&journal);
 }
 
+/* Whether @uri names this host (no server, or a loopback one), so that its images are files here. */
+static bool uri_is_local(const char *uri)
+{
+    xmlURIPtr parsed = xmlParseURI(uri);
+    bool local = true;
+
+    if (parsed && parsed->server && parsed->server[0]) {
+        const char *host = parsed->server;
+
+        local = strcmp(host, "localhost") == 0 || g_str_has_prefix(host, "127.") || strcmp(host, "::1") == 0 ||
+                g_ascii_strcasecmp(host, g_get_host_name()) == 0;
+    }
+    xmlFreeURI(parsed);
+    return local;
+}
+
+/*
+ * The by-hand path makes overlays next to the images and reads their
+ * headers: it needs them as files on this host.  ENOTSUP otherwise, with why.
+ */
+static int revert_check_local(struct rstate *st, struct rsnap *target)
+{
+    GHashTableIter it;
+    gpointer value;
+
+    if (!uri_is_local(st->uri)) {
+        snapfs_error_set(ENOTSUP, "cannot revert '%s' to '%s': libvirt at '%s' cannot revert to external "
+                         "snapshots and snapfs needs the images as local files to do it by hand",
+                         st->name, target->name, st->uri);
+        return -1;
+    }
+    for (guint i = 0; i < st->disks->len; i++) {
+        struct rdisk *disk = g_ptr_array_index(st->disks, i);
+
+        if (disk_is_local(disk) && !g_file_test(disk->file, G_FILE_TEST_EXISTS)) {
+            snapfs_error_set(ENOTSUP, "cannot revert '%s' to '%s': its image '%s' is not a file snapfs can see "
+                             "on this host", st->name, target->name, disk->file);
+            return -1;
+        }
+    }
+    g_hash_table_iter_init(&it, target->frozen);
+    while (g_hash_table_iter_next(&it, NULL, &value)) {
+        if (!g_file_test(value, G_FILE_TEST_EXISTS)) {
+            snapfs_error_set(ENOTSUP, "cannot revert '%s' to '%s': its image '%s' is not a file snapfs can see "
+                             "on this host", st->name, target->name, (const char *)value);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static int revert_external(struct rstate *st, struct rsnap *target, const char *path,
                            const struct revert_options *options)
 {
@@ -1111,6 +1163,9 @@ static int revert_external(struct rstate *st, struct rsnap *target, const char *
         snapfs_info("domain '%s' reads as snapshot '%s' already", st->name, target->name);
         return st->current && strcmp(st->current, target->name) == 0 ? 0 : snapshot_make_current(st, target->name);
     }
+    /* Keeping the state left behind makes overlays here, whichever revert runs. */
+    if (journal->keep_name && revert_check_local(st, target) < 0)
+        return -1;
     if (revert_journal_write(journal) < 0)
         return -1;
     revert_fault("journal");
@@ -1158,6 +1213,8 @@ static int revert_external(struct rstate *st, struct rsnap *target, const char *
         return revert_roll_forward(st, journal, true);
     }
     if (!unsupported)
+        goto fail;
+    if (revert_check_local(st, target) < 0)
         goto fail;
     journal->phase = REVERT_PHASE_BY_HAND;
     if (revert_journal_write(journal) < 0)

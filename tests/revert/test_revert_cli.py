@@ -2,7 +2,7 @@
 # revert through src/revert*.c (revert-cli) against the real libvirtd: what virsh and qemu-img see afterwards.
 import pytest
 
-from conftest import run, virsh
+from revertlib import built, run, virsh
 
 STEPS = ["journal", "keep-overlays", "keep", "overlays", "domain", "current", "cleanup"]
 COMMITTED = {"domain", "current", "cleanup"}
@@ -77,7 +77,7 @@ def test_revert_root_middle_leaf_and_back(chained):
     assert dom.snapshots() == before
 
     # Every snapshot can still be deleted (by snapfs's rmdir), leaves first, and what remains reads the same.
-    engine = pytest.importorskip("conftest").built("engine-cli")
+    engine = built("engine-cli")
     saved = dom.save()
     for snap in sorted(dom.snapshots(), key=lambda s: (s.startswith("pre-revert"), s), reverse=True):
         proc = run(engine, "qemu:///system", "delete", dom.name, snap, check=False)
