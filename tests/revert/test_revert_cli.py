@@ -172,3 +172,29 @@ def test_killed_at_every_step(chained, step):
         dom.start_and_stop()
     # And a second recover finds nothing to do.
     dom.recover()
+
+
+def test_branches_and_live_snapshots(chained):
+    """A snapshot taken on a revert's overlay makes a branch; one taken live holds the live XML; revert across both."""
+    dom = chained
+    status, err = dom.revert("r1")
+    assert status == "OK", err
+    dom.write(6)
+    dom.snapshot("b1")                      # on the revert overlay: a second branch under r1
+    dom.write(7)
+    virsh("start", dom.name)
+    try:
+        dom.snapshot("l1")                  # live, disk-only: its <domain> is the running one
+    finally:
+        virsh("destroy", dom.name)
+    dom.write(8)
+    saved = dom.save()
+    before = dom.snapshots()
+    assert dom.parent("b1") == "r1"
+
+    for target in ["s3", "b1", "l1", "s2", "l1"]:
+        status, err = dom.revert(target + "\n")
+        assert status == "OK", f"{target}: {err}"
+        check_reverted(dom, target, saved, before)
+        saved = dom.save()
+        before = dom.snapshots()
