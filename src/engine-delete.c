@@ -238,7 +238,7 @@ static int delete_off_branch(struct delete_ctx *ctx)
         snapfs_error_from_virt("%s", ctx->what);
         return -1;
     }
-    after = engine_images_collect(ctx->conn, NULL, NULL);
+    after = engine_images_collect(ctx->conn, ctx->domain, NULL);
     if (!after) {
         snapfs_warn("deleted snapshot '%s' of '%s' but kept its overlays: %s", ctx->name, ctx->domain,
                     snapfs_error_message());
@@ -292,7 +292,7 @@ static int delete_external(struct delete_ctx *ctx)
         snapfs_error_from_virt("%s", ctx->what);
         return -1;
     }
-    ctx->images = engine_images_collect(ctx->conn, NULL, NULL);
+    ctx->images = engine_images_collect(ctx->conn, ctx->domain, NULL);
     if (!ctx->images)
         return -1;
     for (guint i = 0; i < ctx->info->disks->len; i++) {
@@ -389,7 +389,7 @@ int engine_snapshot_delete(virConnectPtr conn, const char *domain, const char *n
     ctx.disks = engine_domain_disks(ctx.dom, !ctx.running);
     if (!ctx.disks || engine_block_job_running(ctx.dom, ctx.disks, ctx.what))
         goto cleanup;
-    before = engine_domain_files_state(ctx.dom);
+    before = engine_domain_files_state(ctx.disks);
 
     ret = ctx.info->external ? delete_external(&ctx) : delete_internal(&ctx);
     if (ret == 0) {

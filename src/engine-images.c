@@ -355,8 +355,8 @@ static void images_add_disks(struct engine_images *images, GPtrArray *disks, con
     }
 }
 
-static void images_add_domain(struct engine_images *images, virDomainPtr dom, const char *skip_domain,
-                              const char *skip_snapshot)
+static void images_add_domain(struct engine_images *images, virDomainPtr dom, bool running,
+                              bool with_snapshots, const char *skip_snapshot)
 {
     const char *name = virDomainGetName(dom);
     virDomainSnapshotPtr *snaps = NULL;
@@ -365,20 +365,22 @@ static void images_add_domain(struct engine_images *images, virDomainPtr dom, co
     for (int inactive = 0; inactive < 2; inactive++) {
         GPtrArray *disks;
 
-        if (!inactive && virDomainIsActive(dom) != 1)
+        if (!inactive && !running)
             continue;
         disks = engine_domain_disks(dom, inactive);
         images_add_disks(images, disks, name, NULL);
         if (disks)
             g_ptr_array_unref(disks);
     }
+    if (!with_snapshots)
+        return;
     n = virDomainListAllSnapshots(dom, &snaps, 0);
     for (int i = 0; i < n; i++) {
         const char *snap_name = virDomainSnapshotGetName(snaps[i]);
         g_autofree char *xml = NULL;
         struct engine_snapshot_info *info = NULL;
 
-        if (skip_domain && skip_snapshot && strcmp(name, skip_domain) == 0 && strcmp(snap_name, skip_snapshot) == 0)
+        if (skip_snapshot && strcmp(snap_name, skip_snapshot) == 0)
             goto next;
         xml = virDomainSnapshotGetXMLDesc(snaps[i], 0);
         info = xml ? engine_parse_snapshot(xml) : NULL;
@@ -401,23 +403,29 @@ next:
     free(snaps);
 }
 
-struct engine_images *engine_images_collect(virConnectPtr conn, const char *skip_domain,
+struct engine_images *engine_images_collect(virConnectPtr conn, const char *domain,
                                             const char *skip_snapshot)
 {
-    struct engine_images *images;
-    virDomainPtr *doms = NULL;
-    int n = virConnectListAllDomains(conn, &doms, 0);
+    struct engine_images *images = images_new();
 
-    if (n < 0) {
-        snapfs_error_from_virt("cannot list the domains to see which images they use");
-        return NULL;
+    /* Listing running and shut-off domains apart saves asking each whether it runs. */
+    for (int running = 0; running < 2; running++) {
+        virDomainPtr *doms = NULL;
+        int n = virConnectListAllDomains(conn, &doms, running ? VIR_CONNECT_LIST_DOMAINS_ACTIVE
+                                                              : VIR_CONNECT_LIST_DOMAINS_INACTIVE);
+
+        if (n < 0) {
+            snapfs_error_from_virt("cannot list the domains to see which images they use");
+            engine_images_free(images);
+            return NULL;
+        }
+        for (int i = 0; i < n; i++) {
+            images_add_domain(images, doms[i], running, strcmp(virDomainGetName(doms[i]), domain) == 0,
+                              skip_snapshot);
+            virDomainFree(doms[i]);
+        }
+        free(doms);
     }
-    images = images_new();
-    for (int i = 0; i < n; i++) {
-        images_add_domain(images, doms[i], skip_domain, skip_snapshot);
-        virDomainFree(doms[i]);
-    }
-    free(doms);
     return images;
 }
 

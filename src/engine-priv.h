@@ -62,11 +62,14 @@ struct engine_images {
 void engine_images_free(struct engine_images *images);
 
 /*
- * Walk every domain on @conn (live and persistent XML) and every snapshot
- * of each, except snapshot @skip_snapshot of domain @skip_domain (NULL: none).
- * Returns NULL with the reason if libvirt cannot list them.
+ * Every image the domains on @conn run on (live and persistent XML), and
+ * every image the snapshots of @domain name, except snapshot @skip_snapshot
+ * (NULL: none).  Other domains' snapshots are not read: one RPC each would
+ * cost more than the delete itself, and they reach another domain's images
+ * only through their own disks' chains, which are read.
+ * Returns NULL with the reason if libvirt cannot list the domains.
  */
-struct engine_images *engine_images_collect(virConnectPtr conn, const char *skip_domain,
+struct engine_images *engine_images_collect(virConnectPtr conn, const char *domain,
                                             const char *skip_snapshot);
 
 /* Add @file and the chain below it (already known images end the walk). */
@@ -95,8 +98,8 @@ int engine_run(const char *const *argv, const char *what);
 /* Whether a block job runs on any disk of @dom; sets EBUSY naming it. */
 bool engine_block_job_running(virDomainPtr dom, GPtrArray *disks, const char *what);
 
-/* engine_files_state() of every chain of @dom's disks (live ones if it runs). */
-GHashTable *engine_domain_files_state(virDomainPtr dom);
+/* engine_files_state() of every chain of @disks (struct engine_disk *). */
+GHashTable *engine_domain_files_state(GPtrArray *disks);
 
 /* Libvirt's live (if running) or persistent disks of @dom, or NULL with the reason. */
 GPtrArray *engine_domain_disks(virDomainPtr dom, bool inactive);

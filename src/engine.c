@@ -119,15 +119,12 @@ static GPtrArray *engine_domain_chain_files(GPtrArray *disks)
     return files;
 }
 
-GHashTable *engine_domain_files_state(virDomainPtr dom)
+GHashTable *engine_domain_files_state(GPtrArray *disks)
 {
-    GPtrArray *disks = engine_domain_disks(dom, virDomainIsActive(dom) != 1);
     GPtrArray *files = engine_domain_chain_files(disks);
     GHashTable *state = engine_files_state(files);
 
     g_ptr_array_unref(files);
-    if (disks)
-        g_ptr_array_unref(disks);
     return state;
 }
 
