@@ -1358,21 +1358,96 @@ static const char *state_dir_of(const struct revert_options *options)
     return options && options->state_dir ? options->state_dir : "/var/lib/snapfs";
 }
 
-/* Weak until the engine has it: then the domain's lock is only waited for. */
-struct engine_lock *engine_trylock_domain_conn(virConnectPtr conn, const char *domain) __attribute__((weak));
+/*
+ * A revert while another snapshot operation on the domain runs answers
+ * EBUSY, but the engine's per-domain locks only wait.  So a helper thread
+ * waits for the lock and holds it for us; if it has not got it within
+ * REVERT_LOCK_WAIT_MS the revert gives up, and the helper lets go of the
+ * lock as soon as it gets it.  (A GMutex must be unlocked by the thread
+ * that locked it, hence a thread rather than a flag.)
+ */
+#define REVERT_LOCK_WAIT_MS 200
 
-static struct engine_lock *revert_lock(virConnectPtr conn, const char *domain)
+struct revert_hold {
+    GMutex mutex;
+    GCond cond;
+    char *key;
+    bool acquired;   /* the helper holds the domain's lock */
+    bool abandoned;  /* the revert gave up waiting */
+    bool done;       /* the revert is over: let go */
+    gint refs;
+};
+
+static void revert_hold_unref(struct revert_hold *hold)
 {
-    if (engine_trylock_domain_conn)
-        return engine_trylock_domain_conn(conn, domain);
-    return engine_lock_domain_conn(conn, domain);
+    if (!g_atomic_int_dec_and_test(&hold->refs))
+        return;
+    g_mutex_clear(&hold->mutex);
+    g_cond_clear(&hold->cond);
+    g_free(hold->key);
+    g_free(hold);
+}
+
+static gpointer revert_hold_thread(gpointer data)
+{
+    struct revert_hold *hold = data;
+    struct engine_lock *lock = engine_lock_domain(hold->key);
+
+    g_mutex_lock(&hold->mutex);
+    if (!hold->abandoned) {
+        hold->acquired = true;
+        g_cond_broadcast(&hold->cond);
+        while (!hold->done)
+            g_cond_wait(&hold->cond, &hold->mutex);
+    }
+    g_mutex_unlock(&hold->mutex);
+    engine_unlock_domain(lock);
+    revert_hold_unref(hold);
+    return NULL;
+}
+
+/* The domain's lock held on our behalf, or NULL if another operation holds it (EBUSY is the caller's). */
+static struct revert_hold *revert_lock(virConnectPtr conn, const char *domain)
+{
+    struct revert_hold *hold = g_new0(struct revert_hold, 1);
+    gint64 deadline = g_get_monotonic_time() + REVERT_LOCK_WAIT_MS * G_TIME_SPAN_MILLISECOND;
+    bool acquired;
+
+    g_mutex_init(&hold->mutex);
+    g_cond_init(&hold->cond);
+    hold->key = engine_domain_key(conn, domain);
+    hold->refs = 2;
+    g_thread_unref(g_thread_new("snapfs-revert-lock", revert_hold_thread, hold));
+    g_mutex_lock(&hold->mutex);
+    while (!hold->acquired && g_cond_wait_until(&hold->cond, &hold->mutex, deadline))
+        ;
+    acquired = hold->acquired;
+    if (!acquired)
+        hold->abandoned = true;
+    g_mutex_unlock(&hold->mutex);
+    if (!acquired) {
+        revert_hold_unref(hold);
+        return NULL;
+    }
+    return hold;
+}
+
+static void revert_unlock(struct revert_hold *hold)
+{
+    if (!hold)
+        return;
+    g_mutex_lock(&hold->mutex);
+    hold->done = true;
+    g_cond_broadcast(&hold->cond);
+    g_mutex_unlock(&hold->mutex);
+    revert_hold_unref(hold);
 }
 
 int revert_write(virConnectPtr conn, const char *domain, const char *buf, size_t len,
                  const struct revert_options *options)
 {
     struct revert_request request = { 0 };
-    struct engine_lock *lock = NULL;
+    struct revert_hold *lock = NULL;
     virDomainPtr dom = NULL;
     g_autoptr(rstate) st = NULL;
     g_autofree char *uri = NULL;
@@ -1461,7 +1536,7 @@ int revert_write(virConnectPtr conn, const char *domain, const char *buf, size_t
 cleanup:
     if (dom)
         virDomainFree(dom);
-    engine_unlock_domain(lock);
+    revert_unlock(lock);
     revert_request_clear(&request);
     return ret;
 }

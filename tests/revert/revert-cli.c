@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /* A command-line driver of src/revert*.c, so tests and benchmarks revert domains without a mount. */
+#include "snapfs/engine.h"
 #include "snapfs/error.h"
 #include "snapfs/log.h"
 #include "snapfs/revert.h"
@@ -30,8 +31,9 @@ int main(int argc, char **argv)
     virConnectPtr conn;
     int ret = 0;
 
-    if (argc < 4 || (strcmp(argv[2], "write") == 0 && argc < 6)) {
-        fprintf(stderr, "usage: revert-cli URI STATE_DIR write DOMAIN REQUEST | recover\n"
+    if (argc < 4 || ((strcmp(argv[3], "write") == 0 || strcmp(argv[3], "busy") == 0) && argc < 6)) {
+        fprintf(stderr, "usage: revert-cli URI STATE_DIR write DOMAIN REQUEST | busy DOMAIN REQUEST | recover\n"
+                        "       (busy: the write while another operation holds the domain's lock)\n"
                         "       (REQUEST is written as given: add the newline yourself; REVERT_KEEP=off)\n");
         return 2;
     }
@@ -47,6 +49,12 @@ int main(int argc, char **argv)
     if (strcmp(argv[3], "write") == 0) {
         if (revert_write(conn, argv[4], argv[5], strlen(argv[5]), &options) < 0)
             ret = fail();
+    } else if (strcmp(argv[3], "busy") == 0) {
+        struct engine_lock *lock = engine_lock_domain_conn(conn, argv[4]);
+
+        if (revert_write(conn, argv[4], argv[5], strlen(argv[5]), &options) < 0)
+            ret = fail();
+        engine_unlock_domain(lock);
     } else if (strcmp(argv[3], "recover") == 0) {
         if (revert_recover(conn, &options) < 0)
             ret = fail();

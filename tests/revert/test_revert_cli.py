@@ -2,7 +2,7 @@
 # revert through src/revert*.c (revert-cli) against the real libvirtd: what virsh and qemu-img see afterwards.
 import pytest
 
-from revertlib import built, run, virsh
+from revertlib import URI, built, run, virsh
 
 STEPS = ["journal", "keep-overlays", "keep", "overlays", "domain", "current", "cleanup"]
 COMMITTED = {"domain", "current", "cleanup"}
@@ -198,3 +198,13 @@ def test_branches_and_live_snapshots(chained):
         check_reverted(dom, target, saved, before)
         saved = dom.save()
         before = dom.snapshots()
+
+
+def test_busy_while_another_operation_runs(chained):
+    dom = chained
+    before = dom.fingerprint()
+    proc = run(built("revert-cli"), URI, dom.state, "busy", dom.name, "s2\n", check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().split(":", 1)[0] == "EBUSY", proc.stderr
+    assert dom.fingerprint() == before
+    status, err = dom.revert("s2\n")
+    assert status == "OK", err
