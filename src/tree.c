@@ -86,6 +86,14 @@ bool snapfs_tree_is_control(const struct snapfs_node *node)
 
 /* ---- the tree ------------------------------------------------------------- */
 
+/* The engine names each image a create or delete changed: views reading it must go. */
+static void tree_chain_changed(const char *file, void *opaque)
+{
+    struct snapfs_tree *tree = opaque;
+
+    guest_pool_forget_file(tree->guests, file);
+}
+
 struct snapfs_tree *snapfs_tree_new(struct snapfs_host **hosts, size_t n_hosts,
                                     const struct snapfs_tree_config *config)
 {
@@ -100,6 +108,7 @@ struct snapfs_tree *snapfs_tree_new(struct snapfs_host **hosts, size_t n_hosts,
     tree->inos = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     tree->next_ino = 2;   /* 1 is the root's */
     tree->last_errors = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    engine_set_chain_changed(tree_chain_changed, tree);
     return tree;
 }
 
@@ -107,6 +116,7 @@ void snapfs_tree_free(struct snapfs_tree *tree)
 {
     if (!tree)
         return;
+    engine_set_chain_changed(NULL, NULL);
     guest_pool_free(tree->guests);
     g_hash_table_unref(tree->inos);
     g_hash_table_unref(tree->last_errors);
@@ -1071,7 +1081,6 @@ int snapfs_tree_mkdir(struct snapfs_tree *tree, const struct snapfs_node *parent
 
 int snapfs_tree_rmdir(struct snapfs_tree *tree, const struct snapfs_node *parent, const char *name)
 {
-    struct snapfs_domain *before;
     virConnectPtr conn;
     int ret;
 
@@ -1084,14 +1093,11 @@ int snapfs_tree_rmdir(struct snapfs_tree *tree, const struct snapfs_node *parent
     conn = snapfs_host_conn(tree_host(tree, parent));
     if (!conn)
         return -1;
-    before = tree_domain(tree, parent);
+    /* The engine reports every image it merged or removed through tree_chain_changed(). */
     ret = engine_snapshot_delete(conn, parent->domain, name);
     if (ret < 0)
         tree_remember_error(tree, parent, "rmdir");
-    else
-        tree_forget_chains(tree, before);
     snapfs_host_invalidate(tree_host(tree, parent), parent->domain);
-    snapfs_domain_unref(before);
     virConnectClose(conn);
     return ret;
 }
