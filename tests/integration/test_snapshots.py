@@ -1,0 +1,252 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+# mkdir takes an external snapshot and rmdir deletes one, through a real mount: names, errno, and nothing lost.
+import errno
+import json
+import os
+import threading
+import uuid
+
+import pytest
+
+from conftest import RUN_PREFIX, errno_of, run, virsh, wait_for
+
+
+def chain_files(top):
+    info = json.loads(run("qemu-img", "info", "-U", "--backing-chain", "--output=json", top).stdout)
+    return [i["filename"] for i in info]
+
+
+def state_of(dom):
+    """What a refusal must leave as it was: snapshots, current, disk XML, the chain and each image's header."""
+    top = dom.top("vda")
+    headers = [run("qemu-img", "info", "-U", "--output=json", f).stdout for f in chain_files(top)]
+    files = sorted(os.listdir(os.path.dirname(top)))
+    return dom.snapshots(), dom.current(), top, headers, files
+
+
+def write_guest_data(dom, offset_mib, pattern):
+    """64 KiB at OFFSET of the live disk, as the guest would write it (shut off: straight into the image)."""
+    if dom.state() == "running":
+        dev = "/machine/peripheral/virtio-disk0/virtio-backend"
+        virsh("qemu-monitor-command", dom.name, "--hmp", f'qemu-io -d {dev} "write -P {pattern} {offset_mib}M 64k"')
+        virsh("qemu-monitor-command", dom.name, "--hmp", f"qemu-io -d {dev} flush")
+    else:
+        run("qemu-io", "-f", "qcow2", "-c", f"write -P {pattern} {offset_mib}M 64k", dom.top("vda"))
+
+
+def frozen_image(dom, snap):
+    """The image whose chain reads as SNAP: the one below the overlay the snapshot made."""
+    for disk in dom.snapshot_xml(snap).find("disks"):
+        if disk.get("name") == "vda":
+            return chain_files(disk.find("source").get("file"))[1]
+    raise KeyError(snap)
+
+
+def save_contents(dom, workdir):
+    saved = {}
+    for snap in dom.snapshots():
+        raw = workdir / f"{snap}.raw"
+        run("qemu-img", "convert", "-U", "-O", "raw", frozen_image(dom, snap), raw)
+        saved[snap] = raw
+    raw = workdir / "live.raw"
+    run("qemu-img", "convert", "-U", "-O", "raw", dom.top("vda"), raw)
+    saved[None] = raw
+    return saved
+
+
+def check_contents(dom, saved):
+    """Every snapshot left and the live disk read byte for byte as saved; every image left checks clean."""
+    for snap, raw in saved.items():
+        if snap is not None and snap not in dom.snapshots():
+            continue
+        image = dom.top("vda") if snap is None else frozen_image(dom, snap)
+        proc = run("qemu-img", "compare", "-U", raw, image, check=False)
+        assert proc.returncode == 0, f"{snap or 'the live disk'} reads differently: {proc.stdout}"
+    for image in chain_files(dom.top("vda")):
+        assert run("qemu-img", "check", "-U", image, check=False).returncode == 0, image
+
+
+@pytest.fixture
+def new_domain(domains, images):
+    """A one-disk domain over images of its own (names unique in the session, so overlays never collide)."""
+    def make(start=False):
+        tag = f"{RUN_PREFIX}-snap-{uuid.uuid4().hex[:8]}"
+        base = images.ext4(f"{tag}-base.qcow2", {"hello.txt": f"{tag}\n"})
+        top = images.empty_overlay(f"{tag}-top.qcow2", base)
+        return domains.define([("vda", top, "qcow2")], start=start)
+    return make
+
+
+@pytest.fixture
+def workdir(images, request):
+    path = images.root / f"work-{request.node.name[:40]}"
+    path.mkdir(exist_ok=True)
+    yield path
+    for f in path.iterdir():
+        f.unlink()
+    path.rmdir()
+
+
+def test_mkdir_takes_a_snapshot(new_domain, mount):
+    dom = new_domain()
+    old_top = dom.top("vda")
+    m = mount()
+    os.mkdir(m.p(dom.name, "before-upgrade"))
+    # it is there at once, as libvirt has it
+    assert os.path.isdir(m.p(dom.name, "before-upgrade"))
+    assert "before-upgrade" in os.listdir(m.p(dom.name))
+    assert dom.snapshots() == ["before-upgrade"]
+    assert os.getxattr(m.p(dom.name, "before-upgrade"), "user.snapfs.kind") == b"external"
+    # libvirt's default overlay name, on top of what was the live disk
+    new_top = dom.top("vda")
+    assert new_top == os.path.splitext(old_top)[0] + ".before-upgrade"
+    assert chain_files(new_top)[1] == old_top
+    # and it takes a description
+    os.setxattr(m.p(dom.name, "before-upgrade"), "user.snapfs.description", b"before apt upgrade")
+    assert dom.snapshot_xml("before-upgrade").findtext("description") == "before apt upgrade"
+    assert os.getxattr(m.p(dom.name, "before-upgrade"), "user.snapfs.description") == b"before apt upgrade"
+
+
+def test_mkdir_running(new_domain, mount):
+    dom = new_domain(start=True)
+    m = mount()
+    os.mkdir(m.p(dom.name, "live"))
+    assert dom.state() == "running"
+    assert dom.snapshots() == ["live"]
+    assert dom.top("vda").endswith(".live")
+
+
+def test_bad_names_change_nothing(new_domain, mount):
+    dom = new_domain()
+    m = mount()
+    os.mkdir(m.p(dom.name, "taken"))
+    before = state_of(dom)
+    for name, err in [("taken", errno.EEXIST), ("revert", errno.EEXIST), ("layers", errno.EEXIST),
+                      (".hidden", errno.EINVAL), (".Trash-0", errno.EINVAL), ("a\nb", errno.EINVAL),
+                      ("tab\tname", errno.EINVAL)]:
+        assert errno_of(os.mkdir, m.p(dom.name, name)) == err, name
+        assert state_of(dom) == before, name
+    assert errno_of(os.rmdir, m.p(dom.name, "no-such-snapshot")) == errno.ENOENT
+    assert state_of(dom) == before
+    # the reason of the last refusal is on the domain
+    assert os.getxattr(m.p(dom.name), "user.snapfs.last_error")
+
+
+def test_mkdir_inside_snapshot_or_layer_erofs(new_domain, mount):
+    dom = new_domain()
+    dom.snapshot("s1")
+    m = mount()
+    before = state_of(dom)
+    assert errno_of(os.mkdir, m.p(dom.name, "s1", "x")) == errno.EROFS
+    layer = sorted(os.listdir(m.p(dom.name, "layers", "vda")))[0]
+    assert errno_of(os.mkdir, m.p(dom.name, "layers", "vda", layer, "x")) == errno.EROFS
+    assert state_of(dom) == before
+
+
+def test_read_only_mount(new_domain, mount):
+    dom = new_domain()
+    dom.snapshot("s1")
+    m = mount("-o", "ro")
+    before = state_of(dom)
+    assert errno_of(os.mkdir, m.p(dom.name, "s2")) == errno.EROFS
+    assert errno_of(os.rmdir, m.p(dom.name, "s1")) == errno.EROFS
+    assert state_of(dom) == before
+
+
+def test_other_user_eacces(new_domain, mount):
+    dom = new_domain()
+    dom.snapshot("s1")
+    m = mount("-o", "allow_other")
+    before = state_of(dom)
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    proc = run(*as_nobody, "mkdir", m.p(dom.name, "s2"), check=False)
+    assert proc.returncode != 0 and "Permission denied" in proc.stderr, proc.stderr
+    proc = run(*as_nobody, "rmdir", m.p(dom.name, "s1"), check=False)
+    assert proc.returncode != 0 and "Permission denied" in proc.stderr, proc.stderr
+    assert state_of(dom) == before
+
+
+def test_block_job_ebusy(new_domain, mount, images):
+    dom = new_domain()
+    dom.snapshot("s1")
+    dom.start()
+    copy = images.root / f"{RUN_PREFIX}-{dom.name}-copy.qcow2"
+    virsh("blockcopy", dom.name, "vda", copy, "--transient-job", "--shallow")
+    m = mount()
+    try:
+        before = state_of(dom)
+        assert errno_of(os.mkdir, m.p(dom.name, "s2")) == errno.EBUSY
+        assert errno_of(os.rmdir, m.p(dom.name, "s1")) == errno.EBUSY
+        assert state_of(dom) == before
+    finally:
+        virsh("blockjob", dom.name, "vda", "--abort", check=False)
+        if copy.exists():
+            copy.unlink()
+
+
+def test_two_mkdirs_of_one_name(new_domain, mount):
+    dom = new_domain()
+    m = mount()
+    results = []
+    barrier = threading.Barrier(2)
+
+    def make():
+        barrier.wait()
+        results.append(errno_of(os.mkdir, m.p(dom.name, "twin")))
+
+    threads = [threading.Thread(target=make) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(results, key=str) == sorted([None, errno.EEXIST], key=str)
+    assert dom.snapshots() == ["twin"]
+
+
+@pytest.mark.parametrize("running", [False, True], ids=["shutoff", "running"])
+def test_rmdir_middle_leaf_root(new_domain, mount, workdir, running):
+    dom = new_domain()
+    if running:
+        dom.start()
+    m = mount()
+    for i, snap in enumerate(["s1", "s2", "s3", "s4"]):
+        write_guest_data(dom, 1 + i, 0x20 + i)
+        write_guest_data(dom, 20, 0x30 + i)
+        os.mkdir(m.p(dom.name, snap))
+    write_guest_data(dom, 10, 0x40)
+    base = chain_files(dom.top("vda"))[-1]
+    for victim in ["s2", "s4", "s1"]:
+        saved = save_contents(dom, workdir)
+        overlay = [d.find("source").get("file") for d in dom.snapshot_xml(victim).find("disks")][0]
+        os.rmdir(m.p(dom.name, victim))
+        assert victim not in dom.snapshots()
+        assert not os.path.exists(m.p(dom.name, victim))
+        assert victim not in os.listdir(m.p(dom.name))
+        check_contents(dom, saved)
+        assert not os.path.exists(overlay), f"{overlay} merged but left behind"
+        assert os.path.exists(base)
+        assert dom.state() == ("running" if running else "shut off")
+    assert dom.snapshots() == ["s3"]
+    assert sorted(os.listdir(m.p(dom.name))) == ["layers", "revert", "s3"]
+
+
+def test_rmdir_internal(new_domain, mount, workdir):
+    dom = new_domain()
+    dom.snapshot("i1", disk_only=False)
+    m = mount()
+    os.rmdir(m.p(dom.name, "i1"))
+    assert dom.snapshots() == []
+    assert "i1" not in run("qemu-img", "snapshot", "-l", dom.top("vda")).stdout
+
+
+def test_rmdir_refused_keeps_everything(new_domain, mount):
+    """An overlay that holds a child's internal snapshot: libvirt 9.0 would destroy it; ENOTSUP instead."""
+    dom = new_domain()
+    m = mount()
+    os.mkdir(m.p(dom.name, "e1"))
+    write_guest_data(dom, 4, 0x55)
+    dom.snapshot("i2", disk_only=False)
+    before = state_of(dom)
+    assert errno_of(os.rmdir, m.p(dom.name, "e1")) == errno.ENOTSUP
+    assert state_of(dom) == before
+    assert b"internal snapshot" in os.getxattr(m.p(dom.name), "user.snapfs.last_error")
