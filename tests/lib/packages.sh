@@ -1,0 +1,48 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+# The Debian 12 packages that building, the demo and the test suite need; sourced by examples/demo.sh and tests/run.sh.
+# shellcheck shell=bash
+
+SNAPFS_PACKAGES=(
+    # build
+    gcc libc6-dev meson ninja-build pkg-config
+    libfuse3-dev libvirt-dev libguestfs-dev libglib2.0-dev libxml2-dev
+    # run: FUSE, libvirtd with QEMU (TCG is enough), libguestfs's appliance and its kernel
+    fuse3 libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
+    libguestfs-tools linux-image-amd64
+    # the demo and the tests: mkfs.ext4 -d, getfattr, pgrep, pytest
+    e2fsprogs attr procps python3 python3-pytest
+)
+
+# apt-get install everything above (quietly); SNAPFS_SKIP_APT=1 skips it on a machine that has it all.
+snapfs_install_packages() {
+    if [[ ${SNAPFS_SKIP_APT:-0} == 1 ]]; then
+        return 0
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q "${SNAPFS_PACKAGES[@]}"
+}
+
+# virtlogd and libvirtd as daemons where nothing (systemd or an earlier run) started them; wait until virsh answers.
+snapfs_start_libvirtd() {
+    local uri=${1:-qemu:///system} i
+    pgrep -x virtlogd >/dev/null || virtlogd -d
+    pgrep -x libvirtd >/dev/null || libvirtd -d
+    for ((i = 0; i < 100; i++)); do
+        if virsh -c "$uri" version >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 0.3
+    done
+    echo "libvirtd does not answer at $uri" >&2
+    return 1
+}
+
+# /dev/fuse, loading the module where it is missing.
+snapfs_need_fuse() {
+    [[ -e /dev/fuse ]] || modprobe fuse 2>/dev/null || true
+    if [[ ! -e /dev/fuse ]]; then
+        echo "/dev/fuse is missing: load the fuse module (modprobe fuse), or in a container pass --device /dev/fuse" >&2
+        return 1
+    fi
+}

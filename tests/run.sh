@@ -1,0 +1,62 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0-or-later
+# The whole test suite on Debian 12 as root: install packages, build with ASan+UBSan, start libvirtd, run everything.
+#
+#   sudo tests/run.sh            from a clone; exits non-zero when anything fails
+#   SNAPFS_SKIP_APT=1            skip apt-get (the packages are there already)
+#   SNAPFS_BUILD=DIR             build directory (default build-asan)
+#   SNAPFS_PYTEST_ARGS="-k tree" extra arguments for the integration tests
+set -uo pipefail
+
+cd "$(dirname "$0")/.." || exit 1
+top=$PWD
+build=${SNAPFS_BUILD:-build-asan}
+started=$SECONDS
+# shellcheck source=tests/lib/packages.sh
+source tests/lib/packages.sh
+
+say() { printf '\n==== %s ====\n' "$*"; }
+
+if [[ $(id -u) != 0 ]]; then
+    echo "tests/run.sh: run as root (it installs packages, uses qemu:///system and FUSE)" >&2
+    exit 2
+fi
+
+say "packages"
+snapfs_install_packages || { echo "tests/run.sh: apt-get failed" >&2; exit 1; }
+
+say "build ($build: -Db_sanitize=address,undefined -Dwerror=true)"
+if [[ ! -f $build/build.ninja ]]; then
+    meson setup "$build" -Db_sanitize=address,undefined -Db_lundef=false -Dwerror=true || exit 1
+fi
+meson compile -C "$build" || exit 1
+
+say "services"
+snapfs_need_fuse || exit 1
+snapfs_start_libvirtd qemu:///system || exit 1
+
+# Any sanitizer report is a failure: halt on the first one, with an exit status nobody else uses.
+export ASAN_OPTIONS="halt_on_error=1:detect_leaks=1:exitcode=86:detect_stack_use_after_return=0"
+export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:exitcode=87"
+export LSAN_OPTIONS="suppressions=$top/tests/lsan.supp:print_suppressions=0"
+export LIBGUESTFS_BACKEND=direct
+export SNAPFS_BIN=$top/$build/snapfs
+# The suite owns this machine: the reconnect test may kill and restart the system libvirtd.
+export SNAPFS_TEST_RESTART_LIBVIRTD=1
+
+failed=()
+
+say "meson test (unit tests of src/, and the parts' tests against libvirtd)"
+meson test -C "$build" --print-errorlogs --num-processes 1 || failed+=("meson test")
+
+say "integration tests through a real mount"
+# shellcheck disable=SC2086
+/usr/bin/python3 -m pytest -v -rfEs -p no:cacheprovider tests/integration ${SNAPFS_PYTEST_ARGS:-} \
+    || failed+=("integration tests")
+
+elapsed=$((SECONDS - started))
+if ((${#failed[@]})); then
+    say "FAILED: ${failed[*]} in ${elapsed}s"
+    exit 1
+fi
+say "all passed in ${elapsed}s"
