@@ -590,25 +590,30 @@ static bool disk_is_local(const struct rdisk *disk)
     return disk->file && disk->file[0] == '/' && (!disk->device || strcmp(disk->device, "disk") == 0);
 }
 
-/* The snapshot whose frozen images the domain reads, untouched (empty tops right on them), or NULL. */
-static struct rsnap *rstate_identical(struct rstate *st)
+/*
+ * The snapshot whose frozen images the domain reads untouched (empty tops
+ * right on them), comparing the disks that @target reverts; or NULL.
+ */
+static struct rsnap *rstate_identical(struct rstate *st, struct rsnap *target)
 {
     for (guint i = 0; i < st->snaps->len; i++) {
         struct rsnap *snap = g_ptr_array_index(st->snaps, i);
-        bool same = snap->external && g_hash_table_size(snap->frozen) > 0;
+        bool same = snap->external;
+        guint compared = 0;
 
         for (guint j = 0; same && j < st->disks->len; j++) {
             struct rdisk *disk = g_ptr_array_index(st->disks, j);
             const char *frozen;
             g_autofree char *backing = NULL;
 
-            if (!disk_is_local(disk))
+            if (!disk_is_local(disk) || !g_hash_table_contains(target->frozen, disk->target))
                 continue;
             frozen = g_hash_table_lookup(snap->frozen, disk->target);
             backing = frozen && image_empty(disk->file) ? image_backing(disk->file, NULL) : NULL;
             same = backing && strcmp(backing, frozen) == 0;
+            compared++;
         }
-        if (same)
+        if (same && compared > 0)
             return snap;
     }
     return NULL;
@@ -993,7 +998,7 @@ static struct revert_journal *plan_external(struct rstate *st, struct rsnap *tar
     g_autoptr(GDateTime) now = g_date_time_new_now_local();
     g_autofree char *stamp = g_date_time_format(now, "%Y%m%d-%H%M%S");
     g_autoptr(GPtrArray) tops = g_ptr_array_new();
-    struct rsnap *identical = rstate_identical(st);
+    struct rsnap *identical = rstate_identical(st, target);
     bool keep;
     GHashTableIter it;
     gpointer key, value;
@@ -1034,7 +1039,8 @@ static struct revert_journal *plan_external(struct rstate *st, struct rsnap *tar
         rd = g_new0(struct revert_disk, 1);
         rd->target = g_strdup(disk->target);
         rd->old_top = g_strdup(disk->file);
-        if (keep) {
+        /* A disk the snapshot left out stays as it is: nothing of it is left behind to keep. */
+        if (keep && g_hash_table_contains(target->frozen, disk->target)) {
             g_autofree char *dir = g_path_get_dirname(disk->file);
 
             rd->keep_overlay = overlay_name(dir, st->name, disk->target, journal->keep_name);

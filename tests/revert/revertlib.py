@@ -18,12 +18,14 @@ SERIAL = itertools.count()
 
 
 def built(name):
-    """A program of the build: $REVERT_CLI / $ENGINE_CLI as meson test sets them, else any build*/ here."""
+    """A program of the build: $REVERT_CLI / $ENGINE_CLI as meson test sets them, else the newest build*/ here."""
     env = os.environ.get(name.upper().replace("-", "_"))
     if env:
         return env
-    for build in sorted(REPO.glob(f"build*/tests/{name}")):
-        return str(build)
+    # Several build directories may hold one: the newest is the one just built.
+    builds = sorted(REPO.glob(f"build*/tests/{name}"), key=lambda p: p.stat().st_mtime)
+    if builds:
+        return str(builds[-1])
     pytest.skip(f"{name} is not built (meson setup build && ninja -C build)")
 
 

@@ -162,6 +162,7 @@ def test_killed_at_every_step(chained, step):
         assert dom.chain(dom.top(t))
     if step not in COMMITTED:
         assert dom.fingerprint()["xml"] == before["xml"]
+    dom.start_and_stop()
 
     dom.recover()
     assert list(dom.state.iterdir()) == [], "the journal is left behind"
@@ -208,3 +209,23 @@ def test_busy_while_another_operation_runs(chained):
     assert dom.fingerprint() == before
     status, err = dom.revert("s2\n")
     assert status == "OK", err
+
+
+def test_disk_left_out_of_snapshots(make_domain):
+    """A disk the snapshots leave out (snapshot='no') keeps its image and content through a revert."""
+    dom = make_domain(ndisks=2)
+    dom.write(1)
+    virsh("snapshot-create-as", dom.name, "a1", "--disk-only", "--atomic", "--diskspec", "vdb,snapshot=no")
+    dom.write(2)
+    vdb = dom.top("vdb")
+    vdb_raw = dom.save_raw(vdb, "vdb-before")
+    saved = dom.save_raw(dom.content("a1", "vda"), "a1-vda")
+    status, err = dom.revert("a1")
+    assert status == "OK", err
+    assert dom.reads_as(saved, dom.top("vda"))
+    assert dom.top("vdb") == vdb
+    assert dom.reads_as(vdb_raw, dom.top("vdb"))
+    kept = pre_reverts(dom)
+    assert len(kept) == 1
+    assert dom.overlay(kept[0], "vdb") is None
+    dom.start_and_stop()
