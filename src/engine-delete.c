@@ -266,26 +266,51 @@ static int delete_off_branch(struct delete_ctx *ctx)
     return 0;
 }
 
-/* libvirt 9.0 takes a childless snapshot that is not current for one with nothing to merge, and unlinks what it froze. */
-static int delete_make_current(struct delete_ctx *ctx)
+/*
+ * libvirt 9.0 takes a childless snapshot that is not current for one with
+ * nothing to merge, and unlinks the image it froze, which the live disk
+ * still reads.  Made current first, it is merged like any leaf.  Returns the
+ * snapshot that was current (NULL if none) in @previous, to restore on failure.
+ */
+static int delete_make_current(struct delete_ctx *ctx, virDomainSnapshotPtr *previous)
 {
     g_autofree char *xml = virDomainSnapshotGetXMLDesc(ctx->snap, VIR_DOMAIN_SNAPSHOT_XML_SECURE);
     virDomainSnapshotPtr redefined;
 
+    *previous = virDomainHasCurrentSnapshot(ctx->dom, 0) == 1 ? virDomainSnapshotCurrent(ctx->dom, 0) : NULL;
     redefined = xml ? virDomainSnapshotCreateXML(ctx->dom, xml, VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE |
                                                  VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT) : NULL;
     if (!redefined) {
         snapfs_error_from_virt("%s", ctx->what);
+        if (*previous)
+            virDomainSnapshotFree(*previous);
+        *previous = NULL;
         return -1;
     }
     virDomainSnapshotFree(redefined);
     return 0;
 }
 
+/* Put the current snapshot back after a failed delete, keeping the delete's error. */
+static void delete_restore_current(struct delete_ctx *ctx, virDomainSnapshotPtr previous)
+{
+    g_autofree char *xml = virDomainSnapshotGetXMLDesc(previous, VIR_DOMAIN_SNAPSHOT_XML_SECURE);
+    virDomainSnapshotPtr redefined = xml ? virDomainSnapshotCreateXML(ctx->dom, xml,
+                                                                      VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE |
+                                                                      VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT) : NULL;
+
+    if (redefined)
+        virDomainSnapshotFree(redefined);
+    else
+        snapfs_warn("cannot make '%s' the current snapshot of '%s' again", virDomainSnapshotGetName(previous),
+                    ctx->domain);
+}
+
 static int delete_external(struct delete_ctx *ctx)
 {
     int children = virDomainSnapshotNumChildren(ctx->snap, 0);
     int current = virDomainSnapshotIsCurrent(ctx->snap, 0);
+    virDomainSnapshotPtr previous = NULL;
     guint in_chain = 0, external = 0;
 
     if (children < 0 || current < 0) {
@@ -343,12 +368,20 @@ static int delete_external(struct delete_ctx *ctx)
     }
     if (!ctx->running && delete_spell_out_chains(ctx) < 0)
         return -1;
-    if (children == 0 && current != 1 && delete_make_current(ctx) < 0)
-        return -1;
+    if (children == 0 && current != 1) {
+        if (delete_make_current(ctx, &previous) < 0)
+            return -1;
+    }
     if (virDomainSnapshotDelete(ctx->snap, 0) < 0) {
         snapfs_error_from_virt("%s", ctx->what);
+        if (previous) {
+            delete_restore_current(ctx, previous);
+            virDomainSnapshotFree(previous);
+        }
         return -1;
     }
+    if (previous)
+        virDomainSnapshotFree(previous);
     /* Merged into, and merged away: even where no byte moved (an empty overlay), the chain did. */
     for (guint i = 0; i < ctx->info->disks->len; i++) {
         struct engine_snapshot_disk *sd = g_ptr_array_index(ctx->info->disks, i);

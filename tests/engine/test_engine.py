@@ -173,17 +173,36 @@ def test_delete_middle_leaf_root(make_domain, engine, running):
     assert dom.snapshots() == []
 
 
-def test_delete_internal(make_domain, engine):
+def test_leaf_not_current_is_merged(make_domain, engine):
+    """libvirt 9.0 would unlink what a non-current leaf froze (the live disk's backing): it must merge instead."""
+    dom = make_domain()
+    build_chain(dom, engine, ["s1", "s2"])
+    virsh("snapshot-current", dom.name, "s1")
+    frozen = dom.content_of("s2", "vda")
+    overlay = dom.snapshot_overlay("s2", "vda")
+    saved = dom.save()
+    result, _, err = engine("delete", dom.name, "s2")
+    assert result == "OK", err
+    assert dom.snapshots() == ["s1"]
+    assert os.path.exists(frozen)
+    assert not os.path.exists(overlay)
+    dom.verify(saved, gone={"s2"})
+
+
+@pytest.mark.parametrize("running", [False, True], ids=["shutoff", "running"])
+def test_delete_internal(make_domain, engine, running):
     dom = make_domain()
     dom.write(2)
+    if running:
+        dom.start()
     virsh("snapshot-create-as", dom.name, "i1")
     dom.write(2)
     saved = dom.save()
-    assert "i1" in run("qemu-img", "snapshot", "-l", dom.top("vda")).stdout
+    assert "i1" in run("qemu-img", "snapshot", "-U", "-l", dom.top("vda")).stdout
     result, _, err = engine("delete", dom.name, "i1")
     assert result == "OK", err
     assert dom.snapshots() == []
-    assert "i1" not in run("qemu-img", "snapshot", "-l", dom.top("vda")).stdout
+    assert "i1" not in run("qemu-img", "snapshot", "-U", "-l", dom.top("vda")).stdout
     dom.verify(saved)
 
 
