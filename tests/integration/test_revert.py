@@ -1,0 +1,168 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+# Writing a snapshot's name to DOMAIN/revert through a real mount: what virsh, qemu-img and the mount show after.
+import errno
+import json
+import os
+import shutil
+
+import pytest
+
+from conftest import IMAGE_ROOT, Mount, _mountpoint, errno_of, is_mount, run, virsh, wait_for
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read().decode()
+
+
+def write(path, data):
+    """One write(2) of DATA to PATH, as `echo NAME > PATH` makes it."""
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.write(fd, data.encode())
+    finally:
+        os.close(fd)
+
+
+def chain(top):
+    info = json.loads(run("qemu-img", "info", "-U", "--backing-chain", "--output=json", top).stdout)
+    return [i["filename"] for i in info]
+
+
+def xml_chain(dom, target="vda"):
+    for disk in dom.xml(inactive=True).iter("disk"):
+        if disk.find("target").get("dev") == target:
+            files, node = [], disk
+            while node is not None and node.find("source") is not None:
+                files.append(node.find("source").get("file"))
+                node = node.find("backingStore")
+            return files
+    raise KeyError(target)
+
+
+def frozen(dom, snap, target="vda"):
+    for disk in dom.snapshot_xml(snap).find("disks"):
+        if disk.get("name") == target and disk.get("snapshot") == "external":
+            return chain(disk.find("source").get("file"))[1]
+    return None
+
+
+def same(a, b):
+    return run("qemu-img", "compare", "-U", a, b, check=False).returncode == 0
+
+
+@pytest.fixture
+def chained(domains, images):
+    """template <- r1 <- s2 <- s3 <- live; every layer holds another file, the live one too."""
+    tag = f"{domains.name('rv')}"
+    base = images.ext4(f"{tag}-template.qcow2", {"etc/hostname": "template\n"})
+    top = images.overlay(f"{tag}-0.qcow2", base, {"etc/hostname": "r1\n"})
+    dom = domains.define([("vda", top, "qcow2")], name=tag)
+    previous = top
+    for i, snap in enumerate(["r1", "s2", "s3"]):
+        dom.snapshot(snap)
+        new_top = dom.top("vda")
+        os.unlink(new_top)
+        images.overlay(new_top, previous, {"etc/hostname": ["s2\n", "s3\n", "live\n"][i]})
+        previous = new_top
+    dom.state_dir = IMAGE_ROOT / f"{tag}-state"
+    return dom
+
+
+def check_reverted(m, dom, snap):
+    """The live disk reads as SNAP; XML, metadata and the mount agree; every other snapshot is there; it boots."""
+    assert same(frozen(dom, snap), dom.top("vda"))
+    assert xml_chain(dom) == chain(dom.top("vda"))
+    assert dom.current() == snap
+    assert wait_for(lambda: read(m.p(dom.name, "revert")).rstrip("\n") == snap)
+    listed = sorted(os.listdir(m.p(dom.name)))
+    assert sorted(["layers", "revert", *dom.snapshots()]) == listed
+    dom.start()
+    assert dom.state() == "running"
+    dom.destroy()
+
+
+def test_echo_name_reverts_and_keeps(mount, chained):
+    dom = chained
+    m = mount("-o", f"state_dir={dom.state_dir}")
+    live_before = IMAGE_ROOT / f"{dom.name}-live.raw"
+    run("qemu-img", "convert", "-O", "raw", dom.top("vda"), live_before)
+
+    write(m.p(dom.name, "revert"), "s2\n")
+    check_reverted(m, dom, "s2")
+    kept = [s for s in dom.snapshots() if s.startswith("pre-revert-")]
+    assert len(kept) == 1 and os.path.isdir(m.p(dom.name, kept[0]))
+    assert same(str(live_before), frozen(dom, kept[0]))
+    assert os.getxattr(m.p(dom.name, kept[0]), "user.snapfs.kind") == b"external"
+    live_before.unlink()
+
+    # Root, then the kept state on its own branch; the revert overlay's name says what it is.
+    write(m.p(dom.name, "revert"), "r1\n")
+    check_reverted(m, dom, "r1")
+    write(m.p(dom.name, "revert"), kept[0])
+    check_reverted(m, dom, kept[0])
+
+    # Every snapshot can still be deleted through the mount, leaves first.
+    for snap in [kept[0], "s3", "s2", "r1"]:
+        os.rmdir(m.p(dom.name, snap))
+        assert snap not in dom.snapshots()
+    assert dom.snapshots() == []
+
+
+def test_refusals_change_nothing(mount, chained):
+    dom = chained
+    m = mount("-o", f"state_dir={dom.state_dir}")
+    path = m.p(dom.name, "revert")
+    before = (dom.snapshots(), dom.current(), xml_chain(dom), sorted(os.listdir(IMAGE_ROOT / "img")))
+    for data, expect in [("\n", errno.EINVAL), ("s2\nr1\n", errno.EINVAL), ("s2 junk\n", errno.EINVAL),
+                         ("s2 --now\n", errno.EINVAL), ("nosuch\n", errno.ENOENT)]:
+        assert errno_of(write, path, data) == expect, data
+        assert (dom.snapshots(), dom.current(), xml_chain(dom), sorted(os.listdir(IMAGE_ROOT / "img"))) == before
+    assert "revert" in os.getxattr(m.p(dom.name), "user.snapfs.last_error").decode()
+
+    dom.start()
+    try:
+        assert errno_of(write, path, "s2\n") == errno.EBUSY
+        assert dom.state() == "running"
+        write(path, "s2 --force\n")
+        assert dom.state() != "running"
+        assert dom.current() == "s2"
+    finally:
+        dom.destroy()
+
+
+def test_read_only_and_other_users(mount, chained):
+    dom = chained
+    m = mount("-o", f"ro,state_dir={dom.state_dir}")
+    assert errno_of(write, m.p(dom.name, "revert"), "s2\n") == errno.EROFS
+    m2 = mount("-o", f"allow_other,state_dir={dom.state_dir}")
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    proc = run(*as_nobody, "sh", "-c", f"echo s2 > '{m2.p(dom.name, 'revert')}'", check=False)
+    assert proc.returncode != 0 and "ermission denied" in proc.stderr
+    assert dom.current() == "s3"
+
+
+@pytest.mark.parametrize("step", ["keep", "domain"])
+def test_killed_mid_revert_is_settled_at_next_start(mount, chained, step):
+    """snapfs dies (as kill -9) inside a revert; the next mount finishes or rolls it back."""
+    dom = chained
+    before = (dom.snapshots(), dom.current(), xml_chain(dom))
+    dead = Mount(_mountpoint("k"), ["-c", "qemu:///system", "-o", f"state_dir={dom.state_dir}"],
+                 env={"SNAPFS_FAULT": f"revert:{step}"})
+    try:
+        assert errno_of(write, dead.p(dom.name, "revert"), "s2\n") in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO)
+        assert dead.proc.wait(timeout=30) == 137
+    finally:
+        run("fusermount3", "-u", "-z", dead.path, check=False)
+    assert os.listdir(dom.state_dir), "no journal left by the killed revert"
+
+    m = mount("-o", f"state_dir={dom.state_dir}")
+    assert os.listdir(dom.state_dir) == []
+    if step == "domain":
+        check_reverted(m, dom, "s2")
+    else:
+        assert (dom.snapshots(), dom.current(), xml_chain(dom)) == before
+        dom.start()
+        dom.destroy()
+    shutil.rmtree(dom.state_dir, ignore_errors=True)
+    assert not is_mount(dead.path)
