@@ -317,6 +317,11 @@ static int delete_external(struct delete_ctx *ctx)
         snapfs_error_from_virt("%s", ctx->what);
         return -1;
     }
+    if (!engine_conn_is_local(ctx->conn)) {
+        snapfs_error_set(ENOTSUP, "%s: libvirt 9.0 loses data merging some snapshot trees, so snapfs checks the "
+                         "images first, and it needs them as files on this host", ctx->what);
+        return -1;
+    }
     ctx->images = engine_images_collect(ctx->conn, ctx->domain, NULL);
     if (!ctx->images)
         return -1;

@@ -92,6 +92,9 @@ GHashTable *engine_files_state(GPtrArray *files);
 /* Notify every file of @before whose state differs now (or that is gone). */
 void engine_notify_changed_since(GHashTable *before);
 
+/* Whether the images @conn's domains use are files on this host (a local or loopback URI). */
+bool engine_conn_is_local(virConnectPtr conn);
+
 /* Run a program (argv[0] found on PATH); 0, or -1 with EIO and its stderr recorded under @what. */
 int engine_run(const char *const *argv, const char *what);
 

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <libvirt/virterror.h>
 #include <libxml/parser.h>
+#include <libxml/uri.h>
 #include <libxml/xpath.h>
 #include <limits.h>
 #include <string.h>
@@ -46,6 +47,23 @@ int engine_check_name(const char *name)
 }
 
 /* ---- helpers shared with the delete ------------------------------------------------ */
+
+bool engine_conn_is_local(virConnectPtr conn)
+{
+    g_autofree char *uri = virConnectGetURI(conn);
+    xmlURIPtr parsed = uri ? xmlParseURI(uri) : NULL;
+    bool local = true;
+
+    /* A loopback server (a second libvirtd on this machine) sees the same files as snapfs. */
+    if (parsed && parsed->server && parsed->server[0]) {
+        const char *host = parsed->server;
+
+        local = strcmp(host, "localhost") == 0 || g_str_has_prefix(host, "127.") || strcmp(host, "::1") == 0 ||
+                g_ascii_strcasecmp(host, g_get_host_name()) == 0;
+    }
+    xmlFreeURI(parsed);
+    return local;
+}
 
 int engine_run(const char *const *argv, const char *what)
 {
@@ -162,7 +180,7 @@ static bool create_agent_connected(virDomainPtr dom)
 }
 
 /* Refusals that must come before libvirt touches anything: the name taken, a file in the way, a block job. */
-static int create_check(virDomainPtr dom, const char *domain, const char *name, GPtrArray *disks)
+static int create_check(virDomainPtr dom, const char *domain, const char *name, GPtrArray *disks, bool local)
 {
     virDomainSnapshotPtr existing = virDomainSnapshotLookupByName(dom, name, 0);
     g_autofree char *what = g_strdup_printf("cannot create snapshot '%s' of '%s'", name, domain);
@@ -195,7 +213,7 @@ static int create_check(virDomainPtr dom, const char *domain, const char *name, 
                              what, disk->target, base);
             return -1;
         }
-        if (access(overlay, F_OK) == 0) {
+        if (local && access(overlay, F_OK) == 0) {
             snapfs_error_set(EEXIST, "%s: the overlay of disk %s, '%s', exists already", what, disk->target, overlay);
             return -1;
         }
@@ -249,7 +267,7 @@ int engine_snapshot_create(virConnectPtr conn, const char *domain, const char *n
     }
     running = virDomainIsActive(dom) == 1;
     disks = engine_domain_disks(dom, !running);
-    if (!disks || create_check(dom, domain, name, disks) < 0)
+    if (!disks || create_check(dom, domain, name, disks, engine_conn_is_local(conn)) < 0)
         goto cleanup;
 
     escaped = g_markup_escape_text(name, -1);
