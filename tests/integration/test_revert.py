@@ -1,13 +1,16 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 # Writing a snapshot's name to DOMAIN/revert through a real mount: what virsh, qemu-img and the mount show after.
 import errno
+import itertools
 import json
 import os
 import shutil
 
 import pytest
 
-from conftest import IMAGE_ROOT, Mount, _mountpoint, errno_of, is_mount, run, virsh, wait_for
+from conftest import IMAGE_ROOT, Mount, _mountpoint, errno_of, is_mount, run, wait_for
+
+SERIAL = itertools.count()
 
 
 def read(path):
@@ -54,7 +57,7 @@ def same(a, b):
 @pytest.fixture
 def chained(domains, images):
     """template <- r1 <- s2 <- s3 <- live; every layer holds another file, the live one too."""
-    tag = f"{domains.name('rv')}"
+    tag = domains.name(f"rv{next(SERIAL)}")
     base = images.ext4(f"{tag}-template.qcow2", {"etc/hostname": "template\n"})
     top = images.overlay(f"{tag}-0.qcow2", base, {"etc/hostname": "r1\n"})
     dom = domains.define([("vda", top, "qcow2")], name=tag)
