@@ -229,3 +229,28 @@ def test_disk_left_out_of_snapshots(make_domain):
     assert len(kept) == 1
     assert dom.overlay(kept[0], "vdb") is None
     dom.start_and_stop()
+
+
+@pytest.mark.parametrize("step", ["journal", "keep", "current"])
+def test_killed_reverting_to_internal(make_domain, step):
+    dom = make_domain(ndisks=1)
+    dom.write(1)
+    dom.snapshot("i1", internal=True)
+    dom.write(2)
+    saved = dom.save()
+    before = dom.fingerprint()
+    status, err = dom.revert("i1", fault=f"revert:{step}")
+    assert status == "KILLED", err
+    dom.start_and_stop()
+    dom.recover()
+    assert list(dom.state.iterdir()) == []
+    if step == "current":
+        assert dom.current() == "i1"
+        assert dom.reads_as(saved[("i1", "vda")], dom.top("vda"))
+        assert len(pre_reverts(dom)) == 1
+    else:
+        after = dom.fingerprint()
+        for key in ("snapshots", "current", "xml", "meta"):
+            assert after[key] == before[key], f"{key} not rolled back after a kill at {step}"
+        assert dom.reads_as(saved[("live", "vda")], dom.top("vda"))
+    dom.start_and_stop()
