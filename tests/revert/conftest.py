@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from revertlib import PREFIX, SERIAL, URI, Domain
+from revertlib import PREFIX, SERIAL, URI, Domain, virsh
 
 
 @pytest.fixture(scope="session")
@@ -17,6 +17,12 @@ def root():
     path.mkdir(mode=0o755)
     path.chmod(0o755)
     yield path
+    # Whatever a test could not remove (libvirtd restarted under it, say) goes now.
+    names = virsh("list", "--all", "--name", check=False).stdout.split()
+    for name in names:
+        if name.startswith(PREFIX):
+            virsh("destroy", name, check=False)
+            virsh("undefine", name, "--snapshots-metadata", check=False)
     shutil.rmtree(path, ignore_errors=True)
 
 
