@@ -1501,6 +1501,12 @@ int revert_write(virConnectPtr conn, const char *domain, const char *buf, size_t
         snapfs_error_from_virt("cannot revert '%s'", domain);
         goto cleanup;
     }
+    if (virDomainIsPersistent(dom) == 0) {
+        /* Stopping it would make it vanish, and redefining it would change what kind of domain it is. */
+        snapfs_error_set(ENOTSUP, "cannot revert '%s' to '%s': it is a transient domain (revert needs a "
+                         "defined one, as virsh define makes it)", domain, request.name);
+        goto cleanup;
+    }
     if (active && !request.force) {
         snapfs_error_set(EBUSY, "cannot revert '%s' to '%s': the domain is running (write '%s --force' "
                          "to stop it first)", domain, request.name, request.name);

@@ -111,7 +111,7 @@ class Domain:
 
     # -- what libvirt says
     def running(self):
-        return virsh("domstate", self.name).stdout.strip() == "running"
+        return virsh("domstate", self.name, check=False).stdout.strip() == "running"
 
     def xml(self):
         return ET.fromstring(virsh("dumpxml", "--inactive", self.name).stdout)

@@ -254,3 +254,23 @@ def test_killed_reverting_to_internal(make_domain, step):
             assert after[key] == before[key], f"{key} not rolled back after a kill at {step}"
         assert dom.reads_as(saved[("live", "vda")], dom.top("vda"))
     dom.start_and_stop()
+
+
+def test_transient_domain_refused(chained):
+    dom = chained
+    xml = virsh("dumpxml", "--inactive", dom.name).stdout
+    snaps = {s: virsh("snapshot-dumpxml", dom.name, s).stdout for s in ["r1", "s2", "s3"]}
+    virsh("undefine", dom.name, "--snapshots-metadata")
+    path = dom.root / f"{dom.name}-transient.xml"
+    path.write_text(xml)
+    virsh("create", path)                   # running and transient: no definition to revert
+    try:
+        for name, snap_xml in snaps.items():
+            snap_path = dom.root / f"{dom.name}-{name}.xml"
+            snap_path.write_text(snap_xml)
+            virsh("snapshot-create", dom.name, snap_path, "--redefine")
+        status, err = dom.revert("s2 --force")
+        assert status in ("ENOTSUP", "EOPNOTSUPP"), err     # one value on Linux, two names
+        assert dom.running()
+    finally:
+        virsh("destroy", dom.name, check=False)
