@@ -53,7 +53,7 @@ class Engine:
 class Domain:
     """A test domain with qcow2 disks over a raw-made template, shut off until start()."""
 
-    def __init__(self, root, name, ndisks=1):
+    def __init__(self, root, name, ndisks=1, fmt="qcow2"):
         self.name = name
         self.dir = root / name
         self.dir.mkdir(mode=0o755)
@@ -70,9 +70,13 @@ class Domain:
             base = self.dir / f"base-{target}.qcow2"
             run("qemu-img", "convert", "-O", "qcow2", raw, base)
             raw.unlink()
-            top = self.dir / f"{name}-{target}.qcow2"
-            run("qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, top)
-            disks += f"""<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+            if fmt == "raw":
+                top = self.dir / f"{name}-{target}.img"
+                run("qemu-img", "convert", "-O", "raw", base, top)
+            else:
+                top = self.dir / f"{name}-{target}.qcow2"
+                run("qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, top)
+            disks += f"""<disk type='file' device='disk'><driver name='qemu' type='{fmt}'/>
                 <source file='{top}'/><target dev='{target}' bus='virtio'/></disk>"""
         for f in self.dir.iterdir():
             f.chmod(0o644 if f.is_file() else 0o755)
@@ -137,7 +141,9 @@ class Domain:
                 assert "rror" not in out, out
                 virsh("qemu-monitor-command", self.name, "--hmp", f"qemu-io -d {dev} flush")
             else:
-                run("qemu-io", "-f", "qcow2", "-c", cmd, self.top(target))
+                top = self.top(target)
+                fmt = json.loads(run("qemu-img", "info", "-U", "--output=json", top).stdout)["format"]
+                run("qemu-io", "-f", fmt, "-c", cmd, top)
 
     def content_of(self, snap, target):
         """The file whose chain reads as @snap's @target did: the image its overlay stands on."""
@@ -210,9 +216,9 @@ def root():
 def make_domain(root, request):
     made = []
 
-    def make(ndisks=1):
+    def make(ndisks=1, fmt="qcow2"):
         dom = Domain(root, f"{PREFIX}-{request.node.name[5:30]}-{len(made)}".replace("[", "-").replace("]", ""),
-                     ndisks)
+                     ndisks, fmt)
         made.append(dom)
         return dom
 

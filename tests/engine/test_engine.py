@@ -146,7 +146,7 @@ def test_block_job_busy(make_domain, engine, root):
 
 @pytest.mark.parametrize("running", [False, True], ids=["shutoff", "running"])
 def test_delete_middle_leaf_root(make_domain, engine, running):
-    dom = make_domain(ndisks=2 if not running else 1)
+    dom = make_domain(ndisks=2)
     if running:
         dom.start()
     build_chain(dom, engine, ["s1", "s2", "s3", "s4"])
@@ -170,6 +170,24 @@ def test_delete_middle_leaf_root(make_domain, engine, running):
     saved = dom.save()
     assert engine("delete", dom.name, "s3")[0] == "OK"
     dom.verify(saved, gone={"s3"})
+    assert dom.snapshots() == []
+
+
+@pytest.mark.parametrize("running", [False, True], ids=["shutoff", "running"])
+def test_raw_disk(make_domain, engine, running):
+    """A raw disk: the first overlay stands on it, and a merge writes into it."""
+    dom = make_domain(fmt="raw")
+    raw = dom.top("vda")
+    if running:
+        dom.start()
+    build_chain(dom, engine, ["s1", "s2"])
+    assert dom.chain(dom.top("vda"))[-1] == raw
+    for victim in ["s1", "s2"]:
+        saved = dom.save()
+        result, _, err = engine("delete", dom.name, victim)
+        assert result == "OK", err
+        dom.verify(saved, gone={"s1", "s2"} if victim == "s2" else {"s1"})
+    assert dom.top("vda") == raw
     assert dom.snapshots() == []
 
 
