@@ -108,7 +108,10 @@ def libvirtd_answers(timeout=30):
 
 
 def libvirtd_start():
-    """Start virtlogd and libvirtd where they do not run (the CI machine has nothing running)."""
+    """Start virtlogd and libvirtd where they do not run (the CI machine has nothing running).
+    Where libvirt already answers (a daemon, or systemd's socket activation), nothing is started."""
+    if not libvirtd_pids() and libvirtd_answers(timeout=3):
+        return
     if not run("pgrep", "-x", "virtlogd", check=False).stdout.strip():
         run("virtlogd", "-d")
     if not libvirtd_pids():

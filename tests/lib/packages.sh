@@ -26,6 +26,10 @@ snapfs_install_packages() {
 # virtlogd and libvirtd as daemons where nothing (systemd or an earlier run) started them; wait until virsh answers.
 snapfs_start_libvirtd() {
     local uri=${1:-qemu:///system} i
+    # systemd's socket activation (a fresh install under systemd) answers without a daemon running yet.
+    if ! pgrep -x libvirtd >/dev/null && timeout 5 virsh -c "$uri" version >/dev/null 2>&1; then
+        return 0
+    fi
     pgrep -x virtlogd >/dev/null || virtlogd -d
     pgrep -x libvirtd >/dev/null || libvirtd -d
     for ((i = 0; i < 100; i++)); do
