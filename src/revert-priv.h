@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* What src/revert.c and src/revert-journal.c share: the intent journal of one revert. */
+/* What src/revert*.c share: the intent journal of one revert, the domain as libvirt describes it, the images. */
 #pragma once
 
 #include <glib.h>
+#include <libvirt/libvirt.h>
 #include <stdbool.h>
 
 /* One disk of the domain, before and after the revert. */
@@ -65,3 +66,80 @@ GPtrArray *revert_journal_list(const char *state_dir);
 
 /* fsync @path (a file or a directory); -1 with the reason. */
 int revert_sync_path(const char *path);
+
+/* ---- the domain and its snapshots (src/revert-domain.c) ---- */
+
+/* A disk of a domain's XML. */
+struct revert_domain_disk {
+    char *target;
+    char *device;
+    char *file;     /* source file or dev, NULL for network disks and empty drives */
+    char *format;
+};
+
+/* A snapshot, with what each of its external disks made and froze. */
+struct revert_snapshot {
+    char *name;
+    char *xml;
+    bool external;            /* any disk external */
+    GHashTable *overlay;      /* target -> the overlay the snapshot made */
+    GHashTable *frozen;       /* target -> the image it froze */
+    GHashTable *frozen_format;
+    GPtrArray *domain_disks;  /* the domain as it was: struct revert_domain_disk * */
+};
+
+/* A domain as libvirt describes it at the start of a revert. */
+struct revert_state {
+    virConnectPtr conn;
+    virDomainPtr dom;
+    char *uri;
+    char *name;
+    char *uuid;
+    char *xml;            /* the persistent definition */
+    GPtrArray *disks;     /* struct revert_domain_disk *, from xml */
+    GPtrArray *snaps;     /* struct revert_snapshot * */
+    char *current;        /* the current snapshot, or NULL */
+};
+
+void revert_state_free(struct revert_state *st);
+typedef struct revert_state revert_state;
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(revert_state, revert_state_free)
+
+/* The domain, its persistent definition and every snapshot; NULL with the reason. */
+struct revert_state *revert_state_read(virConnectPtr conn, virDomainPtr dom);
+struct revert_snapshot *revert_state_snapshot(struct revert_state *st, const char *name);
+struct revert_domain_disk *revert_domain_disk_find(GPtrArray *disks, const char *target);
+/* The disks of the domain's persistent definition as it is now (NULL, logged, if unreadable). */
+GPtrArray *revert_domain_disks_now(struct revert_state *st);
+
+/* Whether any snapshot but @except names @file (as its overlay, what it froze, or a disk of its domain). */
+bool revert_state_names_file(struct revert_state *st, const char *file, const char *except);
+/* Whether @file is in the chain of any of @tops (file names). */
+bool revert_chains_hold(GPtrArray *tops, const char *file);
+/* A disk whose image is a local file or device (not a network disk, not a cdrom). */
+bool revert_disk_is_local(const struct revert_domain_disk *disk);
+/* The snapshot whose frozen images the domain reads untouched, over the disks @target reverts; or NULL. */
+struct revert_snapshot *revert_state_identical(struct revert_state *st, struct revert_snapshot *target);
+
+int revert_snapshot_redefine(struct revert_state *st, const char *xml, const char *name, bool current);
+/* Makes the existing snapshot @name current (its metadata unchanged). */
+int revert_snapshot_make_current(struct revert_state *st, const char *name);
+bool revert_snapshot_exists(virDomainPtr dom, const char *name);
+
+/* The pre-revert snapshot's XML: an external snapshot whose frozen images are the old tops. */
+char *revert_keep_xml(struct revert_state *st, const struct revert_journal *journal);
+/* The domain's new definition: @target's, each reverted disk on its new top with the chain spelled out. */
+char *revert_domain_xml(struct revert_state *st, struct revert_snapshot *target, const struct revert_journal *journal);
+/* Whether the persistent definition runs every reverted disk on its new top (the commit point passed). */
+bool revert_domain_on_new_tops(struct revert_state *st, const struct revert_journal *journal);
+
+/* ---- images (src/revert-image.c) ---- */
+
+/* Whether @file is a qcow2 overlay that holds no data of its own (errs on "not empty"). */
+bool revert_image_empty(const char *file);
+/* The image @file is backed by, absolute (and its format if recorded), or NULL. */
+char *revert_image_backing(const char *file, char **format);
+/* An empty qcow2 overlay @file on @backing, flushed to disk; -1 with the reason. */
+int revert_image_create_overlay(const char *file, const char *backing, const char *backing_format);
+/* @dir/@domain.@target.@what.qcow2, with -2, -3... if taken; the names made readable as file names. */
+char *revert_image_name(const char *dir, const char *domain, const char *target, const char *what);

@@ -1,22 +1,15 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Revert a domain to a snapshot: libvirt's own revert where it can, by hand for external snapshots of shut-off domains. */
 #include "revert-priv.h"
-#include "snapfs/chain.h"
 #include "snapfs/engine.h"
 #include "snapfs/error.h"
 #include "snapfs/log.h"
 #include "snapfs/revert.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <libvirt/virterror.h>
-#include <libxml/parser.h>
-#include <libxml/tree.h>
 #include <libxml/uri.h>
-#include <libxml/xpath.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 /*
@@ -118,763 +111,6 @@ int revert_parse(const char *buf, size_t len, struct revert_request *request)
     return 0;
 }
 
-/* ---- XML ----------------------------------------------------------------------- */
-
-static xmlDocPtr xml_read(const char *xml)
-{
-    return xmlReadMemory(xml, strlen(xml), "libvirt.xml", NULL,
-                         XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
-}
-
-static char *xml_eval_string(xmlXPathContextPtr ctxt, xmlNodePtr node, const char *expr)
-{
-    xmlNodePtr saved = ctxt->node;
-    xmlXPathObjectPtr obj;
-    char *value = NULL;
-
-    ctxt->node = node ? node : xmlDocGetRootElement(ctxt->doc);
-    obj = xmlXPathEval((const xmlChar *)expr, ctxt);
-    if (obj && obj->type == XPATH_STRING && obj->stringval && obj->stringval[0])
-        value = g_strdup((const char *)obj->stringval);
-    xmlXPathFreeObject(obj);
-    ctxt->node = saved;
-    return value;
-}
-
-static xmlXPathObjectPtr xml_eval_nodes(xmlXPathContextPtr ctxt, const char *expr)
-{
-    xmlXPathObjectPtr obj;
-
-    ctxt->node = xmlDocGetRootElement(ctxt->doc);
-    obj = xmlXPathEval((const xmlChar *)expr, ctxt);
-    if (obj && (obj->type != XPATH_NODESET || !obj->nodesetval)) {
-        xmlXPathFreeObject(obj);
-        return NULL;
-    }
-    return obj;
-}
-
-static xmlNodePtr xml_child(xmlNodePtr node, const char *name)
-{
-    for (xmlNodePtr c = node->children; c; c = c->next) {
-        if (c->type == XML_ELEMENT_NODE && strcmp((const char *)c->name, name) == 0)
-            return c;
-    }
-    return NULL;
-}
-
-static char *xml_dump(xmlDocPtr doc)
-{
-    xmlChar *mem = NULL;
-    int size = 0;
-    char *out;
-
-    xmlDocDumpMemory(doc, &mem, &size);
-    out = g_strndup((const char *)mem, size);
-    xmlFree(mem);
-    return out;
-}
-
-/* A disk of a domain's XML. */
-struct rdisk {
-    char *target;
-    char *device;
-    char *file;     /* source file or dev, NULL for network disks and empty drives */
-    char *format;
-};
-
-static void rdisk_free(struct rdisk *disk)
-{
-    g_free(disk->target);
-    g_free(disk->device);
-    g_free(disk->file);
-    g_free(disk->format);
-    g_free(disk);
-}
-
-/* The disks of a <domain> (@prefix "/domain") or of the one in a snapshot ("/domainsnapshot/domain"). */
-static GPtrArray *xml_domain_disks(xmlXPathContextPtr ctxt, const char *prefix)
-{
-    GPtrArray *disks = g_ptr_array_new_with_free_func((GDestroyNotify)rdisk_free);
-    g_autofree char *expr = g_strdup_printf("%s/devices/disk", prefix);
-    xmlXPathObjectPtr obj = xml_eval_nodes(ctxt, expr);
-
-    for (int i = 0; obj && i < obj->nodesetval->nodeNr; i++) {
-        xmlNodePtr node = obj->nodesetval->nodeTab[i];
-        struct rdisk *disk = g_new0(struct rdisk, 1);
-
-        disk->target = xml_eval_string(ctxt, node, "string(target/@dev)");
-        disk->device = xml_eval_string(ctxt, node, "string(@device)");
-        disk->file = xml_eval_string(ctxt, node, "string(source/@file)");
-        if (!disk->file)
-            disk->file = xml_eval_string(ctxt, node, "string(source/@dev)");
-        disk->format = xml_eval_string(ctxt, node, "string(driver/@type)");
-        if (!disk->target) {
-            rdisk_free(disk);
-            continue;
-        }
-        g_ptr_array_add(disks, disk);
-    }
-    xmlXPathFreeObject(obj);
-    return disks;
-}
-
-static struct rdisk *rdisk_find(GPtrArray *disks, const char *target)
-{
-    for (guint i = 0; i < disks->len; i++) {
-        struct rdisk *disk = g_ptr_array_index(disks, i);
-
-        if (strcmp(disk->target, target) == 0)
-            return disk;
-    }
-    return NULL;
-}
-
-/* ---- images ------------------------------------------------------------------- */
-
-static uint32_t be32(const unsigned char *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-static uint64_t be64(const unsigned char *p)
-{
-    return (uint64_t)be32(p) << 32 | be32(p + 4);
-}
-
-/*
- * Whether @file is a qcow2 overlay that holds no data of its own: no
- * internal snapshot, no feature that keeps data elsewhere, and an L1 table
- * of zeros (nothing was ever written to it).  Errs on "not empty".
- */
-static bool image_empty(const char *file)
-{
-    unsigned char head[104];
-    g_autofree unsigned char *l1 = NULL;
-    uint64_t l1_bytes;
-    bool empty = false;
-    int fd = open(file, O_RDONLY | O_CLOEXEC);
-
-    if (fd < 0)
-        return false;
-    if (pread(fd, head, sizeof(head), 0) != (ssize_t)sizeof(head) || be32(head) != 0x514649fbU)
-        goto out;
-    if (be32(head + 60) != 0)                           /* internal snapshots */
-        goto out;
-    if (be32(head + 4) >= 3 && (be64(head + 72) & ~1ULL) != 0)  /* anything but the dirty bit */
-        goto out;
-    l1_bytes = (uint64_t)be32(head + 36) * 8;
-    if (l1_bytes > 64 * 1024 * 1024)
-        goto out;
-    l1 = g_malloc0(l1_bytes ? l1_bytes : 1);
-    if (pread(fd, l1, l1_bytes, (off_t)be64(head + 40)) != (ssize_t)l1_bytes)
-        goto out;
-    empty = true;
-    for (uint64_t i = 0; i < l1_bytes; i++) {
-        if (l1[i]) {
-            empty = false;
-            break;
-        }
-    }
-out:
-    close(fd);
-    return empty;
-}
-
-/* The image @file is backed by, as an absolute path (and its format), or NULL. */
-static char *image_backing(const char *file, char **format)
-{
-    struct snapfs_layer *layer = snapfs_chain_read_layer(file, NULL);
-    char *backing = NULL;
-
-    if (format)
-        *format = NULL;
-    if (!layer)
-        return NULL;
-    if (layer->backing) {
-        backing = snapfs_chain_resolve(layer->file, layer->backing);
-        if (format)
-            *format = g_strdup(layer->backing_format);
-    }
-    snapfs_layer_free(layer);
-    return backing;
-}
-
-static int image_create_overlay(const char *file, const char *backing, const char *backing_format)
-{
-    g_autofree char *fmt = backing_format ? g_strdup(backing_format) : NULL;
-    g_autofree char *out = NULL;
-    g_autofree char *err = NULL;
-    g_autoptr(GError) error = NULL;
-    int status = 0;
-
-    if (!fmt) {
-        struct snapfs_layer *layer = snapfs_chain_read_layer(backing, NULL);
-
-        if (!layer)
-            return -1;
-        fmt = g_strdup(layer->format);
-        snapfs_layer_free(layer);
-    }
-    {
-        /* -u: the backing image is known to be complete; not opening it keeps this fast. */
-        const char *argv[] = { "qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", fmt, "-b", backing,
-                               file, NULL, NULL };
-        g_autofree char *size = NULL;
-        struct snapfs_layer *layer = snapfs_chain_read_layer(backing, fmt);
-
-        if (!layer)
-            return -1;
-        size = g_strdup_printf("%" G_GUINT64_FORMAT, layer->virtual_size);
-        snapfs_layer_free(layer);
-        argv[11] = size;
-        if (!g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, &out, &err, &status, &error)) {
-            snapfs_error_set(EIO, "cannot create overlay '%s': %s", file, error->message);
-            return -1;
-        }
-    }
-    if (!g_spawn_check_wait_status(status, NULL)) {
-        g_strstrip(err);
-        snapfs_error_set(EIO, "cannot create overlay '%s' on '%s': %s", file, backing, err);
-        unlink(file);
-        return -1;
-    }
-    return revert_sync_path(file);
-}
-
-/* A file name made of what a person can read in @name (snapshot names may hold anything). */
-static char *file_part(const char *name)
-{
-    GString *out = g_string_new(NULL);
-
-    for (const char *p = name; *p; p++)
-        g_string_append_c(out, g_ascii_isalnum(*p) || *p == '-' || *p == '_' || *p == '.' ? *p : '_');
-    return g_string_free(out, FALSE);
-}
-
-/* @dir/@domain.@target.@what.qcow2, or with -2, -3... if that exists already. */
-static char *overlay_name(const char *dir, const char *domain, const char *target, const char *what)
-{
-    g_autofree char *dom = file_part(domain);
-    g_autofree char *w = file_part(what);
-
-    for (int n = 1;; n++) {
-        g_autofree char *base = n == 1 ? g_strdup_printf("%s.%s.%s.qcow2", dom, target, w)
-                                       : g_strdup_printf("%s.%s.%s-%d.qcow2", dom, target, w, n);
-        char *path = g_build_filename(dir, base, NULL);
-
-        if (!g_file_test(path, G_FILE_TEST_EXISTS))
-            return path;
-        g_free(path);
-    }
-}
-
-/* ---- what libvirt says about the domain --------------------------------------- */
-
-struct rsnap {
-    char *name;
-    char *xml;
-    bool external;            /* any disk external */
-    GHashTable *overlay;      /* target -> the overlay the snapshot made */
-    GHashTable *frozen;       /* target -> the image it froze */
-    GHashTable *frozen_format;
-    GPtrArray *domain_disks;  /* the domain as it was: struct rdisk * */
-};
-
-static void rsnap_free(struct rsnap *snap)
-{
-    g_free(snap->name);
-    g_free(snap->xml);
-    g_hash_table_unref(snap->overlay);
-    g_hash_table_unref(snap->frozen);
-    g_hash_table_unref(snap->frozen_format);
-    if (snap->domain_disks)
-        g_ptr_array_unref(snap->domain_disks);
-    g_free(snap);
-}
-
-struct rstate {
-    virConnectPtr conn;
-    virDomainPtr dom;
-    char *uri;
-    char *name;
-    char *uuid;
-    char *xml;            /* the persistent definition */
-    GPtrArray *disks;     /* struct rdisk *, from xml */
-    GPtrArray *snaps;     /* struct rsnap * */
-    char *current;        /* the current snapshot, or NULL */
-};
-
-static void rstate_free(struct rstate *st)
-{
-    if (!st)
-        return;
-    if (st->dom)
-        virDomainFree(st->dom);
-    g_free(st->uri);
-    g_free(st->name);
-    g_free(st->uuid);
-    g_free(st->xml);
-    if (st->disks)
-        g_ptr_array_unref(st->disks);
-    if (st->snaps)
-        g_ptr_array_unref(st->snaps);
-    g_free(st->current);
-    g_free(st);
-}
-typedef struct rstate rstate;
-G_DEFINE_AUTOPTR_CLEANUP_FUNC(rstate, rstate_free)
-
-static struct rsnap *rsnap_parse(const char *name, char *xml)
-{
-    struct rsnap *snap = g_new0(struct rsnap, 1);
-    xmlDocPtr doc = xml_read(xml);
-    xmlXPathContextPtr ctxt = doc ? xmlXPathNewContext(doc) : NULL;
-    xmlXPathObjectPtr obj;
-
-    snap->name = g_strdup(name);
-    snap->xml = xml;
-    snap->overlay = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-    snap->frozen = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-    snap->frozen_format = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-    if (!ctxt)
-        goto out;
-    snap->domain_disks = xml_domain_disks(ctxt, "/domainsnapshot/domain");
-    obj = xml_eval_nodes(ctxt, "/domainsnapshot/disks/disk");
-    for (int i = 0; obj && i < obj->nodesetval->nodeNr; i++) {
-        xmlNodePtr node = obj->nodesetval->nodeTab[i];
-        g_autofree char *target = xml_eval_string(ctxt, node, "string(@name)");
-        g_autofree char *kind = xml_eval_string(ctxt, node, "string(@snapshot)");
-        g_autofree char *file = xml_eval_string(ctxt, node, "string(source/@file)");
-        g_autofree char *frozen = NULL;
-        g_autofree char *frozen_format = NULL;
-        struct rdisk *then;
-
-        if (!target || !kind || strcmp(kind, "external") != 0)
-            continue;
-        snap->external = true;
-        if (!file)
-            continue;
-        /* What the snapshot froze: its overlay's backing, or else the disk of the domain as it was. */
-        frozen = image_backing(file, &frozen_format);
-        then = snap->domain_disks ? rdisk_find(snap->domain_disks, target) : NULL;
-        if (!frozen && then && then->file) {
-            frozen = g_strdup(then->file);
-            frozen_format = g_strdup(then->format);
-        }
-        g_hash_table_insert(snap->overlay, g_strdup(target), g_steal_pointer(&file));
-        if (frozen) {
-            if (frozen_format)
-                g_hash_table_insert(snap->frozen_format, g_strdup(target), g_steal_pointer(&frozen_format));
-            g_hash_table_insert(snap->frozen, g_strdup(target), g_steal_pointer(&frozen));
-        }
-    }
-    xmlXPathFreeObject(obj);
-out:
-    if (ctxt)
-        xmlXPathFreeContext(ctxt);
-    if (doc)
-        xmlFreeDoc(doc);
-    return snap;
-}
-
-static struct rsnap *rstate_snap(struct rstate *st, const char *name)
-{
-    for (guint i = 0; name && i < st->snaps->len; i++) {
-        struct rsnap *snap = g_ptr_array_index(st->snaps, i);
-
-        if (strcmp(snap->name, name) == 0)
-            return snap;
-    }
-    return NULL;
-}
-
-/* The domain, its persistent definition and every snapshot; NULL with the reason. */
-static struct rstate *rstate_read(virConnectPtr conn, virDomainPtr dom)
-{
-    g_autoptr(rstate) st = g_new0(struct rstate, 1);
-    virDomainSnapshotPtr *list = NULL;
-    char uuid[VIR_UUID_STRING_BUFLEN];
-    xmlDocPtr doc;
-    xmlXPathContextPtr ctxt;
-    int n;
-
-    st->conn = conn;
-    st->dom = dom;
-    virDomainRef(dom);
-    st->uri = virConnectGetURI(conn);
-    st->name = g_strdup(virDomainGetName(dom));
-    if (virDomainGetUUIDString(dom, uuid) == 0)
-        st->uuid = g_strdup(uuid);
-    st->xml = virDomainGetXMLDesc(dom, VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE);
-    if (!st->xml || !st->uri) {
-        snapfs_error_from_virt("cannot read the definition of domain '%s'", st->name);
-        return NULL;
-    }
-    doc = xml_read(st->xml);
-    if (!doc) {
-        snapfs_error_set(EIO, "cannot parse the definition of domain '%s'", st->name);
-        return NULL;
-    }
-    ctxt = xmlXPathNewContext(doc);
-    st->disks = xml_domain_disks(ctxt, "/domain");
-    xmlXPathFreeContext(ctxt);
-    xmlFreeDoc(doc);
-
-    st->snaps = g_ptr_array_new_with_free_func((GDestroyNotify)rsnap_free);
-    n = virDomainListAllSnapshots(dom, &list, 0);
-    if (n < 0) {
-        snapfs_error_from_virt("cannot list the snapshots of domain '%s'", st->name);
-        return NULL;
-    }
-    for (int i = 0; i < n; i++) {
-        char *xml = virDomainSnapshotGetXMLDesc(list[i], VIR_DOMAIN_SNAPSHOT_XML_SECURE);
-        int cur = virDomainSnapshotIsCurrent(list[i], 0);
-
-        if (xml)
-            g_ptr_array_add(st->snaps, rsnap_parse(virDomainSnapshotGetName(list[i]), xml));
-        if (cur == 1)
-            st->current = g_strdup(virDomainSnapshotGetName(list[i]));
-        virDomainSnapshotFree(list[i]);
-    }
-    free(list);
-    return g_steal_pointer(&st);
-}
-
-/* Whether any snapshot's metadata names @file (as its overlay, what it froze, or a disk of its domain). */
-static bool rstate_names_file(struct rstate *st, const char *file, const char *except)
-{
-    for (guint i = 0; i < st->snaps->len; i++) {
-        struct rsnap *snap = g_ptr_array_index(st->snaps, i);
-        GHashTableIter it;
-        gpointer value;
-
-        if (except && strcmp(snap->name, except) == 0)
-            continue;
-        g_hash_table_iter_init(&it, snap->overlay);
-        while (g_hash_table_iter_next(&it, NULL, &value)) {
-            if (strcmp(value, file) == 0)
-                return true;
-        }
-        g_hash_table_iter_init(&it, snap->frozen);
-        while (g_hash_table_iter_next(&it, NULL, &value)) {
-            if (strcmp(value, file) == 0)
-                return true;
-        }
-        for (guint j = 0; snap->domain_disks && j < snap->domain_disks->len; j++) {
-            struct rdisk *d = g_ptr_array_index(snap->domain_disks, j);
-
-            if (d->file && strcmp(d->file, file) == 0)
-                return true;
-        }
-    }
-    return false;
-}
-
-/* Whether @file lies below a top image of the domain or in the chain below @extra_tops. */
-static bool chains_hold(GPtrArray *tops, const char *file)
-{
-    for (guint i = 0; i < tops->len; i++) {
-        g_autoptr(GPtrArray) chain = snapfs_chain_read(g_ptr_array_index(tops, i), NULL);
-
-        for (guint j = 0; chain && j < chain->len; j++) {
-            if (strcmp(((struct snapfs_layer *)g_ptr_array_index(chain, j))->file, file) == 0)
-                return true;
-        }
-    }
-    return false;
-}
-
-static bool disk_is_local(const struct rdisk *disk)
-{
-    return disk->file && disk->file[0] == '/' && (!disk->device || strcmp(disk->device, "disk") == 0);
-}
-
-/*
- * The snapshot whose frozen images the domain reads untouched (empty tops
- * right on them), comparing the disks that @target reverts; or NULL.
- */
-static struct rsnap *rstate_identical(struct rstate *st, struct rsnap *target)
-{
-    for (guint i = 0; i < st->snaps->len; i++) {
-        struct rsnap *snap = g_ptr_array_index(st->snaps, i);
-        bool same = snap->external;
-        guint compared = 0;
-
-        for (guint j = 0; same && j < st->disks->len; j++) {
-            struct rdisk *disk = g_ptr_array_index(st->disks, j);
-            const char *frozen;
-            g_autofree char *backing = NULL;
-
-            if (!disk_is_local(disk) || !g_hash_table_contains(target->frozen, disk->target))
-                continue;
-            frozen = g_hash_table_lookup(snap->frozen, disk->target);
-            backing = frozen && image_empty(disk->file) ? image_backing(disk->file, NULL) : NULL;
-            same = backing && strcmp(backing, frozen) == 0;
-            compared++;
-        }
-        if (same && compared > 0)
-            return snap;
-    }
-    return NULL;
-}
-
-/* ---- libvirt steps ---------------------------------------------------------------- */
-
-static int snapshot_redefine(struct rstate *st, const char *xml, const char *name, bool current)
-{
-    unsigned int flags = VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE | (current ? VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT : 0);
-    virDomainSnapshotPtr snap = virDomainSnapshotCreateXML(st->dom, xml, flags);
-
-    if (!snap) {
-        snapfs_error_from_virt("cannot redefine snapshot '%s' of domain '%s'", name, st->name);
-        return -1;
-    }
-    virDomainSnapshotFree(snap);
-    return 0;
-}
-
-/* Makes the existing snapshot @name current again (its metadata unchanged). */
-static int snapshot_make_current(struct rstate *st, const char *name)
-{
-    virDomainSnapshotPtr snap = virDomainSnapshotLookupByName(st->dom, name, 0);
-    g_autofree char *xml = NULL;
-
-    if (!snap) {
-        snapfs_error_from_virt("cannot find snapshot '%s' of domain '%s'", name, st->name);
-        return -1;
-    }
-    xml = virDomainSnapshotGetXMLDesc(snap, VIR_DOMAIN_SNAPSHOT_XML_SECURE);
-    virDomainSnapshotFree(snap);
-    if (!xml) {
-        snapfs_error_from_virt("cannot read snapshot '%s' of domain '%s'", name, st->name);
-        return -1;
-    }
-    return snapshot_redefine(st, xml, name, true);
-}
-
-static bool snapshot_exists(virDomainPtr dom, const char *name)
-{
-    virDomainSnapshotPtr snap = virDomainSnapshotLookupByName(dom, name, 0);
-
-    if (!snap)
-        return false;
-    virDomainSnapshotFree(snap);
-    return true;
-}
-
-/* The pre-revert snapshot: metadata of an external snapshot whose frozen images are the old tops. */
-static char *keep_xml(struct rstate *st, const struct revert_journal *journal)
-{
-    GString *xml = g_string_new("<domainsnapshot>\n");
-    g_autofree char *name = g_markup_escape_text(journal->keep_name, -1);
-    g_autofree char *target = g_markup_escape_text(journal->target, -1);
-    g_autoptr(GDateTime) now = g_date_time_new_now_local();
-    g_autofree char *when = g_date_time_format(now, "%Y-%m-%d %H:%M:%S");
-    const char *dom = strstr(st->xml, "<domain");
-
-    g_string_append_printf(xml, "  <name>%s</name>\n", name);
-    g_string_append_printf(xml, "  <description>What the disks held when snapfs reverted to '%s' at %s.</description>\n",
-                           target, when);
-    g_string_append(xml, "  <state>shutoff</state>\n");
-    if (st->current) {
-        g_autofree char *parent = g_markup_escape_text(st->current, -1);
-
-        g_string_append_printf(xml, "  <parent>\n    <name>%s</name>\n  </parent>\n", parent);
-    }
-    g_string_append_printf(xml, "  <creationTime>%" G_GINT64_FORMAT "</creationTime>\n", g_date_time_to_unix(now));
-    g_string_append(xml, "  <memory snapshot='no'/>\n  <disks>\n");
-    for (guint i = 0; i < st->disks->len; i++) {
-        struct rdisk *disk = g_ptr_array_index(st->disks, i);
-        g_autofree char *t = g_markup_escape_text(disk->target, -1);
-        const char *overlay = NULL;
-
-        for (guint j = 0; j < journal->disks->len; j++) {
-            struct revert_disk *rd = g_ptr_array_index(journal->disks, j);
-
-            if (strcmp(rd->target, disk->target) == 0)
-                overlay = rd->keep_overlay;
-        }
-        if (overlay) {
-            g_autofree char *f = g_markup_escape_text(overlay, -1);
-
-            g_string_append_printf(xml, "    <disk name='%s' snapshot='external' type='file'>\n"
-                                        "      <driver type='qcow2'/>\n      <source file='%s'/>\n    </disk>\n", t, f);
-        } else {
-            g_string_append_printf(xml, "    <disk name='%s' snapshot='no'/>\n", t);
-        }
-    }
-    g_string_append(xml, "  </disks>\n");
-    g_string_append(xml, dom ? dom : "");
-    g_string_append(xml, "</domainsnapshot>\n");
-    return g_string_free(xml, FALSE);
-}
-
-/* The <backingStore> chain of a new overlay on @frozen, as <disk> children. */
-static xmlNodePtr backing_nodes(xmlDocPtr doc, const char *frozen, const char *format)
-{
-    g_autoptr(GPtrArray) chain = snapfs_chain_read(frozen, format);
-    g_autofree char *inner = NULL;
-    g_autofree char *wrapped = NULL;
-    xmlDocPtr frag;
-    xmlNodePtr node = NULL;
-
-    if (!chain)
-        return NULL;
-    /* The top layer only stands for the new overlay: backing_xml spells out what lies below it. */
-    g_ptr_array_add(chain, g_new0(struct snapfs_layer, 1));
-    inner = snapfs_chain_backing_xml(chain);
-    wrapped = g_strdup_printf("<x>%s</x>", inner);
-    frag = xml_read(wrapped);
-    if (frag) {
-        xmlNodePtr first = xml_child(xmlDocGetRootElement(frag), "backingStore");
-
-        if (first)
-            node = xmlDocCopyNode(first, doc, 1);
-        xmlFreeDoc(frag);
-    }
-    if (!node)
-        snapfs_error_set(EIO, "cannot spell out the backing chain of '%s'", frozen);
-    return node;
-}
-
-/*
- * The domain's new definition: the one the snapshot recorded (as libvirt's
- * own revert restores it), else the present one, with each reverted disk on
- * its new top and the chain below it spelled out.
- */
-static char *domain_xml_build(struct rstate *st, struct rsnap *target, const struct revert_journal *journal)
-{
-    xmlDocPtr sdoc = xml_read(target->xml);
-    xmlDocPtr doc = NULL;
-    xmlXPathContextPtr ctxt = NULL;
-    xmlXPathObjectPtr obj = NULL;
-    char *out = NULL;
-
-    if (sdoc) {
-        xmlNodePtr root = xmlDocGetRootElement(sdoc);
-        xmlNodePtr dom = xml_child(root, "inactiveDomain");
-
-        if (!dom)
-            dom = xml_child(root, "domain");
-        if (dom) {
-            doc = xmlNewDoc((const xmlChar *)"1.0");
-            xmlDocSetRootElement(doc, xmlDocCopyNode(dom, doc, 1));
-            xmlNodeSetName(xmlDocGetRootElement(doc), (const xmlChar *)"domain");
-        }
-        xmlFreeDoc(sdoc);
-    }
-    if (!doc)
-        doc = xml_read(st->xml);
-    if (!doc) {
-        snapfs_error_set(EIO, "cannot parse the definition of domain '%s'", st->name);
-        return NULL;
-    }
-    ctxt = xmlXPathNewContext(doc);
-    /* The same domain, whatever the snapshot recorded. */
-    {
-        xmlNodePtr root = xmlDocGetRootElement(doc);
-        xmlNodePtr name = xml_child(root, "name");
-        xmlNodePtr uuid = xml_child(root, "uuid");
-
-        /* SetContent would read entities in the text; AddContent takes it as it is. */
-        if (name) {
-            xmlNodeSetContent(name, NULL);
-            xmlNodeAddContent(name, (const xmlChar *)st->name);
-        }
-        if (uuid && st->uuid) {
-            xmlNodeSetContent(uuid, NULL);
-            xmlNodeAddContent(uuid, (const xmlChar *)st->uuid);
-        }
-        xmlUnsetProp(root, (const xmlChar *)"id");
-    }
-    obj = xml_eval_nodes(ctxt, "/domain/devices/disk");
-    for (int i = 0; obj && i < obj->nodesetval->nodeNr; i++) {
-        xmlNodePtr disk = obj->nodesetval->nodeTab[i];
-        g_autofree char *t = xml_eval_string(ctxt, disk, "string(target/@dev)");
-        struct revert_disk *rd = NULL;
-        xmlNodePtr driver, source, chain, c, next;
-        const char *frozen;
-
-        for (guint j = 0; t && j < journal->disks->len; j++) {
-            struct revert_disk *cand = g_ptr_array_index(journal->disks, j);
-
-            if (strcmp(cand->target, t) == 0 && cand->new_top)
-                rd = cand;
-        }
-        if (!rd)
-            continue;
-        frozen = g_hash_table_lookup(target->frozen, t);
-        chain = backing_nodes(doc, frozen, g_hash_table_lookup(target->frozen_format, t));
-        if (!chain)
-            goto out;
-        xmlSetProp(disk, (const xmlChar *)"type", (const xmlChar *)"file");
-        driver = xml_child(disk, "driver");
-        if (!driver) {
-            driver = xmlNewDocNode(doc, NULL, (const xmlChar *)"driver", NULL);
-            xmlSetProp(driver, (const xmlChar *)"name", (const xmlChar *)"qemu");
-            xmlAddChild(disk, driver);
-        }
-        xmlSetProp(driver, (const xmlChar *)"type", (const xmlChar *)"qcow2");
-        for (c = disk->children; c; c = next) {
-            next = c->next;
-            if (c->type == XML_ELEMENT_NODE && (strcmp((const char *)c->name, "backingStore") == 0 ||
-                                                strcmp((const char *)c->name, "source") == 0)) {
-                xmlUnlinkNode(c);
-                xmlFreeNode(c);
-            }
-        }
-        source = xmlNewDocNode(doc, NULL, (const xmlChar *)"source", NULL);
-        xmlSetProp(source, (const xmlChar *)"file", (const xmlChar *)rd->new_top);
-        xmlAddNextSibling(driver, source);
-        xmlAddNextSibling(source, chain);
-    }
-    out = xml_dump(doc);
-out:
-    xmlXPathFreeObject(obj);
-    xmlXPathFreeContext(ctxt);
-    xmlFreeDoc(doc);
-    return out;
-}
-
-/* Whether the domain's persistent definition runs every reverted disk on its new top. */
-static bool domain_on_new_tops(struct rstate *st, const struct revert_journal *journal)
-{
-    bool any = false;
-
-    for (guint i = 0; i < journal->disks->len; i++) {
-        struct revert_disk *rd = g_ptr_array_index(journal->disks, i);
-        struct rdisk *disk;
-
-        if (!rd->new_top)
-            continue;
-        disk = rdisk_find(st->disks, rd->target);
-        if (!disk || !disk->file || strcmp(disk->file, rd->new_top) != 0)
-            return false;
-        any = true;
-    }
-    return any;
-}
-
-/* The disks of the domain's persistent definition as it is now. */
-static GPtrArray *domain_disks_now(struct rstate *st)
-{
-    g_autofree char *xml = virDomainGetXMLDesc(st->dom, VIR_DOMAIN_XML_INACTIVE);
-    xmlDocPtr doc = xml ? xml_read(xml) : NULL;
-    xmlXPathContextPtr ctxt;
-    GPtrArray *disks;
-
-    if (!doc) {
-        snapfs_warn("cannot read the definition of domain '%s'", st->name);
-        return NULL;
-    }
-    ctxt = xmlXPathNewContext(doc);
-    disks = xml_domain_disks(ctxt, "/domain");
-    xmlXPathFreeContext(ctxt);
-    xmlFreeDoc(doc);
-    return disks;
-}
-
 /* ---- finishing and rolling back ---------------------------------------------------- */
 
 static void unlink_logged(const char *file, const char *why)
@@ -886,11 +122,11 @@ static void unlink_logged(const char *file, const char *why)
 }
 
 /* Undo a revert that did not reach its commit point; the domain never named what is removed here. */
-static int revert_roll_back(struct rstate *st, const struct revert_journal *journal)
+static int revert_roll_back(struct revert_state *st, const struct revert_journal *journal)
 {
     int ret = 0;
 
-    if (journal->keep_name && snapshot_exists(st->dom, journal->keep_name)) {
+    if (journal->keep_name && revert_snapshot_exists(st->dom, journal->keep_name)) {
         virDomainSnapshotPtr snap = virDomainSnapshotLookupByName(st->dom, journal->keep_name, 0);
         unsigned int flags = journal->phase == REVERT_PHASE_INTERNAL ? 0 : VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY;
 
@@ -910,15 +146,15 @@ static int revert_roll_back(struct rstate *st, const struct revert_journal *jour
         if (rd->new_top && rd->new_created)
             unlink_logged(rd->new_top, "rolled back");
     }
-    if (ret == 0 && journal->old_current && snapshot_exists(st->dom, journal->old_current))
-        ret = snapshot_make_current(st, journal->old_current);
+    if (ret == 0 && journal->old_current && revert_snapshot_exists(st->dom, journal->old_current))
+        ret = revert_snapshot_make_current(st, journal->old_current);
     if (ret == 0)
         ret = revert_journal_remove(journal);
     return ret;
 }
 
 /* Finish a revert past its commit point: the target current, the leftovers gone. */
-static int revert_roll_forward(struct rstate *st, const struct revert_journal *journal, bool faults)
+static int revert_roll_forward(struct revert_state *st, const struct revert_journal *journal, bool faults)
 {
     g_autoptr(GPtrArray) disks = NULL;
 
@@ -927,23 +163,23 @@ static int revert_roll_forward(struct rstate *st, const struct revert_journal *j
         struct revert_disk *rd = g_ptr_array_index(journal->disks, i);
 
         if (rd->keep_overlay && rd->old_top && !g_file_test(rd->keep_overlay, G_FILE_TEST_EXISTS) &&
-            image_create_overlay(rd->keep_overlay, rd->old_top, NULL) < 0)
+            revert_image_create_overlay(rd->keep_overlay, rd->old_top, NULL) < 0)
             return -1;
     }
     if (journal->phase != REVERT_PHASE_INTERNAL && (!st->current || strcmp(st->current, journal->target) != 0)) {
-        if (snapshot_make_current(st, journal->target) < 0)
+        if (revert_snapshot_make_current(st, journal->target) < 0)
             return -1;
         if (faults)
             revert_fault("current");
     }
-    disks = domain_disks_now(st);
+    disks = revert_domain_disks_now(st);
     for (guint i = 0; disks && i < journal->disks->len; i++) {
         struct revert_disk *rd = g_ptr_array_index(journal->disks, i);
         bool in_use = false;
 
         /* Never what the domain still runs on, whatever the journal says. */
         for (guint j = 0; rd->old_top && j < disks->len; j++) {
-            struct rdisk *now = g_ptr_array_index(disks, j);
+            struct revert_domain_disk *now = g_ptr_array_index(disks, j);
 
             in_use |= now->file && strcmp(now->file, rd->old_top) == 0;
         }
@@ -956,15 +192,15 @@ static int revert_roll_forward(struct rstate *st, const struct revert_journal *j
 }
 
 /* Settle one journal found on disk; @st is the domain's state now. */
-static int revert_settle(struct rstate *st, struct revert_journal *journal)
+static int revert_settle(struct revert_state *st, struct revert_journal *journal)
 {
     bool committed;
 
     if (journal->phase == REVERT_PHASE_BY_HAND)
-        committed = domain_on_new_tops(st, journal);
+        committed = revert_domain_on_new_tops(st, journal);
     else
         committed = st->current && strcmp(st->current, journal->target) == 0 &&
-                    (!journal->keep_name || snapshot_exists(st->dom, journal->keep_name));
+                    (!journal->keep_name || revert_snapshot_exists(st->dom, journal->keep_name));
     snapfs_info("%s the interrupted revert of domain '%s' to '%s'",
                 committed ? "finishing" : "rolling back", st->name, journal->target);
     return committed ? revert_roll_forward(st, journal, false) : revert_roll_back(st, journal);
@@ -991,14 +227,14 @@ static bool virt_unsupported(void)
 }
 
 /* The plan for reverting to external snapshot @target: which images to make, keep and drop. */
-static struct revert_journal *plan_external(struct rstate *st, struct rsnap *target, const char *path,
+static struct revert_journal *plan_external(struct revert_state *st, struct revert_snapshot *target, const char *path,
                                             const struct revert_options *options, bool *noop)
 {
     g_autoptr(revert_journal) journal = g_new0(struct revert_journal, 1);
     g_autoptr(GDateTime) now = g_date_time_new_now_local();
     g_autofree char *stamp = g_date_time_format(now, "%Y%m%d-%H%M%S");
     g_autoptr(GPtrArray) tops = g_ptr_array_new();
-    struct rsnap *identical = rstate_identical(st, target);
+    struct revert_snapshot *identical = revert_state_identical(st, target);
     bool keep;
     GHashTableIter it;
     gpointer key, value;
@@ -1016,7 +252,7 @@ static struct revert_journal *plan_external(struct rstate *st, struct rsnap *tar
         return g_steal_pointer(&journal);
 
     for (guint i = 0; i < st->disks->len; i++) {
-        struct rdisk *disk = g_ptr_array_index(st->disks, i);
+        struct revert_domain_disk *disk = g_ptr_array_index(st->disks, i);
 
         if (disk->file)
             g_ptr_array_add(tops, disk->file);
@@ -1024,17 +260,17 @@ static struct revert_journal *plan_external(struct rstate *st, struct rsnap *tar
     keep = options->keep && !identical;
     if (keep) {
         journal->keep_name = g_strdup_printf(KEEP_PREFIX "%s", stamp);
-        for (int n = 2; snapshot_exists(st->dom, journal->keep_name); n++) {
+        for (int n = 2; revert_snapshot_exists(st->dom, journal->keep_name); n++) {
             g_free(journal->keep_name);
             journal->keep_name = g_strdup_printf(KEEP_PREFIX "%s-%d", stamp, n);
         }
     }
     /* Every local disk the domain has now: its old top, and the pre-revert overlay on it. */
     for (guint i = 0; i < st->disks->len; i++) {
-        struct rdisk *disk = g_ptr_array_index(st->disks, i);
+        struct revert_domain_disk *disk = g_ptr_array_index(st->disks, i);
         struct revert_disk *rd;
 
-        if (!disk_is_local(disk))
+        if (!revert_disk_is_local(disk))
             continue;
         rd = g_new0(struct revert_disk, 1);
         rd->target = g_strdup(disk->target);
@@ -1043,7 +279,7 @@ static struct revert_journal *plan_external(struct rstate *st, struct rsnap *tar
         if (keep && g_hash_table_contains(target->frozen, disk->target)) {
             g_autofree char *dir = g_path_get_dirname(disk->file);
 
-            rd->keep_overlay = overlay_name(dir, st->name, disk->target, journal->keep_name);
+            rd->keep_overlay = revert_image_name(dir, st->name, disk->target, journal->keep_name);
         }
         g_ptr_array_add(journal->disks, rd);
     }
@@ -1063,8 +299,8 @@ static struct revert_journal *plan_external(struct rstate *st, struct rsnap *tar
             rd->target = g_strdup(t);
             g_ptr_array_add(journal->disks, rd);
         }
-        if (own && image_empty(own) && !rstate_names_file(st, own, target->name) && !chains_hold(tops, own)) {
-            g_autofree char *backing = image_backing(own, NULL);
+        if (own && revert_image_empty(own) && !revert_state_names_file(st, own, target->name) && !revert_chains_hold(tops, own)) {
+            g_autofree char *backing = revert_image_backing(own, NULL);
 
             if (backing && strcmp(backing, frozen) == 0)
                 rd->new_top = g_strdup(own);
@@ -1073,7 +309,7 @@ static struct revert_journal *plan_external(struct rstate *st, struct rsnap *tar
             g_autofree char *dir = g_path_get_dirname(rd->old_top ? rd->old_top : own ? own : frozen);
             g_autofree char *what = g_strdup_printf("revert-%s-%s", target->name, stamp);
 
-            rd->new_top = overlay_name(dir, st->name, t, what);
+            rd->new_top = revert_image_name(dir, st->name, t, what);
             rd->new_created = true;
         }
     }
@@ -1084,9 +320,9 @@ static struct revert_journal *plan_external(struct rstate *st, struct rsnap *tar
 
         if (!rd->old_top || !rd->new_top || strcmp(rd->old_top, rd->new_top) == 0)
             continue;
-        if (!image_empty(rd->old_top) && options->keep)
+        if (!revert_image_empty(rd->old_top) && options->keep)
             continue;
-        if (rstate_names_file(st, rd->old_top, NULL))
+        if (revert_state_names_file(st, rd->old_top, NULL))
             continue;
         for (guint j = 0; j < journal->disks->len; j++) {
             struct revert_disk *other = g_ptr_array_index(journal->disks, j);
@@ -1095,7 +331,7 @@ static struct revert_journal *plan_external(struct rstate *st, struct rsnap *tar
             if (frozen)
                 g_ptr_array_add(new_tops, (gpointer)frozen);
         }
-        if (!chains_hold(new_tops, rd->old_top))
+        if (!revert_chains_hold(new_tops, rd->old_top))
             rd->drop_old = true;
     }
     return g_steal_pointer(&journal);
@@ -1121,7 +357,7 @@ static bool uri_is_local(const char *uri)
  * The by-hand path makes overlays next to the images and reads their
  * headers: it needs them as files on this host.  ENOTSUP otherwise, with why.
  */
-static int revert_check_local(struct rstate *st, struct rsnap *target)
+static int revert_check_local(struct revert_state *st, struct revert_snapshot *target)
 {
     GHashTableIter it;
     gpointer value;
@@ -1133,9 +369,9 @@ static int revert_check_local(struct rstate *st, struct rsnap *target)
         return -1;
     }
     for (guint i = 0; i < st->disks->len; i++) {
-        struct rdisk *disk = g_ptr_array_index(st->disks, i);
+        struct revert_domain_disk *disk = g_ptr_array_index(st->disks, i);
 
-        if (disk_is_local(disk) && !g_file_test(disk->file, G_FILE_TEST_EXISTS)) {
+        if (revert_disk_is_local(disk) && !g_file_test(disk->file, G_FILE_TEST_EXISTS)) {
             snapfs_error_set(ENOTSUP, "cannot revert '%s' to '%s': its image '%s' is not a file snapfs can see "
                              "on this host", st->name, target->name, disk->file);
             return -1;
@@ -1152,7 +388,7 @@ static int revert_check_local(struct rstate *st, struct rsnap *target)
     return 0;
 }
 
-static int revert_external(struct rstate *st, struct rsnap *target, const char *path,
+static int revert_external(struct revert_state *st, struct revert_snapshot *target, const char *path,
                            const struct revert_options *options)
 {
     g_autoptr(revert_journal) journal = NULL;
@@ -1167,7 +403,7 @@ static int revert_external(struct rstate *st, struct rsnap *target, const char *
     if (noop) {
         /* Nothing was written since the domain left @target: only its name is missing. */
         snapfs_info("domain '%s' reads as snapshot '%s' already", st->name, target->name);
-        return st->current && strcmp(st->current, target->name) == 0 ? 0 : snapshot_make_current(st, target->name);
+        return st->current && strcmp(st->current, target->name) == 0 ? 0 : revert_snapshot_make_current(st, target->name);
     }
     /* Keeping the state left behind makes overlays here, whichever revert runs. */
     if (journal->keep_name && revert_check_local(st, target) < 0)
@@ -1180,7 +416,7 @@ static int revert_external(struct rstate *st, struct rsnap *target, const char *
         for (guint i = 0; i < journal->disks->len; i++) {
             struct revert_disk *rd = g_ptr_array_index(journal->disks, i);
 
-            if (rd->keep_overlay && image_create_overlay(rd->keep_overlay, rd->old_top, NULL) < 0)
+            if (rd->keep_overlay && revert_image_create_overlay(rd->keep_overlay, rd->old_top, NULL) < 0)
                 goto fail;
         }
         for (guint i = 0; i < journal->disks->len; i++) {
@@ -1191,8 +427,8 @@ static int revert_external(struct rstate *st, struct rsnap *target, const char *
                 revert_sync_path(dir);
         }
         revert_fault("keep-overlays");
-        keep = keep_xml(st, journal);
-        if (snapshot_redefine(st, keep, journal->keep_name, true) < 0)
+        keep = revert_keep_xml(st, journal);
+        if (revert_snapshot_redefine(st, keep, journal->keep_name, true) < 0)
             goto fail;
         g_free(st->current);
         st->current = g_strdup(journal->keep_name);
@@ -1231,7 +467,7 @@ static int revert_external(struct rstate *st, struct rsnap *target, const char *
         const char *frozen = g_hash_table_lookup(target->frozen, rd->target);
 
         if (rd->new_top && rd->new_created &&
-            image_create_overlay(rd->new_top, frozen, g_hash_table_lookup(target->frozen_format, rd->target)) < 0)
+            revert_image_create_overlay(rd->new_top, frozen, g_hash_table_lookup(target->frozen_format, rd->target)) < 0)
             goto fail;
         if (rd->new_top) {
             g_autofree char *dir = g_path_get_dirname(rd->new_top);
@@ -1241,7 +477,7 @@ static int revert_external(struct rstate *st, struct rsnap *target, const char *
     }
     revert_fault("overlays");
 
-    domain_xml = domain_xml_build(st, target, journal);
+    domain_xml = revert_domain_xml(st, target, journal);
     if (!domain_xml)
         goto fail;
     {
@@ -1275,7 +511,7 @@ fail:
     return -1;
 }
 
-static int revert_internal(struct rstate *st, struct rsnap *target, const char *path,
+static int revert_internal(struct revert_state *st, struct revert_snapshot *target, const char *path,
                            const struct revert_options *options)
 {
     g_autoptr(revert_journal) journal = g_new0(struct revert_journal, 1);
@@ -1295,7 +531,7 @@ static int revert_internal(struct rstate *st, struct rsnap *target, const char *
         g_autofree char *stamp = g_date_time_format(now, "%Y%m%d-%H%M%S");
 
         journal->keep_name = g_strdup_printf(KEEP_PREFIX "%s", stamp);
-        for (int n = 2; snapshot_exists(st->dom, journal->keep_name); n++) {
+        for (int n = 2; revert_snapshot_exists(st->dom, journal->keep_name); n++) {
             g_free(journal->keep_name);
             journal->keep_name = g_strdup_printf(KEEP_PREFIX "%s-%d", stamp, n);
         }
@@ -1350,7 +586,7 @@ static int revert_not_found(virDomainPtr dom, const char *domain, const char *na
 
     while ((space = strrchr(prefix, ' '))) {
         *space = '\0';
-        if (snapshot_exists(dom, prefix)) {
+        if (revert_snapshot_exists(dom, prefix)) {
             snapfs_error_set(EINVAL, "cannot revert '%s': unexpected text after snapshot name '%s'", domain, prefix);
             return -1;
         }
@@ -1455,10 +691,10 @@ int revert_write(virConnectPtr conn, const char *domain, const char *buf, size_t
     struct revert_request request = { 0 };
     struct revert_hold *lock = NULL;
     virDomainPtr dom = NULL;
-    g_autoptr(rstate) st = NULL;
+    g_autoptr(revert_state) st = NULL;
     g_autofree char *uri = NULL;
     g_autofree char *path = NULL;
-    struct rsnap *target;
+    struct revert_snapshot *target;
     int active;
     int ret = -1;
 
@@ -1475,7 +711,7 @@ int revert_write(virConnectPtr conn, const char *domain, const char *buf, size_t
         snapfs_error_from_virt("cannot revert '%s'", domain);
         goto cleanup;
     }
-    if (!snapshot_exists(dom, request.name)) {
+    if (!revert_snapshot_exists(dom, request.name)) {
         revert_not_found(dom, domain, request.name);
         goto cleanup;
     }
@@ -1490,7 +726,7 @@ int revert_write(virConnectPtr conn, const char *domain, const char *buf, size_t
     if (g_file_test(path, G_FILE_TEST_EXISTS)) {
         /* An earlier revert of this domain was cut short: settle it before anything else. */
         g_autoptr(revert_journal) old = revert_journal_load(path);
-        g_autoptr(rstate) before = old ? rstate_read(conn, dom) : NULL;
+        g_autoptr(revert_state) before = old ? revert_state_read(conn, dom) : NULL;
 
         if (!before || revert_settle(before, old) < 0)
             goto cleanup;
@@ -1527,10 +763,10 @@ int revert_write(virConnectPtr conn, const char *domain, const char *buf, size_t
     if (active && revert_stop(dom, domain, request.name) < 0)
         goto cleanup;
 
-    st = rstate_read(conn, dom);
+    st = revert_state_read(conn, dom);
     if (!st)
         goto cleanup;
-    target = rstate_snap(st, request.name);
+    target = revert_state_snapshot(st, request.name);
     if (!target) {
         snapfs_error_set(ENOENT, "cannot revert '%s' to '%s': there is no such snapshot", domain, request.name);
         goto cleanup;
@@ -1561,7 +797,7 @@ int revert_recover(virConnectPtr conn, const struct revert_options *options)
 
     for (guint i = 0; uri && i < paths->len; i++) {
         g_autoptr(revert_journal) journal = revert_journal_load(g_ptr_array_index(paths, i));
-        g_autoptr(rstate) st = NULL;
+        g_autoptr(revert_state) st = NULL;
         struct engine_lock *lock;
         virDomainPtr dom;
 
@@ -1584,7 +820,7 @@ int revert_recover(virConnectPtr conn, const struct revert_options *options)
             engine_unlock_domain(lock);
             continue;
         }
-        st = rstate_read(conn, dom);
+        st = revert_state_read(conn, dom);
         virDomainFree(dom);
         if (!st || revert_settle(st, journal) < 0) {
             snapfs_warn("cannot settle the interrupted revert of domain '%s': %s", journal->domain,

@@ -1,0 +1,147 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* The images a revert makes and inspects: empty qcow2 overlays, read from and written to disk directly or by qemu-img. */
+#include "revert-priv.h"
+#include "snapfs/chain.h"
+#include "snapfs/error.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+
+static uint32_t be32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static uint64_t be64(const unsigned char *p)
+{
+    return (uint64_t)be32(p) << 32 | be32(p + 4);
+}
+
+/*
+ * Whether @file is a qcow2 overlay that holds no data of its own: no
+ * internal snapshot, no feature that keeps data elsewhere, and an L1 table
+ * of zeros (nothing was ever written to it).  Errs on "not empty".
+ */
+bool revert_image_empty(const char *file)
+{
+    unsigned char head[104];
+    g_autofree unsigned char *l1 = NULL;
+    uint64_t l1_bytes;
+    bool empty = false;
+    int fd = open(file, O_RDONLY | O_CLOEXEC);
+
+    if (fd < 0)
+        return false;
+    if (pread(fd, head, sizeof(head), 0) != (ssize_t)sizeof(head) || be32(head) != 0x514649fbU)
+        goto out;
+    if (be32(head + 60) != 0)                           /* internal snapshots */
+        goto out;
+    if (be32(head + 4) >= 3 && (be64(head + 72) & ~1ULL) != 0)  /* anything but the dirty bit */
+        goto out;
+    l1_bytes = (uint64_t)be32(head + 36) * 8;
+    if (l1_bytes > 64 * 1024 * 1024)
+        goto out;
+    l1 = g_malloc0(l1_bytes ? l1_bytes : 1);
+    if (pread(fd, l1, l1_bytes, (off_t)be64(head + 40)) != (ssize_t)l1_bytes)
+        goto out;
+    empty = true;
+    for (uint64_t i = 0; i < l1_bytes; i++) {
+        if (l1[i]) {
+            empty = false;
+            break;
+        }
+    }
+out:
+    close(fd);
+    return empty;
+}
+
+/* The image @file is backed by, as an absolute path (and its format), or NULL. */
+char *revert_image_backing(const char *file, char **format)
+{
+    struct snapfs_layer *layer = snapfs_chain_read_layer(file, NULL);
+    char *backing = NULL;
+
+    if (format)
+        *format = NULL;
+    if (!layer)
+        return NULL;
+    if (layer->backing) {
+        backing = snapfs_chain_resolve(layer->file, layer->backing);
+        if (format)
+            *format = g_strdup(layer->backing_format);
+    }
+    snapfs_layer_free(layer);
+    return backing;
+}
+
+int revert_image_create_overlay(const char *file, const char *backing, const char *backing_format)
+{
+    g_autofree char *fmt = backing_format ? g_strdup(backing_format) : NULL;
+    g_autofree char *out = NULL;
+    g_autofree char *err = NULL;
+    g_autoptr(GError) error = NULL;
+    int status = 0;
+
+    if (!fmt) {
+        struct snapfs_layer *layer = snapfs_chain_read_layer(backing, NULL);
+
+        if (!layer)
+            return -1;
+        fmt = g_strdup(layer->format);
+        snapfs_layer_free(layer);
+    }
+    {
+        /* -u: the backing image is known to be complete; not opening it keeps this fast. */
+        const char *argv[] = { "qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", fmt, "-b", backing,
+                               file, NULL, NULL };
+        g_autofree char *size = NULL;
+        struct snapfs_layer *layer = snapfs_chain_read_layer(backing, fmt);
+
+        if (!layer)
+            return -1;
+        size = g_strdup_printf("%" G_GUINT64_FORMAT, layer->virtual_size);
+        snapfs_layer_free(layer);
+        argv[11] = size;
+        if (!g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, &out, &err, &status, &error)) {
+            snapfs_error_set(EIO, "cannot create overlay '%s': %s", file, error->message);
+            return -1;
+        }
+    }
+    if (!g_spawn_check_wait_status(status, NULL)) {
+        g_strstrip(err);
+        snapfs_error_set(EIO, "cannot create overlay '%s' on '%s': %s", file, backing, err);
+        unlink(file);
+        return -1;
+    }
+    return revert_sync_path(file);
+}
+
+/* A file name made of what a person can read in @name (snapshot names may hold anything). */
+static char *file_part(const char *name)
+{
+    GString *out = g_string_new(NULL);
+
+    for (const char *p = name; *p; p++)
+        g_string_append_c(out, g_ascii_isalnum(*p) || *p == '-' || *p == '_' || *p == '.' ? *p : '_');
+    return g_string_free(out, FALSE);
+}
+
+/* @dir/@domain.@target.@what.qcow2, or with -2, -3... if that exists already. */
+char *revert_image_name(const char *dir, const char *domain, const char *target, const char *what)
+{
+    g_autofree char *dom = file_part(domain);
+    g_autofree char *w = file_part(what);
+
+    for (int n = 1;; n++) {
+        g_autofree char *base = n == 1 ? g_strdup_printf("%s.%s.%s.qcow2", dom, target, w)
+                                       : g_strdup_printf("%s.%s.%s-%d.qcow2", dom, target, w, n);
+        char *path = g_build_filename(dir, base, NULL);
+
+        if (!g_file_test(path, G_FILE_TEST_EXISTS))
+            return path;
+        g_free(path);
+    }
+}
