@@ -95,9 +95,6 @@ void engine_notify_changed_since(GHashTable *before);
 /* Whether the images @conn's domains use are files on this host (a local or loopback URI). */
 bool engine_conn_is_local(virConnectPtr conn);
 
-/* Run a program (argv[0] found on PATH); 0, or -1 with EIO and its stderr recorded under @what. */
-int engine_run(const char *const *argv, const char *what);
-
 /* Whether a block job runs on any disk of @dom; sets EBUSY naming it. */
 bool engine_block_job_running(virDomainPtr dom, GPtrArray *disks, const char *what);
 

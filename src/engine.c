@@ -65,25 +65,6 @@ bool engine_conn_is_local(virConnectPtr conn)
     return local;
 }
 
-int engine_run(const char *const *argv, const char *what)
-{
-    g_autofree char *err = NULL;
-    g_autoptr(GError) error = NULL;
-    int status = 0;
-
-    if (!g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH | G_SPAWN_STDOUT_TO_DEV_NULL,
-                      NULL, NULL, NULL, &err, &status, &error)) {
-        snapfs_error_set(EIO, "%s: cannot run %s: %s", what, argv[0], error->message);
-        return -1;
-    }
-    if (!g_spawn_check_wait_status(status, &error)) {
-        g_strstrip(err);
-        snapfs_error_set(EIO, "%s: %s failed: %s", what, argv[0], err && *err ? err : error->message);
-        return -1;
-    }
-    return 0;
-}
-
 GPtrArray *engine_domain_disks(virDomainPtr dom, bool inactive)
 {
     g_autofree char *xml = virDomainGetXMLDesc(dom, inactive ? VIR_DOMAIN_XML_INACTIVE : 0);

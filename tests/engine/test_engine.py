@@ -340,3 +340,17 @@ def test_shared_template_refused(make_domain, engine, root):
     assert result == "ENOTSUP", err
     assert other.name in err
     assert dom.fingerprint() == before
+
+
+def test_describe_after_merges(make_domain, engine):
+    """A description can still be set once the images a snapshot's XML names were merged away."""
+    dom = make_domain()
+    build_chain(dom, engine, ["s1", "s2", "s3"])
+    assert engine("delete", dom.name, "s2")[0] == "OK"
+    assert engine("describe", dom.name, "s3", "after the merge")[0] == "OK"
+    assert dom.snapshot_xml("s3").findtext("description") == "after the merge"
+    assert engine("describe", dom.name, "s1", "the root")[0] == "OK"
+    assert dom.current() == "s3"
+    saved = dom.save()
+    assert engine("delete", dom.name, "s3")[0] == "OK"
+    dom.verify(saved, gone={"s3"})
