@@ -354,3 +354,31 @@ def test_describe_after_merges(make_domain, engine):
     saved = dom.save()
     assert engine("delete", dom.name, "s3")[0] == "OK"
     dom.verify(saved, gone={"s3"})
+
+
+def test_merge_below_a_branch_refused(make_domain, engine):
+    """s0 -> s1 -> s2, then a revert to s1: the live overlay and s1's old overlay both stand on s0's overlay.
+    libvirt 9.0 would merge s0's overlay away and rebase only the live one, breaking s2's chain."""
+    dom = make_domain()
+    build_chain(dom, engine, ["s0", "s1", "s2"])
+    s1_frozen = dom.content_of("s1", "vda")
+    branch = dom.dir / (dom.name + "-vda.branch")
+    run("qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", s1_frozen, branch)
+    branch.chmod(0o644)
+    xml = virsh("dumpxml", "--inactive", dom.name).stdout.replace(dom.top("vda"), str(branch))
+    (dom.dir / "branch.xml").write_text(xml)
+    virsh("define", dom.dir / "branch.xml")
+    redefine_current(dom, "s1")
+    dom.write(8)
+    before = dom.fingerprint()
+    result, _, err = engine("delete", dom.name, "s0")
+    assert result == "ENOTSUP", err
+    assert "branch" in err
+    assert dom.fingerprint() == before
+    # what can go, goes, and then s0 merges like any root
+    saved = dom.save()
+    for snap in ["s2", "s1"]:
+        result, _, err = engine("delete", dom.name, snap)
+        assert result == "OK", err
+    dom.verify(saved, gone={"s1", "s2"})
+    assert dom.snapshots() == ["s0"]
