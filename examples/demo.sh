@@ -63,7 +63,7 @@ mkdir -p "$images" "$demo/libvirt" "$mnt"
 chmod 0755 "$demo" "$images"
 virsh() { command virsh -q -c "$uri" "$@"; }
 
-# An ext4 filesystem holding the files given as NAME=CONTENT (NAME@=TARGET for a symlink), as raw image $1.
+# An ext4 filesystem holding the files given as NAME=CONTENT (NAME@=TARGET a symlink, NAME/= a directory), as raw image $1.
 mkfs_files() {
     local raw=$1 tree
     shift
@@ -71,7 +71,9 @@ mkfs_files() {
     for spec in "$@"; do
         local name=${spec%%=*} value=${spec#*=}
         mkdir -p "$tree/$(dirname "${name%@}")"
-        if [[ $name == *@ ]]; then
+        if [[ $name == */ ]]; then
+            mkdir -p "$tree/$name"
+        elif [[ $name == *@ ]]; then
             ln -s "$value" "$tree/${name%@}"
         else
             printf '%s\n' "$value" >"$tree/$name"
@@ -114,7 +116,10 @@ XML
     rm -f "$demo/$1.xml"
 }
 
-common=("etc/os-release=PRETTY_NAME=\"Demo Linux 1.0\"" "etc/motd@=/etc/issue" "etc/issue=Demo Linux")
+# Enough of a Debian for libguestfs's inspection to find an OS, so a snapshot directory is the guest's root.
+common=("etc/os-release=$(printf 'PRETTY_NAME="Demo Linux 12"\nNAME="Demo Linux"\nID=debian\nVERSION_ID=12')"
+        "etc/fstab=LABEL=demo / ext4 defaults 0 1" "bin/=" "usr/bin/=" "sbin/=" "tmp/="
+        "etc/motd@=issue" "etc/issue=Demo Linux")
 
 # A template shared by the VMs, as a cloud image would be.
 mkfs_files "$demo/tmp.raw" "${common[@]}" "etc/hostname=template"
