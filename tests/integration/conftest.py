@@ -79,12 +79,11 @@ def snapfs_bin():
 
 
 def is_mount(path):
-    """True when PATH is a mount point of a snapfs (checked in /proc, which never blocks on FUSE)."""
+    """True when PATH is a mount point (checked in /proc, which never blocks on FUSE)."""
     path = os.path.realpath(path)
     with open("/proc/self/mountinfo") as f:
         for line in f:
-            fields = line.split()
-            if fields[4].encode().decode("unicode_escape") == path:
+            if line.split()[4].encode().decode("unicode_escape") == path:
                 return True
     return False
 
@@ -153,20 +152,57 @@ def sweep(prefix=RUN_PREFIX, uri=URI):
                 break
 
 
+def mounts_under(root):
+    """Mount points at or below ROOT (from /proc, which never blocks on FUSE)."""
+    root = os.path.realpath(root)
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4].encode().decode("unicode_escape")
+            if point == root or point.startswith(root + "/"):
+                found.append(point)
+    return found
+
+
+def remove_tree(root):
+    """rm -r ROOT, but never through a mount left behind: removing inside a snapfs mount would rmdir
+    real snapshots. Detach such mounts first; if one stays, leave ROOT where it is."""
+    for point in mounts_under(root):
+        subprocess.run(["fusermount3", "-u", "-z", point], capture_output=True)
+    if mounts_under(root):
+        print(f"leaving {root}: still mounted: {mounts_under(root)}")
+        return
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def _sweep_at_exit():
     try:
         sweep()
     except Exception:
         pass
-    shutil.rmtree(IMAGE_ROOT, ignore_errors=True)
+    remove_tree(IMAGE_ROOT)
 
 
 atexit.register(_sweep_at_exit)
 
 
+def sweep_dead_runs():
+    """Leftovers of earlier runs that were killed before their own sweep: snapfst<pid>x of a pid that is gone."""
+    import re
+    pattern = re.compile(r"snapfst(\d+)x")
+    names = run("virsh", "-q", "-c", URI, "list", "--all", "--name", check=False, timeout=30).stdout.split("\n")
+    dirs = [p.name for p in Path("/var/tmp").iterdir()]
+    for pid in {int(m.group(1)) for n in names + dirs for m in [pattern.search(n)] if m}:
+        if pid == os.getpid() or os.path.exists(f"/proc/{pid}"):
+            continue
+        sweep(f"snapfst{pid}x")
+        remove_tree(Path("/var/tmp") / f"snapfst{pid}x")
+
+
 @pytest.fixture(scope="session")
 def run_prefix(libvirtd, request):
     sweep()
+    sweep_dead_runs()
     IMAGE_ROOT.mkdir(mode=0o755, exist_ok=True)
     IMAGE_ROOT.chmod(0o755)
     request.addfinalizer(_sweep_at_exit)
@@ -254,7 +290,7 @@ class Images:
 def images(run_prefix):
     imgs = Images(IMAGE_ROOT / "img")
     yield imgs
-    shutil.rmtree(imgs.root, ignore_errors=True)
+    remove_tree(imgs.root)
 
 
 # ---------------------------------------------------------------- domains
@@ -513,6 +549,9 @@ class Mount:
             run("fusermount3", "-u", "-z", self.path, check=False)
         return self.exit_status
 
+    def close(self):
+        self.stderr_file.close()
+
     def check_clean_exit(self):
         """After unmount: exit status 0 and no sanitizer report on stderr."""
         status = self.unmount()
@@ -550,6 +589,8 @@ def mount(libvirtd, run_prefix):
             m.check_clean_exit()
         except AssertionError as e:
             errors.append(str(e))
+        finally:
+            m.close()
     if errors:
         pytest.fail("\n".join(errors))
 
