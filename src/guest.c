@@ -1,3 +1,1142 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* placeholder while being written */
+/* Views of a snapshot's or layer's guest files: mounting them in an appliance, and caching what they answer. */
+#include "guest-priv.h"
+
 #include "snapfs/error.h"
+#include "snapfs/log.h"
+
+#include <errno.h>
+#include <glib/gstdio.h>
+#include <inttypes.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Bytes fetched per appliance call: one round trip serves sixteen 128 KiB FUSE reads. */
+#define GUEST_CHUNK (2u << 20)
+/* A view that could not be set up is not tried again before this (an appliance start is costly). */
+#define GUEST_RETRY_US (10 * G_USEC_PER_SEC)
+
+/* A guest filesystem mounted for a view. */
+struct guest_mount {
+    char *mountpoint;   /* within the view: "/", "/boot", "/sda1" */
+    char *device;       /* the appliance's device */
+};
+
+/* What a view knows of one path. */
+struct guest_node {
+    struct stat st;
+    char *link;           /* symlink target, NULL if not known yet */
+    GPtrArray *xattrs;    /* struct guest_xattr *; NULL if not fetched */
+    gint64 when;
+};
+
+/* One extended attribute of a guest file. */
+struct guest_xattr {
+    char *name;
+    GBytes *value;
+};
+
+struct guest_dir {
+    GPtrArray *names;
+    gint64 when;
+};
+
+struct guest_view {
+    gint refs;
+    struct guest_pool *pool;
+    char *id;
+    char *group;
+    bool live;
+    size_t n_drives;
+    struct guest_drive *drives;
+    GPtrArray *strings;
+
+    GMutex setup_lock;             /* one thread sets the view up */
+    struct guest_appliance *app;   /* setup lock: where the view is mounted */
+    char *prefix;                  /* setup lock: where, inside the appliance */
+    GPtrArray *mounts;             /* struct guest_mount *, shortest mountpoint first */
+    bool os;                       /* inspection found an operating system */
+    gint64 failed_at;
+    int failed_errno;
+
+    GMutex lock;                   /* everything below, and error */
+    char *error;
+    GHashTable *nodes;             /* path -> struct guest_node * */
+    GHashTable *dirs;              /* path -> struct guest_dir * */
+    gint64 dropped_at;             /* a live view: when the appliance's caches were last dropped */
+};
+
+struct guest_chunk {
+    char *key;
+    char *view_id;
+    GBytes *data;
+    gint64 when;
+    GList link;
+};
+
+static void xattr_free(gpointer data)
+{
+    struct guest_xattr *x = data;
+
+    g_free(x->name);
+    g_bytes_unref(x->value);
+    g_free(x);
+}
+
+static void xattr_add(GPtrArray *xattrs, const char *name, const char *value, size_t len)
+{
+    struct guest_xattr *x = g_new0(struct guest_xattr, 1);
+
+    x->name = g_strdup(name);
+    x->value = g_bytes_new(value, len);
+    g_ptr_array_add(xattrs, x);
+}
+
+static void node_free(struct guest_node *node)
+{
+    g_free(node->link);
+    if (node->xattrs)
+        g_ptr_array_unref(node->xattrs);
+    g_free(node);
+}
+
+static void dir_free(struct guest_dir *dir)
+{
+    g_ptr_array_unref(dir->names);
+    g_free(dir);
+}
+
+static void mount_free(struct guest_mount *m)
+{
+    g_free(m->mountpoint);
+    g_free(m->device);
+    g_free(m);
+}
+
+const char *guest_view_group(struct guest_view *view)
+{
+    return view->group;
+}
+
+size_t guest_view_n_drives(struct guest_view *view)
+{
+    return view->n_drives;
+}
+
+const struct guest_drive *guest_view_drive(struct guest_view *view, size_t i)
+{
+    return &view->drives[i];
+}
+
+bool guest_view_is_live(struct guest_view *view)
+{
+    return view->live;
+}
+
+static const char *view_keep(struct guest_view *view, const char *s)
+{
+    char *copy = g_strdup(s);
+
+    if (copy)
+        g_ptr_array_add(view->strings, copy);
+    return copy;
+}
+
+struct guest_view *guest_pool_view(struct guest_pool *pool, const struct guest_view_spec *spec)
+{
+    struct guest_view *view;
+
+    g_mutex_lock(&pool->lock);
+    view = g_hash_table_lookup(pool->views, spec->id);
+    if (view) {
+        g_atomic_int_inc(&view->refs);
+        g_mutex_unlock(&pool->lock);
+        return view;
+    }
+    view = g_new0(struct guest_view, 1);
+    view->refs = 2;   /* the pool's and the caller's */
+    view->pool = pool;
+    view->id = g_strdup(spec->id);
+    view->group = g_strdup(spec->group ? spec->group : spec->id);
+    view->live = spec->live;
+    view->strings = g_ptr_array_new_with_free_func(g_free);
+    view->n_drives = spec->n_drives;
+    view->drives = g_new0(struct guest_drive, spec->n_drives ? spec->n_drives : 1);
+    for (size_t i = 0; i < spec->n_drives; i++) {
+        view->drives[i].file = view_keep(view, spec->drives[i].file);
+        view->drives[i].format = view_keep(view, spec->drives[i].format);
+        view->drives[i].internal_snapshot = view_keep(view, spec->drives[i].internal_snapshot);
+        view->drives[i].target = view_keep(view, spec->drives[i].target);
+    }
+    g_mutex_init(&view->setup_lock);
+    g_mutex_init(&view->lock);
+    view->mounts = g_ptr_array_new_with_free_func((GDestroyNotify)mount_free);
+    view->nodes = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)node_free);
+    view->dirs = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)dir_free);
+    g_hash_table_insert(pool->views, view->id, view);
+    g_mutex_unlock(&pool->lock);
+    return view;
+}
+
+void guest_view_free(struct guest_view *view)
+{
+    guest_appliance_unref(view->app);
+    g_free(view->prefix);
+    g_ptr_array_unref(view->mounts);
+    g_hash_table_unref(view->nodes);
+    g_hash_table_unref(view->dirs);
+    g_free(view->error);
+    g_free(view->drives);
+    g_ptr_array_unref(view->strings);
+    g_free(view->id);
+    g_free(view->group);
+    g_mutex_clear(&view->setup_lock);
+    g_mutex_clear(&view->lock);
+    g_free(view);
+}
+
+void guest_view_unref(struct guest_view *view)
+{
+    if (view && g_atomic_int_dec_and_test(&view->refs))
+        guest_view_free(view);
+}
+
+static void view_set_error(struct guest_view *view, const char *message)
+{
+    g_mutex_lock(&view->lock);
+    g_free(view->error);
+    view->error = g_strdup(message);
+    g_mutex_unlock(&view->lock);
+}
+
+char *guest_view_error(struct guest_view *view)
+{
+    char *error;
+
+    g_mutex_lock(&view->lock);
+    error = g_strdup(view->error);
+    g_mutex_unlock(&view->lock);
+    return error;
+}
+
+/* ---- mounting a view ---------------------------------------------------- */
+
+/* "a", "b", ... "z", "aa": the letters Linux gives the n-th disk. */
+static char *disk_letters(unsigned n)
+{
+    GString *s = g_string_new(NULL);
+
+    do {
+        g_string_prepend_c(s, (char)('a' + n % 26));
+        n = n / 26;
+    } while (n-- > 0);
+    return g_string_free(s, FALSE);
+}
+
+/* If @device lives on appliance disk @whole ("/dev/sdb" or "/dev/sdb2"), its partition suffix ("", "2"); else NULL. */
+static const char *device_suffix(const char *device, const char *whole)
+{
+    size_t n = strlen(whole);
+
+    if (strncmp(device, whole, n) != 0)
+        return NULL;
+    for (const char *p = device + n; *p; p++) {
+        if (!g_ascii_isdigit(*p))
+            return NULL;
+    }
+    return device + n;
+}
+
+/* A filesystem of the view: the appliance device, its type and the name the view gives it ("sda1"). */
+struct view_fs {
+    const char *device;
+    const char *type;
+    char *name;
+    char *uuid;
+};
+
+static void view_fs_clear(gpointer data)
+{
+    struct view_fs *fs = data;
+
+    g_free(fs->name);
+    g_free(fs->uuid);
+}
+
+/* Options that let a read-only mount of a frozen or live image succeed: no journal replay, duplicate UUIDs allowed. */
+static const char *mount_options(const char *type)
+{
+    if (strcmp(type, "ext3") == 0 || strcmp(type, "ext4") == 0)
+        return "ro,noload";
+    if (strcmp(type, "xfs") == 0)
+        return "ro,norecovery,nouuid";
+    return "ro";
+}
+
+static int view_mount_one(struct guest_appliance *app, const char *device, const char *type, const char *where)
+{
+    if (guestfs_mount_options(app->g, mount_options(type), device, where) == 0)
+        return 0;
+    return guestfs_mount_ro(app->g, device, where);
+}
+
+static gint mountpoint_cmp(gconstpointer a, gconstpointer b)
+{
+    const char *const *x = a, *const *y = b;
+
+    return (gint)strlen(x[0]) - (gint)strlen(y[0]);
+}
+
+/* Mount what inspection found, as its fstab says; false if the root would not mount. */
+static bool view_mount_os(struct guest_view *view, struct guest_appliance *app, GArray *fss, const char *root)
+{
+    g_auto(GStrv) pairs = guestfs_inspect_get_mountpoints(app->g, root);
+    g_autoptr(GArray) list = g_array_new(FALSE, FALSE, sizeof(const char *) * 2);
+
+    if (!pairs)
+        return false;
+    for (size_t i = 0; pairs[i] && pairs[i + 1]; i += 2) {
+        const char *item[2] = { pairs[i], pairs[i + 1] };
+        g_array_append_val(list, item);
+    }
+    g_array_sort(list, mountpoint_cmp);
+    for (guint i = 0; i < list->len; i++) {
+        const char **item = &g_array_index(list, const char *, i * 2);
+        const struct view_fs *found = NULL;
+        g_autofree char *where = NULL;
+        g_autofree char *uuid = NULL;
+
+        for (guint j = 0; j < fss->len && !found; j++) {
+            if (strcmp(g_array_index(fss, struct view_fs, j).device, item[1]) == 0)
+                found = &g_array_index(fss, struct view_fs, j);
+        }
+        /* fstab named a UUID another image of the appliance has too (an older layer): use the view's own. */
+        if (!found && (uuid = guestfs_vfs_uuid(app->g, item[1])) && *uuid) {
+            for (guint j = 0; j < fss->len && !found; j++) {
+                struct view_fs *fs = &g_array_index(fss, struct view_fs, j);
+
+                if (!fs->uuid)
+                    fs->uuid = guestfs_vfs_uuid(app->g, fs->device);
+                if (fs->uuid && strcmp(fs->uuid, uuid) == 0)
+                    found = fs;
+            }
+        }
+        if (!found) {
+            if (i == 0)
+                return false;
+            snapfs_warn("view '%s': %s (%s) is not on its disks: not mounted", view->id, item[0], item[1]);
+            continue;
+        }
+        where = strcmp(item[0], "/") == 0 ? g_strdup(view->prefix) : g_strconcat(view->prefix, item[0], NULL);
+        if (view_mount_one(app, found->device, found->type, where) < 0) {
+            if (i == 0)
+                return false;
+            snapfs_warn("view '%s': cannot mount %s on %s: %s", view->id, found->name, item[0], guestfs_last_error(app->g));
+            continue;
+        }
+        struct guest_mount *m = g_new0(struct guest_mount, 1);
+        m->mountpoint = g_strdup(item[0]);
+        m->device = g_strdup(found->device);
+        g_ptr_array_add(view->mounts, m);
+    }
+    return view->mounts->len > 0;
+}
+
+/* Mount @view's filesystems under a directory of its own in @app (app lock held). */
+static int view_mount(struct guest_view *view, struct guest_appliance *app)
+{
+    g_autoptr(GArray) fss = g_array_new(FALSE, TRUE, sizeof(struct view_fs));
+    g_autoptr(GString) why = g_string_new(NULL);
+    const char *root = NULL;
+
+    g_array_set_clear_func(fss, view_fs_clear);
+    g_ptr_array_set_size(view->mounts, 0);
+    g_free(view->prefix);
+    view->prefix = g_strdup_printf("/v%u", app->next_prefix++);
+    if (guestfs_mkmountpoint(app->g, view->prefix) < 0) {
+        guest_appliance_error(app, "make the mountpoint", view->prefix);
+        return -1;
+    }
+    /* The view's filesystems in the order of its own drives, named as they would be in a guest of its own. */
+    for (size_t i = 0; i < view->n_drives; i++) {
+        g_autofree char *key = guest_drive_key(&view->drives[i], view->live && !view->drives[i].internal_snapshot);
+        g_autofree char *letters = disk_letters((unsigned)i);
+        int index = guest_appliance_find_disk(app, key);
+
+        if (index < 0 || !app->devices[index]) {
+            snapfs_error_set(EIO, "image '%s' is missing from its appliance", view->drives[i].file);
+            return -1;
+        }
+        for (size_t j = 0; app->filesystems[j] && app->filesystems[j + 1]; j += 2) {
+            const char *suffix = device_suffix(app->filesystems[j], app->devices[index]);
+            struct view_fs fs = { app->filesystems[j], app->filesystems[j + 1], NULL, NULL };
+
+            if (!suffix)
+                continue;
+            fs.name = g_strdup_printf("sd%s%s", letters, suffix);
+            g_array_append_val(fss, fs);
+        }
+    }
+    if (!app->roots) {
+        app->roots = guestfs_inspect_os(app->g);
+        if (!app->roots) {
+            if (!guestfs_is_ready(app->g)) {
+                guest_appliance_error(app, "inspect", view->id);
+                return -1;
+            }
+            app->roots = g_new0(char *, 1);
+        }
+    }
+    for (guint j = 0; j < fss->len && !root; j++) {
+        const char *device = g_array_index(fss, struct view_fs, j).device;
+
+        if (g_strv_contains((const char *const *)app->roots, device))
+            root = device;
+    }
+    view->os = root && view_mount_os(view, app, fss, root);
+    if (root && !view->os) {
+        guestfs_umount(app->g, view->prefix);
+        g_ptr_array_set_size(view->mounts, 0);
+    }
+    if (!view->os) {
+        for (guint j = 0; j < fss->len; j++) {
+            struct view_fs *fs = &g_array_index(fss, struct view_fs, j);
+            g_autofree char *where = g_strdup_printf("%s/%s", view->prefix, fs->name);
+
+            if (strcmp(fs->type, "swap") == 0 || strcmp(fs->type, "unknown") == 0)
+                continue;
+            if (guestfs_mkmountpoint(app->g, where) < 0 || view_mount_one(app, fs->device, fs->type, where) < 0) {
+                g_string_append_printf(why, "%s%s (%s): %s", why->len ? "; " : "", fs->name, fs->type,
+                                       guestfs_last_error(app->g));
+                guestfs_rmmountpoint(app->g, where);
+                if (!guestfs_is_ready(app->g)) {
+                    guest_appliance_error(app, "mount", fs->name);
+                    return -1;
+                }
+                continue;
+            }
+            struct guest_mount *m = g_new0(struct guest_mount, 1);
+            m->mountpoint = g_strconcat("/", fs->name, NULL);
+            m->device = g_strdup(fs->device);
+            g_ptr_array_add(view->mounts, m);
+        }
+    }
+    if (view->mounts->len == 0) {
+        g_autoptr(GString) files = g_string_new(NULL);
+
+        for (size_t i = 0; i < view->n_drives; i++)
+            g_string_append_printf(files, "%s'%s'", i ? ", " : "", view->drives[i].file);
+        if (why->len)
+            g_string_prepend(why, ": ");
+        g_string_prepend(why, "no filesystem that libguestfs can mount");
+        g_string_append_printf(why, " (on %s)", files->str);
+        view_set_error(view, why->str);
+        snapfs_info("view '%s': %s", view->id, why->str);
+    } else {
+        view_set_error(view, NULL);
+        snapfs_debug("view '%s' mounted at %s in appliance %u (%s, %u filesystems)", view->id, view->prefix,
+                     app->serial, view->os ? "inspected" : "by device", view->mounts->len);
+    }
+    return 0;
+}
+
+/*
+ * The appliance serving @view, locked, with a reference for the caller;
+ * started and the view mounted in it if needed.  NULL with the reason.
+ */
+static struct guest_appliance *view_enter(struct guest_view *view)
+{
+    struct guest_appliance *app = NULL;
+
+    g_mutex_lock(&view->setup_lock);
+    for (int attempt = 0; attempt < 2; attempt++) {
+        app = view->app;
+        if (app && !g_atomic_int_get(&app->dead) && !g_atomic_int_get(&app->retire)) {
+            g_mutex_lock(&app->lock);
+            if (!g_atomic_int_get(&app->dead) && app->g)
+                break;
+            g_mutex_unlock(&app->lock);
+        }
+        /* The appliance stopped (idle, evicted, killed): the view moves to another one. */
+        guest_appliance_unref(g_steal_pointer(&view->app));
+        app = NULL;
+        if (view->failed_errno && g_get_monotonic_time() - view->failed_at < GUEST_RETRY_US) {
+            g_autofree char *error = guest_view_error(view);
+
+            snapfs_error_set(view->failed_errno, "%s", error ? error : "the view could not be read");
+            break;
+        }
+        for (size_t i = 0; i < view->n_drives; i++) {
+            if (g_access(view->drives[i].file, R_OK) != 0) {
+                snapfs_error_set(EIO, "cannot read image '%s' of disk '%s': %s", view->drives[i].file,
+                                 view->drives[i].target ? view->drives[i].target : "?", g_strerror(errno));
+                goto failed;
+            }
+        }
+        app = guest_pool_appliance_for(view->pool, view);
+        g_mutex_lock(&app->lock);
+        if ((!app->launched && guest_appliance_launch(view->pool, app) < 0) || !app->g || view_mount(view, app) < 0) {
+            /* An appliance that died under a running view is no reason to wait before the next try. */
+            bool died = app->launched && g_atomic_int_get(&app->dead);
+
+            g_mutex_unlock(&app->lock);
+            guest_appliance_unref(g_steal_pointer(&app));
+            if (died)
+                break;
+            goto failed;
+        }
+        view->app = app;
+        g_atomic_int_inc(&app->refs);
+        view->failed_errno = 0;
+        break;
+
+failed:
+        view->failed_errno = snapfs_error_errno();
+        view->failed_at = g_get_monotonic_time();
+        view_set_error(view, snapfs_error_message());
+        break;
+    }
+    if (app) {
+        g_atomic_int_inc(&app->refs);
+        guest_appliance_busy(view->pool, app);
+    }
+    g_mutex_unlock(&view->setup_lock);
+    return app;
+}
+
+static void view_leave(struct guest_view *view, struct guest_appliance *app)
+{
+    guest_appliance_idle(app);
+    g_mutex_unlock(&app->lock);
+    guest_appliance_unref(app);
+}
+
+/* The appliance's path of view path @path. */
+static char *view_path(struct guest_view *view, const char *path)
+{
+    return strcmp(path, "/") == 0 ? g_strdup(view->prefix) : g_strconcat(view->prefix, path, NULL);
+}
+
+/* ---- caches ----------------------------------------------------------------- */
+
+static bool view_fresh(struct guest_view *view, gint64 when)
+{
+    return !view->live || g_get_monotonic_time() - when < (gint64)view->pool->config.live_ttl_ms * 1000;
+}
+
+/* The index of the guest filesystem holding @path: st_dev that does not change when an appliance does. */
+static dev_t view_dev(struct guest_view *view, const char *path)
+{
+    dev_t best = 0;
+    size_t best_len = 0;
+
+    g_mutex_lock(&view->setup_lock);
+    for (guint i = 0; i < view->mounts->len; i++) {
+        struct guest_mount *m = g_ptr_array_index(view->mounts, i);
+        size_t n = strlen(m->mountpoint);
+        bool under = strcmp(m->mountpoint, "/") == 0 ||
+                     (strncmp(path, m->mountpoint, n) == 0 && (path[n] == '\0' || path[n] == '/'));
+
+        if (under && n >= best_len) {
+            best = i + 1;
+            best_len = n;
+        }
+    }
+    g_mutex_unlock(&view->setup_lock);
+    return best;
+}
+
+static void stat_from_guest(struct stat *st, const struct guestfs_statns *ns, dev_t dev)
+{
+    memset(st, 0, sizeof(*st));
+    st->st_dev = dev;
+    st->st_ino = (ino_t)ns->st_ino;
+    st->st_mode = (mode_t)ns->st_mode;
+    st->st_nlink = (nlink_t)ns->st_nlink;
+    st->st_uid = (uid_t)ns->st_uid;
+    st->st_gid = (gid_t)ns->st_gid;
+    st->st_rdev = (dev_t)ns->st_rdev;
+    st->st_size = (off_t)ns->st_size;
+    st->st_blksize = (blksize_t)ns->st_blksize;
+    st->st_blocks = (blkcnt_t)ns->st_blocks;
+    st->st_atim.tv_sec = (time_t)ns->st_atime_sec;
+    st->st_atim.tv_nsec = (long)ns->st_atime_nsec;
+    st->st_mtim.tv_sec = (time_t)ns->st_mtime_sec;
+    st->st_mtim.tv_nsec = (long)ns->st_mtime_nsec;
+    st->st_ctim.tv_sec = (time_t)ns->st_ctime_sec;
+    st->st_ctim.tv_nsec = (long)ns->st_ctime_nsec;
+}
+
+/* lxattrlist's flat answer: per name a count entry ("" = "N"), then N attributes. */
+static GPtrArray **xattrs_split(const struct guestfs_xattr_list *list, size_t n_names)
+{
+    GPtrArray **out = g_new0(GPtrArray *, n_names);
+    size_t k = 0;
+
+    for (size_t i = 0; i < n_names && k < list->len; i++) {
+        unsigned count = 0;
+
+        if (list->val[k].attrname[0] == '\0') {
+            g_autofree char *n = g_strndup(list->val[k].attrval, list->val[k].attrval_len);
+            count = (unsigned)g_ascii_strtoull(n, NULL, 10);
+            k++;
+        }
+        out[i] = g_ptr_array_new_with_free_func(xattr_free);
+        for (unsigned c = 0; c < count && k < list->len; c++, k++)
+            xattr_add(out[i], list->val[k].attrname, list->val[k].attrval, list->val[k].attrval_len);
+    }
+    return out;
+}
+
+static GPtrArray *xattrs_from_list(const struct guestfs_xattr_list *xl)
+{
+    GPtrArray *xattrs = g_ptr_array_new_with_free_func(xattr_free);
+
+    for (size_t i = 0; i < xl->len; i++)
+        xattr_add(xattrs, xl->val[i].attrname, xl->val[i].attrval, xl->val[i].attrval_len);
+    return xattrs;
+}
+
+static void node_put(struct guest_view *view, const char *path, const struct stat *st, char *link, GPtrArray *xattrs)
+{
+    struct guest_node *node = g_new0(struct guest_node, 1);
+
+    node->st = *st;
+    node->link = link;
+    node->xattrs = xattrs;
+    node->when = g_get_monotonic_time();
+    g_hash_table_replace(view->nodes, g_strdup(path), node);
+}
+
+/* Fetch the root of the view: one lstatns and its xattrs. */
+static int view_load_root(struct guest_view *view)
+{
+    struct guest_appliance *app = view_enter(view);
+    struct guestfs_statns *ns;
+    struct guestfs_xattr_list *xl;
+    g_autofree char *apath = NULL;
+    GPtrArray *xattrs = NULL;
+    struct stat st;
+
+    if (!app)
+        return -1;
+    apath = view_path(view, "/");
+    ns = guestfs_lstatns(app->g, apath);
+    if (!ns) {
+        guest_appliance_error(app, "stat", "/");
+        view_leave(view, app);
+        return -1;
+    }
+    xl = guestfs_lgetxattrs(app->g, apath);
+    if (xl)
+        xattrs = xattrs_from_list(xl);
+    guestfs_free_xattr_list(xl);
+    view_leave(view, app);
+    stat_from_guest(&st, ns, view_dev(view, "/"));
+    if (!view->os && st.st_mode & S_IWUSR)
+        st.st_mode &= ~(mode_t)0222;   /* the appliance's own directory: show it as the read-only folder it is */
+    guestfs_free_statns(ns);
+    g_mutex_lock(&view->lock);
+    node_put(view, "/", &st, NULL, xattrs);
+    g_mutex_unlock(&view->lock);
+    return 0;
+}
+
+/* One directory in four round trips, whatever its size: names, stats, symlink targets, xattrs. */
+static int view_load_dir(struct guest_view *view, const char *path)
+{
+    struct guest_appliance *app = view_enter(view);
+    g_autofree char *apath = NULL;
+    g_auto(GStrv) names = NULL;
+    g_auto(GStrv) links = NULL;
+    struct guestfs_statns_list *stats = NULL;
+    struct guestfs_xattr_list *xl = NULL;
+    GPtrArray **xattrs = NULL;
+    struct guest_dir *dir;
+    g_autofree dev_t *devs = NULL;
+    size_t n;
+    bool any_link = false;
+
+    if (!app)
+        return -1;
+    apath = view_path(view, path);
+    names = guestfs_ls(app->g, apath);
+    if (!names) {
+        guest_appliance_error(app, "list", path);
+        view_leave(view, app);
+        return -1;
+    }
+    n = g_strv_length(names);
+    if (n > 0) {
+        stats = guestfs_lstatnslist(app->g, apath, names);
+        if (!stats) {
+            guest_appliance_error(app, "stat the entries of", path);
+            view_leave(view, app);
+            return -1;
+        }
+        for (size_t i = 0; i < stats->len; i++)
+            any_link |= S_ISLNK(stats->val[i].st_mode);
+        if (any_link)
+            links = guestfs_readlinklist(app->g, apath, names);
+        xl = guestfs_lxattrlist(app->g, apath, names);
+    }
+    view_leave(view, app);
+
+    /* An entry may be a mount point (/boot): st_dev per entry, found before view->lock is taken. */
+    devs = g_new0(dev_t, n + 1);
+    for (size_t i = 0; i < n; i++) {
+        g_autofree char *child = strcmp(path, "/") == 0 ? g_strconcat("/", names[i], NULL)
+                                                        : g_strconcat(path, "/", names[i], NULL);
+        devs[i] = view_dev(view, child);
+    }
+    if (xl)
+        xattrs = xattrs_split(xl, n);
+    guestfs_free_xattr_list(xl);
+    dir = g_new0(struct guest_dir, 1);
+    dir->names = g_ptr_array_new_with_free_func(g_free);
+    dir->when = g_get_monotonic_time();
+    g_mutex_lock(&view->lock);
+    for (size_t i = 0; i < n; i++) {
+        g_autofree char *child = strcmp(path, "/") == 0 ? g_strconcat("/", names[i], NULL)
+                                                        : g_strconcat(path, "/", names[i], NULL);
+        struct stat st;
+        char *link = NULL;
+
+        if (i >= stats->len || stats->val[i].st_ino == -1)
+            continue;   /* vanished between ls and lstat (a live view) */
+        stat_from_guest(&st, &stats->val[i], devs[i]);
+        if (S_ISLNK(st.st_mode) && links && links[i] && links[i][0])
+            link = g_strdup(links[i]);
+        node_put(view, child, &st, link, xattrs ? g_steal_pointer(&xattrs[i]) : NULL);
+        g_ptr_array_add(dir->names, g_strdup(names[i]));
+    }
+    g_hash_table_replace(view->dirs, g_strdup(path), dir);
+    g_mutex_unlock(&view->lock);
+    for (size_t i = 0; xattrs && i < n; i++) {
+        if (xattrs[i])
+            g_ptr_array_unref(xattrs[i]);
+    }
+    g_free(xattrs);
+    guestfs_free_statns_list(stats);
+    return 0;
+}
+
+/* A live view whose answers expired: make the appliance forget what its kernel cached too. */
+static void view_refresh(struct guest_view *view)
+{
+    struct guest_appliance *app;
+
+    if (!view->live)
+        return;
+    g_mutex_lock(&view->lock);
+    if (g_get_monotonic_time() - view->dropped_at < (gint64)view->pool->config.live_ttl_ms * 1000) {
+        g_mutex_unlock(&view->lock);
+        return;
+    }
+    view->dropped_at = g_get_monotonic_time();
+    g_mutex_unlock(&view->lock);
+    app = view_enter(view);
+    if (app) {
+        guestfs_drop_caches(app->g, 3);
+        view_leave(view, app);
+    }
+}
+
+static bool path_valid(const char *path)
+{
+    if (!path || path[0] != '/') {
+        snapfs_error_set(EINVAL, "'%s' is not an absolute path", path ? path : "(null)");
+        return false;
+    }
+    return true;
+}
+
+/* Copy what the view knows of @path into @out (st, link, xattrs as asked); 1 if known, 0 if not, -1 ENOENT. */
+static int view_lookup(struct guest_view *view, const char *path, struct stat *st, char **link, GPtrArray **xattrs)
+{
+    struct guest_node *node;
+    int ret = 0;
+
+    g_mutex_lock(&view->lock);
+    node = g_hash_table_lookup(view->nodes, path);
+    if (node && view_fresh(view, node->when)) {
+        if (st)
+            *st = node->st;
+        if (link)
+            *link = g_strdup(node->link);
+        if (xattrs)
+            *xattrs = node->xattrs ? g_ptr_array_ref(node->xattrs) : NULL;
+        ret = 1;
+    } else if (strcmp(path, "/") != 0) {
+        g_autofree char *parent = g_path_get_dirname(path);
+        struct guest_dir *dir = g_hash_table_lookup(view->dirs, parent);
+
+        /* The parent was listed in full and this name was not in it. */
+        if (dir && view_fresh(view, dir->when)) {
+            snapfs_error_set(ENOENT, "no '%s' in the guest", path);
+            ret = -1;
+        }
+    }
+    g_mutex_unlock(&view->lock);
+    return ret;
+}
+
+/* Make sure the view knows @path: from the cache, or by listing its parent. */
+static int view_resolve(struct guest_view *view, const char *path, struct stat *st, char **link, GPtrArray **xattrs)
+{
+    g_autofree char *parent = NULL;
+    int r;
+
+    if (!path_valid(path))
+        return -1;
+    r = view_lookup(view, path, st, link, xattrs);
+    if (r != 0)
+        return r < 0 ? -1 : 0;
+    view_refresh(view);
+    if (strcmp(path, "/") == 0) {
+        if (view_load_root(view) < 0)
+            return -1;
+    } else {
+        struct stat pst;
+
+        parent = g_path_get_dirname(path);
+        /* The parent must be a directory that exists: resolve it first (each level is cached). */
+        if (view_resolve(view, parent, &pst, NULL, NULL) < 0)
+            return -1;
+        if (!S_ISDIR(pst.st_mode)) {
+            snapfs_error_set(ENOTDIR, "'%s' is not a directory in the guest", parent);
+            return -1;
+        }
+        if (view_load_dir(view, parent) < 0)
+            return -1;
+    }
+    r = view_lookup(view, path, st, link, xattrs);
+    if (r == 0) {
+        snapfs_error_set(ENOENT, "no '%s' in the guest", path);
+        return -1;
+    }
+    return r < 0 ? -1 : 0;
+}
+
+int guest_view_getattr(struct guest_view *view, const char *path, struct stat *st)
+{
+    return view_resolve(view, path, st, NULL, NULL);
+}
+
+int guest_view_readdir(struct guest_view *view, const char *path, guest_dirent_fn fn, void *opaque)
+{
+    g_autoptr(GPtrArray) names = NULL;
+    g_autoptr(GArray) stats = g_array_new(FALSE, FALSE, sizeof(struct stat));
+    struct guest_dir *dir;
+    struct stat st;
+
+    if (view_resolve(view, path, &st, NULL, NULL) < 0)
+        return -1;
+    if (!S_ISDIR(st.st_mode)) {
+        snapfs_error_set(ENOTDIR, "'%s' is not a directory in the guest", path);
+        return -1;
+    }
+    for (int attempt = 0; attempt < 2 && !names; attempt++) {
+        g_mutex_lock(&view->lock);
+        dir = g_hash_table_lookup(view->dirs, path);
+        if (dir && view_fresh(view, dir->when)) {
+            names = g_ptr_array_new_with_free_func(g_free);
+            for (guint i = 0; i < dir->names->len; i++) {
+                const char *name = g_ptr_array_index(dir->names, i);
+                g_autofree char *child = strcmp(path, "/") == 0 ? g_strconcat("/", name, NULL)
+                                                                : g_strconcat(path, "/", name, NULL);
+                struct guest_node *node = g_hash_table_lookup(view->nodes, child);
+
+                if (!node)
+                    continue;
+                g_ptr_array_add(names, g_strdup(name));
+                g_array_append_val(stats, node->st);
+            }
+        }
+        g_mutex_unlock(&view->lock);
+        if (!names && view_load_dir(view, path) < 0)
+            return -1;
+    }
+    if (!names) {
+        snapfs_error_set(EIO, "the listing of '%s' did not stay cached", path);
+        return -1;
+    }
+    for (guint i = 0; i < names->len; i++) {
+        if (fn(opaque, g_ptr_array_index(names, i), &g_array_index(stats, struct stat, i)) != 0)
+            break;
+    }
+    return 0;
+}
+
+int guest_view_readlink(struct guest_view *view, const char *path, char **target)
+{
+    struct guest_appliance *app;
+    g_autofree char *apath = NULL;
+    struct stat st;
+    char *link = NULL;
+
+    if (view_resolve(view, path, &st, &link, NULL) < 0)
+        return -1;
+    if (!S_ISLNK(st.st_mode)) {
+        snapfs_error_set(EINVAL, "'%s' is not a symbolic link in the guest", path);
+        return -1;
+    }
+    if (link) {
+        *target = link;
+        return 0;
+    }
+    /* readlinklist answers "" where it failed: ask for this one alone. */
+    app = view_enter(view);
+    if (!app)
+        return -1;
+    apath = view_path(view, path);
+    link = guestfs_readlink(app->g, apath);
+    if (!link)
+        guest_appliance_error(app, "read the link", path);
+    view_leave(view, app);
+    if (!link)
+        return -1;
+    *target = link;
+    return 0;
+}
+
+/* ---- file data ---------------------------------------------------------------- */
+
+static void chunk_free(struct guest_chunk *chunk)
+{
+    g_free(chunk->key);
+    g_free(chunk->view_id);
+    g_bytes_unref(chunk->data);
+    g_free(chunk);
+}
+
+void guest_data_forget(struct guest_pool *pool, const char *id)
+{
+    g_mutex_lock(&pool->data_lock);
+    for (GList *l = pool->lru.head; l;) {
+        struct guest_chunk *chunk = l->data;
+
+        l = l->next;
+        if (id && strcmp(chunk->view_id, id) != 0)
+            continue;
+        g_queue_unlink(&pool->lru, &chunk->link);
+        g_hash_table_remove(pool->chunks, chunk->key);
+        pool->data_bytes -= g_bytes_get_size(chunk->data);
+        chunk_free(chunk);
+    }
+    g_mutex_unlock(&pool->data_lock);
+}
+
+static GBytes *data_get(struct guest_view *view, const char *key)
+{
+    struct guest_pool *pool = view->pool;
+    struct guest_chunk *chunk;
+    GBytes *data = NULL;
+
+    g_mutex_lock(&pool->data_lock);
+    chunk = g_hash_table_lookup(pool->chunks, key);
+    if (chunk && view_fresh(view, chunk->when)) {
+        g_queue_unlink(&pool->lru, &chunk->link);
+        g_queue_push_tail_link(&pool->lru, &chunk->link);
+        data = g_bytes_ref(chunk->data);
+    }
+    g_mutex_unlock(&pool->data_lock);
+    return data;
+}
+
+static void data_put(struct guest_view *view, const char *key, GBytes *data)
+{
+    struct guest_pool *pool = view->pool;
+    struct guest_chunk *chunk = g_new0(struct guest_chunk, 1), *old;
+
+    chunk->key = g_strdup(key);
+    chunk->view_id = g_strdup(view->id);
+    chunk->data = g_bytes_ref(data);
+    chunk->when = g_get_monotonic_time();
+    chunk->link.data = chunk;
+    g_mutex_lock(&pool->data_lock);
+    old = g_hash_table_lookup(pool->chunks, key);
+    if (old) {
+        g_queue_unlink(&pool->lru, &old->link);
+        g_hash_table_remove(pool->chunks, key);
+        pool->data_bytes -= g_bytes_get_size(old->data);
+        chunk_free(old);
+    }
+    g_hash_table_insert(pool->chunks, chunk->key, chunk);
+    g_queue_push_tail_link(&pool->lru, &chunk->link);
+    pool->data_bytes += g_bytes_get_size(data);
+    while (pool->data_bytes > pool->data_cap && pool->lru.head) {
+        struct guest_chunk *oldest = pool->lru.head->data;
+
+        g_queue_unlink(&pool->lru, &oldest->link);
+        g_hash_table_remove(pool->chunks, oldest->key);
+        pool->data_bytes -= g_bytes_get_size(oldest->data);
+        chunk_free(oldest);
+    }
+    g_mutex_unlock(&pool->data_lock);
+}
+
+/* Chunk @index of @path, from the cache or one pread of GUEST_CHUNK bytes. */
+static GBytes *view_chunk(struct guest_view *view, const char *path, uint64_t index)
+{
+    g_autofree char *key = g_strdup_printf("%s\n%s\n%" PRIu64, view->id, path, index);
+    struct guest_appliance *app;
+    g_autofree char *apath = NULL;
+    char *bytes;
+    size_t got = 0;
+    GBytes *data = data_get(view, key);
+
+    if (data)
+        return data;
+    app = view_enter(view);
+    if (!app)
+        return NULL;
+    apath = view_path(view, path);
+    bytes = guestfs_pread(app->g, apath, GUEST_CHUNK, (int64_t)(index * GUEST_CHUNK), &got);
+    if (!bytes)
+        guest_appliance_error(app, "read", path);
+    view_leave(view, app);
+    if (!bytes)
+        return NULL;
+    data = g_bytes_new_take(bytes, got);
+    data_put(view, key, data);
+    return data;
+}
+
+ssize_t guest_view_read(struct guest_view *view, const char *path, char *buf, size_t size, off_t offset)
+{
+    struct stat st;
+    size_t done = 0;
+
+    if (view_resolve(view, path, &st, NULL, NULL) < 0)
+        return -1;
+    if (S_ISDIR(st.st_mode)) {
+        snapfs_error_set(EISDIR, "'%s' is a directory in the guest", path);
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        snapfs_error_set(EINVAL, "'%s' is not a regular file in the guest", path);
+        return -1;
+    }
+    if (offset < 0) {
+        snapfs_error_set(EINVAL, "negative offset reading '%s'", path);
+        return -1;
+    }
+    if (offset >= st.st_size)
+        return 0;
+    size = MIN(size, (size_t)(st.st_size - offset));
+    while (done < size) {
+        uint64_t pos = (uint64_t)offset + done;
+        uint64_t index = pos / GUEST_CHUNK;
+        size_t within = (size_t)(pos % GUEST_CHUNK), have, n;
+        g_autoptr(GBytes) data = view_chunk(view, path, index);
+        const char *bytes;
+
+        if (!data)
+            return done > 0 ? (ssize_t)done : -1;
+        bytes = g_bytes_get_data(data, &have);
+        if (within >= have)
+            break;   /* the file is shorter than its stat said (a live view) */
+        n = MIN(have - within, size - done);
+        memcpy(buf + done, bytes + within, n);
+        done += n;
+        if (have < GUEST_CHUNK && within + n >= have)
+            break;
+    }
+    return (ssize_t)done;
+}
+
+/* ---- xattrs --------------------------------------------------------------- */
+
+/* The guest's xattrs of @path, fetched alone when its directory's batch did not bring them. */
+static GPtrArray *view_xattrs(struct guest_view *view, const char *path)
+{
+    struct guest_appliance *app;
+    struct guestfs_xattr_list *xl;
+    g_autofree char *apath = NULL;
+    GPtrArray *xattrs = NULL;
+
+    if (view_resolve(view, path, NULL, NULL, &xattrs) < 0)
+        return NULL;
+    if (xattrs)
+        return xattrs;
+    app = view_enter(view);
+    if (!app)
+        return NULL;
+    apath = view_path(view, path);
+    xl = guestfs_lgetxattrs(app->g, apath);
+    if (!xl)
+        guest_appliance_error(app, "list the attributes of", path);
+    view_leave(view, app);
+    if (!xl)
+        return NULL;
+    xattrs = xattrs_from_list(xl);
+    guestfs_free_xattr_list(xl);
+    g_mutex_lock(&view->lock);
+    {
+        struct guest_node *node = g_hash_table_lookup(view->nodes, path);
+
+        if (node && !node->xattrs)
+            node->xattrs = g_ptr_array_ref(xattrs);
+    }
+    g_mutex_unlock(&view->lock);
+    return xattrs;
+}
+
+static ssize_t copy_out(const void *value, size_t len, char *buf, size_t size)
+{
+    if (size == 0)
+        return (ssize_t)len;
+    if (size < len) {
+        snapfs_error_set(ERANGE, "the buffer is too small for the attribute");
+        return -1;
+    }
+    memcpy(buf, value, len);
+    return (ssize_t)len;
+}
+
+ssize_t guest_view_getxattr(struct guest_view *view, const char *path, const char *name, char *buf, size_t size)
+{
+    g_autoptr(GPtrArray) xattrs = view_xattrs(view, path);
+
+    if (!xattrs)
+        return -1;
+    for (guint i = 0; i < xattrs->len; i++) {
+        struct guest_xattr *x = g_ptr_array_index(xattrs, i);
+
+        if (strcmp(x->name, name) == 0) {
+            gsize len;
+            const void *value = g_bytes_get_data(x->value, &len);
+
+            return copy_out(value, len, buf, size);
+        }
+    }
+    snapfs_error_set(ENODATA, "'%s' has no attribute '%s' in the guest", path, name);
+    return -1;
+}
+
+ssize_t guest_view_listxattr(struct guest_view *view, const char *path, char *buf, size_t size)
+{
+    g_autoptr(GPtrArray) xattrs = view_xattrs(view, path);
+    g_autoptr(GString) names = g_string_new(NULL);
+
+    if (!xattrs)
+        return -1;
+    for (guint i = 0; i < xattrs->len; i++) {
+        struct guest_xattr *x = g_ptr_array_index(xattrs, i);
+
+        g_string_append_len(names, x->name, (gssize)strlen(x->name) + 1);
+    }
+    return copy_out(names->str, names->len, buf, size);
+}
+
+pid_t guest_view_qemu_pid(struct guest_view *view)
+{
+    pid_t pid = 0;
+
+    g_mutex_lock(&view->setup_lock);
+    if (view->app && !g_atomic_int_get(&view->app->dead))
+        pid = view->app->qemu_pid;
+    g_mutex_unlock(&view->setup_lock);
+    return pid;
+}

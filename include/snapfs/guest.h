@@ -39,6 +39,9 @@ void guest_pool_free(struct guest_pool *pool);
 /*
  * The view for @spec, created on first use (no appliance is started here).
  * The same id returns the same view.  The caller owns one reference.
+ * Every view the pool knows of a group is added to the group's next
+ * appliance, so calling this for all of a domain's snapshots before their
+ * content is read lets one appliance serve them all.
  */
 struct guest_view *guest_pool_view(struct guest_pool *pool, const struct guest_view_spec *spec);
 void guest_view_unref(struct guest_view *view);
@@ -46,6 +49,8 @@ void guest_view_unref(struct guest_view *view);
 /*
  * Paths are absolute within the view ("/" is its root).  Each returns -1
  * after snapfs_error_set() on failure (ENOENT, EIO, ...).
+ * st_dev is the index of the guest filesystem within the view (stable),
+ * st_ino the guest's inode number: together unique within a view.
  */
 int guest_view_getattr(struct guest_view *view, const char *path, struct stat *st);
 
@@ -59,8 +64,21 @@ ssize_t guest_view_read(struct guest_view *view, const char *path, char *buf, si
 ssize_t guest_view_getxattr(struct guest_view *view, const char *path, const char *name, char *buf, size_t size);
 ssize_t guest_view_listxattr(struct guest_view *view, const char *path, char *buf, size_t size);
 
-/* Why the view's root shows nothing (no filesystem found, image unreadable), or NULL. Caller frees. */
+/*
+ * Why the view's root shows nothing (no filesystem found, image unreadable),
+ * or NULL.  Never starts an appliance: NULL until the view's content was
+ * first read.  Caller frees.
+ */
 char *guest_view_error(struct guest_view *view);
 
 /* A chain changed: drop every view and appliance that reads @file (content caches of unchanged files may stay). */
 void guest_pool_forget_file(struct guest_pool *pool, const char *file);
+
+/* Counters for tests, benchmarks and --check. */
+struct guest_pool_stats {
+    unsigned launches;        /* appliances started since the pool was made */
+    unsigned running;         /* appliances running now */
+    unsigned calls;           /* calls made into appliances */
+    size_t data_cached;       /* bytes of file data held */
+};
+void guest_pool_get_stats(struct guest_pool *pool, struct guest_pool_stats *stats);

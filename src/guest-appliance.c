@@ -1,0 +1,601 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* The pool of libguestfs appliances: which appliance serves a view, starting, idle timeout, watchdog, qemu-nbd. */
+#include "guest-priv.h"
+
+#include "snapfs/chain.h"
+#include "snapfs/error.h"
+#include "snapfs/log.h"
+
+#include <errno.h>
+#include <gio/gio.h>
+#include <glib/gstdio.h>
+#include <signal.h>
+#include <string.h>
+#include <unistd.h>
+
+/* A call that takes longer than this is a hung appliance (a hostile filesystem, a stuck qemu). */
+#define GUEST_CALL_TIMEOUT_US (120 * G_USEC_PER_SEC)
+/* Beyond this many disks an appliance takes only the disks a view needs, not its neighbours'. */
+#define GUEST_MAX_SHARED_DISKS 48
+#define GUEST_APPLIANCE_MEMSIZE 768
+
+struct guest_disk_ext {
+    struct guest_disk disk;
+    GSubprocess *nbd;
+    char **chain;     /* every file qemu opens for this disk (the disk and its backing files) */
+};
+
+char *guest_drive_key(const struct guest_drive *drive, bool live)
+{
+    return g_strdup_printf("%s\n%s\n%s\n%d", drive->file, drive->format ? drive->format : "",
+                           drive->internal_snapshot ? drive->internal_snapshot : "", live);
+}
+
+static void disk_free(struct guest_disk_ext *ext)
+{
+    if (ext->nbd) {
+        g_subprocess_send_signal(ext->nbd, SIGTERM);
+        g_subprocess_wait(ext->nbd, NULL, NULL);
+        g_object_unref(ext->nbd);
+    }
+    g_free(ext->disk.key);
+    g_free(ext->disk.file);
+    g_free(ext->disk.format);
+    g_free(ext->disk.internal);
+    g_free(ext->disk.socket);
+    g_strfreev(ext->chain);
+    g_free(ext);
+}
+
+int guest_appliance_find_disk(struct guest_appliance *app, const char *key)
+{
+    for (guint i = 0; i < app->disks->len; i++) {
+        struct guest_disk *disk = g_ptr_array_index(app->disks, i);
+
+        if (strcmp(disk->key, key) == 0)
+            return (int)i;
+    }
+    return -1;
+}
+
+/* Add one image unless it is there already; @drive's own layers below come too, so that views of older snapshots find them. */
+static void appliance_add_drive(struct guest_appliance *app, const struct guest_drive *drive, bool live, bool with_chain)
+{
+    g_autofree char *key = guest_drive_key(drive, live);
+    g_autoptr(GPtrArray) chain = NULL;
+    g_autoptr(GPtrArray) files = g_ptr_array_new();
+    struct guest_disk_ext *ext;
+
+    if (guest_appliance_find_disk(app, key) >= 0)
+        return;
+    chain = snapfs_chain_read(drive->file, drive->format);
+    ext = g_new0(struct guest_disk_ext, 1);
+    ext->disk.key = g_steal_pointer(&key);
+    ext->disk.file = g_strdup(drive->file);
+    ext->disk.format = g_strdup(drive->format ? drive->format : "raw");
+    ext->disk.internal = g_strdup(drive->internal_snapshot);
+    ext->disk.force_share = live;
+    for (guint i = 0; chain && i < chain->len; i++)
+        g_ptr_array_add(files, g_strdup(((struct snapfs_layer *)g_ptr_array_index(chain, i))->file));
+    if (!chain)
+        g_ptr_array_add(files, g_strdup(drive->file));
+    g_ptr_array_add(files, NULL);
+    ext->chain = (char **)g_ptr_array_free(g_steal_pointer(&files), FALSE);
+    g_ptr_array_add(app->disks, ext);
+
+    /* Each backing layer as a drive of its own: it is the content of an older snapshot or layer. */
+    if (!with_chain || !chain || app->disks->len >= GUEST_MAX_SHARED_DISKS)
+        return;
+    for (guint i = 0; i + 1 < chain->len; i++) {
+        struct snapfs_layer *layer = g_ptr_array_index(chain, i);
+        struct guest_drive below = { .file = layer->file, .format = layer->format, .target = drive->target };
+
+        if (strcmp(layer->format, "unknown") == 0 || g_access(layer->file, R_OK) != 0)
+            continue;
+        appliance_add_drive(app, &below, false, false);
+    }
+}
+
+static void appliance_add_view(struct guest_appliance *app, struct guest_view *view, bool neighbours)
+{
+    for (size_t i = 0; i < guest_view_n_drives(view); i++) {
+        const struct guest_drive *drive = guest_view_drive(view, i);
+
+        if (neighbours && g_access(drive->file, R_OK) != 0)
+            continue;
+        appliance_add_drive(app, drive, guest_view_is_live(view) && !drive->internal_snapshot,
+                            app->disks->len < GUEST_MAX_SHARED_DISKS);
+    }
+}
+
+static bool appliance_has_view(struct guest_appliance *app, struct guest_view *view)
+{
+    for (size_t i = 0; i < guest_view_n_drives(view); i++) {
+        const struct guest_drive *drive = guest_view_drive(view, i);
+        g_autofree char *key = guest_drive_key(drive, guest_view_is_live(view) && !drive->internal_snapshot);
+
+        if (guest_appliance_find_disk(app, key) < 0)
+            return false;
+    }
+    return true;
+}
+
+void guest_appliance_unref(struct guest_appliance *app)
+{
+    if (!app || !g_atomic_int_dec_and_test(&app->refs))
+        return;
+    if (app->g)
+        guestfs_close(app->g);
+    g_ptr_array_unref(app->disks);
+    g_strfreev(app->devices);
+    g_strfreev(app->filesystems);
+    g_strfreev(app->roots);
+    if (app->tmpdir) {
+        g_autoptr(GDir) dir = g_dir_open(app->tmpdir, 0, NULL);
+        const char *name;
+
+        while (dir && (name = g_dir_read_name(dir))) {
+            g_autofree char *path = g_build_filename(app->tmpdir, name, NULL);
+            g_unlink(path);
+        }
+        g_rmdir(app->tmpdir);
+    }
+    g_free(app->tmpdir);
+    g_free(app->group);
+    g_mutex_clear(&app->lock);
+    g_free(app);
+}
+
+/* Stop @app's qemu and its qemu-nbd servers.  Called with app->lock held (or the app unreachable). */
+static void appliance_close(struct guest_appliance *app)
+{
+    g_atomic_int_set(&app->dead, 1);
+    if (app->g) {
+        snapfs_debug("closing appliance %u of '%s'", app->serial, app->group);
+        guestfs_close(app->g);
+        app->g = NULL;
+    }
+    /* qemu-nbd servers go with their disks' memory, after qemu has let go of them. */
+    g_ptr_array_set_size(app->disks, 0);
+}
+
+static struct guest_appliance *appliance_new(struct guest_pool *pool, const char *group)
+{
+    struct guest_appliance *app = g_new0(struct guest_appliance, 1);
+
+    g_mutex_init(&app->lock);
+    app->refs = 1;
+    app->group = g_strdup(group);
+    app->serial = ++pool->serial;
+    app->disks = g_ptr_array_new_with_free_func((GDestroyNotify)disk_free);
+    app->last_used = g_get_monotonic_time();
+    return app;
+}
+
+struct guest_appliance *guest_pool_appliance_for(struct guest_pool *pool, struct guest_view *view)
+{
+    g_autoptr(GPtrArray) evicted = g_ptr_array_new();
+    struct guest_appliance *app = NULL;
+    const char *group = guest_view_group(view);
+    unsigned running = 0;
+
+    g_mutex_lock(&pool->lock);
+    for (guint i = 0; i < pool->appliances->len; i++) {
+        struct guest_appliance *a = g_ptr_array_index(pool->appliances, i);
+
+        if (g_atomic_int_get(&a->dead) || g_atomic_int_get(&a->retire) || strcmp(a->group, group) != 0)
+            continue;
+        if (appliance_has_view(a, view) || !a->launching) {
+            if (!a->launching)
+                appliance_add_view(a, view, false);
+            app = a;
+            break;
+        }
+    }
+    if (!app) {
+        GHashTableIter iter;
+        gpointer value;
+
+        /* Make room: the least recently used appliance that is not in a call goes. */
+        for (guint i = 0; i < pool->appliances->len; i++) {
+            if (!g_atomic_int_get(&((struct guest_appliance *)g_ptr_array_index(pool->appliances, i))->dead))
+                running++;
+        }
+        while (pool->config.max_appliances && running >= pool->config.max_appliances) {
+            struct guest_appliance *oldest = NULL;
+
+            for (guint i = 0; i < pool->appliances->len; i++) {
+                struct guest_appliance *a = g_ptr_array_index(pool->appliances, i);
+
+                if (g_atomic_int_get(&a->dead) || g_ptr_array_find(evicted, a, NULL))
+                    continue;
+                if (!oldest || guest_load64(&a->last_used) < guest_load64(&oldest->last_used))
+                    oldest = a;
+            }
+            if (!oldest || !g_mutex_trylock(&oldest->lock)) {
+                snapfs_warn("all %u appliances are busy: starting one more for '%s'", running, group);
+                break;
+            }
+            g_ptr_array_add(evicted, oldest);
+            running--;
+        }
+        for (guint i = 0; i < evicted->len; i++) {
+            struct guest_appliance *a = g_ptr_array_index(evicted, i);
+
+            g_atomic_int_set(&a->dead, 1);
+            g_ptr_array_remove(pool->appliances, a);   /* the pool's reference moves to this loop */
+        }
+
+        app = appliance_new(pool, group);
+        appliance_add_view(app, view, false);
+        /* Every other view the pool knows of this domain rides along: one appliance for all its snapshots. */
+        g_hash_table_iter_init(&iter, pool->views);
+        while (g_hash_table_iter_next(&iter, NULL, &value)) {
+            struct guest_view *other = value;
+
+            if (other != view && app->disks->len < GUEST_MAX_SHARED_DISKS &&
+                strcmp(guest_view_group(other), group) == 0)
+                appliance_add_view(app, other, true);
+        }
+        g_ptr_array_add(pool->appliances, app);
+    }
+    g_atomic_int_inc(&app->refs);
+    g_mutex_unlock(&pool->lock);
+
+    for (guint i = 0; i < evicted->len; i++) {
+        struct guest_appliance *a = g_ptr_array_index(evicted, i);
+
+        snapfs_info("stopping appliance %u of '%s' to make room (max_appliances=%u)", a->serial, a->group,
+                    pool->config.max_appliances);
+        appliance_close(a);
+        g_mutex_unlock(&a->lock);
+        guest_appliance_unref(a);
+    }
+    return app;
+}
+
+/* Serve one disk through qemu-nbd: an internal snapshot, or an image a running qemu holds locked. */
+static int disk_start_nbd(struct guest_appliance *app, struct guest_disk_ext *ext, unsigned index)
+{
+    g_autoptr(GSubprocessLauncher) launcher = g_subprocess_launcher_new(G_SUBPROCESS_FLAGS_STDOUT_SILENCE);
+    g_autoptr(GPtrArray) argv = g_ptr_array_new_with_free_func(g_free);
+    g_autoptr(GError) error = NULL;
+    g_autofree char *errfile = NULL;
+    gint64 deadline = g_get_monotonic_time() + 15 * G_USEC_PER_SEC;
+    g_auto(GStrv) parts = g_strsplit(ext->disk.file, ",", -1);
+    g_autofree char *escaped = g_strjoinv(",,", parts);   /* QemuOpts doubles a comma inside a value */
+
+    if (!app->tmpdir && !(app->tmpdir = g_dir_make_tmp("snapfs-nbd-XXXXXX", &error))) {
+        snapfs_error_set(EIO, "cannot make a directory for qemu-nbd's sockets: %s", error->message);
+        return -1;
+    }
+    ext->disk.socket = g_strdup_printf("%s/%u.sock", app->tmpdir, index);
+    errfile = g_strdup_printf("%s/%u.err", app->tmpdir, index);
+    g_subprocess_launcher_set_stderr_file_path(launcher, errfile);
+    g_ptr_array_add(argv, g_strdup("qemu-nbd"));
+    g_ptr_array_add(argv, g_strdup("--read-only"));
+    g_ptr_array_add(argv, g_strdup("--persistent"));
+    g_ptr_array_add(argv, g_strdup("--shared=8"));
+    g_ptr_array_add(argv, g_strdup_printf("--socket=%s", ext->disk.socket));
+    if (ext->disk.internal)
+        g_ptr_array_add(argv, g_strdup_printf("--load-snapshot=snapshot.name=%s", ext->disk.internal));
+    /* locking=off: a running domain holds its images locked; a reader of a snapshot takes no lock (qemu-nbd 7.2 has no -U). */
+    g_ptr_array_add(argv, g_strdup("--image-opts"));
+    g_ptr_array_add(argv, g_strdup_printf("driver=%s,file.driver=file,file.filename=%s,file.locking=off",
+                                          ext->disk.format, escaped));
+    g_ptr_array_add(argv, NULL);
+    ext->nbd = g_subprocess_launcher_spawnv(launcher, (const char *const *)argv->pdata, &error);
+    if (!ext->nbd) {
+        snapfs_error_set(EIO, "cannot start qemu-nbd for '%s': %s", ext->disk.file, error->message);
+        return -1;
+    }
+    while (!g_file_test(ext->disk.socket, G_FILE_TEST_EXISTS)) {
+        g_autofree char *why = NULL;
+
+        if (g_subprocess_get_identifier(ext->nbd) == NULL || g_get_monotonic_time() > deadline) {
+            g_file_get_contents(errfile, &why, NULL, NULL);
+            if (why)
+                g_strstrip(why);
+            snapfs_error_set(EIO, "qemu-nbd could not serve '%s'%s%s%s: %s", ext->disk.file,
+                             ext->disk.internal ? " at internal snapshot '" : "",
+                             ext->disk.internal ? ext->disk.internal : "", ext->disk.internal ? "'" : "",
+                             why && *why ? why : "it did not start");
+            return -1;
+        }
+        g_usleep(20000);
+    }
+    return 0;
+}
+
+/* A handle with @app's disks added, not launched; NULL with the reason. */
+static guestfs_h *appliance_handle(struct guest_appliance *app, bool force_tcg)
+{
+    g_autoptr(guestfs_h) g = guestfs_create();
+    g_autofree char *ident = NULL;
+
+    if (!g) {
+        snapfs_error_set(EIO, "cannot create a libguestfs handle: %s", g_strerror(errno));
+        return NULL;
+    }
+    guestfs_set_error_handler(g, NULL, NULL);
+    ident = g_strdup_printf("snapfs%u", app->serial);
+    guestfs_set_identifier(g, ident);
+    guestfs_set_autosync(g, 0);
+    guestfs_set_memsize(g, GUEST_APPLIANCE_MEMSIZE);
+    if (force_tcg) {
+        char *settings[] = { (char *)"force_tcg", NULL };
+
+        guestfs_set_backend_settings(g, settings);
+    }
+    for (guint i = 0; i < app->disks->len; i++) {
+        struct guest_disk_ext *ext = g_ptr_array_index(app->disks, i);
+        int r;
+
+        if (ext->disk.socket) {
+            g_autofree char *server = g_strdup_printf("unix:%s", ext->disk.socket);
+            const char *servers[2] = { server, NULL };
+
+            r = guestfs_add_drive_opts(g, "", GUESTFS_ADD_DRIVE_OPTS_READONLY, 1,
+                                       GUESTFS_ADD_DRIVE_OPTS_FORMAT, "raw",
+                                       GUESTFS_ADD_DRIVE_OPTS_PROTOCOL, "nbd",
+                                       GUESTFS_ADD_DRIVE_OPTS_SERVER, servers, -1);
+        } else {
+            r = guestfs_add_drive_opts(g, ext->disk.file, GUESTFS_ADD_DRIVE_OPTS_READONLY, 1,
+                                       GUESTFS_ADD_DRIVE_OPTS_FORMAT, ext->disk.format, -1);
+        }
+        if (r < 0) {
+            snapfs_error_set(EIO, "cannot add image '%s' to an appliance: %s", ext->disk.file, guestfs_last_error(g));
+            return NULL;
+        }
+    }
+    return g_steal_pointer(&g);
+}
+
+int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
+{
+    g_autoptr(guestfs_h) g = NULL;
+    gint64 started = g_get_monotonic_time();
+
+    g_mutex_lock(&pool->lock);
+    app->launching = true;
+    g_mutex_unlock(&pool->lock);
+
+    for (guint i = 0; i < app->disks->len; i++) {
+        struct guest_disk_ext *ext = g_ptr_array_index(app->disks, i);
+
+        if ((ext->disk.internal || ext->disk.force_share) && disk_start_nbd(app, ext, i) < 0)
+            goto fail;
+    }
+    for (int attempt = 0; attempt < 2; attempt++) {
+        bool tcg = g_atomic_int_get(&pool->force_tcg);
+
+        g = appliance_handle(app, tcg);
+        if (!g)
+            goto fail;
+        if (guestfs_launch(g) == 0)
+            break;
+        snapfs_error_set(EIO, "cannot start a libguestfs appliance for '%s': %s", app->group, guestfs_last_error(g));
+        g_clear_pointer(&g, guestfs_close);
+        /* KVM that fails at start (nested, broken MSRs) while TCG works: use TCG from now on, as --check advises. */
+        if (tcg)
+            goto fail;
+        snapfs_warn("%s; trying again without KVM", snapfs_error_message());
+        g_atomic_int_set(&pool->force_tcg, 1);
+    }
+    app->qemu_pid = guestfs_get_pid(g);
+    app->devices = guestfs_list_devices(g);
+    app->filesystems = guestfs_list_filesystems(g);
+    if (!app->devices || !app->filesystems) {
+        snapfs_error_set(EIO, "cannot list the disks of the appliance for '%s': %s", app->group, guestfs_last_error(g));
+        goto fail;
+    }
+    app->g = g_steal_pointer(&g);
+    app->launched = true;
+    g_mutex_lock(&pool->lock);
+    pool->stats.launches++;
+    g_mutex_unlock(&pool->lock);
+    snapfs_info("appliance %u of '%s' started with %u disks in %.1f s", app->serial, app->group,
+                app->disks->len, (double)(g_get_monotonic_time() - started) / G_USEC_PER_SEC);
+    return 0;
+
+fail:
+    snapfs_warn("%s", snapfs_error_message());
+    g_atomic_int_set(&app->dead, 1);
+    return -1;
+}
+
+void guest_appliance_error(struct guest_appliance *app, const char *what, const char *path)
+{
+    int err = guestfs_last_errno(app->g);
+    const char *message = guestfs_last_error(app->g);
+
+    if (!guestfs_is_ready(app->g)) {
+        g_atomic_int_set(&app->dead, 1);
+        snapfs_error_set(EIO, "cannot %s '%s': the appliance of '%s' stopped (%s)", what, path, app->group,
+                         message ? message : "qemu exited");
+        snapfs_warn("%s", snapfs_error_message());
+        return;
+    }
+    snapfs_error_set(err > 0 ? err : EIO, "cannot %s '%s' in the guest: %s", what, path, message ? message : "unknown error");
+}
+
+void guest_appliance_busy(struct guest_pool *pool, struct guest_appliance *app)
+{
+    guest_store64(&app->call_started, g_get_monotonic_time());
+    g_mutex_lock(&pool->lock);
+    pool->stats.calls++;
+    g_mutex_unlock(&pool->lock);
+}
+
+void guest_appliance_idle(struct guest_appliance *app)
+{
+    gint64 now = g_get_monotonic_time();
+
+    guest_store64(&app->call_started, 0);
+    guest_store64(&app->last_used, now);
+}
+
+/* Once a second: kill hung appliances, stop idle and retired ones. */
+static gpointer pool_timer(gpointer data)
+{
+    struct guest_pool *pool = data;
+
+    g_mutex_lock(&pool->timer_lock);
+    while (!pool->stopping) {
+        g_autoptr(GPtrArray) closing = g_ptr_array_new();
+        gint64 now = g_get_monotonic_time();
+
+        g_cond_wait_until(&pool->timer_cond, &pool->timer_lock, now + G_USEC_PER_SEC);
+        if (pool->stopping)
+            break;
+        now = g_get_monotonic_time();
+        g_mutex_lock(&pool->lock);
+        for (guint i = 0; i < pool->appliances->len; i++) {
+            struct guest_appliance *app = g_ptr_array_index(pool->appliances, i);
+            gint64 started = guest_load64(&app->call_started);
+            gint64 idle = now - guest_load64(&app->last_used);
+
+            if (started && now - started > GUEST_CALL_TIMEOUT_US && app->qemu_pid > 0 && !g_atomic_int_get(&app->dead)) {
+                snapfs_warn("appliance %u of '%s' has not answered for %d s: killing it", app->serial, app->group,
+                            (int)(GUEST_CALL_TIMEOUT_US / G_USEC_PER_SEC));
+                kill(app->qemu_pid, SIGKILL);
+                g_atomic_int_set(&app->dead, 1);
+                continue;
+            }
+            if (!g_atomic_int_get(&app->dead) && !g_atomic_int_get(&app->retire) &&
+                (!pool->config.idle_seconds || idle < (gint64)pool->config.idle_seconds * G_USEC_PER_SEC))
+                continue;
+            if (!g_mutex_trylock(&app->lock))
+                continue;
+            g_ptr_array_add(closing, app);
+        }
+        for (guint i = 0; i < closing->len; i++)
+            g_ptr_array_remove(pool->appliances, g_ptr_array_index(closing, i));
+        g_mutex_unlock(&pool->lock);
+        g_mutex_unlock(&pool->timer_lock);
+        for (guint i = 0; i < closing->len; i++) {
+            struct guest_appliance *app = g_ptr_array_index(closing, i);
+
+            if (!g_atomic_int_get(&app->dead))
+                snapfs_info("appliance %u of '%s' idle: stopping it", app->serial, app->group);
+            appliance_close(app);
+            g_mutex_unlock(&app->lock);
+            guest_appliance_unref(app);
+        }
+        g_mutex_lock(&pool->timer_lock);
+    }
+    g_mutex_unlock(&pool->timer_lock);
+    return NULL;
+}
+
+struct guest_pool *guest_pool_new(const struct guest_pool_config *config)
+{
+    struct guest_pool *pool = g_new0(struct guest_pool, 1);
+    const char *cap = g_getenv("SNAPFS_DATA_CACHE_MB");
+
+    pool->config = *config;
+    pool->force_tcg = g_strrstr(g_getenv("LIBGUESTFS_BACKEND_SETTINGS") ? g_getenv("LIBGUESTFS_BACKEND_SETTINGS") : "", "force_tcg") != NULL;
+    if (!pool->config.live_ttl_ms)
+        pool->config.live_ttl_ms = 1000;
+    g_mutex_init(&pool->lock);
+    g_mutex_init(&pool->data_lock);
+    g_mutex_init(&pool->timer_lock);
+    g_cond_init(&pool->timer_cond);
+    pool->views = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, (GDestroyNotify)guest_view_unref);
+    pool->appliances = g_ptr_array_new();
+    pool->chunks = g_hash_table_new(g_str_hash, g_str_equal);
+    g_queue_init(&pool->lru);
+    pool->data_cap = (size_t)(cap ? g_ascii_strtoull(cap, NULL, 10) : 512) << 20;
+    pool->timer = g_thread_new("snapfs-guests", pool_timer, pool);
+    return pool;
+}
+
+void guest_pool_free(struct guest_pool *pool)
+{
+    if (!pool)
+        return;
+    g_mutex_lock(&pool->timer_lock);
+    pool->stopping = true;
+    g_cond_signal(&pool->timer_cond);
+    g_mutex_unlock(&pool->timer_lock);
+    g_thread_join(pool->timer);
+    g_hash_table_unref(pool->views);
+    for (guint i = 0; i < pool->appliances->len; i++) {
+        struct guest_appliance *app = g_ptr_array_index(pool->appliances, i);
+
+        g_mutex_lock(&app->lock);
+        appliance_close(app);
+        g_mutex_unlock(&app->lock);
+        guest_appliance_unref(app);
+    }
+    g_ptr_array_unref(pool->appliances);
+    guest_data_forget(pool, NULL);
+    g_hash_table_unref(pool->chunks);
+    g_mutex_clear(&pool->lock);
+    g_mutex_clear(&pool->data_lock);
+    g_mutex_clear(&pool->timer_lock);
+    g_cond_clear(&pool->timer_cond);
+    g_free(pool);
+}
+
+static bool appliance_reads_file(struct guest_appliance *app, const char *file)
+{
+    for (guint i = 0; i < app->disks->len; i++) {
+        struct guest_disk_ext *ext = g_ptr_array_index(app->disks, i);
+
+        if (ext->chain && g_strv_contains((const char *const *)ext->chain, file))
+            return true;
+    }
+    return false;
+}
+
+void guest_pool_forget_file(struct guest_pool *pool, const char *file)
+{
+    g_autoptr(GPtrArray) dropped = g_ptr_array_new_with_free_func(g_free);
+    GHashTableIter iter;
+    gpointer key, value;
+
+    g_mutex_lock(&pool->lock);
+    g_hash_table_iter_init(&iter, pool->views);
+    while (g_hash_table_iter_next(&iter, &key, &value)) {
+        struct guest_view *view = value;
+
+        for (size_t i = 0; i < guest_view_n_drives(view); i++) {
+            if (strcmp(guest_view_drive(view, i)->file, file) == 0) {
+                g_ptr_array_add(dropped, g_strdup(key));
+                g_hash_table_iter_remove(&iter);
+                break;
+            }
+        }
+    }
+    /* qemu holds the old file open: appliances that read it go as soon as they are not in a call. */
+    for (guint i = 0; i < pool->appliances->len; i++) {
+        struct guest_appliance *app = g_ptr_array_index(pool->appliances, i);
+
+        if (appliance_reads_file(app, file))
+            g_atomic_int_set(&app->retire, 1);
+    }
+    g_mutex_unlock(&pool->lock);
+    for (guint i = 0; i < dropped->len; i++)
+        guest_data_forget(pool, g_ptr_array_index(dropped, i));
+    g_mutex_lock(&pool->timer_lock);
+    g_cond_signal(&pool->timer_cond);
+    g_mutex_unlock(&pool->timer_lock);
+}
+
+void guest_pool_get_stats(struct guest_pool *pool, struct guest_pool_stats *stats)
+{
+    g_mutex_lock(&pool->lock);
+    *stats = pool->stats;
+    stats->running = 0;
+    for (guint i = 0; i < pool->appliances->len; i++) {
+        struct guest_appliance *app = g_ptr_array_index(pool->appliances, i);
+
+        if (app->launched && !g_atomic_int_get(&app->dead))
+            stats->running++;
+    }
+    g_mutex_unlock(&pool->lock);
+    g_mutex_lock(&pool->data_lock);
+    stats->data_cached = pool->data_bytes;
+    g_mutex_unlock(&pool->data_lock);
+}

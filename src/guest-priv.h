@@ -1,0 +1,89 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* The guest reader's internals shared by its files: pool, appliances and views. */
+#pragma once
+
+#include "snapfs/guest.h"
+
+#include <guestfs.h>
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(guestfs_h, guestfs_close)
+
+#define guest_load64(p) __atomic_load_n((p), __ATOMIC_RELAXED)
+#define guest_store64(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
+
+/* One image added to an appliance, in the order libguestfs names them /dev/sda, sdb, ... */
+struct guest_disk {
+    char *key;        /* file, format, internal snapshot and whether shared with a writer */
+    char *file;
+    char *format;
+    char *internal;   /* internal snapshot read through qemu-nbd, or NULL */
+    bool force_share; /* a live image: read through qemu-nbd -U, which takes no lock */
+    char *socket;     /* qemu-nbd's socket when one serves this disk */
+};
+
+struct guest_appliance {
+    GMutex lock;              /* serialises every call on @g: guestfs handles are not thread-safe */
+    int refs;                 /* pool lock */
+    char *group;
+    unsigned serial;
+    GPtrArray *disks;         /* struct guest_disk *; pool lock until launching is set */
+    bool launching;           /* pool lock: the disk list is fixed */
+    bool launched;            /* app lock */
+    gint dead;                /* atomic: closed, killed or failed; views move to a new appliance */
+    gint retire;              /* atomic: take no new views, close when not in a call */
+    guestfs_h *g;
+    pid_t qemu_pid;
+    char **devices;           /* the appliance's whole-disk devices, one per disk */
+    char **filesystems;       /* guestfs_list_filesystems(): device, type pairs */
+    char **roots;             /* guestfs_inspect_os(), done once per appliance */
+    unsigned next_prefix;
+    gint64 last_used;         /* atomic, monotonic microseconds */
+    gint64 call_started;      /* atomic, 0 while no call runs: the watchdog kills a hung qemu */
+    char *tmpdir;             /* qemu-nbd sockets */
+};
+
+struct guest_pool {
+    struct guest_pool_config config;
+    GMutex lock;              /* views, appliances, stats */
+    GHashTable *views;        /* id -> struct guest_view * (one reference) */
+    GPtrArray *appliances;    /* struct guest_appliance * (one reference each) */
+    unsigned serial;
+    gint force_tcg;           /* atomic: KVM failed once, appliances use TCG */
+    struct guest_pool_stats stats;
+    GThread *timer;
+    GMutex timer_lock;
+    GCond timer_cond;
+    bool stopping;
+    /* File data, in chunks, least recently used first. */
+    GMutex data_lock;
+    GHashTable *chunks;       /* key -> struct guest_chunk * */
+    GQueue lru;
+    size_t data_bytes;
+    size_t data_cap;
+};
+
+/* The appliance @view should use, with a reference; NULL with the reason. Pool lock not held. */
+struct guest_appliance *guest_pool_appliance_for(struct guest_pool *pool, struct guest_view *view);
+/* Start @app if it is not started yet: called with app->lock held. */
+int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app);
+void guest_appliance_unref(struct guest_appliance *app);
+/* A call failed: record why with errno, noticing a dead appliance. App lock held. */
+void guest_appliance_error(struct guest_appliance *app, const char *what, const char *path);
+/* Mark the start and end of a call, for the idle timer and the watchdog. */
+void guest_appliance_busy(struct guest_pool *pool, struct guest_appliance *app);
+void guest_appliance_idle(struct guest_appliance *app);
+/* The index in @app of the disk with @key, or -1. */
+int guest_appliance_find_disk(struct guest_appliance *app, const char *key);
+char *guest_drive_key(const struct guest_drive *drive, bool live);
+
+/* View internals the appliance side needs. */
+const char *guest_view_group(struct guest_view *view);
+size_t guest_view_n_drives(struct guest_view *view);
+const struct guest_drive *guest_view_drive(struct guest_view *view, size_t i);
+bool guest_view_is_live(struct guest_view *view);
+/* Forget cached data of the view with id @id. */
+void guest_data_forget(struct guest_pool *pool, const char *id);
+void guest_view_free(struct guest_view *view);
+
+/* For tests: qemu's pid of the appliance that serves @view now, or 0. */
+pid_t guest_view_qemu_pid(struct guest_view *view);
