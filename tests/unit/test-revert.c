@@ -1,5 +1,9 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* Unit test of revert's request syntax and of its journal's round trip through a file. */
+/*
+ * Unit test of revert's request syntax, of its journal's round trip through a file, and of
+ * revert and recovery against libvirt's test:/// driver (which has libvirt's own external
+ * revert, so this is the path a libvirt 9.9+ takes) with real images.
+ */
 #include "../../src/revert-priv.h"
 #include "snapfs/error.h"
 #include "snapfs/revert.h"
@@ -7,7 +11,86 @@
 #include <errno.h>
 #include <glib.h>
 #include <glib/gstdio.h>
+#include <libvirt/virterror.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#define UUID "6f7c1b52-3a2d-4f0e-9a51-0c8d7e2b4a10"
+#define DOM(top) "<domain type='test'><name>web01</name><uuid>" UUID "</uuid><memory>65536</memory>" \
+                 "<os><type>hvm</type></os><devices><disk type='file' device='disk'>" \
+                 "<driver name='qemu' type='qcow2'/><source file='@DIR@/" top "'/><target dev='vda'/>" \
+                 "</disk></devices></domain>"
+
+/* web01, shut off, on web01.s2: base <- (s1) web01.s1 <- (s2) web01.s2 (written to), s2 current. */
+static const char fixture[] =
+    "<node>\n"
+    " <domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>\n"
+    "  <name>web01</name><uuid>" UUID "</uuid><memory>65536</memory><os><type>hvm</type></os>\n"
+    "  <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\n"
+    "   <source file='@DIR@/web01.s2'/><target dev='vda'/></disk></devices>\n"
+    "  <test:runstate>5</test:runstate>\n"
+    "  <test:domainsnapshot><name>s1</name><active>0</active><creationTime>1700000000</creationTime>\n"
+    "   <state>shutoff</state>\n"
+    "   <disks><disk name='vda' snapshot='external'><source file='@DIR@/web01.s1'/></disk></disks>\n"
+    "   " DOM("base.qcow2") "\n"
+    "  </test:domainsnapshot>\n"
+    "  <test:domainsnapshot><name>s2</name><active>1</active><creationTime>1700000100</creationTime>\n"
+    "   <state>shutoff</state><parent><name>s1</name></parent>\n"
+    "   <disks><disk name='vda' snapshot='external'><source file='@DIR@/web01.s2'/></disk></disks>\n"
+    "   " DOM("web01.s1") "\n"
+    "  </test:domainsnapshot>\n"
+    " </domain>\n"
+    "</node>\n";
+
+static char *tmpdir;
+static virConnectPtr conn;
+
+static void run(const char *cmd)
+{
+    g_autofree char *full = g_strdup_printf("cd '%s' && %s >/dev/null 2>&1", tmpdir, cmd);
+
+    if (system(full) != 0) {
+        fprintf(stderr, "command failed: %s\n", cmd);
+        exit(1);
+    }
+}
+
+static char *current_snapshot(void)
+{
+    virDomainPtr dom = virDomainLookupByName(conn, "web01");
+    virDomainSnapshotPtr snap = dom ? virDomainSnapshotCurrent(dom, 0) : NULL;
+    char *name = snap ? g_strdup(virDomainSnapshotGetName(snap)) : NULL;
+
+    if (snap)
+        virDomainSnapshotFree(snap);
+    if (dom)
+        virDomainFree(dom);
+    return name;
+}
+
+/* Names of web01's snapshots that start with @prefix. */
+static GPtrArray *snapshots_named(const char *prefix)
+{
+    GPtrArray *names = g_ptr_array_new_with_free_func(g_free);
+    virDomainPtr dom = virDomainLookupByName(conn, "web01");
+    virDomainSnapshotPtr *list = NULL;
+    int n = virDomainListAllSnapshots(dom, &list, 0);
+
+    for (int i = 0; i < n; i++) {
+        if (g_str_has_prefix(virDomainSnapshotGetName(list[i]), prefix))
+            g_ptr_array_add(names, g_strdup(virDomainSnapshotGetName(list[i])));
+        virDomainSnapshotFree(list[i]);
+    }
+    free(list);
+    virDomainFree(dom);
+    return names;
+}
+
+static char *state_dir(void)
+{
+    return g_build_filename(tmpdir, "state", NULL);
+}
 
 static void check_ok(const char *text, const char *name, bool force)
 {
@@ -95,10 +178,124 @@ static void test_journal(void)
     g_assert_cmpint(g_rmdir(dir), ==, 0);
 }
 
+/* libvirt reverts by itself here; snapfs keeps the state left behind and settles its journal. */
+static void test_native_revert(void)
+{
+    g_autofree char *dir = state_dir();
+    struct revert_options options = { .keep = true, .state_dir = dir };
+    g_autoptr(GPtrArray) kept = NULL;
+    g_autoptr(GPtrArray) journals = NULL;
+    g_autofree char *current = NULL;
+    g_autofree char *overlay = NULL;
+    g_autofree char *backing = NULL;
+    g_autofree char *old_top = g_build_filename(tmpdir, "web01.s2", NULL);
+
+    g_assert_cmpint(revert_write(conn, "web01", "nosuch\n", 7, &options), ==, -1);
+    g_assert_cmpint(snapfs_error_errno(), ==, ENOENT);
+    g_assert_cmpint(revert_write(conn, "web01", "s1 and more", 11, &options), ==, -1);
+    g_assert_cmpint(snapfs_error_errno(), ==, EINVAL);
+    g_assert_cmpint(revert_write(conn, "nodomain", "s1", 2, &options), ==, -1);
+    g_assert_cmpint(snapfs_error_errno(), ==, ENOENT);
+
+    g_assert_cmpint(revert_write(conn, "web01", "s1\n", 3, &options), ==, 0);
+    current = current_snapshot();
+    g_assert_cmpstr(current, ==, "s1");
+    kept = snapshots_named("pre-revert-");
+    g_assert_cmpuint(kept->len, ==, 1);
+    /* Its overlay (gone if libvirt removed it with the current snapshot's) is back, on the old top. */
+    overlay = g_strdup_printf("%s/web01.vda.%s.qcow2", tmpdir, (char *)g_ptr_array_index(kept, 0));
+    g_assert_true(g_file_test(overlay, G_FILE_TEST_EXISTS));
+    g_assert_true(revert_image_empty(overlay));
+    backing = revert_image_backing(overlay, NULL);
+    g_assert_cmpstr(backing, ==, old_top);
+    journals = revert_journal_list(dir);
+    g_assert_cmpuint(journals->len, ==, 0);
+}
+
+/* A journal of a revert cut short before libvirt acted: the next start rolls it back. */
+static void test_recover_rolls_back(void)
+{
+    g_autofree char *dir = state_dir();
+    struct revert_options options = { .keep = true, .state_dir = dir };
+    g_autoptr(revert_journal) journal = g_new0(struct revert_journal, 1);
+    g_autoptr(GPtrArray) journals = NULL;
+    g_autofree char *uri = virConnectGetURI(conn);
+    g_autofree char *current = current_snapshot();
+    struct revert_disk *disk = g_new0(struct revert_disk, 1);
+
+    journal->path = revert_journal_path(dir, uri, "web01");
+    journal->uri = g_strdup(uri);
+    journal->domain = g_strdup("web01");
+    journal->uuid = g_strdup(UUID);
+    journal->target = g_strdup("s2");
+    journal->phase = REVERT_PHASE_BY_HAND;
+    journal->keep_name = g_strdup("pre-revert-19990101-000000");
+    journal->old_current = g_strdup(current);
+    journal->disks = g_ptr_array_new_with_free_func((GDestroyNotify)revert_disk_free);
+    disk->target = g_strdup("vda");
+    disk->old_top = g_build_filename(tmpdir, "web01.s1", NULL);
+    disk->keep_overlay = g_build_filename(tmpdir, "web01.vda.pre-revert-19990101-000000.qcow2", NULL);
+    disk->new_top = g_build_filename(tmpdir, "web01.vda.revert-s2-19990101-000000.qcow2", NULL);
+    disk->new_created = true;
+    g_ptr_array_add(journal->disks, disk);
+    g_assert_cmpint(revert_journal_prepare_dir(dir), ==, 0);
+    g_assert_cmpint(revert_journal_write(journal), ==, 0);
+    /* The overlays were made, the domain never switched to them. */
+    g_assert_cmpint(revert_image_create_overlay(disk->keep_overlay, disk->old_top, "qcow2"), ==, 0);
+    g_assert_cmpint(revert_image_create_overlay(disk->new_top, disk->old_top, "qcow2"), ==, 0);
+
+    g_assert_cmpint(revert_recover(conn, &options), ==, 0);
+    g_assert_false(g_file_test(disk->keep_overlay, G_FILE_TEST_EXISTS));
+    g_assert_false(g_file_test(disk->new_top, G_FILE_TEST_EXISTS));
+    g_assert_true(g_file_test(disk->old_top, G_FILE_TEST_EXISTS));
+    journals = revert_journal_list(dir);
+    g_assert_cmpuint(journals->len, ==, 0);
+    g_free(current);
+    current = current_snapshot();
+    g_assert_cmpstr(current, ==, journal->old_current);
+}
+
+static void ignore_error(void *opaque, virErrorPtr err)
+{
+}
+
 int main(int argc, char **argv)
 {
+    g_autoptr(GString) text = NULL;
+    g_autofree char *path = NULL;
+    g_autofree char *uri = NULL;
+    g_autofree char *rm = NULL;
+    int ret;
+
     g_test_init(&argc, &argv, NULL);
     g_test_add_func("/revert/parse", test_parse);
     g_test_add_func("/revert/journal", test_journal);
-    return g_test_run();
+    if (system("qemu-img --version >/dev/null 2>&1") == 0) {
+        g_setenv("LIBVIRT_LOG_OUTPUTS", "1:file:/dev/null", TRUE);
+        virSetErrorFunc(NULL, ignore_error);
+        tmpdir = g_dir_make_tmp("snapfs-revert-XXXXXX", NULL);
+        run("qemu-img create -q -f qcow2 base.qcow2 16M");
+        run("qemu-img create -q -f qcow2 -F qcow2 -b \"$PWD/base.qcow2\" web01.s1");
+        run("qemu-img create -q -f qcow2 -F qcow2 -b \"$PWD/web01.s1\" web01.s2");
+        run("qemu-io -f qcow2 -c 'write -P 7 0 64k' web01.s2");   /* written since s2: kept by a revert */
+        text = g_string_new(fixture);
+        g_string_replace(text, "@DIR@", tmpdir, 0);
+        path = g_build_filename(tmpdir, "fixture.xml", NULL);
+        g_assert_true(g_file_set_contents(path, text->str, -1, NULL));
+        uri = g_strdup_printf("test://%s", path);
+        conn = virConnectOpen(uri);
+        g_assert_nonnull(conn);
+        g_test_add_func("/revert/native", test_native_revert);
+        g_test_add_func("/revert/recover-rolls-back", test_recover_rolls_back);
+    }
+    ret = g_test_run();
+    if (conn)
+        virConnectClose(conn);
+    if (tmpdir) {
+        rm = g_strdup_printf("rm -rf '%s'", tmpdir);
+        if (system(rm) != 0)
+            ret = 1;
+    }
+    g_free(tmpdir);
+    return ret;
 }
