@@ -2,8 +2,8 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 # The README's first command: install, build, make demo VMs in a private libvirt root and mount them at /mnt/snapfs.
 #
-#   sudo examples/demo.sh          (again: unmounts and starts over)
-#   sudo examples/demo.sh --clean  unmount and remove everything the demo made
+#   examples/demo.sh               (as root; again: unmounts and starts over)
+#   examples/demo.sh --clean       unmount and remove everything the demo made
 #
 # The demo lives in an embedded libvirt driver (qemu:///embed?root=DIR) so that the host's
 # own VMs are never touched.  An embedded root can be used by one process at a time: while
@@ -188,5 +188,5 @@ snapfs is mounted at $mnt: three demo VMs in a private libvirt ($uri).
   echo first > $mnt/scratch/revert         revert to it
   rmdir $mnt/scratch/first                 delete it
   fusermount3 -u $mnt                      unmount (then virsh -c '$uri' works again)
-  sudo examples/demo.sh --clean                   remove the demo
+  examples/demo.sh --clean                        remove the demo
 EOF

@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 # The whole test suite on Debian 12 as root: install packages, build with ASan+UBSan, start libvirtd, run everything.
 #
-#   sudo tests/run.sh            from a clone; exits non-zero when anything fails
+#   tests/run.sh                 as root, from a clone; exits non-zero when anything fails
 #   SNAPFS_SKIP_APT=1            skip apt-get (the packages are there already)
 #   SNAPFS_BUILD=DIR             build directory (default build-asan)
 #   SNAPFS_PYTEST_ARGS="-k tree" extra arguments for the integration tests
