@@ -311,7 +311,11 @@ static int delete_external(struct delete_ctx *ctx)
     int children = virDomainSnapshotNumChildren(ctx->snap, 0);
     int current = virDomainSnapshotIsCurrent(ctx->snap, 0);
     virDomainSnapshotPtr previous = NULL;
+    struct engine_progress *progress;
+    g_autofree char *doing = NULL;
+    GPtrArray *targets;
     guint in_chain = 0, external = 0;
+    int ret;
 
     if (children < 0 || current < 0) {
         snapfs_error_from_virt("%s", ctx->what);
@@ -377,7 +381,19 @@ static int delete_external(struct delete_ctx *ctx)
         if (delete_make_current(ctx, &previous) < 0)
             return -1;
     }
-    if (virDomainSnapshotDelete(ctx->snap, 0) < 0) {
+    targets = g_ptr_array_new_with_free_func(g_free);
+    for (guint i = 0; i < ctx->info->disks->len; i++) {
+        struct engine_snapshot_disk *sd = g_ptr_array_index(ctx->info->disks, i);
+
+        if (strcmp(sd->kind, "external") == 0)
+            g_ptr_array_add(targets, g_strdup(sd->target));
+    }
+    doing = g_strdup_printf("deleting snapshot '%s'", ctx->name);
+    progress = engine_progress_begin(ctx->conn, ctx->dom, ctx->domain, doing, targets);
+    ret = virDomainSnapshotDelete(ctx->snap, 0);
+    engine_progress_end(progress);
+    g_ptr_array_unref(targets);
+    if (ret < 0) {
         snapfs_error_from_virt("%s", ctx->what);
         if (previous) {
             delete_restore_current(ctx, previous);

@@ -103,3 +103,13 @@ GHashTable *engine_domain_files_state(GPtrArray *disks);
 
 /* Libvirt's live (if running) or persistent disks of @dom, or NULL with the reason. */
 GPtrArray *engine_domain_disks(virDomainPtr dom, bool inactive);
+
+/*
+ * From here until engine_progress_end(), engine_progress() for @domain says
+ * @what, with the percentage of the block jobs on @targets (disk names) when
+ * there are any.  Never fails.
+ */
+struct engine_progress;
+struct engine_progress *engine_progress_begin(virConnectPtr conn, virDomainPtr dom, const char *domain,
+                                              const char *what, GPtrArray *targets);
+void engine_progress_end(struct engine_progress *progress);

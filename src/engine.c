@@ -233,6 +233,8 @@ int engine_snapshot_create(virConnectPtr conn, const char *domain, const char *n
     GPtrArray *disks = NULL;
     g_autofree char *escaped = NULL;
     g_autofree char *xml = NULL;
+    g_autofree char *doing = NULL;
+    struct engine_progress *progress;
     enum engine_quiesce quiesce = options ? options->quiesce : ENGINE_QUIESCE_AUTO;
     bool running;
     int ret = -1;
@@ -253,8 +255,11 @@ int engine_snapshot_create(virConnectPtr conn, const char *domain, const char *n
 
     escaped = g_markup_escape_text(name, -1);
     xml = g_strdup_printf("<domainsnapshot><name>%s</name></domainsnapshot>", escaped);
+    doing = g_strdup_printf("creating snapshot '%s'", name);
+    progress = engine_progress_begin(conn, NULL, domain, doing, NULL);
     snap = create_call(dom, xml, VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY | VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC,
                        running, quiesce, domain, name);
+    engine_progress_end(progress);
     if (!snap) {
         snapfs_error_from_virt("cannot create snapshot '%s' of '%s'", name, domain);
         goto cleanup;

@@ -43,6 +43,13 @@ int engine_snapshot_delete(virConnectPtr conn, const char *domain, const char *n
  */
 void engine_set_chain_changed(void (*fn)(const char *file, void *opaque), void *opaque);
 
+/*
+ * What an operation on @domain is doing right now, as a sentence
+ * ("deleting snapshot 's2': merging, 45%"), or NULL when none runs: for
+ * user.snapfs.progress.  Never waits for the operation.  Caller frees.
+ */
+char *engine_progress(virConnectPtr conn, const char *domain);
+
 /* setfattr user.snapfs.description */
 int engine_snapshot_set_description(virConnectPtr conn, const char *domain, const char *name,
                                     const char *description);

@@ -53,7 +53,7 @@ class Engine:
 class Domain:
     """A test domain with qcow2 disks over a raw-made template, shut off until start()."""
 
-    def __init__(self, root, name, ndisks=1, fmt="qcow2"):
+    def __init__(self, root, name, ndisks=1, fmt="qcow2", size="32M"):
         self.name = name
         self.dir = root / name
         self.dir.mkdir(mode=0o755)
@@ -66,7 +66,7 @@ class Domain:
             tree.mkdir()
             (tree / "hello.txt").write_text(f"{name} {target}\n")
             raw = self.dir / f"base-{target}.raw"
-            run("mkfs.ext4", "-q", "-d", tree, raw, "32M")
+            run("mkfs.ext4", "-q", "-d", tree, raw, size)
             base = self.dir / f"base-{target}.qcow2"
             run("qemu-img", "convert", "-O", "qcow2", raw, base)
             raw.unlink()
@@ -129,12 +129,12 @@ class Domain:
         info = json.loads(run("qemu-img", "info", "-U", "--backing-chain", "--output=json", top).stdout)
         return [layer["filename"] for layer in info]
 
-    def write(self, offset_mib, pattern=None):
-        """Writes 64 KiB of a fresh pattern to every disk's live top, as the guest would."""
+    def write(self, offset_mib, pattern=None, length="64k"):
+        """Writes LENGTH of a fresh pattern to every disk's live top, as the guest would."""
         pattern = pattern if pattern is not None else self.pattern
         self.pattern += 1
         for target in self.targets:
-            cmd = f"write -P {pattern} {offset_mib}M 64k"
+            cmd = f"write -P {pattern} {offset_mib}M {length}"
             if self.running():
                 dev = f"/machine/peripheral/virtio-disk{self.targets.index(target)}/virtio-backend"
                 out = virsh("qemu-monitor-command", self.name, "--hmp", f'qemu-io -d {dev} "{cmd}"').stdout
@@ -216,9 +216,9 @@ def root():
 def make_domain(root, request):
     made = []
 
-    def make(ndisks=1, fmt="qcow2"):
+    def make(ndisks=1, fmt="qcow2", size="32M"):
         dom = Domain(root, f"{PREFIX}-{request.node.name[5:30]}-{len(made)}".replace("[", "-").replace("]", ""),
-                     ndisks, fmt)
+                     ndisks, fmt, size)
         made.append(dom)
         return dom
 

@@ -41,6 +41,50 @@ static gpointer race(gpointer data)
     return NULL;
 }
 
+struct deleter {
+    virConnectPtr conn;
+    const char *domain;
+    const char *name;
+    gint done;
+    int result;
+};
+
+static gpointer delete_thread(gpointer data)
+{
+    struct deleter *d = data;
+
+    d->result = engine_snapshot_delete(d->conn, d->domain, d->name) < 0 ? fail() : 0;
+    g_atomic_int_set(&d->done, 1);
+    return NULL;
+}
+
+/* Deletes in a thread and prints what engine_progress() says meanwhile, each new sentence once. */
+static int delete_watching(virConnectPtr conn, const char *domain, const char *name)
+{
+    struct deleter d = { conn, domain, name, 0, 0 };
+    GThread *thread = g_thread_new("delete", delete_thread, &d);
+    g_autofree char *last = NULL;
+
+    while (!g_atomic_int_get(&d.done)) {
+        char *now = engine_progress(conn, domain);
+
+        if (now && g_strcmp0(now, last) != 0) {
+            printf("progress %s\n", now);
+            fflush(stdout);
+            g_free(last);
+            last = now;
+        } else {
+            g_free(now);
+        }
+        g_usleep(20 * 1000);
+    }
+    g_thread_join(thread);
+    g_free(last);
+    last = engine_progress(conn, domain);
+    printf("after %s\n", last ? last : "nothing");
+    return d.result;
+}
+
 static void ignore_error(void *opaque, virErrorPtr err)
 {
 }
@@ -53,7 +97,7 @@ int main(int argc, char **argv)
 
     if (argc < 3) {
         fprintf(stderr, "usage: engine-cli URI check NAME | create DOMAIN NAME [auto|on|off] | delete DOMAIN NAME |\n"
-                        "       describe DOMAIN NAME TEXT | race DOMAIN NAME\n");
+                        "       delete-watch DOMAIN NAME | describe DOMAIN NAME TEXT | race DOMAIN NAME\n");
         return 2;
     }
     snapfs_log_init(false, g_getenv("ENGINE_DEBUG") != NULL);
@@ -77,6 +121,8 @@ int main(int argc, char **argv)
         ret = engine_snapshot_create(conn, argv[3], argv[4], &options) < 0 ? fail() : 0;
     } else if (strcmp(cmd, "delete") == 0 && argc == 5) {
         ret = engine_snapshot_delete(conn, argv[3], argv[4]) < 0 ? fail() : 0;
+    } else if (strcmp(cmd, "delete-watch") == 0 && argc == 5) {
+        ret = delete_watching(conn, argv[3], argv[4]);
     } else if (strcmp(cmd, "describe") == 0 && argc == 6) {
         ret = engine_snapshot_set_description(conn, argv[3], argv[4], argv[5]) < 0 ? fail() : 0;
     } else if (strcmp(cmd, "race") == 0 && argc == 5) {

@@ -382,3 +382,20 @@ def test_merge_below_a_branch_refused(make_domain, engine):
         assert result == "OK", err
     dom.verify(saved, gone={"s1", "s2"})
     assert dom.snapshots() == ["s0"]
+
+
+def test_progress_of_a_long_merge(make_domain, engine):
+    """While libvirt merges, engine_progress() says what runs and how far (for user.snapfs.progress)."""
+    dom = make_domain(size="512M")
+    dom.start()
+    assert engine("create", dom.name, "big")[0] == "OK"
+    dom.write(0, 0x5a, "320M")
+    saved = dom.save()
+    result, out, err = engine("delete-watch", dom.name, "big")
+    assert result == "OK", err
+    lines = out.splitlines()
+    progress = [line for line in lines if line.startswith("progress ")]
+    assert progress and progress[0].startswith("progress deleting snapshot 'big'"), out
+    assert any("merging" in line and line.endswith("%") for line in progress), out
+    assert "after nothing" in lines
+    dom.verify(saved, gone={"big"})
