@@ -218,12 +218,20 @@ static int revert_stop(virDomainPtr dom, const char *domain, const char *target)
     return 0;
 }
 
+/*
+ * Whether libvirt's own revert refused because it cannot do this one, never
+ * having touched anything: 9.0-9.8 answer "revert to external snapshot not
+ * supported yet" (VIR_ERR_CONFIG_UNSUPPORTED); 9.9 and later still refuse
+ * disk-only snapshots of a running domain (state disk-snapshot) with
+ * "Invalid target domain state ... Refusing snapshot reversion".
+ */
 static bool virt_unsupported(void)
 {
     virErrorPtr err = virGetLastError();
 
     return err && (err->code == VIR_ERR_CONFIG_UNSUPPORTED ||
-                   (err->message && strstr(err->message, "not supported yet")));
+                   (err->message && (strstr(err->message, "not supported yet") ||
+                                     strstr(err->message, "Refusing snapshot reversion"))));
 }
 
 /* The plan for reverting to external snapshot @target: which images to make, keep and drop. */
