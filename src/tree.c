@@ -376,7 +376,8 @@ static struct guest_view *tree_view(struct snapfs_tree *tree, const struct snapf
     if (!domain)
         return NULL;
     view_drives_init(&v);
-    group = g_strdup_printf("%d/%s", node->host, domain->uuid ? domain->uuid : domain->name);
+    /* Names the domain in the guest reader's log lines; the host's folder keeps two hosts apart. */
+    group = g_strdup_printf("%s/%s", snapfs_host_name(tree_host(tree, node)), domain->name);
     if (node->snapshot) {
         struct snapfs_snapshot *snap = snapfs_domain_find_snapshot(domain, node->snapshot);
 
