@@ -886,11 +886,18 @@ static int tree_xattrs(struct snapfs_tree *tree, const struct snapfs_node *node,
         g_mutex_lock(&tree->lock);
         last = g_strdup(g_hash_table_lookup(tree->last_errors, key));
         g_mutex_unlock(&tree->lock);
+        virConnectPtr conn = snapfs_host_conn(tree_host(tree, node));
+        char *progress = conn ? engine_progress(conn, node->domain) : NULL;
+
+        if (conn)
+            virConnectClose(conn);
         xattr_add(list, "state", g_strdup(domain->running ? "running" : "shutoff"));
         if (domain->uuid)
             xattr_add(list, "uuid", g_strdup(domain->uuid));
         if (last)
             xattr_add(list, "last_error", last);
+        if (progress)
+            xattr_add(list, "progress", progress);
     } else if (node->kind == SNAPFS_NODE_SNAPSHOT) {
         struct snapfs_snapshot *snap = snapfs_domain_find_snapshot(domain, node->snapshot);
 
