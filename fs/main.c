@@ -20,6 +20,7 @@
 
 struct snapfs_options {
     GPtrArray *uris;
+    char *positional;   /* the last non-option argument seen: the mountpoint */
     int read_only;
     int nonempty;
     int check;
@@ -31,13 +32,14 @@ struct snapfs_options {
     char *state_dir;
 };
 
-enum { KEY_CONNECT, KEY_RO, KEY_ALLOW_OTHER };
+enum { KEY_CONNECT, KEY_CONNECT_OPTION, KEY_RO, KEY_ALLOW_OTHER };
 
 #define OPTION(t, p) { t, offsetof(struct snapfs_options, p), 1 }
 static const struct fuse_opt option_spec[] = {
     FUSE_OPT_KEY("-c ", KEY_CONNECT),
     FUSE_OPT_KEY("--connect=", KEY_CONNECT),
     FUSE_OPT_KEY("--connect ", KEY_CONNECT),
+    FUSE_OPT_KEY("connect=", KEY_CONNECT_OPTION),
     OPTION("--check", check),
     FUSE_OPT_KEY("ro", KEY_RO),
     FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
@@ -55,6 +57,24 @@ static int option_proc(void *data, const char *arg, int key, struct fuse_args *o
     struct snapfs_options *options = data;
 
     switch (key) {
+    case FUSE_OPT_KEY_NONOPT:
+        /*
+         * mount -t fuse.snapfs (and so fstab and systemd mount units) runs
+         * "snapfs SOURCE MOUNTPOINT": the source is a URI, or "snapfs" for
+         * libvirt's default.  The last non-option is the mountpoint.
+         */
+        if (options->positional) {
+            const char *source = options->positional;
+
+            if (strcmp(source, "snapfs") != 0 && strcmp(source, "none") != 0)
+                g_ptr_array_add(options->uris, g_strdup(source));
+            g_free(options->positional);
+        }
+        options->positional = g_strdup(arg);
+        return 0;
+    case KEY_CONNECT_OPTION:
+        g_ptr_array_add(options->uris, g_strdup(arg + strlen("connect=")));
+        return 0;
     case KEY_CONNECT:
         /* fuse_opt hands over the option and its value run together. */
         if (g_str_has_prefix(arg, "--connect="))
@@ -79,6 +99,7 @@ static int option_proc(void *data, const char *arg, int key, struct fuse_args *o
 static void usage(const char *prog)
 {
     printf("usage: %s [-c URI]... [-o OPT[,OPT...]] [-f] [-d] MOUNTPOINT\n"
+           "       mount -t fuse.snapfs URI|snapfs MOUNTPOINT [-o OPT,connect=URI...]\n"
            "       fusermount3 -u MOUNTPOINT\n"
            "       %s --check [-c URI]...\n\n"
            "Shows libvirt domains, their snapshots and their disks' layers as directories.\n\n"
@@ -86,6 +107,7 @@ static void usage(const char *prog)
            "    -c URI, --connect URI  libvirt connection (as virsh -c); repeat for several hosts,\n"
            "                           each then a folder named after its host (\"localhost\" for\n"
            "                           local URIs, \"-2\", \"-3\"... added when names clash)\n"
+           "    -o connect=URI         the same as -c URI, for fstab and mount -t fuse.snapfs\n"
            "    -o ro                  read-only: no mkdir, rmdir, revert (EROFS)\n"
            "    -o nonempty            allow mounting over a non-empty directory\n"
            "    -o max_appliances=N    libguestfs appliances running at once (default 4)\n"
@@ -261,8 +283,11 @@ int main(int argc, char **argv)
     struct fuse_loop_config loop = { .clone_fd = 0, .max_idle_threads = 10 };
     int ret = EXIT_FAILURE;
 
-    if (fuse_opt_parse(&args, &options, option_spec, option_proc) < 0 ||
-        fuse_parse_cmdline(&args, &cmdline) < 0)
+    if (fuse_opt_parse(&args, &options, option_spec, option_proc) < 0)
+        goto out;
+    if (options.positional)
+        fuse_opt_add_arg(&args, options.positional);
+    if (fuse_parse_cmdline(&args, &cmdline) < 0)
         goto out;
     if (cmdline.show_help) {
         usage(argv[0]);
@@ -362,5 +387,6 @@ out:
     g_free(options.quiesce);
     g_free(options.revert_keep);
     g_free(options.state_dir);
+    g_free(options.positional);
     return ret;
 }
