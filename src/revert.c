@@ -396,6 +396,33 @@ static int revert_check_local(struct revert_state *st, struct revert_snapshot *t
     return 0;
 }
 
+/*
+ * libvirt's own external revert (9.9+) unlinks the overlays of the current
+ * snapshot, taking them for the state left behind.  That holds when they are
+ * the domain's top images (or the pre-revert snapshot's fresh overlays, made
+ * current for this), not after a revert snapfs did by hand, where they may
+ * be what other snapshots stand on.
+ */
+static bool native_is_safe(struct revert_state *st, const struct revert_journal *journal)
+{
+    struct revert_snapshot *current = revert_state_snapshot(st, st->current);
+    GHashTableIter it;
+    gpointer key, value;
+
+    if (journal->keep_name && st->current && strcmp(st->current, journal->keep_name) == 0)
+        return true;
+    if (!current)
+        return false;
+    g_hash_table_iter_init(&it, current->overlay);
+    while (g_hash_table_iter_next(&it, &key, &value)) {
+        struct revert_domain_disk *disk = revert_domain_disk_find(st->disks, key);
+
+        if (!disk || !disk->file || strcmp(disk->file, value) != 0)
+            return false;
+    }
+    return true;
+}
+
 static int revert_external(struct revert_state *st, struct revert_snapshot *target, const char *path,
                            const struct revert_options *options)
 {
@@ -444,18 +471,25 @@ static int revert_external(struct revert_state *st, struct revert_snapshot *targ
         revert_fault("keep");
     }
 
-    /* libvirt's own revert, where the connected libvirt has it (9.9 and later). */
-    snap = virDomainSnapshotLookupByName(st->dom, target->name, 0);
-    rc = snap ? virDomainRevertToSnapshot(snap, 0) : -1;
-    /* Read before virDomainSnapshotFree(), which clears libvirt's last error. */
-    unsupported = rc < 0 && virt_unsupported();
-    if (rc < 0 && !unsupported)
-        snapfs_error_from_virt("cannot revert domain '%s' to '%s'", st->name, target->name);
-    else if (unsupported)
-        snapfs_debug("libvirt cannot revert to external snapshot '%s' (%s): snapfs does it",
-                     target->name, virGetLastErrorMessage());
-    if (snap)
-        virDomainSnapshotFree(snap);
+    /* libvirt's own revert, where the connected libvirt has it (9.9 and later) and it is safe. */
+    if (native_is_safe(st, journal)) {
+        snap = virDomainSnapshotLookupByName(st->dom, target->name, 0);
+        rc = snap ? virDomainRevertToSnapshot(snap, 0) : -1;
+        /* Read before virDomainSnapshotFree(), which clears libvirt's last error. */
+        unsupported = rc < 0 && virt_unsupported();
+        if (rc < 0 && !unsupported)
+            snapfs_error_from_virt("cannot revert domain '%s' to '%s'", st->name, target->name);
+        else if (unsupported)
+            snapfs_debug("libvirt cannot revert to external snapshot '%s' (%s): snapfs does it",
+                         target->name, virGetLastErrorMessage());
+        if (snap)
+            virDomainSnapshotFree(snap);
+    } else {
+        snapfs_debug("libvirt's own revert of '%s' would unlink images snapshots still need: snapfs does it",
+                     st->name);
+        rc = -1;
+        unsupported = true;
+    }
     if (rc == 0) {
         snapfs_info("libvirt reverted domain '%s' to '%s'", st->name, target->name);
         g_free(st->current);
