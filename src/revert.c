@@ -553,6 +553,45 @@ fail:
     return -1;
 }
 
+/*
+ * libvirt reverts an internal snapshot by applying it (qemu-img snapshot -a)
+ * to the images the domain used when it was taken.  Where the domain has
+ * moved on to external overlays since, those images are what external
+ * snapshots froze, and applying it would change them: refused (ENOTSUP).
+ */
+static int revert_internal_check(struct revert_state *st, struct revert_snapshot *target)
+{
+    for (guint i = 0; target->domain_disks && i < target->domain_disks->len; i++) {
+        struct revert_domain_disk *then = g_ptr_array_index(target->domain_disks, i);
+        struct revert_domain_disk *now = revert_domain_disk_find(st->disks, then->target);
+
+        if (!then->file || !revert_disk_is_local(then))
+            continue;
+        if (!now || !now->file || strcmp(now->file, then->file) != 0) {
+            snapfs_error_set(ENOTSUP, "cannot revert '%s' to internal snapshot '%s': libvirt would rewrite "
+                             "image '%s', which the domain no longer runs on and external snapshots may "
+                             "stand on", st->name, target->name, then->file);
+            return -1;
+        }
+        for (guint j = 0; j < st->snaps->len; j++) {
+            struct revert_snapshot *other = g_ptr_array_index(st->snaps, j);
+            GHashTableIter it;
+            gpointer value;
+
+            g_hash_table_iter_init(&it, other->frozen);
+            while (g_hash_table_iter_next(&it, NULL, &value)) {
+                if (strcmp(value, then->file) == 0) {
+                    snapfs_error_set(ENOTSUP, "cannot revert '%s' to internal snapshot '%s': libvirt would "
+                                     "rewrite image '%s', which snapshot '%s' froze",
+                                     st->name, target->name, then->file, other->name);
+                    return -1;
+                }
+            }
+        }
+    }
+    return 0;
+}
+
 static int revert_internal(struct revert_state *st, struct revert_snapshot *target, const char *path,
                            const struct revert_options *options)
 {
@@ -560,6 +599,8 @@ static int revert_internal(struct revert_state *st, struct revert_snapshot *targ
     virDomainSnapshotPtr snap;
     int rc;
 
+    if (revert_internal_check(st, target) < 0)
+        return -1;
     journal->path = g_strdup(path);
     journal->uri = g_strdup(st->uri);
     journal->domain = g_strdup(st->name);

@@ -274,3 +274,19 @@ def test_transient_domain_refused(chained):
         assert dom.running()
     finally:
         virsh("destroy", dom.name, check=False)
+
+
+def test_internal_under_external_refused(make_domain):
+    """An internal snapshot under an external one: libvirt would rewrite the image the external one froze."""
+    dom = make_domain(ndisks=1)
+    dom.write(1)
+    dom.snapshot("i1", internal=True)
+    dom.write(2)
+    dom.snapshot("e1")
+    dom.write(3)
+    saved = dom.save_raw(dom.content("e1", "vda"), "e1-before")
+    before = dom.fingerprint()
+    status, err = dom.revert("i1")
+    assert status in ("ENOTSUP", "EOPNOTSUPP"), err
+    assert dom.fingerprint() == before
+    assert dom.reads_as(saved, dom.content("e1", "vda"))
