@@ -7,9 +7,10 @@
 #include "snapfs/log.h"
 
 #include <errno.h>
-#include <gio/gio.h>
+#include <fcntl.h>
 #include <glib/gstdio.h>
 #include <signal.h>
+#include <sys/wait.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -21,7 +22,7 @@
 
 struct guest_disk_ext {
     struct guest_disk disk;
-    GSubprocess *nbd;
+    GPid nbd;         /* qemu-nbd, reaped here by its pid (never by a child watch some other thread could race) */
     char **chain;     /* every file qemu opens for this disk (the disk and its backing files) */
 };
 
@@ -33,10 +34,13 @@ char *guest_drive_key(const struct guest_drive *drive, bool live)
 
 static void disk_free(struct guest_disk_ext *ext)
 {
-    if (ext->nbd) {
-        g_subprocess_send_signal(ext->nbd, SIGTERM);
-        g_subprocess_wait(ext->nbd, NULL, NULL);
-        g_object_unref(ext->nbd);
+    if (ext->nbd > 0) {
+        kill(ext->nbd, SIGTERM);
+        for (int i = 0; i < 100 && waitpid(ext->nbd, NULL, WNOHANG) == 0; i++) {
+            if (i == 50)
+                kill(ext->nbd, SIGKILL);
+            g_usleep(20000);
+        }
     }
     g_free(ext->disk.key);
     g_free(ext->disk.file);
@@ -257,11 +261,12 @@ struct guest_appliance *guest_pool_appliance_for(struct guest_pool *pool, struct
 /* Serve one disk through qemu-nbd: an internal snapshot, or an image a running qemu holds locked. */
 static int disk_start_nbd(struct guest_appliance *app, struct guest_disk_ext *ext, unsigned index)
 {
-    g_autoptr(GSubprocessLauncher) launcher = g_subprocess_launcher_new(G_SUBPROCESS_FLAGS_STDOUT_SILENCE);
     g_autoptr(GPtrArray) argv = g_ptr_array_new_with_free_func(g_free);
     g_autoptr(GError) error = NULL;
     g_autofree char *errfile = NULL;
     gint64 deadline = g_get_monotonic_time() + 15 * G_USEC_PER_SEC;
+    int errfd, nullfd = open("/dev/null", O_RDWR | O_CLOEXEC);
+    bool spawned;
     g_auto(GStrv) parts = g_strsplit(ext->disk.file, ",", -1);
     g_autofree char *escaped = g_strjoinv(",,", parts);   /* QemuOpts doubles a comma inside a value */
 
@@ -271,7 +276,7 @@ static int disk_start_nbd(struct guest_appliance *app, struct guest_disk_ext *ex
     }
     ext->disk.socket = g_strdup_printf("%s/%u.sock", app->tmpdir, index);
     errfile = g_strdup_printf("%s/%u.err", app->tmpdir, index);
-    g_subprocess_launcher_set_stderr_file_path(launcher, errfile);
+    errfd = open(errfile, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     g_ptr_array_add(argv, g_strdup("qemu-nbd"));
     g_ptr_array_add(argv, g_strdup("--read-only"));
     g_ptr_array_add(argv, g_strdup("--persistent"));
@@ -284,15 +289,24 @@ static int disk_start_nbd(struct guest_appliance *app, struct guest_disk_ext *ex
     g_ptr_array_add(argv, g_strdup_printf("driver=%s,file.driver=file,file.filename=%s,file.locking=off",
                                           ext->disk.format, escaped));
     g_ptr_array_add(argv, NULL);
-    ext->nbd = g_subprocess_launcher_spawnv(launcher, (const char *const *)argv->pdata, &error);
-    if (!ext->nbd) {
+    spawned = g_spawn_async_with_fds(NULL, (char **)argv->pdata, NULL,
+                                     G_SPAWN_SEARCH_PATH | G_SPAWN_DO_NOT_REAP_CHILD, NULL, NULL, &ext->nbd,
+                                     nullfd, nullfd, errfd >= 0 ? errfd : nullfd, &error);
+    if (errfd >= 0)
+        close(errfd);
+    if (nullfd >= 0)
+        close(nullfd);
+    if (!spawned) {
         snapfs_error_set(EIO, "cannot start qemu-nbd for '%s': %s", ext->disk.file, error->message);
         return -1;
     }
     while (!g_file_test(ext->disk.socket, G_FILE_TEST_EXISTS)) {
         g_autofree char *why = NULL;
 
-        if (g_subprocess_get_identifier(ext->nbd) == NULL || g_get_monotonic_time() > deadline) {
+        if (waitpid(ext->nbd, NULL, WNOHANG) != 0 || g_get_monotonic_time() > deadline) {
+            if (g_get_monotonic_time() > deadline)
+                kill(ext->nbd, SIGKILL), waitpid(ext->nbd, NULL, 0);
+            ext->nbd = 0;
             g_file_get_contents(errfile, &why, NULL, NULL);
             if (why)
                 g_strstrip(why);

@@ -1,0 +1,194 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+# Guest files through a real mount: every byte, name, mode and link of snapshots and layers compared with the source trees.
+import errno
+import os
+import shutil
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import IMAGE_ROOT, REPO, RUN_PREFIX, URI, Domains, Mount, _mountpoint, run, virsh
+
+FIXTURE = REPO / "tests" / "unit" / "guest-fixture.sh"
+
+
+class GuestSet:
+    """The images of tests/unit/guest-fixture.sh behind four domains:
+    chain:    vda = base.raw <- layer1.qcow2 <- layer2.qcow2 <- top.qcow2, snapshot 'snap1' (freezes top: src2).
+    running:  run.qcow2 over layer2.qcow2, started, live snapshot 'live1'.
+    internal: a qcow2 whose internal snapshot 'int1' holds srcB while the image now holds srcA.
+    blank:    a disk with no filesystem, snapshot 'empty1'.
+    """
+
+    def __init__(self, images, doms):
+        self.dir = IMAGE_ROOT / "guest"
+        run("sh", FIXTURE, self.dir, timeout=300)
+        d = self.dir
+        run("qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", d / "layer2.qcow2", d / "top.qcow2")
+        run("qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", d / "layer2.qcow2", d / "run.qcow2")
+        shutil.copy(d / "internal.qcow2", d / "int.qcow2")
+        run("qemu-img", "create", "-q", "-f", "qcow2", d / "blank.qcow2", "16M")
+        for f in d.iterdir():
+            if f.is_file():
+                f.chmod(0o644)
+        self.chain = doms.define([("vda", d / "top.qcow2", "qcow2")], suffix="gchain")
+        self.chain.snapshot("snap1")
+        self.running = doms.define([("vda", d / "run.qcow2", "qcow2")], suffix="grun", start=True)
+        self.running.snapshot("live1")
+        self.internal = doms.define([("vda", d / "int.qcow2", "qcow2")], suffix="gint")
+        self.internal.snapshot("int1", disk_only=False)
+        # After the snapshot the image's own content becomes srcA.
+        run("mkfs.ext4", "-q", "-F", "-d", d / "srcA", d / "a.raw", "32M")
+        run("qemu-img", "convert", "-q", "-n", "-f", "raw", "-O", "qcow2", d / "a.raw", d / "int.qcow2")
+        (d / "a.raw").unlink()
+        self.blank = doms.define([("vda", d / "blank.qcow2", "qcow2")], suffix="gblank")
+        self.blank.snapshot("empty1")
+
+    def src(self, name):
+        return self.dir / name
+
+
+@pytest.fixture(scope="module")
+def guest(libvirtd, images, run_prefix):
+    doms = Domains(images, run_prefix)
+    try:
+        yield GuestSet(images, doms)
+    finally:
+        doms.remove_all()
+
+
+@pytest.fixture(scope="module")
+def mnt(guest):
+    m = Mount(_mountpoint("guest"), ["-c", URI], timeout=30)
+    try:
+        yield Path(m.path)
+        m.check_clean_exit()
+    finally:
+        if m.exit_status is None:
+            m.unmount()
+        m.close()
+
+
+def compare(host, view):
+    """Every name, type, mode, owner, size, mtime, link count, byte, link target and user xattr, recursively."""
+    host, view = Path(host), Path(view)
+    inodes = {}
+    checked = 0
+    for dirpath, dirnames, filenames in os.walk(host):
+        rel = Path(dirpath).relative_to(host)
+        got = sorted(n for n in os.listdir(view / rel) if n != "lost+found")
+        assert got == sorted(dirnames + filenames), f"listing of {view / rel}"
+        for name in dirnames + filenames:
+            h, v = Path(dirpath) / name, view / rel / name
+            hs, vs = os.lstat(h), os.lstat(v)
+            assert stat.S_IFMT(vs.st_mode) == stat.S_IFMT(hs.st_mode), v
+            assert vs.st_mode == hs.st_mode, f"{v}: mode {vs.st_mode:o}, host {hs.st_mode:o}"
+            assert (vs.st_uid, vs.st_gid) == (hs.st_uid, hs.st_gid), v
+            assert int(vs.st_mtime) == int(hs.st_mtime), v    # mke2fs -d keeps whole seconds
+            if not stat.S_ISDIR(hs.st_mode):
+                assert vs.st_size == hs.st_size, v
+                assert vs.st_nlink == hs.st_nlink, v
+            if stat.S_ISCHR(hs.st_mode) or stat.S_ISBLK(hs.st_mode):
+                assert vs.st_rdev == hs.st_rdev, v
+            if hs.st_ino in inodes:
+                assert vs.st_ino == inodes[hs.st_ino], f"{v}: a hard link with another inode number"
+            inodes[hs.st_ino] = vs.st_ino
+            if stat.S_ISREG(hs.st_mode):
+                assert v.read_bytes() == h.read_bytes(), f"{v}: bytes differ"
+            elif stat.S_ISLNK(hs.st_mode):
+                assert os.readlink(v) == os.readlink(h), v
+            for attr in os.listxattr(h, follow_symlinks=False):
+                if attr.startswith("user."):
+                    assert os.getxattr(v, attr, follow_symlinks=False) == \
+                        os.getxattr(h, attr, follow_symlinks=False), f"{v}: {attr}"
+            checked += 1
+    assert checked > 10
+    return checked
+
+
+def test_layers_of_a_chain_with_a_raw_base(guest, mnt):
+    layers = mnt / guest.chain.name / "layers" / "vda"
+    names = sorted(os.listdir(layers), key=lambda n: int(n.split("-")[0]))
+    assert names[:4] == ["0-base.raw", "1-layer1.qcow2", "2-layer2.qcow2", "3-top.qcow2"], names
+    assert os.listdir(layers / names[0]) == ["sda"]
+    compare(guest.src("src0"), layers / names[0] / "sda")
+    compare(guest.src("src1"), layers / names[1] / "sda")
+    compare(guest.src("src2"), layers / names[2] / "sda")
+
+
+def test_external_snapshot(guest, mnt):
+    snap = mnt / guest.chain.name / "snap1"
+    assert os.listdir(snap) == ["sda"]
+    compare(guest.src("src2"), snap / "sda")
+
+
+def test_warm_walk_is_cached(guest, mnt):
+    """A second walk of a frozen snapshot is served by caches (kernel's and snapfs's), far faster than the first."""
+    layer = mnt / guest.chain.name / "layers" / "vda" / "1-layer1.qcow2" / "sda"
+    t0 = time.monotonic()
+    cold = run("find", layer, "-printf", "%p %s %m\n").stdout
+    t1 = time.monotonic()
+    warm = run("find", layer, "-printf", "%p %s %m\n").stdout
+    t2 = time.monotonic()
+    assert cold == warm
+    assert t2 - t1 < 1.0, f"warm find took {t2 - t1:.2f} s (cold {t1 - t0:.2f} s)"
+
+
+def test_read_only_everywhere(guest, mnt):
+    base = mnt / guest.chain.name / "snap1" / "sda"
+    f = base / "small.txt"
+    attempts = {
+        "create": lambda: open(base / "new-file", "w"),
+        "write": lambda: open(f, "r+b"),
+        "truncate": lambda: os.truncate(f, 0),
+        "unlink": lambda: os.unlink(f),
+        "mkdir": lambda: os.mkdir(base / "made-here"),
+        "rmdir": lambda: os.rmdir(base / "dir"),
+        "rename": lambda: os.rename(f, base / "moved"),
+        "link": lambda: os.link(f, base / "linked"),
+        "symlink": lambda: os.symlink("x", base / "sym"),
+        "chmod": lambda: os.chmod(f, 0o600),
+        "chown": lambda: os.chown(f, 1, 1),
+        "utime": lambda: os.utime(f, (1, 1)),
+        "setxattr": lambda: os.setxattr(f, "user.x", b"1"),
+        "removexattr": lambda: os.removexattr(f, "user.snapfs_test"),
+        "mknod": lambda: os.mkfifo(base / "fifo2"),
+    }
+    for what, call in attempts.items():
+        with pytest.raises(OSError) as e:
+            call()
+        assert e.value.errno == errno.EROFS, f"{what}: {e.value}"
+    assert f.read_bytes() == guest.src("src2").joinpath("small.txt").read_bytes()
+    with pytest.raises(FileNotFoundError):
+        os.lstat(base / "no such file")
+
+
+def test_internal_snapshot(guest, mnt):
+    dom = mnt / guest.internal.name
+    assert (dom / "int1" / "sda" / "which").read_text() == "after snapshot A\n"
+    assert sorted(os.listdir(dom / "int1" / "sda")) == ["later", "lost+found", "which"]
+    live = dom / "layers" / "vda" / "0-int.qcow2" / "sda"
+    assert (live / "which").read_text() == "at snapshot A\n"
+    assert virsh("domstate", guest.internal.name).stdout.strip() == "shut off"
+    # Reading changed nothing in the image: libvirt and qemu-img still see the snapshot.
+    assert "int1" in run("qemu-img", "snapshot", "-l", guest.src("int.qcow2")).stdout
+
+
+def test_running_domain(guest, mnt):
+    dom = mnt / guest.running.name
+    compare(guest.src("src2"), dom / "live1" / "sda")
+    layers = sorted(os.listdir(dom / "layers" / "vda"), key=lambda n: int(n.split("-")[0]))
+    top = dom / "layers" / "vda" / layers[-1]
+    assert os.getxattr(top, "user.snapfs.live") == b"1"
+    assert (top / "sda" / "small.txt").read_text() == "changed in layer 2\n"
+    assert virsh("domstate", guest.running.name).stdout.strip() == "running"
+
+
+def test_no_filesystem(guest, mnt):
+    snap = mnt / guest.blank.name / "empty1"
+    assert os.listdir(snap) == []
+    why = os.getxattr(snap, "user.snapfs.error").decode()
+    assert "no filesystem" in why and "blank" in why, why
