@@ -331,7 +331,8 @@ int main(int argc, char **argv)
     if (options.uris->len == 0)
         g_ptr_array_add(options.uris, NULL);   /* libvirt's default */
     for (guint i = 0; i < options.uris->len; i++) {
-        struct snapfs_host *host = snapfs_host_open(g_ptr_array_index(options.uris, i));
+        /* With several hosts, one that is down now must not keep the others from being mounted. */
+        struct snapfs_host *host = snapfs_host_open(g_ptr_array_index(options.uris, i), options.uris->len > 1);
 
         if (!host) {
             fprintf(stderr, "snapfs: %s\n", snapfs_error_message());

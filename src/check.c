@@ -33,7 +33,7 @@ static int check_fuse(FILE *out)
 
 static int check_connection(FILE *out, const char *uri)
 {
-    struct snapfs_host *host = snapfs_host_open(uri);
+    struct snapfs_host *host = snapfs_host_open(uri, false);
     g_autofree char *what = NULL;
     g_autoptr(GPtrArray) names = NULL;
 

@@ -2,6 +2,7 @@
 /* The snapshot engine: snapshot names, mkdir's external snapshot, descriptions, and helpers the delete shares. */
 #include "engine-priv.h"
 #include "snapfs/error.h"
+#include "snapfs/virt.h"
 #include "snapfs/log.h"
 
 #include <errno.h>
@@ -51,18 +52,8 @@ int engine_check_name(const char *name)
 bool engine_conn_is_local(virConnectPtr conn)
 {
     g_autofree char *uri = virConnectGetURI(conn);
-    xmlURIPtr parsed = uri ? xmlParseURI(uri) : NULL;
-    bool local = true;
 
-    /* A loopback server (a second libvirtd on this machine) sees the same files as snapfs. */
-    if (parsed && parsed->server && parsed->server[0]) {
-        const char *host = parsed->server;
-
-        local = strcmp(host, "localhost") == 0 || g_str_has_prefix(host, "127.") || strcmp(host, "::1") == 0 ||
-                g_ascii_strcasecmp(host, g_get_host_name()) == 0;
-    }
-    xmlFreeURI(parsed);
-    return local;
+    return snapfs_uri_is_local(uri);
 }
 
 GPtrArray *engine_domain_disks(virDomainPtr dom, bool inactive)

@@ -193,6 +193,18 @@ static struct snapfs_domain *tree_domain(struct snapfs_tree *tree, const struct 
     return snapfs_host_get_domain(tree_host(tree, node), node->domain);
 }
 
+/* Layers and guest files are read from the image files: only a local host's are files here. */
+static int tree_check_local(struct snapfs_tree *tree, const struct snapfs_node *node)
+{
+    struct snapfs_host *host = tree_host(tree, node);
+
+    if (snapfs_host_is_local(host))
+        return 0;
+    snapfs_error_set(ENOTSUP, "the images of '%s' are not files on this machine: its layers and guest files "
+                     "can only be browsed where they are (mount snapfs on that host)", snapfs_host_name(host));
+    return -1;
+}
+
 static GPtrArray *tree_chain(struct snapfs_domain *domain, const char *target)
 {
     struct snapfs_disk *disk = snapfs_domain_find_disk(domain, target);
@@ -375,6 +387,10 @@ static struct guest_view *tree_view(struct snapfs_tree *tree, const struct snapf
 
     if (!domain)
         return NULL;
+    if (tree_check_local(tree, node) < 0) {
+        snapfs_domain_unref(domain);
+        return NULL;
+    }
     view_drives_init(&v);
     /* Names the domain in the guest reader's log lines; the host's folder keeps two hosts apart. */
     group = g_strdup_printf("%s/%s", snapfs_host_name(tree_host(tree, node)), domain->name);
@@ -664,8 +680,9 @@ int snapfs_tree_readdir(struct snapfs_tree *tree, const struct snapfs_node *node
     if (node_lists_domains(tree, node)) {
         g_autoptr(GPtrArray) names = snapfs_host_list_domains(tree_host(tree, node));
 
+        /* One of several hosts that is down is an empty folder; user.snapfs.error says why. */
         if (!names)
-            return -1;
+            return node->kind == SNAPFS_NODE_HOST ? 0 : -1;
         child.kind = SNAPFS_NODE_DOMAIN;
         for (guint i = 0; i < names->len && ret == 0; i++) {
             child.domain = g_ptr_array_index(names, i);
@@ -683,8 +700,12 @@ int snapfs_tree_readdir(struct snapfs_tree *tree, const struct snapfs_node *node
     }
     if (node_has_content(node)) {
         struct guest_readdir_ctx ctx = { tree, node, fn, opaque };
-        struct guest_view *view = tree_view(tree, node);
+        struct guest_view *view;
 
+        /* A remote host's snapshot or layer is an empty directory; user.snapfs.error says why. */
+        if (node->kind != SNAPFS_NODE_GUEST && tree_check_local(tree, node) < 0)
+            return 0;
+        view = tree_view(tree, node);
         if (!view)
             return -1;
         ret = guest_view_readdir(view, guest_path(node), guest_readdir_entry, &ctx);
@@ -721,7 +742,7 @@ int snapfs_tree_readdir(struct snapfs_tree *tree, const struct snapfs_node *node
             child.disk = disk->target;
             ret = dirent_dir(tree, &child, disk->target, fn, opaque);
         }
-    } else if (node->kind == SNAPFS_NODE_DISK) {
+    } else if (node->kind == SNAPFS_NODE_DISK && tree_check_local(tree, node) == 0) {
         chain = tree_chain(domain, node->disk);
         if (!chain) {
             snapfs_domain_unref(domain);
@@ -932,6 +953,8 @@ static int tree_xattrs(struct snapfs_tree *tree, const struct snapfs_node *node,
             xattr_add(list, "snapshot", g_strdup(frozen_by->name));
         xattr_add(list, "live", g_strdup((guint)node->layer == chain->len - 1 ? "1" : "0"));
     }
+    if ((node->kind == SNAPFS_NODE_LAYERS || node->kind == SNAPFS_NODE_DISK) && tree_check_local(tree, node) < 0)
+        xattr_add(list, "error", g_strdup(snapfs_error_message()));
     if (node->kind == SNAPFS_NODE_SNAPSHOT || node->kind == SNAPFS_NODE_LAYER) {
         struct guest_view *view = tree_view(tree, node);
         char *why = view ? guest_view_error(view) : g_strdup(snapfs_error_message());

@@ -451,7 +451,16 @@ static gpointer host_reconnect_loop(gpointer data)
     return NULL;
 }
 
-struct snapfs_host *snapfs_host_open(const char *uri)
+/* Whether a failed open means "not answering now" rather than "this can never work". */
+static bool virt_error_is_down(void)
+{
+    virErrorPtr err = virGetLastError();
+
+    return err && (err->code == VIR_ERR_SYSTEM_ERROR || err->code == VIR_ERR_RPC ||
+                   err->code == VIR_ERR_OPERATION_TIMEOUT);
+}
+
+struct snapfs_host *snapfs_host_open(const char *uri, bool tolerate_down)
 {
     struct snapfs_host *host = g_new0(struct snapfs_host, 1);
     virConnectPtr conn;
@@ -464,19 +473,45 @@ struct snapfs_host *snapfs_host_open(const char *uri)
     host->domains = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
                                           (GDestroyNotify)snapfs_domain_unref);
     conn = host_connect(host);
-    if (!conn) {
+    if (!conn && !(tolerate_down && uri && virt_error_is_down())) {
         snapfs_host_close(host);
         return NULL;
     }
-    /* Reconnect to what libvirt chose, not to whatever the default is later. */
-    actual = virConnectGetURI(conn);
-    if (actual) {
-        g_free(host->uri);
-        host->uri = actual;
+    if (conn) {
+        /* Reconnect to what libvirt chose, not to whatever the default is later. */
+        actual = virConnectGetURI(conn);
+        if (actual) {
+            g_free(host->uri);
+            host->uri = actual;
+        }
+        host->conn = conn;
+    } else {
+        snapfs_warn("%s: not answering yet (%s); retrying in the background", uri, snapfs_error_message());
+        host->down_reason = g_strdup(snapfs_error_message());
     }
-    host->conn = conn;
     host->reconnector = g_thread_new("snapfs-reconnect", host_reconnect_loop, host);
     return host;
+}
+
+bool snapfs_uri_is_local(const char *uri)
+{
+    xmlURIPtr parsed = uri ? xmlParseURI(uri) : NULL;
+    bool local = true;
+
+    /* A loopback server (a second libvirtd on this machine) sees the same files as snapfs. */
+    if (parsed && parsed->server && parsed->server[0]) {
+        const char *server = parsed->server;
+
+        local = strcmp(server, "localhost") == 0 || g_str_has_prefix(server, "127.") ||
+                strcmp(server, "::1") == 0 || g_ascii_strcasecmp(server, g_get_host_name()) == 0;
+    }
+    xmlFreeURI(parsed);
+    return local;
+}
+
+bool snapfs_host_is_local(struct snapfs_host *host)
+{
+    return snapfs_uri_is_local(host->uri);
 }
 
 void snapfs_host_close(struct snapfs_host *host)

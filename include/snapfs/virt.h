@@ -48,14 +48,24 @@ struct snapfs_host;
 int snapfs_virt_start_events(void);
 void snapfs_virt_stop_events(void);
 
-/* Opens @uri (NULL: libvirt's default); NULL with the reason if it cannot be opened now. */
-struct snapfs_host *snapfs_host_open(const char *uri);
+/*
+ * Opens @uri (NULL: libvirt's default); NULL with the reason if it cannot be
+ * opened now.  With @tolerate_down, a host that exists but does not answer
+ * (connection refused, timed out) is returned disconnected and reconnected
+ * in the background; an unknown driver or a malformed URI is still refused.
+ */
+struct snapfs_host *snapfs_host_open(const char *uri, bool tolerate_down);
 void snapfs_host_close(struct snapfs_host *host);
 
 /* The folder name of each host: its server name, "localhost" for local URIs, "-2", "-3"... on clashes. */
 void snapfs_hosts_name(struct snapfs_host **hosts, size_t n);
 const char *snapfs_host_name(struct snapfs_host *host);
 const char *snapfs_host_uri(struct snapfs_host *host);
+
+/* Whether @uri names this machine (no server, or a loopback or own name), so that its images are files here. */
+bool snapfs_uri_is_local(const char *uri);
+/* The same for the host's URI: only then can layers and guest files be read. */
+bool snapfs_host_is_local(struct snapfs_host *host);
 
 /* The live connection (a reference the caller drops with virConnectClose), or NULL with EIO while down. */
 virConnectPtr snapfs_host_conn(struct snapfs_host *host);

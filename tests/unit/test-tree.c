@@ -244,11 +244,11 @@ int main(int argc, char **argv)
     uri = g_strdup_printf("test://%s", path);
 
     g_assert_cmpint(snapfs_virt_start_events(), ==, 0);
-    hosts[0] = snapfs_host_open(uri);
-    hosts[1] = snapfs_host_open(uri);
+    hosts[0] = snapfs_host_open(uri, false);
+    hosts[1] = snapfs_host_open(uri, false);
     g_assert_nonnull(hosts[0]);
     g_assert_nonnull(hosts[1]);
-    g_assert_null(snapfs_host_open("nosuchdriver:///x"));
+    g_assert_null(snapfs_host_open("nosuchdriver:///x", true));
     tree = snapfs_tree_new(hosts, 1, &config);
 
     g_test_add_func("/tree/listings", test_tree_listings);
