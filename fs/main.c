@@ -25,6 +25,7 @@ struct snapfs_options {
     int nonempty;
     int check;
     int allow_other;
+    int debug;
     unsigned max_appliances;
     unsigned appliance_idle;
     char *quiesce;
@@ -32,7 +33,7 @@ struct snapfs_options {
     char *state_dir;
 };
 
-enum { KEY_CONNECT, KEY_CONNECT_OPTION, KEY_RO, KEY_ALLOW_OTHER };
+enum { KEY_CONNECT, KEY_CONNECT_OPTION, KEY_RO, KEY_ALLOW_OTHER, KEY_DEBUG };
 
 #define OPTION(t, p) { t, offsetof(struct snapfs_options, p), 1 }
 static const struct fuse_opt option_spec[] = {
@@ -43,6 +44,7 @@ static const struct fuse_opt option_spec[] = {
     OPTION("--check", check),
     FUSE_OPT_KEY("ro", KEY_RO),
     FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
+    FUSE_OPT_KEY("debug", KEY_DEBUG),
     OPTION("nonempty", nonempty),
     OPTION("max_appliances=%u", max_appliances),
     OPTION("appliance_idle=%u", appliance_idle),
@@ -91,6 +93,9 @@ static int option_proc(void *data, const char *arg, int key, struct fuse_args *o
     case KEY_ALLOW_OTHER:
         options->allow_other = 1;
         return 1;
+    case KEY_DEBUG:
+        options->debug = 1;
+        return 1;   /* FUSE's own request log too */
     default:
         return 1;
     }
@@ -108,6 +113,7 @@ static void usage(const char *prog)
            "                           each then a folder named after its host (\"localhost\" for\n"
            "                           local URIs, \"-2\", \"-3\"... added when names clash)\n"
            "    -o connect=URI         the same as -c URI, for fstab and mount -t fuse.snapfs\n"
+           "    -o debug               log every libvirt and libguestfs step (and FUSE's requests)\n"
            "    -o ro                  read-only: no mkdir, rmdir, revert (EROFS)\n"
            "    -o nonempty            allow mounting over a non-empty directory\n"
            "    -o max_appliances=N    libguestfs appliances running at once (default 4)\n"
@@ -322,7 +328,7 @@ int main(int argc, char **argv)
         fuse_opt_add_arg(&args, "-odefault_permissions");
     if (!cmdline.foreground && daemon_start() < 0)
         goto out;
-    snapfs_log_init(false, cmdline.debug);
+    snapfs_log_init(false, cmdline.debug || options.debug);
 
     if (snapfs_virt_start_events() < 0) {
         fprintf(stderr, "snapfs: %s\n", snapfs_error_message());
@@ -366,7 +372,7 @@ int main(int argc, char **argv)
         goto out;
     }
     if (!cmdline.foreground) {
-        snapfs_log_init(true, cmdline.debug);
+        snapfs_log_init(true, cmdline.debug || options.debug);
         daemon_ready();
     }
     snapfs_info("mounted %u connection(s) on %s", hosts->len, cmdline.mountpoint);
