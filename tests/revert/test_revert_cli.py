@@ -274,6 +274,8 @@ def test_transient_domain_refused(chained):
         assert dom.running()
     finally:
         virsh("destroy", dom.name, check=False)
+        # A transient domain with snapshot metadata outlives its destroy: undefine it too.
+        virsh("undefine", dom.name, "--snapshots-metadata", check=False)
 
 
 def test_internal_under_external_refused(make_domain):
