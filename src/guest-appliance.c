@@ -563,6 +563,40 @@ static bool appliance_reads_file(struct guest_appliance *app, const char *file)
     return false;
 }
 
+/* Close, now, the appliances @match selects (waiting for a call in flight): their qemu holds locks on images. */
+static void pool_close_matching(struct guest_pool *pool, bool (*match)(struct guest_appliance *, const char *),
+                                const char *arg)
+{
+    g_autoptr(GPtrArray) closing = g_ptr_array_new();
+
+    g_mutex_lock(&pool->lock);
+    for (guint i = 0; i < pool->appliances->len; i++) {
+        struct guest_appliance *app = g_ptr_array_index(pool->appliances, i);
+
+        if (match(app, arg)) {
+            g_atomic_int_set(&app->retire, 1);
+            g_ptr_array_add(closing, app);
+        }
+    }
+    for (guint i = 0; i < closing->len; i++)
+        g_ptr_array_remove(pool->appliances, g_ptr_array_index(closing, i));   /* the reference moves here */
+    g_mutex_unlock(&pool->lock);
+    for (guint i = 0; i < closing->len; i++) {
+        struct guest_appliance *app = g_ptr_array_index(closing, i);
+
+        g_mutex_lock(&app->lock);
+        snapfs_info("stopping appliance %u of '%s': its images change", app->serial, app->group);
+        appliance_close(app);
+        g_mutex_unlock(&app->lock);
+        guest_appliance_unref(app);
+    }
+}
+
+static bool match_group(struct guest_appliance *app, const char *group)
+{
+    return strcmp(app->group, group) == 0;
+}
+
 void guest_pool_forget_file(struct guest_pool *pool, const char *file)
 {
     g_autoptr(GPtrArray) dropped = g_ptr_array_new_with_free_func(g_free);
@@ -582,19 +616,16 @@ void guest_pool_forget_file(struct guest_pool *pool, const char *file)
             }
         }
     }
-    /* qemu holds the old file open: appliances that read it go as soon as they are not in a call. */
-    for (guint i = 0; i < pool->appliances->len; i++) {
-        struct guest_appliance *app = g_ptr_array_index(pool->appliances, i);
-
-        if (appliance_reads_file(app, file))
-            g_atomic_int_set(&app->retire, 1);
-    }
     g_mutex_unlock(&pool->lock);
     for (guint i = 0; i < dropped->len; i++)
         guest_data_forget(pool, g_ptr_array_index(dropped, i));
-    g_mutex_lock(&pool->timer_lock);
-    g_cond_signal(&pool->timer_cond);
-    g_mutex_unlock(&pool->timer_lock);
+    /* qemu holds the old file open, and its backing files locked against a commit into them. */
+    pool_close_matching(pool, appliance_reads_file, file);
+}
+
+void guest_pool_release_group(struct guest_pool *pool, const char *group)
+{
+    pool_close_matching(pool, match_group, group);
 }
 
 void guest_pool_get_stats(struct guest_pool *pool, struct guest_pool_stats *stats)

@@ -179,6 +179,20 @@ struct guest_view *guest_pool_view(struct guest_pool *pool, const struct guest_v
     return view;
 }
 
+bool guest_pool_has_group(struct guest_pool *pool, const char *group)
+{
+    GHashTableIter iter;
+    gpointer value;
+    bool found = false;
+
+    g_mutex_lock(&pool->lock);
+    g_hash_table_iter_init(&iter, pool->views);
+    while (!found && g_hash_table_iter_next(&iter, NULL, &value))
+        found = strcmp(((struct guest_view *)value)->group, group) == 0;
+    g_mutex_unlock(&pool->lock);
+    return found;
+}
+
 void guest_view_free(struct guest_view *view)
 {
     guest_appliance_unref(view->app);

@@ -47,6 +47,15 @@ struct guest_view *guest_pool_view(struct guest_pool *pool, const struct guest_v
 void guest_view_unref(struct guest_view *view);
 
 /*
+ * True once any view of @group exists.  The tree uses it to register, on the
+ * first view of a domain, the views of all its snapshots and layers (with
+ * guest_pool_view() and guest_view_unref(), which start nothing): an
+ * appliance cannot take disks after it started, so only the views known
+ * when it starts share it.
+ */
+bool guest_pool_has_group(struct guest_pool *pool, const char *group);
+
+/*
  * Paths are absolute within the view ("/" is its root).  Each returns -1
  * after snapfs_error_set() on failure (ENOENT, EIO, ...).
  * st_dev is the index of the guest filesystem within the view (stable),
@@ -71,8 +80,21 @@ ssize_t guest_view_listxattr(struct guest_view *view, const char *path, char *bu
  */
 char *guest_view_error(struct guest_view *view);
 
-/* A chain changed: drop every view and appliance that reads @file (content caches of unchanged files may stay). */
+/*
+ * A chain changed: drop every view and appliance that reads @file (content
+ * caches of unchanged files may stay).  Appliances are closed before this
+ * returns (waiting for a call in flight).
+ */
 void guest_pool_forget_file(struct guest_pool *pool, const char *file);
+
+/*
+ * Close every appliance of @group now; views and caches stay, and the next
+ * read starts an appliance again.  Call it BEFORE rmdir/revert of that domain:
+ * an appliance's qemu holds read locks on the backing images it reads, and a
+ * commit (block-commit, qemu-img commit) into them fails with "Failed to get
+ * write lock" while it runs.
+ */
+void guest_pool_release_group(struct guest_pool *pool, const char *group);
 
 /* Counters for tests, benchmarks and --check. */
 struct guest_pool_stats {

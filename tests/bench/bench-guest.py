@@ -1,0 +1,251 @@
+#!/usr/bin/python3
+# SPDX-License-Identifier: GPL-2.0-or-later
+# Benchmark of guest file browsing, snapfs beside guestmount on the same images: prints a markdown table.
+"""Usage: bench-guest.py [--snapfs PATH] [--files N] [--keep]
+
+Builds its own images under /var/tmp (no appliance needed): an ext4 tree of N small files (default
+10,000) in 100 directories, a 64 MiB file and a directory to copy; a shut-off test domain on
+qemu:///system whose disk is an overlay of that image, with 5 external snapshots.  Then measures,
+for snapfs and for guestmount (--ro, one mount per snapshot image):
+first ls of a snapshot (from the mount command on), find | wc -l and ls -lR cold and warm, cp -r of
+a directory, cat of the 64 MiB file cold and warm, browsing all 5 snapshots (guestmount: 5 mounts),
+and the peak RSS of the daemon plus its appliances (qemu).  Needs root, libvirtd, guestmount.
+"""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+URI = "qemu:///system"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def sh(cmd, check=True, env=None):
+    proc = subprocess.run(cmd, shell=True, capture_output=True, text=True, env=env)
+    if check and proc.returncode != 0:
+        raise SystemExit(f"failed: {cmd}\n{proc.stderr}{proc.stdout}")
+    return proc.stdout
+
+
+def timed(cmd):
+    t0 = time.monotonic()
+    sh(cmd)
+    return time.monotonic() - t0
+
+
+def descendants(pid):
+    """PID and every process below it (libguestfs's qemu is a child of the daemon)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def rss_kib(pids):
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+class PeakRSS:
+    """Samples the RSS of the process trees rooted at the pids get_pids() returns, every 0.2 s."""
+
+    def __init__(self, get_pids):
+        self.get_pids, self.peak, self.stop = get_pids, 0, False
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.stop:
+            pids = []
+            for root in self.get_pids():
+                pids += descendants(root)
+            self.peak = max(self.peak, rss_kib(set(pids)))
+            time.sleep(0.2)
+
+    def done(self):
+        self.stop = True
+        self.thread.join()
+        return self.peak / 1024
+
+
+def is_mount(path):
+    path = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == path for line in f)
+
+
+def build(root, n_files):
+    src = root / "src"
+    for d in range(100):
+        sub = src / "tree" / f"d{d:03}"
+        sub.mkdir(parents=True)
+        for i in range(n_files // 100):
+            (sub / f"f{i:04}.txt").write_text(f"{d} {i}\n" * (1 + i % 50))
+    copy = src / "copyme"
+    copy.mkdir()
+    for i in range(100):
+        (copy / f"c{i:03}.bin").write_bytes(os.urandom(65536))
+    with open(src / "big.bin", "wb") as f:
+        f.write(os.urandom(64 << 20))
+    sh(f"mkfs.ext4 -q -F -N {n_files + 2000} -d {src} {root}/base.raw 400M")
+    sh(f"qemu-img convert -q -f raw -O qcow2 {root}/base.raw {root}/base.qcow2")
+    os.unlink(root / "base.raw")
+    sh(f"qemu-img create -q -f qcow2 -F qcow2 -b {root}/base.qcow2 {root}/top.qcow2")
+    for f in root.iterdir():
+        if f.is_file():
+            f.chmod(0o644)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--snapfs", default=str(REPO / "build" / "snapfs"))
+    ap.add_argument("--files", type=int, default=10000)
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+    if os.geteuid() != 0 or not shutil.which("guestmount"):
+        sys.exit("needs root and guestmount (libguestfs-tools)")
+    os.environ.setdefault("LIBGUESTFS_BACKEND", "direct")
+    # KVM is broken on some hosts (nested): both tools then use TCG, as `snapfs --check` advises.
+    if sh("snapfs_kvm=$(ls /dev/kvm 2>/dev/null); echo $snapfs_kvm", check=False).strip() == "" or \
+            os.environ.get("BENCH_TCG", "1") == "1":
+        os.environ.setdefault("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
+
+    prefix = f"snapfsbench{os.getpid()}"
+    root = Path("/var/tmp") / prefix
+    root.mkdir(mode=0o755)
+    root.chmod(0o755)
+    dom = prefix + "dom"
+    mnt, gmnt = root / "mnt", root / "gmnt"
+    mnt.mkdir()
+    gmnt.mkdir()
+    results = {}
+    daemon = None
+    try:
+        print(f"building images in {root} ...", file=sys.stderr)
+        build(root, args.files)
+        xml = (f"<domain type='qemu'><name>{dom}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>"
+               f"<os><type arch='x86_64' machine='pc'>hvm</type></os><devices><disk type='file' device='disk'>"
+               f"<driver name='qemu' type='qcow2'/><source file='{root}/top.qcow2'/><target dev='vda' bus='virtio'/>"
+               f"</disk><memballoon model='none'/></devices></domain>")
+        (root / "dom.xml").write_text(xml)
+        sh(f"virsh -q -c {URI} define {root}/dom.xml")
+        frozen = []
+        for k in range(1, 6):
+            frozen.append(sh(f"virsh -q -c {URI} domblklist {dom} --details | awk '$3==\"vda\"{{print $4}}'").strip())
+            sh(f"virsh -q -c {URI} snapshot-create-as {dom} s{k} --disk-only --atomic")
+
+        def snapfs_mount():
+            proc = subprocess.Popen([args.snapfs, "-f", "-c", URI, str(mnt)], stdout=subprocess.DEVNULL,
+                                    stderr=open(root / "snapfs.log", "ab"))
+            while not is_mount(mnt):
+                if proc.poll() is not None:
+                    raise SystemExit(f"snapfs exited: see {root}/snapfs.log")
+                time.sleep(0.02)
+            return proc
+
+        def snapfs_unmount(proc):
+            sh(f"fusermount3 -u {mnt}")
+            proc.wait(timeout=120)
+
+        def guestmount(image):
+            sh(f"guestmount --ro --format=qcow2 -a {image} -m /dev/sda --pid-file {root}/gm.pid {gmnt}")
+
+        def guestmount_pid():
+            try:
+                return [int((root / "gm.pid").read_text())]
+            except (OSError, ValueError):
+                return []
+
+        def guestunmount():
+            sh(f"guestunmount {gmnt}")
+
+        def run_set(tool, start, stop, path, pids):
+            r = results.setdefault(tool, {})
+            peak = PeakRSS(pids)
+            t0 = time.monotonic()
+            handle = start()
+            sh(f"ls {path}")
+            r["first ls of a snapshot"] = time.monotonic() - t0
+            r["find | wc -l, cold"] = timed(f"find {path} | wc -l")
+            r["find | wc -l, warm"] = timed(f"find {path} | wc -l")
+            r["ls -lR, cold"] = timed(f"ls -lR {path} > /dev/null")
+            r["ls -lR, warm"] = timed(f"ls -lR {path} > /dev/null")
+            out = root / f"copy-{tool}"
+            r["cp -r of a directory (6.4 MiB, 100 files)"] = timed(f"cp -r {path}/copyme {out}")
+            shutil.rmtree(out)
+            r["cat of a 64 MiB file, cold"] = timed(f"cat {path}/big.bin > /dev/null")
+            r["cat of a 64 MiB file, warm"] = timed(f"cat {path}/big.bin > /dev/null")
+            stop(handle)
+            r["peak RSS (MiB), one snapshot"] = peak.done()
+
+        print("snapfs ...", file=sys.stderr)
+        run_set("snapfs", lambda: (daemon_holder.__setitem__(0, snapfs_mount()), daemon_holder[0])[1],
+                snapfs_unmount, mnt / dom / "s1" / "sda", lambda: [daemon_holder[0].pid] if daemon_holder[0] else [])
+        print("guestmount ...", file=sys.stderr)
+        run_set("guestmount", lambda: guestmount(frozen[0]), lambda _: guestunmount(), gmnt, guestmount_pid)
+
+        # Five snapshots of one domain, each listed in full.
+        print("5 snapshots ...", file=sys.stderr)
+        peak = PeakRSS(lambda: [daemon_holder[0].pid] if daemon_holder[0] else [])
+        t0 = time.monotonic()
+        daemon_holder[0] = snapfs_mount()
+        for k in range(1, 6):
+            sh(f"ls -lR {mnt / dom / f's{k}' / 'sda'} > /dev/null")
+        results["snapfs"]["browse 5 snapshots (ls -lR each)"] = time.monotonic() - t0
+        snapfs_unmount(daemon_holder[0])
+        daemon_holder[0] = None
+        results["snapfs"]["peak RSS (MiB), 5 snapshots"] = peak.done()
+        peak = PeakRSS(guestmount_pid)
+        t0 = time.monotonic()
+        for k in range(5):
+            guestmount(frozen[k])
+            sh(f"ls -lR {gmnt} > /dev/null")
+            guestunmount()
+        results["guestmount"]["browse 5 snapshots (ls -lR each)"] = time.monotonic() - t0
+        results["guestmount"]["peak RSS (MiB), 5 snapshots"] = peak.done()
+    finally:
+        if daemon_holder[0] is not None and is_mount(mnt):
+            sh(f"fusermount3 -u {mnt}", check=False)
+        if is_mount(gmnt):
+            sh(f"guestunmount {gmnt}", check=False)
+        sh(f"virsh -q -c {URI} undefine {dom} --snapshots-metadata", check=False)
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+    print(f"| {args.files} files, TCG={os.environ.get('LIBGUESTFS_BACKEND_SETTINGS', '') == 'force_tcg'} "
+          f"| snapfs | guestmount | guestmount / snapfs |")
+    print("|---|---:|---:|---:|")
+    for key in results["snapfs"]:
+        a, b = results["snapfs"][key], results["guestmount"].get(key)
+        unit = "" if "RSS" in key else " s"
+        ratio = f"{b / a:.1f}x" if b and a > 0 else "-"
+        print(f"| {key} | {a:.2f}{unit} | {b:.2f}{unit} | {ratio} |")
+
+
+daemon_holder = [None]
+
+if __name__ == "__main__":
+    main()
