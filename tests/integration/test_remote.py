@@ -212,6 +212,14 @@ class RemoteDomain:
         import xml.etree.ElementTree as ET
         return int(ET.fromstring(self.host.virsh("snapshot-dumpxml", self.name, snap).stdout).findtext("creationTime"))
 
+    def chain(self):
+        """The files of vda's chain as qemu-img reads it from the file the host's XML names, base first."""
+        import json
+        import xml.etree.ElementTree as ET
+        top = ET.fromstring(self.host.virsh("dumpxml", self.name).stdout).find("devices/disk/source").get("file")
+        info = json.loads(run("qemu-img", "info", "-U", "--backing-chain", "--output=json", top).stdout)
+        return [i["filename"] for i in reversed(info)]
+
     def remove(self):
         self.host.virsh("undefine", self.name, "--snapshots-metadata", check=False)
 
@@ -297,6 +305,7 @@ def test_remote_mkdir_and_rmdir(mount, host2_up, remote_dom):
     m = mount("-c", host2_up.uri)
     d = m.p("127.0.0.1", remote_dom.name)
     err = errno_of(os.mkdir, os.path.join(d, "s3"))
+    print(f"mkdir on 127.0.0.1: {errno.errorcode.get(err, 'done')}")
     if err == errno.ENOTSUP:
         assert xattrs(d).get("last_error"), "ENOTSUP without a reason in user.snapfs.last_error"
         assert remote_dom.snapshots() == ["s1", "s2"]
@@ -308,6 +317,7 @@ def test_remote_mkdir_and_rmdir(mount, host2_up, remote_dom):
     assert remote_dom.host.virsh("snapshot-current", remote_dom.name, "--name").stdout.strip() == "s3"
 
     err = errno_of(os.rmdir, os.path.join(d, "s3"))
+    print(f"rmdir on 127.0.0.1: {errno.errorcode.get(err, 'done')}")
     if err == errno.ENOTSUP:
         assert xattrs(d).get("last_error"), "ENOTSUP without a reason in user.snapfs.last_error"
         assert remote_dom.snapshots() == ["s1", "s2", "s3"]
@@ -316,6 +326,11 @@ def test_remote_mkdir_and_rmdir(mount, host2_up, remote_dom):
     assert err is None, f"rmdir on the second host: {errno.errorcode.get(err, err)}: {xattrs(d).get('last_error')}"
     assert remote_dom.snapshots() == ["s1", "s2"]
     assert wait_for(lambda: "s3" not in os.listdir(d))
+    # The disk the host now names is a sound chain down to the same base.
+    chain = remote_dom.chain()
+    assert chain[0] == str(remote_dom.base), chain
+    for image in chain:
+        run("qemu-img", "check", "-U", image)
 
 
 # ---------------------------------------------------------------- a host elsewhere
@@ -354,6 +369,7 @@ def test_nonlocal_host_has_no_files(mount, host2_up, remote_dom):
 
     # mkdir needs only libvirt's API: it works (as virsh on the host says), or says why it does not.
     err = errno_of(os.mkdir, os.path.join(d, "s9"))
+    print(f"mkdir on {NONLOCAL_NAME}: {errno.errorcode.get(err, 'done')}")
     if err == errno.ENOTSUP:
         assert xattrs(d).get("last_error"), "ENOTSUP without a reason in user.snapfs.last_error"
     else:
@@ -390,23 +406,40 @@ def _local_works(m, local_dom):
     return outcome == "ok" and local_dom.name in names
 
 
-def test_host_killed_and_restarted(mount, host2_up, remote_dom, local_dom):
+def test_host_killed_while_mounted(mount, host2_up, remote_dom, local_dom):
+    """A host that goes away: its folder says so within seconds (empty or EIO, the reason in user.snapfs.error),
+    nothing below it hangs, the other host is not disturbed."""
     m = mount("-c", host2_up.uri)
     assert listing(m.p("127.0.0.1")) == ("ok", [remote_dom.name])
     host2_up.kill()
     try:
+        # The crash takes all of the host with it: no virtlogd or namespace of it is left.
+        assert wait_for(lambda: not namespaces_of(host2_up.root), timeout=5), namespaces_of(host2_up.root)
         t0 = time.monotonic()
-        assert wait_for(lambda: _down(m, "127.0.0.1"), timeout=DOWN_LIMIT, interval=0.2), \
-            (f"{DOWN_LIMIT} s after the second libvirtd was killed, its folder holds "
-             f"{listing(m.p('127.0.0.1'))} with xattrs {xattrs(m.p('127.0.0.1'))}")
-        print(f"down after {time.monotonic() - t0:.1f} s: {xattrs(m.p('127.0.0.1'))['error']}")
-        # Nothing below it hangs either, and the other host is not disturbed.
+        # Nothing hangs, whatever it answers meanwhile.
         for fn in (lambda: os.listdir(m.p("127.0.0.1", remote_dom.name)),
                    lambda: xattrs(m.p("127.0.0.1", remote_dom.name, "s1"))):
             outcome, value = call_with_timeout(fn, timeout=5)
             assert outcome != "hung", "a call below a host that is down hung"
         assert _local_works(m, local_dom)
         assert listing(m.p("localhost", local_dom.name)) == ("ok", ["layers", "revert"])
+        assert wait_for(lambda: _down(m, "127.0.0.1"), timeout=DOWN_LIMIT, interval=0.2), \
+            (f"{DOWN_LIMIT} s after the second libvirtd was killed, its folder holds "
+             f"{listing(m.p('127.0.0.1'))} with xattrs {xattrs(m.p('127.0.0.1'))}")
+        print(f"down after {time.monotonic() - t0:.1f} s: {xattrs(m.p('127.0.0.1'))['error']}")
+        assert _local_works(m, local_dom)
+    finally:
+        host2_up.start()
+
+
+def test_host_restarted_while_mounted(mount, host2_up, remote_dom):
+    """A host that comes back after a crash fills its folder again by itself, and the error goes."""
+    m = mount("-c", host2_up.uri)
+    assert listing(m.p("127.0.0.1")) == ("ok", [remote_dom.name])
+    host2_up.kill()
+    try:
+        assert wait_for(lambda: xattrs(m.p("127.0.0.1")).get("error"), timeout=DOWN_LIMIT, interval=0.2), \
+            f"no user.snapfs.error {DOWN_LIMIT} s after the second libvirtd was killed"
     finally:
         host2_up.start()
     t0 = time.monotonic()
