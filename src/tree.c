@@ -375,43 +375,34 @@ static int snapshot_drives(struct snapfs_domain *domain, struct snapfs_snapshot 
     return 0;
 }
 
-/* The view behind a SNAPSHOT, LAYER or GUEST node; NULL with the reason. */
-static struct guest_view *tree_view(struct snapfs_tree *tree, const struct snapfs_node *node)
+/* The guest reader's group of a domain: views of one group share appliances; it names the domain in log lines. */
+static char *tree_group(struct snapfs_tree *tree, const struct snapfs_node *node)
 {
-    g_autoptr(GPtrArray) chain = NULL;
-    struct snapfs_domain *domain = tree_domain(tree, node);
-    struct view_drives v;
+    return g_strdup_printf("%s/%s", snapfs_host_name(tree_host(tree, node)), node->domain);
+}
+
+/* The view of snapshot @snap, or of layer @index of @chain (of disk @target) when @snap is NULL. */
+static struct guest_view *tree_make_view(struct snapfs_tree *tree, const char *group, struct snapfs_domain *domain,
+                                         struct snapfs_snapshot *snap, const char *target, GPtrArray *chain,
+                                         guint index)
+{
     struct guest_view *view = NULL;
-    g_autofree char *group = NULL;
+    struct view_drives v;
     bool live = false;
 
-    if (!domain)
-        return NULL;
-    if (tree_check_local(tree, node) < 0) {
-        snapfs_domain_unref(domain);
-        return NULL;
-    }
     view_drives_init(&v);
-    /* Names the domain in the guest reader's log lines; the host's folder keeps two hosts apart. */
-    group = g_strdup_printf("%s/%s", snapfs_host_name(tree_host(tree, node)), domain->name);
-    if (node->snapshot) {
-        struct snapfs_snapshot *snap = snapfs_domain_find_snapshot(domain, node->snapshot);
-
-        if (!snap) {
-            snapfs_error_set(ENOENT, "domain '%s' has no snapshot '%s'", domain->name, node->snapshot);
-            goto cleanup;
-        }
+    if (snap) {
         g_string_append_printf(v.id, "%s/snapshot/%s@%lld", group, snap->name, snap->created);
         if (snapshot_drives(domain, snap, &v) < 0)
             goto cleanup;
     } else {
-        struct snapfs_layer *layer = tree_layer(domain, node, &chain);
+        struct snapfs_layer *layer = g_ptr_array_index(chain, index);
+        g_autofree char *identity = NULL;
 
-        if (!layer)
-            goto cleanup;
-        live = (guint)node->layer == chain->len - 1;
-        g_string_append_printf(v.id, "%s/layer/%s", group, node->identity ? node->identity : layer->file);
-        view_add(&v, node->disk, g_strdup(layer->file), g_strdup(layer->format), NULL);
+        live = index == chain->len - 1;
+        identity = layer_identity(layer, live);
+        g_string_append_printf(v.id, "%s/layer/%s", group, identity);
+        view_add(&v, target, g_strdup(layer->file), g_strdup(layer->format), NULL);
     }
     {
         struct guest_view_spec spec = {
@@ -427,8 +418,69 @@ static struct guest_view *tree_view(struct snapfs_tree *tree, const struct snapf
 
 cleanup:
     view_drives_clear(&v);
+    return view;
+}
+
+/*
+ * An appliance takes its disks when it starts: on the first view of a
+ * domain, make the views of all its snapshots and layers known (this starts
+ * nothing), so that one appliance serves every one of them.
+ */
+static void tree_register_group(struct snapfs_tree *tree, const char *group, struct snapfs_domain *domain)
+{
+    for (guint i = 0; i < domain->snapshots->len; i++) {
+        struct guest_view *view = tree_make_view(tree, group, domain, g_ptr_array_index(domain->snapshots, i),
+                                                 NULL, NULL, 0);
+
+        guest_view_unref(view);
+    }
+    for (guint i = 0; i < domain->disks->len; i++) {
+        struct snapfs_disk *disk = g_ptr_array_index(domain->disks, i);
+        g_autoptr(GPtrArray) chain = disk->file ? snapfs_chain_read(disk->file, disk->format) : NULL;
+
+        for (guint j = 0; chain && j < chain->len; j++)
+            guest_view_unref(tree_make_view(tree, group, domain, NULL, disk->target, chain, j));
+    }
+    snapfs_error_clear();
+}
+
+/* The view behind a SNAPSHOT, LAYER or GUEST node; NULL with the reason. */
+static struct guest_view *tree_view(struct snapfs_tree *tree, const struct snapfs_node *node)
+{
+    g_autoptr(GPtrArray) chain = NULL;
+    struct snapfs_domain *domain = tree_domain(tree, node);
+    struct guest_view *view = NULL;
+    g_autofree char *group = NULL;
+
+    if (!domain)
+        return NULL;
+    if (tree_check_local(tree, node) < 0)
+        goto cleanup;
+    group = tree_group(tree, node);
+    if (!guest_pool_has_group(tree->guests, group))
+        tree_register_group(tree, group, domain);
+    if (node->snapshot) {
+        struct snapfs_snapshot *snap = snapfs_domain_find_snapshot(domain, node->snapshot);
+
+        if (!snap)
+            snapfs_error_set(ENOENT, "domain '%s' has no snapshot '%s'", domain->name, node->snapshot);
+        else
+            view = tree_make_view(tree, group, domain, snap, NULL, NULL, 0);
+    } else if (tree_layer(domain, node, &chain)) {
+        view = tree_make_view(tree, group, domain, NULL, node->disk, chain, (guint)node->layer);
+    }
+
+cleanup:
     snapfs_domain_unref(domain);
     return view;
+}
+
+/* Appliances hold read locks on the images they read: a merge into them needs them closed first. */
+static void tree_release_appliances(struct snapfs_tree *tree, const struct snapfs_node *node)
+{
+    g_autofree char *group = tree_group(tree, node);
+
+    guest_pool_release_group(tree->guests, group);
 }
 
 static const char *guest_path(const struct snapfs_node *node)
@@ -855,6 +907,7 @@ int snapfs_tree_write(struct snapfs_tree *tree, const struct snapfs_node *node, 
     if (!conn)
         return -1;
     before = tree_domain(tree, node);
+    tree_release_appliances(tree, node);
     ret = revert_write(conn, node->domain, buf, size, &tree->config.revert);
     if (ret < 0)
         tree_remember_error(tree, node, "revert");
@@ -1125,6 +1178,7 @@ int snapfs_tree_rmdir(struct snapfs_tree *tree, const struct snapfs_node *parent
     if (!conn)
         return -1;
     /* The engine reports every image it merged or removed through tree_chain_changed(). */
+    tree_release_appliances(tree, parent);
     ret = engine_snapshot_delete(conn, parent->domain, name);
     if (ret < 0)
         tree_remember_error(tree, parent, "rmdir");
