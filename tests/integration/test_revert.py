@@ -112,6 +112,36 @@ def test_echo_name_reverts_and_keeps(mount, chained):
     assert dom.snapshots() == []
 
 
+def test_content_after_revert(mount, chained):
+    """Through the mount (one appliance for all of it): the live layer reads as the snapshot, the kept
+    state as the live disk did, the other snapshots as they always did."""
+    dom = chained
+    m = mount("-o", f"state_dir={dom.state_dir}")
+    write(m.p(dom.name, "revert"), "s2\n")
+    kept = [s for s in dom.snapshots() if s.startswith("pre-revert-")]
+    layers = sorted(os.listdir(m.p(dom.name, "layers", "vda")), key=lambda n: int(n.split("-", 1)[0]))
+    assert ".revert-s2-" in layers[-1], layers
+    assert read(m.p(dom.name, "layers", "vda", layers[-1], "sda", "etc", "hostname")) == "s2\n"
+    assert read(m.p(dom.name, kept[0], "sda", "etc", "hostname")) == "live\n"
+    for snap, text in [("r1", "r1\n"), ("s2", "s2\n"), ("s3", "s3\n")]:
+        assert read(m.p(dom.name, snap, "sda", "etc", "hostname")) == text
+
+
+@pytest.mark.xfail(reason="rmdir after browsing: libvirt's block-commit cannot get the write lock "
+                          "(an appliance or a cache still holds an image); not revert's", strict=False)
+def test_delete_after_browsing(mount, chained):
+    dom = chained
+    m = mount("-o", f"state_dir={dom.state_dir}")
+    write(m.p(dom.name, "revert"), "s2\n")
+    kept = [s for s in dom.snapshots() if s.startswith("pre-revert-")]
+    for snap in [kept[0], "r1", "s2", "s3"]:
+        os.listdir(m.p(dom.name, snap, "sda"))
+    write(m.p(dom.name, "revert"), "r1\n")
+    for snap in [kept[0], "s3", "s2", "r1"]:
+        os.rmdir(m.p(dom.name, snap))
+    assert dom.snapshots() == []
+
+
 def test_refusals_change_nothing(mount, chained):
     dom = chained
     m = mount("-o", f"state_dir={dom.state_dir}")
