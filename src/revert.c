@@ -20,12 +20,18 @@
  *   journal        the intent (every file to make, the snapshot to keep) is on disk
  *   keep-overlays  an empty overlay on each old top image, for pre-revert-DATE
  *   keep           pre-revert-DATE defined (metadata only) and made current
- *                  (libvirt's own revert, tried next, removes the current
- *                  snapshot's overlays, never the old top images)
- *   overlays       a new overlay on each image S froze
+ *                  (libvirt's own revert, tried next where it is safe,
+ *                  unlinks the current snapshot's overlays: these, never
+ *                  the old top images); from here on only where libvirt
+ *                  answered that it cannot:
+ *   overlays       a new overlay on each image S froze (or S's own, reused,
+ *                  where nothing was ever written to it)
  *   domain         the domain redefined on the new overlays, <backingStore> spelled out
  *   current        S's metadata redefined as current
  *   cleanup        old top images nothing needs any more unlinked (empty ones, or all with revert_keep=off)
+ *
+ * Internal snapshots are libvirt's own revert after an internal
+ * pre-revert-DATE (steps journal, keep, current).
  *
  * Before "domain" a crash is rolled back (files this revert made unlinked,
  * pre-revert-DATE's metadata removed, the old current snapshot current
