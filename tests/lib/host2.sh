@@ -28,6 +28,8 @@ if [ "${1:-}" = --in-namespace ]; then
                print p } }' /proc/self/mountinfo | sort -r | while IFS= read -r point; do
         umount -l "$point" || true
     done
+    # (On a fresh machine whose libvirtd never ran, some of these do not exist yet.)
+    mkdir -p /run/libvirt /etc/libvirt /var/lib/libvirt /var/cache/libvirt /var/log/libvirt
     mount -t tmpfs -o mode=0755 host2-run /run/libvirt
     mount --bind "$dir/etc" /etc/libvirt
     mount --bind "$dir/lib" /var/lib/libvirt
