@@ -62,6 +62,7 @@ class Host2:
         self.nonlocal_uri = f"qemu+tcp://{NONLOCAL_NAME}:{port}/system"
         self.proc = None
         self.log = None
+        self.namespaces = set()   # the mount namespaces of every start, to find what a stop leaves behind
 
     def virsh(self, *args, check=True, timeout=30):
         return run("virsh", "-q", "-c", self.uri, *args, check=check, timeout=timeout)
@@ -84,6 +85,7 @@ class Host2:
                 raise AssertionError(f"the second libvirtd does not answer at {self.uri}:\n"
                                      f"{(self.root / 'host2.out').read_text(errors='replace')[-3000:]}")
             time.sleep(0.1)
+        self.namespaces.add(os.readlink(f"/proc/{self.daemon_pid()}/ns/mnt"))
 
     def daemon_pid(self):
         """The host pid of the second libvirtd (a grandchild of the unshare process this class started)."""
@@ -129,18 +131,17 @@ class Host2:
         return self.proc is not None and self.proc.poll() is None
 
 
-def namespaces_of(root):
-    """Pids of processes that still see ROOT's directories mounted (a host2 namespace left behind)."""
+def namespaces_of(host):
+    """Pids of processes still in a mount namespace of HOST (a host left behind, or some of it)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            text = (entry / "mountinfo").read_text()
+            if os.readlink(entry / "ns" / "mnt") in host.namespaces:
+                pids.append(int(entry.name))
         except OSError:
             continue
-        if f" {root}/" in text and "host2-run" in text:
-            pids.append(int(entry.name))
     return pids
 
 
@@ -174,7 +175,7 @@ def host2(libvirtd, run_prefix):
         yield h
     finally:
         h.stop()
-        left = namespaces_of(h.root)
+        left = namespaces_of(h)
         for pid in left:
             os.kill(pid, signal.SIGKILL)
         import shutil
@@ -455,7 +456,7 @@ def test_host_killed_while_mounted(mount, host2_up, remote_dom, local_dom):
     host2_up.kill()
     try:
         # The crash takes all of the host with it: no virtlogd or namespace of it is left.
-        assert wait_for(lambda: not namespaces_of(host2_up.root), timeout=5), namespaces_of(host2_up.root)
+        assert wait_for(lambda: not namespaces_of(host2_up), timeout=5), namespaces_of(host2_up)
         t0 = time.monotonic()
         # Nothing hangs, whatever it answers meanwhile.
         for fn in (lambda: os.listdir(m.p("127.0.0.1", remote_dom.name)),
