@@ -192,19 +192,22 @@ def host2_up(host2):
 
 
 class RemoteDomain:
-    """A shut-off domain on the second host, vda = base <- top, with external snapshots s1 <- s2."""
+    """A domain on the second host, vda = base <- top; by default shut off with external snapshots s1 <- s2."""
 
-    def __init__(self, host, images):
+    def __init__(self, host, images, suffix="h2", snapshots=(("s1", "first on host2"), ("s2", None)), start=False):
         self.host = host
-        self.name = f"{RUN_PREFIX}h2"
-        self.base = images.ext4(f"{RUN_PREFIX}-h2-base.qcow2", {"host2.txt": "on the second host\n"})
-        self.top = images.empty_overlay(f"{RUN_PREFIX}-h2-top.qcow2", self.base)
-        xml = images.root / f"{RUN_PREFIX}-h2.xml"
+        self.name = f"{RUN_PREFIX}{suffix}"
+        self.base = images.ext4(f"{RUN_PREFIX}-{suffix}-base.qcow2", {"host2.txt": "on the second host\n"})
+        self.top = images.empty_overlay(f"{RUN_PREFIX}-{suffix}-top.qcow2", self.base)
+        xml = images.root / f"{RUN_PREFIX}-{suffix}.xml"
         xml.write_text(domain_xml(self.name, [("vda", self.top, "qcow2")]))
         host.virsh("define", xml)
         xml.unlink()
-        host.virsh("snapshot-create-as", self.name, "s1", "--description", "first on host2", "--disk-only", "--atomic")
-        host.virsh("snapshot-create-as", self.name, "s2", "--disk-only", "--atomic")
+        if start:
+            host.virsh("start", self.name)
+        for snap, description in snapshots:
+            host.virsh("snapshot-create-as", self.name, snap, *(["--description", description] if description else []),
+                       "--disk-only", "--atomic")
 
     def snapshots(self):
         return sorted(l for l in self.host.virsh("snapshot-list", self.name, "--name").stdout.split("\n") if l)
@@ -231,6 +234,7 @@ class RemoteDomain:
         return [i["filename"] for i in reversed(info)]
 
     def remove(self):
+        self.host.virsh("destroy", self.name, check=False)
         self.host.virsh("undefine", self.name, "--snapshots-metadata", check=False)
 
 
@@ -430,6 +434,39 @@ def test_nonlocal_host_operations(mount, host2_up, remote_dom):
     assert xattrs(os.path.join(d, "s9"))["kind"] == "external"
     assert listing(os.path.join(d, "s9"), timeout=10) == ("ok", [])
     remote_dom.host.virsh("snapshot-delete", remote_dom.name, "s9", "--metadata")
+
+
+def test_nonlocal_running_domain(mount, host2_up, images):
+    """A running domain on a host elsewhere: shown running, a live mkdir through its libvirt, and rmdir done by it or
+    refused with the reason, nothing changed."""
+    dom = RemoteDomain(host2_up, images, suffix="h2run", snapshots=(), start=True)
+    try:
+        m = mount("-c", host2_up.nonlocal_uri)
+        d = m.p(NONLOCAL_NAME, dom.name)
+        assert xattrs(d)["state"] == "running"
+        err = errno_of(os.mkdir, os.path.join(d, "live1"))
+        assert err is None, f"live mkdir on a host elsewhere: {errno.errorcode.get(err, err)}: {xattrs(d).get('last_error')}"
+        assert dom.snapshots() == ["live1"]
+        snapshots, current, top = dom.state()
+        assert top != str(dom.top), "the running domain does not write to a new overlay"
+        attrs = xattrs(os.path.join(d, "live1"))
+        assert (attrs["kind"], attrs["state"], attrs["current"]) == ("external", "disk-snapshot", "1")
+        assert listing(os.path.join(d, "live1"), timeout=10) == ("ok", [])
+        assert _says_not_local(xattrs(os.path.join(d, "live1")).get("error"))
+
+        before = dom.state()
+        err = errno_of(os.rmdir, os.path.join(d, "live1"))
+        print(f"live rmdir on {NONLOCAL_NAME}: {errno.errorcode.get(err, 'done')}")
+        if err is None:
+            assert dom.snapshots() == []
+            assert dom.chain()[0] == str(dom.base)
+        else:
+            assert err == errno.ENOTSUP, f"rmdir: {errno.errorcode.get(err, err)}: {xattrs(d).get('last_error')}"
+            assert "delete" in xattrs(d).get("last_error", ""), xattrs(d).get("last_error")
+            assert dom.state() == before
+        assert host2_up.virsh("domstate", dom.name).stdout.strip() == "running"
+    finally:
+        dom.remove()
 
 
 # ---------------------------------------------------------------- a host that goes away and comes back
