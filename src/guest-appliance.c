@@ -23,8 +23,11 @@
 struct guest_disk_ext {
     struct guest_disk disk;
     GPid nbd;         /* qemu-nbd, reaped here by its pid (never by a child watch some other thread could race) */
+    char *export;     /* the NBD export name on the appliance's qemu-storage-daemon */
     char **chain;     /* every file qemu opens for this disk (the disk and its backing files) */
 };
+
+static void server_stop(GPid pid);
 
 char *guest_drive_key(const struct guest_drive *drive, bool live)
 {
@@ -34,14 +37,8 @@ char *guest_drive_key(const struct guest_drive *drive, bool live)
 
 static void disk_free(struct guest_disk_ext *ext)
 {
-    if (ext->nbd > 0) {
-        kill(ext->nbd, SIGTERM);
-        for (int i = 0; i < 100 && waitpid(ext->nbd, NULL, WNOHANG) == 0; i++) {
-            if (i == 50)
-                kill(ext->nbd, SIGKILL);
-            g_usleep(20000);
-        }
-    }
+    server_stop(ext->nbd);
+    g_free(ext->export);
     g_free(ext->disk.key);
     g_free(ext->disk.file);
     g_free(ext->disk.format);
@@ -131,6 +128,7 @@ void guest_appliance_unref(struct guest_appliance *app)
     if (app->g)
         guestfs_close(app->g);
     g_ptr_array_unref(app->disks);
+    server_stop(app->storage_pid);
     g_strfreev(app->devices);
     g_strfreev(app->filesystems);
     g_strfreev(app->roots);
@@ -159,8 +157,10 @@ static void appliance_close(struct guest_appliance *app)
         guestfs_close(app->g);
         app->g = NULL;
     }
-    /* qemu-nbd servers go with their disks' memory, after qemu has let go of them. */
+    /* The NBD servers go after qemu has let go of them. */
     g_ptr_array_set_size(app->disks, 0);
+    server_stop(app->storage_pid);
+    app->storage_pid = 0;
 }
 
 static struct guest_appliance *appliance_new(struct guest_pool *pool, const char *group)
@@ -258,67 +258,132 @@ struct guest_appliance *guest_pool_appliance_for(struct guest_pool *pool, struct
     return app;
 }
 
-/* Serve one disk through qemu-nbd: an internal snapshot, or an image a running qemu holds locked. */
-static int disk_start_nbd(struct guest_appliance *app, struct guest_disk_ext *ext, unsigned index)
+/* Start @argv, a server that makes @socket once it serves; -1 with the reason (its stderr) if it does not. */
+static int server_start(struct guest_appliance *app, GPtrArray *argv, const char *socket, const char *what, GPid *pid)
 {
-    g_autoptr(GPtrArray) argv = g_ptr_array_new_with_free_func(g_free);
     g_autoptr(GError) error = NULL;
     g_autofree char *errfile = NULL;
     gint64 deadline = g_get_monotonic_time() + 15 * G_USEC_PER_SEC;
     int errfd, nullfd = open("/dev/null", O_RDWR | O_CLOEXEC);
     bool spawned;
-    g_auto(GStrv) parts = g_strsplit(ext->disk.file, ",", -1);
-    g_autofree char *escaped = g_strjoinv(",,", parts);   /* QemuOpts doubles a comma inside a value */
 
-    if (!app->tmpdir && !(app->tmpdir = g_dir_make_tmp("snapfs-nbd-XXXXXX", &error))) {
-        snapfs_error_set(EIO, "cannot make a directory for qemu-nbd's sockets: %s", error->message);
-        return -1;
-    }
-    ext->disk.socket = g_strdup_printf("%s/%u.sock", app->tmpdir, index);
-    errfile = g_strdup_printf("%s/%u.err", app->tmpdir, index);
+    errfile = g_strdup_printf("%s.err", socket);
     errfd = open(errfile, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    g_ptr_array_add(argv, g_strdup("qemu-nbd"));
-    g_ptr_array_add(argv, g_strdup("--read-only"));
-    g_ptr_array_add(argv, g_strdup("--persistent"));
-    g_ptr_array_add(argv, g_strdup("--shared=8"));
-    g_ptr_array_add(argv, g_strdup_printf("--socket=%s", ext->disk.socket));
-    if (ext->disk.internal)
-        g_ptr_array_add(argv, g_strdup_printf("--load-snapshot=snapshot.name=%s", ext->disk.internal));
-    /* locking=off: a running domain holds its images locked; a reader of a snapshot takes no lock (qemu-nbd 7.2 has no -U). */
-    g_ptr_array_add(argv, g_strdup("--image-opts"));
-    g_ptr_array_add(argv, g_strdup_printf("driver=%s,file.driver=file,file.filename=%s,file.locking=off",
-                                          ext->disk.format, escaped));
     g_ptr_array_add(argv, NULL);
     spawned = g_spawn_async_with_fds(NULL, (char **)argv->pdata, NULL,
-                                     G_SPAWN_SEARCH_PATH | G_SPAWN_DO_NOT_REAP_CHILD, NULL, NULL, &ext->nbd,
+                                     G_SPAWN_SEARCH_PATH | G_SPAWN_DO_NOT_REAP_CHILD, NULL, NULL, pid,
                                      nullfd, nullfd, errfd >= 0 ? errfd : nullfd, &error);
     if (errfd >= 0)
         close(errfd);
     if (nullfd >= 0)
         close(nullfd);
     if (!spawned) {
-        snapfs_error_set(EIO, "cannot start qemu-nbd for '%s': %s", ext->disk.file, error->message);
+        snapfs_error_set(EIO, "cannot start %s for '%s': %s", (char *)argv->pdata[0], what, error->message);
         return -1;
     }
-    while (!g_file_test(ext->disk.socket, G_FILE_TEST_EXISTS)) {
+    while (!g_file_test(socket, G_FILE_TEST_EXISTS)) {
         g_autofree char *why = NULL;
 
-        if (waitpid(ext->nbd, NULL, WNOHANG) != 0 || g_get_monotonic_time() > deadline) {
+        if (waitpid(*pid, NULL, WNOHANG) != 0 || g_get_monotonic_time() > deadline) {
             if (g_get_monotonic_time() > deadline)
-                kill(ext->nbd, SIGKILL), waitpid(ext->nbd, NULL, 0);
-            ext->nbd = 0;
+                kill(*pid, SIGKILL), waitpid(*pid, NULL, 0);
+            *pid = 0;
             g_file_get_contents(errfile, &why, NULL, NULL);
             if (why)
                 g_strstrip(why);
-            snapfs_error_set(EIO, "qemu-nbd could not serve '%s'%s%s%s: %s", ext->disk.file,
-                             ext->disk.internal ? " at internal snapshot '" : "",
-                             ext->disk.internal ? ext->disk.internal : "", ext->disk.internal ? "'" : "",
+            snapfs_error_set(EIO, "%s could not serve %s: %s", (char *)argv->pdata[0], what,
                              why && *why ? why : "it did not start");
             return -1;
         }
         g_usleep(20000);
     }
     return 0;
+}
+
+static void server_stop(GPid pid)
+{
+    if (pid <= 0)
+        return;
+    kill(pid, SIGTERM);
+    for (int i = 0; i < 100 && waitpid(pid, NULL, WNOHANG) == 0; i++) {
+        if (i == 50)
+            kill(pid, SIGKILL);
+        g_usleep(20000);
+    }
+}
+
+static char *opts_escape(const char *value)
+{
+    g_auto(GStrv) parts = g_strsplit(value, ",", -1);
+
+    return g_strjoinv(",,", parts);   /* QemuOpts doubles a comma inside a value */
+}
+
+static bool appliance_tmpdir(struct guest_appliance *app)
+{
+    g_autoptr(GError) error = NULL;
+
+    if (!app->tmpdir && !(app->tmpdir = g_dir_make_tmp("snapfs-nbd-XXXXXX", &error))) {
+        snapfs_error_set(EIO, "cannot make a directory for NBD sockets: %s", error->message);
+        return false;
+    }
+    return true;
+}
+
+/*
+ * Every image reaches the appliance over NBD from a server that opens it with
+ * force-share=on and no lock: a running domain holds its top image locked, and a
+ * commit (rmdir, revert) must be able to write into a layer an appliance reads.
+ * Plain images share one qemu-storage-daemon; an internal snapshot needs
+ * qemu-nbd -l, one per disk.
+ */
+static int appliance_start_servers(struct guest_appliance *app)
+{
+    g_autoptr(GPtrArray) argv = g_ptr_array_new_with_free_func(g_free);
+    g_autofree char *socket = NULL;
+    unsigned plain = 0;
+
+    if (!appliance_tmpdir(app))
+        return -1;
+    socket = g_strdup_printf("%s/images.sock", app->tmpdir);
+    g_ptr_array_add(argv, g_strdup("qemu-storage-daemon"));
+    for (guint i = 0; i < app->disks->len; i++) {
+        struct guest_disk_ext *ext = g_ptr_array_index(app->disks, i);
+        g_autofree char *file = opts_escape(ext->disk.file);
+
+        if (ext->disk.internal) {
+            g_autoptr(GPtrArray) nbd = g_ptr_array_new_with_free_func(g_free);
+            g_autofree char *what = g_strdup_printf("'%s' at internal snapshot '%s'", ext->disk.file, ext->disk.internal);
+
+            ext->disk.socket = g_strdup_printf("%s/%u.sock", app->tmpdir, i);
+            g_ptr_array_add(nbd, g_strdup("qemu-nbd"));
+            g_ptr_array_add(nbd, g_strdup("--read-only"));
+            g_ptr_array_add(nbd, g_strdup("--persistent"));
+            g_ptr_array_add(nbd, g_strdup("--shared=8"));
+            g_ptr_array_add(nbd, g_strdup_printf("--socket=%s", ext->disk.socket));
+            g_ptr_array_add(nbd, g_strdup_printf("--load-snapshot=snapshot.name=%s", ext->disk.internal));
+            g_ptr_array_add(nbd, g_strdup("--image-opts"));
+            g_ptr_array_add(nbd, g_strdup_printf("driver=%s,read-only=on,force-share=on,file.driver=file,"
+                                                 "file.filename=%s,file.locking=off", ext->disk.format, file));
+            if (server_start(app, nbd, ext->disk.socket, what, &ext->nbd) < 0)
+                return -1;
+            continue;
+        }
+        ext->disk.socket = g_strdup(socket);
+        ext->export = g_strdup_printf("d%u", i);
+        g_ptr_array_add(argv, g_strdup("--blockdev"));
+        g_ptr_array_add(argv, g_strdup_printf("driver=%s,node-name=%s,read-only=on,force-share=on,file.driver=file,"
+                                              "file.filename=%s,file.locking=off", ext->disk.format, ext->export, file));
+        g_ptr_array_add(argv, g_strdup("--export"));
+        g_ptr_array_add(argv, g_strdup_printf("type=nbd,id=e%u,node-name=%s,name=%s", i, ext->export, ext->export));
+        plain++;
+    }
+    if (plain == 0)
+        return 0;
+    /* The server before its exports, as qemu-storage-daemon wants. */
+    g_ptr_array_insert(argv, 1, g_strdup_printf("addr.type=unix,addr.path=%s", socket));
+    g_ptr_array_insert(argv, 1, g_strdup("--nbd-server"));
+    return server_start(app, argv, socket, "the images", &app->storage_pid);
 }
 
 /* A handle with @app's disks added, not launched; NULL with the reason. */
@@ -349,7 +414,7 @@ static guestfs_h *appliance_handle(struct guest_appliance *app, bool force_tcg)
             g_autofree char *server = g_strdup_printf("unix:%s", ext->disk.socket);
             const char *servers[2] = { server, NULL };
 
-            r = guestfs_add_drive_opts(g, "", GUESTFS_ADD_DRIVE_OPTS_READONLY, 1,
+            r = guestfs_add_drive_opts(g, ext->export ? ext->export : "", GUESTFS_ADD_DRIVE_OPTS_READONLY, 1,
                                        GUESTFS_ADD_DRIVE_OPTS_FORMAT, "raw",
                                        GUESTFS_ADD_DRIVE_OPTS_PROTOCOL, "nbd",
                                        GUESTFS_ADD_DRIVE_OPTS_SERVER, servers, -1);
@@ -374,12 +439,8 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
     app->launching = true;
     g_mutex_unlock(&pool->lock);
 
-    for (guint i = 0; i < app->disks->len; i++) {
-        struct guest_disk_ext *ext = g_ptr_array_index(app->disks, i);
-
-        if ((ext->disk.internal || ext->disk.force_share) && disk_start_nbd(app, ext, i) < 0)
-            goto fail;
-    }
+    if (appliance_start_servers(app) < 0)
+        goto fail;
     for (int attempt = 0; attempt < 2; attempt++) {
         bool tcg = g_atomic_int_get(&pool->force_tcg);
 

@@ -17,8 +17,8 @@ struct guest_disk {
     char *file;
     char *format;
     char *internal;   /* internal snapshot read through qemu-nbd, or NULL */
-    bool force_share; /* a live image: read through qemu-nbd -U, which takes no lock */
-    char *socket;     /* qemu-nbd's socket when one serves this disk */
+    bool force_share; /* a live image (a view of it is cached briefly) */
+    char *socket;     /* the NBD server's socket */
 };
 
 struct guest_appliance {
@@ -39,7 +39,8 @@ struct guest_appliance {
     unsigned next_prefix;
     gint64 last_used;         /* atomic, monotonic microseconds */
     gint64 call_started;      /* atomic, 0 while no call runs: the watchdog kills a hung qemu */
-    char *tmpdir;             /* qemu-nbd sockets */
+    char *tmpdir;             /* NBD sockets */
+    GPid storage_pid;         /* qemu-storage-daemon serving the disks' images */
 };
 
 struct guest_pool {

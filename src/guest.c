@@ -210,6 +210,12 @@ void guest_view_free(struct guest_view *view)
     g_free(view);
 }
 
+struct guest_view *guest_view_ref(struct guest_view *view)
+{
+    g_atomic_int_inc(&view->refs);
+    return view;
+}
+
 void guest_view_unref(struct guest_view *view)
 {
     if (view && g_atomic_int_dec_and_test(&view->refs))
@@ -702,9 +708,30 @@ static int view_load_dir(struct guest_view *view, const char *path)
     n = g_strv_length(names);
     if (n > 0) {
         stats = guestfs_lstatnslist(app->g, apath, names);
-        if (!stats) {
+        if (!stats && guestfs_is_ready(app->g)) {
+            /* One entry a damaged filesystem cannot stat fails the batch: stat them one by one, keep the good. */
+            snapfs_warn("view '%s': cannot stat the entries of '%s' together (%s): one by one", view->id, path,
+                        guestfs_last_error(app->g));
+            stats = calloc(1, sizeof(*stats));   /* freed by guestfs_free_statns_list() */
+            stats->len = (uint32_t)n;
+            stats->val = calloc(n, sizeof(struct guestfs_statns));
+            for (size_t i = 0; i < n && guestfs_is_ready(app->g); i++) {
+                g_autofree char *child = g_build_filename(apath, names[i], NULL);
+                struct guestfs_statns *one = guestfs_lstatns(app->g, child);
+
+                if (one) {
+                    stats->val[i] = *one;
+                    free(one);
+                } else {
+                    stats->val[i].st_ino = -1;
+                }
+            }
+        }
+        if (!stats || !guestfs_is_ready(app->g)) {
             guest_appliance_error(app, "stat the entries of", path);
             view_leave(view, app);
+            if (stats)
+                guestfs_free_statns_list(stats);
             return -1;
         }
         for (size_t i = 0; i < stats->len; i++)

@@ -44,6 +44,7 @@ void guest_pool_free(struct guest_pool *pool);
  * content is read lets one appliance serve them all.
  */
 struct guest_view *guest_pool_view(struct guest_pool *pool, const struct guest_view_spec *spec);
+struct guest_view *guest_view_ref(struct guest_view *view);
 void guest_view_unref(struct guest_view *view);
 
 /*

@@ -94,8 +94,9 @@ import random, sys
 random.seed(1234)
 with open(sys.argv[1], 'r+b') as f:
     data = bytearray(f.read())
+    # Metadata past the superblock and group descriptors: the filesystem still mounts, its inodes and directories lie.
     for _ in range(3000):
-        i = random.randrange(1024, len(data))
+        i = random.randrange(524288, len(data))
         data[i] = random.randrange(256)
     f.seek(0); f.write(data)
 PY
