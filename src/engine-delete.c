@@ -391,10 +391,12 @@ static int delete_external(struct delete_ctx *ctx)
     doing = g_strdup_printf("deleting snapshot '%s'", ctx->name);
     progress = engine_progress_begin(ctx->conn, ctx->dom, ctx->domain, doing, targets);
     ret = virDomainSnapshotDelete(ctx->snap, 0);
+    /* Record libvirt's reason now: the calls that end the progress reset libvirt's last error. */
+    if (ret < 0)
+        snapfs_error_from_virt("%s", ctx->what);
     engine_progress_end(progress);
     g_ptr_array_unref(targets);
     if (ret < 0) {
-        snapfs_error_from_virt("%s", ctx->what);
         if (previous) {
             delete_restore_current(ctx, previous);
             virDomainSnapshotFree(previous);

@@ -250,11 +250,12 @@ int engine_snapshot_create(virConnectPtr conn, const char *domain, const char *n
     progress = engine_progress_begin(conn, NULL, domain, doing, NULL);
     snap = create_call(dom, xml, VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY | VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC,
                        running, quiesce, domain, name);
-    engine_progress_end(progress);
-    if (!snap) {
+    /* Record libvirt's reason now: the calls that end the progress reset libvirt's last error. */
+    if (!snap)
         snapfs_error_from_virt("cannot create snapshot '%s' of '%s'", name, domain);
+    engine_progress_end(progress);
+    if (!snap)
         goto cleanup;
-    }
     snapfs_info("created snapshot '%s' of '%s'%s", name, domain, running ? " (live)" : "");
     /* The old tops are frozen now, with an overlay above: views that read them as live must go. */
     for (guint i = 0; i < disks->len; i++) {
