@@ -136,6 +136,23 @@ static bool node_lists_domains(struct snapfs_tree *tree, const struct snapfs_nod
 }
 
 /*
+ * A host's folder, when there are several, is empty while the host is down
+ * (DESIGN.md); with one host, what is cached is served until it is back.
+ * Records the reason when it is down.
+ */
+static bool tree_host_folder_down(struct snapfs_tree *tree, const struct snapfs_node *node)
+{
+    g_autofree char *down = NULL;
+
+    if (node->kind != SNAPFS_NODE_HOST)
+        return false;
+    down = snapfs_host_error(tree_host(tree, node));
+    if (down)
+        snapfs_error_set(EIO, "%s is not reachable: %s", snapfs_host_name(tree_host(tree, node)), down);
+    return down != NULL;
+}
+
+/*
  * Inode numbers: stable for as long as snapfs runs, distinct for distinct
  * objects (diff and cp -a compare them), and equal for a guest's hard links.
  */
@@ -606,7 +623,9 @@ int snapfs_tree_lookup(struct snapfs_tree *tree, const struct snapfs_node *paren
     struct snapfs_node *child = NULL;
     struct snapfs_domain *domain = NULL;
 
-    if (node_lists_domains(tree, parent)) {
+    if (tree_host_folder_down(tree, parent)) {
+        goto error;
+    } else if (node_lists_domains(tree, parent)) {
         child = node_child(parent, SNAPFS_NODE_DOMAIN);
         child->domain = g_strdup(name);
     } else if (parent->kind == SNAPFS_NODE_ROOT) {
@@ -730,11 +749,14 @@ int snapfs_tree_readdir(struct snapfs_tree *tree, const struct snapfs_node *node
     int ret = 0;
 
     if (node_lists_domains(tree, node)) {
-        g_autoptr(GPtrArray) names = snapfs_host_list_domains(tree_host(tree, node));
+        g_autoptr(GPtrArray) names = NULL;
 
         /* One of several hosts that is down is an empty folder; user.snapfs.error says why. */
+        if (tree_host_folder_down(tree, node))
+            return 0;
+        names = snapfs_host_list_domains(tree_host(tree, node));
         if (!names)
-            return node->kind == SNAPFS_NODE_HOST ? 0 : -1;
+            return -1;
         child.kind = SNAPFS_NODE_DOMAIN;
         for (guint i = 0; i < names->len && ret == 0; i++) {
             child.domain = g_ptr_array_index(names, i);
