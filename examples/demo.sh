@@ -27,18 +27,27 @@ if [[ $(id -u) != 0 ]]; then
     exit 2
 fi
 
-# Unmount an earlier demo and wait for its snapfs to let go of the embedded root.
+# Unmount an earlier demo and wait for its snapfs to let go of the embedded root (it stops its
+# libguestfs appliances first, which can take a while). One that does not exit within a minute is
+# stopped, and said so: a snapfs that hangs after unmount is a bug.
 unmount_demo() {
-    local i
+    local i pids
     if grep -qs " $mnt fuse" /proc/mounts; then
         fusermount3 -u "$mnt" || fusermount3 -u -z "$mnt"
     fi
-    for ((i = 0; i < 50; i++)); do
-        pgrep -f "snapfs .*root=$demo/libvirt" >/dev/null || return 0
+    for ((i = 0; i < 300; i++)); do
+        pids=$(pgrep -f "snapfs -c qemu:///embed\\?root=$demo/libvirt " || true)
+        [[ -z $pids ]] && return 0
         sleep 0.2
     done
-    echo "examples/demo.sh: an earlier snapfs on $demo still runs" >&2
-    return 1
+    echo "examples/demo.sh: warning: snapfs did not exit within 60 s of unmounting; stopping it (pids $(echo $pids))" >&2
+    # shellcheck disable=SC2086
+    kill $pids 2>/dev/null || true
+    sleep 2
+    if pgrep -f "snapfs -c qemu:///embed\\?root=$demo/libvirt " >/dev/null; then
+        echo "examples/demo.sh: an earlier snapfs on $demo still runs" >&2
+        return 1
+    fi
 }
 
 if [[ ${1:-} == --clean ]]; then
