@@ -18,7 +18,7 @@
 #define GUEST_CALL_TIMEOUT_US (120 * G_USEC_PER_SEC)
 /* Beyond this many disks an appliance takes only the disks a view needs, not its neighbours'. */
 #define GUEST_MAX_SHARED_DISKS 48
-#define GUEST_APPLIANCE_MEMSIZE 768
+#define GUEST_APPLIANCE_MEMSIZE 512
 
 struct guest_disk_ext {
     struct guest_disk disk;
@@ -580,7 +580,7 @@ struct guest_pool *guest_pool_new(const struct guest_pool_config *config)
     pool->appliances = g_ptr_array_new();
     pool->chunks = g_hash_table_new(g_str_hash, g_str_equal);
     g_queue_init(&pool->lru);
-    pool->data_cap = (size_t)(cap ? g_ascii_strtoull(cap, NULL, 10) : 512) << 20;
+    pool->data_cap = (size_t)(cap ? g_ascii_strtoull(cap, NULL, 10) : 128) << 20;
     pool->timer = g_thread_new("snapfs-guests", pool_timer, pool);
     return pool;
 }

@@ -363,6 +363,35 @@ static bool view_mount_os(struct guest_view *view, struct guest_appliance *app, 
     return view->mounts->len > 0;
 }
 
+/*
+ * Whether any filesystem of @app may hold an operating system, by a look at
+ * each one's top directory: full inspection (guestfs_inspect_os) mounts and
+ * parses every filesystem of every disk and is skipped where it cannot find
+ * anything.  Called before anything is mounted in @app.
+ */
+static bool appliance_may_hold_os(struct guest_appliance *app)
+{
+    static const char *const markers[] = { "/.probe/etc", "/.probe/bin", "/.probe/windows", "/.probe/Windows",
+                                           "/.probe/WINDOWS", "/.probe/winnt", "/.probe/WINNT" };
+    bool found = false;
+
+    if (guestfs_mkmountpoint(app->g, "/.probe") < 0)
+        return true;
+    for (size_t j = 0; !found && app->filesystems[j] && app->filesystems[j + 1]; j += 2) {
+        const char *type = app->filesystems[j + 1];
+
+        if (strcmp(type, "swap") == 0 || strcmp(type, "unknown") == 0)
+            continue;
+        if (view_mount_one(app, app->filesystems[j], type, "/.probe") < 0)
+            continue;
+        for (size_t k = 0; !found && k < G_N_ELEMENTS(markers); k++)
+            found = guestfs_is_dir(app->g, markers[k]) > 0;
+        guestfs_umount(app->g, "/.probe");
+    }
+    guestfs_rmmountpoint(app->g, "/.probe");
+    return found || !guestfs_is_ready(app->g);
+}
+
 /* Mount @view's filesystems under a directory of its own in @app (app lock held). */
 static int view_mount(struct guest_view *view, struct guest_appliance *app)
 {
@@ -399,7 +428,12 @@ static int view_mount(struct guest_view *view, struct guest_appliance *app)
         }
     }
     if (!app->roots) {
-        app->roots = guestfs_inspect_os(app->g);
+        gint64 started = g_get_monotonic_time();
+
+        app->roots = appliance_may_hold_os(app) ? guestfs_inspect_os(app->g) : g_new0(char *, 1);
+        snapfs_debug("appliance %u inspected in %.1f s: %u operating systems", app->serial,
+                     (double)(g_get_monotonic_time() - started) / G_USEC_PER_SEC,
+                     app->roots ? g_strv_length(app->roots) : 0);
         if (!app->roots) {
             if (!guestfs_is_ready(app->g)) {
                 guest_appliance_error(app, "inspect", view->id);
