@@ -120,11 +120,17 @@ static void usage(const char *prog)
            "    -o appliance_idle=S    stop an appliance after S idle seconds (default 60)\n"
            "    -o quiesce=auto|on|off freeze guest filesystems through the agent for mkdir (auto)\n"
            "    -o revert_keep=on|off  keep the state a revert leaves as pre-revert-DATE (on)\n"
-           "    -o state_dir=DIR       where snapfs journals by-hand operations (/var/lib/snapfs)\n"
+           "    -o state_dir=DIR       where snapfs journals by-hand operations (/var/lib/snapfs for\n"
+           "                           root, else $XDG_STATE_HOME/snapfs or ~/.local/state/snapfs)\n"
            "    -o allow_other         let other users in; reading then follows the guest's modes\n"
            "                           (default_permissions), changes stay with root and you\n"
            "    --check                check /dev/fuse, the connections and a libguestfs appliance,\n"
-           "                           say what is wrong and how to fix it, and exit\n\n",
+           "                           say what is wrong and how to fix it, and exit\n\n"
+           "control files:\n"
+           "    echo NAME > DOMAIN/revert            revert DOMAIN to snapshot NAME (EBUSY if it runs)\n"
+           "    echo 'NAME --force' > DOMAIN/revert  stop the running DOMAIN first, then revert\n"
+           "    cat DOMAIN/revert                    the current snapshot\n"
+           "    mkdir DOMAIN/NAME, rmdir DOMAIN/NAME take and delete a snapshot\n\n",
            prog, prog);
     printf("FUSE options:\n");
     fuse_cmdline_help();
@@ -273,7 +279,12 @@ static bool build_config(const struct snapfs_options *options, struct snapfs_tre
     }
     if (!parse_on_off(options->revert_keep, true, "revert_keep", &config->revert.keep))
         return false;
-    config->revert.state_dir = options->state_dir ? options->state_dir : "/var/lib/snapfs";
+    if (options->state_dir)
+        config->revert.state_dir = g_strdup(options->state_dir);
+    else if (getuid() == 0)
+        config->revert.state_dir = g_strdup("/var/lib/snapfs");
+    else
+        config->revert.state_dir = g_build_filename(g_get_user_state_dir(), "snapfs", NULL);
     return true;
 }
 
@@ -395,5 +406,6 @@ out:
     g_free(options.revert_keep);
     g_free(options.state_dir);
     g_free(options.positional);
+    g_free((char *)config.revert.state_dir);
     return ret;
 }

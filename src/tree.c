@@ -281,26 +281,43 @@ static char *layer_identity(const struct snapfs_layer *layer, bool live)
                            st.st_mtim.tv_nsec, (long long)st.st_size);
 }
 
-/* The snapshot that froze layer @index: the one whose overlay is the layer above it. */
+/*
+ * The snapshot that froze layer @index: the one whose overlay is the layer
+ * above it or, after a revert made new overlays, the one whose overlay
+ * stands on this layer's image.
+ */
 static struct snapfs_snapshot *layer_frozen_by(struct snapfs_domain *domain, const char *target,
                                                GPtrArray *chain, guint index)
 {
-    struct snapfs_layer *above;
+    struct snapfs_layer *layer = g_ptr_array_index(chain, index);
+    struct snapfs_layer *above = index + 1 < chain->len ? g_ptr_array_index(chain, index + 1) : NULL;
+    struct snapfs_snapshot *standing_on = NULL;
 
-    if (index + 1 >= chain->len)
+    if (!above)
         return NULL;
-    above = g_ptr_array_index(chain, index + 1);
     for (guint i = 0; i < domain->snapshots->len; i++) {
         struct snapfs_snapshot *snap = g_ptr_array_index(domain->snapshots, i);
 
         for (guint j = 0; j < snap->disks->len; j++) {
             struct snapfs_snapshot_disk *disk = g_ptr_array_index(snap->disks, j);
+            struct snapfs_layer *overlay;
 
-            if (disk->file && strcmp(disk->target, target) == 0 && strcmp(disk->file, above->file) == 0)
+            if (!disk->file || strcmp(disk->target, target) != 0)
+                continue;
+            if (strcmp(disk->file, above->file) == 0)
                 return snap;
+            overlay = standing_on ? NULL : snapfs_chain_read_layer(disk->file, NULL);
+            if (overlay && overlay->backing) {
+                g_autofree char *frozen = snapfs_chain_resolve(overlay->file, overlay->backing);
+
+                if (strcmp(frozen, layer->file) == 0)
+                    standing_on = snap;
+            }
+            snapfs_layer_free(overlay);
         }
     }
-    return NULL;
+    snapfs_error_clear();
+    return standing_on;
 }
 
 /* ---- guest views ------------------------------------------------------------ */
