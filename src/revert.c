@@ -3,6 +3,7 @@
 #include "revert-priv.h"
 #include "snapfs/engine.h"
 #include "snapfs/error.h"
+#include "snapfs/virt.h"
 #include "snapfs/log.h"
 #include "snapfs/revert.h"
 
@@ -351,22 +352,6 @@ static struct revert_journal *plan_external(struct revert_state *st, struct reve
     return g_steal_pointer(&journal);
 }
 
-/* Whether @uri names this host (no server, or a loopback one), so that its images are files here. */
-static bool uri_is_local(const char *uri)
-{
-    xmlURIPtr parsed = xmlParseURI(uri);
-    bool local = true;
-
-    if (parsed && parsed->server && parsed->server[0]) {
-        const char *host = parsed->server;
-
-        local = strcmp(host, "localhost") == 0 || g_str_has_prefix(host, "127.") || strcmp(host, "::1") == 0 ||
-                g_ascii_strcasecmp(host, g_get_host_name()) == 0;
-    }
-    xmlFreeURI(parsed);
-    return local;
-}
-
 /*
  * The by-hand path makes overlays next to the images and reads their
  * headers: it needs them as files on this host.  ENOTSUP otherwise, with why.
@@ -376,7 +361,7 @@ static int revert_check_local(struct revert_state *st, struct revert_snapshot *t
     GHashTableIter it;
     gpointer value;
 
-    if (!uri_is_local(st->uri)) {
+    if (!snapfs_uri_is_local(st->uri)) {
         snapfs_error_set(ENOTSUP, "cannot revert '%s' to '%s': libvirt at '%s' cannot revert to external "
                          "snapshots and snapfs needs the images as local files to do it by hand",
                          st->name, target->name, st->uri);
