@@ -8,7 +8,6 @@
 #include <errno.h>
 #include <libvirt/virterror.h>
 #include <libxml/parser.h>
-#include <libxml/uri.h>
 #include <libxml/xpath.h>
 #include <limits.h>
 #include <string.h>

@@ -9,7 +9,6 @@
 
 #include <errno.h>
 #include <libvirt/virterror.h>
-#include <libxml/uri.h>
 #include <string.h>
 #include <unistd.h>
 
