@@ -132,6 +132,7 @@ void guest_appliance_unref(struct guest_appliance *app)
     g_strfreev(app->devices);
     g_strfreev(app->filesystems);
     g_strfreev(app->roots);
+    g_ptr_array_unref(app->mount_log);
     if (app->tmpdir) {
         g_autoptr(GDir) dir = g_dir_open(app->tmpdir, 0, NULL);
         const char *name;
@@ -172,6 +173,7 @@ static struct guest_appliance *appliance_new(struct guest_pool *pool, const char
     app->group = g_strdup(group);
     app->serial = ++pool->serial;
     app->disks = g_ptr_array_new_with_free_func((GDestroyNotify)disk_free);
+    app->mount_log = g_ptr_array_new_with_free_func(g_free);
     app->last_used = g_get_monotonic_time();
     return app;
 }
@@ -585,6 +587,17 @@ struct guest_pool *guest_pool_new(const struct guest_pool_config *config)
     return pool;
 }
 
+static gpointer appliance_close_thread(gpointer data)
+{
+    struct guest_appliance *app = data;
+
+    g_mutex_lock(&app->lock);
+    appliance_close(app);
+    g_mutex_unlock(&app->lock);
+    guest_appliance_unref(app);
+    return NULL;
+}
+
 void guest_pool_free(struct guest_pool *pool)
 {
     if (!pool)
@@ -595,13 +608,15 @@ void guest_pool_free(struct guest_pool *pool)
     g_mutex_unlock(&pool->timer_lock);
     g_thread_join(pool->timer);
     g_hash_table_unref(pool->views);
-    for (guint i = 0; i < pool->appliances->len; i++) {
-        struct guest_appliance *app = g_ptr_array_index(pool->appliances, i);
+    /* Each qemu takes a moment to go: close them side by side, so unmounting does not wait for them in turn. */
+    {
+        g_autoptr(GPtrArray) threads = g_ptr_array_new();
 
-        g_mutex_lock(&app->lock);
-        appliance_close(app);
-        g_mutex_unlock(&app->lock);
-        guest_appliance_unref(app);
+        for (guint i = 0; i < pool->appliances->len; i++)
+            g_ptr_array_add(threads, g_thread_new("snapfs-close", appliance_close_thread,
+                                                  g_ptr_array_index(pool->appliances, i)));
+        for (guint i = 0; i < threads->len; i++)
+            g_thread_join(g_ptr_array_index(threads, i));
     }
     g_ptr_array_unref(pool->appliances);
     guest_data_forget(pool, NULL);

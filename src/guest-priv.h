@@ -35,7 +35,8 @@ struct guest_appliance {
     pid_t qemu_pid;
     char **devices;           /* the appliance's whole-disk devices, one per disk */
     char **filesystems;       /* guestfs_list_filesystems(): device, type pairs */
-    char **roots;             /* guestfs_inspect_os(), done once per appliance */
+    char **roots;             /* guestfs_inspect_os(), done once per appliance, when a view may need it */
+    GPtrArray *mount_log;     /* device, type, mountpoint of every view's mount, to mount again after inspection */
     unsigned next_prefix;
     gint64 last_used;         /* atomic, monotonic microseconds */
     gint64 call_started;      /* atomic, 0 while no call runs: the watchdog kills a hung qemu */

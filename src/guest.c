@@ -294,11 +294,35 @@ static const char *mount_options(const char *type)
     return "ro";
 }
 
-static int view_mount_one(struct guest_appliance *app, const char *device, const char *type, const char *where)
+static int mount_one(struct guest_appliance *app, const char *device, const char *type, const char *where)
 {
     if (guestfs_mount_options(app->g, mount_options(type), device, where) == 0)
         return 0;
     return guestfs_mount_ro(app->g, device, where);
+}
+
+/* Mount for a view, and remember it: a later inspection unmounts everything and this mounts it again. */
+static int view_mount_one(struct guest_appliance *app, const char *device, const char *type, const char *where)
+{
+    if (mount_one(app, device, type, where) < 0)
+        return -1;
+    g_ptr_array_add(app->mount_log, g_strdup(device));
+    g_ptr_array_add(app->mount_log, g_strdup(type));
+    g_ptr_array_add(app->mount_log, g_strdup(where));
+    return 0;
+}
+
+/* guestfs_inspect_os() unmounts every filesystem: mount again, in the same order, what views had mounted. */
+static void appliance_remount(struct guest_appliance *app)
+{
+    for (guint i = 0; i + 2 < app->mount_log->len; i += 3) {
+        const char *device = g_ptr_array_index(app->mount_log, i);
+        const char *where = g_ptr_array_index(app->mount_log, i + 2);
+
+        if (mount_one(app, device, g_ptr_array_index(app->mount_log, i + 1), where) < 0)
+            snapfs_warn("appliance %u: cannot mount %s on %s again after inspection: %s", app->serial, device,
+                        where, guestfs_last_error(app->g));
+    }
 }
 
 static gint mountpoint_cmp(gconstpointer a, gconstpointer b)
@@ -364,12 +388,12 @@ static bool view_mount_os(struct guest_view *view, struct guest_appliance *app, 
 }
 
 /*
- * Whether any filesystem of @app may hold an operating system, by a look at
+ * Whether a filesystem of a view may hold an operating system, by a look at
  * each one's top directory: full inspection (guestfs_inspect_os) mounts and
- * parses every filesystem of every disk and is skipped where it cannot find
- * anything.  Called before anything is mounted in @app.
+ * parses every filesystem of every disk of the appliance, so it waits for the
+ * first view that may need it.
  */
-static bool appliance_may_hold_os(struct guest_appliance *app)
+static bool view_may_hold_os(struct guest_appliance *app, GArray *fss)
 {
     static const char *const markers[] = { "/.probe/etc", "/.probe/bin", "/.probe/windows", "/.probe/Windows",
                                            "/.probe/WINDOWS", "/.probe/winnt", "/.probe/WINNT" };
@@ -377,12 +401,12 @@ static bool appliance_may_hold_os(struct guest_appliance *app)
 
     if (guestfs_mkmountpoint(app->g, "/.probe") < 0)
         return true;
-    for (size_t j = 0; !found && app->filesystems[j] && app->filesystems[j + 1]; j += 2) {
-        const char *type = app->filesystems[j + 1];
+    for (guint j = 0; !found && j < fss->len; j++) {
+        const char *type = g_array_index(fss, struct view_fs, j).type;
 
         if (strcmp(type, "swap") == 0 || strcmp(type, "unknown") == 0)
             continue;
-        if (view_mount_one(app, app->filesystems[j], type, "/.probe") < 0)
+        if (mount_one(app, g_array_index(fss, struct view_fs, j).device, type, "/.probe") < 0)
             continue;
         for (size_t k = 0; !found && k < G_N_ELEMENTS(markers); k++)
             found = guestfs_is_dir(app->g, markers[k]) > 0;
@@ -427,31 +451,37 @@ static int view_mount(struct guest_view *view, struct guest_appliance *app)
             g_array_append_val(fss, fs);
         }
     }
-    if (!app->roots) {
+    if (!app->roots && view_may_hold_os(app, fss)) {
         gint64 started = g_get_monotonic_time();
 
-        app->roots = appliance_may_hold_os(app) ? guestfs_inspect_os(app->g) : g_new0(char *, 1);
+        app->roots = guestfs_inspect_os(app->g);
         snapfs_debug("appliance %u inspected in %.1f s: %u operating systems", app->serial,
                      (double)(g_get_monotonic_time() - started) / G_USEC_PER_SEC,
                      app->roots ? g_strv_length(app->roots) : 0);
-        if (!app->roots) {
-            if (!guestfs_is_ready(app->g)) {
-                guest_appliance_error(app, "inspect", view->id);
-                return -1;
-            }
-            app->roots = g_new0(char *, 1);
+        if (!app->roots && !guestfs_is_ready(app->g)) {
+            guest_appliance_error(app, "inspect", view->id);
+            return -1;
         }
+        if (!app->roots)
+            app->roots = g_new0(char *, 1);
+        appliance_remount(app);
     }
     for (guint j = 0; j < fss->len && !root; j++) {
         const char *device = g_array_index(fss, struct view_fs, j).device;
 
-        if (g_strv_contains((const char *const *)app->roots, device))
+        if (app->roots && g_strv_contains((const char *const *)app->roots, device))
             root = device;
     }
     view->os = root && view_mount_os(view, app, fss, root);
     if (root && !view->os) {
         guestfs_umount(app->g, view->prefix);
         g_ptr_array_set_size(view->mounts, 0);
+        for (guint i = 0; i + 2 < app->mount_log->len;) {
+            if (g_str_has_prefix(g_ptr_array_index(app->mount_log, i + 2), view->prefix))
+                g_ptr_array_remove_range(app->mount_log, i, 3);
+            else
+                i += 3;
+        }
     }
     if (!view->os) {
         for (guint j = 0; j < fss->len; j++) {

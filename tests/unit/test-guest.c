@@ -328,6 +328,17 @@ int main(int argc, char **argv)
         expect_errno(guest_view_getattr(os, "/sda1", &note), ENOENT, "os: no device folders when an OS is found");
     }
     CHECK(launches(pool) == 1, "one appliance served 6 views of one group (%u started)", launches(pool));
+    /* Inspection for the OS unmounted every view of the appliance: the live view (its answers expired) reads again. */
+    {
+        g_autoptr(GBytes) data = NULL;
+        unsigned before = calls(pool);
+
+        g_usleep(600000);
+        data = read_all(current, "/sda/which", 100);
+        CHECK(data && g_bytes_get_size(data) == 17 && memcmp(g_bytes_get_data(data, NULL), "after snapshot A\n", 17) == 0,
+              "the live view after inspection: %s", data ? "wrong bytes" : snapfs_error_message());
+        CHECK(calls(pool) > before, "the live view asked the appliance again");
+    }
 
     /* Errors a user sees. */
     {
@@ -430,7 +441,11 @@ int main(int argc, char **argv)
     guest_view_unref(missing);
     guest_view_unref(fuzz);
     guest_view_unref(again);
+    t0 = g_get_monotonic_time();
     guest_pool_free(pool);
+    fprintf(stderr, "pool freed in %.1f s\n", (double)(g_get_monotonic_time() - t0) / 1e6);
+    CHECK(g_get_monotonic_time() - t0 < 10 * G_USEC_PER_SEC, "closing the pool took %.1f s",
+          (double)(g_get_monotonic_time() - t0) / 1e6);
     if (!g_getenv("GUEST_KEEP")) {
         g_autofree char *rm = g_strdup_printf("rm -rf %s", dir);
         g_spawn_command_line_sync(rm, NULL, NULL, NULL, NULL);
