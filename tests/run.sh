@@ -51,7 +51,7 @@ meson test -C "$build" --print-errorlogs --num-processes 1 || failed+=("meson te
 
 say "integration tests through a real mount"
 # shellcheck disable=SC2086
-/usr/bin/python3 -m pytest -v -rfEs -p no:cacheprovider tests/integration ${SNAPFS_PYTEST_ARGS:-} \
+/usr/bin/python3 -m pytest -v -rfEs --durations=15 -p no:cacheprovider tests/integration ${SNAPFS_PYTEST_ARGS:-} \
     || failed+=("integration tests")
 
 elapsed=$((SECONDS - started))
