@@ -22,14 +22,14 @@ struct delete_ctx {
     char *what;                         /* "cannot delete snapshot 'NAME' of 'DOMAIN'" */
     bool running;
     struct engine_snapshot_info *info;
-    GPtrArray *disks;                   /* struct engine_disk *, live if running */
+    GPtrArray *disks;                   /* struct snapfs_disk *, live if running */
     struct engine_images *images;
 };
 
-static struct engine_disk *delete_find_disk(struct delete_ctx *ctx, const char *target)
+static struct snapfs_disk *delete_find_disk(struct delete_ctx *ctx, const char *target)
 {
     for (guint i = 0; i < ctx->disks->len; i++) {
-        struct engine_disk *disk = g_ptr_array_index(ctx->disks, i);
+        struct snapfs_disk *disk = g_ptr_array_index(ctx->disks, i);
 
         if (disk->target && strcmp(disk->target, target) == 0)
             return disk;
@@ -59,8 +59,8 @@ static const char *delete_above_in_chain(struct engine_images *images, const cha
  * the snapshot froze), rebases the image above onto that, and unlinks the
  * overlay.  That is right only when nothing else reads either file.
  */
-static int delete_check_merge_disk(struct delete_ctx *ctx, struct engine_snapshot_disk *sd,
-                                   struct engine_disk *disk, const char *above)
+static int delete_check_merge_disk(struct delete_ctx *ctx, struct snapfs_snapshot_disk *sd,
+                                   struct snapfs_disk *disk, const char *above)
 {
     const char *overlay = sd->file;
     const char *frozen = g_hash_table_lookup(ctx->images->backing, overlay);
@@ -245,7 +245,7 @@ static int delete_off_branch(struct delete_ctx *ctx)
         return 0;
     }
     for (guint i = 0; i < ctx->info->disks->len; i++) {
-        struct engine_snapshot_disk *sd = g_ptr_array_index(ctx->info->disks, i);
+        struct snapfs_snapshot_disk *sd = g_ptr_array_index(ctx->info->disks, i);
         g_autofree const char **deps = NULL;
 
         if (strcmp(sd->kind, "external") != 0 || !sd->file)
@@ -330,8 +330,8 @@ static int delete_external(struct delete_ctx *ctx)
     if (!ctx->images)
         return -1;
     for (guint i = 0; i < ctx->info->disks->len; i++) {
-        struct engine_snapshot_disk *sd = g_ptr_array_index(ctx->info->disks, i);
-        struct engine_disk *disk;
+        struct snapfs_snapshot_disk *sd = g_ptr_array_index(ctx->info->disks, i);
+        struct snapfs_disk *disk;
 
         if (strcmp(sd->kind, "internal") == 0) {
             snapfs_error_set(ENOTSUP, "%s: it mixes internal and external disks", ctx->what);
@@ -366,8 +366,8 @@ static int delete_external(struct delete_ctx *ctx)
         return -1;
     }
     for (guint i = 0; i < ctx->info->disks->len; i++) {
-        struct engine_snapshot_disk *sd = g_ptr_array_index(ctx->info->disks, i);
-        struct engine_disk *disk;
+        struct snapfs_snapshot_disk *sd = g_ptr_array_index(ctx->info->disks, i);
+        struct snapfs_disk *disk;
 
         if (strcmp(sd->kind, "external") != 0)
             continue;
@@ -383,7 +383,7 @@ static int delete_external(struct delete_ctx *ctx)
     }
     targets = g_ptr_array_new_with_free_func(g_free);
     for (guint i = 0; i < ctx->info->disks->len; i++) {
-        struct engine_snapshot_disk *sd = g_ptr_array_index(ctx->info->disks, i);
+        struct snapfs_snapshot_disk *sd = g_ptr_array_index(ctx->info->disks, i);
 
         if (strcmp(sd->kind, "external") == 0)
             g_ptr_array_add(targets, g_strdup(sd->target));
@@ -407,7 +407,7 @@ static int delete_external(struct delete_ctx *ctx)
         virDomainSnapshotFree(previous);
     /* Merged into, and merged away: even where no byte moved (an empty overlay), the chain did. */
     for (guint i = 0; i < ctx->info->disks->len; i++) {
-        struct engine_snapshot_disk *sd = g_ptr_array_index(ctx->info->disks, i);
+        struct snapfs_snapshot_disk *sd = g_ptr_array_index(ctx->info->disks, i);
         const char *frozen;
 
         if (strcmp(sd->kind, "external") != 0)

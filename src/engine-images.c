@@ -40,134 +40,26 @@ void engine_notify_chain_changed(const char *file)
 
 /* ---- XML ------------------------------------------------------------------------ */
 
-static char *xml_prop(xmlNodePtr node, const char *child, const char *attr)
-{
-    for (xmlNodePtr cur = node ? node->children : NULL; cur; cur = cur->next) {
-        xmlChar *value;
-        char *ret;
-
-        if (cur->type != XML_ELEMENT_NODE || strcmp((const char *)cur->name, child) != 0)
-            continue;
-        value = xmlGetProp(cur, (const xmlChar *)attr);
-        if (!value)
-            return NULL;
-        ret = g_strdup((const char *)value);
-        xmlFree(value);
-        return ret;
-    }
-    return NULL;
-}
-
-static char *xml_attr(xmlNodePtr node, const char *attr)
-{
-    xmlChar *value = xmlGetProp(node, (const xmlChar *)attr);
-    char *ret;
-
-    if (!value)
-        return NULL;
-    ret = g_strdup((const char *)value);
-    xmlFree(value);
-    return ret;
-}
-
-static bool xml_has_child(xmlNodePtr node, const char *child)
-{
-    for (xmlNodePtr cur = node->children; cur; cur = cur->next)
-        if (cur->type == XML_ELEMENT_NODE && strcmp((const char *)cur->name, child) == 0)
-            return true;
-    return false;
-}
-
-static char *xml_child_text(xmlNodePtr node, const char *child)
-{
-    for (xmlNodePtr cur = node->children; cur; cur = cur->next) {
-        xmlChar *text;
-        char *ret;
-
-        if (cur->type != XML_ELEMENT_NODE || strcmp((const char *)cur->name, child) != 0)
-            continue;
-        text = xmlNodeGetContent(cur);
-        ret = g_strdup(text ? (const char *)text : "");
-        xmlFree(text);
-        return ret;
-    }
-    return NULL;
-}
-
 static xmlDocPtr xml_read(const char *xml)
 {
     return xmlReadMemory(xml, (int)strlen(xml), "libvirt.xml", NULL,
                          XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
 }
 
-/* The nodes @expr selects, or NULL; the caller frees with xmlXPathFreeObject. */
-static xmlXPathObjectPtr xml_select(xmlDocPtr doc, const char *expr)
-{
-    xmlXPathContextPtr ctxt = xmlXPathNewContext(doc);
-    xmlXPathObjectPtr obj;
-
-    if (!ctxt)
-        return NULL;
-    obj = xmlXPathEval((const xmlChar *)expr, ctxt);
-    xmlXPathFreeContext(ctxt);
-    if (obj && obj->type != XPATH_NODESET) {
-        xmlXPathFreeObject(obj);
-        return NULL;
-    }
-    return obj;
-}
-
-void engine_disk_free(struct engine_disk *disk)
-{
-    if (!disk)
-        return;
-    g_free(disk->target);
-    g_free(disk->type);
-    g_free(disk->device);
-    g_free(disk->file);
-    g_free(disk->format);
-    g_free(disk->snapshot);
-    g_free(disk);
-}
-
-static struct engine_disk *disk_parse(xmlNodePtr node)
-{
-    struct engine_disk *disk = g_new0(struct engine_disk, 1);
-
-    disk->target = xml_prop(node, "target", "dev");
-    disk->type = xml_attr(node, "type");
-    disk->device = xml_attr(node, "device");
-    disk->snapshot = xml_attr(node, "snapshot");
-    disk->file = xml_prop(node, "source", "file");
-    if (!disk->file)
-        disk->file = xml_prop(node, "source", "dev");
-    disk->format = xml_prop(node, "driver", "type");
-    disk->readonly = xml_has_child(node, "readonly");
-    if (!disk->type)
-        disk->type = g_strdup("file");
-    if (!disk->device)
-        disk->device = g_strdup("disk");
-    return disk;
-}
-
 GPtrArray *engine_parse_disks(const char *xml, bool inside_snapshot)
 {
-    xmlDocPtr doc = xml_read(xml);
-    xmlXPathObjectPtr obj;
+    xmlXPathContextPtr ctxt = NULL;
+    xmlDocPtr doc = snapfs_xml_read(xml, &ctxt);
     GPtrArray *disks;
 
     if (!doc)
         return NULL;
-    obj = xml_select(doc, inside_snapshot ? "/domainsnapshot/domain/devices/disk" : "/domain/devices/disk");
-    disks = g_ptr_array_new_with_free_func((GDestroyNotify)engine_disk_free);
-    for (int i = 0; obj && obj->nodesetval && i < obj->nodesetval->nodeNr; i++)
-        g_ptr_array_add(disks, disk_parse(obj->nodesetval->nodeTab[i]));
-    xmlXPathFreeObject(obj);
-    xmlFreeDoc(doc);
+    disks = snapfs_xml_disks(ctxt, inside_snapshot ? "/domainsnapshot/domain" : "/domain");
+    snapfs_xml_free(doc, ctxt);
     return disks;
 }
 
-bool engine_disk_is_snapshotted(const struct engine_disk *disk)
+bool engine_disk_is_snapshotted(const struct snapfs_disk *disk)
 {
     /* libvirt's defaults for a disk-only snapshot: no overlay for read-only or removable media. */
     if (disk->snapshot && strcmp(disk->snapshot, "no") == 0)
@@ -175,16 +67,6 @@ bool engine_disk_is_snapshotted(const struct engine_disk *disk)
     if (disk->readonly || strcmp(disk->device, "cdrom") == 0 || strcmp(disk->device, "floppy") == 0)
         return false;
     return disk->target != NULL;
-}
-
-static void snapshot_disk_free(gpointer data)
-{
-    struct engine_snapshot_disk *disk = data;
-
-    g_free(disk->target);
-    g_free(disk->kind);
-    g_free(disk->file);
-    g_free(disk);
 }
 
 void engine_snapshot_info_free(struct engine_snapshot_info *info)
@@ -202,41 +84,26 @@ void engine_snapshot_info_free(struct engine_snapshot_info *info)
 
 struct engine_snapshot_info *engine_parse_snapshot(const char *xml)
 {
-    xmlDocPtr doc = xml_read(xml);
-    xmlNodePtr root;
-    xmlXPathObjectPtr obj;
+    xmlXPathContextPtr ctxt = NULL;
+    xmlDocPtr doc = snapfs_xml_read(xml, &ctxt);
     struct engine_snapshot_info *info;
 
     if (!doc)
         return NULL;
-    root = xmlDocGetRootElement(doc);
     info = g_new0(struct engine_snapshot_info, 1);
-    info->name = root ? xml_child_text(root, "name") : NULL;
-    info->description = root ? xml_child_text(root, "description") : NULL;
+    info->name = snapfs_xml_string(ctxt, NULL, "string(/domainsnapshot/name)");
+    info->description = snapfs_xml_string(ctxt, NULL, "string(/domainsnapshot/description)");
     if (!info->description)
         info->description = g_strdup("");
-    info->disks = g_ptr_array_new_with_free_func(snapshot_disk_free);
-    obj = xml_select(doc, "/domainsnapshot/disks/disk");
-    for (int i = 0; obj && obj->nodesetval && i < obj->nodesetval->nodeNr; i++) {
-        xmlNodePtr node = obj->nodesetval->nodeTab[i];
-        struct engine_snapshot_disk *disk = g_new0(struct engine_snapshot_disk, 1);
+    info->disks = snapfs_xml_snapshot_disks(ctxt);
+    for (guint i = 0; i < info->disks->len; i++) {
+        struct snapfs_snapshot_disk *disk = g_ptr_array_index(info->disks, i);
 
-        disk->target = xml_attr(node, "name");
-        disk->kind = xml_attr(node, "snapshot");
-        if (!disk->kind)
-            disk->kind = g_strdup("no");
-        disk->file = xml_prop(node, "source", "file");
-        if (!disk->file)
-            disk->file = xml_prop(node, "source", "dev");
         if (strcmp(disk->kind, "external") == 0)
             info->external = true;
-        g_ptr_array_add(info->disks, disk);
     }
-    xmlXPathFreeObject(obj);
-    xmlFreeDoc(doc);
-    info->domain_disks = engine_parse_disks(xml, true);
-    if (!info->domain_disks)
-        info->domain_disks = g_ptr_array_new_with_free_func((GDestroyNotify)engine_disk_free);
+    info->domain_disks = snapfs_xml_disks(ctxt, "/domainsnapshot/domain");
+    snapfs_xml_free(doc, ctxt);
     return info;
 }
 
@@ -343,7 +210,7 @@ static void images_add_disks(struct engine_images *images, GPtrArray *disks, con
                              const char *snapshot)
 {
     for (guint i = 0; disks && i < disks->len; i++) {
-        struct engine_disk *disk = g_ptr_array_index(disks, i);
+        struct snapfs_disk *disk = g_ptr_array_index(disks, i);
 
         if (!disk->file || strcmp(disk->type, "network") == 0)
             continue;
@@ -387,7 +254,7 @@ static void images_add_domain(struct engine_images *images, virDomainPtr dom, bo
         if (!info)
             goto next;
         for (guint d = 0; d < info->disks->len; d++) {
-            struct engine_snapshot_disk *disk = g_ptr_array_index(info->disks, d);
+            struct snapfs_snapshot_disk *disk = g_ptr_array_index(info->disks, d);
 
             if (disk->file && strcmp(disk->kind, "external") == 0) {
                 engine_images_add_chain(images, disk->file, NULL);

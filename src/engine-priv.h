@@ -3,43 +3,24 @@
 #pragma once
 
 #include "snapfs/engine.h"
+#include "snapfs/xml.h"
 
 #include <glib.h>
 #include <libvirt/libvirt.h>
 #include <stdbool.h>
 
-/* A <disk> of a domain's XML, with what decides whether a snapshot covers it. */
-struct engine_disk {
-    char *target;    /* "vda" */
-    char *type;      /* "file", "block", "network", ... */
-    char *device;    /* "disk", "cdrom", ... */
-    char *file;      /* source file or dev; NULL for network disks and empty drives */
-    char *format;    /* driver type, NULL if unsaid */
-    char *snapshot;  /* the disk's snapshot= attribute, NULL if unsaid */
-    bool readonly;
-};
-
-void engine_disk_free(struct engine_disk *disk);
-
 /* Disks of domain XML (a whole <domain>, or the one inside a <domainsnapshot>); NULL if it cannot be parsed. */
 GPtrArray *engine_parse_disks(const char *xml, bool inside_snapshot);
 
 /* Whether libvirt's disk-only snapshot makes an overlay for @disk by default. */
-bool engine_disk_is_snapshotted(const struct engine_disk *disk);
-
-/* A <disk> of a snapshot's own <disks>. */
-struct engine_snapshot_disk {
-    char *target;
-    char *kind;   /* "internal", "external", "no", "manual" */
-    char *file;   /* external: the overlay the snapshot made */
-};
+bool engine_disk_is_snapshotted(const struct snapfs_disk *disk);
 
 struct engine_snapshot_info {
     char *name;
     char *description;
     bool external;          /* any disk external */
-    GPtrArray *disks;       /* struct engine_snapshot_disk * */
-    GPtrArray *domain_disks;/* struct engine_disk *: the domain as it was, so each disk's top then */
+    GPtrArray *disks;       /* struct snapfs_snapshot_disk * */
+    GPtrArray *domain_disks;/* struct snapfs_disk *: the domain as it was, so each disk's top then */
 };
 
 void engine_snapshot_info_free(struct engine_snapshot_info *info);
@@ -98,7 +79,7 @@ bool engine_conn_is_local(virConnectPtr conn);
 /* Whether a block job runs on any disk of @dom; sets EBUSY naming it. */
 bool engine_block_job_running(virDomainPtr dom, GPtrArray *disks, const char *what);
 
-/* engine_files_state() of every chain of @disks (struct engine_disk *). */
+/* engine_files_state() of every chain of @disks (struct snapfs_disk *). */
 GHashTable *engine_domain_files_state(GPtrArray *disks);
 
 /* Libvirt's live (if running) or persistent disks of @dom, or NULL with the reason. */

@@ -75,7 +75,7 @@ bool engine_block_job_running(virDomainPtr dom, GPtrArray *disks, const char *wh
     if (virDomainIsActive(dom) != 1)
         return false;
     for (guint i = 0; i < disks->len; i++) {
-        struct engine_disk *disk = g_ptr_array_index(disks, i);
+        struct snapfs_disk *disk = g_ptr_array_index(disks, i);
         virDomainBlockJobInfo info;
 
         if (!disk->target || !disk->file)
@@ -95,7 +95,7 @@ static GPtrArray *engine_domain_chain_files(GPtrArray *disks)
     GPtrArray *files = g_ptr_array_new_with_free_func(g_free);
 
     for (guint i = 0; disks && i < disks->len; i++) {
-        struct engine_disk *disk = g_ptr_array_index(disks, i);
+        struct snapfs_disk *disk = g_ptr_array_index(disks, i);
         GPtrArray *chain;
 
         if (!disk->file || strcmp(disk->type, "network") == 0)
@@ -165,7 +165,7 @@ static int create_check(virDomainPtr dom, const char *domain, const char *name, 
     if (engine_block_job_running(dom, disks, what))
         return -1;
     for (guint i = 0; i < disks->len; i++) {
-        struct engine_disk *disk = g_ptr_array_index(disks, i);
+        struct snapfs_disk *disk = g_ptr_array_index(disks, i);
         g_autofree char *overlay = NULL;
         g_autofree char *base = NULL;
 
@@ -258,7 +258,7 @@ int engine_snapshot_create(virConnectPtr conn, const char *domain, const char *n
     snapfs_info("created snapshot '%s' of '%s'%s", name, domain, running ? " (live)" : "");
     /* The old tops are frozen now, with an overlay above: views that read them as live must go. */
     for (guint i = 0; i < disks->len; i++) {
-        struct engine_disk *disk = g_ptr_array_index(disks, i);
+        struct snapfs_disk *disk = g_ptr_array_index(disks, i);
 
         if (engine_disk_is_snapshotted(disk) && disk->file)
             engine_notify_chain_changed(disk->file);

@@ -69,53 +69,6 @@ static char *xml_dump(xmlDocPtr doc)
 }
 
 
-static void revert_domain_disk_free(struct revert_domain_disk *disk)
-{
-    g_free(disk->target);
-    g_free(disk->device);
-    g_free(disk->file);
-    g_free(disk->format);
-    g_free(disk);
-}
-
-/* The disks of a <domain> (@prefix "/domain") or of the one in a snapshot ("/domainsnapshot/domain"). */
-static GPtrArray *xml_domain_disks(xmlXPathContextPtr ctxt, const char *prefix)
-{
-    GPtrArray *disks = g_ptr_array_new_with_free_func((GDestroyNotify)revert_domain_disk_free);
-    g_autofree char *expr = g_strdup_printf("%s/devices/disk", prefix);
-    xmlXPathObjectPtr obj = xml_eval_nodes(ctxt, expr);
-
-    for (int i = 0; obj && i < obj->nodesetval->nodeNr; i++) {
-        xmlNodePtr node = obj->nodesetval->nodeTab[i];
-        struct revert_domain_disk *disk = g_new0(struct revert_domain_disk, 1);
-
-        disk->target = xml_eval_string(ctxt, node, "string(target/@dev)");
-        disk->device = xml_eval_string(ctxt, node, "string(@device)");
-        disk->file = xml_eval_string(ctxt, node, "string(source/@file)");
-        if (!disk->file)
-            disk->file = xml_eval_string(ctxt, node, "string(source/@dev)");
-        disk->format = xml_eval_string(ctxt, node, "string(driver/@type)");
-        if (!disk->target) {
-            revert_domain_disk_free(disk);
-            continue;
-        }
-        g_ptr_array_add(disks, disk);
-    }
-    xmlXPathFreeObject(obj);
-    return disks;
-}
-
-struct revert_domain_disk *revert_domain_disk_find(GPtrArray *disks, const char *target)
-{
-    for (guint i = 0; i < disks->len; i++) {
-        struct revert_domain_disk *disk = g_ptr_array_index(disks, i);
-
-        if (strcmp(disk->target, target) == 0)
-            return disk;
-    }
-    return NULL;
-}
-
 /* ---- what libvirt says about the domain --------------------------------------- */
 
 
@@ -164,7 +117,7 @@ static struct revert_snapshot *revert_snapshot_parse(const char *name, char *xml
     snap->frozen_format = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     if (!ctxt)
         goto out;
-    snap->domain_disks = xml_domain_disks(ctxt, "/domainsnapshot/domain");
+    snap->domain_disks = snapfs_xml_disks(ctxt, "/domainsnapshot/domain");
     obj = xml_eval_nodes(ctxt, "/domainsnapshot/disks/disk");
     for (int i = 0; obj && i < obj->nodesetval->nodeNr; i++) {
         xmlNodePtr node = obj->nodesetval->nodeTab[i];
@@ -173,7 +126,7 @@ static struct revert_snapshot *revert_snapshot_parse(const char *name, char *xml
         g_autofree char *file = xml_eval_string(ctxt, node, "string(source/@file)");
         g_autofree char *frozen = NULL;
         g_autofree char *frozen_format = NULL;
-        struct revert_domain_disk *then;
+        struct snapfs_disk *then;
 
         if (!target || !kind || strcmp(kind, "external") != 0)
             continue;
@@ -182,7 +135,7 @@ static struct revert_snapshot *revert_snapshot_parse(const char *name, char *xml
             continue;
         /* What the snapshot froze: its overlay's backing, or else the disk of the domain as it was. */
         frozen = revert_image_backing(file, &frozen_format);
-        then = snap->domain_disks ? revert_domain_disk_find(snap->domain_disks, target) : NULL;
+        then = snap->domain_disks ? snapfs_disk_find(snap->domain_disks, target) : NULL;
         if (!frozen && then && then->file) {
             frozen = g_strdup(then->file);
             frozen_format = g_strdup(then->format);
@@ -242,7 +195,7 @@ struct revert_state *revert_state_read(virConnectPtr conn, virDomainPtr dom)
         return NULL;
     }
     ctxt = xmlXPathNewContext(doc);
-    st->disks = xml_domain_disks(ctxt, "/domain");
+    st->disks = snapfs_xml_disks(ctxt, "/domain");
     xmlXPathFreeContext(ctxt);
     xmlFreeDoc(doc);
 
@@ -287,7 +240,7 @@ bool revert_state_names_file(struct revert_state *st, const char *file, const ch
                 return true;
         }
         for (guint j = 0; snap->domain_disks && j < snap->domain_disks->len; j++) {
-            struct revert_domain_disk *d = g_ptr_array_index(snap->domain_disks, j);
+            struct snapfs_disk *d = g_ptr_array_index(snap->domain_disks, j);
 
             if (d->file && strcmp(d->file, file) == 0)
                 return true;
@@ -310,7 +263,7 @@ bool revert_chains_hold(GPtrArray *tops, const char *file)
     return false;
 }
 
-bool revert_disk_is_local(const struct revert_domain_disk *disk)
+bool revert_disk_is_local(const struct snapfs_disk *disk)
 {
     return disk->file && disk->file[0] == '/' && (!disk->device || strcmp(disk->device, "disk") == 0);
 }
@@ -327,7 +280,7 @@ struct revert_snapshot *revert_state_identical(struct revert_state *st, struct r
         guint compared = 0;
 
         for (guint j = 0; same && j < st->disks->len; j++) {
-            struct revert_domain_disk *disk = g_ptr_array_index(st->disks, j);
+            struct snapfs_disk *disk = g_ptr_array_index(st->disks, j);
             const char *frozen;
             g_autofree char *backing = NULL;
 
@@ -410,7 +363,7 @@ char *revert_keep_xml(struct revert_state *st, const struct revert_journal *jour
     g_string_append_printf(xml, "  <creationTime>%" G_GINT64_FORMAT "</creationTime>\n", g_date_time_to_unix(now));
     g_string_append(xml, "  <memory snapshot='no'/>\n  <disks>\n");
     for (guint i = 0; i < st->disks->len; i++) {
-        struct revert_domain_disk *disk = g_ptr_array_index(st->disks, i);
+        struct snapfs_disk *disk = g_ptr_array_index(st->disks, i);
         g_autofree char *t = g_markup_escape_text(disk->target, -1);
         const char *overlay = NULL;
 
@@ -569,11 +522,11 @@ bool revert_domain_on_new_tops(struct revert_state *st, const struct revert_jour
 
     for (guint i = 0; i < journal->disks->len; i++) {
         struct revert_disk *rd = g_ptr_array_index(journal->disks, i);
-        struct revert_domain_disk *disk;
+        struct snapfs_disk *disk;
 
         if (!rd->new_top)
             continue;
-        disk = revert_domain_disk_find(st->disks, rd->target);
+        disk = snapfs_disk_find(st->disks, rd->target);
         if (!disk || !disk->file || strcmp(disk->file, rd->new_top) != 0)
             return false;
         any = true;
@@ -594,7 +547,7 @@ GPtrArray *revert_domain_disks_now(struct revert_state *st)
         return NULL;
     }
     ctxt = xmlXPathNewContext(doc);
-    disks = xml_domain_disks(ctxt, "/domain");
+    disks = snapfs_xml_disks(ctxt, "/domain");
     xmlXPathFreeContext(ctxt);
     xmlFreeDoc(doc);
     return disks;

@@ -2,6 +2,8 @@
 /* What src/revert*.c share: the intent journal of one revert, the domain as libvirt describes it, the images. */
 #pragma once
 
+#include "snapfs/xml.h"
+
 #include <glib.h>
 #include <libvirt/libvirt.h>
 #include <stdbool.h>
@@ -69,14 +71,6 @@ int revert_sync_path(const char *path);
 
 /* ---- the domain and its snapshots (src/revert-domain.c) ---- */
 
-/* A disk of a domain's XML. */
-struct revert_domain_disk {
-    char *target;
-    char *device;
-    char *file;     /* source file or dev, NULL for network disks and empty drives */
-    char *format;
-};
-
 /* A snapshot, with what each of its external disks made and froze. */
 struct revert_snapshot {
     char *name;
@@ -85,7 +79,7 @@ struct revert_snapshot {
     GHashTable *overlay;      /* target -> the overlay the snapshot made */
     GHashTable *frozen;       /* target -> the image it froze */
     GHashTable *frozen_format;
-    GPtrArray *domain_disks;  /* the domain as it was: struct revert_domain_disk * */
+    GPtrArray *domain_disks;  /* the domain as it was: struct snapfs_disk * */
 };
 
 /* A domain as libvirt describes it at the start of a revert. */
@@ -96,7 +90,7 @@ struct revert_state {
     char *name;
     char *uuid;
     char *xml;            /* the persistent definition */
-    GPtrArray *disks;     /* struct revert_domain_disk *, from xml */
+    GPtrArray *disks;     /* struct snapfs_disk *, from xml */
     GPtrArray *snaps;     /* struct revert_snapshot * */
     char *current;        /* the current snapshot, or NULL */
 };
@@ -108,7 +102,6 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(revert_state, revert_state_free)
 /* The domain, its persistent definition and every snapshot; NULL with the reason. */
 struct revert_state *revert_state_read(virConnectPtr conn, virDomainPtr dom);
 struct revert_snapshot *revert_state_snapshot(struct revert_state *st, const char *name);
-struct revert_domain_disk *revert_domain_disk_find(GPtrArray *disks, const char *target);
 /* The disks of the domain's persistent definition as it is now (NULL, logged, if unreadable). */
 GPtrArray *revert_domain_disks_now(struct revert_state *st);
 
@@ -117,7 +110,7 @@ bool revert_state_names_file(struct revert_state *st, const char *file, const ch
 /* Whether @file is in the chain of any of @tops (file names). */
 bool revert_chains_hold(GPtrArray *tops, const char *file);
 /* A disk whose image is a local file or device (not a network disk, not a cdrom). */
-bool revert_disk_is_local(const struct revert_domain_disk *disk);
+bool revert_disk_is_local(const struct snapfs_disk *disk);
 /* The snapshot whose frozen images the domain reads untouched, over the disks @target reverts; or NULL. */
 struct revert_snapshot *revert_state_identical(struct revert_state *st, struct revert_snapshot *target);
 

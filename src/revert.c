@@ -185,7 +185,7 @@ static int revert_roll_forward(struct revert_state *st, const struct revert_jour
 
         /* Never what the domain still runs on, whatever the journal says. */
         for (guint j = 0; rd->old_top && j < disks->len; j++) {
-            struct revert_domain_disk *now = g_ptr_array_index(disks, j);
+            struct snapfs_disk *now = g_ptr_array_index(disks, j);
 
             in_use |= now->file && strcmp(now->file, rd->old_top) == 0;
         }
@@ -266,7 +266,7 @@ static struct revert_journal *plan_external(struct revert_state *st, struct reve
         return g_steal_pointer(&journal);
 
     for (guint i = 0; i < st->disks->len; i++) {
-        struct revert_domain_disk *disk = g_ptr_array_index(st->disks, i);
+        struct snapfs_disk *disk = g_ptr_array_index(st->disks, i);
 
         if (disk->file)
             g_ptr_array_add(tops, disk->file);
@@ -281,7 +281,7 @@ static struct revert_journal *plan_external(struct revert_state *st, struct reve
     }
     /* Every local disk the domain has now: its old top, and the pre-revert overlay on it. */
     for (guint i = 0; i < st->disks->len; i++) {
-        struct revert_domain_disk *disk = g_ptr_array_index(st->disks, i);
+        struct snapfs_disk *disk = g_ptr_array_index(st->disks, i);
         struct revert_disk *rd;
 
         if (!revert_disk_is_local(disk))
@@ -367,7 +367,7 @@ static int revert_check_local(struct revert_state *st, struct revert_snapshot *t
         return -1;
     }
     for (guint i = 0; i < st->disks->len; i++) {
-        struct revert_domain_disk *disk = g_ptr_array_index(st->disks, i);
+        struct snapfs_disk *disk = g_ptr_array_index(st->disks, i);
 
         if (revert_disk_is_local(disk) && !g_file_test(disk->file, G_FILE_TEST_EXISTS)) {
             snapfs_error_set(ENOTSUP, "cannot revert '%s' to '%s': its image '%s' is not a file snapfs can see "
@@ -405,7 +405,7 @@ static bool native_is_safe(struct revert_state *st, const struct revert_journal 
         return false;
     g_hash_table_iter_init(&it, current->overlay);
     while (g_hash_table_iter_next(&it, &key, &value)) {
-        struct revert_domain_disk *disk = revert_domain_disk_find(st->disks, key);
+        struct snapfs_disk *disk = snapfs_disk_find(st->disks, key);
 
         if (!disk || !disk->file || strcmp(disk->file, value) != 0)
             return false;
@@ -552,8 +552,8 @@ fail:
 static int revert_internal_check(struct revert_state *st, struct revert_snapshot *target)
 {
     for (guint i = 0; target->domain_disks && i < target->domain_disks->len; i++) {
-        struct revert_domain_disk *then = g_ptr_array_index(target->domain_disks, i);
-        struct revert_domain_disk *now = revert_domain_disk_find(st->disks, then->target);
+        struct snapfs_disk *then = g_ptr_array_index(target->domain_disks, i);
+        struct snapfs_disk *now = snapfs_disk_find(st->disks, then->target);
 
         if (!then->file || !revert_disk_is_local(then))
             continue;

@@ -6,9 +6,7 @@
 
 #include <errno.h>
 #include <libvirt/virterror.h>
-#include <libxml/parser.h>
 #include <libxml/uri.h>
-#include <libxml/xpath.h>
 #include <string.h>
 
 /*
@@ -86,63 +84,7 @@ void snapfs_virt_stop_events(void)
     virEventRemoveTimeout(event_wake_timer);
 }
 
-/* ---- XML helpers ---------------------------------------------------------- */
-
-static char *xml_string(xmlXPathContextPtr ctxt, const char *expr)
-{
-    xmlXPathObjectPtr obj = xmlXPathEval((const xmlChar *)expr, ctxt);
-    char *value = NULL;
-
-    if (obj && obj->type == XPATH_STRING && obj->stringval && obj->stringval[0])
-        value = g_strdup((const char *)obj->stringval);
-    xmlXPathFreeObject(obj);
-    return value;
-}
-
-/* Evaluates @expr relative to @node. */
-static char *xml_node_string(xmlXPathContextPtr ctxt, xmlNodePtr node, const char *expr)
-{
-    xmlNodePtr saved = ctxt->node;
-    char *value;
-
-    ctxt->node = node;
-    value = xml_string(ctxt, expr);
-    ctxt->node = saved;
-    return value;
-}
-
-static xmlDocPtr xml_parse(const char *xml, xmlXPathContextPtr *ctxt)
-{
-    xmlDocPtr doc = xmlReadMemory(xml, strlen(xml), "libvirt.xml", NULL,
-                                  XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
-
-    if (!doc)
-        return NULL;
-    *ctxt = xmlXPathNewContext(doc);
-    return doc;
-}
-
 /* ---- domains and snapshots -------------------------------------------------- */
-
-static void disk_free(gpointer data)
-{
-    struct snapfs_disk *disk = data;
-
-    g_free(disk->target);
-    g_free(disk->file);
-    g_free(disk->format);
-    g_free(disk);
-}
-
-static void snapshot_disk_free(gpointer data)
-{
-    struct snapfs_snapshot_disk *disk = data;
-
-    g_free(disk->target);
-    g_free(disk->kind);
-    g_free(disk->file);
-    g_free(disk);
-}
 
 static void snapshot_free(gpointer data)
 {
@@ -173,40 +115,29 @@ void snapfs_domain_unref(struct snapfs_domain *domain)
     g_free(domain);
 }
 
+/* The disks snapfs shows: CD-ROMs and floppies hold no guest state worth a layer. */
 static void domain_parse_disks(struct snapfs_domain *domain, const char *xml)
 {
     xmlXPathContextPtr ctxt = NULL;
-    xmlDocPtr doc = xml_parse(xml, &ctxt);
-    xmlXPathObjectPtr disks;
+    xmlDocPtr doc = snapfs_xml_read(xml, &ctxt);
+    g_autoptr(GPtrArray) disks = NULL;
 
     if (!doc)
         return;
-    disks = xmlXPathEval((const xmlChar *)"/domain/devices/disk[@device='disk' or not(@device)]", ctxt);
-    for (int i = 0; disks && disks->nodesetval && i < disks->nodesetval->nodeNr; i++) {
-        xmlNodePtr node = disks->nodesetval->nodeTab[i];
-        struct snapfs_disk *disk = g_new0(struct snapfs_disk, 1);
+    disks = snapfs_xml_disks(ctxt, "/domain");
+    for (guint i = 0; i < disks->len; i++) {
+        struct snapfs_disk *disk = g_ptr_array_index(disks, i);
 
-        disk->target = xml_node_string(ctxt, node, "string(target/@dev)");
-        disk->file = xml_node_string(ctxt, node, "string(source/@file)");
-        if (!disk->file)
-            disk->file = xml_node_string(ctxt, node, "string(source/@dev)");
-        disk->format = xml_node_string(ctxt, node, "string(driver/@type)");
-        if (!disk->target) {
-            disk_free(disk);
-            continue;
-        }
-        g_ptr_array_add(domain->disks, disk);
+        if (strcmp(disk->device, "disk") == 0)
+            g_ptr_array_add(domain->disks, g_steal_pointer(&disks->pdata[i]));
     }
-    xmlXPathFreeObject(disks);
-    xmlXPathFreeContext(ctxt);
-    xmlFreeDoc(doc);
+    snapfs_xml_free(doc, ctxt);
 }
 
 static struct snapfs_snapshot *snapshot_parse(const char *xml)
 {
     xmlXPathContextPtr ctxt = NULL;
-    xmlDocPtr doc = xml_parse(xml, &ctxt);
-    xmlXPathObjectPtr disks;
+    xmlDocPtr doc = snapfs_xml_read(xml, &ctxt);
     struct snapfs_snapshot *snap;
     g_autofree char *created = NULL;
     g_autofree char *memory = NULL;
@@ -214,38 +145,24 @@ static struct snapfs_snapshot *snapshot_parse(const char *xml)
     if (!doc)
         return NULL;
     snap = g_new0(struct snapfs_snapshot, 1);
-    snap->disks = g_ptr_array_new_with_free_func(snapshot_disk_free);
-    snap->name = xml_string(ctxt, "string(/domainsnapshot/name)");
-    snap->parent = xml_string(ctxt, "string(/domainsnapshot/parent/name)");
-    snap->description = xml_string(ctxt, "string(/domainsnapshot/description)");
+    snap->name = snapfs_xml_string(ctxt, NULL, "string(/domainsnapshot/name)");
+    snap->parent = snapfs_xml_string(ctxt, NULL, "string(/domainsnapshot/parent/name)");
+    snap->description = snapfs_xml_string(ctxt, NULL, "string(/domainsnapshot/description)");
     if (!snap->description)
         snap->description = g_strdup("");
-    snap->state = xml_string(ctxt, "string(/domainsnapshot/state)");
-    created = xml_string(ctxt, "string(/domainsnapshot/creationTime)");
+    snap->state = snapfs_xml_string(ctxt, NULL, "string(/domainsnapshot/state)");
+    created = snapfs_xml_string(ctxt, NULL, "string(/domainsnapshot/creationTime)");
     snap->created = created ? g_ascii_strtoll(created, NULL, 10) : 0;
-    memory = xml_string(ctxt, "string(/domainsnapshot/memory/@snapshot)");
+    memory = snapfs_xml_string(ctxt, NULL, "string(/domainsnapshot/memory/@snapshot)");
     snap->external = memory && strcmp(memory, "external") == 0;
-    disks = xmlXPathEval((const xmlChar *)"/domainsnapshot/disks/disk", ctxt);
-    for (int i = 0; disks && disks->nodesetval && i < disks->nodesetval->nodeNr; i++) {
-        xmlNodePtr node = disks->nodesetval->nodeTab[i];
-        struct snapfs_snapshot_disk *disk = g_new0(struct snapfs_snapshot_disk, 1);
+    snap->disks = snapfs_xml_snapshot_disks(ctxt);
+    for (guint i = 0; i < snap->disks->len; i++) {
+        struct snapfs_snapshot_disk *disk = g_ptr_array_index(snap->disks, i);
 
-        disk->target = xml_node_string(ctxt, node, "string(@name)");
-        disk->kind = xml_node_string(ctxt, node, "string(@snapshot)");
-        disk->file = xml_node_string(ctxt, node, "string(source/@file)");
-        if (!disk->kind)
-            disk->kind = g_strdup("internal");
         if (strcmp(disk->kind, "external") == 0)
             snap->external = true;
-        if (!disk->target) {
-            snapshot_disk_free(disk);
-            continue;
-        }
-        g_ptr_array_add(snap->disks, disk);
     }
-    xmlXPathFreeObject(disks);
-    xmlXPathFreeContext(ctxt);
-    xmlFreeDoc(doc);
+    snapfs_xml_free(doc, ctxt);
     if (!snap->name || !snap->state)
         g_clear_pointer(&snap, snapshot_free);
     return snap;
@@ -278,7 +195,7 @@ static struct snapfs_domain *domain_fetch(virConnectPtr conn, const char *name)
     domain = g_new0(struct snapfs_domain, 1);
     domain->refs = 1;
     domain->name = g_strdup(virDomainGetName(dom));
-    domain->disks = g_ptr_array_new_with_free_func(disk_free);
+    domain->disks = g_ptr_array_new_with_free_func((GDestroyNotify)snapfs_disk_free);
     domain->snapshots = g_ptr_array_new_with_free_func(snapshot_free);
     if (virDomainGetUUIDString(dom, uuid) == 0)
         domain->uuid = g_strdup(uuid);
@@ -340,13 +257,7 @@ struct snapfs_snapshot *snapfs_domain_current(struct snapfs_domain *domain)
 
 struct snapfs_disk *snapfs_domain_find_disk(struct snapfs_domain *domain, const char *target)
 {
-    for (guint i = 0; i < domain->disks->len; i++) {
-        struct snapfs_disk *disk = g_ptr_array_index(domain->disks, i);
-
-        if (strcmp(disk->target, target) == 0)
-            return disk;
-    }
-    return NULL;
+    return snapfs_disk_find(domain->disks, target);
 }
 
 /* ---- hosts ------------------------------------------------------------------- */

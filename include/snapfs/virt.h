@@ -2,23 +2,11 @@
 /* Connections to libvirt (one per -c URI), kept alive and reconnected, and what they say about domains. */
 #pragma once
 
+#include "snapfs/xml.h"
+
 #include <glib.h>
 #include <libvirt/libvirt.h>
 #include <stdbool.h>
-
-/* A disk of a domain, as its XML names it. */
-struct snapfs_disk {
-    char *target;   /* "vda" */
-    char *file;     /* top image (file or block device), NULL for network disks */
-    char *format;   /* driver type, NULL if the XML does not say */
-};
-
-/* A disk of a snapshot, as the snapshot's XML names it. */
-struct snapfs_snapshot_disk {
-    char *target;
-    char *kind;     /* "internal", "external", "no", "manual" */
-    char *file;     /* external: the overlay this snapshot created */
-};
 
 struct snapfs_snapshot {
     char *name;
@@ -37,7 +25,7 @@ struct snapfs_domain {
     char *name;
     char *uuid;
     bool running;
-    GPtrArray *disks;      /* struct snapfs_disk *, in the XML's order */
+    GPtrArray *disks;      /* struct snapfs_disk * of device 'disk', in the XML's order */
     GPtrArray *snapshots;  /* struct snapfs_snapshot *, oldest first */
     gint64 fetched;        /* g_get_monotonic_time() of the answer */
 };

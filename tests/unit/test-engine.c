@@ -58,8 +58,8 @@ static const char snapshot_xml[] =
 static void test_parse_snapshot(void)
 {
     struct engine_snapshot_info *info = engine_parse_snapshot(snapshot_xml);
-    struct engine_snapshot_disk *vda;
-    struct engine_disk *disk, *cdrom;
+    struct snapfs_snapshot_disk *vda;
+    struct snapfs_disk *disk, *cdrom;
 
     g_assert_nonnull(info);
     g_assert_cmpstr(info->name, ==, "s & t");

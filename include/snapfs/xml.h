@@ -1,0 +1,44 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* Reading libvirt's XML: a document with its XPath context, strings by XPath, and the one parser of <disk> elements. */
+#pragma once
+
+#include <glib.h>
+#include <libxml/tree.h>
+#include <libxml/xpath.h>
+#include <stdbool.h>
+
+/* A <disk> of a domain's XML. */
+struct snapfs_disk {
+    char *target;    /* "vda" */
+    char *type;      /* "file", "block", "network", ...; "file" if unsaid */
+    char *device;    /* "disk", "cdrom", ...; "disk" if unsaid */
+    char *file;      /* source file or dev; NULL for network disks and empty drives */
+    char *format;    /* driver type, NULL if unsaid */
+    char *snapshot;  /* the disk's snapshot= attribute, NULL if unsaid */
+    bool readonly;
+};
+
+/* A <disk> of a snapshot's own <disks>. */
+struct snapfs_snapshot_disk {
+    char *target;
+    char *kind;      /* "internal", "external", "no", "manual"; "no" if unsaid */
+    char *file;      /* external: the overlay this snapshot created */
+};
+
+void snapfs_disk_free(struct snapfs_disk *disk);
+void snapfs_snapshot_disk_free(struct snapfs_snapshot_disk *disk);
+/* The disk of @disks (struct snapfs_disk *) with target @target, or NULL. */
+struct snapfs_disk *snapfs_disk_find(GPtrArray *disks, const char *target);
+
+/* Parses @xml (no network, no messages); NULL if it is not XML. Free with snapfs_xml_free(). */
+xmlDocPtr snapfs_xml_read(const char *xml, xmlXPathContextPtr *ctxt);
+void snapfs_xml_free(xmlDocPtr doc, xmlXPathContextPtr ctxt);
+
+/* The string value of @expr, relative to @node (NULL: the document), or NULL when empty. */
+char *snapfs_xml_string(xmlXPathContextPtr ctxt, xmlNodePtr node, const char *expr);
+
+/* Every <disk> below @prefix ("/domain", or "/domainsnapshot/domain"), in order: struct snapfs_disk *. */
+GPtrArray *snapfs_xml_disks(xmlXPathContextPtr ctxt, const char *prefix);
+
+/* The <disks><disk> of a <domainsnapshot>: struct snapfs_snapshot_disk *. */
+GPtrArray *snapfs_xml_snapshot_disks(xmlXPathContextPtr ctxt);
