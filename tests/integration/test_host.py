@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IMAGE_ROOT, REPO, URI, errno_of, is_mount, run, snapfs_bin, wait_for
+from conftest import IMAGE_ROOT, REPO, URI, _mountpoint, errno_of, is_mount, run, snapfs_bin, wait_for
 
 EXAMPLES = REPO / "examples"
 
@@ -18,13 +18,7 @@ EXAMPLES = REPO / "examples"
 @pytest.fixture
 def mountpoint(run_prefix):
     """An empty directory to mount on; anything left mounted there is unmounted after the test."""
-    base = IMAGE_ROOT / "mnt"
-    base.mkdir(mode=0o755, parents=True, exist_ok=True)
-    n = 0
-    while (base / f"host{n}").exists():
-        n += 1
-    path = base / f"host{n}"
-    path.mkdir(mode=0o755)
+    path = _mountpoint("host")
     yield path
     if is_mount(str(path)):
         run("fusermount3", "-u", "-z", path, check=False)
