@@ -95,6 +95,16 @@ def test_unknown_option(empty_dir):
     _bad_start(empty_dir, "-c", URI, "-o", "quiesce=sometimes", empty_dir)
 
 
+def test_no_dev_fuse(empty_dir):
+    """Without /dev/fuse (here: an empty /dev in a private mount namespace): one line, non-zero, nothing mounted."""
+    proc = run("unshare", "-m", "sh", "-c", 'mount -t tmpfs none /dev && exec "$0" -f -c "$1" "$2"',
+               snapfs_bin(), URI, empty_dir, check=False, timeout=60)
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert proc.returncode != 0
+    assert len(lines) == 1 and "/dev/fuse" in lines[0], proc.stderr
+    assert not is_mount(empty_dir)
+
+
 def test_clean_unmount(mount):
     m = mount()
     assert os.path.isdir(m.path)
