@@ -512,6 +512,18 @@ static int view_mount(struct guest_view *view, struct guest_appliance *app)
 
         for (size_t i = 0; i < view->n_drives; i++)
             g_string_append_printf(files, "%s'%s'", i ? ", " : "", view->drives[i].file);
+        /* Logical volumes belong to no one disk (and layers of one disk repeat their PVs): not shown yet. */
+        for (size_t j = 0; app->filesystems[j] && app->filesystems[j + 1]; j += 2) {
+            bool on_disk = false;
+
+            for (size_t k = 0; app->devices[k] && !on_disk; k++)
+                on_disk = device_suffix(app->filesystems[j], app->devices[k]) != NULL;
+            if (!on_disk) {
+                g_string_append_printf(why, "%slogical volumes such as %s are not shown by snapfs yet",
+                                       why->len ? "; " : "", app->filesystems[j]);
+                break;
+            }
+        }
         if (why->len)
             g_string_prepend(why, ": ");
         g_string_prepend(why, "no filesystem that libguestfs can mount");
