@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <glib/gstdio.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <string.h>
 #include <unistd.h>
@@ -260,9 +261,51 @@ struct guest_appliance *guest_pool_appliance_for(struct guest_pool *pool, struct
     return app;
 }
 
-/* Start @argv, a server that makes @socket once it serves; -1 with the reason (its stderr) if it does not. */
-static int server_start(struct guest_appliance *app, GPtrArray *argv, const char *socket, const char *what, GPid *pid)
+/* A process to start from the pool's spawner thread. */
+struct spawn_request {
+    char **argv;
+    int errfd, nullfd;
+    GPid pid;
+    bool spawned;
+    GError *error;
+    bool done;
+    GMutex lock;
+    GCond cond;
+};
+
+/* In the child: die with snapfs, so a killed daemon leaves no NBD server behind. */
+static void spawn_child_setup(gpointer data)
 {
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+}
+
+/*
+ * The parent-death signal fires when the thread that forked ends, and FUSE
+ * worker threads come and go: servers are forked by this thread, which lives
+ * as long as the pool.
+ */
+static gpointer pool_spawner(gpointer data)
+{
+    struct guest_pool *pool = data;
+    struct spawn_request *req;
+
+    while ((req = g_async_queue_pop(pool->spawns)) != (gpointer)pool) {
+        req->spawned = g_spawn_async_with_fds(NULL, req->argv, NULL,
+                                              G_SPAWN_SEARCH_PATH | G_SPAWN_DO_NOT_REAP_CHILD, spawn_child_setup,
+                                              NULL, &req->pid, req->nullfd, req->nullfd, req->errfd, &req->error);
+        g_mutex_lock(&req->lock);
+        req->done = true;
+        g_cond_signal(&req->cond);
+        g_mutex_unlock(&req->lock);
+    }
+    return NULL;
+}
+
+/* Start @argv, a server that makes @socket once it serves; -1 with the reason (its stderr) if it does not. */
+static int server_start(struct guest_pool *pool, struct guest_appliance *app, GPtrArray *argv, const char *socket,
+                        const char *what, GPid *pid)
+{
+    struct spawn_request req = { 0 };
     g_autoptr(GError) error = NULL;
     g_autofree char *errfile = NULL;
     gint64 deadline = g_get_monotonic_time() + 15 * G_USEC_PER_SEC;
@@ -272,9 +315,21 @@ static int server_start(struct guest_appliance *app, GPtrArray *argv, const char
     errfile = g_strdup_printf("%s.err", socket);
     errfd = open(errfile, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     g_ptr_array_add(argv, NULL);
-    spawned = g_spawn_async_with_fds(NULL, (char **)argv->pdata, NULL,
-                                     G_SPAWN_SEARCH_PATH | G_SPAWN_DO_NOT_REAP_CHILD, NULL, NULL, pid,
-                                     nullfd, nullfd, errfd >= 0 ? errfd : nullfd, &error);
+    req.argv = (char **)argv->pdata;
+    req.errfd = errfd >= 0 ? errfd : nullfd;
+    req.nullfd = nullfd;
+    g_mutex_init(&req.lock);
+    g_cond_init(&req.cond);
+    g_async_queue_push(pool->spawns, &req);
+    g_mutex_lock(&req.lock);
+    while (!req.done)
+        g_cond_wait(&req.cond, &req.lock);
+    g_mutex_unlock(&req.lock);
+    g_mutex_clear(&req.lock);
+    g_cond_clear(&req.cond);
+    spawned = req.spawned;
+    *pid = req.pid;
+    error = req.error;
     if (errfd >= 0)
         close(errfd);
     if (nullfd >= 0)
@@ -339,7 +394,7 @@ static bool appliance_tmpdir(struct guest_appliance *app)
  * Plain images share one qemu-storage-daemon; an internal snapshot needs
  * qemu-nbd -l, one per disk.
  */
-static int appliance_start_servers(struct guest_appliance *app)
+static int appliance_start_servers(struct guest_pool *pool, struct guest_appliance *app)
 {
     g_autoptr(GPtrArray) argv = g_ptr_array_new_with_free_func(g_free);
     g_autofree char *socket = NULL;
@@ -367,7 +422,7 @@ static int appliance_start_servers(struct guest_appliance *app)
             g_ptr_array_add(nbd, g_strdup("--image-opts"));
             g_ptr_array_add(nbd, g_strdup_printf("driver=%s,read-only=on,force-share=on,file.driver=file,"
                                                  "file.filename=%s,file.locking=off", ext->disk.format, file));
-            if (server_start(app, nbd, ext->disk.socket, what, &ext->nbd) < 0)
+            if (server_start(pool, app, nbd, ext->disk.socket, what, &ext->nbd) < 0)
                 return -1;
             continue;
         }
@@ -385,7 +440,7 @@ static int appliance_start_servers(struct guest_appliance *app)
     /* The server before its exports, as qemu-storage-daemon wants. */
     g_ptr_array_insert(argv, 1, g_strdup_printf("addr.type=unix,addr.path=%s", socket));
     g_ptr_array_insert(argv, 1, g_strdup("--nbd-server"));
-    return server_start(app, argv, socket, "the images", &app->storage_pid);
+    return server_start(pool, app, argv, socket, "the images", &app->storage_pid);
 }
 
 /* A handle with @app's disks added, not launched; NULL with the reason. */
@@ -441,7 +496,7 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
     app->launching = true;
     g_mutex_unlock(&pool->lock);
 
-    if (appliance_start_servers(app) < 0)
+    if (appliance_start_servers(pool, app) < 0)
         goto fail;
     for (int attempt = 0; attempt < 2; attempt++) {
         bool tcg = g_atomic_int_get(&pool->force_tcg);
@@ -584,6 +639,8 @@ struct guest_pool *guest_pool_new(const struct guest_pool_config *config)
     g_queue_init(&pool->lru);
     pool->data_cap = (size_t)(cap ? g_ascii_strtoull(cap, NULL, 10) : 128) << 20;
     pool->timer = g_thread_new("snapfs-guests", pool_timer, pool);
+    pool->spawns = g_async_queue_new();
+    pool->spawner = g_thread_new("snapfs-spawner", pool_spawner, pool);
     return pool;
 }
 
@@ -619,6 +676,9 @@ void guest_pool_free(struct guest_pool *pool)
             g_thread_join(g_ptr_array_index(threads, i));
     }
     g_ptr_array_unref(pool->appliances);
+    g_async_queue_push(pool->spawns, pool);
+    g_thread_join(pool->spawner);
+    g_async_queue_unref(pool->spawns);
     guest_data_forget(pool, NULL);
     g_hash_table_unref(pool->chunks);
     g_mutex_clear(&pool->lock);

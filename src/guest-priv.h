@@ -53,6 +53,8 @@ struct guest_pool {
     gint force_tcg;           /* atomic: KVM failed once, appliances use TCG */
     struct guest_pool_stats stats;
     GThread *timer;
+    GThread *spawner;         /* forks the NBD servers: their parent-death signal is tied to this thread */
+    GAsyncQueue *spawns;
     GMutex timer_lock;
     GCond timer_cond;
     bool stopping;
