@@ -64,6 +64,8 @@ echo "== build ($build)"
 [[ -f $build/build.ninja ]] || meson setup "$build"
 meson compile -C "$build"
 snapfs_need_fuse
+# A private / (some containers) keeps a FUSE mount alive in the qemu namespaces libvirt makes.
+snapfs_shared_mounts
 
 echo "== demo VMs in $demo"
 unmount_demo

@@ -22,6 +22,7 @@ struct snapfs_tree {
     GHashTable *inos;          /* node key -> inode number shown in st_ino */
     guint64 next_ino;
     GHashTable *last_errors;   /* "host/domain" -> the last refusal's reason */
+    GHashTable *views;         /* view_key() -> struct guest_view *: what a node reads, found once */
 };
 
 /* ---- nodes -------------------------------------------------------------- */
@@ -86,11 +87,20 @@ bool snapfs_tree_is_control(const struct snapfs_node *node)
 
 /* ---- the tree ------------------------------------------------------------- */
 
+/* A chain changed: which images a snapshot or layer reads must be found again. */
+static void tree_forget_views(struct snapfs_tree *tree)
+{
+    g_mutex_lock(&tree->lock);
+    g_hash_table_remove_all(tree->views);
+    g_mutex_unlock(&tree->lock);
+}
+
 /* The engine names each image a create or delete changed: views reading it must go. */
 static void tree_chain_changed(const char *file, void *opaque)
 {
     struct snapfs_tree *tree = opaque;
 
+    tree_forget_views(tree);
     guest_pool_forget_file(tree->guests, file);
 }
 
@@ -108,6 +118,7 @@ struct snapfs_tree *snapfs_tree_new(struct snapfs_host **hosts, size_t n_hosts,
     tree->inos = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     tree->next_ino = 2;   /* 1 is the root's */
     tree->last_errors = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    tree->views = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)guest_view_unref);
     engine_set_chain_changed(tree_chain_changed, tree);
     return tree;
 }
@@ -117,6 +128,7 @@ void snapfs_tree_free(struct snapfs_tree *tree)
     if (!tree)
         return;
     engine_set_chain_changed(NULL, NULL);
+    g_hash_table_unref(tree->views);
     guest_pool_free(tree->guests);
     g_hash_table_unref(tree->inos);
     g_hash_table_unref(tree->last_errors);
@@ -478,8 +490,8 @@ static void tree_register_group(struct snapfs_tree *tree, const char *group, str
     snapfs_error_clear();
 }
 
-/* The view behind a SNAPSHOT, LAYER or GUEST node; NULL with the reason. */
-static struct guest_view *tree_view(struct snapfs_tree *tree, const struct snapfs_node *node)
+/* The view behind a SNAPSHOT, LAYER or GUEST node, found from libvirt and the images; NULL with the reason. */
+static struct guest_view *tree_find_view(struct snapfs_tree *tree, const struct snapfs_node *node)
 {
     g_autoptr(GPtrArray) chain = NULL;
     struct snapfs_domain *domain = tree_domain(tree, node);
@@ -509,11 +521,43 @@ cleanup:
     return view;
 }
 
+/*
+ * The view behind a content node.  A node's identity says what it shows
+ * (a snapshot's name and creation time, a layer's image and its mtime), so
+ * its view is found once and kept until a chain changes: reading a file or
+ * its xattrs then asks neither libvirt nor the image headers again.
+ */
+static struct guest_view *tree_view(struct snapfs_tree *tree, const struct snapfs_node *node)
+{
+    g_autofree char *key = NULL;
+    struct guest_view *view;
+
+    if (!node->identity)
+        return tree_find_view(tree, node);
+    key = g_strdup_printf("%d/%s/%s/%s/%s", node->host, node->domain, node->snapshot ? node->snapshot : "",
+                          node->disk ? node->disk : "", node->identity);
+    g_mutex_lock(&tree->lock);
+    view = g_hash_table_lookup(tree->views, key);
+    if (view)
+        guest_view_ref(view);
+    g_mutex_unlock(&tree->lock);
+    if (view)
+        return view;
+    view = tree_find_view(tree, node);
+    if (view) {
+        g_mutex_lock(&tree->lock);
+        g_hash_table_replace(tree->views, g_steal_pointer(&key), guest_view_ref(view));
+        g_mutex_unlock(&tree->lock);
+    }
+    return view;
+}
+
 /* Appliances hold read locks on the images they read: a merge into them needs them closed first. */
 static void tree_release_appliances(struct snapfs_tree *tree, const struct snapfs_node *node)
 {
     g_autofree char *group = tree_group(tree, node);
 
+    tree_forget_views(tree);
     guest_pool_release_group(tree->guests, group);
 }
 
@@ -919,6 +963,7 @@ ssize_t snapfs_tree_read(struct snapfs_tree *tree, const struct snapfs_node *nod
 /* Drop what the guest reader holds of files a chain change moved or merged. */
 static void tree_forget_chains(struct snapfs_tree *tree, struct snapfs_domain *before)
 {
+    tree_forget_views(tree);
     for (guint i = 0; before && i < before->disks->len; i++) {
         struct snapfs_disk *disk = g_ptr_array_index(before->disks, i);
         g_autoptr(GPtrArray) chain = disk->file ? snapfs_chain_read(disk->file, disk->format) : NULL;

@@ -33,6 +33,7 @@ meson compile -C "$build" || exit 1
 
 say "services"
 snapfs_need_fuse || exit 1
+snapfs_shared_mounts || exit 1
 snapfs_start_libvirtd qemu:///system || exit 1
 
 # Any sanitizer report is a failure: halt on the first one, with an exit status nobody else uses.

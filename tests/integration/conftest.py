@@ -131,7 +131,12 @@ def libvirtd_kill():
 @pytest.fixture(scope="session")
 def libvirtd():
     if os.geteuid() != 0:
-        pytest.skip("the integration tests run as root (qemu:///system, FUSE, /var/tmp images)")
+        pytest.fail("the integration tests run as root (qemu:///system, FUSE, /var/tmp images)")
+    # As tests/run.sh does: where / is private, a qemu libvirt starts keeps a copy of a FUSE mount
+    # alive in its own mount namespace, and snapfs never sees fusermount3 -u.
+    propagation = subprocess.run(["findmnt", "-no", "PROPAGATION", "/"], capture_output=True, text=True).stdout
+    if propagation.strip() == "private":
+        subprocess.run(["mount", "--make-rshared", "/"], check=True)
     libvirtd_start()
     return URI
 

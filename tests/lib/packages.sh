@@ -50,3 +50,13 @@ snapfs_need_fuse() {
         return 1
     fi
 }
+
+# Mount propagation as on a systemd host.  libvirt starts each qemu in a mount namespace of
+# its own, copied from ours: where / is private (some containers), a FUSE mount copied into it
+# outlives fusermount3 -u, and the daemon never sees its unmount.  With / shared, libvirt makes
+# its copies slaves and unmounts reach them.
+snapfs_shared_mounts() {
+    if [[ $(findmnt -no PROPAGATION / 2>/dev/null) == private ]]; then
+        mount --make-rshared / || return 1
+    fi
+}
