@@ -366,6 +366,25 @@ static bool view_mount_os(struct guest_view *view, struct guest_appliance *app, 
                     found = fs;
             }
         }
+        /*
+         * fstab named a LABEL (or a UUID) that an image of another view has too, and libguestfs
+         * resolved it there: the inspected root itself is this view's "/", and for the others a
+         * filesystem of this view with the same label.
+         */
+        for (guint j = 0; !found && j < fss->len; j++) {
+            struct view_fs *fs = &g_array_index(fss, struct view_fs, j);
+
+            if (strcmp(item[0], "/") == 0) {
+                if (strcmp(fs->device, root) == 0)
+                    found = fs;
+            } else {
+                g_autofree char *want = guestfs_vfs_label(app->g, item[1]);
+                g_autofree char *have = want && *want ? guestfs_vfs_label(app->g, fs->device) : NULL;
+
+                if (have && strcmp(have, want) == 0)
+                    found = fs;
+            }
+        }
         if (!found) {
             if (i == 0)
                 return false;
