@@ -602,8 +602,8 @@ static struct guest_appliance *view_enter(struct guest_view *view)
                 break;
             goto failed;
         }
+        /* The reference guest_pool_appliance_for() gave is the view's; the caller's is taken below. */
         view->app = app;
-        g_atomic_int_inc(&app->refs);
         view->failed_errno = 0;
         break;
 
