@@ -257,10 +257,12 @@ int main(int argc, char **argv)
     g_autofree char *hA = g_build_filename(dir, "srcA", NULL);
     g_autofree char *hB = g_build_filename(dir, "srcB", NULL);
     g_autofree char *error = NULL;
+    g_autofree char *mkfs = g_find_program_in_path("mkfs.ext4");
+    g_autofree char *nbd = g_find_program_in_path("qemu-nbd");
     int status = 0;
     gint64 t0;
 
-    if (geteuid() != 0 || !g_find_program_in_path("mkfs.ext4") || !g_find_program_in_path("qemu-nbd")) {
+    if (geteuid() != 0 || !mkfs || !nbd) {
         fprintf(stderr, "SKIP: needs root, mkfs.ext4 and qemu-nbd\n");
         return 77;
     }
