@@ -494,7 +494,9 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
 
     g_mutex_lock(&pool->lock);
     app->launching = true;
+    app->launch_started = started;
     g_mutex_unlock(&pool->lock);
+    snapfs_info("starting appliance %u of '%s' with %u disks", app->serial, app->group, app->disks->len);
 
     if (appliance_start_servers(pool, app) < 0)
         goto fail;
@@ -525,6 +527,7 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
     app->launched = true;
     g_mutex_lock(&pool->lock);
     pool->stats.launches++;
+    app->launch_started = 0;
     g_mutex_unlock(&pool->lock);
     snapfs_info("appliance %u of '%s' started with %u disks in %.1f s", app->serial, app->group,
                 app->disks->len, (double)(g_get_monotonic_time() - started) / G_USEC_PER_SEC);
@@ -533,7 +536,27 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
 fail:
     snapfs_warn("%s", snapfs_error_message());
     g_atomic_int_set(&app->dead, 1);
+    g_mutex_lock(&pool->lock);
+    app->launch_started = 0;
+    g_mutex_unlock(&pool->lock);
     return -1;
+}
+
+char *guest_pool_progress(struct guest_pool *pool, const char *group)
+{
+    char *progress = NULL;
+
+    g_mutex_lock(&pool->lock);
+    for (guint i = 0; i < pool->appliances->len && !progress; i++) {
+        struct guest_appliance *app = g_ptr_array_index(pool->appliances, i);
+
+        if (app->launch_started && strcmp(app->group, group) == 0)
+            progress = g_strdup_printf("starting a libguestfs appliance with %u disks: %.0f s so far",
+                                       app->disks->len,
+                                       (double)(g_get_monotonic_time() - app->launch_started) / G_USEC_PER_SEC);
+    }
+    g_mutex_unlock(&pool->lock);
+    return progress;
 }
 
 void guest_appliance_error(struct guest_appliance *app, const char *what, const char *path)

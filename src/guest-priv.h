@@ -28,6 +28,7 @@ struct guest_appliance {
     unsigned serial;
     GPtrArray *disks;         /* struct guest_disk *; pool lock until launching is set */
     bool launching;           /* pool lock: the disk list is fixed */
+    gint64 launch_started;    /* pool lock: when the launch under way began (monotonic), 0 otherwise */
     bool launched;            /* app lock */
     gint dead;                /* atomic: closed, killed or failed; views move to a new appliance */
     gint retire;              /* atomic: take no new views, close when not in a call */

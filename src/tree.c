@@ -1049,6 +1049,11 @@ static int tree_xattrs(struct snapfs_tree *tree, const struct snapfs_node *node,
 
         if (conn)
             virConnectClose(conn);
+        if (!progress) {
+            g_autofree char *group = tree_group(tree, node);
+
+            progress = guest_pool_progress(tree->guests, group);
+        }
         xattr_add(list, "state", g_strdup(domain->running ? "running" : "shutoff"));
         if (domain->uuid)
             xattr_add(list, "uuid", g_strdup(domain->uuid));

@@ -97,6 +97,9 @@ void guest_pool_forget_file(struct guest_pool *pool, const char *file);
  */
 void guest_pool_release_group(struct guest_pool *pool, const char *group);
 
+/* What @group's appliances are doing that takes long ("starting ... 12 s so far"), or NULL. Caller frees. */
+char *guest_pool_progress(struct guest_pool *pool, const char *group);
+
 /* Counters for tests, benchmarks and --check. */
 struct guest_pool_stats {
     unsigned launches;        /* appliances started since the pool was made */
