@@ -21,7 +21,7 @@ def engine_cli():
         return os.environ["ENGINE_CLI"]
     for build in sorted(REPO.glob("build*/tests/engine-cli")):
         return str(build)
-    pytest.skip("engine-cli is not built (meson setup build && ninja -C build)")
+    pytest.fail("engine-cli is not built (meson setup build && ninja -C build)")
 
 
 def run(*args, check=True, env=None):
@@ -204,7 +204,7 @@ class Domain:
 @pytest.fixture(scope="session")
 def root():
     if subprocess.run(["virsh", "-c", URI, "version"], capture_output=True).returncode != 0:
-        pytest.skip(f"libvirt at {URI} is not reachable")
+        pytest.fail(f"libvirt at {URI} is not reachable")
     path = Path("/var/tmp") / PREFIX
     path.mkdir(mode=0o755)
     path.chmod(0o755)

@@ -75,7 +75,7 @@ def snapfs_bin():
         path = REPO / name / "snapfs"
         if path.exists():
             return str(path)
-    pytest.skip("snapfs is not built (meson setup build-asan && ninja -C build-asan)")
+    pytest.fail("snapfs is not built (meson setup build-asan && ninja -C build-asan)")
 
 
 def is_mount(path):

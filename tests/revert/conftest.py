@@ -12,7 +12,7 @@ from revertlib import PREFIX, SERIAL, URI, Domain, virsh
 @pytest.fixture(scope="session")
 def root():
     if subprocess.run(["virsh", "-c", URI, "version"], capture_output=True).returncode != 0:
-        pytest.skip(f"libvirt at {URI} is not reachable")
+        pytest.fail(f"libvirt at {URI} is not reachable")
     path = Path("/var/tmp") / PREFIX
     path.mkdir(mode=0o755)
     path.chmod(0o755)

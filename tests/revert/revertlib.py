@@ -26,7 +26,7 @@ def built(name):
     builds = sorted(REPO.glob(f"build*/tests/{name}"), key=lambda p: p.stat().st_mtime)
     if builds:
         return str(builds[-1])
-    pytest.skip(f"{name} is not built (meson setup build && ninja -C build)")
+    pytest.fail(f"{name} is not built (meson setup build && ninja -C build)")
 
 
 def run(*args, check=True, env=None):
