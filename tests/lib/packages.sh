@@ -7,7 +7,7 @@ SNAPFS_PACKAGES=(
     gcc libc6-dev meson ninja-build pkg-config
     libfuse3-dev libvirt-dev libguestfs-dev libglib2.0-dev libxml2-dev
     # run: FUSE, libvirtd with QEMU (TCG is enough), libguestfs's appliance and its kernel
-    fuse3 libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
+    fuse3 libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-system-common qemu-utils
     libguestfs-tools linux-image-amd64
     # the demo and the tests: mkfs.ext4 -d, getfattr, pgrep, pytest
     e2fsprogs attr procps python3 python3-pytest
