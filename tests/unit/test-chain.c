@@ -3,6 +3,8 @@
 #include "snapfs/chain.h"
 #include "snapfs/error.h"
 
+#include "test-util.h"
+
 #include <errno.h>
 #include <glib/gstdio.h>
 #include <stdio.h>
@@ -13,12 +15,7 @@ static char *tmpdir;
 
 static void run(const char *cmd)
 {
-    g_autofree char *full = g_strdup_printf("cd '%s' && %s >/dev/null 2>&1", tmpdir, cmd);
-
-    if (system(full) != 0) {
-        fprintf(stderr, "command failed: %s\n", cmd);
-        exit(1);
-    }
+    test_shell(tmpdir, cmd);
 }
 
 static void test_chain_three_deep(void)
@@ -128,8 +125,7 @@ int main(int argc, char **argv)
     g_test_add_func("/chain/internal-snapshots", test_chain_internal_snapshots);
     g_test_add_func("/chain/errors", test_chain_errors);
     ret = g_test_run();
-    g_autofree char *rm = g_strdup_printf("rm -rf '%s'", tmpdir);
-    if (system(rm) != 0)
+    if (test_remove_dir(tmpdir))
         ret = 1;
     g_free(tmpdir);
     return ret;

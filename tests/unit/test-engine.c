@@ -4,6 +4,8 @@
 #include "snapfs/error.h"
 #include "../../src/engine-priv.h"
 
+#include "test-util.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,12 +15,7 @@ static char *tmpdir;
 
 static void run(const char *cmd)
 {
-    g_autofree char *full = g_strdup_printf("cd '%s' && %s >/dev/null 2>&1", tmpdir, cmd);
-
-    if (system(full) != 0) {
-        fprintf(stderr, "command failed: %s\n", cmd);
-        exit(1);
-    }
+    test_shell(tmpdir, cmd);
 }
 
 static void test_names(void)
@@ -191,7 +188,6 @@ static void test_changed_since(void)
 
 int main(int argc, char **argv)
 {
-    g_autofree char *rm = NULL;
     int ret;
 
     g_test_init(&argc, &argv, NULL);
@@ -204,8 +200,7 @@ int main(int argc, char **argv)
     g_test_add_func("/engine/images-graph", test_images_graph);
     g_test_add_func("/engine/changed-since", test_changed_since);
     ret = g_test_run();
-    rm = g_strdup_printf("rm -rf '%s'", tmpdir);
-    if (system(rm) != 0)
+    if (test_remove_dir(tmpdir))
         ret = 1;
     g_free(tmpdir);
     return ret;

@@ -4,6 +4,8 @@
 #include "snapfs/error.h"
 #include "snapfs/tree.h"
 
+#include "test-util.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,12 +41,7 @@ static const char fixture[] =
 
 static void run(const char *cmd)
 {
-    g_autofree char *full = g_strdup_printf("cd '%s' && %s >/dev/null 2>&1", tmpdir, cmd);
-
-    if (system(full) != 0) {
-        fprintf(stderr, "command failed: %s\n", cmd);
-        exit(1);
-    }
+    test_shell(tmpdir, cmd);
 }
 
 static struct snapfs_node *lookup_path(const char *path)
@@ -224,7 +221,6 @@ static void test_tree_host_names(void)
 int main(int argc, char **argv)
 {
     struct snapfs_tree_config config = { .uid = 0, .gid = 0 };
-    g_autofree char *xml = NULL;
     g_autofree char *path = NULL;
     g_autoptr(GString) text = NULL;
     int ret;
@@ -263,8 +259,7 @@ int main(int argc, char **argv)
     snapfs_host_close(hosts[0]);
     snapfs_host_close(hosts[1]);
     snapfs_virt_stop_events();
-    xml = g_strdup_printf("rm -rf '%s'", tmpdir);
-    if (system(xml) != 0)
+    if (test_remove_dir(tmpdir))
         ret = 1;
     g_free(tmpdir);
     g_free(uri);
