@@ -4,11 +4,15 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
+import snapfs_commands  # noqa: E402
 
 URI = os.environ.get("SNAPFS_TEST_URI", "qemu:///system")
 REPO = Path(__file__).resolve().parents[2]
@@ -25,15 +29,11 @@ def engine_cli():
 
 
 def run(*args, check=True, env=None):
-    full_env = dict(os.environ, LIBVIRT_DEFAULT_URI=URI, **(env or {}))
-    proc = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=full_env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, args))} failed ({proc.returncode}): {proc.stderr}{proc.stdout}")
-    return proc
+    return snapfs_commands.run(*args, check=check, env=dict(LIBVIRT_DEFAULT_URI=URI, **(env or {})))
 
 
 def virsh(*args, check=True):
-    return run("virsh", "-q", "-c", URI, *args, check=check)
+    return snapfs_commands.virsh(URI, *args, check=check)
 
 
 class Engine:

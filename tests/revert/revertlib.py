@@ -4,12 +4,15 @@ import itertools
 import json
 import os
 import shutil
-import subprocess
+import sys
 import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
+import snapfs_commands  # noqa: E402
 
 URI = os.environ.get("SNAPFS_TEST_URI", "qemu:///system")
 REPO = Path(__file__).resolve().parents[2]
@@ -29,16 +32,11 @@ def built(name):
     pytest.fail(f"{name} is not built (meson setup build && ninja -C build)")
 
 
-def run(*args, check=True, env=None):
-    proc = subprocess.run([str(a) for a in args], capture_output=True, text=True,
-                          env=dict(os.environ, **(env or {})))
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, args))} failed ({proc.returncode}): {proc.stderr}{proc.stdout}")
-    return proc
+run = snapfs_commands.run
 
 
 def virsh(*args, check=True):
-    return run("virsh", "-q", "-c", URI, *args, check=check)
+    return snapfs_commands.virsh(URI, *args, check=check)
 
 
 class Domain:
