@@ -128,10 +128,13 @@ void guest_appliance_unref(struct guest_appliance *app)
         return;
     if (app->g)
         guestfs_close(app->g);
+    for (guint i = 0; app->disk_fs && i < app->disks->len; i++)
+        g_strfreev(app->disk_fs[i]);
     g_ptr_array_unref(app->disks);
     server_stop(app->storage_pid);
+    g_free(app->disk_fs);
     g_strfreev(app->devices);
-    g_strfreev(app->filesystems);
+    g_strfreev(app->partitions);
     g_strfreev(app->roots);
     g_ptr_array_unref(app->mount_log);
     if (app->tmpdir) {
@@ -458,6 +461,8 @@ static guestfs_h *appliance_handle(struct guest_appliance *app, bool force_tcg)
     guestfs_set_identifier(g, ident);
     guestfs_set_autosync(g, 0);
     guestfs_set_memsize(g, GUEST_APPLIANCE_MEMSIZE);
+    /* A second vCPU boots the appliance seconds sooner under TCG (udev probes the disks in parallel). */
+    guestfs_set_smp(g, g_get_num_processors() >= 2 ? 2 : 1);
     if (force_tcg) {
         char *settings[] = { (char *)"force_tcg", NULL };
 
@@ -487,6 +492,93 @@ static guestfs_h *appliance_handle(struct guest_appliance *app, bool force_tcg)
     return g_steal_pointer(&g);
 }
 
+char *guest_disk_letters(unsigned n)
+{
+    GString *s = g_string_new(NULL);
+
+    do {
+        g_string_prepend_c(s, (char)('a' + n % 26));
+        n = n / 26;
+    } while (n-- > 0);
+    return g_string_free(s, FALSE);
+}
+
+const char *guest_device_suffix(const char *device, const char *whole)
+{
+    size_t n = strlen(whole);
+
+    if (strncmp(device, whole, n) != 0)
+        return NULL;
+    for (const char *p = device + n; *p; p++) {
+        if (!g_ascii_isdigit(*p))
+            return NULL;
+    }
+    return device + n;
+}
+
+const char *guest_fs_not_shown(const char *type)
+{
+    static const char *const skipped[][2] = {
+        { "", "not a filesystem blkid knows" },
+        { "unknown", "not a filesystem blkid knows" },
+        { "swap", "swap space" },
+        { "LVM2_member", "an LVM physical volume: logical volumes are not shown by snapfs yet" },
+        { "linux_raid_member", "a RAID member: RAID arrays are not shown by snapfs yet" },
+        { "crypto_LUKS", "encrypted (LUKS): snapfs has no key" },
+    };
+
+    for (size_t i = 0; i < G_N_ELEMENTS(skipped); i++) {
+        if (strcmp(type, skipped[i][0]) == 0)
+            return skipped[i][1];
+    }
+    return NULL;
+}
+
+/* blkid's type of @device, "" when it finds none (or the call failed: the caller asks guestfs_is_ready()). */
+static char *appliance_vfs_type(struct guest_appliance *app, const char *device)
+{
+    char *type = guestfs_vfs_type(app->g, device);
+
+    return type ? type : g_strdup("");
+}
+
+char **guest_appliance_disk_filesystems(struct guest_appliance *app, size_t index)
+{
+    g_autoptr(GPtrArray) found = NULL;
+    const char *whole;
+    char *type;
+
+    if (index >= app->disks->len || !app->g)
+        return NULL;
+    if (app->disk_fs[index])
+        return app->disk_fs[index];
+    whole = app->devices[index];
+    found = g_ptr_array_new_with_free_func(g_free);
+    type = appliance_vfs_type(app, whole);
+    if (*type) {
+        g_ptr_array_add(found, g_strdup(whole));
+        g_ptr_array_add(found, type);
+    } else {
+        g_free(type);
+        if (!app->partitions && guestfs_is_ready(app->g))
+            app->partitions = guestfs_list_partitions(app->g);
+        for (size_t i = 0; app->partitions && app->partitions[i]; i++) {
+            const char *suffix = guest_device_suffix(app->partitions[i], whole);
+
+            if (suffix && *suffix) {
+                g_ptr_array_add(found, g_strdup(app->partitions[i]));
+                g_ptr_array_add(found, appliance_vfs_type(app, app->partitions[i]));
+            }
+        }
+    }
+    if (!guestfs_is_ready(app->g))
+        return NULL;
+    g_ptr_array_set_free_func(found, NULL);
+    g_ptr_array_add(found, NULL);
+    app->disk_fs[index] = (char **)g_ptr_array_free(g_steal_pointer(&found), FALSE);
+    return app->disk_fs[index];
+}
+
 int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
 {
     g_autoptr(guestfs_h) g = NULL;
@@ -500,6 +592,8 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
 
     if (appliance_start_servers(pool, app) < 0)
         goto fail;
+    snapfs_debug("appliance %u of '%s': images served after %.2f s", app->serial, app->group,
+                 (double)(g_get_monotonic_time() - started) / G_USEC_PER_SEC);
     for (int attempt = 0; attempt < 2; attempt++) {
         bool tcg = g_atomic_int_get(&pool->force_tcg);
 
@@ -517,11 +611,19 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
         g_atomic_int_set(&pool->force_tcg, 1);
     }
     app->qemu_pid = guestfs_get_pid(g);
-    app->devices = guestfs_list_devices(g);
-    app->filesystems = guestfs_list_filesystems(g);
-    if (!app->devices || !app->filesystems) {
-        snapfs_error_set(EIO, "cannot list the disks of the appliance for '%s': %s", app->group, guestfs_last_error(g));
-        goto fail;
+    snapfs_debug("appliance %u of '%s': booted after %.2f s", app->serial, app->group,
+                 (double)(g_get_monotonic_time() - started) / G_USEC_PER_SEC);
+    /*
+     * libguestfs names the disks /dev/sda, /dev/sdb, ... in the order they were added.  Their
+     * filesystems are probed when a view first needs them: guestfs_list_filesystems() would
+     * wait for udev and run blkid on every disk and LVM on all of them, seconds under TCG.
+     */
+    app->devices = g_new0(char *, app->disks->len + 1);
+    app->disk_fs = g_new0(char **, app->disks->len);
+    for (guint i = 0; i < app->disks->len; i++) {
+        g_autofree char *letters = guest_disk_letters(i);
+
+        app->devices[i] = g_strconcat("/dev/sd", letters, NULL);
     }
     app->g = g_steal_pointer(&g);
     app->launched = true;

@@ -34,8 +34,9 @@ struct guest_appliance {
     gint retire;              /* atomic: take no new views, close when not in a call */
     guestfs_h *g;
     pid_t qemu_pid;
-    char **devices;           /* the appliance's whole-disk devices, one per disk */
-    char **filesystems;       /* guestfs_list_filesystems(): device, type pairs */
+    char **devices;           /* the appliance's whole-disk devices, one per disk, in the order added */
+    char ***disk_fs;          /* per disk, once probed: its filesystems as device, type pairs */
+    char **partitions;        /* guestfs_list_partitions(), once a disk without a filesystem of its own needs it */
     char **roots;             /* guestfs_inspect_os(), done once per appliance, when a view may need it */
     GPtrArray *mount_log;     /* device, type, mountpoint of every view's mount, to mount again after inspection */
     unsigned next_prefix;
@@ -77,6 +78,15 @@ void guest_appliance_error(struct guest_appliance *app, const char *what, const 
 /* Mark the start and end of a call, for the idle timer and the watchdog. */
 void guest_appliance_busy(struct guest_pool *pool, struct guest_appliance *app);
 void guest_appliance_idle(struct guest_appliance *app);
+/* The filesystems blkid finds on disk @index of @app (the whole disk, else its partitions) as device, type
+ * pairs owned by @app, probed on first use; NULL if the appliance failed. App lock held. */
+char **guest_appliance_disk_filesystems(struct guest_appliance *app, size_t index);
+/* Why a filesystem of type @type is not mounted ("swap space", ...), or NULL when it is. */
+const char *guest_fs_not_shown(const char *type);
+/* "a", "b", ... "z", "aa": the letters Linux gives the n-th disk. */
+char *guest_disk_letters(unsigned n);
+/* If @device lives on appliance disk @whole ("/dev/sdb" or "/dev/sdb2"), its partition suffix ("", "2"); else NULL. */
+const char *guest_device_suffix(const char *device, const char *whole);
 /* The index in @app of the disk with @key, or -1. */
 int guest_appliance_find_disk(struct guest_appliance *app, const char *key);
 char *guest_drive_key(const struct guest_drive *drive, bool live);
