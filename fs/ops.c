@@ -11,6 +11,13 @@
 /* Frozen content never changes: let the kernel keep it for as long as it likes. */
 #define FS_FOREVER (365.0 * 86400.0)
 #define FS_LIVE 1.0
+/*
+ * Names libvirt gives (hosts, domains, snapshots) and snapfs's fixed folders: the kernel may keep
+ * them this long, so that walking a path through them (every lstat of `ls -lR DOMAIN/SNAPSHOT`)
+ * does not ask the daemon again each time.  With the tree's own 0.4 s cache, a change made with
+ * virsh still shows within a second; what is done through the mount shows at once.
+ */
+#define FS_NAME 0.25
 
 static struct fs_context *fs_ctx(fuse_req_t req)
 {
@@ -27,6 +34,21 @@ static double fs_timeout(const struct snapfs_node *node)
     default:
         /* What libvirt says must show at once: snapfs caches it briefly itself. */
         return 0.0;
+    }
+}
+
+/* How long the kernel may keep @node's name; layer names change when a chain does, control files are asked each time. */
+static double fs_entry_timeout(const struct snapfs_node *node)
+{
+    switch (node->kind) {
+    case SNAPFS_NODE_HOST:
+    case SNAPFS_NODE_DOMAIN:
+    case SNAPFS_NODE_SNAPSHOT:
+    case SNAPFS_NODE_LAYERS:
+    case SNAPFS_NODE_DISK:
+        return FS_NAME;
+    default:
+        return fs_timeout(node);
     }
 }
 
@@ -76,7 +98,8 @@ static void fs_entry(fuse_req_t req, fuse_ino_t parent, const char *name,
 
     entry.ino = fs_inodes_get(fs_ctx(req)->inodes, parent, name, node);
     entry.attr = *st;
-    entry.attr_timeout = entry.entry_timeout = fs_timeout(node);
+    entry.attr_timeout = fs_timeout(node);
+    entry.entry_timeout = fs_entry_timeout(node);
     if (fuse_reply_entry(req, &entry) == -ENOENT)
         fs_inodes_forget(fs_ctx(req)->inodes, entry.ino, 1);
 }
@@ -244,7 +267,8 @@ static void fs_readdir_any(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
             /* Counts a lookup only for an entry that fits, or the kernel's count and ours part. */
             if (fuse_add_direntry_plus(req, NULL, 0, entry->name, NULL, 0) > size - used)
                 break;
-            if (attrs) {
+            /* An entry listed without its attributes yet: the kernel looks it up when it needs them. */
+            if (attrs && entry->st.st_nlink > 0) {
                 struct snapfs_node child = *dir->node;
                 g_autofree char *path = g_build_filename(dir->node->kind == SNAPFS_NODE_GUEST ?
                                                          dir->node->path : "/", entry->name, NULL);

@@ -36,8 +36,19 @@ struct guest_xattr {
     GBytes *value;
 };
 
+/*
+ * A listed directory.  Its entries are fetched in up to three round trips, each
+ * when first needed: names and types (readdir: enough for find), then every
+ * entry's attributes and link targets (ls -l, lookups), then every entry's
+ * xattrs (what ls -l asks next).
+ */
 struct guest_dir {
     GPtrArray *names;
+    GArray *types;        /* mode_t: the type bits readdir gave, 0 if unknown */
+    GArray *inos;         /* ino_t readdir gave */
+    GHashTable *index;    /* name -> position + 1 */
+    bool stats;           /* a guest_node for each name is in view->nodes */
+    bool xattrs;          /* and each one's xattrs */
     gint64 when;
 };
 
@@ -104,7 +115,32 @@ static void node_free(struct guest_node *node)
 static void dir_free(struct guest_dir *dir)
 {
     g_ptr_array_unref(dir->names);
+    g_array_unref(dir->types);
+    g_array_unref(dir->inos);
+    g_hash_table_unref(dir->index);
     g_free(dir);
+}
+
+static struct guest_dir *dir_new(void)
+{
+    struct guest_dir *dir = g_new0(struct guest_dir, 1);
+
+    dir->names = g_ptr_array_new_with_free_func(g_free);
+    dir->types = g_array_new(FALSE, FALSE, sizeof(mode_t));
+    dir->inos = g_array_new(FALSE, FALSE, sizeof(ino_t));
+    dir->index = g_hash_table_new(g_str_hash, g_str_equal);
+    dir->when = g_get_monotonic_time();
+    return dir;
+}
+
+static void dir_add(struct guest_dir *dir, const char *name, mode_t type, ino_t ino)
+{
+    char *copy = g_strdup(name);
+
+    g_ptr_array_add(dir->names, copy);
+    g_array_append_val(dir->types, type);
+    g_array_append_val(dir->inos, ino);
+    g_hash_table_insert(dir->index, copy, GUINT_TO_POINTER(dir->names->len));
 }
 
 static void mount_free(struct guest_mount *m)
@@ -241,32 +277,6 @@ char *guest_view_error(struct guest_view *view)
 }
 
 /* ---- mounting a view ---------------------------------------------------- */
-
-/* "a", "b", ... "z", "aa": the letters Linux gives the n-th disk. */
-static char *disk_letters(unsigned n)
-{
-    GString *s = g_string_new(NULL);
-
-    do {
-        g_string_prepend_c(s, (char)('a' + n % 26));
-        n = n / 26;
-    } while (n-- > 0);
-    return g_string_free(s, FALSE);
-}
-
-/* If @device lives on appliance disk @whole ("/dev/sdb" or "/dev/sdb2"), its partition suffix ("", "2"); else NULL. */
-static const char *device_suffix(const char *device, const char *whole)
-{
-    size_t n = strlen(whole);
-
-    if (strncmp(device, whole, n) != 0)
-        return NULL;
-    for (const char *p = device + n; *p; p++) {
-        if (!g_ascii_isdigit(*p))
-            return NULL;
-    }
-    return device + n;
-}
 
 /* A filesystem of the view: the appliance device, its type and the name the view gives it ("sda1"). */
 struct view_fs {
@@ -407,32 +417,84 @@ static bool view_mount_os(struct guest_view *view, struct guest_appliance *app, 
 }
 
 /*
- * Whether a filesystem of a view may hold an operating system, by a look at
- * each one's top directory: full inspection (guestfs_inspect_os) mounts and
- * parses every filesystem of every disk of the appliance, so it waits for the
- * first view that may need it.
+ * Whether a filesystem the view mounted by device may hold an operating system,
+ * by a look at each one's top directory: full inspection (guestfs_inspect_os)
+ * mounts and parses every filesystem of every disk of the appliance, so it
+ * waits for the first view that may need it.
  */
-static bool view_may_hold_os(struct guest_appliance *app, GArray *fss)
+static bool view_may_hold_os(struct guest_view *view, struct guest_appliance *app)
 {
-    static const char *const markers[] = { "/.probe/etc", "/.probe/bin", "/.probe/windows", "/.probe/Windows",
-                                           "/.probe/WINDOWS", "/.probe/winnt", "/.probe/WINNT" };
+    static const char *const markers[] = { "etc", "bin", "windows", "Windows", "WINDOWS", "winnt", "WINNT" };
     bool found = false;
 
-    if (guestfs_mkmountpoint(app->g, "/.probe") < 0)
-        return true;
-    for (guint j = 0; !found && j < fss->len; j++) {
-        const char *type = g_array_index(fss, struct view_fs, j).type;
+    for (guint j = 0; !found && j < view->mounts->len; j++) {
+        struct guest_mount *m = g_ptr_array_index(view->mounts, j);
 
-        if (strcmp(type, "swap") == 0 || strcmp(type, "unknown") == 0)
-            continue;
-        if (mount_one(app, g_array_index(fss, struct view_fs, j).device, type, "/.probe") < 0)
-            continue;
-        for (size_t k = 0; !found && k < G_N_ELEMENTS(markers); k++)
-            found = guestfs_is_dir(app->g, markers[k]) > 0;
-        guestfs_umount(app->g, "/.probe");
+        for (size_t k = 0; !found && k < G_N_ELEMENTS(markers); k++) {
+            g_autofree char *marker = g_strconcat(view->prefix, m->mountpoint, "/", markers[k], NULL);
+
+            found = guestfs_is_dir(app->g, marker) > 0;
+        }
     }
-    guestfs_rmmountpoint(app->g, "/.probe");
     return found || !guestfs_is_ready(app->g);
+}
+
+/* Unmount what @view mounted, innermost first, and forget it in the appliance's mount log. */
+static void view_unmount(struct guest_view *view, struct guest_appliance *app)
+{
+    for (guint j = view->mounts->len; j-- > 0;) {
+        struct guest_mount *m = g_ptr_array_index(view->mounts, j);
+        g_autofree char *where = strcmp(m->mountpoint, "/") == 0 ? g_strdup(view->prefix)
+                                                                 : g_strconcat(view->prefix, m->mountpoint, NULL);
+
+        guestfs_umount(app->g, where);
+    }
+    g_ptr_array_set_size(view->mounts, 0);
+    for (guint i = 0; i + 2 < app->mount_log->len;) {
+        if (g_str_has_prefix(g_ptr_array_index(app->mount_log, i + 2), view->prefix))
+            g_ptr_array_remove_range(app->mount_log, i, 3);
+        else
+            i += 3;
+    }
+}
+
+/* Mount each filesystem of @view on a folder named after its device; -1 if the appliance died. */
+static int view_mount_devices(struct guest_view *view, struct guest_appliance *app, GArray *fss, GString *why)
+{
+    for (guint j = 0; j < fss->len; j++) {
+        struct view_fs *fs = &g_array_index(fss, struct view_fs, j);
+        g_autofree char *where = g_strdup_printf("%s/%s", view->prefix, fs->name);
+
+        if (guest_fs_not_shown(fs->type))
+            continue;
+        if (guestfs_mkmountpoint(app->g, where) < 0 || view_mount_one(app, fs->device, fs->type, where) < 0) {
+            g_string_append_printf(why, "%s%s (%s): %s", why->len ? "; " : "", fs->name, fs->type,
+                                   guestfs_last_error(app->g));
+            guestfs_rmmountpoint(app->g, where);
+            if (!guestfs_is_ready(app->g)) {
+                guest_appliance_error(app, "mount", fs->name);
+                return -1;
+            }
+            continue;
+        }
+        struct guest_mount *m = g_new0(struct guest_mount, 1);
+        m->mountpoint = g_strconcat("/", fs->name, NULL);
+        m->device = g_strdup(fs->device);
+        g_ptr_array_add(view->mounts, m);
+    }
+    return 0;
+}
+
+/* The filesystem of @fss that inspection found to be an operating system's root, or NULL. */
+static const char *view_root(struct guest_appliance *app, GArray *fss)
+{
+    for (guint j = 0; app->roots && j < fss->len; j++) {
+        const char *device = g_array_index(fss, struct view_fs, j).device;
+
+        if (g_strv_contains((const char *const *)app->roots, device))
+            return device;
+    }
+    return NULL;
 }
 
 /* Mount @view's filesystems under a directory of its own in @app (app lock held). */
@@ -453,76 +515,57 @@ static int view_mount(struct guest_view *view, struct guest_appliance *app)
     /* The view's filesystems in the order of its own drives, named as they would be in a guest of its own. */
     for (size_t i = 0; i < view->n_drives; i++) {
         g_autofree char *key = guest_drive_key(&view->drives[i], view->live && !view->drives[i].internal_snapshot);
-        g_autofree char *letters = disk_letters((unsigned)i);
+        g_autofree char *letters = guest_disk_letters((unsigned)i);
         int index = guest_appliance_find_disk(app, key);
 
         if (index < 0 || !app->devices[index]) {
             snapfs_error_set(EIO, "image '%s' is missing from its appliance", view->drives[i].file);
             return -1;
         }
-        for (size_t j = 0; app->filesystems[j] && app->filesystems[j + 1]; j += 2) {
-            const char *suffix = device_suffix(app->filesystems[j], app->devices[index]);
-            struct view_fs fs = { app->filesystems[j], app->filesystems[j + 1], NULL, NULL };
+        char **found = guest_appliance_disk_filesystems(app, (size_t)index);
 
-            if (!suffix)
-                continue;
-            fs.name = g_strdup_printf("sd%s%s", letters, suffix);
+        if (!found) {
+            guest_appliance_error(app, "find the filesystems of", view->drives[i].file);
+            return -1;
+        }
+        for (size_t j = 0; found[j] && found[j + 1]; j += 2) {
+            struct view_fs fs = { found[j], found[j + 1], NULL, NULL };
+
+            fs.name = g_strdup_printf("sd%s%s", letters, guest_device_suffix(found[j], app->devices[index]));
             g_array_append_val(fss, fs);
         }
     }
-    if (!app->roots && view_may_hold_os(app, fss)) {
-        gint64 started = g_get_monotonic_time();
-
-        app->roots = guestfs_inspect_os(app->g);
-        snapfs_debug("appliance %u inspected in %.1f s: %u operating systems", app->serial,
-                     (double)(g_get_monotonic_time() - started) / G_USEC_PER_SEC,
-                     app->roots ? g_strv_length(app->roots) : 0);
-        if (!app->roots && !guestfs_is_ready(app->g)) {
-            guest_appliance_error(app, "inspect", view->id);
+    /* By device first, unless an inspection already found this view's operating system. */
+    root = view_root(app, fss);
+    if (!root) {
+        if (view_mount_devices(view, app, fss, why) < 0)
             return -1;
-        }
-        if (!app->roots)
-            app->roots = g_new0(char *, 1);
-        appliance_remount(app);
-    }
-    for (guint j = 0; j < fss->len && !root; j++) {
-        const char *device = g_array_index(fss, struct view_fs, j).device;
+        if (!app->roots && view_may_hold_os(view, app)) {
+            gint64 started = g_get_monotonic_time();
 
-        if (app->roots && g_strv_contains((const char *const *)app->roots, device))
-            root = device;
-    }
-    view->os = root && view_mount_os(view, app, fss, root);
-    if (root && !view->os) {
-        guestfs_umount(app->g, view->prefix);
-        g_ptr_array_set_size(view->mounts, 0);
-        for (guint i = 0; i + 2 < app->mount_log->len;) {
-            if (g_str_has_prefix(g_ptr_array_index(app->mount_log, i + 2), view->prefix))
-                g_ptr_array_remove_range(app->mount_log, i, 3);
-            else
-                i += 3;
-        }
-    }
-    if (!view->os) {
-        for (guint j = 0; j < fss->len; j++) {
-            struct view_fs *fs = &g_array_index(fss, struct view_fs, j);
-            g_autofree char *where = g_strdup_printf("%s/%s", view->prefix, fs->name);
-
-            if (strcmp(fs->type, "swap") == 0 || strcmp(fs->type, "unknown") == 0)
-                continue;
-            if (guestfs_mkmountpoint(app->g, where) < 0 || view_mount_one(app, fs->device, fs->type, where) < 0) {
-                g_string_append_printf(why, "%s%s (%s): %s", why->len ? "; " : "", fs->name, fs->type,
-                                       guestfs_last_error(app->g));
-                guestfs_rmmountpoint(app->g, where);
-                if (!guestfs_is_ready(app->g)) {
-                    guest_appliance_error(app, "mount", fs->name);
-                    return -1;
-                }
-                continue;
+            app->roots = guestfs_inspect_os(app->g);
+            snapfs_debug("appliance %u inspected in %.1f s: %u operating systems", app->serial,
+                         (double)(g_get_monotonic_time() - started) / G_USEC_PER_SEC,
+                         app->roots ? g_strv_length(app->roots) : 0);
+            if (!app->roots && !guestfs_is_ready(app->g)) {
+                guest_appliance_error(app, "inspect", view->id);
+                return -1;
             }
-            struct guest_mount *m = g_new0(struct guest_mount, 1);
-            m->mountpoint = g_strconcat("/", fs->name, NULL);
-            m->device = g_strdup(fs->device);
-            g_ptr_array_add(view->mounts, m);
+            if (!app->roots)
+                app->roots = g_new0(char *, 1);
+            appliance_remount(app);
+            root = view_root(app, fss);
+        }
+    }
+    if (root) {
+        /* An operating system: its filesystems where its fstab puts them, or by device again if that fails. */
+        view_unmount(view, app);
+        view->os = view_mount_os(view, app, fss, root);
+        if (!view->os) {
+            view_unmount(view, app);
+            g_string_truncate(why, 0);
+            if (view_mount_devices(view, app, fss, why) < 0)
+                return -1;
         }
     }
     view->empty = view->mounts->len == 0;
@@ -531,17 +574,13 @@ static int view_mount(struct guest_view *view, struct guest_appliance *app)
 
         for (size_t i = 0; i < view->n_drives; i++)
             g_string_append_printf(files, "%s'%s'", i ? ", " : "", view->drives[i].file);
-        /* Logical volumes belong to no one disk (and layers of one disk repeat their PVs): not shown yet. */
-        for (size_t j = 0; app->filesystems[j] && app->filesystems[j + 1]; j += 2) {
-            bool on_disk = false;
+        /* What blkid found but snapfs does not open, said by name. */
+        for (guint j = 0; j < fss->len; j++) {
+            const struct view_fs *fs = &g_array_index(fss, struct view_fs, j);
+            const char *what = guest_fs_not_shown(fs->type);
 
-            for (size_t k = 0; app->devices[k] && !on_disk; k++)
-                on_disk = device_suffix(app->filesystems[j], app->devices[k]) != NULL;
-            if (!on_disk) {
-                g_string_append_printf(why, "%slogical volumes such as %s are not shown by snapfs yet",
-                                       why->len ? "; " : "", app->filesystems[j]);
-                break;
-            }
+            if (what)
+                g_string_append_printf(why, "%s%s is %s", why->len ? "; " : "", fs->name, what);
         }
         if (why->len)
             g_string_prepend(why, ": ");
@@ -739,15 +778,14 @@ static int view_load_root(struct guest_view *view)
         return -1;
     if (view->empty) {
         /* libguestfs refuses file calls in an appliance where nothing is mounted at all. */
-        struct guest_dir *dir = g_new0(struct guest_dir, 1);
+        struct guest_dir *dir = dir_new();
 
         view_leave(view, app);
         memset(&st, 0, sizeof(st));
         st.st_mode = S_IFDIR | 0555;
         st.st_nlink = 2;
         st.st_ino = 1;
-        dir->names = g_ptr_array_new_with_free_func(g_free);
-        dir->when = g_get_monotonic_time();
+        dir->stats = dir->xattrs = true;
         g_mutex_lock(&view->lock);
         node_put(view, "/", &st, NULL, g_ptr_array_new());
         g_hash_table_replace(view->dirs, g_strdup("/"), dir);
@@ -776,31 +814,125 @@ static int view_load_root(struct guest_view *view)
     return 0;
 }
 
-/* One directory in four round trips, whatever its size: names, stats, symlink targets, xattrs. */
-static int view_load_dir(struct guest_view *view, const char *path)
+static char *child_path(const char *dir, const char *name)
+{
+    return strcmp(dir, "/") == 0 ? g_strconcat("/", name, NULL) : g_strconcat(dir, "/", name, NULL);
+}
+
+/* The type bits of guestfs_readdir's one-letter file type ('f' is a FIFO, 'r' a regular file). */
+static mode_t dirent_type(char ftyp)
+{
+    switch (ftyp) {
+    case 'b': return S_IFBLK;
+    case 'c': return S_IFCHR;
+    case 'd': return S_IFDIR;
+    case 'f': return S_IFIFO;
+    case 'l': return S_IFLNK;
+    case 'r': return S_IFREG;
+    case 's': return S_IFSOCK;
+    default: return 0;
+    }
+}
+
+/* The fresh listing of @path, or NULL (view->lock held). */
+static struct guest_dir *dir_get(struct guest_view *view, const char *path)
+{
+    struct guest_dir *dir = g_hash_table_lookup(view->dirs, path);
+
+    return dir && view_fresh(view, dir->when) ? dir : NULL;
+}
+
+/* The names of directory @path in one round trip (guestfs_readdir): each entry's type and inode come with it. */
+static int view_list_dir(struct guest_view *view, const char *path)
 {
     struct guest_appliance *app = view_enter(view);
+    struct guestfs_dirent_list *ents;
     g_autofree char *apath = NULL;
-    g_auto(GStrv) names = NULL;
-    g_auto(GStrv) links = NULL;
-    struct guestfs_statns_list *stats = NULL;
-    struct guestfs_xattr_list *xl = NULL;
-    GPtrArray **xattrs = NULL;
     struct guest_dir *dir;
-    g_autofree dev_t *devs = NULL;
-    size_t n;
-    bool any_link = false;
 
     if (!app)
         return -1;
     apath = view_path(view, path);
-    names = guestfs_ls(app->g, apath);
-    if (!names) {
+    ents = guestfs_readdir(app->g, apath);
+    if (!ents)
         guest_appliance_error(app, "list", path);
-        view_leave(view, app);
+    view_leave(view, app);
+    if (!ents)
         return -1;
+    dir = dir_new();
+    for (uint32_t i = 0; i < ents->len; i++) {
+        const char *name = ents->val[i].name;
+
+        if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0 || g_hash_table_contains(dir->index, name))
+            continue;
+        dir_add(dir, name, dirent_type(ents->val[i].ftyp), (ino_t)ents->val[i].ino);
     }
+    guestfs_free_dirent_list(ents);
+    g_mutex_lock(&view->lock);
+    g_hash_table_replace(view->dirs, g_strdup(path), dir);
+    g_mutex_unlock(&view->lock);
+    return 0;
+}
+
+/* The names of @path's listing, listing it first if needed; NULL with the reason. */
+static GStrv view_dir_names(struct guest_view *view, const char *path, bool *stats, bool *xattrs)
+{
+    for (int attempt = 0; attempt < 2; attempt++) {
+        struct guest_dir *dir;
+
+        g_mutex_lock(&view->lock);
+        dir = dir_get(view, path);
+        if (dir) {
+            GStrv names = g_new0(char *, dir->names->len + 1);
+
+            for (guint i = 0; i < dir->names->len; i++)
+                names[i] = g_strdup(g_ptr_array_index(dir->names, i));
+            *stats = dir->stats;
+            *xattrs = dir->xattrs;
+            g_mutex_unlock(&view->lock);
+            return names;
+        }
+        g_mutex_unlock(&view->lock);
+        if (view_list_dir(view, path) < 0)
+            return NULL;
+    }
+    snapfs_error_set(EIO, "the listing of '%s' did not stay cached", path);
+    return NULL;
+}
+
+/* Mark the listing of @path (if it is still the one that was read) as holding stats or xattrs too. */
+static void dir_mark(struct guest_view *view, const char *path, bool stats, bool xattrs)
+{
+    struct guest_dir *dir = dir_get(view, path);
+
+    if (dir) {
+        dir->stats |= stats;
+        dir->xattrs |= xattrs;
+    }
+}
+
+/* Every entry of @path's attributes and link targets, in one or two round trips (lstatnslist, readlinklist). */
+static int view_stat_dir(struct guest_view *view, const char *path)
+{
+    g_auto(GStrv) names = NULL;
+    g_auto(GStrv) links = NULL;
+    g_autofree char *apath = NULL;
+    g_autofree dev_t *devs = NULL;
+    struct guestfs_statns_list *stats = NULL;
+    struct guest_appliance *app;
+    bool have_stats, have_xattrs, any_link = false;
+    size_t n;
+
+    names = view_dir_names(view, path, &have_stats, &have_xattrs);
+    if (!names)
+        return -1;
+    if (have_stats)
+        return 0;
     n = g_strv_length(names);
+    app = view_enter(view);
+    if (!app)
+        return -1;
+    apath = view_path(view, path);
     if (n > 0) {
         stats = guestfs_lstatnslist(app->g, apath, names);
         if (!stats && guestfs_is_ready(app->g)) {
@@ -833,46 +965,86 @@ static int view_load_dir(struct guest_view *view, const char *path)
             any_link |= S_ISLNK(stats->val[i].st_mode);
         if (any_link)
             links = guestfs_readlinklist(app->g, apath, names);
-        xl = guestfs_lxattrlist(app->g, apath, names);
     }
     view_leave(view, app);
 
     /* An entry may be a mount point (/boot): st_dev per entry, found before view->lock is taken. */
     devs = g_new0(dev_t, n + 1);
     for (size_t i = 0; i < n; i++) {
-        g_autofree char *child = strcmp(path, "/") == 0 ? g_strconcat("/", names[i], NULL)
-                                                        : g_strconcat(path, "/", names[i], NULL);
+        g_autofree char *child = child_path(path, names[i]);
+
         devs[i] = view_dev(view, child);
     }
-    if (xl)
-        xattrs = xattrs_split(xl, n);
-    guestfs_free_xattr_list(xl);
-    dir = g_new0(struct guest_dir, 1);
-    dir->names = g_ptr_array_new_with_free_func(g_free);
-    dir->when = g_get_monotonic_time();
     g_mutex_lock(&view->lock);
-    for (size_t i = 0; i < n; i++) {
-        g_autofree char *child = strcmp(path, "/") == 0 ? g_strconcat("/", names[i], NULL)
-                                                        : g_strconcat(path, "/", names[i], NULL);
+    for (size_t i = 0; stats && i < n && i < stats->len; i++) {
+        g_autofree char *child = NULL;
         struct stat st;
-        char *link = NULL;
 
-        if (i >= stats->len || stats->val[i].st_ino == -1)
-            continue;   /* vanished between ls and lstat (a live view) */
+        if (stats->val[i].st_ino == -1)
+            continue;   /* vanished between readdir and lstat (a live view), or unreadable */
+        child = child_path(path, names[i]);
         stat_from_guest(&st, &stats->val[i], devs[i]);
-        if (S_ISLNK(st.st_mode) && links && links[i] && links[i][0])
-            link = g_strdup(links[i]);
-        node_put(view, child, &st, link, xattrs ? g_steal_pointer(&xattrs[i]) : NULL);
-        g_ptr_array_add(dir->names, g_strdup(names[i]));
+        node_put(view, child, &st, S_ISLNK(st.st_mode) && links && links[i] && links[i][0] ? g_strdup(links[i]) : NULL,
+                 NULL);
     }
-    g_hash_table_replace(view->dirs, g_strdup(path), dir);
+    dir_mark(view, path, true, false);
+    g_mutex_unlock(&view->lock);
+    if (stats)
+        guestfs_free_statns_list(stats);
+    return 0;
+}
+
+/* Every entry of @path's xattrs in one round trip (lxattrlist), once its attributes are known. */
+static int view_xattr_dir(struct guest_view *view, const char *path)
+{
+    g_auto(GStrv) names = NULL;
+    g_autofree char *apath = NULL;
+    struct guestfs_xattr_list *xl = NULL;
+    struct guest_appliance *app;
+    GPtrArray **xattrs;
+    bool have_stats, have_xattrs;
+    size_t n;
+
+    if (view_stat_dir(view, path) < 0)
+        return -1;
+    names = view_dir_names(view, path, &have_stats, &have_xattrs);
+    if (!names)
+        return -1;
+    if (have_xattrs)
+        return 0;
+    n = g_strv_length(names);
+    if (n > 0) {
+        app = view_enter(view);
+        if (!app)
+            return -1;
+        apath = view_path(view, path);
+        xl = guestfs_lxattrlist(app->g, apath, names);
+        if (!xl && !guestfs_is_ready(app->g)) {
+            guest_appliance_error(app, "list the attributes in", path);
+            view_leave(view, app);
+            return -1;
+        }
+        view_leave(view, app);
+        if (!xl)
+            return 0;   /* the batch failed: each file's xattrs are asked alone */
+    }
+    xattrs = xl ? xattrs_split(xl, n) : NULL;
+    guestfs_free_xattr_list(xl);
+    g_mutex_lock(&view->lock);
+    for (size_t i = 0; xattrs && i < n; i++) {
+        g_autofree char *child = child_path(path, names[i]);
+        struct guest_node *node = g_hash_table_lookup(view->nodes, child);
+
+        if (node && !node->xattrs && xattrs[i])
+            node->xattrs = g_ptr_array_ref(xattrs[i]);
+    }
+    dir_mark(view, path, false, true);
     g_mutex_unlock(&view->lock);
     for (size_t i = 0; xattrs && i < n; i++) {
         if (xattrs[i])
             g_ptr_array_unref(xattrs[i]);
     }
     g_free(xattrs);
-    guestfs_free_statns_list(stats);
     return 0;
 }
 
@@ -924,10 +1096,11 @@ static int view_lookup(struct guest_view *view, const char *path, struct stat *s
         ret = 1;
     } else if (strcmp(path, "/") != 0) {
         g_autofree char *parent = g_path_get_dirname(path);
-        struct guest_dir *dir = g_hash_table_lookup(view->dirs, parent);
+        g_autofree char *name = g_path_get_basename(path);
+        struct guest_dir *dir = dir_get(view, parent);
 
-        /* The parent was listed in full and this name was not in it. */
-        if (dir && view_fresh(view, dir->when)) {
+        /* The parent was listed and this name was not in it (or its attributes are known and it has none). */
+        if (dir && (!g_hash_table_contains(dir->index, name) || dir->stats)) {
             snapfs_error_set(ENOENT, "no '%s' in the guest", path);
             ret = -1;
         }
@@ -962,7 +1135,7 @@ static int view_resolve(struct guest_view *view, const char *path, struct stat *
             snapfs_error_set(ENOTDIR, "'%s' is not a directory in the guest", parent);
             return -1;
         }
-        if (view_load_dir(view, parent) < 0)
+        if (view_stat_dir(view, parent) < 0)
             return -1;
     }
     r = view_lookup(view, path, st, link, xattrs);
@@ -980,9 +1153,10 @@ int guest_view_getattr(struct guest_view *view, const char *path, struct stat *s
 
 int guest_view_readdir(struct guest_view *view, const char *path, guest_dirent_fn fn, void *opaque)
 {
-    g_autoptr(GPtrArray) names = NULL;
-    g_autoptr(GArray) stats = g_array_new(FALSE, FALSE, sizeof(struct stat));
-    struct guest_dir *dir;
+    g_auto(GStrv) names = NULL;
+    g_autoptr(GArray) stats = NULL;
+    bool have_stats, have_xattrs;
+    size_t n;
     struct stat st;
 
     if (view_resolve(view, path, &st, NULL, NULL) < 0)
@@ -991,33 +1165,47 @@ int guest_view_readdir(struct guest_view *view, const char *path, guest_dirent_f
         snapfs_error_set(ENOTDIR, "'%s' is not a directory in the guest", path);
         return -1;
     }
-    for (int attempt = 0; attempt < 2 && !names; attempt++) {
-        g_mutex_lock(&view->lock);
-        dir = g_hash_table_lookup(view->dirs, path);
-        if (dir && view_fresh(view, dir->when)) {
-            names = g_ptr_array_new_with_free_func(g_free);
-            for (guint i = 0; i < dir->names->len; i++) {
-                const char *name = g_ptr_array_index(dir->names, i);
-                g_autofree char *child = strcmp(path, "/") == 0 ? g_strconcat("/", name, NULL)
-                                                                : g_strconcat(path, "/", name, NULL);
-                struct guest_node *node = g_hash_table_lookup(view->nodes, child);
+    names = view_dir_names(view, path, &have_stats, &have_xattrs);
+    if (!names)
+        return -1;
+    n = g_strv_length(names);
+    stats = g_array_sized_new(FALSE, TRUE, sizeof(struct stat), (guint)n);
+    g_array_set_size(stats, (guint)n);
+    for (size_t i = 0; i < n; i++) {
+        g_autofree char *child = child_path(path, names[i]);
 
-                if (!node)
-                    continue;
-                g_ptr_array_add(names, g_strdup(name));
-                g_array_append_val(stats, node->st);
+        g_array_index(stats, struct stat, i).st_dev = view_dev(view, child);
+    }
+    g_mutex_lock(&view->lock);
+    {
+        struct guest_dir *dir = dir_get(view, path);
+
+        for (size_t i = 0; i < n; i++) {
+            g_autofree char *child = child_path(path, names[i]);
+            struct guest_node *node = g_hash_table_lookup(view->nodes, child);
+            struct stat *out = &g_array_index(stats, struct stat, i);
+            guint at = dir ? GPOINTER_TO_UINT(g_hash_table_lookup(dir->index, names[i])) : 0;
+
+            if (node && view_fresh(view, node->when)) {
+                *out = node->st;
+            } else if (at > 0) {
+                /* Not stat'ed yet: the type and inode readdir gave, st_nlink 0 (see guest.h). */
+                out->st_mode = g_array_index(dir->types, mode_t, at - 1);
+                out->st_ino = g_array_index(dir->inos, ino_t, at - 1);
+            } else {
+                out->st_mode = 0;
+                out->st_ino = 0;
+                out->st_nlink = (nlink_t)-1;   /* gone (a live view changed): skipped below */
             }
         }
-        g_mutex_unlock(&view->lock);
-        if (!names && view_load_dir(view, path) < 0)
-            return -1;
     }
-    if (!names) {
-        snapfs_error_set(EIO, "the listing of '%s' did not stay cached", path);
-        return -1;
-    }
-    for (guint i = 0; i < names->len; i++) {
-        if (fn(opaque, g_ptr_array_index(names, i), &g_array_index(stats, struct stat, i)) != 0)
+    g_mutex_unlock(&view->lock);
+    for (size_t i = 0; i < n; i++) {
+        const struct stat *entry = &g_array_index(stats, struct stat, i);
+
+        if (entry->st_nlink == (nlink_t)-1)
+            continue;
+        if (fn(opaque, names[i], entry) != 0)
             break;
     }
     return 0;
@@ -1131,8 +1319,8 @@ static void data_put(struct guest_view *view, const char *key, GBytes *data)
     g_mutex_unlock(&pool->data_lock);
 }
 
-/* Chunk @index of @path, from the cache or one pread of GUEST_CHUNK bytes. */
-static GBytes *view_chunk(struct guest_view *view, const char *path, uint64_t index)
+/* Chunk @index of @path (a file of @size bytes), from the cache or one pread of up to GUEST_CHUNK bytes. */
+static GBytes *view_chunk(struct guest_view *view, const char *path, off_t size, uint64_t index)
 {
     g_autofree char *key = g_strdup_printf("%s\n%s\n%" PRIu64, view->id, path, index);
     struct guest_appliance *app;
@@ -1147,7 +1335,9 @@ static GBytes *view_chunk(struct guest_view *view, const char *path, uint64_t in
     if (!app)
         return NULL;
     apath = view_path(view, path);
-    bytes = guestfs_pread(app->g, apath, GUEST_CHUNK, (int64_t)(index * GUEST_CHUNK), &got);
+    /* No more than the file holds: the appliance allocates what is asked. */
+    bytes = guestfs_pread(app->g, apath, (int)MIN((uint64_t)GUEST_CHUNK, (uint64_t)size - index * GUEST_CHUNK),
+                          (int64_t)(index * GUEST_CHUNK), &got);
     if (!bytes)
         guest_appliance_error(app, "read", path);
     view_leave(view, app);
@@ -1184,7 +1374,7 @@ ssize_t guest_view_read(struct guest_view *view, const char *path, char *buf, si
         uint64_t pos = (uint64_t)offset + done;
         uint64_t index = pos / GUEST_CHUNK;
         size_t within = (size_t)(pos % GUEST_CHUNK), have, n;
-        g_autoptr(GBytes) data = view_chunk(view, path, index);
+        g_autoptr(GBytes) data = view_chunk(view, path, st.st_size, index);
         const char *bytes;
 
         if (!data)
@@ -1215,6 +1405,17 @@ static GPtrArray *view_xattrs(struct guest_view *view, const char *path)
         return NULL;
     if (xattrs)
         return xattrs;
+    if (strcmp(path, "/") != 0) {
+        /* The first file of a directory asked for its xattrs: `ls -l` will ask for every one of them. */
+        g_autofree char *parent = g_path_get_dirname(path);
+
+        if (view_xattr_dir(view, parent) < 0)
+            return NULL;
+        if (view_resolve(view, path, NULL, NULL, &xattrs) < 0)
+            return NULL;
+        if (xattrs)
+            return xattrs;
+    }
     app = view_enter(view);
     if (!app)
         return NULL;

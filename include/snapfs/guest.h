@@ -64,7 +64,11 @@ bool guest_pool_has_group(struct guest_pool *pool, const char *group);
  */
 int guest_view_getattr(struct guest_view *view, const char *path, struct stat *st);
 
-/* Calls @fn for every entry of directory @path (not "." or ".."); stops early if @fn returns non-zero. */
+/*
+ * Calls @fn for every entry of directory @path (not "." or ".."); stops early if @fn returns non-zero.
+ * An entry whose attributes were not fetched yet (a plain listing costs one round trip, attributes
+ * another) comes with only the type bits of st_mode, st_ino and st_dev set, and st_nlink 0.
+ */
 typedef int (*guest_dirent_fn)(void *opaque, const char *name, const struct stat *st);
 int guest_view_readdir(struct guest_view *view, const char *path, guest_dirent_fn fn, void *opaque);
 

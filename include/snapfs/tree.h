@@ -69,6 +69,7 @@ int snapfs_tree_lookup(struct snapfs_tree *tree, const struct snapfs_node *paren
                        struct snapfs_node **child, struct stat *st);
 int snapfs_tree_getattr(struct snapfs_tree *tree, const struct snapfs_node *node, struct stat *st);
 
+/* @st of an entry whose attributes are not known yet has st_nlink 0 and only st_mode's type and st_ino. */
 typedef int (*snapfs_dirent_fn)(void *opaque, const char *name, const struct stat *st);
 int snapfs_tree_readdir(struct snapfs_tree *tree, const struct snapfs_node *node,
                         snapfs_dirent_fn fn, void *opaque);

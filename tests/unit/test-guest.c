@@ -86,7 +86,12 @@ static void compare_tree(struct guest_view *view, const char *hpath, const char 
         if (!listed || lstat(h, &hs) < 0)
             continue;
         CHECK(guest_view_getattr(view, v, &gs) == 0, "getattr '%s': %s", v, snapfs_error_message());
-        CHECK(gs.st_ino == listed->st_ino && gs.st_mode == listed->st_mode, "'%s': readdir and getattr disagree", v);
+        /* A listing without attributes yet (st_nlink 0) still gives the type and the inode. */
+        CHECK(gs.st_ino == listed->st_ino && (listed->st_nlink == 0 ? (gs.st_mode & S_IFMT) == listed->st_mode
+                                                                    : gs.st_mode == listed->st_mode),
+              "'%s': readdir (ino %lu, mode %o, nlink %lu) and getattr (ino %lu, mode %o) disagree", v,
+              (unsigned long)listed->st_ino, listed->st_mode, (unsigned long)listed->st_nlink, (unsigned long)gs.st_ino,
+              gs.st_mode);
         CHECK(gs.st_mode == hs.st_mode, "'%s': mode %o, host %o", v, gs.st_mode, hs.st_mode);
         CHECK(gs.st_uid == hs.st_uid && gs.st_gid == hs.st_gid, "'%s': owner %u:%u, host %u:%u", v, gs.st_uid,
               gs.st_gid, hs.st_uid, hs.st_gid);
@@ -152,6 +157,25 @@ static void compare_tree(struct guest_view *view, const char *hpath, const char 
                 CHECK(gl == hl && memcmp(hv, gv, (size_t)hl) == 0, "'%s': xattr %s differs (%zd, host %zd): %s", v,
                       names + k, gl, hl, gl < 0 ? snapfs_error_message() : "");
             }
+        }
+    }
+    /* Once an entry was looked up, the listing gives its attributes too, as getattr does. */
+    {
+        g_autoptr(GHashTable) again = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+        GHashTableIter iter;
+        gpointer name, value;
+
+        CHECK(guest_view_readdir(view, vpath, collect, again) == 0, "readdir %s again: %s", vpath, snapfs_error_message());
+        g_hash_table_iter_init(&iter, again);
+        while (g_hash_table_iter_next(&iter, &name, &value)) {
+            const struct stat *listed = value;
+            g_autofree char *v = strcmp(vpath, "/") == 0 ? g_strconcat("/", name, NULL)
+                                                         : g_strconcat(vpath, "/", name, NULL);
+            struct stat gs;
+
+            CHECK(listed->st_nlink > 0 && guest_view_getattr(view, v, &gs) == 0 && gs.st_mode == listed->st_mode &&
+                  gs.st_size == listed->st_size && gs.st_nlink == listed->st_nlink,
+                  "'%s': the second listing does not give the attributes getattr gives", v);
         }
     }
 }
