@@ -4,6 +4,7 @@
 #include "snapfs/chain.h"
 #include "snapfs/error.h"
 #include "snapfs/log.h"
+#include "snapfs/virt.h"
 
 #include <errno.h>
 #include <libvirt/virterror.h>
@@ -19,6 +20,7 @@ struct delete_ctx {
     virDomainSnapshotPtr snap;
     const char *domain;
     const char *name;
+    char *label;                        /* "HOST/DOMAIN", for the log */
     char *what;                         /* "cannot delete snapshot 'NAME' of 'DOMAIN'" */
     bool running;
     struct engine_snapshot_info *info;
@@ -202,7 +204,8 @@ static int delete_spell_out_chains(struct delete_ctx *ctx)
         goto cleanup;
     }
     virDomainFree(redefined);
-    snapfs_debug("spelled out the backing chains of '%s' for libvirt", ctx->domain);
+    snapfs_debug("spelled out the backing chains of domain '%s' for libvirt to delete snapshot '%s'",
+                 ctx->label, ctx->name);
     ret = 0;
 
 cleanup:
@@ -240,7 +243,7 @@ static int delete_off_branch(struct delete_ctx *ctx)
     }
     after = engine_images_collect(ctx->conn, ctx->domain, NULL);
     if (!after) {
-        snapfs_warn("deleted snapshot '%s' of '%s' but kept its overlays: %s", ctx->name, ctx->domain,
+        snapfs_warn("deleted snapshot '%s' of domain '%s' but kept its overlays: %s", ctx->name, ctx->label,
                     snapfs_error_message());
         return 0;
     }
@@ -252,15 +255,15 @@ static int delete_off_branch(struct delete_ctx *ctx)
             continue;
         deps = engine_images_dependents(after, sd->file);
         if (engine_images_reachable(after, sd->file) || deps[0]) {
-            snapfs_info("kept '%s' of deleted snapshot '%s' of '%s': something still reads it",
-                        sd->file, ctx->name, ctx->domain);
+            snapfs_info("kept '%s' of deleted snapshot '%s' of domain '%s': something still reads it",
+                        sd->file, ctx->name, ctx->label);
             continue;
         }
         if (unlink(sd->file) < 0)
-            snapfs_warn("cannot remove '%s' of deleted snapshot '%s' of '%s': %s", sd->file, ctx->name,
-                        ctx->domain, g_strerror(errno));
+            snapfs_warn("cannot remove '%s' of deleted snapshot '%s' of domain '%s': %s", sd->file, ctx->name,
+                        ctx->label, g_strerror(errno));
         else
-            engine_notify_chain_changed(sd->file);
+            engine_notify_chain_changed(ctx->label, sd->file);
     }
     engine_images_free(after);
     return 0;
@@ -302,8 +305,8 @@ static void delete_restore_current(struct delete_ctx *ctx, virDomainSnapshotPtr 
     if (redefined)
         virDomainSnapshotFree(redefined);
     else
-        snapfs_warn("cannot make '%s' the current snapshot of '%s' again", virDomainSnapshotGetName(previous),
-                    ctx->domain);
+        snapfs_warn("cannot make snapshot '%s' the current snapshot of domain '%s' again after failing to "
+                    "delete snapshot '%s'", virDomainSnapshotGetName(previous), ctx->label, ctx->name);
 }
 
 static int delete_external(struct delete_ctx *ctx)
@@ -413,16 +416,17 @@ static int delete_external(struct delete_ctx *ctx)
         if (strcmp(sd->kind, "external") != 0)
             continue;
         frozen = g_hash_table_lookup(ctx->images->backing, sd->file);
-        engine_notify_chain_changed(sd->file);
+        engine_notify_chain_changed(ctx->label, sd->file);
         if (frozen && *frozen)
-            engine_notify_chain_changed(frozen);
+            engine_notify_chain_changed(ctx->label, frozen);
     }
     return 0;
 }
 
 int engine_snapshot_delete(virConnectPtr conn, const char *domain, const char *name)
 {
-    struct delete_ctx ctx = { .conn = conn, .domain = domain, .name = name };
+    struct delete_ctx ctx = { .conn = conn, .domain = domain, .name = name,
+                              .label = snapfs_domain_label(conn, domain) };
     struct engine_lock *lock = engine_lock_domain_conn(conn, domain);
     GHashTable *before = NULL;
     g_autofree char *xml = NULL;
@@ -449,8 +453,8 @@ int engine_snapshot_delete(virConnectPtr conn, const char *domain, const char *n
 
     ret = ctx.info->external ? delete_external(&ctx) : delete_internal(&ctx);
     if (ret == 0) {
-        snapfs_info("deleted snapshot '%s' of '%s'", name, domain);
-        engine_notify_changed_since(before);
+        snapfs_info("deleted snapshot '%s' of domain '%s'", name, ctx.label);
+        engine_notify_changed_since(ctx.label, before);
     }
 
 cleanup:
@@ -465,6 +469,7 @@ cleanup:
     if (ctx.dom)
         virDomainFree(ctx.dom);
     g_free(ctx.what);
+    g_free(ctx.label);
     engine_unlock_domain(lock);
     return ret;
 }

@@ -24,7 +24,7 @@ void engine_set_chain_changed(void (*fn)(const char *file, void *opaque), void *
     g_mutex_unlock(&notify_mutex);
 }
 
-void engine_notify_chain_changed(const char *file)
+void engine_notify_chain_changed(const char *label, const char *file)
 {
     void (*fn)(const char *file, void *opaque);
     void *opaque;
@@ -33,7 +33,7 @@ void engine_notify_chain_changed(const char *file)
     fn = notify_fn;
     opaque = notify_opaque;
     g_mutex_unlock(&notify_mutex);
-    snapfs_debug("image '%s' moved or merged", file);
+    snapfs_debug("image '%s' of domain '%s' moved or merged", file, label);
     if (fn)
         fn(file, opaque);
 }
@@ -378,7 +378,7 @@ GHashTable *engine_files_state(GPtrArray *files)
     return states;
 }
 
-void engine_notify_changed_since(GHashTable *before)
+void engine_notify_changed_since(const char *label, GHashTable *before)
 {
     GHashTableIter iter;
     gpointer key, value;
@@ -393,7 +393,7 @@ void engine_notify_changed_since(GHashTable *before)
                        strcmp(now->backing, old->backing) != 0;
 
         if (changed)
-            engine_notify_chain_changed(key);
+            engine_notify_chain_changed(label, key);
         if (now)
             file_state_free(now);
     }

@@ -65,13 +65,13 @@ const char **engine_images_dependents(struct engine_images *images, const char *
 /* The chain of @top as absolute paths, top first (never NULL; just @top if unreadable). */
 GPtrArray *engine_chain_files(const char *top, const char *format);
 
-/* Tell whoever listens (engine_set_chain_changed) that @file moved, merged or went away. */
-void engine_notify_chain_changed(const char *file);
+/* Tell whoever listens (engine_set_chain_changed) that @file of domain @label moved, merged or went away. */
+void engine_notify_chain_changed(const char *label, const char *file);
 
 /* Snapshot of the files of a set of chains: size, mtime and backing, to tell afterwards what changed. */
 GHashTable *engine_files_state(GPtrArray *files);
-/* Notify every file of @before whose state differs now (or that is gone). */
-void engine_notify_changed_since(GHashTable *before);
+/* Notify every file of @before whose state differs now (or that is gone); @label names the domain. */
+void engine_notify_changed_since(const char *label, GHashTable *before);
 
 /* Whether the images @conn's domains use are files on this host (a local or loopback URI). */
 bool engine_conn_is_local(virConnectPtr conn);

@@ -2,6 +2,7 @@
 /* What a long snapshot operation is doing, readable while it runs: a merge's percentage, polled from libvirt's block jobs. */
 #include "engine-priv.h"
 #include "snapfs/log.h"
+#include "snapfs/virt.h"
 
 #include <string.h>
 
@@ -35,7 +36,7 @@ char *engine_progress(virConnectPtr conn, const char *domain)
 struct engine_progress {
     char *key;
     char *what;           /* "deleting snapshot 's2'" */
-    char *domain;
+    char *label;          /* the domain, as the log names it */
     virDomainPtr dom;     /* a reference of the poller's own */
     GPtrArray *targets;   /* disks whose block jobs tell the percentage */
     GThread *thread;
@@ -74,7 +75,7 @@ static gpointer progress_poll(gpointer data)
             progress_set(p->key, g_strdup_printf("%s: merging, %d%%", p->what, percent));
             if (percent / 10 != logged) {
                 logged = percent / 10;
-                snapfs_info("%s of '%s': merging, %d%%", p->what, p->domain, percent);
+                snapfs_info("%s of domain '%s': merging, %d%%", p->what, p->label, percent);
             }
         }
         g_mutex_lock(&p->mutex);
@@ -92,7 +93,7 @@ struct engine_progress *engine_progress_begin(virConnectPtr conn, virDomainPtr d
 
     p->key = engine_domain_key(conn, domain);
     p->what = g_strdup(what);
-    p->domain = g_strdup(domain);
+    p->label = snapfs_domain_label(conn, domain);
     progress_set(p->key, g_strdup(what));
     if (!dom || !targets || targets->len == 0)
         return p;
@@ -123,6 +124,6 @@ void engine_progress_end(struct engine_progress *p)
     progress_set(p->key, NULL);
     g_free(p->key);
     g_free(p->what);
-    g_free(p->domain);
+    g_free(p->label);
     g_free(p);
 }

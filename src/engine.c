@@ -197,7 +197,7 @@ static int create_check(virDomainPtr dom, const char *domain, const char *name, 
 }
 
 static virDomainSnapshotPtr create_call(virDomainPtr dom, const char *xml, unsigned int flags, bool running,
-                                        enum engine_quiesce quiesce, const char *domain, const char *name)
+                                        enum engine_quiesce quiesce, const char *label, const char *name)
 {
     virDomainSnapshotPtr snap;
 
@@ -208,7 +208,7 @@ static virDomainSnapshotPtr create_call(virDomainPtr dom, const char *xml, unsig
         if (snap || quiesce == ENGINE_QUIESCE_ON)
             return snap;
         /* ATOMIC: the failed attempt left nothing behind, so trying again unquiesced is safe. */
-        snapfs_warn("snapshot '%s' of '%s' is taken without quiescing: %s", name, domain,
+        snapfs_warn("snapshot '%s' of domain '%s' is taken without quiescing: %s", name, label,
                     virGetLastErrorMessage());
     }
     return virDomainSnapshotCreateXML(dom, xml, flags);
@@ -224,6 +224,7 @@ int engine_snapshot_create(virConnectPtr conn, const char *domain, const char *n
     g_autofree char *escaped = NULL;
     g_autofree char *xml = NULL;
     g_autofree char *doing = NULL;
+    g_autofree char *label = NULL;
     struct engine_progress *progress;
     enum engine_quiesce quiesce = options ? options->quiesce : ENGINE_QUIESCE_AUTO;
     bool running;
@@ -231,6 +232,7 @@ int engine_snapshot_create(virConnectPtr conn, const char *domain, const char *n
 
     if (engine_check_name(name) < 0)
         return -1;
+    label = snapfs_domain_label(conn, domain);
     /* Two mkdirs of one name: the second waits here, then finds the name taken. */
     lock = engine_lock_domain_conn(conn, domain);
     dom = virDomainLookupByName(conn, domain);
@@ -248,20 +250,20 @@ int engine_snapshot_create(virConnectPtr conn, const char *domain, const char *n
     doing = g_strdup_printf("creating snapshot '%s'", name);
     progress = engine_progress_begin(conn, NULL, domain, doing, NULL);
     snap = create_call(dom, xml, VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY | VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC,
-                       running, quiesce, domain, name);
+                       running, quiesce, label, name);
     /* Record libvirt's reason now: the calls that end the progress reset libvirt's last error. */
     if (!snap)
         snapfs_error_from_virt("cannot create snapshot '%s' of '%s'", name, domain);
     engine_progress_end(progress);
     if (!snap)
         goto cleanup;
-    snapfs_info("created snapshot '%s' of '%s'%s", name, domain, running ? " (live)" : "");
+    snapfs_info("created snapshot '%s' of domain '%s'%s", name, label, running ? " (live)" : "");
     /* The old tops are frozen now, with an overlay above: views that read them as live must go. */
     for (guint i = 0; i < disks->len; i++) {
         struct snapfs_disk *disk = g_ptr_array_index(disks, i);
 
         if (engine_disk_is_snapshotted(disk) && disk->file)
-            engine_notify_chain_changed(disk->file);
+            engine_notify_chain_changed(label, disk->file);
     }
     ret = 0;
 

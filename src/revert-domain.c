@@ -4,8 +4,10 @@
 #include "snapfs/chain.h"
 #include "snapfs/error.h"
 #include "snapfs/log.h"
+#include "snapfs/virt.h"
 
 #include <errno.h>
+#include <libvirt/virterror.h>
 #include <libxml/parser.h>
 #include <libxml/tree.h>
 #include <libxml/xpath.h>
@@ -93,6 +95,7 @@ void revert_state_free(struct revert_state *st)
         virDomainFree(st->dom);
     g_free(st->uri);
     g_free(st->name);
+    g_free(st->label);
     g_free(st->uuid);
     g_free(st->xml);
     if (st->disks)
@@ -182,6 +185,7 @@ struct revert_state *revert_state_read(virConnectPtr conn, virDomainPtr dom)
     virDomainRef(dom);
     st->uri = virConnectGetURI(conn);
     st->name = g_strdup(virDomainGetName(dom));
+    st->label = snapfs_domain_label(conn, st->name);
     if (virDomainGetUUIDString(dom, uuid) == 0)
         st->uuid = g_strdup(uuid);
     st->xml = virDomainGetXMLDesc(dom, VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE);
@@ -543,7 +547,8 @@ GPtrArray *revert_domain_disks_now(struct revert_state *st)
     GPtrArray *disks;
 
     if (!doc) {
-        snapfs_warn("cannot read the definition of domain '%s'", st->name);
+        snapfs_warn("cannot read the definition of domain '%s': %s", st->label,
+                    xml ? "it cannot be parsed" : virGetLastErrorMessage());
         return NULL;
     }
     ctxt = xmlXPathNewContext(doc);

@@ -88,6 +88,7 @@ struct revert_state {
     virDomainPtr dom;
     char *uri;
     char *name;
+    char *label;          /* "HOST/NAME": how the log names the domain */
     char *uuid;
     char *xml;            /* the persistent definition */
     GPtrArray *disks;     /* struct snapfs_disk *, from xml */

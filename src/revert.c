@@ -119,12 +119,16 @@ int revert_parse(const char *buf, size_t len, struct revert_request *request)
 
 /* ---- finishing and rolling back ---------------------------------------------------- */
 
-static void unlink_logged(const char *file, const char *why)
+/* @why: "rolling back" or "nothing needs it after", said of the revert @journal records. */
+static void unlink_logged(const struct revert_state *st, const struct revert_journal *journal, const char *file,
+                          const char *why)
 {
     if (unlink(file) == 0)
-        snapfs_info("removed '%s' (%s)", file, why);
+        snapfs_info("removed '%s' of domain '%s' (%s the revert to snapshot '%s')", file, st->label, why,
+                    journal->target);
     else if (errno != ENOENT)
-        snapfs_warn("cannot remove '%s' (%s): %s", file, why, g_strerror(errno));
+        snapfs_warn("cannot remove '%s' of domain '%s' (%s the revert to snapshot '%s'): %s", file, st->label,
+                    why, journal->target, g_strerror(errno));
 }
 
 /* Undo a revert that did not reach its commit point; the domain never named what is removed here. */
@@ -148,9 +152,9 @@ static int revert_roll_back(struct revert_state *st, const struct revert_journal
         struct revert_disk *rd = g_ptr_array_index(journal->disks, i);
 
         if (rd->keep_overlay)
-            unlink_logged(rd->keep_overlay, "rolled back");
+            unlink_logged(st, journal, rd->keep_overlay, "rolling back");
         if (rd->new_top && rd->new_created)
-            unlink_logged(rd->new_top, "rolled back");
+            unlink_logged(st, journal, rd->new_top, "rolling back");
     }
     if (ret == 0 && journal->old_current && revert_snapshot_exists(st->dom, journal->old_current))
         ret = revert_snapshot_make_current(st, journal->old_current);
@@ -190,7 +194,7 @@ static int revert_roll_forward(struct revert_state *st, const struct revert_jour
             in_use |= now->file && strcmp(now->file, rd->old_top) == 0;
         }
         if (rd->drop_old && rd->old_top && !in_use)
-            unlink_logged(rd->old_top, "nothing needs it after the revert");
+            unlink_logged(st, journal, rd->old_top, "nothing needs it after");
     }
     if (faults)
         revert_fault("cleanup");
@@ -207,16 +211,16 @@ static int revert_settle(struct revert_state *st, struct revert_journal *journal
     else
         committed = st->current && strcmp(st->current, journal->target) == 0 &&
                     (!journal->keep_name || revert_snapshot_exists(st->dom, journal->keep_name));
-    snapfs_info("%s the interrupted revert of domain '%s' to '%s'",
-                committed ? "finishing" : "rolling back", st->name, journal->target);
+    snapfs_info("%s the interrupted revert of domain '%s' to snapshot '%s'",
+                committed ? "finishing" : "rolling back", st->label, journal->target);
     return committed ? revert_roll_forward(st, journal, false) : revert_roll_back(st, journal);
 }
 
 /* ---- the revert ------------------------------------------------------------------- */
 
-static int revert_stop(virDomainPtr dom, const char *domain, const char *target)
+static int revert_stop(virDomainPtr dom, const char *domain, const char *label, const char *target)
 {
-    snapfs_info("stopping domain '%s' to revert it to '%s', as asked", domain, target);
+    snapfs_info("stopping domain '%s' to revert it to snapshot '%s', as asked", label, target);
     if (virDomainDestroyFlags(dom, VIR_DOMAIN_DESTROY_GRACEFUL) < 0 && virDomainDestroy(dom) < 0) {
         snapfs_error_from_virt("cannot stop domain '%s' to revert it to '%s'", domain, target);
         return -1;
@@ -427,7 +431,7 @@ static int revert_external(struct revert_state *st, struct revert_snapshot *targ
     journal = plan_external(st, target, path, options, &noop);
     if (noop) {
         /* Nothing was written since the domain left @target: only its name is missing. */
-        snapfs_info("domain '%s' reads as snapshot '%s' already", st->name, target->name);
+        snapfs_info("domain '%s' reads as snapshot '%s' already", st->label, target->name);
         return st->current && strcmp(st->current, target->name) == 0 ? 0 : revert_snapshot_make_current(st, target->name);
     }
     /* Keeping the state left behind makes overlays here, whichever revert runs. */
@@ -457,7 +461,8 @@ static int revert_external(struct revert_state *st, struct revert_snapshot *targ
             goto fail;
         g_free(st->current);
         st->current = g_strdup(journal->keep_name);
-        snapfs_info("kept the state domain '%s' leaves as snapshot '%s'", st->name, journal->keep_name);
+        snapfs_info("kept the state domain '%s' leaves as snapshot '%s' before reverting it to snapshot '%s'",
+                    st->label, journal->keep_name, target->name);
         revert_fault("keep");
     }
 
@@ -470,18 +475,18 @@ static int revert_external(struct revert_state *st, struct revert_snapshot *targ
         if (rc < 0 && !unsupported)
             snapfs_error_from_virt("cannot revert domain '%s' to '%s'", st->name, target->name);
         else if (unsupported)
-            snapfs_debug("libvirt cannot revert to external snapshot '%s' (%s): snapfs does it",
-                         target->name, virGetLastErrorMessage());
+            snapfs_debug("libvirt cannot revert domain '%s' to external snapshot '%s' (%s): snapfs does it",
+                         st->label, target->name, virGetLastErrorMessage());
         if (snap)
             virDomainSnapshotFree(snap);
     } else {
-        snapfs_debug("libvirt's own revert of '%s' would unlink images snapshots still need: snapfs does it",
-                     st->name);
+        snapfs_debug("libvirt's own revert of domain '%s' to snapshot '%s' would unlink images snapshots still "
+                     "need: snapfs does it", st->label, target->name);
         rc = -1;
         unsupported = true;
     }
     if (rc == 0) {
-        snapfs_info("libvirt reverted domain '%s' to '%s'", st->name, target->name);
+        snapfs_info("libvirt reverted domain '%s' to snapshot '%s'", st->label, target->name);
         g_free(st->current);
         st->current = g_strdup(target->name);
         return revert_roll_forward(st, journal, true);
@@ -522,11 +527,11 @@ static int revert_external(struct revert_state *st, struct revert_snapshot *targ
         }
         virDomainFree(dom);
     }
-    snapfs_info("domain '%s' now runs on new overlays over snapshot '%s'", st->name, target->name);
+    snapfs_info("domain '%s' now runs on new overlays over snapshot '%s'", st->label, target->name);
     revert_fault("domain");
     if (revert_roll_forward(st, journal, true) < 0) {
-        snapfs_warn("domain '%s' was reverted to '%s' but not everything was finished (the next start "
-                    "of snapfs finishes it): %s", st->name, target->name, snapfs_error_message());
+        snapfs_warn("domain '%s' was reverted to snapshot '%s' but not everything was finished (the next "
+                    "start of snapfs finishes it): %s", st->label, target->name, snapfs_error_message());
     }
     return 0;
 
@@ -536,8 +541,8 @@ fail:
         int errnum = snapfs_error_errno();
 
         if (revert_roll_back(st, journal) < 0)
-            snapfs_warn("cannot roll back the revert of domain '%s' (the next start of snapfs tries again): %s",
-                        st->name, snapfs_error_message());
+            snapfs_warn("cannot roll back the revert of domain '%s' to snapshot '%s' (the next start of snapfs "
+                        "tries again): %s", st->label, target->name, snapfs_error_message());
         snapfs_error_set(errnum, "%s", reason);
     }
     return -1;
@@ -643,7 +648,8 @@ static int revert_internal(struct revert_state *st, struct revert_snapshot *targ
         reason = g_strdup(snapfs_error_message());
         errnum = snapfs_error_errno();
         if (revert_roll_back(st, journal) < 0)
-            snapfs_warn("cannot roll back the revert of domain '%s': %s", st->name, snapfs_error_message());
+            snapfs_warn("cannot roll back the revert of domain '%s' to snapshot '%s': %s", st->label, target->name,
+                        snapfs_error_message());
         snapfs_error_set(errnum, "%s", reason);
         return -1;
     }
@@ -767,12 +773,14 @@ int revert_write(virConnectPtr conn, const char *domain, const char *buf, size_t
     g_autoptr(revert_state) st = NULL;
     g_autofree char *uri = NULL;
     g_autofree char *path = NULL;
+    g_autofree char *label = NULL;
     struct revert_snapshot *target;
     int active;
     int ret = -1;
 
     if (revert_parse(buf, len, &request) < 0)
         return -1;
+    label = snapfs_domain_label(conn, domain);
     lock = revert_lock(conn, domain);
     if (!lock) {
         snapfs_error_set(EBUSY, "cannot revert '%s' to '%s': another snapshot operation on it is under way",
@@ -833,7 +841,7 @@ int revert_write(virConnectPtr conn, const char *domain, const char *buf, size_t
             goto cleanup;
         }
     }
-    if (active && revert_stop(dom, domain, request.name) < 0)
+    if (active && revert_stop(dom, domain, label, request.name) < 0)
         goto cleanup;
 
     st = revert_state_read(conn, dom);
@@ -852,7 +860,7 @@ int revert_write(virConnectPtr conn, const char *domain, const char *buf, size_t
     ret = target->external ? revert_external(st, target, path, options)
                            : revert_internal(st, target, path, options);
     if (ret == 0)
-        snapfs_info("reverted domain '%s' to snapshot '%s'", domain, request.name);
+        snapfs_info("reverted domain '%s' to snapshot '%s'", label, request.name);
 
 cleanup:
     if (dom)
@@ -871,6 +879,7 @@ int revert_recover(virConnectPtr conn, const struct revert_options *options)
     for (guint i = 0; uri && i < paths->len; i++) {
         g_autoptr(revert_journal) journal = revert_journal_load(g_ptr_array_index(paths, i));
         g_autoptr(revert_state) st = NULL;
+        g_autofree char *label = NULL;
         struct engine_lock *lock;
         virDomainPtr dom;
 
@@ -881,13 +890,14 @@ int revert_recover(virConnectPtr conn, const struct revert_options *options)
         }
         if (strcmp(journal->uri, uri) != 0)
             continue;
+        label = snapfs_domain_label(conn, journal->domain);
         lock = engine_lock_domain_conn(conn, journal->domain);
         dom = journal->uuid ? virDomainLookupByUUIDString(conn, journal->uuid)
                             : virDomainLookupByName(conn, journal->domain);
         if (!dom) {
             /* The domain is gone: nothing of it to settle, its images are left as they are. */
-            snapfs_warn("domain '%s' of an interrupted revert no longer exists; dropping its journal '%s'",
-                        journal->domain, journal->path);
+            snapfs_warn("domain '%s' of an interrupted revert to snapshot '%s' no longer exists; dropping its "
+                        "journal '%s'", label, journal->target, journal->path);
             if (revert_journal_remove(journal) < 0)
                 ret = -1;
             engine_unlock_domain(lock);
@@ -896,8 +906,8 @@ int revert_recover(virConnectPtr conn, const struct revert_options *options)
         st = revert_state_read(conn, dom);
         virDomainFree(dom);
         if (!st || revert_settle(st, journal) < 0) {
-            snapfs_warn("cannot settle the interrupted revert of domain '%s': %s", journal->domain,
-                        snapfs_error_message());
+            snapfs_warn("cannot settle the interrupted revert of domain '%s' to snapshot '%s': %s", label,
+                        journal->target, snapfs_error_message());
             ret = -1;
         }
         engine_unlock_domain(lock);

@@ -262,11 +262,20 @@ struct snapfs_disk *snapfs_domain_find_disk(struct snapfs_domain *domain, const 
 
 /* ---- hosts ------------------------------------------------------------------- */
 
+/* The hosts snapfs_hosts_name() named: log lines about a connection's domains name its folder. */
+static GMutex named_lock;
+static GPtrArray *named_hosts;   /* struct snapfs_host *, not owned */
+
 static void host_lifecycle_event(virConnectPtr conn, virDomainPtr dom, int event, int detail, void *opaque)
 {
     struct snapfs_host *host = opaque;
 
-    snapfs_debug("%s: domain '%s': lifecycle event %d", host->name, virDomainGetName(dom), event);
+    static const char *const events[] = { "defined", "undefined", "started", "suspended", "resumed",
+                                          "stopped", "shut down", "suspended by the guest", "crashed" };
+    g_autofree char *label = snapfs_host_domain_label(host, virDomainGetName(dom));
+
+    snapfs_debug("domain '%s': %s", label,
+                 event >= 0 && event < (int)G_N_ELEMENTS(events) ? events[event] : "lifecycle event");
     snapfs_host_invalidate(host, virDomainGetName(dom));
 }
 
@@ -431,6 +440,10 @@ void snapfs_host_close(struct snapfs_host *host)
 
     if (!host)
         return;
+    g_mutex_lock(&named_lock);
+    if (named_hosts)
+        g_ptr_array_remove_fast(named_hosts, host);
+    g_mutex_unlock(&named_lock);
     g_mutex_lock(&host->lock);
     host->closing = true;
     conn = g_steal_pointer(&host->conn);
@@ -453,12 +466,23 @@ void snapfs_host_close(struct snapfs_host *host)
     g_free(host);
 }
 
+/* A host's folder name before clashes are counted: the URI's server, "localhost" for a local URI. */
+static char *uri_host_name(const char *uri)
+{
+    xmlURIPtr parsed = uri ? xmlParseURI(uri) : NULL;
+    char *name = g_strdup(parsed && parsed->server && parsed->server[0] ? parsed->server : "localhost");
+
+    xmlFreeURI(parsed);
+    return name;
+}
+
 void snapfs_hosts_name(struct snapfs_host **hosts, size_t n)
 {
+    g_mutex_lock(&named_lock);
+    if (!named_hosts)
+        named_hosts = g_ptr_array_new();
     for (size_t i = 0; i < n; i++) {
-        xmlURIPtr uri = xmlParseURI(hosts[i]->uri);
-        const char *server = uri && uri->server && uri->server[0] ? uri->server : "localhost";
-        g_autofree char *base = g_strdup(server);
+        g_autofree char *base = uri_host_name(hosts[i]->uri);
         int clash = 1;
 
         for (size_t j = 0; j < i; j++) {
@@ -468,8 +492,46 @@ void snapfs_hosts_name(struct snapfs_host **hosts, size_t n)
         }
         g_free(hosts[i]->name);
         hosts[i]->name = clash > 1 ? g_strdup_printf("%s-%d", base, clash) : g_strdup(base);
-        xmlFreeURI(uri);
+        if (!g_ptr_array_find(named_hosts, hosts[i], NULL))
+            g_ptr_array_add(named_hosts, hosts[i]);
     }
+    g_mutex_unlock(&named_lock);
+}
+
+char *snapfs_host_domain_label(struct snapfs_host *host, const char *name)
+{
+    char *label;
+
+    g_mutex_lock(&named_lock);
+    if (host->name) {
+        label = g_strdup_printf("%s/%s", host->name, name);
+    } else {
+        g_autofree char *base = uri_host_name(host->uri);
+
+        label = g_strdup_printf("%s/%s", base, name);
+    }
+    g_mutex_unlock(&named_lock);
+    return label;
+}
+
+char *snapfs_domain_label(virConnectPtr conn, const char *name)
+{
+    g_autofree char *uri = conn ? virConnectGetURI(conn) : NULL;
+    g_autofree char *base = NULL;
+
+    g_mutex_lock(&named_lock);
+    for (guint i = 0; uri && named_hosts && i < named_hosts->len; i++) {
+        struct snapfs_host *host = g_ptr_array_index(named_hosts, i);
+
+        if (host->uri && strcmp(host->uri, uri) == 0) {
+            base = g_strdup(host->name);
+            break;
+        }
+    }
+    g_mutex_unlock(&named_lock);
+    if (!base)
+        base = uri_host_name(uri);
+    return g_strdup_printf("%s/%s", base, name);
 }
 
 const char *snapfs_host_name(struct snapfs_host *host)

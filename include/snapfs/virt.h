@@ -50,6 +50,16 @@ void snapfs_hosts_name(struct snapfs_host **hosts, size_t n);
 const char *snapfs_host_name(struct snapfs_host *host);
 const char *snapfs_host_uri(struct snapfs_host *host);
 
+/*
+ * How every log line names domain @name: "HOST/NAME", HOST being the folder
+ * snapfs_hosts_name() gave its host (for a connection of no named host: its
+ * URI's server, or "localhost").  Caller frees.  snapfs_domain_label() asks
+ * libvirt for the connection's URI, which resets libvirt's last error: take
+ * it before an operation, not between a failure and reading its reason.
+ */
+char *snapfs_host_domain_label(struct snapfs_host *host, const char *name);
+char *snapfs_domain_label(virConnectPtr conn, const char *name);
+
 /* Whether @uri names this machine (no server, or a loopback or own name), so that its images are files here. */
 bool snapfs_uri_is_local(const char *uri);
 /* The same for the host's URI: only then can layers and guest files be read. */

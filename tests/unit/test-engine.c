@@ -177,7 +177,7 @@ static void test_changed_since(void)
     run("qemu-img rebase -u -f qcow2 -F qcow2 -b x.qcow2 z.qcow2 && rm y.qcow2");
     notified = g_ptr_array_new_with_free_func(g_free);
     engine_set_chain_changed(on_changed, NULL);
-    engine_notify_changed_since(before);
+    engine_notify_changed_since("localhost/test", before);
     engine_set_chain_changed(NULL, NULL);
     g_assert_cmpuint(notified->len, ==, 2);
     g_assert_true(g_ptr_array_find_with_equal_func(notified, y, g_str_equal, NULL));
