@@ -94,8 +94,14 @@ static int option_proc(void *data, const char *arg, int key, struct fuse_args *o
         options->allow_other = 1;
         return 1;
     case KEY_DEBUG:
+        /*
+         * Kept from fuse_parse_cmdline(), which would take it for -d and stay
+         * in the foreground: a daemon logs its debug lines to syslog.  main()
+         * hands it to FUSE's session in the foreground only, where FUSE's
+         * request log has a terminal to go to.
+         */
         options->debug = 1;
-        return 1;   /* FUSE's own request log too */
+        return 0;
     default:
         return 1;
     }
@@ -113,7 +119,8 @@ static void usage(const char *prog)
            "                           each then a folder named after its host (\"localhost\" for\n"
            "                           local URIs, \"-2\", \"-3\"... added when names clash)\n"
            "    -o connect=URI         the same as -c URI, for fstab and mount -t fuse.snapfs\n"
-           "    -o debug               log every libvirt and libguestfs step (and FUSE's requests)\n"
+           "    -o debug               log every libvirt and libguestfs step (to syslog unless -f;\n"
+           "                           with -f, FUSE's requests too)\n"
            "    -o ro                  read-only: no mkdir, rmdir, revert (EROFS)\n"
            "    -o nonempty            allow mounting over a non-empty directory\n"
            "    -o max_appliances=N    libguestfs appliances running at once (default 4)\n"
@@ -239,10 +246,41 @@ static void daemon_ready(void)
         if (null > STDERR_FILENO)
             close(null);
     }
+    snapfs_log_detach();
     if (write(daemon_status_fd, &ok, 1) != 1)
         snapfs_warn("cannot tell the parent that the mount is ready");
     close(daemon_status_fd);
     daemon_status_fd = -1;
+}
+
+/* libfuse's own messages ("fuse: reading device: ..."), in a daemon whose stderr is /dev/null. */
+static void daemon_fuse_log(enum fuse_log_level level, const char *fmt, va_list ap)
+{
+    g_autofree char *message = g_strdup_vprintf(fmt, ap);
+
+    g_strchomp(message);
+    if (level <= FUSE_LOG_ERR)
+        snapfs_log(SNAPFS_LOG_ERROR, "%s", message);
+    else if (level == FUSE_LOG_WARNING)
+        snapfs_log(SNAPFS_LOG_WARN, "%s", message);
+    else if (level < FUSE_LOG_DEBUG)
+        snapfs_log(SNAPFS_LOG_INFO, "%s", message);
+    else
+        snapfs_log(SNAPFS_LOG_DEBUG, "%s", message);
+}
+
+/* "localhost (qemu:///system), host2 (qemu+ssh://host2/system)": what a mount serves, for the log. */
+static char *hosts_described(GPtrArray *hosts)
+{
+    GString *text = g_string_new(NULL);
+
+    for (guint i = 0; i < hosts->len; i++) {
+        struct snapfs_host *host = g_ptr_array_index(hosts, i);
+
+        g_string_append_printf(text, "%s%s (%s)", i ? ", " : "", snapfs_host_name(host),
+                               snapfs_host_uri(host) ? snapfs_host_uri(host) : "libvirt's default URI");
+    }
+    return g_string_free(text, FALSE);
 }
 
 static bool parse_on_off(const char *value, bool fallback, const char *name, bool *out)
@@ -298,6 +336,7 @@ int main(int argc, char **argv)
     g_autoptr(GPtrArray) hosts = g_ptr_array_new_with_free_func((GDestroyNotify)snapfs_host_close);
     struct fuse_session *se = NULL;
     struct fuse_loop_config loop = { .clone_fd = 0, .max_idle_threads = 10 };
+    g_autofree char *described = NULL;
     int ret = EXIT_FAILURE;
 
     if (fuse_opt_parse(&args, &options, option_spec, option_proc) < 0)
@@ -306,6 +345,8 @@ int main(int argc, char **argv)
         fuse_opt_add_arg(&args, options.positional);
     if (fuse_parse_cmdline(&args, &cmdline) < 0)
         goto out;
+    if (options.debug && cmdline.foreground)
+        fuse_opt_add_arg(&args, "-odebug");
     if (cmdline.show_help) {
         usage(argv[0]);
         ret = EXIT_SUCCESS;
@@ -339,7 +380,8 @@ int main(int argc, char **argv)
         fuse_opt_add_arg(&args, "-odefault_permissions");
     if (!cmdline.foreground && daemon_start() < 0)
         goto out;
-    snapfs_log_init(false, cmdline.debug || options.debug);
+    /* A daemon logs to syslog from the start, and to the terminal too until it has mounted. */
+    snapfs_log_init(!cmdline.foreground, cmdline.debug || options.debug);
 
     if (snapfs_virt_start_events() < 0) {
         fprintf(stderr, "snapfs: %s\n", snapfs_error_message());
@@ -363,7 +405,8 @@ int main(int argc, char **argv)
 
         /* Finish or roll back what an earlier run left half done, before anyone looks. */
         if (conn && revert_recover(conn, &config.revert) < 0)
-            snapfs_warn("cannot recover an interrupted revert: %s", snapfs_error_message());
+            snapfs_warn("cannot recover every interrupted revert on %s: %s",
+                        snapfs_host_uri(g_ptr_array_index(hosts, i)), snapfs_error_message());
         if (conn)
             virConnectClose(conn);
     }
@@ -383,14 +426,16 @@ int main(int argc, char **argv)
         goto out;
     }
     if (!cmdline.foreground) {
-        snapfs_log_init(true, cmdline.debug || options.debug);
         daemon_ready();
+        fuse_set_log_func(daemon_fuse_log);
     }
-    snapfs_info("mounted %u connection(s) on %s", hosts->len, cmdline.mountpoint);
+    described = hosts_described(hosts);
+    snapfs_info("mounted %s on %s", described, cmdline.mountpoint);
     ret = cmdline.singlethread ? fuse_session_loop(se) : fuse_session_loop_mt(se, &loop);
     ret = ret == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
     fuse_session_unmount(se);
     fuse_remove_signal_handlers(se);
+    snapfs_info("unmounted %s from %s", described, cmdline.mountpoint);
 
 out:
     if (se)

@@ -5,18 +5,27 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <syslog.h>
-#include <time.h>
 
-static bool log_syslog;
-static bool log_debug;
+/* Read by every thread that logs, set by main() while libvirt's threads may already log. */
+static gint log_syslog;
+static gint log_stderr = 1;
+static gint log_debug;
 static GMutex log_lock;
 
 void snapfs_log_init(bool to_syslog, bool debug)
 {
-    log_syslog = to_syslog;
-    log_debug = debug;
     if (to_syslog)
         openlog("snapfs", LOG_PID, LOG_DAEMON);
+    g_atomic_int_set(&log_debug, debug);
+    g_atomic_int_set(&log_stderr, 1);
+    g_atomic_int_set(&log_syslog, to_syslog);
+}
+
+void snapfs_log_detach(void)
+{
+    /* Only where syslog takes over: a line must always go somewhere. */
+    if (g_atomic_int_get(&log_syslog))
+        g_atomic_int_set(&log_stderr, 0);
 }
 
 void snapfs_log(enum snapfs_log_level level, const char *fmt, ...)
@@ -26,16 +35,16 @@ void snapfs_log(enum snapfs_log_level level, const char *fmt, ...)
     g_autofree char *message = NULL;
     va_list ap;
 
-    if (level == SNAPFS_LOG_DEBUG && !log_debug)
+    if (level == SNAPFS_LOG_DEBUG && !g_atomic_int_get(&log_debug))
         return;
     va_start(ap, fmt);
     message = g_strdup_vprintf(fmt, ap);
     va_end(ap);
-    if (log_syslog) {
+    if (g_atomic_int_get(&log_syslog))
         syslog(priorities[level], "%s", message);
-        return;
+    if (g_atomic_int_get(&log_stderr)) {
+        g_mutex_lock(&log_lock);
+        fprintf(stderr, "snapfs: %s: %s\n", names[level], message);
+        g_mutex_unlock(&log_lock);
     }
-    g_mutex_lock(&log_lock);
-    fprintf(stderr, "snapfs: %s: %s\n", names[level], message);
-    g_mutex_unlock(&log_lock);
 }

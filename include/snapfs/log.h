@@ -7,7 +7,15 @@
 
 enum snapfs_log_level { SNAPFS_LOG_ERROR, SNAPFS_LOG_WARN, SNAPFS_LOG_INFO, SNAPFS_LOG_DEBUG };
 
+/*
+ * Lines go to stderr ("snapfs: LEVEL: ..."), and with @to_syslog to syslog
+ * as well (ident "snapfs", facility daemon, the pid; journald takes them
+ * from /dev/log), until snapfs_log_detach().  snapfs_debug() lines are
+ * dropped unless @debug.  May be called again, e.g. after a fork.
+ */
 void snapfs_log_init(bool to_syslog, bool debug);
+/* A daemon that let go of its terminal: syslog only from now on. */
+void snapfs_log_detach(void);
 void snapfs_log(enum snapfs_log_level level, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 
 #define snapfs_error_log(...) snapfs_log(SNAPFS_LOG_ERROR, __VA_ARGS__)
