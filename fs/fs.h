@@ -23,6 +23,7 @@ struct fs_context {
     struct snapfs_tree *tree;
     struct fs_inodes *inodes;
     uid_t owner;      /* the mounting user: with root, the only one who may change things */
+    bool kernel_permissions;  /* the kernel may check permissions itself: allow_other, or mounted by root */
 };
 
 extern const struct fuse_lowlevel_ops fs_operations;

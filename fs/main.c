@@ -412,6 +412,7 @@ int main(int argc, char **argv)
     }
 
     ctx.owner = getuid();
+    ctx.kernel_permissions = options.allow_other || ctx.owner == 0;
     ctx.inodes = fs_inodes_new();
     ctx.tree = snapfs_tree_new((struct snapfs_host **)hosts->pdata, hosts->len, &config);
     fuse_opt_add_arg(&args, "-osubtype=snapfs");

@@ -12,10 +12,11 @@
 #define FS_FOREVER (365.0 * 86400.0)
 #define FS_LIVE 1.0
 /*
- * Names libvirt gives (hosts, domains, snapshots) and snapfs's fixed folders: the kernel may keep
- * them this long, so that walking a path through them (every lstat of `ls -lR DOMAIN/SNAPSHOT`)
- * does not ask the daemon again each time.  With the tree's own 0.4 s cache, a change made with
- * virsh still shows within a second; what is done through the mount shows at once.
+ * Names libvirt gives (hosts, domains, snapshots) and snapfs's fixed folders, with their
+ * attributes: the kernel may keep them this long, so that walking a path through them (every
+ * lstat of `ls -lR DOMAIN/SNAPSHOT`) does not ask the daemon again each time.  With the tree's
+ * own 0.4 s cache, a change made with virsh still shows within a second; what is done through
+ * the mount shows at once.
  */
 #define FS_NAME 0.25
 
@@ -32,15 +33,11 @@ static double fs_timeout(const struct snapfs_node *node)
     case SNAPFS_CACHE_LIVE:
         return FS_LIVE;
     default:
-        /* What libvirt says must show at once: snapfs caches it briefly itself. */
-        return 0.0;
+        break;
     }
-}
-
-/* How long the kernel may keep @node's name; layer names change when a chain does, control files are asked each time. */
-static double fs_entry_timeout(const struct snapfs_node *node)
-{
+    /* What libvirt says must show within a second: snapfs caches it briefly itself. */
     switch (node->kind) {
+    case SNAPFS_NODE_ROOT:
     case SNAPFS_NODE_HOST:
     case SNAPFS_NODE_DOMAIN:
     case SNAPFS_NODE_SNAPSHOT:
@@ -48,7 +45,8 @@ static double fs_entry_timeout(const struct snapfs_node *node)
     case SNAPFS_NODE_DISK:
         return FS_NAME;
     default:
-        return fs_timeout(node);
+        /* Layer names change when a chain does; control files are asked each time. */
+        return 0.0;
     }
 }
 
@@ -89,6 +87,15 @@ static void fs_init(void *userdata, struct fuse_conn_info *conn)
     /* An O_TRUNC open of revert is not a request to change anything. */
     if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)
         conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
+    /*
+     * The guest's ACLs are the kernel's to cache (for as long as the attributes) and to
+     * enforce, as on the guest: `ls -l` asks for each file's system.posix_acl_access, which
+     * otherwise costs a round trip to snapfs every time.  The kernel then checks permissions
+     * itself (default_permissions): only where it does anyway (allow_other) or where that
+     * changes nothing (root mounted: root reads everything either way).
+     */
+    if ((conn->capable & FUSE_CAP_POSIX_ACL) && ((struct fs_context *)userdata)->kernel_permissions)
+        conn->want |= FUSE_CAP_POSIX_ACL;
 }
 
 static void fs_entry(fuse_req_t req, fuse_ino_t parent, const char *name,
@@ -98,8 +105,7 @@ static void fs_entry(fuse_req_t req, fuse_ino_t parent, const char *name,
 
     entry.ino = fs_inodes_get(fs_ctx(req)->inodes, parent, name, node);
     entry.attr = *st;
-    entry.attr_timeout = fs_timeout(node);
-    entry.entry_timeout = fs_entry_timeout(node);
+    entry.attr_timeout = entry.entry_timeout = fs_timeout(node);
     if (fuse_reply_entry(req, &entry) == -ENOENT)
         fs_inodes_forget(fs_ctx(req)->inodes, entry.ino, 1);
 }
