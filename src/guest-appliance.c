@@ -762,7 +762,8 @@ struct guest_pool *guest_pool_new(const struct guest_pool_config *config)
     pool->appliances = g_ptr_array_new();
     pool->chunks = g_hash_table_new(g_str_hash, g_str_equal);
     g_queue_init(&pool->lru);
-    pool->data_cap = (size_t)(cap ? g_ascii_strtoull(cap, NULL, 10) : 128) << 20;
+    /* The kernel keeps frozen files' pages itself (keep_cache): this only bridges its 128 KiB reads to 2 MiB calls. */
+    pool->data_cap = (size_t)(cap ? g_ascii_strtoull(cap, NULL, 10) : 32) << 20;
     pool->timer = g_thread_new("snapfs-guests", pool_timer, pool);
     pool->spawns = g_async_queue_new();
     pool->spawner = g_thread_new("snapfs-spawner", pool_spawner, pool);

@@ -63,6 +63,7 @@ struct guest_view {
     GPtrArray *strings;
 
     GMutex setup_lock;             /* one thread sets the view up */
+    GMutex fetch_lock;             /* one thread fetches file data: the kernel's read-ahead asks for a chunk twice */
     struct guest_appliance *app;   /* setup lock: where the view is mounted */
     char *prefix;                  /* setup lock: where, inside the appliance */
     GPtrArray *mounts;             /* struct guest_mount *, shortest mountpoint first */
@@ -206,6 +207,7 @@ struct guest_view *guest_pool_view(struct guest_pool *pool, const struct guest_v
         view->drives[i].target = view_keep(view, spec->drives[i].target);
     }
     g_mutex_init(&view->setup_lock);
+    g_mutex_init(&view->fetch_lock);
     g_mutex_init(&view->lock);
     view->mounts = g_ptr_array_new_with_free_func((GDestroyNotify)mount_free);
     view->nodes = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)node_free);
@@ -242,6 +244,7 @@ void guest_view_free(struct guest_view *view)
     g_free(view->id);
     g_free(view->group);
     g_mutex_clear(&view->setup_lock);
+    g_mutex_clear(&view->fetch_lock);
     g_mutex_clear(&view->lock);
     g_free(view);
 }
@@ -1331,9 +1334,18 @@ static GBytes *view_chunk(struct guest_view *view, const char *path, off_t size,
 
     if (data)
         return data;
+    /* A read the kernel makes ahead and the read itself often want the same chunk at once: fetch it once. */
+    g_mutex_lock(&view->fetch_lock);
+    data = data_get(view, key);
+    if (data) {
+        g_mutex_unlock(&view->fetch_lock);
+        return data;
+    }
     app = view_enter(view);
-    if (!app)
+    if (!app) {
+        g_mutex_unlock(&view->fetch_lock);
         return NULL;
+    }
     apath = view_path(view, path);
     /* No more than the file holds: the appliance allocates what is asked. */
     bytes = guestfs_pread(app->g, apath, (int)MIN((uint64_t)GUEST_CHUNK, (uint64_t)size - index * GUEST_CHUNK),
@@ -1341,10 +1353,11 @@ static GBytes *view_chunk(struct guest_view *view, const char *path, off_t size,
     if (!bytes)
         guest_appliance_error(app, "read", path);
     view_leave(view, app);
-    if (!bytes)
-        return NULL;
-    data = g_bytes_new_take(bytes, got);
-    data_put(view, key, data);
+    if (bytes) {
+        data = g_bytes_new_take(bytes, got);
+        data_put(view, key, data);
+    }
+    g_mutex_unlock(&view->fetch_lock);
     return data;
 }
 
