@@ -9,7 +9,7 @@ qemu:///system whose disk is an overlay of that image, with 5 external snapshots
 for snapfs and for guestmount (--ro, one mount per snapshot image):
 first ls of a snapshot (from the mount command on), find | wc -l and ls -lR cold and warm, cp -r of
 a directory, cat of the 64 MiB file cold and warm, browsing all 5 snapshots (guestmount: 5 mounts),
-and the peak RSS of the daemon plus its appliances (qemu).  Needs root, libvirtd, guestmount.
+and the peak memory (RSS and PSS) of the daemon plus its appliances (qemu, qemu-storage-daemon).  Needs root, libvirtd, guestmount.
 """
 import argparse
 import os
@@ -56,17 +56,21 @@ def descendants(pid):
     return out
 
 
-def rss_kib(pids):
-    total = 0
+def memory_kib(pids):
+    """RSS and PSS summed over @pids: PSS counts a page shared by several of them (libguestfs forks a
+    recovery process of the daemon, for both tools) once in all, RSS once per process."""
+    rss = pss = 0
     for p in pids:
         try:
-            with open(f"/proc/{p}/status") as f:
+            with open(f"/proc/{p}/smaps_rollup") as f:
                 for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1])
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1])
         except OSError:
             pass
-    return total
+    return rss, pss
 
 
 class PeakRSS:
@@ -74,7 +78,7 @@ class PeakRSS:
     (guestmount daemonizes, so its qemu is an orphan: this script is their subreaper)."""
 
     def __init__(self, get_pids=None):
-        self.get_pids, self.peak, self.stop = (lambda: [os.getpid()]), 0, False
+        self.get_pids, self.peak, self.stop = (lambda: [os.getpid()]), (0, 0), False
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
 
@@ -84,13 +88,14 @@ class PeakRSS:
             for root in self.get_pids():
                 pids += descendants(root)
             pids = [p for p in pids if p != os.getpid()]
-            self.peak = max(self.peak, rss_kib(set(pids)))
+            rss, pss = memory_kib(set(pids))
+            self.peak = (max(self.peak[0], rss), max(self.peak[1], pss))
             time.sleep(0.2)
 
     def done(self):
         self.stop = True
         self.thread.join()
-        return self.peak / 1024
+        return self.peak[0] / 1024, self.peak[1] / 1024
 
 
 def is_mount(path):
@@ -203,7 +208,7 @@ def main():
             r["cat of a 64 MiB file, cold"] = timed(f"cat {path}/big.bin > /dev/null")
             r["cat of a 64 MiB file, warm"] = timed(f"cat {path}/big.bin > /dev/null")
             stop(handle)
-            r["peak RSS (MiB), one snapshot"] = peak.done()
+            r["peak RSS (MiB), one snapshot"], r["peak PSS (MiB), one snapshot"] = peak.done()
 
         print("snapfs ...", file=sys.stderr)
         run_set("snapfs", lambda: (daemon_holder.__setitem__(0, snapfs_mount()), daemon_holder[0])[1],
@@ -221,7 +226,7 @@ def main():
         results["snapfs"]["browse 5 snapshots (ls -lR each)"] = time.monotonic() - t0
         snapfs_unmount(daemon_holder[0])
         daemon_holder[0] = None
-        results["snapfs"]["peak RSS (MiB), 5 snapshots"] = peak.done()
+        results["snapfs"]["peak RSS (MiB), 5 snapshots"], results["snapfs"]["peak PSS (MiB), 5 snapshots"] = peak.done()
         peak = PeakRSS(guestmount_pid)
         t0 = time.monotonic()
         for k in range(5):
@@ -229,7 +234,8 @@ def main():
             sh(f"ls -lR {gmnt} > /dev/null")
             guestunmount()
         results["guestmount"]["browse 5 snapshots (ls -lR each)"] = time.monotonic() - t0
-        results["guestmount"]["peak RSS (MiB), 5 snapshots"] = peak.done()
+        results["guestmount"]["peak RSS (MiB), 5 snapshots"], results["guestmount"]["peak PSS (MiB), 5 snapshots"] = \
+            peak.done()
     finally:
         if daemon_holder[0] is not None and is_mount(mnt):
             sh(f"fusermount3 -u {mnt}", check=False)
@@ -244,7 +250,7 @@ def main():
     print("|---|---:|---:|---:|")
     for key in results["snapfs"]:
         a, b = results["snapfs"][key], results["guestmount"].get(key)
-        unit = "" if "RSS" in key else " s"
+        unit = "" if key.startswith("peak") else " s"
         ratio = f"{b / a:.1f}x" if b and a > 0 else "-"
         print(f"| {key} | {a:.2f}{unit} | {b:.2f}{unit} | {ratio} |")
 
