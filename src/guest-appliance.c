@@ -128,7 +128,8 @@ void guest_appliance_unref(struct guest_appliance *app)
         return;
     if (app->g)
         guestfs_close(app->g);
-    for (guint i = 0; app->disk_fs && i < app->disks->len; i++)
+    /* One per device: closing empties the disk list. */
+    for (guint i = 0; app->disk_fs && app->devices && app->devices[i]; i++)
         g_strfreev(app->disk_fs[i]);
     g_ptr_array_unref(app->disks);
     server_stop(app->storage_pid);
@@ -158,7 +159,7 @@ static void appliance_close(struct guest_appliance *app)
 {
     g_atomic_int_set(&app->dead, 1);
     if (app->g) {
-        snapfs_debug("closing appliance %u of '%s'", app->serial, app->group);
+        snapfs_debug("closing appliance %u of domain '%s'", app->serial, app->group);
         guestfs_close(app->g);
         app->g = NULL;
     }
@@ -223,7 +224,7 @@ struct guest_appliance *guest_pool_appliance_for(struct guest_pool *pool, struct
                     oldest = a;
             }
             if (!oldest || !g_mutex_trylock(&oldest->lock)) {
-                snapfs_warn("all %u appliances are busy: starting one more for '%s'", running, group);
+                snapfs_warn("all %u appliances are busy: starting one more for domain '%s'", running, group);
                 break;
             }
             g_ptr_array_add(evicted, oldest);
@@ -255,7 +256,7 @@ struct guest_appliance *guest_pool_appliance_for(struct guest_pool *pool, struct
     for (guint i = 0; i < evicted->len; i++) {
         struct guest_appliance *a = g_ptr_array_index(evicted, i);
 
-        snapfs_info("stopping appliance %u of '%s' to make room (max_appliances=%u)", a->serial, a->group,
+        snapfs_info("stopping appliance %u of domain '%s' to make room (max_appliances=%u)", a->serial, a->group,
                     pool->config.max_appliances);
         appliance_close(a);
         g_mutex_unlock(&a->lock);
@@ -592,7 +593,7 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
 
     if (appliance_start_servers(pool, app) < 0)
         goto fail;
-    snapfs_debug("appliance %u of '%s': images served after %.2f s", app->serial, app->group,
+    snapfs_debug("appliance %u of domain '%s': images served after %.2f s", app->serial, app->group,
                  (double)(g_get_monotonic_time() - started) / G_USEC_PER_SEC);
     for (int attempt = 0; attempt < 2; attempt++) {
         bool tcg = g_atomic_int_get(&pool->force_tcg);
@@ -607,11 +608,12 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
         /* KVM that fails at start (nested, broken MSRs) while TCG works: use TCG from now on, as --check advises. */
         if (tcg)
             goto fail;
-        snapfs_warn("%s; trying again without KVM", snapfs_error_message());
+        snapfs_warn("appliance %u of domain '%s': %s; trying again without KVM", app->serial, app->group,
+                    snapfs_error_message());
         g_atomic_int_set(&pool->force_tcg, 1);
     }
     app->qemu_pid = guestfs_get_pid(g);
-    snapfs_debug("appliance %u of '%s': booted after %.2f s", app->serial, app->group,
+    snapfs_debug("appliance %u of domain '%s': booted after %.2f s", app->serial, app->group,
                  (double)(g_get_monotonic_time() - started) / G_USEC_PER_SEC);
     /*
      * libguestfs names the disks /dev/sda, /dev/sdb, ... in the order they were added.  Their
@@ -631,12 +633,12 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
     pool->stats.launches++;
     app->launch_started = 0;
     g_mutex_unlock(&pool->lock);
-    snapfs_info("appliance %u of '%s' started with %u disks in %.1f s", app->serial, app->group,
+    snapfs_info("appliance %u of domain '%s' started with %u disks in %.1f s", app->serial, app->group,
                 app->disks->len, (double)(g_get_monotonic_time() - started) / G_USEC_PER_SEC);
     return 0;
 
 fail:
-    snapfs_warn("%s", snapfs_error_message());
+    snapfs_warn("appliance %u of domain '%s': %s", app->serial, app->group, snapfs_error_message());
     g_atomic_int_set(&app->dead, 1);
     g_mutex_lock(&pool->lock);
     app->launch_started = 0;
@@ -668,9 +670,9 @@ void guest_appliance_error(struct guest_appliance *app, const char *what, const 
 
     if (!guestfs_is_ready(app->g)) {
         g_atomic_int_set(&app->dead, 1);
-        snapfs_error_set(EIO, "cannot %s '%s': the appliance of '%s' stopped (%s)", what, path, app->group,
+        snapfs_error_set(EIO, "cannot %s '%s': the appliance of domain '%s' stopped (%s)", what, path, app->group,
                          message ? message : "qemu exited");
-        snapfs_warn("%s", snapfs_error_message());
+        snapfs_warn("appliance %u of domain '%s': %s", app->serial, app->group, snapfs_error_message());
         return;
     }
     snapfs_error_set(err > 0 ? err : EIO, "cannot %s '%s' in the guest: %s", what, path, message ? message : "unknown error");
@@ -713,7 +715,7 @@ static gpointer pool_timer(gpointer data)
             gint64 idle = now - guest_load64(&app->last_used);
 
             if (started && now - started > GUEST_CALL_TIMEOUT_US && app->qemu_pid > 0 && !g_atomic_int_get(&app->dead)) {
-                snapfs_warn("appliance %u of '%s' has not answered for %d s: killing it", app->serial, app->group,
+                snapfs_warn("appliance %u of domain '%s' has not answered for %d s: killing it", app->serial, app->group,
                             (int)(GUEST_CALL_TIMEOUT_US / G_USEC_PER_SEC));
                 kill(app->qemu_pid, SIGKILL);
                 g_atomic_int_set(&app->dead, 1);
@@ -734,7 +736,7 @@ static gpointer pool_timer(gpointer data)
             struct guest_appliance *app = g_ptr_array_index(closing, i);
 
             if (!g_atomic_int_get(&app->dead))
-                snapfs_info("appliance %u of '%s' idle: stopping it", app->serial, app->group);
+                snapfs_info("appliance %u of domain '%s' idle: stopping it", app->serial, app->group);
             appliance_close(app);
             g_mutex_unlock(&app->lock);
             guest_appliance_unref(app);
@@ -847,7 +849,7 @@ static void pool_close_matching(struct guest_pool *pool, bool (*match)(struct gu
         struct guest_appliance *app = g_ptr_array_index(closing, i);
 
         g_mutex_lock(&app->lock);
-        snapfs_info("stopping appliance %u of '%s': its images change", app->serial, app->group);
+        snapfs_info("stopping appliance %u of domain '%s': its images change", app->serial, app->group);
         appliance_close(app);
         g_mutex_unlock(&app->lock);
         guest_appliance_unref(app);
