@@ -51,12 +51,16 @@ static double fs_timeout(const struct snapfs_node *node)
 }
 
 /* The one place where a failure of src/ becomes an errno for the kernel. */
-static void fs_reply_error(fuse_req_t req, const char *op)
+static void fs_reply_error(fuse_req_t req, const char *op, const struct snapfs_node *node)
 {
     int err = snapfs_error_errno();
 
-    if (err != ENOENT && err != ENODATA && err != ERANGE)
-        snapfs_debug("%s: %s", op, snapfs_error_message());
+    if (err != ENOENT && err != ENODATA && err != ERANGE && snapfs_log_debug_enabled()) {
+        g_autofree char *message = g_strdup(snapfs_error_message());
+        g_autofree char *where = snapfs_node_describe(fs_ctx(req)->tree, node);
+
+        snapfs_debug("%s of %s: %s", op, where, message);
+    }
     fuse_reply_err(req, err);
 }
 
@@ -126,7 +130,7 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 
             fuse_reply_entry(req, &negative);
         } else {
-            fs_reply_error(req, "lookup");
+            fs_reply_error(req, "lookup", dir);
         }
         snapfs_node_free(dir);
         return;
@@ -158,7 +162,7 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
     if (!node)
         return;
     if (snapfs_tree_getattr(fs_ctx(req)->tree, node, &st) < 0)
-        fs_reply_error(req, "getattr");
+        fs_reply_error(req, "getattr", node);
     else
         fuse_reply_attr(req, &st, fs_timeout(node));
     snapfs_node_free(node);
@@ -192,7 +196,7 @@ static void fs_readlink(fuse_req_t req, fuse_ino_t ino)
     if (!node)
         return;
     if (snapfs_tree_readlink(fs_ctx(req)->tree, node, &target) < 0)
-        fs_reply_error(req, "readlink");
+        fs_reply_error(req, "readlink", node);
     else
         fuse_reply_readlink(req, target);
     snapfs_node_free(node);
@@ -237,7 +241,7 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
     dir->entries = g_array_new(FALSE, TRUE, sizeof(struct fs_dirent));
     g_array_set_clear_func(dir->entries, fs_dirent_clear);
     if (snapfs_tree_readdir(fs_ctx(req)->tree, node, fs_dir_collect, dir) < 0) {
-        fs_reply_error(req, "readdir");
+        fs_reply_error(req, "readdir", node);
         g_array_unref(dir->entries);
         snapfs_node_free(dir->node);
         g_free(dir);
@@ -353,7 +357,7 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, s
     buf = g_malloc(size ? size : 1);
     n = snapfs_tree_read(fs_ctx(req)->tree, node, buf, size, offset);
     if (n < 0)
-        fs_reply_error(req, "read");
+        fs_reply_error(req, "read", node);
     else
         fuse_reply_buf(req, buf, (size_t)n);
     snapfs_node_free(node);
@@ -370,7 +374,7 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
     if (node->kind != SNAPFS_NODE_REVERT)
         fuse_reply_err(req, EROFS);
     else if (snapfs_tree_write(fs_ctx(req)->tree, node, buf, size) < 0)
-        fs_reply_error(req, "revert");
+        fs_reply_error(req, "revert", node);
     else
         fuse_reply_write(req, size);
     snapfs_node_free(node);
@@ -391,9 +395,9 @@ static void fs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
     if (dir->kind == SNAPFS_NODE_DOMAIN && !fs_may_administer(req))
         fuse_reply_err(req, EACCES);
     else if (snapfs_tree_mkdir(ctx->tree, dir, name) < 0)
-        fs_reply_error(req, "mkdir");
+        fs_reply_error(req, "mkdir", dir);
     else if (snapfs_tree_lookup(ctx->tree, dir, name, &child, &st) < 0)
-        fs_reply_error(req, "mkdir");
+        fs_reply_error(req, "mkdir", dir);
     else
         fs_entry(req, parent, name, child, &st);
     snapfs_node_free(child);
@@ -410,7 +414,7 @@ static void fs_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
     if (dir->kind == SNAPFS_NODE_DOMAIN && !fs_may_administer(req))
         fuse_reply_err(req, EACCES);
     else if (snapfs_tree_rmdir(fs_ctx(req)->tree, dir, name) < 0)
-        fs_reply_error(req, "rmdir");
+        fs_reply_error(req, "rmdir", dir);
     else
         fuse_reply_err(req, 0);
     snapfs_node_free(dir);
@@ -470,10 +474,11 @@ static void fs_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 
 /* ---- xattrs ----------------------------------------------------------------- */
 
-static void fs_reply_xattr(fuse_req_t req, const char *buf, size_t size, ssize_t n, const char *op)
+static void fs_reply_xattr(fuse_req_t req, const char *buf, size_t size, ssize_t n, const char *op,
+                           const struct snapfs_node *node)
 {
     if (n < 0)
-        fs_reply_error(req, op);
+        fs_reply_error(req, op, node);
     else if (size == 0)
         fuse_reply_xattr(req, (size_t)n);
     else
@@ -488,7 +493,7 @@ static void fs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 
     if (!node)
         return;
-    fs_reply_xattr(req, buf, size, snapfs_tree_getxattr(fs_ctx(req)->tree, node, name, buf, size), "getxattr");
+    fs_reply_xattr(req, buf, size, snapfs_tree_getxattr(fs_ctx(req)->tree, node, name, buf, size), "getxattr", node);
     snapfs_node_free(node);
 }
 
@@ -499,7 +504,7 @@ static void fs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 
     if (!node)
         return;
-    fs_reply_xattr(req, buf, size, snapfs_tree_listxattr(fs_ctx(req)->tree, node, buf, size), "listxattr");
+    fs_reply_xattr(req, buf, size, snapfs_tree_listxattr(fs_ctx(req)->tree, node, buf, size), "listxattr", node);
     snapfs_node_free(node);
 }
 
@@ -514,7 +519,7 @@ static void fs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const 
     if (node->kind == SNAPFS_NODE_SNAPSHOT && !fs_may_administer(req))
         fuse_reply_err(req, EACCES);
     else if (snapfs_tree_setxattr(fs_ctx(req)->tree, node, name, value, size) < 0)
-        fs_reply_error(req, "setxattr");
+        fs_reply_error(req, "setxattr", node);
     else
         fuse_reply_err(req, 0);
     snapfs_node_free(node);

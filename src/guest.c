@@ -56,6 +56,7 @@ struct guest_view {
     gint refs;
     struct guest_pool *pool;
     char *id;
+    char *label;                   /* for log lines: "snapshot 'S' of domain 'H/D'" */
     char *group;
     bool live;
     size_t n_drives;
@@ -195,6 +196,7 @@ struct guest_view *guest_pool_view(struct guest_pool *pool, const struct guest_v
     view->refs = 2;   /* the pool's and the caller's */
     view->pool = pool;
     view->id = g_strdup(spec->id);
+    view->label = g_strdup(spec->label ? spec->label : spec->id);
     view->group = g_strdup(spec->group ? spec->group : spec->id);
     view->live = spec->live;
     view->strings = g_ptr_array_new_with_free_func(g_free);
@@ -242,6 +244,7 @@ void guest_view_free(struct guest_view *view)
     g_free(view->drives);
     g_ptr_array_unref(view->strings);
     g_free(view->id);
+    g_free(view->label);
     g_free(view->group);
     g_mutex_clear(&view->setup_lock);
     g_mutex_clear(&view->fetch_lock);
@@ -333,7 +336,8 @@ static void appliance_remount(struct guest_appliance *app)
         const char *where = g_ptr_array_index(app->mount_log, i + 2);
 
         if (mount_one(app, device, g_ptr_array_index(app->mount_log, i + 1), where) < 0)
-            snapfs_warn("appliance %u: cannot mount %s on %s again after inspection: %s", app->serial, device,
+            snapfs_warn("appliance %u of domain '%s': cannot mount %s on %s again after inspection: %s", app->serial,
+                        app->group, device,
                         where, guestfs_last_error(app->g));
     }
 }
@@ -401,14 +405,14 @@ static bool view_mount_os(struct guest_view *view, struct guest_appliance *app, 
         if (!found) {
             if (i == 0)
                 return false;
-            snapfs_warn("view '%s': %s (%s) is not on its disks: not mounted", view->id, item[0], item[1]);
+            snapfs_warn("%s: %s (%s) is not on its disks: not mounted", view->label, item[0], item[1]);
             continue;
         }
         where = strcmp(item[0], "/") == 0 ? g_strdup(view->prefix) : g_strconcat(view->prefix, item[0], NULL);
         if (view_mount_one(app, found->device, found->type, where) < 0) {
             if (i == 0)
                 return false;
-            snapfs_warn("view '%s': cannot mount %s on %s: %s", view->id, found->name, item[0], guestfs_last_error(app->g));
+            snapfs_warn("%s: cannot mount %s on %s: %s", view->label, found->name, item[0], guestfs_last_error(app->g));
             continue;
         }
         struct guest_mount *m = g_new0(struct guest_mount, 1);
@@ -547,11 +551,11 @@ static int view_mount(struct guest_view *view, struct guest_appliance *app)
             gint64 started = g_get_monotonic_time();
 
             app->roots = guestfs_inspect_os(app->g);
-            snapfs_debug("appliance %u inspected in %.1f s: %u operating systems", app->serial,
+            snapfs_debug("appliance %u of domain '%s' inspected in %.1f s: %u operating systems", app->serial, app->group,
                          (double)(g_get_monotonic_time() - started) / G_USEC_PER_SEC,
                          app->roots ? g_strv_length(app->roots) : 0);
             if (!app->roots && !guestfs_is_ready(app->g)) {
-                guest_appliance_error(app, "inspect", view->id);
+                guest_appliance_error(app, "inspect", view->label);
                 return -1;
             }
             if (!app->roots)
@@ -590,10 +594,10 @@ static int view_mount(struct guest_view *view, struct guest_appliance *app)
         g_string_prepend(why, "no filesystem that libguestfs can mount");
         g_string_append_printf(why, " (on %s)", files->str);
         view_set_error(view, why->str);
-        snapfs_info("view '%s': %s", view->id, why->str);
+        snapfs_info("%s: %s", view->label, why->str);
     } else {
         view_set_error(view, NULL);
-        snapfs_debug("view '%s' mounted at %s in appliance %u (%s, %u filesystems)", view->id, view->prefix,
+        snapfs_debug("%s mounted at %s in appliance %u (%s, %u filesystems)", view->label, view->prefix,
                      app->serial, view->os ? "inspected" : "by device", view->mounts->len);
     }
     return 0;
@@ -940,7 +944,7 @@ static int view_stat_dir(struct guest_view *view, const char *path)
         stats = guestfs_lstatnslist(app->g, apath, names);
         if (!stats && guestfs_is_ready(app->g)) {
             /* One entry a damaged filesystem cannot stat fails the batch: stat them one by one, keep the good. */
-            snapfs_warn("view '%s': cannot stat the entries of '%s' together (%s): one by one", view->id, path,
+            snapfs_warn("%s: cannot stat the entries of '%s' together (%s): one by one", view->label, path,
                         guestfs_last_error(app->g));
             stats = calloc(1, sizeof(*stats));   /* freed by guestfs_free_statns_list() */
             stats->len = (uint32_t)n;

@@ -12,6 +12,11 @@ static gint log_stderr = 1;
 static gint log_debug;
 static GMutex log_lock;
 
+bool snapfs_log_debug_enabled(void)
+{
+    return g_atomic_int_get(&log_debug) != 0;
+}
+
 void snapfs_log_init(bool to_syslog, bool debug)
 {
     if (to_syslog)

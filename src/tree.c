@@ -141,6 +141,30 @@ static struct snapfs_host *tree_host(struct snapfs_tree *tree, const struct snap
     return tree->hosts[node->host];
 }
 
+char *snapfs_node_describe(struct snapfs_tree *tree, const struct snapfs_node *node)
+{
+    g_autofree char *domain = NULL;
+    g_autofree char *where = NULL;
+
+    if (node->kind == SNAPFS_NODE_ROOT)
+        return g_strdup("the mount's root");
+    if (!node->domain)
+        return g_strdup_printf("host '%s'", snapfs_host_name(tree_host(tree, node)));
+    domain = g_strdup_printf("domain '%s/%s'", snapfs_host_name(tree_host(tree, node)), node->domain);
+    if (node->snapshot)
+        where = g_strdup_printf("snapshot '%s' of %s", node->snapshot, domain);
+    else if (node->layer >= 0)
+        where = g_strdup_printf("layer %d of disk '%s' of %s", node->layer, node->disk, domain);
+    else if (node->kind == SNAPFS_NODE_REVERT || node->kind == SNAPFS_NODE_LAYERS || node->kind == SNAPFS_NODE_DISK)
+        where = g_strdup_printf("%s%s%s of %s", node->kind == SNAPFS_NODE_REVERT ? "revert" : "layers",
+                                node->disk ? "/" : "", node->disk ? node->disk : "", domain);
+    else
+        where = g_steal_pointer(&domain);
+    if (node->kind == SNAPFS_NODE_GUEST)
+        return g_strdup_printf("'%s' in %s", node->path, where);
+    return g_steal_pointer(&where);
+}
+
 /* The root lists hosts only when there are several; with one, it is that host's folder. */
 static bool node_lists_domains(struct snapfs_tree *tree, const struct snapfs_node *node)
 {
@@ -204,11 +228,19 @@ static void tree_stat_dir(struct snapfs_tree *tree, struct stat *st, mode_t mode
     st->st_atime = st->st_mtime = st->st_ctime = when;
 }
 
-static void tree_remember_error(struct snapfs_tree *tree, const struct snapfs_node *node, const char *what)
+/* A request on a domain failed: log it, naming the domain (and the snapshot), and keep it for user.snapfs.last_error. */
+static void tree_remember_error(struct snapfs_tree *tree, const struct snapfs_node *node, const char *what,
+                                const char *snapshot)
 {
-    g_autofree char *message = g_strdup_printf("%s: %s", what, snapfs_error_message());
+    int err = snapfs_error_errno();
+    g_autofree char *message = g_strdup(snapfs_error_message());
+    g_autofree char *label = snapfs_host_domain_label(tree_host(tree, node), node->domain);
 
-    snapfs_warn("%s", message);
+    if (snapshot)
+        snapfs_warn("domain '%s': %s of snapshot '%s' failed: %s", label, what, snapshot, message);
+    else
+        snapfs_warn("domain '%s': %s failed: %s", label, what, message);
+    snapfs_error_set(err, "%s", message);   /* naming the domain may have asked libvirt */
     g_mutex_lock(&tree->lock);
     g_hash_table_replace(tree->last_errors, g_strdup_printf("%d/%s", node->host, node->domain),
                          g_strdup(snapfs_error_message()));
@@ -436,8 +468,11 @@ static struct guest_view *tree_make_view(struct snapfs_tree *tree, const char *g
     struct view_drives v;
     bool live = false;
 
+    g_autofree char *label = NULL;
+
     view_drives_init(&v);
     if (snap) {
+        label = g_strdup_printf("snapshot '%s' of domain '%s'", snap->name, group);
         g_string_append_printf(v.id, "%s/snapshot/%s@%lld", group, snap->name, snap->created);
         if (snapshot_drives(domain, snap, &v) < 0)
             goto cleanup;
@@ -446,6 +481,7 @@ static struct guest_view *tree_make_view(struct snapfs_tree *tree, const char *g
         g_autofree char *identity = NULL;
 
         live = index == chain->len - 1;
+        label = g_strdup_printf("layer %u (%s) of disk '%s' of domain '%s'", index, layer->file, target, group);
         identity = layer_identity(layer, live);
         g_string_append_printf(v.id, "%s/layer/%s", group, identity);
         view_add(&v, target, g_strdup(layer->file), g_strdup(layer->format), NULL);
@@ -454,6 +490,7 @@ static struct guest_view *tree_make_view(struct snapfs_tree *tree, const char *g
         struct guest_view_spec spec = {
             .group = group,
             .id = v.id->str,
+            .label = label,
             .live = live,
             .n_drives = v.drives->len,
             .drives = (const struct guest_drive *)v.drives->data,
@@ -994,7 +1031,7 @@ int snapfs_tree_write(struct snapfs_tree *tree, const struct snapfs_node *node, 
     tree_release_appliances(tree, node);
     ret = revert_write(conn, node->domain, buf, size, &tree->config.revert);
     if (ret < 0)
-        tree_remember_error(tree, node, "revert");
+        tree_remember_error(tree, node, "revert", NULL);
     else
         tree_forget_chains(tree, before);
     snapfs_host_invalidate(tree_host(tree, node), node->domain);
@@ -1205,7 +1242,7 @@ int snapfs_tree_setxattr(struct snapfs_tree *tree, const struct snapfs_node *nod
     text = g_strndup(value, size);
     ret = engine_snapshot_set_description(conn, node->domain, node->snapshot, text);
     if (ret < 0)
-        tree_remember_error(tree, node, "setfattr");
+        tree_remember_error(tree, node, "setfattr", node->snapshot);
     snapfs_host_invalidate(tree_host(tree, node), node->domain);
     virConnectClose(conn);
     return ret;
@@ -1238,7 +1275,7 @@ int snapfs_tree_mkdir(struct snapfs_tree *tree, const struct snapfs_node *parent
     if (tree_check_snapshot_parent(tree, parent, "create a snapshot") < 0)
         return -1;
     if (engine_check_name(name) < 0) {
-        tree_remember_error(tree, parent, "mkdir");
+        tree_remember_error(tree, parent, "mkdir", name);
         return -1;
     }
     conn = snapfs_host_conn(tree_host(tree, parent));
@@ -1246,7 +1283,7 @@ int snapfs_tree_mkdir(struct snapfs_tree *tree, const struct snapfs_node *parent
         return -1;
     ret = engine_snapshot_create(conn, parent->domain, name, &tree->config.engine);
     if (ret < 0)
-        tree_remember_error(tree, parent, "mkdir");
+        tree_remember_error(tree, parent, "mkdir", name);
     snapfs_host_invalidate(tree_host(tree, parent), parent->domain);
     virConnectClose(conn);
     return ret;
@@ -1270,7 +1307,7 @@ int snapfs_tree_rmdir(struct snapfs_tree *tree, const struct snapfs_node *parent
     tree_release_appliances(tree, parent);
     ret = engine_snapshot_delete(conn, parent->domain, name);
     if (ret < 0)
-        tree_remember_error(tree, parent, "rmdir");
+        tree_remember_error(tree, parent, "rmdir", name);
     snapfs_host_invalidate(tree_host(tree, parent), parent->domain);
     virConnectClose(conn);
     return ret;

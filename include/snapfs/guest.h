@@ -19,6 +19,7 @@ struct guest_drive {
 struct guest_view_spec {
     const char *group;   /* views of one group (a domain) share appliances where possible */
     const char *id;      /* unique and stable id of this view, e.g. "host/web01/snap/before" */
+    const char *label;   /* what log lines call it: "snapshot 'before' of domain 'host/web01'" */
     bool live;           /* content changes under us (a running domain's top layer): cache briefly */
     size_t n_drives;
     const struct guest_drive *drives;

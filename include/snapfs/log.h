@@ -17,6 +17,8 @@ void snapfs_log_init(bool to_syslog, bool debug);
 /* A daemon that let go of its terminal: syslog only from now on. */
 void snapfs_log_detach(void);
 void snapfs_log(enum snapfs_log_level level, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+/* Whether snapfs_debug() lines are kept: to skip building what they would say. */
+bool snapfs_log_debug_enabled(void);
 
 #define snapfs_error_log(...) snapfs_log(SNAPFS_LOG_ERROR, __VA_ARGS__)
 #define snapfs_warn(...) snapfs_log(SNAPFS_LOG_WARN, __VA_ARGS__)

@@ -63,6 +63,8 @@ struct snapfs_node *snapfs_node_root(void);
 struct snapfs_node *snapfs_node_copy(const struct snapfs_node *node);
 void snapfs_node_free(struct snapfs_node *node);
 enum snapfs_cache snapfs_node_cache(const struct snapfs_node *node);
+/* What log lines call @node: "'/etc/passwd' in snapshot 'before' of domain 'localhost/web01'". */
+char *snapfs_node_describe(struct snapfs_tree *tree, const struct snapfs_node *node);
 
 /* Every call returns -1 after recording errno and reason (snapfs_error_*) on failure. */
 int snapfs_tree_lookup(struct snapfs_tree *tree, const struct snapfs_node *parent, const char *name,

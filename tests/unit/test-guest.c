@@ -232,7 +232,7 @@ static void walk_hostile(struct guest_view *view, const char *path, int depth, u
 static struct guest_view *view_of(struct guest_pool *pool, const char *group, const char *id, bool live,
                                   const struct guest_drive *drives, size_t n)
 {
-    struct guest_view_spec spec = { group, id, live, n, drives };
+    struct guest_view_spec spec = { .group = group, .id = id, .live = live, .n_drives = n, .drives = drives };
 
     return guest_pool_view(pool, &spec);
 }
