@@ -70,6 +70,7 @@ struct guest_view {
     GPtrArray *mounts;             /* struct guest_mount *, shortest mountpoint first */
     bool os;                       /* inspection found an operating system */
     bool empty;                    /* nothing mounted: the root is an empty folder the appliance is not asked about */
+    gint labels;                   /* atomic: 0 not known yet, 1 a filesystem root carries an SELinux label, -1 none does */
     gint64 failed_at;
     int failed_errno;
 
@@ -1032,9 +1033,8 @@ static int view_xattr_dir(struct guest_view *view, const char *path)
             return -1;
         }
         view_leave(view, app);
-        if (!xl)
-            return 0;   /* the batch failed: each file's xattrs are asked alone */
     }
+    /* A batch that failed (a damaged filesystem) is not tried again: each file's xattrs are asked alone. */
     xattrs = xl ? xattrs_split(xl, n) : NULL;
     guestfs_free_xattr_list(xl);
     g_mutex_lock(&view->lock);
@@ -1410,6 +1410,8 @@ ssize_t guest_view_read(struct guest_view *view, const char *path, char *buf, si
 
 /* ---- xattrs --------------------------------------------------------------- */
 
+#define SNAPFS_SELINUX_XATTR "security.selinux"
+
 /* The guest's xattrs of @path, fetched alone when its directory's batch did not bring them. */
 static GPtrArray *view_xattrs(struct guest_view *view, const char *path)
 {
@@ -1468,6 +1470,44 @@ static ssize_t copy_out(const void *value, size_t len, char *buf, size_t size)
     return (ssize_t)len;
 }
 
+static bool xattrs_have(GPtrArray *xattrs, const char *name)
+{
+    for (guint i = 0; xattrs && i < xattrs->len; i++) {
+        if (strcmp(((struct guest_xattr *)g_ptr_array_index(xattrs, i))->name, name) == 0)
+            return true;
+    }
+    return false;
+}
+
+/*
+ * Whether the view's filesystems carry SELinux labels: a labelled filesystem
+ * labels every inode, its root first, so a look at the root of each of them
+ * tells.  Not known (false) if that look fails.
+ */
+static bool view_unlabelled(struct guest_view *view)
+{
+    int labels = g_atomic_int_get(&view->labels);
+    g_autoptr(GPtrArray) roots = g_ptr_array_new_with_free_func(g_free);
+
+    if (labels != 0)
+        return labels < 0;
+    g_mutex_lock(&view->setup_lock);
+    for (guint i = 0; i < view->mounts->len; i++)
+        g_ptr_array_add(roots, g_strdup(((struct guest_mount *)g_ptr_array_index(view->mounts, i))->mountpoint));
+    g_mutex_unlock(&view->setup_lock);
+    labels = -1;
+    for (guint i = 0; i < roots->len && labels < 0; i++) {
+        g_autoptr(GPtrArray) xattrs = view_xattrs(view, g_ptr_array_index(roots, i));
+
+        if (!xattrs)
+            return false;
+        if (xattrs_have(xattrs, SNAPFS_SELINUX_XATTR))
+            labels = 1;
+    }
+    g_atomic_int_set(&view->labels, labels);
+    return labels < 0;
+}
+
 ssize_t guest_view_getxattr(struct guest_view *view, const char *path, const char *name, char *buf, size_t size)
 {
     g_autoptr(GPtrArray) xattrs = view_xattrs(view, path);
@@ -1483,6 +1523,16 @@ ssize_t guest_view_getxattr(struct guest_view *view, const char *path, const cha
 
             return copy_out(value, len, buf, size);
         }
+    }
+    /*
+     * ls -l asks every file for its SELinux label, a round trip each that the kernel never
+     * caches for FUSE.  Where the guest's filesystems carry no labels at all, say so as a
+     * filesystem without them does (ENOTSUP): ls then stops asking for the rest of its run.
+     * A label a file does have is always given.
+     */
+    if (strcmp(name, SNAPFS_SELINUX_XATTR) == 0 && view_unlabelled(view)) {
+        snapfs_error_set(ENOTSUP, "the guest's filesystems carry no SELinux labels");
+        return -1;
     }
     snapfs_error_set(ENODATA, "'%s' has no attribute '%s' in the guest", path, name);
     return -1;

@@ -36,6 +36,9 @@ chmod 4751 src0/owned
 setfattr -n user.snapfs_test -v 'some value' src0/small.txt
 touch -d '2001-02-03 04:05:06.123456789' src0/small.txt
 for i in $(seq 1 200); do printf '%s\n' "$i" > "src0/dir/f$i"; done
+# POSIX ACLs: an access ACL on a file, a default ACL on a directory (mke2fs -d copies them).
+setfacl -m u:1234:r,g:5678:rw src0/dir/f7
+setfacl -d -m u:1234:rx src0/deep
 
 UUID=0f6c6a1e-5b53-4d7c-9a38-8c1b3b0e7a11
 mkfs.ext4 -q -F -U "$UUID" -d src0 base.raw 96M
@@ -58,6 +61,10 @@ rm -f l1.raw l2.raw
 # An internal snapshot holding the tree srcA, while the image itself now holds srcB.
 mkdir -p srcA srcB
 printf 'at snapshot A\n' > srcA/which
+printf 'unlabelled\n' > srcA/plain
+# srcA is an SELinux-labelled filesystem (its root is labelled); the other trees are not.
+setfattr -n security.selinux -v 'system_u:object_r:root_t:s0' srcA
+setfattr -n security.selinux -v 'system_u:object_r:etc_t:s0' srcA/which
 printf 'after snapshot A\n' > srcB/which
 printf 'only after\n' > srcB/later
 mkfs.ext4 -q -F -d srcA a.raw 32M

@@ -337,6 +337,21 @@ int main(int argc, char **argv)
     fprintf(stderr, "5 views compared in %.1f s, %u appliance calls\n", (double)(g_get_monotonic_time() - t0) / 1e6,
             calls(pool));
 
+    /* SELinux labels: given where a file has one; ENOTSUP where the filesystems carry none at all (ls stops asking). */
+    {
+        char label[256];
+        ssize_t n = guest_view_getxattr(internal, "/sda/which", "security.selinux", label, sizeof(label));
+
+        CHECK(n > 0 && g_strstr_len(label, n, "etc_t") != NULL, "a labelled file's label: %s",
+              n < 0 ? snapfs_error_message() : "wrong value");
+        expect_errno(guest_view_getxattr(internal, "/sda/plain", "security.selinux", label, sizeof(label)), ENODATA,
+                     "an unlabelled file of a labelled filesystem");
+        expect_errno(guest_view_getxattr(layer0, "/sda/small.txt", "security.selinux", label, sizeof(label)), ENOTSUP,
+                     "a file of a filesystem without labels");
+        expect_errno(guest_view_getxattr(layer0, "/sda/small.txt", "user.nothing", label, sizeof(label)), ENODATA,
+                     "a missing user attribute");
+    }
+
     /* The OS: root and /boot from two disks, mounted as fstab says. */
     {
         struct stat root, boot, kernel, note;
