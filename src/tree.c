@@ -1067,6 +1067,15 @@ static int tree_xattrs(struct snapfs_tree *tree, const struct snapfs_node *node,
             if (down)
                 xattr_add(list, "error", down);
         }
+        if (node->kind == SNAPFS_NODE_ROOT) {
+            /* What the guest reader has done: a second walk of a frozen snapshot makes no appliance call. */
+            struct guest_pool_stats stats;
+
+            guest_pool_get_stats(tree->guests, &stats);
+            xattr_add(list, "appliances", g_strdup_printf("%u", stats.running));
+            xattr_add(list, "appliance_starts", g_strdup_printf("%u", stats.launches));
+            xattr_add(list, "appliance_calls", g_strdup_printf("%u", stats.calls));
+        }
         return 0;
     }
     if (node->kind == SNAPFS_NODE_GUEST || node->kind == SNAPFS_NODE_REVERT)
