@@ -589,7 +589,7 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
     app->launching = true;
     app->launch_started = started;
     g_mutex_unlock(&pool->lock);
-    snapfs_info("starting appliance %u of '%s' with %u disks", app->serial, app->group, app->disks->len);
+    snapfs_info("starting appliance %u of domain '%s' with %u disks", app->serial, app->group, app->disks->len);
 
     if (appliance_start_servers(pool, app) < 0)
         goto fail;
