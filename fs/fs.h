@@ -24,6 +24,9 @@ struct fs_context {
     struct fs_inodes *inodes;
     uid_t owner;      /* the mounting user: with root, the only one who may change things */
     bool kernel_permissions;  /* the kernel may check permissions itself: allow_other, or mounted by root */
+    struct fuse_session *session;
+    GMutex listings_lock;
+    GHashTable *listings;     /* node id of a folder libvirt fills -> the names it showed last (a set) */
 };
 
 extern const struct fuse_lowlevel_ops fs_operations;

@@ -414,10 +414,13 @@ int main(int argc, char **argv)
     ctx.owner = getuid();
     ctx.kernel_permissions = options.allow_other || ctx.owner == 0;
     ctx.inodes = fs_inodes_new();
+    g_mutex_init(&ctx.listings_lock);
+    ctx.listings = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, (GDestroyNotify)g_hash_table_unref);
     ctx.tree = snapfs_tree_new((struct snapfs_host **)hosts->pdata, hosts->len, &config);
     fuse_opt_add_arg(&args, "-osubtype=snapfs");
     fuse_opt_add_arg(&args, "-ofsname=snapfs");
     se = fuse_session_new(&args, &fs_operations, sizeof(fs_operations), &ctx);
+    ctx.session = se;
     if (!se)
         goto out;   /* libfuse said why, e.g. an unknown option */
     if (fuse_set_signal_handlers(se) < 0)
@@ -443,6 +446,8 @@ out:
         fuse_session_destroy(se);
     snapfs_tree_free(ctx.tree);
     fs_inodes_free(ctx.inodes);
+    g_hash_table_unref(ctx.listings);
+    g_mutex_clear(&ctx.listings_lock);
     g_ptr_array_set_size(hosts, 0);
     snapfs_virt_stop_events();
     free(cmdline.mountpoint);

@@ -229,6 +229,42 @@ static int fs_dir_collect(void *opaque, const char *name, const struct stat *st)
     return 0;
 }
 
+/*
+ * The kernel keeps libvirt's names FS_NAME seconds: a name a fresh listing no longer shows
+ * (a domain undefined, a snapshot deleted with virsh) must not stay reachable after it.  At
+ * opendir the kernel holds no lock on the folder, so it can be told here, before the listing
+ * is read.
+ */
+static void fs_forget_vanished(fuse_req_t req, fuse_ino_t ino, const struct fs_dir *dir)
+{
+    struct fs_context *ctx = fs_ctx(req);
+    GHashTable *now = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    g_autoptr(GPtrArray) vanished = g_ptr_array_new_with_free_func(g_free);
+    GHashTable *before;
+
+    for (guint i = 0; i < dir->entries->len; i++)
+        g_hash_table_add(now, g_strdup(g_array_index(dir->entries, struct fs_dirent, i).name));
+    g_mutex_lock(&ctx->listings_lock);
+    before = g_hash_table_lookup(ctx->listings, GSIZE_TO_POINTER(ino));
+    if (before) {
+        GHashTableIter iter;
+        gpointer name;
+
+        g_hash_table_iter_init(&iter, before);
+        while (g_hash_table_iter_next(&iter, &name, NULL)) {
+            if (!g_hash_table_contains(now, name))
+                g_ptr_array_add(vanished, g_strdup(name));
+        }
+    }
+    g_hash_table_replace(ctx->listings, GSIZE_TO_POINTER(ino), now);
+    g_mutex_unlock(&ctx->listings_lock);
+    for (guint i = 0; i < vanished->len && ctx->session; i++) {
+        const char *name = g_ptr_array_index(vanished, i);
+
+        fuse_lowlevel_notify_inval_entry(ctx->session, ino, name, strlen(name));
+    }
+}
+
 static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     struct snapfs_node *node = fs_node(req, ino);
@@ -248,6 +284,8 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
         return;
     }
     fi->fh = (uintptr_t)dir;
+    if (fs_timeout(node) > 0 && snapfs_node_cache(node) == SNAPFS_CACHE_SHORT)
+        fs_forget_vanished(req, ino, dir);
     if (snapfs_node_cache(node) == SNAPFS_CACHE_FOREVER) {
         fi->keep_cache = 1;
         fi->cache_readdir = 1;
