@@ -446,8 +446,10 @@ out:
         fuse_session_destroy(se);
     snapfs_tree_free(ctx.tree);
     fs_inodes_free(ctx.inodes);
-    g_hash_table_unref(ctx.listings);
-    g_mutex_clear(&ctx.listings_lock);
+    if (ctx.listings) {
+        g_hash_table_unref(ctx.listings);
+        g_mutex_clear(&ctx.listings_lock);
+    }
     g_ptr_array_set_size(hosts, 0);
     snapfs_virt_stop_events();
     free(cmdline.mountpoint);
