@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 # SPDX-License-Identifier: GPL-2.0-or-later
 # Benchmark of guest file browsing, snapfs beside guestmount on the same images: prints a markdown table.
-"""Usage: bench-guest.py [--snapfs PATH] [--files N] [--keep]
+"""Usage: bench-guest.py [--snapfs PATH] [--files N] [--rounds N] [--keep]
 
 Builds its own images under /var/tmp (no appliance needed): an ext4 tree of N small files (default
 10,000) in 100 directories, a 64 MiB file and a directory to copy; a shut-off test domain on
@@ -9,11 +9,14 @@ qemu:///system whose disk is an overlay of that image, with 5 external snapshots
 for snapfs and for guestmount (--ro, one mount per snapshot image):
 first ls of a snapshot (from the mount command on), find | wc -l and ls -lR cold and warm, cp -r of
 a directory, cat of the 64 MiB file cold and warm, browsing all 5 snapshots (guestmount: 5 mounts),
-and the peak memory (RSS and PSS) of the daemon plus its appliances (qemu, qemu-storage-daemon).  Needs root, libvirtd, guestmount.
+and the peak memory (RSS and PSS) of the daemon plus its appliances (qemu, qemu-storage-daemon).
+With --rounds N, everything is measured N times (each time from a fresh mount) and the median is
+shown: single figures vary by a third on a shared machine.  Needs root, libvirtd, guestmount.
 """
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -132,6 +135,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--snapfs", default=str(REPO / "build" / "snapfs"))
     ap.add_argument("--files", type=int, default=10000)
+    ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
     if os.geteuid() != 0 or not shutil.which("guestmount"):
@@ -191,51 +195,62 @@ def main():
         def guestunmount():
             sh(f"guestunmount {gmnt}")
 
+        def put(tool, key, value):
+            results.setdefault(tool, {}).setdefault(key, []).append(value)
+
         def run_set(tool, start, stop, path, pids):
-            r = results.setdefault(tool, {})
             peak = PeakRSS(pids)
             t0 = time.monotonic()
             handle = start()
             sh(f"ls {path}")
-            r["first ls of a snapshot"] = time.monotonic() - t0
-            r["find | wc -l, cold"] = timed(f"find {path} | wc -l")
-            r["find | wc -l, warm"] = timed(f"find {path} | wc -l")
-            r["ls -lR, cold"] = timed(f"ls -lR {path} > /dev/null")
-            r["ls -lR, warm"] = timed(f"ls -lR {path} > /dev/null")
+            put(tool, "first ls of a snapshot", time.monotonic() - t0)
+            put(tool, "find | wc -l, cold", timed(f"find {path} | wc -l"))
+            put(tool, "find | wc -l, warm", timed(f"find {path} | wc -l"))
+            put(tool, "ls -lR, cold", timed(f"ls -lR {path} > /dev/null"))
+            put(tool, "ls -lR, warm", timed(f"ls -lR {path} > /dev/null"))
             out = root / f"copy-{tool}"
-            r["cp -r of a directory (6.4 MiB, 100 files)"] = timed(f"cp -r {path}/copyme {out}")
+            put(tool, "cp -r of a directory (6.4 MiB, 100 files)", timed(f"cp -r {path}/copyme {out}"))
             shutil.rmtree(out)
-            r["cat of a 64 MiB file, cold"] = timed(f"cat {path}/big.bin > /dev/null")
-            r["cat of a 64 MiB file, warm"] = timed(f"cat {path}/big.bin > /dev/null")
+            put(tool, "cat of a 64 MiB file, cold", timed(f"cat {path}/big.bin > /dev/null"))
+            put(tool, "cat of a 64 MiB file, warm", timed(f"cat {path}/big.bin > /dev/null"))
             stop(handle)
-            r["peak RSS (MiB), one snapshot"], r["peak PSS (MiB), one snapshot"] = peak.done()
+            rss, pss = peak.done()
+            put(tool, "peak RSS (MiB), one snapshot", rss)
+            put(tool, "peak PSS (MiB), one snapshot", pss)
 
-        print("snapfs ...", file=sys.stderr)
-        run_set("snapfs", lambda: (daemon_holder.__setitem__(0, snapfs_mount()), daemon_holder[0])[1],
-                snapfs_unmount, mnt / dom / "s1" / "sda", lambda: [daemon_holder[0].pid] if daemon_holder[0] else [])
-        print("guestmount ...", file=sys.stderr)
-        run_set("guestmount", lambda: guestmount(frozen[0]), lambda _: guestunmount(), gmnt, guestmount_pid)
+        def five_snapshots(tool, browse, pids):
+            peak = PeakRSS(pids)
+            t0 = time.monotonic()
+            browse()
+            put(tool, "browse 5 snapshots (ls -lR each)", time.monotonic() - t0)
+            rss, pss = peak.done()
+            put(tool, "peak RSS (MiB), 5 snapshots", rss)
+            put(tool, "peak PSS (MiB), 5 snapshots", pss)
 
-        # Five snapshots of one domain, each listed in full.
-        print("5 snapshots ...", file=sys.stderr)
-        peak = PeakRSS(lambda: [daemon_holder[0].pid] if daemon_holder[0] else [])
-        t0 = time.monotonic()
-        daemon_holder[0] = snapfs_mount()
-        for k in range(1, 6):
-            sh(f"ls -lR {mnt / dom / f's{k}' / 'sda'} > /dev/null")
-        results["snapfs"]["browse 5 snapshots (ls -lR each)"] = time.monotonic() - t0
-        snapfs_unmount(daemon_holder[0])
-        daemon_holder[0] = None
-        results["snapfs"]["peak RSS (MiB), 5 snapshots"], results["snapfs"]["peak PSS (MiB), 5 snapshots"] = peak.done()
-        peak = PeakRSS(guestmount_pid)
-        t0 = time.monotonic()
-        for k in range(5):
-            guestmount(frozen[k])
-            sh(f"ls -lR {gmnt} > /dev/null")
-            guestunmount()
-        results["guestmount"]["browse 5 snapshots (ls -lR each)"] = time.monotonic() - t0
-        results["guestmount"]["peak RSS (MiB), 5 snapshots"], results["guestmount"]["peak PSS (MiB), 5 snapshots"] = \
-            peak.done()
+        def snapfs_five():
+            daemon_holder[0] = snapfs_mount()
+            for k in range(1, 6):
+                sh(f"ls -lR {mnt / dom / f's{k}' / 'sda'} > /dev/null")
+            snapfs_unmount(daemon_holder[0])
+            daemon_holder[0] = None
+
+        def guestmount_five():
+            for k in range(5):
+                guestmount(frozen[k])
+                sh(f"ls -lR {gmnt} > /dev/null")
+                guestunmount()
+
+        snapfs_pids = lambda: [daemon_holder[0].pid] if daemon_holder[0] else []
+        for rnd in range(args.rounds):
+            print(f"round {rnd + 1}: snapfs ...", file=sys.stderr)
+            run_set("snapfs", lambda: (daemon_holder.__setitem__(0, snapfs_mount()), daemon_holder[0])[1],
+                    snapfs_unmount, mnt / dom / "s1" / "sda", snapfs_pids)
+            print(f"round {rnd + 1}: guestmount ...", file=sys.stderr)
+            run_set("guestmount", lambda: guestmount(frozen[0]), lambda _: guestunmount(), gmnt, guestmount_pid)
+            # Five snapshots of one domain, each listed in full (guestmount: one mount after the other).
+            print(f"round {rnd + 1}: 5 snapshots ...", file=sys.stderr)
+            five_snapshots("snapfs", snapfs_five, snapfs_pids)
+            five_snapshots("guestmount", guestmount_five, guestmount_pid)
     finally:
         if daemon_holder[0] is not None and is_mount(mnt):
             sh(f"fusermount3 -u {mnt}", check=False)
@@ -245,14 +260,20 @@ def main():
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
 
-    print(f"| {args.files} files, TCG={os.environ.get('LIBGUESTFS_BACKEND_SETTINGS', '') == 'force_tcg'} "
-          f"| snapfs | guestmount | guestmount / snapfs |")
+    print(f"| {args.files} files, TCG={os.environ.get('LIBGUESTFS_BACKEND_SETTINGS', '') == 'force_tcg'}, "
+          f"median of {args.rounds} | snapfs | guestmount | guestmount / snapfs |")
     print("|---|---:|---:|---:|")
     for key in results["snapfs"]:
-        a, b = results["snapfs"][key], results["guestmount"].get(key)
+        a, b = statistics.median(results["snapfs"][key]), statistics.median(results["guestmount"][key])
         unit = "" if key.startswith("peak") else " s"
         ratio = f"{b / a:.1f}x" if b and a > 0 else "-"
-        print(f"| {key} | {a:.2f}{unit} | {b:.2f}{unit} | {ratio} |")
+        label = key.replace("|", "\\|")     # a markdown table cell
+        print(f"| {label} | {a:.2f}{unit} | {b:.2f}{unit} | {ratio} |")
+    if args.rounds > 1:
+        print("\nEvery round (snapfs / guestmount):", file=sys.stderr)
+        for key in results["snapfs"]:
+            print(f"  {key}: " + ", ".join(f"{a:.2f}/{b:.2f}" for a, b in
+                                         zip(results["snapfs"][key], results["guestmount"][key])), file=sys.stderr)
 
 
 daemon_holder = [None]
