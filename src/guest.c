@@ -908,6 +908,19 @@ static GStrv view_dir_names(struct guest_view *view, const char *path, bool *sta
     return NULL;
 }
 
+/* Whether @path's fresh listing already holds what is asked (stats, or xattrs too): no copy of its names. */
+static bool dir_has(struct guest_view *view, const char *path, bool xattrs)
+{
+    struct guest_dir *dir;
+    bool has;
+
+    g_mutex_lock(&view->lock);
+    dir = dir_get(view, path);
+    has = dir && (xattrs ? dir->xattrs : dir->stats);
+    g_mutex_unlock(&view->lock);
+    return has;
+}
+
 /* Mark the listing of @path (if it is still the one that was read) as holding stats or xattrs too. */
 static void dir_mark(struct guest_view *view, const char *path, bool stats, bool xattrs)
 {
@@ -931,6 +944,8 @@ static int view_stat_dir(struct guest_view *view, const char *path)
     bool have_stats, have_xattrs, any_link = false;
     size_t n;
 
+    if (dir_has(view, path, false))
+        return 0;
     names = view_dir_names(view, path, &have_stats, &have_xattrs);
     if (!names)
         return -1;
@@ -1013,6 +1028,8 @@ static int view_xattr_dir(struct guest_view *view, const char *path)
     bool have_stats, have_xattrs;
     size_t n;
 
+    if (dir_has(view, path, true))
+        return 0;
     if (view_stat_dir(view, path) < 0)
         return -1;
     names = view_dir_names(view, path, &have_stats, &have_xattrs);
