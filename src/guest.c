@@ -426,23 +426,27 @@ static bool view_mount_os(struct guest_view *view, struct guest_appliance *app, 
 
 /*
  * Whether a filesystem the view mounted by device may hold an operating system,
- * by a look at each one's top directory: full inspection (guestfs_inspect_os)
+ * by one listing of each one's top directory: full inspection (guestfs_inspect_os)
  * mounts and parses every filesystem of every disk of the appliance, so it
  * waits for the first view that may need it.
  */
 static bool view_may_hold_os(struct guest_view *view, struct guest_appliance *app)
 {
-    static const char *const markers[] = { "etc", "bin", "windows", "Windows", "WINDOWS", "winnt", "WINNT" };
+    static const char *const markers[] = { "etc", "bin", "windows", "Windows", "WINDOWS", "winnt", "WINNT", NULL };
     bool found = false;
 
     for (guint j = 0; !found && j < view->mounts->len; j++) {
         struct guest_mount *m = g_ptr_array_index(view->mounts, j);
+        g_autofree char *top = g_strconcat(view->prefix, m->mountpoint, NULL);
+        struct guestfs_dirent_list *list = guestfs_readdir(app->g, top);
 
-        for (size_t k = 0; !found && k < G_N_ELEMENTS(markers); k++) {
-            g_autofree char *marker = g_strconcat(view->prefix, m->mountpoint, "/", markers[k], NULL);
-
-            found = guestfs_is_dir(app->g, marker) > 0;
+        for (uint32_t i = 0; list && !found && i < list->len; i++) {
+            /* A folder, as guestfs_is_dir() would say: a symlink named bin is not one. */
+            if (list->val[i].ftyp == 'd')
+                found = g_strv_contains((const char *const *)markers, list->val[i].name);
         }
+        if (list)
+            guestfs_free_dirent_list(list);
     }
     return found || !guestfs_is_ready(app->g);
 }
