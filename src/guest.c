@@ -1094,6 +1094,10 @@ static void view_refresh(struct guest_view *view)
     if (app) {
         guestfs_drop_caches(app->g, 3);
         view_leave(view, app);
+        /* Counted from its end: under TCG a drop can take longer than the live TTL, and each lookup would drop again. */
+        g_mutex_lock(&view->lock);
+        view->dropped_at = g_get_monotonic_time();
+        g_mutex_unlock(&view->lock);
     }
 }
 
