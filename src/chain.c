@@ -35,6 +35,11 @@ static uint64_t be64(const unsigned char *p)
     return (uint64_t)be32(p) << 32 | be32(p + 4);
 }
 
+static uint32_t le32(const unsigned char *p)
+{
+    return (uint32_t)p[3] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[1] << 8 | p[0];
+}
+
 static uint64_t le64(const unsigned char *p)
 {
     uint64_t v = 0;
@@ -115,6 +120,44 @@ static int chain_read_qcow2(int fd, const unsigned char *head, struct snapfs_lay
 }
 
 /* The virtual size of formats snapfs does not parse: what the first bytes say, where that is simple. */
+/*
+ * A VHDX image's virtual size: the region table (at 192 KiB) gives where the metadata region is,
+ * whose table gives where the "virtual disk size" item is.  GUIDs as stored on disk.
+ */
+static uint64_t chain_vhdx_size(int fd)
+{
+    static const unsigned char metadata_region[16] = { 0x06, 0xa2, 0x7c, 0x8b, 0x90, 0x47, 0x9a, 0x4b,
+                                                       0xb8, 0xfe, 0x57, 0x5f, 0x05, 0x0f, 0x88, 0x6e };
+    static const unsigned char virtual_disk_size[16] = { 0x24, 0x42, 0xa5, 0x2f, 0x1b, 0xcd, 0x76, 0x48,
+                                                         0xb2, 0x11, 0x5d, 0xbe, 0xd8, 0x3b, 0xf4, 0xb8 };
+    unsigned char table[16 + 2048 * 32], buf[8];
+    uint64_t region = 0;
+    uint32_t count;
+
+    if (!read_exact(fd, table, 16, 192 * 1024) || memcmp(table, "regi", 4) != 0)
+        return 0;
+    count = MIN(le32(table + 8), 2047u);
+    if (!read_exact(fd, table + 16, count * 32, 192 * 1024 + 16))
+        return 0;
+    for (uint32_t i = 0; i < count && !region; i++) {
+        if (memcmp(table + 16 + i * 32, metadata_region, 16) == 0)
+            region = le64(table + 16 + i * 32 + 16);
+    }
+    if (!region || !read_exact(fd, table, 32, (off_t)region) || memcmp(table, "metadata", 8) != 0)
+        return 0;
+    count = MIN((uint32_t)table[10] | (uint32_t)table[11] << 8, 2047u);
+    if (!read_exact(fd, table + 32, count * 32, (off_t)region + 32))
+        return 0;
+    for (uint32_t i = 0; i < count; i++) {
+        const unsigned char *entry = table + 32 + i * 32;
+
+        if (memcmp(entry, virtual_disk_size, 16) == 0 &&
+            read_exact(fd, buf, sizeof(buf), (off_t)(region + le32(entry + 16))))
+            return le64(buf);
+    }
+    return 0;
+}
+
 static uint64_t chain_other_size(int fd, const char *format, const unsigned char *head, size_t len)
 {
     unsigned char buf[8];
@@ -130,6 +173,8 @@ static uint64_t chain_other_size(int fd, const char *format, const unsigned char
         return le64(buf);
     if (strcmp(format, "vpc") == 0 && read_exact(fd, buf, sizeof(buf), 48))
         return be64(buf);                              /* footer: current size */
+    if (strcmp(format, "vhdx") == 0 && len >= 8 && memcmp(head, "vhdxfile", 8) == 0)
+        return chain_vhdx_size(fd);
     return 0;
 }
 

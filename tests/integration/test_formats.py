@@ -22,21 +22,14 @@ SNAPSHOT = "frozen"
 # target -> base format; the order is the domain's disk order, so the snapshot shows sda..sdd in it.
 DISKS = {"vda": "vmdk", "vdb": "vdi", "vdc": "vhdx", "vdd": "vpc"}
 
-# Checks that fail on one format because of a bug in snapfs: {(check, format): reason}, marked xfail(strict=True).
-KNOWN_BAD = {
-    ("xattrs", "vhdx"): "snapfs bug: src/chain.c chain_other_size() has no vhdx case, so user.snapfs.virtual_size "
-                        "of a vhdx layer is 0 (qemu-img: 33554432)",
-}
-
 # libvirt 9.0 has no 'vhdx' storage format: <format type='vhdx'/> is refused at define ("unknown storage source
 # format"), so that disk's chain is left for the images' own headers to say (as snapfs reads it anyway).
 LIBVIRT_FORMATS = {"vmdk", "vdi", "vpc"}
 
 
-def fmt_params(check):
-    """The disks' targets as parameters (ids: the format), CHECK's known failures marked."""
-    return [pytest.param(target, id=fmt, marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BAD[check, fmt])]
-                         if (check, fmt) in KNOWN_BAD else []) for target, fmt in DISKS.items()]
+def fmt_params():
+    """The disks' targets as parameters, with the format as their ids."""
+    return [pytest.param(target, id=fmt) for target, fmt in DISKS.items()]
 
 
 # ---------------------------------------------------------------- the source trees
@@ -234,14 +227,14 @@ def test_layer_names(fset, mnt):
         assert names == [f"{i}-{f.name}" for i, f in enumerate(fset.files[target])], names
 
 
-@pytest.mark.parametrize("target", fmt_params("base"))
+@pytest.mark.parametrize("target", fmt_params())
 def test_base_layer(fset, mnt, target):
     base = layer_dirs(fset, mnt, target)[0]
     assert os.listdir(base) == ["sda"]
     compare(fset.src[target]["base"], base / "sda")
 
 
-@pytest.mark.parametrize("target", fmt_params("overlay"))
+@pytest.mark.parametrize("target", fmt_params())
 def test_overlay_layer(fset, mnt, target):
     """The qcow2 overlay on the FMT base, frozen by the snapshot."""
     layer = layer_dirs(fset, mnt, target)[1]
@@ -249,13 +242,7 @@ def test_overlay_layer(fset, mnt, target):
     compare(fset.src[target]["overlay"], layer / "sda")
 
 
-# The live layer's content is read on one disk only: the vhdx one, whose chain libvirt cannot describe. A live view
-# makes the appliance drop its caches (guestfs_drop_caches) whenever its answers are over a second old; under TCG
-# here each drop takes 1.3-2.7 s and one open() drops 2-3 times, so reading a single file costs ~8 s per disk.
-LIVE_CHECKED = ("vdc",)
-
-
-@pytest.mark.parametrize("target", [p for p in fmt_params("live") if p.values[0] in LIVE_CHECKED])
+@pytest.mark.parametrize("target", fmt_params())
 def test_live_layer(fset, mnt, target):
     """The snapshot's empty overlay, the live disk, reads as the overlay through all three images."""
     live = layer_dirs(fset, mnt, target)[2]
@@ -264,7 +251,7 @@ def test_live_layer(fset, mnt, target):
     assert (live / "sda" / "format.txt").read_bytes() == (src / "format.txt").read_bytes()
 
 
-@pytest.mark.parametrize("target", fmt_params("xattrs"))
+@pytest.mark.parametrize("target", fmt_params())
 def test_layer_xattrs(fset, mnt, target):
     """Each layer's file, format and backing file, then its virtual size as qemu-img reads it."""
     fmt = DISKS[target]
