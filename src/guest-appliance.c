@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <glib/gstdio.h>
+#include <malloc.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -764,8 +765,17 @@ struct guest_pool *guest_pool_new(const struct guest_pool_config *config)
     pool->appliances = g_ptr_array_new();
     pool->chunks = g_hash_table_new(g_str_hash, g_str_equal);
     g_queue_init(&pool->lru);
-    /* The kernel keeps frozen files' pages itself (keep_cache): this only bridges its 128 KiB reads to 2 MiB calls. */
-    pool->data_cap = (size_t)(cap ? g_ascii_strtoull(cap, NULL, 10) : 32) << 20;
+    /*
+     * The kernel keeps frozen files' pages itself (keep_cache): this only bridges its 128 KiB reads
+     * to 2 MiB calls, a few chunks for each file being read at once.
+     */
+    pool->data_cap = (size_t)(cap ? g_ascii_strtoull(cap, NULL, 10) : 16) << 20;
+    /*
+     * Each chunk is a buffer of up to 2 MiB that libguestfs allocates.  With glibc's sliding
+     * threshold, the first one freed moves later ones into the heaps of the FUSE threads, which
+     * keep the memory after the cache lets go of it: a fixed threshold returns it at once.
+     */
+    mallopt(M_MMAP_THRESHOLD, 256 * 1024);
     pool->timer = g_thread_new("snapfs-guests", pool_timer, pool);
     pool->spawns = g_async_queue_new();
     pool->spawner = g_thread_new("snapfs-spawner", pool_spawner, pool);
