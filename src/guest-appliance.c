@@ -107,7 +107,7 @@ static void appliance_add_view(struct guest_appliance *app, struct guest_view *v
         if (neighbours && g_access(drive->file, R_OK) != 0)
             continue;
         appliance_add_drive(app, drive, guest_view_is_live(view) && !drive->internal_snapshot,
-                            app->disks->len < GUEST_MAX_SHARED_DISKS);
+                            !app->alone && app->disks->len < GUEST_MAX_SHARED_DISKS);
     }
 }
 
@@ -137,6 +137,7 @@ void guest_appliance_unref(struct guest_appliance *app)
     g_free(app->disk_fs);
     g_strfreev(app->devices);
     g_strfreev(app->partitions);
+    g_strfreev(app->lvs);
     g_strfreev(app->roots);
     g_ptr_array_unref(app->mount_log);
     if (app->tmpdir) {
@@ -151,6 +152,7 @@ void guest_appliance_unref(struct guest_appliance *app)
     }
     g_free(app->tmpdir);
     g_free(app->group);
+    g_free(app->alone);
     g_mutex_clear(&app->lock);
     g_free(app);
 }
@@ -189,13 +191,23 @@ struct guest_appliance *guest_pool_appliance_for(struct guest_pool *pool, struct
     g_autoptr(GPtrArray) evicted = g_ptr_array_new();
     struct guest_appliance *app = NULL;
     const char *group = guest_view_group(view);
+    g_autofree char *alone = guest_view_alone_key(view);
     unsigned running = 0;
 
     g_mutex_lock(&pool->lock);
+    for (size_t i = 0; !alone && i < guest_view_n_drives(view); i++) {
+        g_autofree char *disk = g_strconcat(group, "\n", guest_view_drive(view, i)->target, NULL);
+
+        if (g_hash_table_contains(pool->lvm_disks, disk)) {
+            guest_view_set_alone(view);
+            alone = guest_view_alone_key(view);
+        }
+    }
     for (guint i = 0; i < pool->appliances->len; i++) {
         struct guest_appliance *a = g_ptr_array_index(pool->appliances, i);
 
-        if (g_atomic_int_get(&a->dead) || g_atomic_int_get(&a->retire) || strcmp(a->group, group) != 0)
+        if (g_atomic_int_get(&a->dead) || g_atomic_int_get(&a->retire) || strcmp(a->group, group) != 0 ||
+            g_strcmp0(a->alone, alone) != 0)
             continue;
         if (appliance_has_view(a, view) || !a->launching) {
             if (!a->launching)
@@ -239,13 +251,15 @@ struct guest_appliance *guest_pool_appliance_for(struct guest_pool *pool, struct
         }
 
         app = appliance_new(pool, group);
+        app->alone = g_steal_pointer(&alone);
         appliance_add_view(app, view, false);
         /* Every other view the pool knows of this domain rides along: one appliance for all its snapshots. */
         g_hash_table_iter_init(&iter, pool->views);
-        while (g_hash_table_iter_next(&iter, NULL, &value)) {
+        while (!app->alone && g_hash_table_iter_next(&iter, NULL, &value)) {
             struct guest_view *other = value;
+            g_autofree char *other_alone = guest_view_alone_key(other);
 
-            if (other != view && app->disks->len < GUEST_MAX_SHARED_DISKS &&
+            if (other != view && !other_alone && app->disks->len < GUEST_MAX_SHARED_DISKS &&
                 strcmp(guest_view_group(other), group) == 0)
                 appliance_add_view(app, other, true);
         }
@@ -264,6 +278,13 @@ struct guest_appliance *guest_pool_appliance_for(struct guest_pool *pool, struct
         guest_appliance_unref(a);
     }
     return app;
+}
+
+void guest_pool_mark_lvm(struct guest_pool *pool, const char *group, const char *target)
+{
+    g_mutex_lock(&pool->lock);
+    g_hash_table_add(pool->lvm_disks, g_strconcat(group, "\n", target, NULL));
+    g_mutex_unlock(&pool->lock);
 }
 
 /* A process to start from the pool's spawner thread. */
@@ -524,7 +545,7 @@ const char *guest_fs_not_shown(const char *type)
         { "", "not a filesystem blkid knows" },
         { "unknown", "not a filesystem blkid knows" },
         { "swap", "swap space" },
-        { "LVM2_member", "an LVM physical volume: logical volumes are not shown by snapfs yet" },
+        { "LVM2_member", "an LVM physical volume" },
         { "linux_raid_member", "a RAID member: RAID arrays are not shown by snapfs yet" },
         { "crypto_LUKS", "encrypted (LUKS): snapfs has no key" },
     };
@@ -579,6 +600,34 @@ char **guest_appliance_disk_filesystems(struct guest_appliance *app, size_t inde
     g_ptr_array_add(found, NULL);
     app->disk_fs[index] = (char **)g_ptr_array_free(g_steal_pointer(&found), FALSE);
     return app->disk_fs[index];
+}
+
+char **guest_appliance_logical_volumes(struct guest_appliance *app)
+{
+    g_autoptr(GPtrArray) found = NULL;
+    g_auto(GStrv) lvs = NULL;
+
+    if (!app->g)
+        return NULL;
+    if (app->lvs)
+        return app->lvs;
+    /* The appliance's init activates what it finds; this is for a volume group it did not. */
+    if (guestfs_vg_activate_all(app->g, 1) < 0 && !guestfs_is_ready(app->g))
+        return NULL;
+    lvs = guestfs_lvs(app->g);
+    if (!lvs && !guestfs_is_ready(app->g))
+        return NULL;
+    found = g_ptr_array_new_with_free_func(g_free);
+    for (size_t i = 0; lvs && lvs[i]; i++) {
+        g_ptr_array_add(found, g_strdup(lvs[i]));
+        g_ptr_array_add(found, appliance_vfs_type(app, lvs[i]));
+    }
+    if (!guestfs_is_ready(app->g))
+        return NULL;
+    g_ptr_array_set_free_func(found, NULL);
+    g_ptr_array_add(found, NULL);
+    app->lvs = (char **)g_ptr_array_free(g_steal_pointer(&found), FALSE);
+    return app->lvs;
 }
 
 int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
@@ -763,6 +812,7 @@ struct guest_pool *guest_pool_new(const struct guest_pool_config *config)
     g_cond_init(&pool->timer_cond);
     pool->views = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, (GDestroyNotify)guest_view_unref);
     pool->appliances = g_ptr_array_new();
+    pool->lvm_disks = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     pool->chunks = g_hash_table_new(g_str_hash, g_str_equal);
     g_queue_init(&pool->lru);
     /*
@@ -814,6 +864,7 @@ void guest_pool_free(struct guest_pool *pool)
             g_thread_join(g_ptr_array_index(threads, i));
     }
     g_ptr_array_unref(pool->appliances);
+    g_hash_table_unref(pool->lvm_disks);
     g_async_queue_push(pool->spawns, pool);
     g_thread_join(pool->spawner);
     g_async_queue_unref(pool->spawns);

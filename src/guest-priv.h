@@ -25,6 +25,7 @@ struct guest_appliance {
     GMutex lock;              /* serialises every call on @g: guestfs handles are not thread-safe */
     int refs;                 /* pool lock */
     char *group;
+    char *alone;              /* an appliance of one view's drives alone (see guest_view_alone_key()), else NULL */
     unsigned serial;
     GPtrArray *disks;         /* struct guest_disk *; pool lock until launching is set */
     bool launching;           /* pool lock: the disk list is fixed */
@@ -36,6 +37,7 @@ struct guest_appliance {
     pid_t qemu_pid;
     char **devices;           /* the appliance's whole-disk devices, one per disk, in the order added */
     char ***disk_fs;          /* per disk, once probed: its filesystems as device, type pairs */
+    char **lvs;               /* an alone appliance's logical volumes as device, type pairs, once listed */
     char **partitions;        /* guestfs_list_partitions(), once a disk without a filesystem of its own needs it */
     char **roots;             /* guestfs_inspect_os(), done once per appliance, when a view may need it */
     GPtrArray *mount_log;     /* device, type, mountpoint of every view's mount, to mount again after inspection */
@@ -54,6 +56,7 @@ struct guest_pool {
     unsigned serial;
     gint force_tcg;           /* atomic: KVM failed once, appliances use TCG */
     struct guest_pool_stats stats;
+    GHashTable *lvm_disks;    /* "group\ntarget" of each disk found to hold LVM: its views go alone from the start */
     GThread *timer;
     GThread *spawner;         /* forks the NBD servers: their parent-death signal is tied to this thread */
     GAsyncQueue *spawns;
@@ -81,6 +84,9 @@ void guest_appliance_idle(struct guest_appliance *app);
 /* The filesystems blkid finds on disk @index of @app (the whole disk, else its partitions) as device, type
  * pairs owned by @app, probed on first use; NULL if the appliance failed. App lock held. */
 char **guest_appliance_disk_filesystems(struct guest_appliance *app, size_t index);
+/* The logical volumes LVM finds on @app's disks, activated, as device, type pairs owned by @app; NULL if the
+ * appliance failed.  Only an alone appliance may ask: anywhere else, the layers' copies of each volume group clash. */
+char **guest_appliance_logical_volumes(struct guest_appliance *app);
 /* Why a filesystem of type @type is not mounted ("swap space", ...), or NULL when it is. */
 const char *guest_fs_not_shown(const char *type);
 /* "a", "b", ... "z", "aa": the letters Linux gives the n-th disk. */
@@ -96,6 +102,16 @@ const char *guest_view_group(struct guest_view *view);
 size_t guest_view_n_drives(struct guest_view *view);
 const struct guest_drive *guest_view_drive(struct guest_view *view, size_t i);
 bool guest_view_is_live(struct guest_view *view);
+/*
+ * NULL while @view may share its domain's appliance; once its disks turned out to hold LVM
+ * physical volumes, the keys of its drives: every layer of a disk repeats the same volume group,
+ * which LVM activates from one copy only, so such a view needs an appliance of its drives alone.
+ */
+char *guest_view_alone_key(struct guest_view *view);
+/* From now on @view goes alone. */
+void guest_view_set_alone(struct guest_view *view);
+/* Disk @target of domain @group holds LVM: every view of it goes alone from now on. */
+void guest_pool_mark_lvm(struct guest_pool *pool, const char *group, const char *target);
 /* Forget cached data of the view with id @id. */
 void guest_data_forget(struct guest_pool *pool, const char *id);
 void guest_view_free(struct guest_view *view);

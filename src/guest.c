@@ -69,6 +69,7 @@ struct guest_view {
     char *prefix;                  /* setup lock: where, inside the appliance */
     GPtrArray *mounts;             /* struct guest_mount *, shortest mountpoint first */
     bool os;                       /* inspection found an operating system */
+    gint alone;                    /* atomic: needs an appliance of its own (guest_view_alone_key()) */
     bool empty;                    /* nothing mounted: the root is an empty folder the appliance is not asked about */
     gint labels;                   /* atomic: 0 not known yet, 1 a filesystem root carries an SELinux label, -1 none does */
     gint64 failed_at;
@@ -166,6 +167,26 @@ size_t guest_view_n_drives(struct guest_view *view)
 const struct guest_drive *guest_view_drive(struct guest_view *view, size_t i)
 {
     return &view->drives[i];
+}
+
+char *guest_view_alone_key(struct guest_view *view)
+{
+    g_autoptr(GString) key = NULL;
+
+    if (!g_atomic_int_get(&view->alone))
+        return NULL;
+    key = g_string_new(NULL);
+    for (size_t i = 0; i < view->n_drives; i++) {
+        g_autofree char *one = guest_drive_key(&view->drives[i], view->live && !view->drives[i].internal_snapshot);
+
+        g_string_append_printf(key, "%s%s", i ? "\n" : "", one);
+    }
+    return g_string_free(g_steal_pointer(&key), FALSE);
+}
+
+void guest_view_set_alone(struct guest_view *view)
+{
+    g_atomic_int_set(&view->alone, 1);
 }
 
 bool guest_view_is_live(struct guest_view *view)
@@ -509,11 +530,33 @@ static const char *view_root(struct guest_appliance *app, GArray *fss)
     return NULL;
 }
 
-/* Mount @view's filesystems under a directory of its own in @app (app lock held). */
+/* The folder of logical volume /dev/VG/LV: "VG-LV" with each name's dashes doubled, as in /dev/mapper. */
+static char *lv_folder_name(const char *device)
+{
+    g_auto(GStrv) parts = g_strsplit(device + strlen("/dev/"), "/", 2);
+    g_autoptr(GString) name = g_string_new(NULL);
+
+    for (size_t i = 0; parts[i]; i++) {
+        if (i)
+            g_string_append_c(name, '-');
+        for (const char *c = parts[i]; *c; c++) {
+            if (*c == '-')
+                g_string_append_c(name, '-');
+            g_string_append_c(name, *c);
+        }
+    }
+    return g_string_free(g_steal_pointer(&name), FALSE);
+}
+
+/*
+ * Mount @view's filesystems under a directory of its own in @app (app lock held): 0, or -1 with
+ * the reason, or 1 when the view's disks hold LVM and it must move to an appliance of its own.
+ */
 static int view_mount(struct guest_view *view, struct guest_appliance *app)
 {
     g_autoptr(GArray) fss = g_array_new(FALSE, TRUE, sizeof(struct view_fs));
     g_autoptr(GString) why = g_string_new(NULL);
+    g_autoptr(GPtrArray) lvm_disks = g_ptr_array_new();   /* targets of the view's disks that hold LVM */
     const char *root = NULL;
 
     g_array_set_clear_func(fss, view_fs_clear);
@@ -543,7 +586,31 @@ static int view_mount(struct guest_view *view, struct guest_appliance *app)
         for (size_t j = 0; found[j] && found[j + 1]; j += 2) {
             struct view_fs fs = { found[j], found[j + 1], NULL, NULL };
 
+            if (strcmp(fs.type, "LVM2_member") == 0 && !g_ptr_array_find(lvm_disks, view->drives[i].target, NULL))
+                g_ptr_array_add(lvm_disks, (gpointer)view->drives[i].target);
+
             fs.name = g_strdup_printf("sd%s%s", letters, guest_device_suffix(found[j], app->devices[index]));
+            g_array_append_val(fss, fs);
+        }
+    }
+    if (lvm_disks->len) {
+        char **lvs;
+
+        if (!app->alone) {
+            for (guint i = 0; i < lvm_disks->len; i++)
+                guest_pool_mark_lvm(view->pool, view->group, g_ptr_array_index(lvm_disks, i));
+            guest_view_set_alone(view);
+            snapfs_info("%s: its disks hold LVM physical volumes: it moves to an appliance of its own", view->label);
+            return 1;
+        }
+        lvs = guest_appliance_logical_volumes(app);
+        if (!lvs) {
+            guest_appliance_error(app, "list the logical volumes of", view->label);
+            return -1;
+        }
+        for (size_t j = 0; lvs[j] && lvs[j + 1]; j += 2) {
+            struct view_fs fs = { lvs[j], lvs[j + 1], lv_folder_name(lvs[j]), NULL };
+
             g_array_append_val(fss, fs);
         }
     }
@@ -617,7 +684,9 @@ static struct guest_appliance *view_enter(struct guest_view *view)
     struct guest_appliance *app = NULL;
 
     g_mutex_lock(&view->setup_lock);
-    for (int attempt = 0; attempt < 2; attempt++) {
+    for (int attempt = 0; attempt < 3; attempt++) {
+        int mounted = 0;
+
         app = view->app;
         if (app && !g_atomic_int_get(&app->dead) && !g_atomic_int_get(&app->retire)) {
             g_mutex_lock(&app->lock);
@@ -643,7 +712,8 @@ static struct guest_appliance *view_enter(struct guest_view *view)
         }
         app = guest_pool_appliance_for(view->pool, view);
         g_mutex_lock(&app->lock);
-        if ((!app->launched && guest_appliance_launch(view->pool, app) < 0) || !app->g || view_mount(view, app) < 0) {
+        if ((!app->launched && guest_appliance_launch(view->pool, app) < 0) || !app->g ||
+            (mounted = view_mount(view, app)) < 0) {
             /* An appliance that died under a running view is no reason to wait before the next try. */
             bool died = app->launched && g_atomic_int_get(&app->dead);
 
@@ -652,6 +722,12 @@ static struct guest_appliance *view_enter(struct guest_view *view)
             if (died)
                 break;
             goto failed;
+        }
+        if (mounted > 0) {
+            /* LVM: the next turn starts the view's own appliance. */
+            g_mutex_unlock(&app->lock);
+            guest_appliance_unref(g_steal_pointer(&app));
+            continue;
         }
         /* The reference guest_pool_appliance_for() gave is the view's; the caller's is taken below. */
         view->app = app;
