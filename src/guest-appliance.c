@@ -486,6 +486,18 @@ static guestfs_h *appliance_handle(struct guest_appliance *app, bool force_tcg)
     guestfs_set_memsize(g, GUEST_APPLIANCE_MEMSIZE);
     /* A second vCPU boots the appliance seconds sooner under TCG (udev probes the disks in parallel). */
     guestfs_set_smp(g, g_get_num_processors() >= 2 ? 2 : 1);
+    /*
+     * Debian's kernel zeroes every page it hands out (init_on_alloc): hardening against leaks between
+     * a machine's users, which a throwaway appliance of one domain's images does not have, and under
+     * TCG an emulated memset of each page: without it the appliance boots about 1 s sooner and lists
+     * directories a quarter faster.  LIBGUESTFS_APPEND, read at guestfs_create(), still has the last word.
+     */
+    {
+        const char *user = guestfs_get_append(g);
+        g_autofree char *append = g_strconcat("init_on_alloc=0", user ? " " : "", user ? user : "", NULL);
+
+        guestfs_set_append(g, append);
+    }
     if (force_tcg) {
         char *settings[] = { (char *)"force_tcg", NULL };
 
