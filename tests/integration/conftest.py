@@ -12,6 +12,7 @@
 #   shared_mount (session) one mount of qemu:///system for read-only checks of many tests
 import atexit
 import errno
+import itertools
 import os
 import shutil
 import signal
@@ -383,6 +384,9 @@ class Domain:
                 break
 
 
+_IMAGE_SERIAL = itertools.count(1)
+
+
 class Domains:
     """Makes test domains named RUN_PREFIX + suffix; remove_all() undefines each one it made."""
 
@@ -409,7 +413,7 @@ class Domains:
     def simple(self, suffix=None, files=None, start=False, name=None):
         """A domain with one disk vda: an ext4 qcow2 base (FILES) and an empty overlay as its live disk."""
         name = name or self.name(suffix)
-        tag = f"{len(self.made)}-{self.serial}"
+        tag = next(_IMAGE_SERIAL)     # one counter for the whole run: two fixtures never share an image
         base = self.images.ext4(f"{RUN_PREFIX}-{tag}-base.qcow2", files or {"hello.txt": f"{name}\n"})
         top = self.images.empty_overlay(f"{RUN_PREFIX}-{tag}-top.qcow2", base)
         return self.define([("vda", top, "qcow2")], name=name, start=start)
