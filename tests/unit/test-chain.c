@@ -73,6 +73,7 @@ static void test_chain_probe_formats(void)
     snapfs_layer_free(layer);
     layer = snapfs_chain_read_layer(vhdx, NULL);
     g_assert_cmpstr(layer->format, ==, "vhdx");
+    g_assert_cmpuint(layer->virtual_size, ==, 4 << 20);
     snapfs_layer_free(layer);
 }
 
