@@ -334,6 +334,9 @@ static const char *mount_options(const char *type)
 
 static int mount_one(struct guest_appliance *app, const char *device, const char *type, const char *where)
 {
+    /* blkid named the type already: mount(8) need not probe the device again. */
+    if (*type && guestfs_mount_vfs(app->g, mount_options(type), type, device, where) == 0)
+        return 0;
     if (guestfs_mount_options(app->g, mount_options(type), device, where) == 0)
         return 0;
     return guestfs_mount_ro(app->g, device, where);
