@@ -11,6 +11,7 @@
 #   mount (function)       a factory: mount(*args) -> Mount, unmounted and checked after the test
 #   shared_mount (session) one mount of qemu:///system for read-only checks of many tests
 import atexit
+import contextlib
 import errno
 import itertools
 import os
@@ -602,6 +603,20 @@ def mount(libvirtd, run_prefix):
             m.close()
     if errors:
         pytest.fail("\n".join(errors))
+
+
+@contextlib.contextmanager
+def guest_mount(prefix):
+    """A mount of qemu:///system for one module's guest tests (appliances start slowly: 30 s to mount); its path.
+    Unmounted afterwards, and after passing tests checked to have exited cleanly."""
+    m = Mount(_mountpoint(prefix), ["-c", URI], timeout=30)
+    try:
+        yield Path(m.path)
+        m.check_clean_exit()
+    finally:
+        if m.exit_status is None:
+            m.unmount()
+        m.close()
 
 
 @pytest.fixture(scope="session")

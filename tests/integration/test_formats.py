@@ -14,7 +14,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 import pytest
 
-from conftest import IMAGE_ROOT, RUN_PREFIX, URI, Domain, Domains, Mount, _mountpoint, remove_tree, run, virsh
+from conftest import IMAGE_ROOT, RUN_PREFIX, Domain, Domains, guest_mount, remove_tree, run, virsh
 from test_guest import compare
 
 SNAPSHOT = "frozen"
@@ -189,14 +189,8 @@ def fset(libvirtd, images, run_prefix):
 
 @pytest.fixture(scope="module")
 def mnt(fset):
-    m = Mount(_mountpoint("formats"), ["-c", URI], timeout=30)
-    try:
-        yield Path(m.path)
-        m.check_clean_exit()
-    finally:
-        if m.exit_status is None:
-            m.unmount()
-        m.close()
+    with guest_mount("formats") as path:
+        yield path
 
 
 def layer_dirs(fset, mnt, target):

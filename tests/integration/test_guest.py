@@ -4,12 +4,11 @@ import errno
 import os
 import shutil
 import stat
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import IMAGE_ROOT, REPO, RUN_PREFIX, URI, Domains, Mount, _mountpoint, run, virsh
+from conftest import IMAGE_ROOT, REPO, Domains, guest_mount, run, virsh
 
 FIXTURE = REPO / "tests" / "unit" / "guest-fixture.sh"
 
@@ -61,14 +60,8 @@ def guest(libvirtd, images, run_prefix):
 
 @pytest.fixture(scope="module")
 def mnt(guest):
-    m = Mount(_mountpoint("guest"), ["-c", URI], timeout=30)
-    try:
-        yield Path(m.path)
-        m.check_clean_exit()
-    finally:
-        if m.exit_status is None:
-            m.unmount()
-        m.close()
+    with guest_mount("guest") as path:
+        yield path
 
 
 def acl(path, attr):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IMAGE_ROOT, RUN_PREFIX, URI, Domains, Mount, _mountpoint, run
+from conftest import IMAGE_ROOT, URI, Domains, guest_mount, run
 from test_guest import compare
 
 VG = "vg-snapfs"            # a dash, which /dev/mapper doubles
@@ -86,14 +86,8 @@ def lvm(libvirtd, images, run_prefix):
 
 @pytest.fixture(scope="module")
 def mnt(lvm):
-    m = Mount(_mountpoint("lvm"), ["-c", URI], timeout=30)
-    try:
-        yield Path(m.path)
-        m.check_clean_exit()
-    finally:
-        if m.exit_status is None:
-            m.unmount()
-        m.close()
+    with guest_mount("lvm") as path:
+        yield path
 
 
 def images_info(lvm):
