@@ -70,6 +70,7 @@ struct guest_view {
     GPtrArray *mounts;             /* struct guest_mount *, shortest mountpoint first */
     bool os;                       /* inspection found an operating system */
     gint alone;                    /* atomic: needs an appliance of its own (guest_view_alone_key()) */
+    gint want_stats;               /* atomic: a file was looked up, so listings bring attributes along (ls -l) */
     bool empty;                    /* nothing mounted: the root is an empty folder the appliance is not asked about */
     gint labels;                   /* atomic: 0 not known yet, 1 a filesystem root carries an SELinux label, -1 none does */
     gint64 failed_at;
@@ -1259,7 +1260,12 @@ static int view_resolve(struct guest_view *view, const char *path, struct stat *
 
 int guest_view_getattr(struct guest_view *view, const char *path, struct stat *st)
 {
-    return view_resolve(view, path, st, NULL, NULL);
+    if (view_resolve(view, path, st, NULL, NULL) < 0)
+        return -1;
+    /* find looks up folders only; ls -l, cp and diff look up files too. */
+    if (!S_ISDIR(st->st_mode))
+        g_atomic_int_set(&view->want_stats, 1);
+    return 0;
 }
 
 int guest_view_readdir(struct guest_view *view, const char *path, guest_dirent_fn fn, void *opaque)
@@ -1276,6 +1282,13 @@ int guest_view_readdir(struct guest_view *view, const char *path, guest_dirent_f
         snapfs_error_set(ENOTDIR, "'%s' is not a directory in the guest", path);
         return -1;
     }
+    /*
+     * A walk that looks at files gets the attributes with the names: the kernel then has them
+     * from the listing (readdirplus) instead of looking each file up.  A failure here only
+     * leaves them to the lookups.
+     */
+    if (!view->live && g_atomic_int_get(&view->want_stats))
+        view_stat_dir(view, path);
     names = view_dir_names(view, path, &have_stats, &have_xattrs);
     if (!names)
         return -1;
