@@ -186,23 +186,36 @@ static struct guest_appliance *appliance_new(struct guest_pool *pool, const char
     return app;
 }
 
+/*
+ * NULL while @view may share its domain's appliance; once one of its disks is known to hold LVM,
+ * the keys of its drives, which name the appliance of its own.  Pool lock held.
+ */
+static char *pool_alone_key(struct guest_pool *pool, struct guest_view *view)
+{
+    g_autoptr(GString) key = g_string_new(NULL);
+    bool lvm = false;
+
+    for (size_t i = 0; i < guest_view_n_drives(view); i++) {
+        const struct guest_drive *drive = guest_view_drive(view, i);
+        g_autofree char *disk = g_strconcat(guest_view_group(view), "\n", drive->target, NULL);
+        g_autofree char *one = guest_drive_key(drive, guest_view_is_live(view) && !drive->internal_snapshot);
+
+        lvm |= g_hash_table_contains(pool->lvm_disks, disk);
+        g_string_append_printf(key, "%s%s", i ? "\n" : "", one);
+    }
+    return lvm ? g_string_free(g_steal_pointer(&key), FALSE) : NULL;
+}
+
 struct guest_appliance *guest_pool_appliance_for(struct guest_pool *pool, struct guest_view *view)
 {
     g_autoptr(GPtrArray) evicted = g_ptr_array_new();
     struct guest_appliance *app = NULL;
     const char *group = guest_view_group(view);
-    g_autofree char *alone = guest_view_alone_key(view);
+    g_autofree char *alone = NULL;
     unsigned running = 0;
 
     g_mutex_lock(&pool->lock);
-    for (size_t i = 0; !alone && i < guest_view_n_drives(view); i++) {
-        g_autofree char *disk = g_strconcat(group, "\n", guest_view_drive(view, i)->target, NULL);
-
-        if (g_hash_table_contains(pool->lvm_disks, disk)) {
-            guest_view_set_alone(view);
-            alone = guest_view_alone_key(view);
-        }
-    }
+    alone = pool_alone_key(pool, view);
     for (guint i = 0; i < pool->appliances->len; i++) {
         struct guest_appliance *a = g_ptr_array_index(pool->appliances, i);
 
@@ -257,7 +270,7 @@ struct guest_appliance *guest_pool_appliance_for(struct guest_pool *pool, struct
         g_hash_table_iter_init(&iter, pool->views);
         while (!app->alone && g_hash_table_iter_next(&iter, NULL, &value)) {
             struct guest_view *other = value;
-            g_autofree char *other_alone = guest_view_alone_key(other);
+            g_autofree char *other_alone = pool_alone_key(pool, other);
 
             if (other != view && !other_alone && app->disks->len < GUEST_MAX_SHARED_DISKS &&
                 strcmp(guest_view_group(other), group) == 0)

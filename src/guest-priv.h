@@ -25,7 +25,7 @@ struct guest_appliance {
     GMutex lock;              /* serialises every call on @g: guestfs handles are not thread-safe */
     int refs;                 /* pool lock */
     char *group;
-    char *alone;              /* an appliance of one view's drives alone (see guest_view_alone_key()), else NULL */
+    char *alone;              /* an appliance of one view's drives alone (a view of a disk with LVM), else NULL */
     unsigned serial;
     GPtrArray *disks;         /* struct guest_disk *; pool lock until launching is set */
     bool launching;           /* pool lock: the disk list is fixed */
@@ -103,14 +103,10 @@ size_t guest_view_n_drives(struct guest_view *view);
 const struct guest_drive *guest_view_drive(struct guest_view *view, size_t i);
 bool guest_view_is_live(struct guest_view *view);
 /*
- * NULL while @view may share its domain's appliance; once its disks turned out to hold LVM
- * physical volumes, the keys of its drives: every layer of a disk repeats the same volume group,
- * which LVM activates from one copy only, so such a view needs an appliance of its drives alone.
+ * Disk @target of domain @group holds LVM physical volumes: from now on every view of it gets an
+ * appliance of its drives alone.  Each layer of a disk repeats the same volume group, which LVM
+ * activates from one copy only.
  */
-char *guest_view_alone_key(struct guest_view *view);
-/* From now on @view goes alone. */
-void guest_view_set_alone(struct guest_view *view);
-/* Disk @target of domain @group holds LVM: every view of it goes alone from now on. */
 void guest_pool_mark_lvm(struct guest_pool *pool, const char *group, const char *target);
 /* Forget cached data of the view with id @id. */
 void guest_data_forget(struct guest_pool *pool, const char *id);

@@ -69,7 +69,6 @@ struct guest_view {
     char *prefix;                  /* setup lock: where, inside the appliance */
     GPtrArray *mounts;             /* struct guest_mount *, shortest mountpoint first */
     bool os;                       /* inspection found an operating system */
-    gint alone;                    /* atomic: needs an appliance of its own (guest_view_alone_key()) */
     gint want_stats;               /* atomic: a file was looked up, so listings bring attributes along (ls -l) */
     bool empty;                    /* nothing mounted: the root is an empty folder the appliance is not asked about */
     gint labels;                   /* atomic: 0 not known yet, 1 a filesystem root carries an SELinux label, -1 none does */
@@ -168,26 +167,6 @@ size_t guest_view_n_drives(struct guest_view *view)
 const struct guest_drive *guest_view_drive(struct guest_view *view, size_t i)
 {
     return &view->drives[i];
-}
-
-char *guest_view_alone_key(struct guest_view *view)
-{
-    g_autoptr(GString) key = NULL;
-
-    if (!g_atomic_int_get(&view->alone))
-        return NULL;
-    key = g_string_new(NULL);
-    for (size_t i = 0; i < view->n_drives; i++) {
-        g_autofree char *one = guest_drive_key(&view->drives[i], view->live && !view->drives[i].internal_snapshot);
-
-        g_string_append_printf(key, "%s%s", i ? "\n" : "", one);
-    }
-    return g_string_free(g_steal_pointer(&key), FALSE);
-}
-
-void guest_view_set_alone(struct guest_view *view)
-{
-    g_atomic_int_set(&view->alone, 1);
 }
 
 bool guest_view_is_live(struct guest_view *view)
@@ -603,7 +582,6 @@ static int view_mount(struct guest_view *view, struct guest_appliance *app)
         if (!app->alone) {
             for (guint i = 0; i < lvm_disks->len; i++)
                 guest_pool_mark_lvm(view->pool, view->group, g_ptr_array_index(lvm_disks, i));
-            guest_view_set_alone(view);
             snapfs_info("%s: its disks hold LVM physical volumes: it moves to an appliance of its own", view->label);
             return 1;
         }
