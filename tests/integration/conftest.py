@@ -606,6 +606,18 @@ def mount(libvirtd, run_prefix):
 
 
 @contextlib.contextmanager
+def module_domains(images, run_prefix, tree=None):
+    """Domains for one module's fixture, every one removed afterwards (and TREE, the folder of their images)."""
+    doms = Domains(images, run_prefix)
+    try:
+        yield doms
+    finally:
+        doms.remove_all()
+        if tree is not None:
+            remove_tree(tree)
+
+
+@contextlib.contextmanager
 def guest_mount(prefix):
     """A mount of qemu:///system for one module's guest tests (appliances start slowly: 30 s to mount); its path.
     Unmounted afterwards, and after passing tests checked to have exited cleanly."""

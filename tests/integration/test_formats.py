@@ -14,7 +14,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 import pytest
 
-from conftest import IMAGE_ROOT, RUN_PREFIX, Domain, Domains, guest_mount, remove_tree, run, virsh
+from conftest import IMAGE_ROOT, RUN_PREFIX, Domain, guest_mount, module_domains, run, virsh
 from test_guest import compare
 
 SNAPSHOT = "frozen"
@@ -179,12 +179,8 @@ class FormatSet:
 
 @pytest.fixture(scope="module")
 def fset(libvirtd, images, run_prefix):
-    doms = Domains(images, run_prefix)
-    try:
+    with module_domains(images, run_prefix, IMAGE_ROOT / "formats") as doms:
         yield FormatSet(images, doms)
-    finally:
-        doms.remove_all()
-        remove_tree(IMAGE_ROOT / "formats")
 
 
 @pytest.fixture(scope="module")

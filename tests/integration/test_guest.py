@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IMAGE_ROOT, REPO, Domains, guest_mount, run, virsh
+from conftest import IMAGE_ROOT, REPO, guest_mount, module_domains, run, virsh
 
 FIXTURE = REPO / "tests" / "unit" / "guest-fixture.sh"
 
@@ -51,11 +51,8 @@ class GuestSet:
 
 @pytest.fixture(scope="module")
 def guest(libvirtd, images, run_prefix):
-    doms = Domains(images, run_prefix)
-    try:
+    with module_domains(images, run_prefix) as doms:
         yield GuestSet(images, doms)
-    finally:
-        doms.remove_all()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IMAGE_ROOT, URI, Domains, guest_mount, run
+from conftest import IMAGE_ROOT, URI, guest_mount, module_domains, run
 from test_guest import compare
 
 VG = "vg-snapfs"            # a dash, which /dev/mapper doubles
@@ -76,12 +76,8 @@ class LvmSet:
 
 @pytest.fixture(scope="module")
 def lvm(libvirtd, images, run_prefix):
-    doms = Domains(images, run_prefix)
-    try:
+    with module_domains(images, run_prefix, IMAGE_ROOT / "lvm") as doms:
         yield LvmSet(doms)
-    finally:
-        doms.remove_all()
-        shutil.rmtree(IMAGE_ROOT / "lvm", ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
