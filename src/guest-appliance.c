@@ -482,8 +482,12 @@ static int appliance_start_servers(struct guest_pool *pool, struct guest_applian
     return server_start(pool, app, argv, socket, "the images", &app->storage_pid);
 }
 
-/* A handle with @app's disks added, not launched; NULL with the reason. */
-static guestfs_h *appliance_handle(struct guest_appliance *app, bool force_tcg)
+/*
+ * A handle with @app's disks added, not launched; NULL with the reason.  @unpacked: the appliance boots
+ * the kernel unpacked (guest-kernel.c).
+ */
+static guestfs_h *appliance_handle(struct guest_pool *pool, struct guest_appliance *app, bool force_tcg,
+                                   bool *unpacked)
 {
     g_autoptr(guestfs_h) g = guestfs_create();
     g_autofree char *ident = NULL;
@@ -515,6 +519,18 @@ static guestfs_h *appliance_handle(struct guest_appliance *app, bool force_tcg)
         char *settings[] = { (char *)"force_tcg", NULL };
 
         guestfs_set_backend_settings(g, settings);
+    }
+    *unpacked = false;
+    if (!g_atomic_int_get(&pool->plain_kernel)) {
+        g_autofree char *fixed = guest_kernel_appliance(g);
+
+        if (fixed && guestfs_set_path(g, fixed) == 0) {
+            *unpacked = true;
+        } else {
+            snapfs_info("appliances boot libguestfs's kernel as it is: %s",
+                        fixed ? guestfs_last_error(g) : snapfs_error_message());
+            g_atomic_int_set(&pool->plain_kernel, 1);
+        }
     }
     for (guint i = 0; i < app->disks->len; i++) {
         struct guest_disk_ext *ext = g_ptr_array_index(app->disks, i);
@@ -670,10 +686,11 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
         goto fail;
     snapfs_debug("appliance %u of domain '%s': images served after %.2f s", app->serial, app->group,
                  (double)(g_get_monotonic_time() - started) / G_USEC_PER_SEC);
-    for (int attempt = 0; attempt < 2; attempt++) {
-        bool tcg = g_atomic_int_get(&pool->force_tcg);
+    /* At most: KVM fails, TCG with the unpacked kernel fails, TCG with libguestfs's kernel. */
+    for (int attempt = 0; attempt < 3 && !g; attempt++) {
+        bool tcg = g_atomic_int_get(&pool->force_tcg), unpacked;
 
-        g = appliance_handle(app, tcg);
+        g = appliance_handle(pool, app, tcg, &unpacked);
         if (!g)
             goto fail;
         if (guestfs_launch(g) == 0)
@@ -681,12 +698,20 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
         snapfs_error_set(EIO, "cannot start a libguestfs appliance for '%s': %s", app->group, guestfs_last_error(g));
         g_clear_pointer(&g, guestfs_close);
         /* KVM that fails at start (nested, broken MSRs) while TCG works: use TCG from now on, as --check advises. */
-        if (tcg)
+        if (!tcg) {
+            snapfs_warn("appliance %u of domain '%s': %s; trying again without KVM", app->serial, app->group,
+                        snapfs_error_message());
+            g_atomic_int_set(&pool->force_tcg, 1);
+        } else if (unpacked) {
+            snapfs_warn("appliance %u of domain '%s': %s; trying again with libguestfs's kernel as it is",
+                        app->serial, app->group, snapfs_error_message());
+            g_atomic_int_set(&pool->plain_kernel, 1);
+        } else {
             goto fail;
-        snapfs_warn("appliance %u of domain '%s': %s; trying again without KVM", app->serial, app->group,
-                    snapfs_error_message());
-        g_atomic_int_set(&pool->force_tcg, 1);
+        }
     }
+    if (!g)
+        goto fail;
     app->qemu_pid = guestfs_get_pid(g);
     snapfs_debug("appliance %u of domain '%s': booted after %.2f s", app->serial, app->group,
                  (double)(g_get_monotonic_time() - started) / G_USEC_PER_SEC);

@@ -55,6 +55,7 @@ struct guest_pool {
     GPtrArray *appliances;    /* struct guest_appliance * (one reference each) */
     unsigned serial;
     gint force_tcg;           /* atomic: KVM failed once, appliances use TCG */
+    gint plain_kernel;        /* atomic: the unpacked kernel cannot be made or failed to boot: libguestfs's as it is */
     struct guest_pool_stats stats;
     GHashTable *lvm_disks;    /* "group\ntarget" of each disk found to hold LVM: its views go alone from the start */
     GThread *timer;
@@ -96,6 +97,15 @@ const char *guest_device_suffix(const char *device, const char *whole);
 /* The index in @app of the disk with @key, or -1. */
 int guest_appliance_find_disk(struct guest_appliance *app, const char *key);
 char *guest_drive_key(const struct guest_drive *drive, bool live);
+
+/*
+ * The directory of a ready-made appliance to hand guestfs_set_path(): libguestfs's own, refreshed as libguestfs
+ * does, with the kernel unpacked so that qemu boots it without its decompressor (seconds under TCG).  NULL with
+ * the reason when that cannot be: then libguestfs's appliance boots as it is.
+ */
+char *guest_kernel_appliance(guestfs_h *g);
+/* The ELF kernel in the bzImage @image, if xz-compressed and bootable through its PVH entry; NULL with the reason. */
+GBytes *guest_kernel_unpack(const guint8 *image, size_t len);
 
 /* View internals the appliance side needs. */
 const char *guest_view_group(struct guest_view *view);

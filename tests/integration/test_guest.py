@@ -137,6 +137,40 @@ def test_posix_acls(guest, mnt):
     assert "+" in run("ls", "-l", base / "dir" / "f7").stdout.split()[0]
 
 
+def appliance_kernels(mnt):
+    """The -kernel of every qemu that the snapfs serving MNT started (libguestfs forks qemu from snapfs itself)."""
+    procs = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        procs[int(pid)] = (ppid, argv)
+    # snapfs, and any child it forked that has not run exec yet.
+    daemons = {pid for pid, (_, argv) in procs.items() if str(mnt) in argv and "snapfs" in argv[0]}
+    assert len({pid for pid in daemons if procs[pid][0] not in daemons}) == 1, f"snapfs of {mnt}: {daemons}"
+    return [argv[argv.index("-kernel") + 1] for ppid, argv in procs.values()
+            if ppid in daemons and "-kernel" in argv]
+
+
+def test_appliance_boots_the_unpacked_kernel(guest, mnt):
+    """The appliance boots the kernel of libguestfs's own appliance build, unpacked beside hard links to its initrd
+    and root, so that qemu skips the kernel's decompressor (seconds under TCG)."""
+    compare(guest.src("src2"), mnt / guest.chain.name / "snap1" / "sda")
+    kernels = appliance_kernels(mnt)
+    assert kernels, "no appliance of this mount is running"
+    cache = Path(os.environ.get("LIBGUESTFS_CACHEDIR") or os.environ.get("TMPDIR") or "/var/tmp")
+    built = cache / f".guestfs-{os.geteuid()}" / "appliance.d"
+    for kernel in map(Path, kernels):
+        assert kernel.parent.parent == cache / f".snapfs-{os.geteuid()}", kernel
+        assert kernel.read_bytes()[:4] == b"\x7fELF", f"{kernel} is not an unpacked kernel"
+        assert kernel.stat().st_size > (built / "kernel").stat().st_size
+        for part in ("initrd", "root"):
+            assert (kernel.parent / part).stat().st_ino == (built / part).stat().st_ino, part
+        assert (kernel.parent / "README.fixed").exists()
+
+
 def appliance_calls(mnt):
     return int(os.getxattr(mnt, "user.snapfs.appliance_calls"))
 

@@ -1,0 +1,362 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* The appliance's kernel unpacked once, so that qemu boots it without running its decompressor. */
+
+#include "guest-priv.h"
+
+#include "snapfs/error.h"
+#include "snapfs/log.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <lzma.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+/*
+ * Why: libguestfs boots the host's kernel as it is installed, a bzImage whose payload is the kernel
+ * compressed (xz on Debian).  Its decompressor runs inside the appliance before the kernel's first
+ * line, about 3 s of an 11 s boot under TCG and a tenth of a second on KVM.  qemu also boots an
+ * uncompressed ELF kernel that carries a PVH entry note (CONFIG_PVH, set by Debian, Fedora and
+ * Ubuntu), and that skips the decompressor altogether.
+ *
+ * So snapfs keeps a fixed appliance of its own beside libguestfs's: the same initrd and root, as hard
+ * links to the files supermin built, and the kernel unpacked.  supermin is run first exactly as
+ * libguestfs runs it (--if-newer, under libguestfs's lock), so a host upgrade still rebuilds the
+ * appliance; a new build has new files, and a new fixed appliance follows it.  The cost is qemu's
+ * copy of the unpacked kernel, about 30 MiB more per appliance than the compressed one.
+ */
+
+/* Offsets in the bzImage's setup header (Documentation/x86/boot.rst). */
+#define BZ_SETUP_SECTS 0x1f1
+#define BZ_MAGIC 0x202
+#define BZ_VERSION 0x206
+#define BZ_PAYLOAD_OFFSET 0x248
+#define BZ_PAYLOAD_LENGTH 0x24c
+#define BZ_HEADER_END 0x250
+
+/* The ELF note qemu looks for to boot a kernel through its PVH entry. */
+#define PVH_NOTE_NAME "Xen"
+#define PVH_NOTE_TYPE 18 /* XEN_ELFNOTE_PHYS32_ENTRY */
+
+static GMutex kernel_lock; /* one preparation at a time within this process */
+
+static uint32_t load_le(const guint8 *p, int bytes)
+{
+    uint32_t v = 0;
+
+    for (int i = bytes - 1; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static uint64_t load_le64(const guint8 *p)
+{
+    return (uint64_t)load_le(p + 4, 4) << 32 | load_le(p, 4);
+}
+
+/* Whether the ELF image @elf of @len bytes has a PVH entry note in a PT_NOTE segment. */
+static bool elf_has_pvh_note(const guint8 *elf, size_t len)
+{
+    uint64_t phoff;
+    unsigned phentsize, phnum;
+
+    if (len < 64 || memcmp(elf, "\177ELF", 4) != 0 || elf[4] != 2 /* 64-bit */ || elf[5] != 1 /* LE */)
+        return false;
+    phoff = load_le64(elf + 32);
+    phentsize = load_le(elf + 54, 2);
+    phnum = load_le(elf + 56, 2);
+    if (phentsize < 56 || phoff > len || (uint64_t)phnum * phentsize > len - phoff)
+        return false;
+    for (unsigned i = 0; i < phnum; i++) {
+        const guint8 *ph = elf + phoff + (uint64_t)i * phentsize;
+        uint64_t off = load_le64(ph + 8), size = load_le64(ph + 32);
+
+        if (load_le(ph, 4) != 4 /* PT_NOTE */ || off > len || size > len - off)
+            continue;
+        for (uint64_t at = off; size - (at - off) >= 12;) {
+            uint64_t namesz = load_le(elf + at, 4), descsz = load_le(elf + at + 4, 4);
+            uint64_t name_end = at + 12 + namesz, next = at + 12 + ((namesz + 3) & ~3ULL) + ((descsz + 3) & ~3ULL);
+
+            if (name_end > off + size)
+                break;
+            if (load_le(elf + at + 8, 4) == PVH_NOTE_TYPE && namesz == sizeof(PVH_NOTE_NAME) &&
+                memcmp(elf + at + 12, PVH_NOTE_NAME, sizeof(PVH_NOTE_NAME)) == 0)
+                return true;
+            if (next > off + size)
+                break;
+            at = next;
+        }
+    }
+    return false;
+}
+
+GBytes *guest_kernel_unpack(const guint8 *image, size_t len)
+{
+    size_t setup, start, length;
+    lzma_stream xz = LZMA_STREAM_INIT;
+    g_autoptr(GByteArray) out = g_byte_array_new();
+    lzma_ret r;
+
+    if (len < BZ_HEADER_END || memcmp(image + BZ_MAGIC, "HdrS", 4) != 0) {
+        snapfs_error_set(EINVAL, "the kernel is not a bzImage");
+        return NULL;
+    }
+    if (load_le(image + BZ_VERSION, 2) < 0x208) {
+        snapfs_error_set(EINVAL, "the kernel's boot protocol %#x is older than 2.08, which names its payload",
+                         load_le(image + BZ_VERSION, 2));
+        return NULL;
+    }
+    setup = image[BZ_SETUP_SECTS] ? image[BZ_SETUP_SECTS] : 4;
+    start = (setup + 1) * 512 + load_le(image + BZ_PAYLOAD_OFFSET, 4);
+    length = load_le(image + BZ_PAYLOAD_LENGTH, 4);
+    if (start > len || length > len - start || length < 6) {
+        snapfs_error_set(EINVAL, "the kernel's payload lies outside the file");
+        return NULL;
+    }
+    if (memcmp(image + start, "\3757zXZ\0", 6) != 0) {
+        snapfs_error_set(ENOTSUP, "the kernel is compressed with a format other than xz");
+        return NULL;
+    }
+    if (lzma_stream_decoder(&xz, UINT64_MAX, 0) != LZMA_OK) {
+        snapfs_error_set(ENOMEM, "cannot start an xz decoder");
+        return NULL;
+    }
+    xz.next_in = image + start;
+    xz.avail_in = length;
+    do {
+        size_t had = out->len;
+
+        /* Kernels unpack to several times their size: grow by the input's size at a time. */
+        g_byte_array_set_size(out, had + MAX(length, 1 << 20));
+        xz.next_out = out->data + had;
+        xz.avail_out = out->len - had;
+        r = lzma_code(&xz, LZMA_FINISH);
+        g_byte_array_set_size(out, out->len - xz.avail_out);
+    } while (r == LZMA_OK && out->len < (512u << 20));
+    lzma_end(&xz);
+    if (r != LZMA_STREAM_END) {
+        snapfs_error_set(EINVAL, "the kernel's xz payload is damaged (%s)",
+                         r == LZMA_OK ? "larger than 512 MiB" : "xz error");
+        return NULL;
+    }
+    if (!elf_has_pvh_note(out->data, out->len)) {
+        snapfs_error_set(ENOTSUP, "the unpacked kernel has no PVH entry note (CONFIG_PVH) for qemu to boot it by");
+        return NULL;
+    }
+    return g_byte_array_free_to_bytes(g_steal_pointer(&out));
+}
+
+/* Whether @dir is a directory of ours that nobody else can write into (it lives in /var/tmp). */
+static bool dir_is_ours(const char *dir)
+{
+    struct stat st;
+
+    if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+        return false;
+    return lstat(dir, &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == geteuid() && !(st.st_mode & 022);
+}
+
+/* Identity of libguestfs's built appliance: inode, size and time of its three files, or NULL. */
+static char *appliance_stamp(const char *built)
+{
+    static const char *const parts[] = { "kernel", "initrd", "root" };
+    g_autoptr(GString) stamp = g_string_new(NULL);
+
+    for (size_t i = 0; i < G_N_ELEMENTS(parts); i++) {
+        g_autofree char *file = g_build_filename(built, parts[i], NULL);
+        struct stat st;
+
+        if (stat(file, &st) < 0 || !S_ISREG(st.st_mode))
+            return NULL;
+        g_string_append_printf(stamp, "%ju:%ju:%jd.%09ld;", (uintmax_t)st.st_ino, (uintmax_t)st.st_size,
+                               (intmax_t)st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
+    }
+    return g_string_free(g_steal_pointer(&stamp), FALSE);
+}
+
+/* supermin --if-newer, as libguestfs runs it before each launch: builds or refreshes @built. */
+static int appliance_refresh(const char *supermin_d, const char *base, const char *built)
+{
+    struct utsname u;
+    g_autofree char *lock = g_build_filename(base, "lock", NULL);
+    g_autofree char *err = NULL;
+    int status = 0;
+    g_autoptr(GError) error = NULL;
+
+    if (uname(&u) < 0)
+        return -1;
+    const char *argv[] = { "supermin", "--build", "--if-newer", "--lock", lock, "--copy-kernel", "-f", "ext2",
+                           "--host-cpu", u.machine, supermin_d, "-o", built, NULL };
+    if (!g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH | G_SPAWN_STDOUT_TO_DEV_NULL, NULL, NULL,
+                      NULL, &err, &status, &error)) {
+        snapfs_error_set(EIO, "cannot run supermin: %s", error->message);
+        return -1;
+    }
+    if (!g_spawn_check_wait_status(status, NULL)) {
+        snapfs_error_set(EIO, "supermin failed: %s", g_strstrip(err));
+        return -1;
+    }
+    return 0;
+}
+
+/* Remove a prepared appliance, or one half made. */
+static void remove_appliance(const char *dir)
+{
+    g_autoptr(GDir) inner = g_dir_open(dir, 0, NULL);
+    const char *file;
+
+    while (inner && (file = g_dir_read_name(inner))) {
+        g_autofree char *f = g_build_filename(dir, file, NULL);
+
+        unlink(f);
+    }
+    rmdir(dir);
+}
+
+/* Remove every prepared appliance in @mine but @keep: what is left of earlier builds of libguestfs's. */
+static void remove_old(const char *mine, const char *keep)
+{
+    g_autoptr(GDir) dir = g_dir_open(mine, 0, NULL);
+    const char *name;
+
+    while (dir && (name = g_dir_read_name(dir))) {
+        g_autofree char *path = g_build_filename(mine, name, NULL);
+
+        if (g_str_has_prefix(name, "appliance-") && g_strcmp0(path, keep) != 0)
+            remove_appliance(path);
+    }
+}
+
+/* Whether @dir holds the four files of a ready-made appliance. */
+static bool appliance_complete(const char *dir)
+{
+    static const char *const parts[] = { "kernel", "initrd", "root", "README.fixed" };
+
+    for (size_t i = 0; i < G_N_ELEMENTS(parts); i++) {
+        g_autofree char *file = g_build_filename(dir, parts[i], NULL);
+
+        if (!g_file_test(file, G_FILE_TEST_IS_REGULAR))
+            return false;
+    }
+    return true;
+}
+
+/* Make @fixed from @built: hard links to its initrd and root, its kernel unpacked. */
+static int appliance_make(const char *built, const char *mine, const char *fixed, const char *stamp)
+{
+    g_autofree char *tmp = g_build_filename(mine, "appliance.XXXXXX", NULL);
+    g_autofree char *kernel = g_build_filename(built, "kernel", NULL);
+    g_autofree char *out = NULL, *again = NULL;
+    g_autofree char *image = NULL;
+    g_autoptr(GBytes) unpacked = NULL;
+    g_autoptr(GError) error = NULL;
+    gsize len;
+    int rc = -1;
+
+    if (!g_mkdtemp_full(tmp, 0755)) {
+        snapfs_error_set(errno, "cannot make a directory in %s: %s", mine, g_strerror(errno));
+        return -1;
+    }
+    for (const char *const *part = (const char *const[]){ "initrd", "root", NULL }; *part; part++) {
+        g_autofree char *from = g_build_filename(built, *part, NULL);
+        g_autofree char *to = g_build_filename(tmp, *part, NULL);
+
+        if (link(from, to) < 0) {
+            snapfs_error_set(errno, "cannot link %s to %s: %s", from, to, g_strerror(errno));
+            goto cleanup;
+        }
+    }
+    if (!g_file_get_contents(kernel, &image, &len, &error)) {
+        snapfs_error_set(EIO, "cannot read the appliance's kernel: %s", error->message);
+        goto cleanup;
+    }
+    unpacked = guest_kernel_unpack((const guint8 *)image, len);
+    if (!unpacked)
+        goto cleanup;
+    out = g_build_filename(tmp, "kernel", NULL);
+    if (!g_file_set_contents_full(out, g_bytes_get_data(unpacked, NULL), g_bytes_get_size(unpacked),
+                                  G_FILE_SET_CONTENTS_CONSISTENT, 0644, &error)) {
+        snapfs_error_set(EIO, "cannot write the unpacked kernel: %s", error->message);
+        goto cleanup;
+    }
+    /* libguestfs takes a directory with this file in it for a ready-made appliance. */
+    g_free(out);
+    out = g_build_filename(tmp, "README.fixed", NULL);
+    if (!g_file_set_contents(out, "Made by snapfs from libguestfs's appliance, its kernel unpacked.\n", -1, &error)) {
+        snapfs_error_set(EIO, "cannot write %s: %s", out, error->message);
+        goto cleanup;
+    }
+    /* supermin rebuilt the appliance meanwhile: these links may mix two builds. */
+    again = appliance_stamp(built);
+    if (g_strcmp0(again, stamp) != 0) {
+        snapfs_error_set(EAGAIN, "libguestfs's appliance changed while it was copied");
+        goto cleanup;
+    }
+    if (rename(tmp, fixed) < 0 && errno != EEXIST && errno != ENOTEMPTY) {
+        snapfs_error_set(errno, "cannot rename %s to %s: %s", tmp, fixed, g_strerror(errno));
+        goto cleanup;
+    }
+    rc = 0;
+
+cleanup:
+    remove_appliance(tmp);
+    remove_old(mine, fixed);
+    return rc;
+}
+
+char *guest_kernel_appliance(guestfs_h *g)
+{
+    g_autofree char *cachedir = NULL, *base = NULL, *built = NULL, *mine = NULL, *stamp = NULL;
+    g_autofree char *fixed = NULL, *sum = NULL, *supermin_d = NULL;
+    g_auto(GStrv) path = NULL;
+    g_autoptr(GMutexLocker) locker = NULL;
+
+    /* The user chose an appliance or a kernel: theirs. */
+    if (g_getenv("LIBGUESTFS_PATH") || g_getenv("SUPERMIN_KERNEL"))
+        return NULL;
+    path = g_strsplit(guestfs_get_path(g) ? guestfs_get_path(g) : "", ":", -1);
+    for (char **p = path; *p && !supermin_d; p++) {
+        g_autofree char *d = g_build_filename(*p, "supermin.d", NULL);
+
+        if (g_file_test(d, G_FILE_TEST_IS_DIR))
+            supermin_d = g_steal_pointer(&d);
+    }
+    if (!supermin_d) {
+        snapfs_error_set(ENOENT, "libguestfs has no supermin appliance in %s", guestfs_get_path(g));
+        return NULL;
+    }
+    cachedir = guestfs_get_cachedir(g);
+    if (!cachedir) {
+        snapfs_error_set(EIO, "libguestfs names no cache directory");
+        return NULL;
+    }
+    /* The names libguestfs gives its cache (lib/appliance.c), shared with every other libguestfs tool. */
+    base = g_strdup_printf("%s/.guestfs-%ju", cachedir, (uintmax_t)geteuid());
+    built = g_build_filename(base, "appliance.d", NULL);
+    mine = g_strdup_printf("%s/.snapfs-%ju", cachedir, (uintmax_t)geteuid());
+    locker = g_mutex_locker_new(&kernel_lock);
+    if (!dir_is_ours(base) || !dir_is_ours(mine)) {
+        snapfs_error_set(EPERM, "%s or %s is not a directory of user %ju alone", base, mine, (uintmax_t)geteuid());
+        return NULL;
+    }
+    if (appliance_refresh(supermin_d, base, built) < 0)
+        return NULL;
+    stamp = appliance_stamp(built);
+    if (!stamp) {
+        snapfs_error_set(ENOENT, "supermin left no kernel, initrd and root in %s", built);
+        return NULL;
+    }
+    sum = g_compute_checksum_for_string(G_CHECKSUM_SHA256, stamp, -1);
+    fixed = g_strdup_printf("%s/appliance-%.16s", mine, sum);
+    if (!appliance_complete(fixed)) {
+        remove_appliance(fixed); /* what another snapfs left half removed */
+        if (appliance_make(built, mine, fixed, stamp) < 0)
+            return NULL;
+        snapfs_info("appliances boot the kernel of %s unpacked, from %s", built, fixed);
+    }
+    return g_steal_pointer(&fixed);
+}
