@@ -675,6 +675,7 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
 {
     g_autoptr(guestfs_h) g = NULL;
     gint64 started = g_get_monotonic_time();
+    bool unpacked = false;
 
     g_mutex_lock(&pool->lock);
     app->launching = true;
@@ -688,7 +689,7 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
                  (double)(g_get_monotonic_time() - started) / G_USEC_PER_SEC);
     /* At most: KVM fails, TCG with the unpacked kernel fails, TCG with libguestfs's kernel. */
     for (int attempt = 0; attempt < 3 && !g; attempt++) {
-        bool tcg = g_atomic_int_get(&pool->force_tcg), unpacked;
+        bool tcg = g_atomic_int_get(&pool->force_tcg);
 
         g = appliance_handle(pool, app, tcg, &unpacked);
         if (!g)
@@ -713,6 +714,8 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
     if (!g)
         goto fail;
     app->qemu_pid = guestfs_get_pid(g);
+    if (unpacked)
+        guest_kernel_release(app->qemu_pid, guestfs_get_path(g));
     snapfs_debug("appliance %u of domain '%s': booted after %.2f s", app->serial, app->group,
                  (double)(g_get_monotonic_time() - started) / G_USEC_PER_SEC);
     /*

@@ -12,7 +12,10 @@
 #include <lzma.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/pidfd.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
@@ -160,7 +163,11 @@ static bool dir_is_ours(const char *dir)
     return lstat(dir, &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == geteuid() && !(st.st_mode & 022);
 }
 
-/* Identity of libguestfs's built appliance: inode, size and time of its three files, or NULL. */
+/*
+ * Identity of libguestfs's built appliance: device, inode and size of its three files, or NULL.  Not their
+ * times: libguestfs touches them at every launch, so that cleaners of /var/tmp leave them.  A new build
+ * has new inodes, as supermin writes new files (and our hard links keep the old ones from being reused).
+ */
 static char *appliance_stamp(const char *built)
 {
     static const char *const parts[] = { "kernel", "initrd", "root" };
@@ -172,8 +179,8 @@ static char *appliance_stamp(const char *built)
 
         if (stat(file, &st) < 0 || !S_ISREG(st.st_mode))
             return NULL;
-        g_string_append_printf(stamp, "%ju:%ju:%jd.%09ld;", (uintmax_t)st.st_ino, (uintmax_t)st.st_size,
-                               (intmax_t)st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
+        g_string_append_printf(stamp, "%ju:%ju:%ju;", (uintmax_t)st.st_dev, (uintmax_t)st.st_ino,
+                               (uintmax_t)st.st_size);
     }
     return g_string_free(g_steal_pointer(&stamp), FALSE);
 }
@@ -359,4 +366,44 @@ char *guest_kernel_appliance(guestfs_h *g)
         snapfs_info("appliances boot the kernel of %s unpacked, from %s", built, fixed);
     }
     return g_steal_pointer(&fixed);
+}
+
+void guest_kernel_release(pid_t qemu, const char *fixed)
+{
+    g_autofree char *maps_file = g_strdup_printf("/proc/%d/maps", (int)qemu);
+    g_autofree char *maps = NULL;
+    g_autofree char *prefix = g_strconcat(fixed, "/", NULL);
+    g_autoptr(GArray) ranges = g_array_new(FALSE, FALSE, sizeof(struct iovec));
+    size_t bytes = 0;
+    ssize_t released;
+    int pidfd;
+
+    if (!g_file_get_contents(maps_file, &maps, NULL, NULL))
+        return;
+    for (char *line = maps, *next; line && *line; line = next) {
+        unsigned long start, end;
+        int at = 0;
+
+        next = strchr(line, '\n');
+        if (next)
+            *next++ = '\0';
+        if (sscanf(line, "%lx-%lx %*s %*s %*s %*s %n", &start, &end, &at) == 2 && at > 0 &&
+            g_str_has_prefix(line + at, prefix) && end > start) {
+            struct iovec range = { .iov_base = (void *)start, .iov_len = end - start };
+
+            g_array_append_val(ranges, range);
+            bytes += range.iov_len;
+        }
+    }
+    if (ranges->len == 0)
+        return;
+    pidfd = pidfd_open(qemu, 0);
+    if (pidfd < 0)
+        return;
+    released = process_madvise(pidfd, (const struct iovec *)ranges->data, ranges->len, MADV_PAGEOUT, 0);
+    close(pidfd);
+    if (released < 0)
+        snapfs_debug("cannot page out qemu %d's copy of the appliance's kernel: %s", (int)qemu, g_strerror(errno));
+    else
+        snapfs_debug("qemu %d: %zu MiB of the kernel and initrd it booted paged out", (int)qemu, bytes >> 20);
 }

@@ -104,6 +104,11 @@ char *guest_drive_key(const struct guest_drive *drive, bool live);
  * the reason when that cannot be: then libguestfs's appliance boots as it is.
  */
 char *guest_kernel_appliance(guestfs_h *g);
+/*
+ * qemu @qemu, booted from the ready-made appliance @fixed, keeps its kernel and initrd mapped to load them again
+ * on a reset, which an appliance never does (-no-reboot): about 70 MiB of its RSS, which this pages out.
+ */
+void guest_kernel_release(pid_t qemu, const char *fixed);
 /* The ELF kernel in the bzImage @image, if xz-compressed and bootable through its PVH entry; NULL with the reason. */
 GBytes *guest_kernel_unpack(const guint8 *image, size_t len);
 
