@@ -206,6 +206,38 @@ static char *pool_alone_key(struct guest_pool *pool, struct guest_view *view)
     return lvm ? g_string_free(g_steal_pointer(&key), FALSE) : NULL;
 }
 
+/*
+ * Look from the host at @view's image of each of its domain's disks not looked at yet: a disk that holds LVM
+ * then gets appliances of its own from the start, with no boot of the shared appliance to find that out.
+ */
+static void pool_look_for_lvm(struct guest_pool *pool, struct guest_view *view)
+{
+    for (size_t i = 0; i < guest_view_n_drives(view); i++) {
+        const struct guest_drive *drive = guest_view_drive(view, i);
+        g_autofree char *disk = g_strconcat(guest_view_group(view), "\n", drive->target, NULL);
+        bool first;
+        int lvm;
+
+        /* qemu-io cannot open an internal snapshot: the appliance's blkid will tell. */
+        if (drive->internal_snapshot)
+            continue;
+        g_mutex_lock(&pool->lock);
+        first = g_hash_table_add(pool->looked_at, g_strdup(disk));
+        g_mutex_unlock(&pool->lock);
+        if (!first)
+            continue;
+        lvm = guest_image_holds_lvm(drive->file, drive->format);
+        if (lvm < 0) {
+            snapfs_debug("disk '%s' of domain '%s': no look from the host: %s", drive->target,
+                         guest_view_group(view), snapfs_error_message());
+        } else if (lvm) {
+            snapfs_info("disk '%s' of domain '%s' holds LVM physical volumes: its views get appliances of their own",
+                        drive->target, guest_view_group(view));
+            guest_pool_mark_lvm(pool, guest_view_group(view), drive->target);
+        }
+    }
+}
+
 struct guest_appliance *guest_pool_appliance_for(struct guest_pool *pool, struct guest_view *view)
 {
     g_autoptr(GPtrArray) evicted = g_ptr_array_new();
@@ -214,6 +246,7 @@ struct guest_appliance *guest_pool_appliance_for(struct guest_pool *pool, struct
     g_autofree char *alone = NULL;
     unsigned running = 0;
 
+    pool_look_for_lvm(pool, view);
     g_mutex_lock(&pool->lock);
     alone = pool_alone_key(pool, view);
     for (guint i = 0; i < pool->appliances->len; i++) {
@@ -866,6 +899,7 @@ struct guest_pool *guest_pool_new(const struct guest_pool_config *config)
     pool->views = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, (GDestroyNotify)guest_view_unref);
     pool->appliances = g_ptr_array_new();
     pool->lvm_disks = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    pool->looked_at = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     pool->chunks = g_hash_table_new(g_str_hash, g_str_equal);
     g_queue_init(&pool->lru);
     /*
@@ -918,6 +952,7 @@ void guest_pool_free(struct guest_pool *pool)
     }
     g_ptr_array_unref(pool->appliances);
     g_hash_table_unref(pool->lvm_disks);
+    g_hash_table_unref(pool->looked_at);
     g_async_queue_push(pool->spawns, pool);
     g_thread_join(pool->spawner);
     g_async_queue_unref(pool->spawns);

@@ -58,6 +58,7 @@ struct guest_pool {
     gint plain_kernel;        /* atomic: the unpacked kernel cannot be made or failed to boot: libguestfs's as it is */
     struct guest_pool_stats stats;
     GHashTable *lvm_disks;    /* "group\ntarget" of each disk found to hold LVM: its views go alone from the start */
+    GHashTable *looked_at;    /* "group\ntarget" of each disk whose image was looked at for LVM from the host */
     GThread *timer;
     GThread *spawner;         /* forks the NBD servers: their parent-death signal is tied to this thread */
     GAsyncQueue *spawns;
@@ -111,6 +112,12 @@ char *guest_kernel_appliance(guestfs_h *g);
 void guest_kernel_release(pid_t qemu, const char *fixed);
 /* The ELF kernel in the bzImage @image, if xz-compressed and bootable through its PVH entry; NULL with the reason. */
 GBytes *guest_kernel_unpack(const guint8 *image, size_t len);
+
+/*
+ * 1 if the image @file (format @format) holds an LVM physical volume on the whole disk or on a primary or GPT
+ * partition, 0 if not (logical partitions are not looked at), -1 with the reason if it cannot be read.
+ */
+int guest_image_holds_lvm(const char *file, const char *format);
 
 /* View internals the appliance side needs. */
 const char *guest_view_group(struct guest_view *view);
