@@ -515,12 +515,34 @@ static int appliance_start_servers(struct guest_pool *pool, struct guest_applian
     return server_start(pool, app, argv, socket, "the images", &app->storage_pid);
 }
 
+/* How an appliance boots beside libguestfs's defaults (guest-boot.c). */
+enum {
+    BOOT_UNPACKED = 1,  /* the kernel unpacked */
+    BOOT_TCG_CACHE = 2, /* qemu through a script that bounds its translated code */
+};
+
 /*
- * A handle with @app's disks added, not launched; NULL with the reason.  @unpacked: the appliance boots
- * the kernel unpacked (guest-kernel.c).
+ * Hand @g what @prepare makes (a file of guest-boot.c) through @apply, unless @plain says that failed once; when it
+ * cannot be made, say so (appliances then @without "as it is") and set @plain.  Whether @g got it.
  */
+static bool boot_use(guestfs_h *g, gint *plain, char *(*prepare)(guestfs_h *),
+                     int (*apply)(guestfs_h *, const char *), const char *without)
+{
+    g_autofree char *made = NULL;
+
+    if (g_atomic_int_get(plain))
+        return false;
+    made = prepare(g);
+    if (made && apply(g, made) == 0)
+        return true;
+    snapfs_info("appliances %s as it is: %s", without, made ? guestfs_last_error(g) : snapfs_error_message());
+    g_atomic_int_set(plain, 1);
+    return false;
+}
+
+/* A handle with @app's disks added, not launched, and what of guest-boot.c it uses; NULL with the reason. */
 static guestfs_h *appliance_handle(struct guest_pool *pool, struct guest_appliance *app, bool force_tcg,
-                                   bool *unpacked)
+                                   unsigned *boot)
 {
     g_autoptr(guestfs_h) g = guestfs_create();
     g_autofree char *ident = NULL;
@@ -553,18 +575,12 @@ static guestfs_h *appliance_handle(struct guest_pool *pool, struct guest_applian
 
         guestfs_set_backend_settings(g, settings);
     }
-    *unpacked = false;
-    if (!g_atomic_int_get(&pool->plain_kernel)) {
-        g_autofree char *fixed = guest_kernel_appliance(g);
-
-        if (fixed && guestfs_set_path(g, fixed) == 0) {
-            *unpacked = true;
-        } else {
-            snapfs_info("appliances boot libguestfs's kernel as it is: %s",
-                        fixed ? guestfs_last_error(g) : snapfs_error_message());
-            g_atomic_int_set(&pool->plain_kernel, 1);
-        }
-    }
+    *boot = 0;
+    if (boot_use(g, &pool->plain_kernel, guest_boot_appliance, guestfs_set_path, "boot libguestfs's kernel"))
+        *boot |= BOOT_UNPACKED;
+    /* Only where TCG is certain: a script that cannot run would otherwise pass for a KVM that fails. */
+    if (force_tcg && boot_use(g, &pool->plain_qemu, guest_boot_qemu, guestfs_set_hv, "run libguestfs's qemu"))
+        *boot |= BOOT_TCG_CACHE;
     for (guint i = 0; i < app->disks->len; i++) {
         struct guest_disk_ext *ext = g_ptr_array_index(app->disks, i);
         int r;
@@ -708,7 +724,7 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
 {
     g_autoptr(guestfs_h) g = NULL;
     gint64 started = g_get_monotonic_time();
-    bool unpacked = false;
+    unsigned boot = 0;
 
     g_mutex_lock(&pool->lock);
     app->launching = true;
@@ -720,11 +736,11 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
         goto fail;
     snapfs_debug("appliance %u of domain '%s': images served after %.2f s", app->serial, app->group,
                  (double)(g_get_monotonic_time() - started) / G_USEC_PER_SEC);
-    /* At most: KVM fails, TCG with the unpacked kernel fails, TCG with libguestfs's kernel. */
+    /* At most: KVM fails, TCG as snapfs boots it fails, TCG as libguestfs boots it. */
     for (int attempt = 0; attempt < 3 && !g; attempt++) {
         bool tcg = g_atomic_int_get(&pool->force_tcg);
 
-        g = appliance_handle(pool, app, tcg, &unpacked);
+        g = appliance_handle(pool, app, tcg, &boot);
         if (!g)
             goto fail;
         if (guestfs_launch(g) == 0)
@@ -736,10 +752,11 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
             snapfs_warn("appliance %u of domain '%s': %s; trying again without KVM", app->serial, app->group,
                         snapfs_error_message());
             g_atomic_int_set(&pool->force_tcg, 1);
-        } else if (unpacked) {
-            snapfs_warn("appliance %u of domain '%s': %s; trying again with libguestfs's kernel as it is",
+        } else if (boot) {
+            snapfs_warn("appliance %u of domain '%s': %s; trying again with libguestfs's kernel and qemu as they are",
                         app->serial, app->group, snapfs_error_message());
             g_atomic_int_set(&pool->plain_kernel, 1);
+            g_atomic_int_set(&pool->plain_qemu, 1);
         } else {
             goto fail;
         }
@@ -747,8 +764,8 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
     if (!g)
         goto fail;
     app->qemu_pid = guestfs_get_pid(g);
-    if (unpacked)
-        guest_kernel_release(app->qemu_pid, guestfs_get_path(g));
+    if (boot & BOOT_UNPACKED)
+        guest_boot_release(app->qemu_pid, guestfs_get_path(g));
     snapfs_debug("appliance %u of domain '%s': booted after %.2f s", app->serial, app->group,
                  (double)(g_get_monotonic_time() - started) / G_USEC_PER_SEC);
     /*
@@ -890,6 +907,9 @@ struct guest_pool *guest_pool_new(const struct guest_pool_config *config)
 
     pool->config = *config;
     pool->force_tcg = g_strrstr(g_getenv("LIBGUESTFS_BACKEND_SETTINGS") ? g_getenv("LIBGUESTFS_BACKEND_SETTINGS") : "", "force_tcg") != NULL;
+    /* No KVM to open: libguestfs runs TCG anyway, and saying so lets snapfs bound its translated code. */
+    if (access("/dev/kvm", R_OK | W_OK) < 0)
+        pool->force_tcg = 1;
     if (!pool->config.live_ttl_ms)
         pool->config.live_ttl_ms = 1000;
     g_mutex_init(&pool->lock);

@@ -56,6 +56,7 @@ struct guest_pool {
     unsigned serial;
     gint force_tcg;           /* atomic: KVM failed once, appliances use TCG */
     gint plain_kernel;        /* atomic: the unpacked kernel cannot be made or failed to boot: libguestfs's as it is */
+    gint plain_qemu;          /* atomic: the same for the script that bounds qemu's translated code under TCG */
     struct guest_pool_stats stats;
     GHashTable *lvm_disks;    /* "group\ntarget" of each disk found to hold LVM: its views go alone from the start */
     GHashTable *looked_at;    /* "group\ntarget" of each disk whose image was looked at for LVM from the host */
@@ -104,14 +105,20 @@ char *guest_drive_key(const struct guest_drive *drive, bool live);
  * does, with the kernel unpacked so that qemu boots it without its decompressor (seconds under TCG).  NULL with
  * the reason when that cannot be: then libguestfs's appliance boots as it is.
  */
-char *guest_kernel_appliance(guestfs_h *g);
+char *guest_boot_appliance(guestfs_h *g);
 /*
  * qemu @qemu, booted from the ready-made appliance @fixed, keeps its kernel and initrd mapped to load them again
  * on a reset, which an appliance never does (-no-reboot): about 70 MiB of its RSS, which this pages out.
  */
-void guest_kernel_release(pid_t qemu, const char *fixed);
+void guest_boot_release(pid_t qemu, const char *fixed);
+/*
+ * A script to hand guestfs_set_hv(): it runs libguestfs's qemu, and under TCG bounds the translated code qemu keeps
+ * (libguestfs has no way to pass -accel tcg,tb-size=; qemu's default grows to a quarter of the host's RAM, up to
+ * 1 GiB, and an appliance's boot alone fills 250 MiB of it).  NULL with the reason: then libguestfs runs qemu itself.
+ */
+char *guest_boot_qemu(guestfs_h *g);
 /* The ELF kernel in the bzImage @image, if xz-compressed and bootable through its PVH entry; NULL with the reason. */
-GBytes *guest_kernel_unpack(const guint8 *image, size_t len);
+GBytes *guest_boot_unpack(const guint8 *image, size_t len);
 
 /*
  * 1 if the image @file (format @format) holds an LVM physical volume on the whole disk or on a primary or GPT

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* Unit test of src/guest-kernel.c: the ELF kernel inside a bzImage, found, unpacked and checked for its PVH entry. */
+/* Unit test of src/guest-boot.c: the ELF kernel inside a bzImage, found, unpacked and checked for its PVH entry. */
 #include "snapfs/error.h"
 
 #include "../../src/guest-priv.h"
@@ -77,7 +77,7 @@ static void test_kernel_unpacks_xz(void)
     g_autoptr(GByteArray) elf = make_elf("Xen", 18);
     g_autoptr(GByteArray) packed = xz(elf);
     g_autoptr(GByteArray) image = make_bzimage(packed->data, packed->len);
-    g_autoptr(GBytes) out = guest_kernel_unpack(image->data, image->len);
+    g_autoptr(GBytes) out = guest_boot_unpack(image->data, image->len);
 
     g_assert_nonnull(out);
     g_assert_cmpuint(g_bytes_get_size(out), ==, elf->len);
@@ -95,19 +95,19 @@ static void test_kernel_refuses(void)
     g_autoptr(GByteArray) gz = make_bzimage(gzip, sizeof(gzip));
 
     /* An ELF without the PVH note would not boot: qemu refuses it. */
-    g_assert_null(guest_kernel_unpack(image->data, image->len));
+    g_assert_null(guest_boot_unpack(image->data, image->len));
     g_assert_cmpint(snapfs_error_errno(), ==, ENOTSUP);
     g_assert_nonnull(strstr(snapfs_error_message(), "PVH"));
-    g_assert_null(guest_kernel_unpack(image2->data, image2->len));
-    g_assert_null(guest_kernel_unpack(gz->data, gz->len));
+    g_assert_null(guest_boot_unpack(image2->data, image2->len));
+    g_assert_null(guest_boot_unpack(gz->data, gz->len));
     g_assert_cmpint(snapfs_error_errno(), ==, ENOTSUP);
     g_assert_nonnull(strstr(snapfs_error_message(), "other than xz"));
 
     /* Not a bzImage, or an old one. */
-    g_assert_null(guest_kernel_unpack(linux_note->data, linux_note->len));
+    g_assert_null(guest_boot_unpack(linux_note->data, linux_note->len));
     g_assert_cmpint(snapfs_error_errno(), ==, EINVAL);
     put_le(image->data + 0x206, 0x207, 2);
-    g_assert_null(guest_kernel_unpack(image->data, image->len));
+    g_assert_null(guest_boot_unpack(image->data, image->len));
     g_assert_nonnull(strstr(snapfs_error_message(), "2.08"));
 }
 
@@ -122,14 +122,14 @@ static void test_kernel_damaged(void)
     for (size_t len = 0; len < 1040 + packed->len; len += 1 + len / 64) {
         g_autofree guint8 *copy = g_memdup2(image->data, len);
 
-        g_assert_null(guest_kernel_unpack(copy, len));
+        g_assert_null(guest_boot_unpack(copy, len));
         refused++;
     }
     for (size_t at = 0x1f0; at < image->len; at += 7) {
         g_autoptr(GBytes) out = NULL;
 
         image->data[at] ^= 0x55;
-        out = guest_kernel_unpack(image->data, image->len);
+        out = guest_boot_unpack(image->data, image->len);
         /* xz's check catches a damaged payload; a flipped byte the kernel does not read changes nothing. */
         if (out)
             g_assert_cmpmem(g_bytes_get_data(out, NULL), g_bytes_get_size(out), elf->data, elf->len);
@@ -148,7 +148,7 @@ static void test_kernel_damaged(void)
         put_le(bad->data + lies[field].at, lies[field].value, lies[field].bytes);
         bad_packed = xz(bad);
         bad_image = make_bzimage(bad_packed->data, bad_packed->len);
-        g_assert_null(guest_kernel_unpack(bad_image->data, bad_image->len));
+        g_assert_null(guest_boot_unpack(bad_image->data, bad_image->len));
         g_assert_cmpint(snapfs_error_errno(), ==, ENOTSUP);
     }
 }
@@ -166,7 +166,7 @@ static void test_kernel_of_this_host(void)
         g_test_skip("no readable kernel in /boot");
         return;
     }
-    g_autoptr(GBytes) out = guest_kernel_unpack((const guint8 *)data, len);
+    g_autoptr(GBytes) out = guest_boot_unpack((const guint8 *)data, len);
 
     if (!out && snapfs_error_errno() == ENOTSUP) {
         g_test_skip(snapfs_error_message());

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* The appliance's kernel unpacked once, so that qemu boots it without running its decompressor. */
+/* How snapfs's appliances boot: the kernel unpacked once, qemu's translation cache bounded under TCG. */
 
 #include "guest-priv.h"
 
@@ -15,6 +15,7 @@
 #include <sys/mman.h>
 #include <sys/pidfd.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/uio.h>
 #include <sys/utsname.h>
 #include <unistd.h>
@@ -44,6 +45,9 @@
 /* The ELF note qemu looks for to boot a kernel through its PVH entry. */
 #define PVH_NOTE_NAME "Xen"
 #define PVH_NOTE_TYPE 18 /* XEN_ELFNOTE_PHYS32_ENTRY */
+
+/* Translated code qemu keeps under TCG (MiB): its own default is a quarter of the host's RAM, up to 1 GiB. */
+#define TCG_CACHE_MB 64
 
 static GMutex kernel_lock; /* one preparation at a time within this process */
 
@@ -97,7 +101,7 @@ static bool elf_has_pvh_note(const guint8 *elf, size_t len)
     return false;
 }
 
-GBytes *guest_kernel_unpack(const guint8 *image, size_t len)
+GBytes *guest_boot_unpack(const guint8 *image, size_t len)
 {
     size_t setup, start, length;
     lzma_stream xz = LZMA_STREAM_INIT;
@@ -161,6 +165,24 @@ static bool dir_is_ours(const char *dir)
     if (mkdir(dir, 0755) < 0 && errno != EEXIST)
         return false;
     return lstat(dir, &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == geteuid() && !(st.st_mode & 022);
+}
+
+/* snapfs's directory beside libguestfs's cache, made if need be; NULL with the reason. */
+static char *cache_dir(guestfs_h *g)
+{
+    g_autofree char *cachedir = guestfs_get_cachedir(g);
+    g_autofree char *mine = NULL;
+
+    if (!cachedir) {
+        snapfs_error_set(EIO, "libguestfs names no cache directory");
+        return NULL;
+    }
+    mine = g_strdup_printf("%s/.snapfs-%ju", cachedir, (uintmax_t)geteuid());
+    if (!dir_is_ours(mine)) {
+        snapfs_error_set(EPERM, "%s is not a directory of user %ju alone", mine, (uintmax_t)geteuid());
+        return NULL;
+    }
+    return g_steal_pointer(&mine);
 }
 
 /*
@@ -281,7 +303,7 @@ static int appliance_make(const char *built, const char *mine, const char *fixed
         snapfs_error_set(EIO, "cannot read the appliance's kernel: %s", error->message);
         goto cleanup;
     }
-    unpacked = guest_kernel_unpack((const guint8 *)image, len);
+    unpacked = guest_boot_unpack((const guint8 *)image, len);
     if (!unpacked)
         goto cleanup;
     out = g_build_filename(tmp, "kernel", NULL);
@@ -315,7 +337,7 @@ cleanup:
     return rc;
 }
 
-char *guest_kernel_appliance(guestfs_h *g)
+char *guest_boot_appliance(guestfs_h *g)
 {
     g_autofree char *cachedir = NULL, *base = NULL, *built = NULL, *mine = NULL, *stamp = NULL;
     g_autofree char *fixed = NULL, *sum = NULL, *supermin_d = NULL;
@@ -344,10 +366,12 @@ char *guest_kernel_appliance(guestfs_h *g)
     /* The names libguestfs gives its cache (lib/appliance.c), shared with every other libguestfs tool. */
     base = g_strdup_printf("%s/.guestfs-%ju", cachedir, (uintmax_t)geteuid());
     built = g_build_filename(base, "appliance.d", NULL);
-    mine = g_strdup_printf("%s/.snapfs-%ju", cachedir, (uintmax_t)geteuid());
     locker = g_mutex_locker_new(&kernel_lock);
-    if (!dir_is_ours(base) || !dir_is_ours(mine)) {
-        snapfs_error_set(EPERM, "%s or %s is not a directory of user %ju alone", base, mine, (uintmax_t)geteuid());
+    mine = cache_dir(g);
+    if (!mine)
+        return NULL;
+    if (!dir_is_ours(base)) {
+        snapfs_error_set(EPERM, "%s is not a directory of user %ju alone", base, (uintmax_t)geteuid());
         return NULL;
     }
     if (appliance_refresh(supermin_d, base, built) < 0)
@@ -368,7 +392,7 @@ char *guest_kernel_appliance(guestfs_h *g)
     return g_steal_pointer(&fixed);
 }
 
-void guest_kernel_release(pid_t qemu, const char *fixed)
+void guest_boot_release(pid_t qemu, const char *fixed)
 {
     g_autofree char *maps_file = g_strdup_printf("/proc/%d/maps", (int)qemu);
     g_autofree char *maps = NULL;
@@ -406,4 +430,62 @@ void guest_kernel_release(pid_t qemu, const char *fixed)
         snapfs_debug("cannot page out qemu %d's copy of the appliance's kernel: %s", (int)qemu, g_strerror(errno));
     else
         snapfs_debug("qemu %d: %zu MiB of the kernel and initrd it booted paged out", (int)qemu, bytes >> 20);
+}
+
+/*
+ * The script: qemu refuses -accel beside the "-machine accel=tcg,..." that libguestfs passes, so it moves the
+ * accelerator into -accel, with the cache's size.  "accel=kvm:tcg" (KVM may be there) is left as it is.
+ */
+static const char qemu_script[] =
+    "#!/bin/sh\n"
+    "# Made by snapfs: the qemu of its libguestfs appliances, which under TCG keeps %d MiB of translated code.\n"
+    "n=$#\n"
+    "while [ \"$n\" -gt 0 ]; do\n"
+    "    arg=$1; shift; n=$((n - 1))\n"
+    "    if [ \"$arg\" = -machine ] && [ \"$n\" -gt 0 ]; then\n"
+    "        case $1 in\n"
+    "        accel=tcg) shift; n=$((n - 1)); set -- \"$@\" -accel tcg,tb-size=%d; continue ;;\n"
+    "        accel=tcg,*) m=${1#accel=tcg,}; shift; n=$((n - 1))\n"
+    "            set -- \"$@\" -machine \"$m\" -accel tcg,tb-size=%d; continue ;;\n"
+    "        esac\n"
+    "    fi\n"
+    "    set -- \"$@\" \"$arg\"\n"
+    "done\n"
+    "exec '%s' \"$@\"\n";
+
+char *guest_boot_qemu(guestfs_h *g)
+{
+    g_autofree char *hv = guestfs_get_hv(g);
+    g_autofree char *mine = NULL, *script = NULL, *sum = NULL, *have = NULL, *path = NULL;
+    g_autoptr(GMutexLocker) locker = NULL;
+    g_autoptr(GError) error = NULL;
+    struct statvfs fs;
+
+    /* The user chose a qemu: theirs. */
+    if (g_getenv("LIBGUESTFS_HV"))
+        return NULL;
+    if (!hv || !g_path_is_absolute(hv) || strchr(hv, '\'') || strchr(hv, '\n')) {
+        snapfs_error_set(EINVAL, "libguestfs's qemu '%s' cannot be named in a script", hv ? hv : "");
+        return NULL;
+    }
+    locker = g_mutex_locker_new(&kernel_lock);
+    mine = cache_dir(g);
+    if (!mine)
+        return NULL;
+    if (statvfs(mine, &fs) == 0 && (fs.f_flag & ST_NOEXEC)) {
+        snapfs_error_set(EPERM, "%s is on a filesystem mounted noexec", mine);
+        return NULL;
+    }
+    script = g_strdup_printf(qemu_script, TCG_CACHE_MB, TCG_CACHE_MB, TCG_CACHE_MB, hv);
+    sum = g_compute_checksum_for_string(G_CHECKSUM_SHA256, script, -1);
+    path = g_strdup_printf("%s/qemu-%.12s", mine, sum);
+    if (g_file_get_contents(path, &have, NULL, NULL) && strcmp(have, script) == 0 &&
+        g_file_test(path, G_FILE_TEST_IS_EXECUTABLE))
+        return g_steal_pointer(&path);
+    if (!g_file_set_contents_full(path, script, -1, G_FILE_SET_CONTENTS_CONSISTENT, 0755, &error)) {
+        snapfs_error_set(EIO, "cannot write %s: %s", path, error->message);
+        return NULL;
+    }
+    snapfs_info("appliances under TCG keep %d MiB of translated code: qemu runs through %s", TCG_CACHE_MB, path);
+    return g_steal_pointer(&path);
 }
