@@ -76,11 +76,20 @@ def memory_kib(pids):
     return rss, pss
 
 
+def wait_alone(timeout=60):
+    """Wait until no process is left below this script: a qemu of the tool measured before (guestunmount returns
+    before guestmount's qemu has exited) must not count in the next tool's memory."""
+    deadline = time.monotonic() + timeout
+    while [p for p in descendants(os.getpid()) if p != os.getpid()] and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 class PeakRSS:
     """Samples the RSS of every process below this script, every 0.2 s: the daemon and its appliances
     (guestmount daemonizes, so its qemu is an orphan: this script is their subreaper)."""
 
-    def __init__(self, get_pids=None):
+    def __init__(self):
+        wait_alone()
         self.get_pids, self.peak, self.stop = (lambda: [os.getpid()]), (0, 0), False
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
@@ -155,7 +164,6 @@ def main():
     mnt.mkdir()
     gmnt.mkdir()
     results = {}
-    daemon = None
     try:
         print(f"building images in {root} ...", file=sys.stderr)
         build(root, args.files)
@@ -186,20 +194,14 @@ def main():
         def guestmount(image):
             sh(f"guestmount --ro --format=qcow2 -a {image} -m /dev/sda --pid-file {root}/gm.pid {gmnt}")
 
-        def guestmount_pid():
-            try:
-                return [int((root / "gm.pid").read_text())]
-            except (OSError, ValueError):
-                return []
-
         def guestunmount():
             sh(f"guestunmount {gmnt}")
 
         def put(tool, key, value):
             results.setdefault(tool, {}).setdefault(key, []).append(value)
 
-        def run_set(tool, start, stop, path, pids):
-            peak = PeakRSS(pids)
+        def run_set(tool, start, stop, path):
+            peak = PeakRSS()
             t0 = time.monotonic()
             handle = start()
             sh(f"ls {path}")
@@ -218,8 +220,8 @@ def main():
             put(tool, "peak RSS (MiB), one snapshot", rss)
             put(tool, "peak PSS (MiB), one snapshot", pss)
 
-        def five_snapshots(tool, browse, pids):
-            peak = PeakRSS(pids)
+        def five_snapshots(tool, browse):
+            peak = PeakRSS()
             t0 = time.monotonic()
             browse()
             put(tool, "browse 5 snapshots (ls -lR each)", time.monotonic() - t0)
@@ -240,17 +242,16 @@ def main():
                 sh(f"ls -lR {gmnt} > /dev/null")
                 guestunmount()
 
-        snapfs_pids = lambda: [daemon_holder[0].pid] if daemon_holder[0] else []
         for rnd in range(args.rounds):
             print(f"round {rnd + 1}: snapfs ...", file=sys.stderr)
             run_set("snapfs", lambda: (daemon_holder.__setitem__(0, snapfs_mount()), daemon_holder[0])[1],
-                    snapfs_unmount, mnt / dom / "s1" / "sda", snapfs_pids)
+                    snapfs_unmount, mnt / dom / "s1" / "sda")
             print(f"round {rnd + 1}: guestmount ...", file=sys.stderr)
-            run_set("guestmount", lambda: guestmount(frozen[0]), lambda _: guestunmount(), gmnt, guestmount_pid)
+            run_set("guestmount", lambda: guestmount(frozen[0]), lambda _: guestunmount(), gmnt)
             # Five snapshots of one domain, each listed in full (guestmount: one mount after the other).
             print(f"round {rnd + 1}: 5 snapshots ...", file=sys.stderr)
-            five_snapshots("snapfs", snapfs_five, snapfs_pids)
-            five_snapshots("guestmount", guestmount_five, guestmount_pid)
+            five_snapshots("snapfs", snapfs_five)
+            five_snapshots("guestmount", guestmount_five)
     finally:
         if daemon_holder[0] is not None and is_mount(mnt):
             sh(f"fusermount3 -u {mnt}", check=False)
