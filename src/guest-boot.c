@@ -51,20 +51,6 @@
 
 static GMutex kernel_lock; /* one preparation at a time within this process */
 
-static uint32_t load_le(const guint8 *p, int bytes)
-{
-    uint32_t v = 0;
-
-    for (int i = bytes - 1; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
-
-static uint64_t load_le64(const guint8 *p)
-{
-    return (uint64_t)load_le(p + 4, 4) << 32 | load_le(p, 4);
-}
-
 /* Whether the ELF image @elf of @len bytes has a PVH entry note in a PT_NOTE segment. */
 static bool elf_has_pvh_note(const guint8 *elf, size_t len)
 {
@@ -73,24 +59,24 @@ static bool elf_has_pvh_note(const guint8 *elf, size_t len)
 
     if (len < 64 || memcmp(elf, "\177ELF", 4) != 0 || elf[4] != 2 /* 64-bit */ || elf[5] != 1 /* LE */)
         return false;
-    phoff = load_le64(elf + 32);
-    phentsize = load_le(elf + 54, 2);
-    phnum = load_le(elf + 56, 2);
+    phoff = guest_le(elf + 32, 8);
+    phentsize = guest_le(elf + 54, 2);
+    phnum = guest_le(elf + 56, 2);
     if (phentsize < 56 || phoff > len || (uint64_t)phnum * phentsize > len - phoff)
         return false;
     for (unsigned i = 0; i < phnum; i++) {
         const guint8 *ph = elf + phoff + (uint64_t)i * phentsize;
-        uint64_t off = load_le64(ph + 8), size = load_le64(ph + 32);
+        uint64_t off = guest_le(ph + 8, 8), size = guest_le(ph + 32, 8);
 
-        if (load_le(ph, 4) != 4 /* PT_NOTE */ || off > len || size > len - off)
+        if (guest_le(ph, 4) != 4 /* PT_NOTE */ || off > len || size > len - off)
             continue;
         for (uint64_t at = off; size - (at - off) >= 12;) {
-            uint64_t namesz = load_le(elf + at, 4), descsz = load_le(elf + at + 4, 4);
+            uint64_t namesz = guest_le(elf + at, 4), descsz = guest_le(elf + at + 4, 4);
             uint64_t name_end = at + 12 + namesz, next = at + 12 + ((namesz + 3) & ~3ULL) + ((descsz + 3) & ~3ULL);
 
             if (name_end > off + size)
                 break;
-            if (load_le(elf + at + 8, 4) == PVH_NOTE_TYPE && namesz == sizeof(PVH_NOTE_NAME) &&
+            if (guest_le(elf + at + 8, 4) == PVH_NOTE_TYPE && namesz == sizeof(PVH_NOTE_NAME) &&
                 memcmp(elf + at + 12, PVH_NOTE_NAME, sizeof(PVH_NOTE_NAME)) == 0)
                 return true;
             if (next > off + size)
@@ -112,14 +98,14 @@ GBytes *guest_boot_unpack(const guint8 *image, size_t len)
         snapfs_error_set(EINVAL, "the kernel is not a bzImage");
         return NULL;
     }
-    if (load_le(image + BZ_VERSION, 2) < 0x208) {
+    if (guest_le(image + BZ_VERSION, 2) < 0x208) {
         snapfs_error_set(EINVAL, "the kernel's boot protocol %#x is older than 2.08, which names its payload",
-                         load_le(image + BZ_VERSION, 2));
+                         (unsigned)guest_le(image + BZ_VERSION, 2));
         return NULL;
     }
     setup = image[BZ_SETUP_SECTS] ? image[BZ_SETUP_SECTS] : 4;
-    start = (setup + 1) * 512 + load_le(image + BZ_PAYLOAD_OFFSET, 4);
-    length = load_le(image + BZ_PAYLOAD_LENGTH, 4);
+    start = (setup + 1) * 512 + guest_le(image + BZ_PAYLOAD_OFFSET, 4);
+    length = guest_le(image + BZ_PAYLOAD_LENGTH, 4);
     if (start > len || length > len - start || length < 6) {
         snapfs_error_set(EINVAL, "the kernel's payload lies outside the file");
         return NULL;

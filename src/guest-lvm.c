@@ -30,15 +30,6 @@ struct region {
     size_t filled;
 };
 
-static uint64_t load_le(const guint8 *p, int bytes)
-{
-    uint64_t v = 0;
-
-    for (int i = bytes - 1; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
-
 /* Fill @regions from one line of `qemu-io -c "read -v"`: "00000200:  4c 41 42 ...  LAB...". */
 static void hexdump_line(const char *line, struct region *regions, size_t n)
 {
@@ -129,8 +120,8 @@ static size_t partition_starts(const guint8 *head, uint64_t *starts, size_t max,
             gpt = true;
         else if (type == 0x05 || type == 0x0f || type == 0x85)
             *unseen = true;   /* logical partitions: a chain of tables further in, left to the appliance */
-        else if (type && load_le(entry + 8, 4) && n < max)
-            starts[n++] = load_le(entry + 8, 4);
+        else if (type && guest_le(entry + 8, 4) && n < max)
+            starts[n++] = guest_le(entry + 8, 4);
     }
     if (!gpt)
         return n;
@@ -139,8 +130,8 @@ static size_t partition_starts(const guint8 *head, uint64_t *starts, size_t max,
         *unseen = true;
         return 0;
     }
-    uint64_t table = load_le(head + SECTOR + 72, 8), count = load_le(head + SECTOR + 80, 4);
-    uint64_t size = load_le(head + SECTOR + 84, 4);
+    uint64_t table = guest_le(head + SECTOR + 72, 8), count = guest_le(head + SECTOR + 80, 4);
+    uint64_t size = guest_le(head + SECTOR + 84, 4);
 
     if (size < 128 || table > HEAD_BYTES / SECTOR || count > (HEAD_BYTES - table * SECTOR) / size) {
         *unseen = true;
@@ -150,13 +141,13 @@ static size_t partition_starts(const guint8 *head, uint64_t *starts, size_t max,
         const guint8 *entry = head + table * SECTOR + i * size;
         static const guint8 unused[16];
 
-        if (memcmp(entry, unused, 16) == 0 || load_le(entry + 32, 8) == 0)
+        if (memcmp(entry, unused, 16) == 0 || guest_le(entry + 32, 8) == 0)
             continue;
         if (n == max) {
             *unseen = true;
             break;
         }
-        starts[n++] = load_le(entry + 32, 8);
+        starts[n++] = guest_le(entry + 32, 8);
     }
     return n;
 }

@@ -8,6 +8,16 @@
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(guestfs_h, guestfs_close)
 
+/* The little-endian number of @bytes bytes (at most 8) at @p: fields of images and kernels. */
+static inline uint64_t guest_le(const guint8 *p, int bytes)
+{
+    uint64_t v = 0;
+
+    for (int i = bytes - 1; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
 #define guest_load64(p) __atomic_load_n((p), __ATOMIC_RELAXED)
 #define guest_store64(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
 
