@@ -448,6 +448,14 @@ static char *opts_escape(const char *value)
     return g_strjoinv(",,", parts);   /* QemuOpts doubles a comma inside a value */
 }
 
+char *guest_image_opts(const char *format, const char *file)
+{
+    g_autofree char *escaped = opts_escape(file);
+
+    return g_strdup_printf("driver=%s,read-only=on,force-share=on,file.driver=file,file.filename=%s,"
+                           "file.locking=off", format, escaped);
+}
+
 static bool appliance_tmpdir(struct guest_appliance *app)
 {
     g_autoptr(GError) error = NULL;
@@ -492,8 +500,7 @@ static int appliance_start_servers(struct guest_pool *pool, struct guest_applian
             g_ptr_array_add(nbd, g_strdup_printf("--socket=%s", ext->disk.socket));
             g_ptr_array_add(nbd, g_strdup_printf("--load-snapshot=snapshot.name=%s", ext->disk.internal));
             g_ptr_array_add(nbd, g_strdup("--image-opts"));
-            g_ptr_array_add(nbd, g_strdup_printf("driver=%s,read-only=on,force-share=on,file.driver=file,"
-                                                 "file.filename=%s,file.locking=off", ext->disk.format, file));
+            g_ptr_array_add(nbd, guest_image_opts(ext->disk.format, ext->disk.file));
             if (server_start(pool, app, nbd, ext->disk.socket, what, &ext->nbd) < 0)
                 return -1;
             continue;

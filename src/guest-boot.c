@@ -153,10 +153,9 @@ static bool dir_is_ours(const char *dir)
     return lstat(dir, &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == geteuid() && !(st.st_mode & 022);
 }
 
-/* snapfs's directory beside libguestfs's cache, made if need be; NULL with the reason. */
-static char *cache_dir(guestfs_h *g)
+/* snapfs's directory beside libguestfs's cache in @cachedir, made if need be; NULL with the reason. */
+static char *cache_dir(const char *cachedir)
 {
-    g_autofree char *cachedir = guestfs_get_cachedir(g);
     g_autofree char *mine = NULL;
 
     if (!cachedir) {
@@ -345,17 +344,13 @@ char *guest_boot_appliance(guestfs_h *g)
         return NULL;
     }
     cachedir = guestfs_get_cachedir(g);
-    if (!cachedir) {
-        snapfs_error_set(EIO, "libguestfs names no cache directory");
+    locker = g_mutex_locker_new(&kernel_lock);
+    mine = cache_dir(cachedir);
+    if (!mine)
         return NULL;
-    }
     /* The names libguestfs gives its cache (lib/appliance.c), shared with every other libguestfs tool. */
     base = g_strdup_printf("%s/.guestfs-%ju", cachedir, (uintmax_t)geteuid());
     built = g_build_filename(base, "appliance.d", NULL);
-    locker = g_mutex_locker_new(&kernel_lock);
-    mine = cache_dir(g);
-    if (!mine)
-        return NULL;
     if (!dir_is_ours(base)) {
         snapfs_error_set(EPERM, "%s is not a directory of user %ju alone", base, (uintmax_t)geteuid());
         return NULL;
@@ -441,7 +436,7 @@ static const char qemu_script[] =
 
 char *guest_boot_qemu(guestfs_h *g)
 {
-    g_autofree char *hv = guestfs_get_hv(g);
+    g_autofree char *hv = guestfs_get_hv(g), *cachedir = guestfs_get_cachedir(g);
     g_autofree char *mine = NULL, *script = NULL, *sum = NULL, *have = NULL, *path = NULL;
     g_autoptr(GMutexLocker) locker = NULL;
     g_autoptr(GError) error = NULL;
@@ -455,7 +450,7 @@ char *guest_boot_qemu(guestfs_h *g)
         return NULL;
     }
     locker = g_mutex_locker_new(&kernel_lock);
-    mine = cache_dir(g);
+    mine = cache_dir(cachedir);
     if (!mine)
         return NULL;
     if (statvfs(mine, &fs) == 0 && (fs.f_flag & ST_NOEXEC)) {

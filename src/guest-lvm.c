@@ -55,8 +55,6 @@ static int image_read(const char *file, const char *format, struct region *regio
 {
     g_autoptr(GPtrArray) argv = g_ptr_array_new_with_free_func(g_free);
     g_autofree char *out = NULL, *err = NULL;
-    g_auto(GStrv) escaped = g_strsplit(file, ",", -1);
-    g_autofree char *path = g_strjoinv(",,", escaped);  /* QemuOpts doubles a comma inside a value */
     g_autoptr(GError) error = NULL;
     g_auto(GStrv) lines = NULL;
     int status = 0;
@@ -69,8 +67,7 @@ static int image_read(const char *file, const char *format, struct region *regio
         regions[i].filled = 0;
     }
     g_ptr_array_add(argv, g_strdup("--image-opts"));
-    g_ptr_array_add(argv, g_strdup_printf("driver=%s,read-only=on,force-share=on,file.driver=file,"
-                                          "file.filename=%s,file.locking=off", format, path));
+    g_ptr_array_add(argv, guest_image_opts(format, file));
     g_ptr_array_add(argv, NULL);
     if (!g_spawn_sync(NULL, (char **)argv->pdata, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, &out, &err, &status,
                       &error)) {

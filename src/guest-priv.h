@@ -131,6 +131,11 @@ char *guest_boot_qemu(guestfs_h *g);
 GBytes *guest_boot_unpack(const guint8 *image, size_t len);
 
 /*
+ * The --image-opts of @file in @format for qemu-nbd and qemu-io: read-only, shared with a running domain and
+ * not locked (see appliance_start_servers()), the name escaped for QemuOpts.
+ */
+char *guest_image_opts(const char *format, const char *file);
+/*
  * 1 if the image @file (format @format) holds an LVM physical volume on the whole disk or on a primary or GPT
  * partition, 0 if not (logical partitions are not looked at), -1 with the reason if it cannot be read.
  */
