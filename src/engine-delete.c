@@ -427,12 +427,16 @@ int engine_snapshot_delete(virConnectPtr conn, const char *domain, const char *n
 {
     struct delete_ctx ctx = { .conn = conn, .domain = domain, .name = name,
                               .label = snapfs_domain_label(conn, domain) };
-    struct engine_lock *lock = engine_lock_domain_conn(conn, domain);
+    g_autofree char *doing = g_strdup_printf("deleting snapshot '%s'", name);
+    struct engine_lock *lock = NULL;
     GHashTable *before = NULL;
     g_autofree char *xml = NULL;
     int ret = -1;
 
     ctx.what = g_strdup_printf("cannot delete snapshot '%s' of '%s'", name, domain);
+    lock = engine_lock_domain_conn(conn, domain, doing, ctx.what);
+    if (!lock)
+        goto cleanup;
     ctx.dom = virDomainLookupByName(conn, domain);
     ctx.snap = ctx.dom ? virDomainSnapshotLookupByName(ctx.dom, name, 0) : NULL;
     if (!ctx.snap) {

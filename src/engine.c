@@ -233,8 +233,15 @@ int engine_snapshot_create(virConnectPtr conn, const char *domain, const char *n
     if (engine_check_name(name) < 0)
         return -1;
     label = snapfs_domain_label(conn, domain);
-    /* Two mkdirs of one name: the second waits here, then finds the name taken. */
-    lock = engine_lock_domain_conn(conn, domain);
+    doing = g_strdup_printf("creating snapshot '%s'", name);
+    /* Two mkdirs of one name: the second waits here (within the bound), then finds the name taken. */
+    {
+        g_autofree char *what = g_strdup_printf("cannot create snapshot '%s' of '%s'", name, domain);
+
+        lock = engine_lock_domain_conn(conn, domain, doing, what);
+    }
+    if (!lock)
+        goto cleanup;
     dom = virDomainLookupByName(conn, domain);
     if (!dom) {
         snapfs_error_from_virt("cannot create snapshot '%s' of '%s'", name, domain);
@@ -247,7 +254,6 @@ int engine_snapshot_create(virConnectPtr conn, const char *domain, const char *n
 
     escaped = g_markup_escape_text(name, -1);
     xml = g_strdup_printf("<domainsnapshot><name>%s</name></domainsnapshot>", escaped);
-    doing = g_strdup_printf("creating snapshot '%s'", name);
     progress = engine_progress_begin(conn, NULL, domain, doing, NULL);
     snap = create_call(dom, xml, VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY | VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC,
                        running, quiesce, label, name);
@@ -283,7 +289,9 @@ cleanup:
 int engine_snapshot_set_description(virConnectPtr conn, const char *domain, const char *name,
                                     const char *description)
 {
-    struct engine_lock *lock = engine_lock_domain_conn(conn, domain);
+    g_autofree char *doing = g_strdup_printf("describing snapshot '%s'", name);
+    g_autofree char *what = g_strdup_printf("cannot describe snapshot '%s' of '%s'", name, domain);
+    struct engine_lock *lock = engine_lock_domain_conn(conn, domain, doing, what);
     virDomainPtr dom = NULL;
     virDomainSnapshotPtr snap = NULL, redefined = NULL;
     g_autofree char *xml = NULL;
@@ -291,6 +299,8 @@ int engine_snapshot_set_description(virConnectPtr conn, const char *domain, cons
     unsigned int flags = VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE;
     int ret = -1;
 
+    if (!lock)
+        return -1;
     if (!g_utf8_validate(description, -1, NULL)) {
         snapfs_error_set(EINVAL, "cannot describe snapshot '%s' of '%s': the text is not valid UTF-8", name, domain);
         goto cleanup;

@@ -5,6 +5,7 @@
 
 #include "snapfs/error.h"
 #include "snapfs/log.h"
+#include "snapfs/spawn.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -199,17 +200,14 @@ static int appliance_refresh(const char *supermin_d, const char *base, const cha
     g_autofree char *lock = g_build_filename(base, "lock", NULL);
     g_autofree char *err = NULL;
     int status = 0;
-    g_autoptr(GError) error = NULL;
 
     if (uname(&u) < 0)
         return -1;
     const char *argv[] = { "supermin", "--build", "--if-newer", "--lock", lock, "--copy-kernel", "-f", "ext2",
                            "--host-cpu", u.machine, supermin_d, "-o", built, NULL };
-    if (!g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH | G_SPAWN_STDOUT_TO_DEV_NULL, NULL, NULL,
-                      NULL, &err, &status, &error)) {
-        snapfs_error_set(EIO, "cannot run supermin: %s", error->message);
+    /* supermin waits for its lock without limit: a wedged build elsewhere must not wedge this start. */
+    if (snapfs_spawn_sync(argv, SNAPFS_BUILD_TIMEOUT_S, NULL, &err, &status) < 0)
         return -1;
-    }
     if (!g_spawn_check_wait_status(status, NULL)) {
         snapfs_error_set(EIO, "supermin failed: %s", g_strstrip(err));
         return -1;

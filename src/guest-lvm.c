@@ -5,6 +5,7 @@
 
 #include "snapfs/error.h"
 #include "snapfs/log.h"
+#include "snapfs/spawn.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -55,7 +56,6 @@ static int image_read(const char *file, const char *format, struct region *regio
 {
     g_autoptr(GPtrArray) argv = g_ptr_array_new_with_free_func(g_free);
     g_autofree char *out = NULL, *err = NULL;
-    g_autoptr(GError) error = NULL;
     g_auto(GStrv) lines = NULL;
     int status = 0;
 
@@ -69,11 +69,8 @@ static int image_read(const char *file, const char *format, struct region *regio
     g_ptr_array_add(argv, g_strdup("--image-opts"));
     g_ptr_array_add(argv, guest_image_opts(format, file));
     g_ptr_array_add(argv, NULL);
-    if (!g_spawn_sync(NULL, (char **)argv->pdata, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, &out, &err, &status,
-                      &error)) {
-        snapfs_error_set(EIO, "cannot run qemu-io: %s", error->message);
+    if (snapfs_spawn_sync((const char *const *)argv->pdata, SNAPFS_TOOL_TIMEOUT_S, &out, &err, &status) < 0)
         return -1;
-    }
     /* A read past the end of the image fails alone: qemu-io goes on with the others, then exits with 1. */
     lines = g_strsplit(out, "\n", -1);
     for (char **line = lines; *line; line++)

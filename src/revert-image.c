@@ -3,6 +3,7 @@
 #include "revert-priv.h"
 #include "snapfs/chain.h"
 #include "snapfs/error.h"
+#include "snapfs/spawn.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -82,7 +83,6 @@ int revert_image_create_overlay(const char *file, const char *backing, const cha
     g_autofree char *fmt = backing_format ? g_strdup(backing_format) : NULL;
     g_autofree char *out = NULL;
     g_autofree char *err = NULL;
-    g_autoptr(GError) error = NULL;
     int status = 0;
 
     if (!fmt) {
@@ -105,10 +105,8 @@ int revert_image_create_overlay(const char *file, const char *backing, const cha
         size = g_strdup_printf("%" G_GUINT64_FORMAT, layer->virtual_size);
         snapfs_layer_free(layer);
         argv[11] = size;
-        if (!g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, &out, &err, &status, &error)) {
-            snapfs_error_set(EIO, "cannot create overlay '%s': %s", file, error->message);
+        if (snapfs_spawn_sync(argv, SNAPFS_TOOL_TIMEOUT_S, &out, &err, &status) < 0)
             return -1;
-        }
     }
     if (!g_spawn_check_wait_status(status, NULL)) {
         g_strstrip(err);

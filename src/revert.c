@@ -679,96 +679,11 @@ static const char *state_dir_of(const struct revert_options *options)
     return options && options->state_dir ? options->state_dir : "/var/lib/snapfs";
 }
 
-/*
- * A revert while another snapshot operation on the domain runs answers
- * EBUSY, but the engine's per-domain locks only wait.  So a helper thread
- * waits for the lock and holds it for us; if it has not got it within
- * REVERT_LOCK_WAIT_MS the revert gives up, and the helper lets go of the
- * lock as soon as it gets it.  (A GMutex must be unlocked by the thread
- * that locked it, hence a thread rather than a flag.)
- */
-#define REVERT_LOCK_WAIT_MS 200
-
-struct revert_hold {
-    GMutex mutex;
-    GCond cond;
-    char *key;
-    bool acquired;   /* the helper holds the domain's lock */
-    bool abandoned;  /* the revert gave up waiting */
-    bool done;       /* the revert is over: let go */
-    gint refs;
-};
-
-static void revert_hold_unref(struct revert_hold *hold)
-{
-    if (!g_atomic_int_dec_and_test(&hold->refs))
-        return;
-    g_mutex_clear(&hold->mutex);
-    g_cond_clear(&hold->cond);
-    g_free(hold->key);
-    g_free(hold);
-}
-
-static gpointer revert_hold_thread(gpointer data)
-{
-    struct revert_hold *hold = data;
-    struct engine_lock *lock = engine_lock_domain(hold->key);
-
-    g_mutex_lock(&hold->mutex);
-    if (!hold->abandoned) {
-        hold->acquired = true;
-        g_cond_broadcast(&hold->cond);
-        while (!hold->done)
-            g_cond_wait(&hold->cond, &hold->mutex);
-    }
-    g_mutex_unlock(&hold->mutex);
-    engine_unlock_domain(lock);
-    revert_hold_unref(hold);
-    return NULL;
-}
-
-/* The domain's lock held on our behalf, or NULL if another operation holds it (EBUSY is the caller's). */
-static struct revert_hold *revert_lock(virConnectPtr conn, const char *domain)
-{
-    struct revert_hold *hold = g_new0(struct revert_hold, 1);
-    gint64 deadline = g_get_monotonic_time() + REVERT_LOCK_WAIT_MS * G_TIME_SPAN_MILLISECOND;
-    bool acquired;
-
-    g_mutex_init(&hold->mutex);
-    g_cond_init(&hold->cond);
-    hold->key = engine_domain_key(conn, domain);
-    hold->refs = 2;
-    g_thread_unref(g_thread_new("snapfs-revert-lock", revert_hold_thread, hold));
-    g_mutex_lock(&hold->mutex);
-    while (!hold->acquired && g_cond_wait_until(&hold->cond, &hold->mutex, deadline))
-        ;
-    acquired = hold->acquired;
-    if (!acquired)
-        hold->abandoned = true;
-    g_mutex_unlock(&hold->mutex);
-    if (!acquired) {
-        revert_hold_unref(hold);
-        return NULL;
-    }
-    return hold;
-}
-
-static void revert_unlock(struct revert_hold *hold)
-{
-    if (!hold)
-        return;
-    g_mutex_lock(&hold->mutex);
-    hold->done = true;
-    g_cond_broadcast(&hold->cond);
-    g_mutex_unlock(&hold->mutex);
-    revert_hold_unref(hold);
-}
-
 int revert_write(virConnectPtr conn, const char *domain, const char *buf, size_t len,
                  const struct revert_options *options)
 {
     struct revert_request request = { 0 };
-    struct revert_hold *lock = NULL;
+    struct engine_lock *lock = NULL;
     virDomainPtr dom = NULL;
     g_autoptr(revert_state) st = NULL;
     g_autofree char *uri = NULL;
@@ -781,12 +696,14 @@ int revert_write(virConnectPtr conn, const char *domain, const char *buf, size_t
     if (revert_parse(buf, len, &request) < 0)
         return -1;
     label = snapfs_domain_label(conn, domain);
-    lock = revert_lock(conn, domain);
-    if (!lock) {
-        snapfs_error_set(EBUSY, "cannot revert '%s' to '%s': another snapshot operation on it is under way",
-                         domain, request.name);
-        goto cleanup;
+    {
+        g_autofree char *doing = g_strdup_printf("reverting to snapshot '%s'", request.name);
+        g_autofree char *what = g_strdup_printf("cannot revert '%s' to '%s'", domain, request.name);
+
+        lock = engine_lock_domain_conn(conn, domain, doing, what);
     }
+    if (!lock)
+        goto cleanup;
     dom = virDomainLookupByName(conn, domain);
     if (!dom) {
         snapfs_error_from_virt("cannot revert '%s'", domain);
@@ -865,7 +782,7 @@ int revert_write(virConnectPtr conn, const char *domain, const char *buf, size_t
 cleanup:
     if (dom)
         virDomainFree(dom);
-    revert_unlock(lock);
+    engine_unlock_domain(lock);
     revert_request_clear(&request);
     return ret;
 }
@@ -891,7 +808,14 @@ int revert_recover(virConnectPtr conn, const struct revert_options *options)
         if (strcmp(journal->uri, uri) != 0)
             continue;
         label = snapfs_domain_label(conn, journal->domain);
-        lock = engine_lock_domain_conn(conn, journal->domain);
+        /* At startup nobody else acts on the domain through this snapfs; another process may (the state lock's business). */
+        lock = engine_lock_domain_conn(conn, journal->domain, "recovering an interrupted revert",
+                                       "cannot recover an interrupted revert");
+        if (!lock) {
+            snapfs_warn("%s", snapfs_error_message());
+            ret = -1;
+            continue;
+        }
         dom = journal->uuid ? virDomainLookupByUUIDString(conn, journal->uuid)
                             : virDomainLookupByName(conn, journal->domain);
         if (!dom) {

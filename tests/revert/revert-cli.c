@@ -50,7 +50,7 @@ int main(int argc, char **argv)
         if (revert_write(conn, argv[4], argv[5], strlen(argv[5]), &options) < 0)
             ret = fail();
     } else if (strcmp(argv[3], "busy") == 0) {
-        struct engine_lock *lock = engine_lock_domain_conn(conn, argv[4]);
+        struct engine_lock *lock = engine_lock_domain_conn(conn, argv[4], "holding the lock for a test", "cannot hold");
 
         if (revert_write(conn, argv[4], argv[5], strlen(argv[5]), &options) < 0)
             ret = fail();
