@@ -2,7 +2,7 @@
 /* What the files of the FUSE layer share: the inode table and the operations table. */
 #pragma once
 
-#define FUSE_USE_VERSION 35
+#define FUSE_USE_VERSION 312
 #include <fuse_lowlevel.h>
 
 #include "snapfs/tree.h"
@@ -27,6 +27,10 @@ struct fs_context {
     struct fuse_session *session;
     GMutex listings_lock;
     GHashTable *listings;     /* node id of a folder libvirt fills -> the names it showed last (a set) */
+    gint stopped;             /* atomic: the FUSE loop has returned */
 };
+
+/* FUSE worker threads at most (GUEST_MAX_INFLIGHT of them may wait on appliances). */
+#define FS_MAX_THREADS 64
 
 extern const struct fuse_lowlevel_ops fs_operations;

@@ -28,6 +28,8 @@ struct snapfs_options {
     int debug;
     unsigned max_appliances;
     unsigned appliance_idle;
+    unsigned appliance_timeout;
+    unsigned kvm_timeout;
     char *quiesce;
     char *revert_keep;
     char *state_dir;
@@ -48,6 +50,8 @@ static const struct fuse_opt option_spec[] = {
     OPTION("nonempty", nonempty),
     OPTION("max_appliances=%u", max_appliances),
     OPTION("appliance_idle=%u", appliance_idle),
+    OPTION("appliance_timeout=%u", appliance_timeout),
+    OPTION("kvm_timeout=%u", kvm_timeout),
     OPTION("quiesce=%s", quiesce),
     OPTION("revert_keep=%s", revert_keep),
     OPTION("state_dir=%s", state_dir),
@@ -125,6 +129,11 @@ static void usage(const char *prog)
            "    -o nonempty            allow mounting over a non-empty directory\n"
            "    -o max_appliances=N    libguestfs appliances running at once (default 4)\n"
            "    -o appliance_idle=S    stop an appliance after S idle seconds (default 60)\n"
+           "    -o appliance_timeout=S an appliance that takes longer than S seconds to start or to\n"
+           "                           answer one step of a request is killed; the request gets EIO\n"
+           "                           and the next access starts a new one (default 120)\n"
+           "    -o kvm_timeout=S       a KVM appliance silent for S seconds while starting is\n"
+           "                           stalled: snapfs uses TCG from then on (default 20)\n"
            "    -o quiesce=auto|on|off freeze guest filesystems through the agent for mkdir (auto)\n"
            "    -o revert_keep=on|off  keep the state a revert leaves as pre-revert-DATE (on)\n"
            "    -o state_dir=DIR       where snapfs journals by-hand operations (/var/lib/snapfs for\n"
@@ -269,6 +278,23 @@ static void daemon_fuse_log(enum fuse_log_level level, const char *fmt, va_list 
         snapfs_log(SNAPFS_LOG_DEBUG, "%s", message);
 }
 
+/*
+ * The FUSE loop ends only once every worker has finished its request, and a request may sit in an
+ * appliance that will never answer: as soon as the session is told to exit (unmount, SIGTERM,
+ * SIGINT), the appliances are killed, so that those requests fail at once and snapfs ends.
+ */
+static gpointer exit_watcher(gpointer data)
+{
+    struct fs_context *ctx = data;
+
+    while (!g_atomic_int_get(&ctx->stopped) && !fuse_session_exited(ctx->session))
+        g_usleep(100 * 1000);
+    if (!g_atomic_int_get(&ctx->stopped))
+        snapfs_debug("the session ends: stopping every appliance");
+    snapfs_tree_abort(ctx->tree);
+    return NULL;
+}
+
 /* "localhost (qemu:///system), host2 (qemu+ssh://host2/system)": what a mount serves, for the log. */
 static char *hosts_described(GPtrArray *hosts)
 {
@@ -305,6 +331,9 @@ static bool build_config(const struct snapfs_options *options, struct snapfs_tre
     config->guest.max_appliances = options->max_appliances ? options->max_appliances : 4;
     config->guest.idle_seconds = options->appliance_idle ? options->appliance_idle : 60;
     config->guest.live_ttl_ms = 1000;
+    config->guest.limits.timeout_seconds = options->appliance_timeout ? options->appliance_timeout
+                                                                      : GUEST_DEFAULT_TIMEOUT_S;
+    config->guest.limits.kvm_seconds = options->kvm_timeout ? options->kvm_timeout : GUEST_DEFAULT_KVM_TIMEOUT_S;
     if (!options->quiesce || strcmp(options->quiesce, "auto") == 0) {
         config->engine.quiesce = ENGINE_QUIESCE_AUTO;
     } else if (strcmp(options->quiesce, "on") == 0) {
@@ -335,7 +364,8 @@ int main(int argc, char **argv)
     struct fs_context ctx = { 0 };
     g_autoptr(GPtrArray) hosts = g_ptr_array_new_with_free_func((GDestroyNotify)snapfs_host_close);
     struct fuse_session *se = NULL;
-    struct fuse_loop_config loop = { .clone_fd = 0, .max_idle_threads = 10 };
+    struct fuse_loop_config *loop = NULL;
+    GThread *exit_watch = NULL;
     g_autofree char *described = NULL;
     int ret = EXIT_FAILURE;
 
@@ -435,8 +465,22 @@ int main(int argc, char **argv)
     }
     described = hosts_described(hosts);
     snapfs_info("mounted %s on %s", described, cmdline.mountpoint);
-    ret = cmdline.singlethread ? fuse_session_loop(se) : fuse_session_loop_mt(se, &loop);
+    exit_watch = g_thread_new("snapfs-exit", exit_watcher, &ctx);
+    if (cmdline.singlethread) {
+        ret = fuse_session_loop(se);
+    } else {
+        /* More threads than libfuse's 10: requests wedged in a domain's appliance must leave some for the tree. */
+        loop = fuse_loop_cfg_create();
+        fuse_loop_cfg_set_clone_fd(loop, 0);
+        fuse_loop_cfg_set_idle_threads(loop, 10);
+        fuse_loop_cfg_set_max_threads(loop, cmdline.max_threads > FS_MAX_THREADS ? cmdline.max_threads
+                                                                                 : FS_MAX_THREADS);
+        ret = fuse_session_loop_mt(se, loop);
+        fuse_loop_cfg_destroy(loop);
+    }
     ret = ret == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    g_atomic_int_set(&ctx.stopped, 1);
+    g_thread_join(exit_watch);
     fuse_session_unmount(se);
     fuse_remove_signal_handlers(se);
     snapfs_info("unmounted %s from %s", described, cmdline.mountpoint);

@@ -16,8 +16,6 @@
 #include <string.h>
 #include <unistd.h>
 
-/* A call that takes longer than this is a hung appliance (a hostile filesystem, a stuck qemu). */
-#define GUEST_CALL_TIMEOUT_US (120 * G_USEC_PER_SEC)
 /* Beyond this many disks an appliance takes only the disks a view needs, not its neighbours'. */
 #define GUEST_MAX_SHARED_DISKS 48
 #define GUEST_APPLIANCE_MEMSIZE 512
@@ -153,6 +151,7 @@ void guest_appliance_unref(struct guest_appliance *app)
     g_free(app->tmpdir);
     g_free(app->group);
     g_free(app->alone);
+    g_free(app->killed);
     g_mutex_clear(&app->lock);
     g_free(app);
 }
@@ -238,78 +237,133 @@ static void pool_look_for_lvm(struct guest_pool *pool, struct guest_view *view)
     }
 }
 
-struct guest_appliance *guest_pool_appliance_for(struct guest_pool *pool, struct guest_view *view)
+/* The running appliances of @pool, least recently used first.  Pool lock held. */
+static GPtrArray *pool_running_by_age(struct guest_pool *pool)
 {
-    g_autoptr(GPtrArray) evicted = g_ptr_array_new();
-    struct guest_appliance *app = NULL;
-    const char *group = guest_view_group(view);
-    g_autofree char *alone = NULL;
-    unsigned running = 0;
+    GPtrArray *running = g_ptr_array_new();
 
-    pool_look_for_lvm(pool, view);
-    g_mutex_lock(&pool->lock);
-    alone = pool_alone_key(pool, view);
     for (guint i = 0; i < pool->appliances->len; i++) {
         struct guest_appliance *a = g_ptr_array_index(pool->appliances, i);
 
-        if (g_atomic_int_get(&a->dead) || g_atomic_int_get(&a->retire) || strcmp(a->group, group) != 0 ||
+        if (!g_atomic_int_get(&a->dead))
+            g_ptr_array_add(running, a);
+    }
+    for (guint i = 1; i < running->len; i++) {
+        for (guint j = i; j > 0; j--) {
+            struct guest_appliance *x = g_ptr_array_index(running, j - 1), *y = g_ptr_array_index(running, j);
+
+            if (guest_load64(&x->last_used) <= guest_load64(&y->last_used))
+                break;
+            running->pdata[j - 1] = y;
+            running->pdata[j] = x;
+        }
+    }
+    return running;
+}
+
+/*
+ * Room for one more appliance under max_appliances: the least recently used ones not in a call
+ * are locked into @evicted and taken out of the pool.  False when every one is busy (nothing
+ * taken).  Pool lock held.
+ */
+static bool pool_make_room(struct guest_pool *pool, GPtrArray *evicted)
+{
+    g_autoptr(GPtrArray) running = pool_running_by_age(pool);
+    guint need;
+
+    if (!pool->config.max_appliances || running->len < pool->config.max_appliances)
+        return true;
+    need = running->len - pool->config.max_appliances + 1;
+    for (guint i = 0; i < running->len && evicted->len < need; i++) {
+        struct guest_appliance *a = g_ptr_array_index(running, i);
+
+        if (g_mutex_trylock(&a->lock))
+            g_ptr_array_add(evicted, a);
+    }
+    if (evicted->len < need) {
+        for (guint i = 0; i < evicted->len; i++)
+            g_mutex_unlock(&((struct guest_appliance *)g_ptr_array_index(evicted, i))->lock);
+        g_ptr_array_set_size(evicted, 0);
+        return false;
+    }
+    for (guint i = 0; i < evicted->len; i++) {
+        struct guest_appliance *a = g_ptr_array_index(evicted, i);
+
+        g_atomic_int_set(&a->dead, 1);
+        g_ptr_array_remove(pool->appliances, a);   /* the pool's reference moves to the caller */
+    }
+    return true;
+}
+
+/* An appliance of @group that serves @view or can still take its disks, or NULL.  Pool lock held. */
+static struct guest_appliance *pool_find_for(struct guest_pool *pool, struct guest_view *view, const char *alone)
+{
+    for (guint i = 0; i < pool->appliances->len; i++) {
+        struct guest_appliance *a = g_ptr_array_index(pool->appliances, i);
+
+        if (g_atomic_int_get(&a->dead) || g_atomic_int_get(&a->retire) || strcmp(a->group, guest_view_group(view)) != 0 ||
             g_strcmp0(a->alone, alone) != 0)
             continue;
         if (appliance_has_view(a, view) || !a->launching) {
             if (!a->launching)
                 appliance_add_view(a, view, false);
-            app = a;
-            break;
+            return a;
         }
     }
-    if (!app) {
-        GHashTableIter iter;
-        gpointer value;
+    return NULL;
+}
 
-        /* Make room: the least recently used appliance that is not in a call goes. */
-        for (guint i = 0; i < pool->appliances->len; i++) {
-            if (!g_atomic_int_get(&((struct guest_appliance *)g_ptr_array_index(pool->appliances, i))->dead))
-                running++;
+/* A new appliance for @view, with every other view the pool knows of its domain riding along.  Pool lock held. */
+static struct guest_appliance *pool_new_for(struct guest_pool *pool, struct guest_view *view, char *alone)
+{
+    struct guest_appliance *app = appliance_new(pool, guest_view_group(view));
+    GHashTableIter iter;
+    gpointer value;
+
+    app->alone = alone;
+    appliance_add_view(app, view, false);
+    /* One appliance for all its snapshots. */
+    g_hash_table_iter_init(&iter, pool->views);
+    while (!app->alone && g_hash_table_iter_next(&iter, NULL, &value)) {
+        struct guest_view *other = value;
+        g_autofree char *other_alone = pool_alone_key(pool, other);
+
+        if (other != view && !other_alone && app->disks->len < GUEST_MAX_SHARED_DISKS &&
+            strcmp(guest_view_group(other), app->group) == 0)
+            appliance_add_view(app, other, true);
+    }
+    g_ptr_array_add(pool->appliances, app);
+    return app;
+}
+
+/* How long a view waits for an appliance to come free when max_appliances are all in calls. */
+#define GUEST_ROOM_WAIT_US (10 * G_USEC_PER_SEC)
+
+struct guest_appliance *guest_pool_appliance_for(struct guest_pool *pool, struct guest_view *view)
+{
+    g_autoptr(GPtrArray) evicted = g_ptr_array_new();
+    gint64 deadline = g_get_monotonic_time() + GUEST_ROOM_WAIT_US;
+    struct guest_appliance *app = NULL;
+
+    pool_look_for_lvm(pool, view);
+    for (;;) {
+        g_autofree char *alone = NULL;
+
+        g_mutex_lock(&pool->lock);
+        alone = pool_alone_key(pool, view);
+        app = pool_find_for(pool, view, alone);
+        if (!app && pool_make_room(pool, evicted))
+            app = pool_new_for(pool, view, g_steal_pointer(&alone));
+        if (app)
+            break;
+        g_mutex_unlock(&pool->lock);
+        if (g_get_monotonic_time() > deadline || guest_launch_aborting()) {
+            snapfs_error_set(EAGAIN, "%s cannot be read now: all %u appliances (-o max_appliances) are busy",
+                             guest_view_group(view), pool->config.max_appliances);
+            snapfs_warn("domain '%s': %s", guest_view_group(view), snapfs_error_message());
+            return NULL;
         }
-        while (pool->config.max_appliances && running >= pool->config.max_appliances) {
-            struct guest_appliance *oldest = NULL;
-
-            for (guint i = 0; i < pool->appliances->len; i++) {
-                struct guest_appliance *a = g_ptr_array_index(pool->appliances, i);
-
-                if (g_atomic_int_get(&a->dead) || g_ptr_array_find(evicted, a, NULL))
-                    continue;
-                if (!oldest || guest_load64(&a->last_used) < guest_load64(&oldest->last_used))
-                    oldest = a;
-            }
-            if (!oldest || !g_mutex_trylock(&oldest->lock)) {
-                snapfs_warn("all %u appliances are busy: starting one more for domain '%s'", running, group);
-                break;
-            }
-            g_ptr_array_add(evicted, oldest);
-            running--;
-        }
-        for (guint i = 0; i < evicted->len; i++) {
-            struct guest_appliance *a = g_ptr_array_index(evicted, i);
-
-            g_atomic_int_set(&a->dead, 1);
-            g_ptr_array_remove(pool->appliances, a);   /* the pool's reference moves to this loop */
-        }
-
-        app = appliance_new(pool, group);
-        app->alone = g_steal_pointer(&alone);
-        appliance_add_view(app, view, false);
-        /* Every other view the pool knows of this domain rides along: one appliance for all its snapshots. */
-        g_hash_table_iter_init(&iter, pool->views);
-        while (!app->alone && g_hash_table_iter_next(&iter, NULL, &value)) {
-            struct guest_view *other = value;
-            g_autofree char *other_alone = pool_alone_key(pool, other);
-
-            if (other != view && !other_alone && app->disks->len < GUEST_MAX_SHARED_DISKS &&
-                strcmp(guest_view_group(other), group) == 0)
-                appliance_add_view(app, other, true);
-        }
-        g_ptr_array_add(pool->appliances, app);
+        g_usleep(50 * 1000);
     }
     g_atomic_int_inc(&app->refs);
     g_mutex_unlock(&pool->lock);
@@ -746,18 +800,23 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
     /* At most: KVM fails, TCG as snapfs boots it fails, TCG as libguestfs boots it. */
     for (int attempt = 0; attempt < 3 && !g; attempt++) {
         bool tcg = g_atomic_int_get(&pool->force_tcg);
+        bool kvm_stalled = false;
 
         g = appliance_handle(pool, app, tcg, &boot);
         if (!g)
             goto fail;
-        if (guestfs_launch(g) == 0)
+        if (guest_launch(g, !tcg, &pool->config.limits, &kvm_stalled) == 0)
             break;
-        snapfs_error_set(EIO, "cannot start a libguestfs appliance for '%s': %s", app->group, guestfs_last_error(g));
         g_clear_pointer(&g, guestfs_close);
-        /* KVM that fails at start (nested, broken MSRs) while TCG works: use TCG from now on, as --check advises. */
+        if (guest_launch_aborting())
+            goto fail;
+        /*
+         * A KVM that fails at start (nested, broken MSRs) or runs no guest at all, while TCG works:
+         * TCG from now on, said once.
+         */
         if (!tcg) {
-            snapfs_warn("appliance %u of domain '%s': %s; trying again without KVM", app->serial, app->group,
-                        snapfs_error_message());
+            snapfs_warn("appliance %u of domain '%s': %s; trying again without KVM, and every appliance from now on",
+                        app->serial, app->group, snapfs_error_message());
             g_atomic_int_set(&pool->force_tcg, 1);
         } else if (boot) {
             snapfs_warn("appliance %u of domain '%s': %s; trying again with libguestfs's kernel and qemu as they are",
@@ -829,9 +888,14 @@ void guest_appliance_error(struct guest_appliance *app, const char *what, const 
     const char *message = guestfs_last_error(app->g);
 
     if (!guestfs_is_ready(app->g)) {
+        const char *killed = g_atomic_pointer_get(&app->killed);
+
         g_atomic_int_set(&app->dead, 1);
-        snapfs_error_set(EIO, "cannot %s '%s': the appliance of domain '%s' stopped (%s)", what, path, app->group,
-                         message ? message : "qemu exited");
+        if (killed)
+            snapfs_error_set(EIO, "cannot %s '%s': %s", what, path, killed);
+        else
+            snapfs_error_set(EIO, "cannot %s '%s': the appliance of domain '%s' stopped (%s)", what, path,
+                             app->group, message ? message : "qemu exited");
         snapfs_warn("appliance %u of domain '%s': %s", app->serial, app->group, snapfs_error_message());
         return;
     }
@@ -840,18 +904,53 @@ void guest_appliance_error(struct guest_appliance *app, const char *what, const 
 
 void guest_appliance_busy(struct guest_pool *pool, struct guest_appliance *app)
 {
-    guest_store64(&app->call_started, g_get_monotonic_time());
+    guest_store64(&app->call_deadline,
+                  g_get_monotonic_time() + (gint64)pool->config.limits.timeout_seconds * G_USEC_PER_SEC);
     g_mutex_lock(&pool->lock);
     pool->stats.calls++;
     g_mutex_unlock(&pool->lock);
+}
+
+/* A listing of @items names: a second more per thousand of them (a stat and its xattrs each, under TCG). */
+void guest_appliance_expect(struct guest_pool *pool, struct guest_appliance *app, size_t items)
+{
+    guest_store64(&app->call_deadline, g_get_monotonic_time() +
+                                           (gint64)pool->config.limits.timeout_seconds * G_USEC_PER_SEC +
+                                           (gint64)(items / 1000) * G_USEC_PER_SEC);
 }
 
 void guest_appliance_idle(struct guest_appliance *app)
 {
     gint64 now = g_get_monotonic_time();
 
-    guest_store64(&app->call_started, 0);
+    guest_store64(&app->call_deadline, 0);
     guest_store64(&app->last_used, now);
+}
+
+/* Kill @app's qemu now, from any thread: the call in flight fails and says @why (taken). */
+static void appliance_kill(struct guest_appliance *app, char *why)
+{
+    if (!g_atomic_pointer_compare_and_exchange(&app->killed, NULL, why))
+        g_free(why);
+    else
+        snapfs_warn("%s", why);
+    g_atomic_int_set(&app->dead, 1);
+    if (app->qemu_pid > 0)
+        kill(app->qemu_pid, SIGKILL);
+}
+
+void guest_pool_abort(struct guest_pool *pool)
+{
+    guest_launch_abort_all();
+    g_mutex_lock(&pool->lock);
+    for (guint i = 0; i < pool->appliances->len; i++) {
+        struct guest_appliance *app = g_ptr_array_index(pool->appliances, i);
+
+        if (app->launched)
+            appliance_kill(app, g_strdup_printf("appliance %u of domain '%s' was stopped: snapfs is stopping",
+                                                app->serial, app->group));
+    }
+    g_mutex_unlock(&pool->lock);
 }
 
 /* Once a second: kill hung appliances, stop idle and retired ones. */
@@ -871,14 +970,13 @@ static gpointer pool_timer(gpointer data)
         g_mutex_lock(&pool->lock);
         for (guint i = 0; i < pool->appliances->len; i++) {
             struct guest_appliance *app = g_ptr_array_index(pool->appliances, i);
-            gint64 started = guest_load64(&app->call_started);
+            gint64 deadline = guest_load64(&app->call_deadline);
             gint64 idle = now - guest_load64(&app->last_used);
 
-            if (started && now - started > GUEST_CALL_TIMEOUT_US && app->qemu_pid > 0 && !g_atomic_int_get(&app->dead)) {
-                snapfs_warn("appliance %u of domain '%s' has not answered for %d s: killing it", app->serial, app->group,
-                            (int)(GUEST_CALL_TIMEOUT_US / G_USEC_PER_SEC));
-                kill(app->qemu_pid, SIGKILL);
-                g_atomic_int_set(&app->dead, 1);
+            if (deadline && now > deadline && app->qemu_pid > 0 && !g_atomic_int_get(&app->dead)) {
+                appliance_kill(app, g_strdup_printf("appliance %u of domain '%s' did not answer within %u s "
+                                                    "(-o appliance_timeout) and was killed", app->serial, app->group,
+                                                    pool->config.limits.timeout_seconds));
                 continue;
             }
             if (!g_atomic_int_get(&app->dead) && !g_atomic_int_get(&app->retire) &&
@@ -913,6 +1011,10 @@ struct guest_pool *guest_pool_new(const struct guest_pool_config *config)
     const char *cap = g_getenv("SNAPFS_DATA_CACHE_MB");
 
     pool->config = *config;
+    if (!pool->config.limits.timeout_seconds)
+        pool->config.limits.timeout_seconds = GUEST_DEFAULT_TIMEOUT_S;
+    if (!pool->config.limits.kvm_seconds)
+        pool->config.limits.kvm_seconds = GUEST_DEFAULT_KVM_TIMEOUT_S;
     pool->force_tcg = g_strrstr(g_getenv("LIBGUESTFS_BACKEND_SETTINGS") ? g_getenv("LIBGUESTFS_BACKEND_SETTINGS") : "", "force_tcg") != NULL;
     /* No KVM to open: libguestfs runs TCG anyway, and saying so lets snapfs bound its translated code. */
     if (access("/dev/kvm", R_OK | W_OK) < 0)
@@ -961,6 +1063,8 @@ void guest_pool_free(struct guest_pool *pool)
 {
     if (!pool)
         return;
+    /* qemu is killed, not asked to stop: its disks are read-only, and a wedged one would never answer. */
+    guest_pool_abort(pool);
     g_mutex_lock(&pool->timer_lock);
     pool->stopping = true;
     g_cond_signal(&pool->timer_cond);

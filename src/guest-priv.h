@@ -21,6 +21,9 @@ static inline uint64_t guest_le(const guint8 *p, int bytes)
 #define guest_load64(p) __atomic_load_n((p), __ATOMIC_RELAXED)
 #define guest_store64(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
 
+/* Requests inside appliances or waiting for one, at most: snapfs runs 64 FUSE threads, the rest serve the tree. */
+#define GUEST_MAX_INFLIGHT 48
+
 /* One image added to an appliance, in the order libguestfs names them /dev/sda, sdb, ... */
 struct guest_disk {
     char *key;        /* file, format, internal snapshot and whether shared with a writer */
@@ -53,7 +56,8 @@ struct guest_appliance {
     GPtrArray *mount_log;     /* device, type, mountpoint of every view's mount, to mount again after inspection */
     unsigned next_prefix;
     gint64 last_used;         /* atomic, monotonic microseconds */
-    gint64 call_started;      /* atomic, 0 while no call runs: the watchdog kills a hung qemu */
+    gint64 call_deadline;     /* atomic, 0 while no call runs: past it the watchdog kills qemu */
+    char *killed;             /* atomic pointer, set once: why the watchdog killed qemu */
     char *tmpdir;             /* NBD sockets */
     GPid storage_pid;         /* qemu-storage-daemon serving the disks' images */
 };
@@ -65,6 +69,7 @@ struct guest_pool {
     GPtrArray *appliances;    /* struct guest_appliance * (one reference each) */
     unsigned serial;
     gint force_tcg;           /* atomic: KVM failed once, appliances use TCG */
+    gint inflight;            /* atomic: requests inside an appliance or waiting for one */
     gint plain_kernel;        /* atomic: the unpacked kernel cannot be made or failed to boot: libguestfs's as it is */
     gint plain_qemu;          /* atomic: the same for the script that bounds qemu's translated code under TCG */
     struct guest_pool_stats stats;
@@ -84,6 +89,15 @@ struct guest_pool {
     size_t data_cap;
 };
 
+/*
+ * guestfs_launch(@g) within @limits (guest-launch.c); @kvm: the launch may run on KVM.  -1 with the
+ * reason when it failed or was killed; @kvm_stalled: killed because KVM printed nothing.
+ */
+int guest_launch(guestfs_h *g, bool kvm, const struct guest_launch_limits *limits, bool *kvm_stalled);
+/* Kill every launch under way and refuse new ones: snapfs is stopping. */
+void guest_launch_abort_all(void);
+bool guest_launch_aborting(void);
+
 /* The appliance @view should use, with a reference; NULL with the reason. Pool lock not held. */
 struct guest_appliance *guest_pool_appliance_for(struct guest_pool *pool, struct guest_view *view);
 /* Start @app if it is not started yet: called with app->lock held. */
@@ -91,8 +105,13 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
 void guest_appliance_unref(struct guest_appliance *app);
 /* A call failed: record why with errno, noticing a dead appliance. App lock held. */
 void guest_appliance_error(struct guest_appliance *app, const char *what, const char *path);
-/* Mark the start and end of a call, for the idle timer and the watchdog. */
+/*
+ * Mark the start and end of a step (a call, or mounting a view), for the idle timer and the
+ * watchdog: past appliance_timeout, scaled by @items (the names a listing call carries), qemu
+ * is killed and the step fails.
+ */
 void guest_appliance_busy(struct guest_pool *pool, struct guest_appliance *app);
+void guest_appliance_expect(struct guest_pool *pool, struct guest_appliance *app, size_t items);
 void guest_appliance_idle(struct guest_appliance *app);
 /* The filesystems blkid finds on disk @index of @app (the whole disk, else its partitions) as device, type
  * pairs owned by @app, probed on first use; NULL if the appliance failed. App lock held. */

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <glib/gstdio.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -535,6 +536,23 @@ static char *lv_folder_name(const char *device)
  * Mount @view's filesystems under a directory of its own in @app (app lock held): 0, or -1 with
  * the reason, or 1 when the view's disks hold LVM and it must move to an appliance of its own.
  */
+/*
+ * Tests only: SNAPFS_FAULT=guest:freeze-at-mount stops the first appliance's qemu (SIGSTOP) just
+ * before its first view is mounted, as an appliance that never answers a mount would be.
+ */
+static void view_fault_freeze(struct guest_appliance *app)
+{
+    static gint done;
+    const char *fault = g_getenv("SNAPFS_FAULT");
+
+    if (fault && strcmp(fault, "guest:freeze-at-mount") == 0 && app->qemu_pid > 0 &&
+        g_atomic_int_compare_and_exchange(&done, 0, 1)) {
+        snapfs_warn("SNAPFS_FAULT: freezing appliance %u of domain '%s' before its first mount", app->serial,
+                    app->group);
+        kill(app->qemu_pid, SIGSTOP);
+    }
+}
+
 static int view_mount(struct guest_view *view, struct guest_appliance *app)
 {
     g_autoptr(GArray) fss = g_array_new(FALSE, TRUE, sizeof(struct view_fs));
@@ -543,6 +561,7 @@ static int view_mount(struct guest_view *view, struct guest_appliance *app)
     const char *root = NULL;
 
     g_array_set_clear_func(fss, view_fs_clear);
+    view_fault_freeze(app);
     g_ptr_array_set_size(view->mounts, 0);
     g_free(view->prefix);
     view->prefix = g_strdup_printf("/v%u", app->next_prefix++);
@@ -665,6 +684,17 @@ static struct guest_appliance *view_enter(struct guest_view *view)
 {
     struct guest_appliance *app = NULL;
 
+    if (guest_launch_aborting()) {
+        snapfs_error_set(EIO, "%s cannot be read: snapfs is stopping", view->label);
+        return NULL;
+    }
+    /* A wedged domain must not take every FUSE thread: the tree and other domains keep some. */
+    if (g_atomic_int_add(&view->pool->inflight, 1) >= GUEST_MAX_INFLIGHT) {
+        g_atomic_int_add(&view->pool->inflight, -1);
+        snapfs_error_set(EAGAIN, "%s cannot be read now: %d requests already wait for appliances", view->label,
+                         GUEST_MAX_INFLIGHT);
+        return NULL;
+    }
     g_mutex_lock(&view->setup_lock);
     for (int attempt = 0; attempt < 3; attempt++) {
         int mounted = 0;
@@ -693,12 +723,17 @@ static struct guest_appliance *view_enter(struct guest_view *view)
             }
         }
         app = guest_pool_appliance_for(view->pool, view);
+        if (!app)
+            break;   /* every appliance busy: no failure of the view's own */
         g_mutex_lock(&app->lock);
+        /* Launching and mounting are steps the watchdog bounds like any call. */
+        guest_appliance_busy(view->pool, app);
         if ((!app->launched && guest_appliance_launch(view->pool, app) < 0) || !app->g ||
             (mounted = view_mount(view, app)) < 0) {
             /* An appliance that died under a running view is no reason to wait before the next try. */
             bool died = app->launched && g_atomic_int_get(&app->dead);
 
+            guest_appliance_idle(app);
             g_mutex_unlock(&app->lock);
             guest_appliance_unref(g_steal_pointer(&app));
             if (died)
@@ -707,6 +742,7 @@ static struct guest_appliance *view_enter(struct guest_view *view)
         }
         if (mounted > 0) {
             /* LVM: the next turn starts the view's own appliance. */
+            guest_appliance_idle(app);
             g_mutex_unlock(&app->lock);
             guest_appliance_unref(g_steal_pointer(&app));
             continue;
@@ -725,6 +761,8 @@ failed:
     if (app) {
         g_atomic_int_inc(&app->refs);
         guest_appliance_busy(view->pool, app);
+    } else {
+        g_atomic_int_add(&view->pool->inflight, -1);
     }
     g_mutex_unlock(&view->setup_lock);
     return app;
@@ -732,9 +770,13 @@ failed:
 
 static void view_leave(struct guest_view *view, struct guest_appliance *app)
 {
+    /* Killed by the watchdog in this request: the view says why until it works again. */
+    if (g_atomic_int_get(&app->dead) && g_atomic_pointer_get(&app->killed))
+        view_set_error(view, snapfs_error_message());
     guest_appliance_idle(app);
     g_mutex_unlock(&app->lock);
     guest_appliance_unref(app);
+    g_atomic_int_add(&view->pool->inflight, -1);
 }
 
 /* The appliance's path of view path @path. */
@@ -1017,6 +1059,7 @@ static int view_stat_dir(struct guest_view *view, const char *path)
     app = view_enter(view);
     if (!app)
         return -1;
+    guest_appliance_expect(view->pool, app, n);
     apath = view_path(view, path);
     if (n > 0) {
         stats = guestfs_lstatnslist(app->g, apath, names);
@@ -1104,6 +1147,7 @@ static int view_xattr_dir(struct guest_view *view, const char *path)
         app = view_enter(view);
         if (!app)
             return -1;
+        guest_appliance_expect(view->pool, app, n);
         apath = view_path(view, path);
         xl = guestfs_lxattrlist(app->g, apath, names);
         if (!xl && !guestfs_is_ready(app->g)) {

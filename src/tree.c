@@ -123,6 +123,12 @@ struct snapfs_tree *snapfs_tree_new(struct snapfs_host **hosts, size_t n_hosts,
     return tree;
 }
 
+void snapfs_tree_abort(struct snapfs_tree *tree)
+{
+    if (tree)
+        guest_pool_abort(tree->guests);
+}
+
 void snapfs_tree_free(struct snapfs_tree *tree)
 {
     if (!tree)

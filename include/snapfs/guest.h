@@ -25,17 +25,39 @@ struct guest_view_spec {
     const struct guest_drive *drives;
 };
 
+/* The deadlines of an appliance: past them it is killed and the request answers EIO. */
+struct guest_launch_limits {
+    unsigned timeout_seconds;  /* -o appliance_timeout: a launch, or one step of a request (default 120) */
+    unsigned kvm_seconds;      /* -o kvm_timeout: a KVM launch silent this long is stalled: TCG from then on (20) */
+};
+
 struct guest_pool_config {
-    unsigned max_appliances;   /* -o max_appliances */
+    unsigned max_appliances;   /* -o max_appliances: a hard limit */
     unsigned idle_seconds;     /* -o appliance_idle */
     unsigned live_ttl_ms;      /* how long a live view's answers may be reused */
+    struct guest_launch_limits limits;
 };
+
+#define GUEST_DEFAULT_TIMEOUT_S 120
+#define GUEST_DEFAULT_KVM_TIMEOUT_S 20
+
+/*
+ * Start one appliance with a scratch disk, as --check does: 0 and how long it took, or -1 with the
+ * reason; @kvm_stalled says the launch was killed because KVM ran no guest.  Bounded by @limits.
+ */
+int guest_try_launch(bool force_tcg, const struct guest_launch_limits *limits, double *seconds, bool *kvm_stalled);
+
 
 struct guest_pool;
 struct guest_view;
 
 struct guest_pool *guest_pool_new(const struct guest_pool_config *config);
 void guest_pool_free(struct guest_pool *pool);
+/*
+ * snapfs is stopping: kill every appliance's qemu now, launching or in a call, so that the
+ * requests waiting on them answer EIO at once; no appliance starts from now on.  Safe from any thread.
+ */
+void guest_pool_abort(struct guest_pool *pool);
 
 /*
  * The view for @spec, created on first use (no appliance is started here).

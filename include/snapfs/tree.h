@@ -58,6 +58,8 @@ struct snapfs_tree;
 struct snapfs_tree *snapfs_tree_new(struct snapfs_host **hosts, size_t n_hosts,
                                     const struct snapfs_tree_config *config);
 void snapfs_tree_free(struct snapfs_tree *tree);
+/* Unmounting or SIGTERM: whatever appliances do, requests in them answer EIO now, so snapfs can end. */
+void snapfs_tree_abort(struct snapfs_tree *tree);
 
 struct snapfs_node *snapfs_node_root(void);
 struct snapfs_node *snapfs_node_copy(const struct snapfs_node *node);
