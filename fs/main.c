@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <guestfs.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -478,7 +479,8 @@ int main(int argc, char **argv)
         ret = fuse_session_loop_mt(se, loop);
         fuse_loop_cfg_destroy(loop);
     }
-    ret = ret == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    /* Stopped by SIGTERM or SIGINT (systemd, ^C) is a clean end too: libfuse returns the signal. */
+    ret = ret == 0 || ret == SIGTERM || ret == SIGINT ? EXIT_SUCCESS : EXIT_FAILURE;
     g_atomic_int_set(&ctx.stopped, 1);
     g_thread_join(exit_watch);
     fuse_session_unmount(se);

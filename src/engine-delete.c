@@ -437,6 +437,11 @@ int engine_snapshot_delete(virConnectPtr conn, const char *domain, const char *n
     lock = engine_lock_domain_conn(conn, domain, doing, ctx.what);
     if (!lock)
         goto cleanup;
+    /* Tests only: a delete that holds the domain's lock for a while, as a long merge does. */
+    if (g_strcmp0(g_getenv("SNAPFS_FAULT"), "engine:slow-delete") == 0) {
+        snapfs_warn("SNAPFS_FAULT: holding the lock of domain '%s' for 8 s", ctx.label);
+        g_usleep(8 * G_USEC_PER_SEC);
+    }
     ctx.dom = virDomainLookupByName(conn, domain);
     ctx.snap = ctx.dom ? virDomainSnapshotLookupByName(ctx.dom, name, 0) : NULL;
     if (!ctx.snap) {

@@ -30,7 +30,8 @@ char *engine_progress(virConnectPtr conn, const char *domain)
     if (progress)
         text = g_strdup(g_hash_table_lookup(progress, key));
     g_mutex_unlock(&progress_mutex);
-    return text;
+    /* Between the steps that report a percentage, what holds the domain's lock. */
+    return text ? text : engine_lock_holder(key);
 }
 
 struct engine_progress {

@@ -144,11 +144,14 @@ void guest_appliance_unref(struct guest_appliance *app)
 
         while (dir && (name = g_dir_read_name(dir))) {
             g_autofree char *path = g_build_filename(app->tmpdir, name, NULL);
-            g_unlink(path);
+
+            if (g_unlink(path) != 0)
+                g_rmdir(path);   /* the launch directory, emptied by guestfs_close() */
         }
         g_rmdir(app->tmpdir);
     }
     g_free(app->tmpdir);
+    g_free(app->launch_dir);
     g_free(app->group);
     g_free(app->alone);
     g_free(app->killed);
@@ -613,6 +616,15 @@ static guestfs_h *appliance_handle(struct guest_pool *pool, struct guest_applian
         return NULL;
     }
     guestfs_set_error_handler(g, NULL, NULL);
+    /* libguestfs's overlays go here, so the launch watcher knows this appliance's qemu by its command line. */
+    if (!app->launch_dir) {
+        app->launch_dir = g_build_filename(app->tmpdir, "launch", NULL);
+        if (g_mkdir(app->launch_dir, 0700) < 0) {
+            snapfs_error_set(EIO, "cannot make '%s': %s", app->launch_dir, g_strerror(errno));
+            return NULL;
+        }
+    }
+    guestfs_set_tmpdir(g, app->launch_dir);
     ident = g_strdup_printf("snapfs%u", app->serial);
     guestfs_set_identifier(g, ident);
     guestfs_set_autosync(g, 0);
@@ -805,7 +817,7 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
         g = appliance_handle(pool, app, tcg, &boot);
         if (!g)
             goto fail;
-        if (guest_launch(g, !tcg, &pool->config.limits, &kvm_stalled) == 0)
+        if (guest_launch(g, app->launch_dir, !tcg, &pool->config.limits, &kvm_stalled) == 0)
             break;
         g_clear_pointer(&g, guestfs_close);
         if (guest_launch_aborting())

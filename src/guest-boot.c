@@ -441,8 +441,10 @@ char *guest_boot_qemu(guestfs_h *g)
     struct statvfs fs;
 
     /* The user chose a qemu: theirs. */
-    if (g_getenv("LIBGUESTFS_HV"))
+    if (g_getenv("LIBGUESTFS_HV")) {
+        snapfs_error_set(EEXIST, "LIBGUESTFS_HV names the qemu to run");
         return NULL;
+    }
     if (!hv || !g_path_is_absolute(hv) || strchr(hv, '\'') || strchr(hv, '\n')) {
         snapfs_error_set(EINVAL, "libguestfs's qemu '%s' cannot be named in a script", hv ? hv : "");
         return NULL;

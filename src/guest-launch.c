@@ -6,6 +6,7 @@
 #include "snapfs/log.h"
 
 #include <dirent.h>
+#include <glib/gstdio.h>
 #include <errno.h>
 #include <signal.h>
 #include <string.h>
@@ -20,15 +21,17 @@
  *   - under TCG, it printed nothing for half of timeout_seconds (a healthy boot's longest silence
  *     is udev settling, seconds);
  *   - the launch ran past timeout_seconds, or snapfs is stopping.
- * qemu is found by the handle's socket directory, which libguestfs puts on its command line and
- * which is ours alone (mode 0700, a random name): the watcher needs nothing from the handle,
- * which only the launching thread may touch.  Killing qemu makes guestfs_launch() return at once.
+ * qemu is found by the handle's temporary directory (guestfs_set_tmpdir() to a directory of ours,
+ * with a random name): libguestfs puts the disks' overlays there and names them on qemu's command
+ * line, and only processes that descend from snapfs count.  The watcher needs nothing from the
+ * handle, which only the launching thread may touch.  Killing qemu makes guestfs_launch() return
+ * at once.
  */
 
 enum launch_verdict { LAUNCH_RUNNING, LAUNCH_KVM_STALLED, LAUNCH_SILENT, LAUNCH_OVERRAN, LAUNCH_ABORTED };
 
 struct launch_watch {
-    char *sockdir;
+    const char *token;      /* the handle's own temporary directory, on qemu's command line */
     bool kvm;
     const struct guest_launch_limits *limits;
     gint64 started;
@@ -43,7 +46,25 @@ static GMutex watches_lock;
 static GPtrArray *watches;   /* struct launch_watch *: launches under way; watches_lock */
 static gint aborting;        /* atomic: snapfs is stopping, no launch may go on */
 
-/* SIGKILL every process whose command line names @dir: the qemu (or LIBGUESTFS_HV wrapper) of one launch. */
+/* Whether @pid descends from snapfs (libguestfs forks qemu; a LIBGUESTFS_HV wrapper may fork it in turn). */
+static bool ours(pid_t pid)
+{
+    for (int depth = 0; depth < 4 && pid > 1; depth++) {
+        g_autofree char *path = g_strdup_printf("/proc/%d/stat", pid);
+        g_autofree char *stat = NULL;
+        const char *end;
+
+        if (!g_file_get_contents(path, &stat, NULL, NULL) || !(end = strrchr(stat, ')')))
+            return false;
+        /* "pid (comm) state ppid ...": the name may hold anything, so read after its last ')'. */
+        pid = (pid_t)g_ascii_strtoll(end + 3, NULL, 10);
+        if (pid == getpid())
+            return true;
+    }
+    return false;
+}
+
+/* SIGKILL every process of ours whose command line names @dir: the qemu (or LIBGUESTFS_HV wrapper) of one launch. */
 static unsigned kill_naming(const char *dir)
 {
     g_autoptr(GDir) proc = g_dir_open("/proc", 0, NULL);
@@ -65,7 +86,7 @@ static unsigned kill_naming(const char *dir)
             if (cmdline[i] == '\0')
                 cmdline[i] = ' ';
         }
-        if (len && strstr(cmdline, dir) && kill(pid, SIGKILL) == 0)
+        if (len && strstr(cmdline, dir) && ours(pid) && kill(pid, SIGKILL) == 0)
             killed++;
     }
     return killed;
@@ -110,7 +131,7 @@ static gpointer launch_watcher(gpointer data)
         if (verdict == LAUNCH_RUNNING)
             continue;
         /* Until qemu is there to kill (libguestfs may still be preparing), try again every turn. */
-        if (kill_naming(w->sockdir))
+        if (kill_naming(w->token))
             g_atomic_int_set(&w->verdict, verdict);
     }
     g_mutex_unlock(&w->lock);
@@ -136,9 +157,10 @@ static char *launch_why(const struct launch_watch *w, enum launch_verdict verdic
     return NULL;
 }
 
-int guest_launch(guestfs_h *g, bool kvm, const struct guest_launch_limits *limits, bool *kvm_stalled)
+int guest_launch(guestfs_h *g, const char *tmpdir, bool kvm, const struct guest_launch_limits *limits,
+                 bool *kvm_stalled)
 {
-    struct launch_watch w = { .kvm = kvm, .limits = limits };
+    struct launch_watch w = { .token = tmpdir, .kvm = kvm, .limits = limits };
     g_autofree char *why = NULL;
     GThread *watcher;
     int handle, r;
@@ -146,11 +168,6 @@ int guest_launch(guestfs_h *g, bool kvm, const struct guest_launch_limits *limit
     *kvm_stalled = false;
     if (g_atomic_int_get(&aborting)) {
         snapfs_error_set(EIO, "cannot start a libguestfs appliance: snapfs is stopping");
-        return -1;
-    }
-    w.sockdir = guestfs_get_sockdir(g);
-    if (!w.sockdir) {
-        snapfs_error_set(EIO, "cannot start a libguestfs appliance: %s", guestfs_last_error(g));
         return -1;
     }
     handle = guestfs_set_event_callback(g, launch_console, GUESTFS_EVENT_APPLIANCE, 0, &w);
@@ -180,14 +197,11 @@ int guest_launch(guestfs_h *g, bool kvm, const struct guest_launch_limits *limit
     why = launch_why(&w, g_atomic_int_get(&w.verdict));
     g_mutex_clear(&w.lock);
     g_cond_clear(&w.cond);
-    if (r == 0 && !why) {
-        g_free(w.sockdir);
+    if (r == 0 && !why)
         return 0;
-    }
     *kvm_stalled = g_atomic_int_get(&w.verdict) == LAUNCH_KVM_STALLED;
     snapfs_error_set(EIO, "cannot start a libguestfs appliance: %s",
                      why ? why : guestfs_last_error(g) ? guestfs_last_error(g) : "it did not start");
-    g_free(w.sockdir);
     return -1;
 }
 
@@ -199,7 +213,7 @@ void guest_launch_abort_all(void)
         struct launch_watch *w = g_ptr_array_index(watches, i);
 
         g_atomic_int_set(&w->verdict, LAUNCH_ABORTED);
-        kill_naming(w->sockdir);
+        kill_naming(w->token);
     }
     g_mutex_unlock(&watches_lock);
 }
@@ -211,24 +225,37 @@ bool guest_launch_aborting(void)
 
 int guest_try_launch(bool force_tcg, const struct guest_launch_limits *limits, double *seconds, bool *kvm_stalled)
 {
-    g_autoptr(guestfs_h) g = guestfs_create();
+    g_autoptr(GError) error = NULL;
+    g_autofree char *tmpdir = g_dir_make_tmp("snapfs-check-XXXXXX", &error);
     gint64 start = g_get_monotonic_time();
     char *settings[] = { (char *)"force_tcg", NULL };
-    int r;
+    guestfs_h *g;
+    int r = -1;
 
     *kvm_stalled = false;
-    if (!g) {
-        snapfs_error_set(EIO, "cannot create a libguestfs handle: %s", g_strerror(errno));
+    if (!tmpdir) {
+        snapfs_error_set(EIO, "cannot make a directory for the appliance: %s", error->message);
         return -1;
     }
+    g = guestfs_create();
+    if (!g) {
+        snapfs_error_set(EIO, "cannot create a libguestfs handle: %s", g_strerror(errno));
+        goto cleanup;
+    }
     guestfs_set_error_handler(g, NULL, NULL);
+    guestfs_set_tmpdir(g, tmpdir);
     if (force_tcg)
         guestfs_set_backend_settings(g, settings);
     if (guestfs_add_drive_scratch(g, 16 << 20, -1) < 0) {
         snapfs_error_set(EIO, "cannot add a scratch disk: %s", guestfs_last_error(g));
-        return -1;
+        goto cleanup;
     }
-    r = guest_launch(g, !force_tcg && access("/dev/kvm", R_OK | W_OK) == 0, limits, kvm_stalled);
+    r = guest_launch(g, tmpdir, !force_tcg && access("/dev/kvm", R_OK | W_OK) == 0, limits, kvm_stalled);
     *seconds = (double)(g_get_monotonic_time() - start) / G_USEC_PER_SEC;
+
+cleanup:
+    if (g)
+        guestfs_close(g);   /* removes what libguestfs made in @tmpdir */
+    g_rmdir(tmpdir);
     return r;
 }

@@ -59,6 +59,7 @@ struct guest_appliance {
     gint64 call_deadline;     /* atomic, 0 while no call runs: past it the watchdog kills qemu */
     char *killed;             /* atomic pointer, set once: why the watchdog killed qemu */
     char *tmpdir;             /* NBD sockets */
+    char *launch_dir;         /* in @tmpdir: libguestfs's own temporary files (guestfs_set_tmpdir) */
     GPid storage_pid;         /* qemu-storage-daemon serving the disks' images */
 };
 
@@ -90,10 +91,12 @@ struct guest_pool {
 };
 
 /*
- * guestfs_launch(@g) within @limits (guest-launch.c); @kvm: the launch may run on KVM.  -1 with the
- * reason when it failed or was killed; @kvm_stalled: killed because KVM printed nothing.
+ * guestfs_launch(@g) within @limits (guest-launch.c); @kvm: the launch may run on KVM; @tmpdir: the
+ * handle's guestfs_set_tmpdir(), a directory of snapfs's alone.  -1 with the reason when it failed
+ * or was killed; @kvm_stalled: killed because KVM printed nothing.
  */
-int guest_launch(guestfs_h *g, bool kvm, const struct guest_launch_limits *limits, bool *kvm_stalled);
+int guest_launch(guestfs_h *g, const char *tmpdir, bool kvm, const struct guest_launch_limits *limits,
+                 bool *kvm_stalled);
 /* Kill every launch under way and refuse new ones: snapfs is stopping. */
 void guest_launch_abort_all(void);
 bool guest_launch_aborting(void);

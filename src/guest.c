@@ -73,8 +73,8 @@ struct guest_view {
     gint want_stats;               /* atomic: a file was looked up, so listings bring attributes along (ls -l) */
     bool empty;                    /* nothing mounted: the root is an empty folder the appliance is not asked about */
     gint labels;                   /* atomic: 0 not known yet, 1 a filesystem root carries an SELinux label, -1 none does */
-    gint64 failed_at;
-    int failed_errno;
+    gint64 failed_at;              /* atomic: when the view last failed */
+    gint failed_errno;             /* atomic: why, 0 once it works; set also by view_leave() */
 
     GMutex lock;                   /* everything below, and error */
     char *error;
@@ -676,6 +676,14 @@ static int view_mount(struct guest_view *view, struct guest_appliance *app)
     return 0;
 }
 
+/* The view cannot be read now, for the reason recorded: say so, and do not try again for GUEST_RETRY_US. */
+static void view_failed(struct guest_view *view)
+{
+    guest_store64(&view->failed_at, g_get_monotonic_time());
+    g_atomic_int_set(&view->failed_errno, snapfs_error_errno());
+    view_set_error(view, snapfs_error_message());
+}
+
 /*
  * The appliance serving @view, locked, with a reference for the caller;
  * started and the view mounted in it if needed.  NULL with the reason.
@@ -709,10 +717,11 @@ static struct guest_appliance *view_enter(struct guest_view *view)
         /* The appliance stopped (idle, evicted, killed): the view moves to another one. */
         guest_appliance_unref(g_steal_pointer(&view->app));
         app = NULL;
-        if (view->failed_errno && g_get_monotonic_time() - view->failed_at < GUEST_RETRY_US) {
+        if (g_atomic_int_get(&view->failed_errno) &&
+            g_get_monotonic_time() - guest_load64(&view->failed_at) < GUEST_RETRY_US) {
             g_autofree char *error = guest_view_error(view);
 
-            snapfs_error_set(view->failed_errno, "%s", error ? error : "the view could not be read");
+            snapfs_error_set(g_atomic_int_get(&view->failed_errno), "%s", error ? error : "the view could not be read");
             break;
         }
         for (size_t i = 0; i < view->n_drives; i++) {
@@ -726,18 +735,24 @@ static struct guest_appliance *view_enter(struct guest_view *view)
         if (!app)
             break;   /* every appliance busy: no failure of the view's own */
         g_mutex_lock(&app->lock);
-        /* Launching and mounting are steps the watchdog bounds like any call. */
+        /* Launching is bounded by its own watcher; mounting is a step the watchdog bounds like any call. */
         guest_appliance_busy(view->pool, app);
-        if ((!app->launched && guest_appliance_launch(view->pool, app) < 0) || !app->g ||
-            (mounted = view_mount(view, app)) < 0) {
+        if (!app->launched && guest_appliance_launch(view->pool, app) == 0)
+            guest_appliance_busy(view->pool, app);
+        if (!app->launched || !app->g || (mounted = view_mount(view, app)) < 0) {
             /* An appliance that died under a running view is no reason to wait before the next try. */
             bool died = app->launched && g_atomic_int_get(&app->dead);
+
+            bool killed = g_atomic_pointer_get(&app->killed) != NULL;
 
             guest_appliance_idle(app);
             g_mutex_unlock(&app->lock);
             guest_appliance_unref(g_steal_pointer(&app));
-            if (died)
+            /* Killed past its deadline: the next try waits like any failure (the kernel retries a read at once). */
+            if (died && !killed) {
+                view_set_error(view, snapfs_error_message());
                 break;
+            }
             goto failed;
         }
         if (mounted > 0) {
@@ -749,13 +764,11 @@ static struct guest_appliance *view_enter(struct guest_view *view)
         }
         /* The reference guest_pool_appliance_for() gave is the view's; the caller's is taken below. */
         view->app = app;
-        view->failed_errno = 0;
+        g_atomic_int_set(&view->failed_errno, 0);
         break;
 
 failed:
-        view->failed_errno = snapfs_error_errno();
-        view->failed_at = g_get_monotonic_time();
-        view_set_error(view, snapfs_error_message());
+        view_failed(view);
         break;
     }
     if (app) {
@@ -770,9 +783,12 @@ failed:
 
 static void view_leave(struct guest_view *view, struct guest_appliance *app)
 {
-    /* Killed by the watchdog in this request: the view says why until it works again. */
+    /*
+     * Killed by the watchdog in this request: the view says why until it works again, and the
+     * kernel's immediate retry of a failed read-ahead fails too, so the reader sees the EIO.
+     */
     if (g_atomic_int_get(&app->dead) && g_atomic_pointer_get(&app->killed))
-        view_set_error(view, snapfs_error_message());
+        view_failed(view);
     guest_appliance_idle(app);
     g_mutex_unlock(&app->lock);
     guest_appliance_unref(app);
