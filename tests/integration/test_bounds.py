@@ -238,6 +238,9 @@ def test_lock_behind_a_long_operation(libvirtd, images, run_prefix):
         m = mount("lock", env={"SNAPFS_FAULT": "engine:slow-delete"})
         try:
             assert "d.txt" in os.listdir(m.p(other.name, "o1", "sda"))
+            # Opened and looked up before the rmdir: during it the kernel lets no new name of the folder be looked up.
+            control = os.open(m.p(busy.name, "revert"), os.O_WRONLY)
+            os.stat(m.p(busy.name, "s0"))
             box = {}
             t = threading.Thread(target=lambda: box.update(r=timed(os.rmdir, m.p(busy.name, "s1"))))
             t.start()
@@ -245,11 +248,8 @@ def test_lock_behind_a_long_operation(libvirtd, images, run_prefix):
             progress = os.getxattr(m.p(busy.name), "user.snapfs.progress").decode()
             assert "deleting snapshot 's1'" in progress, progress
 
-            def revert():
-                with open(m.p(busy.name, "revert"), "w") as f:
-                    f.write("s0\n")
-
-            (status, value), took = timed(revert)
+            (status, value), took = timed(os.write, control, b"s0\n")
+            os.close(control)
             assert (status, value) == ("error", errno.EBUSY), (status, value)
             assert 2.5 < took < 6, took
             last = os.getxattr(m.p(busy.name), "user.snapfs.last_error").decode()
