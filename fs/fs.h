@@ -27,6 +27,12 @@ struct fs_context {
     struct fuse_session *session;
     GMutex listings_lock;
     GHashTable *listings;     /* node id of a folder libvirt fills -> the names it showed last (a set) */
+    GThreadPool *invalidations;   /* node ids whose cached pages the kernel must drop */
 };
 
 extern const struct fuse_lowlevel_ops fs_operations;
+
+/* Once the session exists: the kernel is told to drop its cache of files whose images changed under a handle. */
+void fs_watch_stale(struct fs_context *ctx);
+/* Before the session goes (nothing more is told). */
+void fs_unwatch_stale(struct fs_context *ctx);
