@@ -277,6 +277,7 @@ static void fs_forget_vanished(fuse_req_t req, fuse_ino_t ino, const struct fs_d
 /* Lists a directory once; inside a snapshot or layer the handle holds off rmdir and revert of what it reads. */
 static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+    struct fs_context *ctx = fs_ctx(req);   /* the request is gone once answered */
     struct snapfs_node *node = fs_node(req, ino);
     struct fs_dir *dir;
 
@@ -286,10 +287,10 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
     dir->node = node;
     dir->entries = g_array_new(FALSE, TRUE, sizeof(struct fs_dirent));
     g_array_set_clear_func(dir->entries, fs_dirent_clear);
-    dir->handle = snapfs_tree_open(fs_ctx(req)->tree, node, ino);
-    if (!dir->handle || snapfs_tree_readdir(fs_ctx(req)->tree, node, fs_dir_collect, dir) < 0) {
+    dir->handle = snapfs_tree_open(ctx->tree, node, ino);
+    if (!dir->handle || snapfs_tree_readdir(ctx->tree, node, fs_dir_collect, dir) < 0) {
         fs_reply_error(req, "readdir", node);
-        fs_dir_free(fs_ctx(req), dir);
+        fs_dir_free(ctx, dir);
         return;
     }
     fi->fh = (uintptr_t)dir;
@@ -300,7 +301,7 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
         fi->cache_readdir = 1;
     }
     if (fuse_reply_open(req, fi) == -ENOENT)
-        fs_dir_free(fs_ctx(req), dir);   /* the opener was interrupted: no releasedir comes */
+        fs_dir_free(ctx, dir);   /* the opener was interrupted: no releasedir comes */
 }
 
 static void fs_readdir_any(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset,
@@ -376,6 +377,7 @@ static void fs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
  */
 static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+    struct fs_context *ctx = fs_ctx(req);   /* the request is gone once answered */
     struct snapfs_node *node = fs_node(req, ino);
     bool writing = (fi->flags & O_ACCMODE) != O_RDONLY;
     struct snapfs_handle *handle;
@@ -393,13 +395,13 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         fuse_reply_err(req, EISDIR);
     } else if (writing) {
         fuse_reply_err(req, EROFS);
-    } else if (!(handle = snapfs_tree_open(fs_ctx(req)->tree, node, ino))) {
+    } else if (!(handle = snapfs_tree_open(ctx->tree, node, ino))) {
         fs_reply_error(req, "open", node);
     } else {
         fi->fh = (uintptr_t)handle;
         fi->keep_cache = snapfs_node_cache(node) == SNAPFS_CACHE_FOREVER;
         if (fuse_reply_open(req, fi) == -ENOENT)
-            snapfs_tree_release(fs_ctx(req)->tree, handle);   /* the opener was interrupted: no release comes */
+            snapfs_tree_release(ctx->tree, handle);   /* the opener was interrupted: no release comes */
     }
     snapfs_node_free(node);
 }
