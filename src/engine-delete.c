@@ -245,6 +245,24 @@ static int delete_internal(struct delete_ctx *ctx)
     return 0;
 }
 
+/* The snapshot's overlays that nothing in @images reaches or stands on: what an off-branch delete removes. */
+static GPtrArray *delete_unreached(struct delete_ctx *ctx, struct engine_images *images)
+{
+    GPtrArray *unreached = g_ptr_array_new();
+
+    for (guint i = 0; i < ctx->info->disks->len; i++) {
+        struct snapfs_snapshot_disk *sd = g_ptr_array_index(ctx->info->disks, i);
+        g_autofree const char **deps = NULL;
+
+        if (strcmp(sd->kind, "external") != 0 || !sd->file)
+            continue;
+        deps = engine_images_dependents(images, sd->file);
+        if (!engine_images_reachable(images, sd->file) && !deps[0])
+            g_ptr_array_add(unreached, sd->file);
+    }
+    return unreached;
+}
+
 /*
  * The snapshot is on a branch the domain no longer runs (a revert moved it):
  * nothing needs merging.  Its metadata goes first, then each overlay it made
@@ -253,22 +271,13 @@ static int delete_internal(struct delete_ctx *ctx)
  */
 static int delete_off_branch(struct delete_ctx *ctx)
 {
-    g_autoptr(GPtrArray) doomed = g_ptr_array_new();
+    g_autoptr(GPtrArray) doomed = NULL;
     struct engine_images *after = engine_images_collect(ctx->conn, ctx->domain, ctx->name);
 
     /* What will be unlinked below, as it looks with the snapshot gone. */
     if (!after)
         return -1;
-    for (guint i = 0; i < ctx->info->disks->len; i++) {
-        struct snapfs_snapshot_disk *sd = g_ptr_array_index(ctx->info->disks, i);
-        g_autofree const char **deps = NULL;
-
-        if (strcmp(sd->kind, "external") != 0 || !sd->file)
-            continue;
-        deps = engine_images_dependents(after, sd->file);
-        if (!engine_images_reachable(after, sd->file) && !deps[0])
-            g_ptr_array_add(doomed, sd->file);
-    }
+    doomed = delete_unreached(ctx, after);
     engine_images_free(after);
     if (delete_ask(ctx, doomed) < 0)
         return -1;
@@ -282,23 +291,23 @@ static int delete_off_branch(struct delete_ctx *ctx)
                     snapfs_error_message());
         return 0;
     }
+    g_ptr_array_unref(doomed);
+    doomed = delete_unreached(ctx, after);
     for (guint i = 0; i < ctx->info->disks->len; i++) {
         struct snapfs_snapshot_disk *sd = g_ptr_array_index(ctx->info->disks, i);
-        g_autofree const char **deps = NULL;
 
-        if (strcmp(sd->kind, "external") != 0 || !sd->file)
-            continue;
-        deps = engine_images_dependents(after, sd->file);
-        if (engine_images_reachable(after, sd->file) || deps[0]) {
+        if (strcmp(sd->kind, "external") == 0 && sd->file && !g_ptr_array_find(doomed, sd->file, NULL))
             snapfs_info("kept '%s' of deleted snapshot '%s' of domain '%s': something still reads it",
                         sd->file, ctx->name, ctx->label);
-            continue;
-        }
-        if (unlink(sd->file) < 0)
-            snapfs_warn("cannot remove '%s' of deleted snapshot '%s' of domain '%s': %s", sd->file, ctx->name,
+    }
+    for (guint i = 0; i < doomed->len; i++) {
+        const char *file = g_ptr_array_index(doomed, i);
+
+        if (unlink(file) < 0)
+            snapfs_warn("cannot remove '%s' of deleted snapshot '%s' of domain '%s': %s", file, ctx->name,
                         ctx->label, g_strerror(errno));
         else
-            engine_notify_chain_changed(ctx->label, sd->file);
+            engine_notify_chain_changed(ctx->label, file);
     }
     engine_images_free(after);
     return 0;

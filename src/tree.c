@@ -22,10 +22,10 @@ struct snapfs_tree {
     GHashTable *inos;          /* node key -> inode number shown in st_ino */
     guint64 next_ino;
     GHashTable *last_errors;   /* "host/domain" -> the last refusal's reason */
-    GHashTable *views;         /* view key -> struct tree_view *: what a node reads, found once */
-    GHashTable *images;        /* file -> struct view_image: the state views were last made on */
-    GHashTable *handles;       /* the set of struct snapfs_handle * open now */
-    GHashTable *changing;      /* file -> GThread * of the operation changing it now */
+    GHashTable *views;         /* lock: view key -> struct tree_view *: what a node reads, found once */
+    GHashTable *images;        /* lock: file -> struct view_image: the state views were last made on */
+    GHashTable *handles;       /* lock: the set of struct snapfs_handle * open now */
+    GHashTable *changing;      /* lock: file -> GThread * of the rmdir or revert changing it now */
     void (*stale_fn)(guint64 cookie, void *opaque);   /* set once, before the first open */
     void *stale_opaque;
 };
@@ -939,10 +939,18 @@ ssize_t snapfs_tree_handle_read(struct snapfs_tree *tree, struct snapfs_handle *
 
 /*
  * The engine's and revert's last word before they change @files: EBUSY,
- * naming them, while files or directories are open in views that read any
- * of them (the views below what is merged stay readable and never count).
- * Otherwise views of them are dropped and appliances closed (their qemu holds
- * the images open) and no view of them is made until the operation is over.
+ * naming the views and how many handles, while files or directories are open
+ * in views that read any of them.  A view counts when its chain holds one of
+ * them, whether or not its bytes would read otherwise afterwards (a merge
+ * rewrites the files, so reads through the handle would fail): for rmdir of
+ * an external snapshot that is the snapshot itself, the layer it froze and
+ * every layer above (the live disk), and later snapshots that froze an image
+ * above; never the layers below what is merged into, nor the snapshots that
+ * froze them (the engine refuses to change an image something else is built
+ * on), which stay open and readable through the merge.  For a revert, the
+ * live layers and internal snapshots held in the live images.  Otherwise
+ * views of @files are dropped and appliances closed (their qemu holds the
+ * images open), and none is made again until the operation is over.
  */
 /* How many handles are open on each view that reads any of @files: view label -> guint *.  Tree lock held. */
 static GHashTable *tree_open_in(struct snapfs_tree *tree, const char *const *files)
