@@ -28,9 +28,15 @@ struct fs_context {
     GMutex listings_lock;
     GHashTable *listings;     /* node id of a folder libvirt fills -> the names it showed last (a set) */
     gint stopped;             /* atomic: the FUSE loop has returned */
+    GThreadPool *invalidations;   /* node ids whose cached pages the kernel must drop */
 };
 
 /* FUSE worker threads at most (GUEST_MAX_INFLIGHT of them may wait on appliances). */
 #define FS_MAX_THREADS 64
 
 extern const struct fuse_lowlevel_ops fs_operations;
+
+/* Once the session exists: the kernel is told to drop its cache of files whose images changed under a handle. */
+void fs_watch_stale(struct fs_context *ctx);
+/* Before the session goes (nothing more is told). */
+void fs_unwatch_stale(struct fs_context *ctx);

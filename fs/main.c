@@ -454,6 +454,7 @@ int main(int argc, char **argv)
     ctx.session = se;
     if (!se)
         goto out;   /* libfuse said why, e.g. an unknown option */
+    fs_watch_stale(&ctx);
     if (fuse_set_signal_handlers(se) < 0)
         goto out;
     if (fuse_session_mount(se, cmdline.mountpoint) < 0) {
@@ -488,6 +489,7 @@ int main(int argc, char **argv)
     snapfs_info("unmounted %s from %s", described, cmdline.mountpoint);
 
 out:
+    fs_unwatch_stale(&ctx);
     if (se)
         fuse_session_destroy(se);
     snapfs_tree_free(ctx.tree);

@@ -212,8 +212,17 @@ struct fs_dirent {
 /* A directory's entries, read once at opendir so that offsets stay valid while it is read. */
 struct fs_dir {
     struct snapfs_node *node;
+    struct snapfs_handle *handle;   /* what it was opened on: a merge under it makes it fail */
     GArray *entries;   /* struct fs_dirent */
 };
+
+static void fs_dir_free(struct fs_context *ctx, struct fs_dir *dir)
+{
+    snapfs_tree_release(ctx->tree, dir->handle);
+    g_array_unref(dir->entries);
+    snapfs_node_free(dir->node);
+    g_free(dir);
+}
 
 static void fs_dirent_clear(gpointer data)
 {
@@ -265,8 +274,10 @@ static void fs_forget_vanished(fuse_req_t req, fuse_ino_t ino, const struct fs_d
     }
 }
 
+/* Lists a directory once; inside a snapshot or layer the handle holds off rmdir and revert of what it reads. */
 static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+    struct fs_context *ctx = fs_ctx(req);   /* the request is gone once answered */
     struct snapfs_node *node = fs_node(req, ino);
     struct fs_dir *dir;
 
@@ -276,11 +287,10 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
     dir->node = node;
     dir->entries = g_array_new(FALSE, TRUE, sizeof(struct fs_dirent));
     g_array_set_clear_func(dir->entries, fs_dirent_clear);
-    if (snapfs_tree_readdir(fs_ctx(req)->tree, node, fs_dir_collect, dir) < 0) {
+    dir->handle = snapfs_tree_open(ctx->tree, node, ino);
+    if (!dir->handle || snapfs_tree_readdir(ctx->tree, node, fs_dir_collect, dir) < 0) {
         fs_reply_error(req, "readdir", node);
-        g_array_unref(dir->entries);
-        snapfs_node_free(dir->node);
-        g_free(dir);
+        fs_dir_free(ctx, dir);
         return;
     }
     fi->fh = (uintptr_t)dir;
@@ -290,7 +300,8 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
         fi->keep_cache = 1;
         fi->cache_readdir = 1;
     }
-    fuse_reply_open(req, fi);
+    if (fuse_reply_open(req, fi) == -ENOENT)
+        fs_dir_free(ctx, dir);   /* the opener was interrupted: no releasedir comes */
 }
 
 static void fs_readdir_any(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset,
@@ -300,9 +311,15 @@ static void fs_readdir_any(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
     /* Attributes come with the entries only for guest content, where they are exact and cached. */
     bool attrs = plus && snapfs_node_cache(dir->node) != SNAPFS_CACHE_SHORT &&
                  dir->node->kind != SNAPFS_NODE_REVERT;
-    g_autofree char *buf = g_malloc(size);
+    g_autofree char *buf = NULL;
     size_t used = 0;
 
+    /* A listing of what the images no longer hold is not shown. */
+    if (snapfs_tree_handle_check(fs_ctx(req)->tree, dir->handle) < 0) {
+        fs_reply_error(req, "readdir", dir->node);
+        return;
+    }
+    buf = g_malloc(size);
     for (guint i = (guint)offset; i < dir->entries->len; i++) {
         struct fs_dirent *entry = &g_array_index(dir->entries, struct fs_dirent, i);
         size_t len;
@@ -348,21 +365,22 @@ static void fs_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
 
 static void fs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-    struct fs_dir *dir = (struct fs_dir *)(uintptr_t)fi->fh;
-
-    g_array_unref(dir->entries);
-    snapfs_node_free(dir->node);
-    g_free(dir);
+    fs_dir_free(fs_ctx(req), (struct fs_dir *)(uintptr_t)fi->fh);
     fuse_reply_err(req, 0);
 }
 
 /* ---- files ---------------------------------------------------------------- */
 
-/* Opens a guest file read-only (EROFS for writing) or the revert control file. */
+/*
+ * Opens a guest file read-only (EROFS for writing; EIO where its view's images changed since it was
+ * looked up) or the revert control file.  A guest file's handle holds off rmdir and revert of what it reads.
+ */
 static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+    struct fs_context *ctx = fs_ctx(req);   /* the request is gone once answered */
     struct snapfs_node *node = fs_node(req, ino);
     bool writing = (fi->flags & O_ACCMODE) != O_RDONLY;
+    struct snapfs_handle *handle;
 
     if (!node)
         return;
@@ -377,15 +395,21 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         fuse_reply_err(req, EISDIR);
     } else if (writing) {
         fuse_reply_err(req, EROFS);
+    } else if (!(handle = snapfs_tree_open(ctx->tree, node, ino))) {
+        fs_reply_error(req, "open", node);
     } else {
+        fi->fh = (uintptr_t)handle;
         fi->keep_cache = snapfs_node_cache(node) == SNAPFS_CACHE_FOREVER;
-        fuse_reply_open(req, fi);
+        if (fuse_reply_open(req, fi) == -ENOENT)
+            snapfs_tree_release(ctx->tree, handle);   /* the opener was interrupted: no release comes */
     }
     snapfs_node_free(node);
 }
 
+/* Reads a guest file through the view it was opened on (EIO once its images changed), or revert's content. */
 static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, struct fuse_file_info *fi)
 {
+    struct snapfs_handle *handle = (struct snapfs_handle *)(uintptr_t)fi->fh;
     struct snapfs_node *node = fs_node(req, ino);
     g_autofree char *buf = NULL;
     ssize_t n;
@@ -393,12 +417,54 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, s
     if (!node)
         return;
     buf = g_malloc(size ? size : 1);
-    n = snapfs_tree_read(fs_ctx(req)->tree, node, buf, size, offset);
+    if (handle)
+        n = snapfs_tree_handle_read(fs_ctx(req)->tree, handle, buf, size, offset);
+    else
+        n = snapfs_tree_read(fs_ctx(req)->tree, node, buf, size, offset);
     if (n < 0)
         fs_reply_error(req, "read", node);
     else
         fuse_reply_buf(req, buf, (size_t)n);
     snapfs_node_free(node);
+}
+
+static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    snapfs_tree_release(fs_ctx(req)->tree, (struct snapfs_handle *)(uintptr_t)fi->fh);
+    fuse_reply_err(req, 0);
+}
+
+/*
+ * The kernel keeps the pages of frozen files (keep_cache): when their images change under an open handle,
+ * it must drop them, or reads it serves itself would not fail.  Told from a thread of its own: the
+ * notification waits for the inode's page locks, which a read being answered may hold.
+ */
+static void fs_invalidate(gpointer data, gpointer user_data)
+{
+    struct fs_context *ctx = user_data;
+
+    fuse_lowlevel_notify_inval_inode(ctx->session, (fuse_ino_t)GPOINTER_TO_SIZE(data), 0, 0);
+}
+
+static void fs_stale(guint64 cookie, void *opaque)
+{
+    struct fs_context *ctx = opaque;
+
+    g_thread_pool_push(ctx->invalidations, GSIZE_TO_POINTER((gsize)cookie), NULL);
+}
+
+void fs_watch_stale(struct fs_context *ctx)
+{
+    ctx->invalidations = g_thread_pool_new(fs_invalidate, ctx, 1, FALSE, NULL);
+    snapfs_tree_set_stale_fn(ctx->tree, fs_stale, ctx);
+}
+
+void fs_unwatch_stale(struct fs_context *ctx)
+{
+    if (!ctx->invalidations)
+        return;
+    snapfs_tree_set_stale_fn(ctx->tree, NULL, NULL);
+    g_thread_pool_free(g_steal_pointer(&ctx->invalidations), TRUE, TRUE);
 }
 
 /* A write to revert is one request ("NAME\n"); everything else is read-only. */
@@ -598,6 +664,7 @@ const struct fuse_lowlevel_ops fs_operations = {
     .link = fs_link,
     .open = fs_open,
     .read = fs_read,
+    .release = fs_release,
     .write = fs_write,
     .opendir = fs_opendir,
     .readdir = fs_readdir,

@@ -217,14 +217,50 @@ cleanup:
 
 /* ---- the three ways ----------------------------------------------------------------- */
 
+/* Before the first change: whoever reads @files (open files in their views) may still refuse it. */
+static int delete_ask(struct delete_ctx *ctx, GPtrArray *files)
+{
+    g_ptr_array_add(files, NULL);
+    return engine_before_change(ctx->label, ctx->what, (const char *const *)files->pdata);
+}
+
 static int delete_internal(struct delete_ctx *ctx)
 {
+    g_autoptr(GPtrArray) holders = g_ptr_array_new();
+
+    /* qemu-img snapshot -d rewrites each image that holds it. */
+    for (guint i = 0; i < ctx->info->domain_disks->len; i++) {
+        struct snapfs_disk *disk = g_ptr_array_index(ctx->info->domain_disks, i);
+
+        if (disk->file && strcmp(disk->type, "network") != 0)
+            g_ptr_array_add(holders, disk->file);
+    }
+    if (delete_ask(ctx, holders) < 0)
+        return -1;
     /* libvirt 9.0 finds each disk's internal snapshot where the snapshot's own XML says it is. */
     if (virDomainSnapshotDelete(ctx->snap, 0) < 0) {
         snapfs_error_from_virt("%s", ctx->what);
         return -1;
     }
     return 0;
+}
+
+/* The snapshot's overlays that nothing in @images reaches or stands on: what an off-branch delete removes. */
+static GPtrArray *delete_unreached(struct delete_ctx *ctx, struct engine_images *images)
+{
+    GPtrArray *unreached = g_ptr_array_new();
+
+    for (guint i = 0; i < ctx->info->disks->len; i++) {
+        struct snapfs_snapshot_disk *sd = g_ptr_array_index(ctx->info->disks, i);
+        g_autofree const char **deps = NULL;
+
+        if (strcmp(sd->kind, "external") != 0 || !sd->file)
+            continue;
+        deps = engine_images_dependents(images, sd->file);
+        if (!engine_images_reachable(images, sd->file) && !deps[0])
+            g_ptr_array_add(unreached, sd->file);
+    }
+    return unreached;
 }
 
 /*
@@ -235,8 +271,16 @@ static int delete_internal(struct delete_ctx *ctx)
  */
 static int delete_off_branch(struct delete_ctx *ctx)
 {
-    struct engine_images *after;
+    g_autoptr(GPtrArray) doomed = NULL;
+    struct engine_images *after = engine_images_collect(ctx->conn, ctx->domain, ctx->name);
 
+    /* What will be unlinked below, as it looks with the snapshot gone. */
+    if (!after)
+        return -1;
+    doomed = delete_unreached(ctx, after);
+    engine_images_free(after);
+    if (delete_ask(ctx, doomed) < 0)
+        return -1;
     if (virDomainSnapshotDelete(ctx->snap, VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY) < 0) {
         snapfs_error_from_virt("%s", ctx->what);
         return -1;
@@ -247,23 +291,23 @@ static int delete_off_branch(struct delete_ctx *ctx)
                     snapfs_error_message());
         return 0;
     }
+    g_ptr_array_unref(doomed);
+    doomed = delete_unreached(ctx, after);
     for (guint i = 0; i < ctx->info->disks->len; i++) {
         struct snapfs_snapshot_disk *sd = g_ptr_array_index(ctx->info->disks, i);
-        g_autofree const char **deps = NULL;
 
-        if (strcmp(sd->kind, "external") != 0 || !sd->file)
-            continue;
-        deps = engine_images_dependents(after, sd->file);
-        if (engine_images_reachable(after, sd->file) || deps[0]) {
+        if (strcmp(sd->kind, "external") == 0 && sd->file && !g_ptr_array_find(doomed, sd->file, NULL))
             snapfs_info("kept '%s' of deleted snapshot '%s' of domain '%s': something still reads it",
                         sd->file, ctx->name, ctx->label);
-            continue;
-        }
-        if (unlink(sd->file) < 0)
-            snapfs_warn("cannot remove '%s' of deleted snapshot '%s' of domain '%s': %s", sd->file, ctx->name,
+    }
+    for (guint i = 0; i < doomed->len; i++) {
+        const char *file = g_ptr_array_index(doomed, i);
+
+        if (unlink(file) < 0)
+            snapfs_warn("cannot remove '%s' of deleted snapshot '%s' of domain '%s': %s", file, ctx->name,
                         ctx->label, g_strerror(errno));
         else
-            engine_notify_chain_changed(ctx->label, sd->file);
+            engine_notify_chain_changed(ctx->label, file);
     }
     engine_images_free(after);
     return 0;
@@ -376,6 +420,27 @@ static int delete_external(struct delete_ctx *ctx)
             continue;
         disk = delete_find_disk(ctx, sd->target);
         if (delete_check_merge_disk(ctx, sd, disk, delete_above_in_chain(ctx->images, disk->file, sd->file)) < 0)
+            return -1;
+    }
+    {
+        /* Merged away, merged into, and rebased onto what it was merged into. */
+        g_autoptr(GPtrArray) changed = g_ptr_array_new();
+
+        for (guint i = 0; i < ctx->info->disks->len; i++) {
+            struct snapfs_snapshot_disk *sd = g_ptr_array_index(ctx->info->disks, i);
+            const char *frozen, *above;
+
+            if (strcmp(sd->kind, "external") != 0)
+                continue;
+            frozen = g_hash_table_lookup(ctx->images->backing, sd->file);
+            above = delete_above_in_chain(ctx->images, delete_find_disk(ctx, sd->target)->file, sd->file);
+            g_ptr_array_add(changed, sd->file);
+            if (frozen && *frozen)
+                g_ptr_array_add(changed, (gpointer)frozen);
+            if (above && *above)
+                g_ptr_array_add(changed, (gpointer)above);
+        }
+        if (delete_ask(ctx, changed) < 0)
             return -1;
     }
     if (!ctx->running && delete_spell_out_chains(ctx) < 0)

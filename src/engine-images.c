@@ -15,6 +15,8 @@
 static GMutex notify_mutex;
 static void (*notify_fn)(const char *file, void *opaque);
 static void *notify_opaque;
+static engine_before_change_fn before_fn;
+static void *before_opaque;
 
 void engine_set_chain_changed(void (*fn)(const char *file, void *opaque), void *opaque)
 {
@@ -36,6 +38,26 @@ void engine_notify_chain_changed(const char *label, const char *file)
     snapfs_debug("image '%s' of domain '%s' moved or merged", file, label);
     if (fn)
         fn(file, opaque);
+}
+
+void engine_set_before_change(engine_before_change_fn fn, void *opaque)
+{
+    g_mutex_lock(&notify_mutex);
+    before_fn = fn;
+    before_opaque = opaque;
+    g_mutex_unlock(&notify_mutex);
+}
+
+int engine_before_change(const char *label, const char *what, const char *const *files)
+{
+    engine_before_change_fn fn;
+    void *opaque;
+
+    g_mutex_lock(&notify_mutex);
+    fn = before_fn;
+    opaque = before_opaque;
+    g_mutex_unlock(&notify_mutex);
+    return fn ? fn(label, what, files, opaque) : 0;
 }
 
 /* ---- XML ------------------------------------------------------------------------ */

@@ -674,6 +674,30 @@ static int revert_not_found(virDomainPtr dom, const char *domain, const char *na
     return -1;
 }
 
+/*
+ * Before the first change: every disk reads otherwise afterwards (its top is
+ * left behind, unlinked, or rewritten by an internal revert), so whoever
+ * reads the tops now (open files in the live layers) may refuse it.
+ */
+static int revert_ask(virConnectPtr conn, virDomainPtr dom, const char *label, const char *domain,
+                      const char *name)
+{
+    g_autoptr(revert_state) st = revert_state_read(conn, dom);
+    g_autoptr(GPtrArray) tops = g_ptr_array_new();
+    g_autofree char *what = g_strdup_printf("cannot revert '%s' to '%s'", domain, name);
+
+    if (!st)
+        return -1;
+    for (guint i = 0; i < st->disks->len; i++) {
+        struct snapfs_disk *disk = g_ptr_array_index(st->disks, i);
+
+        if (revert_disk_is_local(disk))
+            g_ptr_array_add(tops, disk->file);
+    }
+    g_ptr_array_add(tops, NULL);
+    return engine_before_change(label, what, (const char *const *)tops->pdata);
+}
+
 static const char *state_dir_of(const struct revert_options *options)
 {
     return options && options->state_dir ? options->state_dir : "/var/lib/snapfs";
@@ -746,6 +770,8 @@ int revert_write(virConnectPtr conn, const char *domain, const char *buf, size_t
                          "to stop it first)", domain, request.name, request.name);
         goto cleanup;
     }
+    if (revert_ask(conn, dom, label, domain, request.name) < 0)
+        goto cleanup;
     if (virDomainHasManagedSaveImage(dom, 0) == 1) {
         if (!request.force) {
             snapfs_error_set(EBUSY, "cannot revert '%s' to '%s': it has a saved memory state that would not "

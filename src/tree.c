@@ -22,8 +22,20 @@ struct snapfs_tree {
     GHashTable *inos;          /* node key -> inode number shown in st_ino */
     guint64 next_ino;
     GHashTable *last_errors;   /* "host/domain" -> the last refusal's reason */
-    GHashTable *views;         /* view_key() -> struct guest_view *: what a node reads, found once */
+    GHashTable *views;         /* lock: view key -> struct tree_view *: what a node reads, found once */
+    GHashTable *images;        /* lock: file -> struct view_image: the state views were last made on */
+    GHashTable *handles;       /* lock: the set of struct snapfs_handle * open now */
+    GHashTable *changing;      /* lock: file -> GThread * of the rmdir or revert changing it now */
+    void (*stale_fn)(guint64 cookie, void *opaque);   /* set once, before the first open */
+    void *stale_opaque;
 };
+
+/* Locks: tree->lock is taken last (never while calling into libvirt, the engine or the guest reader). */
+
+struct tree_view;
+static void tree_view_unref(struct tree_view *tv);
+static void view_image_free(gpointer data);
+static int tree_before_change(const char *label, const char *what, const char *const *files, void *opaque);
 
 /* ---- nodes -------------------------------------------------------------- */
 
@@ -118,8 +130,12 @@ struct snapfs_tree *snapfs_tree_new(struct snapfs_host **hosts, size_t n_hosts,
     tree->inos = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     tree->next_ino = 2;   /* 1 is the root's */
     tree->last_errors = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-    tree->views = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)guest_view_unref);
+    tree->views = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)tree_view_unref);
+    tree->images = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, view_image_free);
+    tree->handles = g_hash_table_new(g_direct_hash, g_direct_equal);
+    tree->changing = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     engine_set_chain_changed(tree_chain_changed, tree);
+    engine_set_before_change(tree_before_change, tree);
     return tree;
 }
 
@@ -134,7 +150,11 @@ void snapfs_tree_free(struct snapfs_tree *tree)
     if (!tree)
         return;
     engine_set_chain_changed(NULL, NULL);
+    engine_set_before_change(NULL, NULL);
     g_hash_table_unref(tree->views);
+    g_hash_table_unref(tree->images);
+    g_hash_table_unref(tree->handles);
+    g_hash_table_unref(tree->changing);
     guest_pool_free(tree->guests);
     g_hash_table_unref(tree->inos);
     g_hash_table_unref(tree->last_errors);
@@ -372,9 +392,188 @@ static struct snapfs_snapshot *layer_frozen_by(struct snapfs_domain *domain, con
 
 /* ---- guest views ------------------------------------------------------------ */
 
+/*
+ * What a view reads must be what it read when it was made: a merge (rmdir,
+ * revert, or virsh and others behind snapfs's back) rewrites frozen images in
+ * place.  So every view knows each image file of its chains as it found it
+ * (device, inode, size, mtime; of the live top only which file it is, since
+ * a running guest writes it), and is checked against them before and after
+ * every read: once one differs, everything opened on the view answers EIO
+ * and the kernel is told to drop what it cached of those files; a fresh
+ * lookup makes a new view.  snapfs's own rmdir and revert never get there:
+ * they refuse (EBUSY) while anything is open in a view of what they change
+ * (tree_before_change()).
+ */
+struct view_image {
+    char *file;
+    bool moving;      /* the top of a disk's chain: only which file it is counts */
+    bool missing;
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime;
+};
+
+/* A view and the images behind it, shared by the tree's cache and the handles opened on it. */
+struct tree_view {
+    gint refs;
+    struct guest_view *view;
+    char *label;      /* "snapshot 's2' of domain 'localhost/web'" */
+    GArray *images;   /* struct view_image */
+    gint stale;       /* atomic: an image changed since it was made */
+};
+
+/* A file or directory of a view, open: it reads through the view it was opened on, or fails. */
+struct snapfs_handle {
+    struct snapfs_node *node;
+    struct tree_view *tv;   /* NULL where no guest content is behind it (a remote host's snapshot) */
+    guint64 cookie;
+};
+
+static void view_image_clear(gpointer data)
+{
+    g_free(((struct view_image *)data)->file);
+}
+
+static void view_image_free(gpointer data)
+{
+    view_image_clear(data);
+    g_free(data);
+}
+
+static void view_image_stat(struct view_image *img)
+{
+    struct stat st;
+
+    img->missing = stat(img->file, &st) < 0;
+    if (img->missing)
+        return;
+    img->dev = st.st_dev;
+    img->ino = st.st_ino;
+    img->size = st.st_size;
+    img->mtime = st.st_mtim;
+}
+
+static bool view_image_same(const struct view_image *a, const struct view_image *b, bool moving)
+{
+    if (a->missing || b->missing)
+        return a->missing == b->missing;
+    return a->dev == b->dev && a->ino == b->ino &&
+           (moving || (a->size == b->size && a->mtime.tv_sec == b->mtime.tv_sec && a->mtime.tv_nsec == b->mtime.tv_nsec));
+}
+
+static struct tree_view *tree_view_ref(struct tree_view *tv)
+{
+    g_atomic_int_inc(&tv->refs);
+    return tv;
+}
+
+static void tree_view_unref(struct tree_view *tv)
+{
+    if (!tv || !g_atomic_int_dec_and_test(&tv->refs))
+        return;
+    guest_view_unref(tv->view);
+    g_array_unref(tv->images);
+    g_free(tv->label);
+    g_free(tv);
+}
+
+static bool tree_view_reads(const struct tree_view *tv, const char *const *files)
+{
+    for (guint i = 0; i < tv->images->len; i++) {
+        if (g_strv_contains(files, g_array_index(tv->images, struct view_image, i).file))
+            return true;
+    }
+    return false;
+}
+
+/*
+ * Whether @img, as seen now, is news: another state of the file than the one
+ * views were last made on.  Records it.  Tree lock held.
+ */
+static bool tree_image_news(struct snapfs_tree *tree, const struct view_image *img)
+{
+    struct view_image *known = g_hash_table_lookup(tree->images, img->file);
+    /* A frozen image that became a top (merged into behind snapfs's back) counts its mtime still. */
+    bool news = known && !view_image_same(known, img, known->moving && img->moving);
+
+    if (!known || news || known->moving != img->moving) {
+        known = g_memdup2(img, sizeof(*img));
+        known->file = g_strdup(img->file);
+        g_hash_table_replace(tree->images, known->file, known);
+    }
+    return news;
+}
+
+/*
+ * @files (NULL-terminated) changed behind the views that read them: those
+ * views are stale, what was opened on them fails from now on, the kernel
+ * drops its cache of those files, and the guest reader lets go of them.
+ */
+static void tree_files_changed(struct snapfs_tree *tree, const char *const *files)
+{
+    g_autoptr(GArray) cookies = g_array_new(FALSE, FALSE, sizeof(guint64));
+    GHashTableIter iter;
+    gpointer value;
+
+    g_mutex_lock(&tree->lock);
+    g_hash_table_iter_init(&iter, tree->views);
+    while (g_hash_table_iter_next(&iter, NULL, &value)) {
+        if (tree_view_reads(value, files)) {
+            g_atomic_int_set(&((struct tree_view *)value)->stale, 1);
+            g_hash_table_iter_remove(&iter);
+        }
+    }
+    g_hash_table_iter_init(&iter, tree->handles);
+    while (g_hash_table_iter_next(&iter, &value, NULL)) {
+        struct snapfs_handle *handle = value;
+
+        if (handle->tv && tree_view_reads(handle->tv, files)) {
+            g_atomic_int_set(&handle->tv->stale, 1);
+            g_array_append_val(cookies, handle->cookie);
+        }
+    }
+    g_mutex_unlock(&tree->lock);
+    for (guint i = 0; files[i]; i++) {
+        snapfs_warn("image '%s' changed behind snapfs (merged, moved or rewritten): what is open in views of it "
+                    "answers EIO from now on", files[i]);
+        guest_pool_forget_file(tree->guests, files[i]);
+    }
+    for (guint i = 0; tree->stale_fn && i < cookies->len; i++)
+        tree->stale_fn(g_array_index(cookies, guint64, i), tree->stale_opaque);
+}
+
+/* Whether @tv still reads what it was made on; if not, it and everything of its changed images is stale. */
+static bool tree_view_current(struct snapfs_tree *tree, struct tree_view *tv)
+{
+    g_autoptr(GPtrArray) news = g_ptr_array_new_with_free_func(g_free);
+
+    if (g_atomic_int_get(&tv->stale))
+        return false;
+    for (guint i = 0; i < tv->images->len; i++) {
+        struct view_image *then = &g_array_index(tv->images, struct view_image, i);
+        struct view_image now = *then;
+
+        view_image_stat(&now);
+        if (view_image_same(then, &now, then->moving))
+            continue;
+        g_atomic_int_set(&tv->stale, 1);
+        g_mutex_lock(&tree->lock);
+        if (tree_image_news(tree, &now))
+            g_ptr_array_add(news, g_strdup(now.file));
+        g_mutex_unlock(&tree->lock);
+    }
+    if (news->len > 0) {
+        g_ptr_array_add(news, NULL);
+        tree_files_changed(tree, (const char *const *)news->pdata);
+    }
+    return !g_atomic_int_get(&tv->stale);
+}
+
 struct view_drives {
     GPtrArray *strings;   /* owns what the drives point to */
     GArray *drives;       /* struct guest_drive */
+    GArray *images;       /* struct view_image: every file of the drives' chains */
     GString *id;
 };
 
@@ -382,6 +581,8 @@ static void view_drives_init(struct view_drives *v)
 {
     v->strings = g_ptr_array_new_with_free_func(g_free);
     v->drives = g_array_new(FALSE, TRUE, sizeof(struct guest_drive));
+    v->images = g_array_new(FALSE, TRUE, sizeof(struct view_image));
+    g_array_set_clear_func(v->images, view_image_clear);
     v->id = g_string_new(NULL);
 }
 
@@ -389,6 +590,8 @@ static void view_drives_clear(struct view_drives *v)
 {
     g_ptr_array_unref(v->strings);
     g_array_unref(v->drives);
+    if (v->images)
+        g_array_unref(v->images);
     g_string_free(v->id, TRUE);
 }
 
@@ -399,21 +602,32 @@ static const char *view_keep(struct view_drives *v, char *s)
     return s;
 }
 
-static void view_add(struct view_drives *v, const char *target, char *file, char *format, char *internal)
+/* Layer @index of @chain (from the base) as a drive, and every image it reads through. */
+static void view_add(struct view_drives *v, const char *target, GPtrArray *chain, guint index, char *internal)
 {
+    struct snapfs_layer *layer = g_ptr_array_index(chain, index);
     struct guest_drive drive = {
         .target = view_keep(v, g_strdup(target)),
-        .file = view_keep(v, file),
-        .format = view_keep(v, format),
+        .file = view_keep(v, g_strdup(layer->file)),
+        .format = view_keep(v, g_strdup(layer->format)),
         .internal_snapshot = view_keep(v, internal),
     };
 
-    g_string_append_printf(v->id, "|%s:%s:%s", target, file, internal ? internal : "");
+    g_string_append_printf(v->id, "|%s:%s:%s", target, layer->file, internal ? internal : "");
     g_array_append_val(v->drives, drive);
+    for (guint i = 0; i <= index; i++) {
+        struct view_image img = {
+            .file = g_strdup(((struct snapfs_layer *)g_ptr_array_index(chain, i))->file),
+            .moving = i == chain->len - 1,
+        };
+
+        view_image_stat(&img);
+        g_array_append_val(v->images, img);
+    }
 }
 
-/* The image holding internal snapshot @name: the lowest layer of the disk's chain that has it. */
-static struct snapfs_layer *internal_holder(GPtrArray *chain, const char *name)
+/* The index in @chain of the image holding internal snapshot @name: the lowest layer that has it; -1 if none. */
+static int internal_holder(GPtrArray *chain, const char *name)
 {
     for (guint i = 0; i < chain->len; i++) {
         struct snapfs_layer *layer = g_ptr_array_index(chain, i);
@@ -421,10 +635,10 @@ static struct snapfs_layer *internal_holder(GPtrArray *chain, const char *name)
 
         for (guint j = 0; names && j < names->len; j++) {
             if (strcmp(g_ptr_array_index(names, j), name) == 0)
-                return layer;
+                return (int)i;
         }
     }
-    return NULL;
+    return -1;
 }
 
 /* The drives of snapshot @snap: for each disk, the image it froze (external) or holds it (internal). */
@@ -435,25 +649,23 @@ static int snapshot_drives(struct snapfs_domain *domain, struct snapfs_snapshot 
 
         if (strcmp(sd->kind, "external") == 0 && sd->file) {
             g_autoptr(GPtrArray) chain = snapfs_chain_read(sd->file, NULL);
-            struct snapfs_layer *frozen;
 
             if (!chain || chain->len < 2) {
                 if (chain)
                     snapfs_error_set(EIO, "the overlay '%s' of snapshot '%s' has no backing image", sd->file, snap->name);
                 return -1;
             }
-            frozen = g_ptr_array_index(chain, chain->len - 2);
-            view_add(v, sd->target, g_strdup(frozen->file), g_strdup(frozen->format), NULL);
+            view_add(v, sd->target, chain, chain->len - 2, NULL);
         } else if (strcmp(sd->kind, "internal") == 0) {
             g_autoptr(GPtrArray) chain = tree_chain(domain, sd->target);
-            struct snapfs_layer *holder = chain ? internal_holder(chain, snap->name) : NULL;
+            int holder = chain ? internal_holder(chain, snap->name) : -1;
 
-            if (!holder) {
+            if (holder < 0) {
                 if (chain)
                     snapfs_error_set(EIO, "no image of disk '%s' holds internal snapshot '%s'", sd->target, snap->name);
                 return -1;
             }
-            view_add(v, sd->target, g_strdup(holder->file), g_strdup(holder->format), g_strdup(snap->name));
+            view_add(v, sd->target, chain, (guint)holder, g_strdup(snap->name));
         }
     }
     return 0;
@@ -465,12 +677,47 @@ static char *tree_group(struct snapfs_tree *tree, const struct snapfs_node *node
     return g_strdup_printf("%s/%s", snapfs_host_name(tree_host(tree, node)), node->domain);
 }
 
-/* The view of snapshot @snap, or of layer @index of @chain (of disk @target) when @snap is NULL. */
-static struct guest_view *tree_make_view(struct snapfs_tree *tree, const char *group, struct snapfs_domain *domain,
-                                         struct snapfs_snapshot *snap, const char *target, GPtrArray *chain,
-                                         guint index)
+/*
+ * The images of @v as they are now go into the view's id, so that other
+ * content never shares a view (and its caches) with the old; an image seen
+ * in another state than views were made on is news to everything of it.
+ * EBUSY while a snapshot operation is changing one of them.
+ */
+static int view_stamp(struct snapfs_tree *tree, struct view_drives *v, const char *label)
 {
-    struct guest_view *view = NULL;
+    g_autoptr(GPtrArray) news = g_ptr_array_new_with_free_func(g_free);
+
+    g_mutex_lock(&tree->lock);
+    for (guint i = 0; i < v->images->len; i++) {
+        struct view_image *img = &g_array_index(v->images, struct view_image, i);
+
+        if (g_hash_table_contains(tree->changing, img->file)) {
+            g_mutex_unlock(&tree->lock);
+            snapfs_error_set(EBUSY, "%s cannot be read now: a snapshot operation is changing its image '%s'",
+                             label, img->file);
+            return -1;
+        }
+        if (!img->moving && !img->missing)
+            g_string_append_printf(v->id, "#%llx:%llx:%lld:%lld.%09ld", (unsigned long long)img->dev,
+                                   (unsigned long long)img->ino, (long long)img->size,
+                                   (long long)img->mtime.tv_sec, img->mtime.tv_nsec);
+        if (tree_image_news(tree, img))
+            g_ptr_array_add(news, g_strdup(img->file));
+    }
+    g_mutex_unlock(&tree->lock);
+    if (news->len > 0) {
+        g_ptr_array_add(news, NULL);
+        tree_files_changed(tree, (const char *const *)news->pdata);
+    }
+    return 0;
+}
+
+/* The view of snapshot @snap, or of layer @index of @chain (of disk @target) when @snap is NULL. */
+static struct tree_view *tree_make_view(struct snapfs_tree *tree, const char *group, struct snapfs_domain *domain,
+                                        struct snapfs_snapshot *snap, const char *target, GPtrArray *chain,
+                                        guint index)
+{
+    struct tree_view *tv = NULL;
     struct view_drives v;
     bool live = false;
 
@@ -490,8 +737,10 @@ static struct guest_view *tree_make_view(struct snapfs_tree *tree, const char *g
         label = g_strdup_printf("layer %u (%s) of disk '%s' of domain '%s'", index, layer->file, target, group);
         identity = layer_identity(layer, live);
         g_string_append_printf(v.id, "%s/layer/%s", group, identity);
-        view_add(&v, target, g_strdup(layer->file), g_strdup(layer->format), NULL);
+        view_add(&v, target, chain, index, NULL);
     }
+    if (view_stamp(tree, &v, label) < 0)
+        goto cleanup;
     {
         struct guest_view_spec spec = {
             .group = group,
@@ -502,12 +751,16 @@ static struct guest_view *tree_make_view(struct snapfs_tree *tree, const char *g
             .drives = (const struct guest_drive *)v.drives->data,
         };
 
-        view = guest_pool_view(tree->guests, &spec);
+        tv = g_new0(struct tree_view, 1);
+        tv->refs = 1;
+        tv->view = guest_pool_view(tree->guests, &spec);
+        tv->label = g_steal_pointer(&label);
+        tv->images = g_steal_pointer(&v.images);
     }
 
 cleanup:
     view_drives_clear(&v);
-    return view;
+    return tv;
 }
 
 /*
@@ -517,29 +770,37 @@ cleanup:
  */
 static void tree_register_group(struct snapfs_tree *tree, const char *group, struct snapfs_domain *domain)
 {
-    for (guint i = 0; i < domain->snapshots->len; i++) {
-        struct guest_view *view = tree_make_view(tree, group, domain, g_ptr_array_index(domain->snapshots, i),
-                                                 NULL, NULL, 0);
-
-        guest_view_unref(view);
-    }
+    for (guint i = 0; i < domain->snapshots->len; i++)
+        tree_view_unref(tree_make_view(tree, group, domain, g_ptr_array_index(domain->snapshots, i), NULL, NULL, 0));
     for (guint i = 0; i < domain->disks->len; i++) {
         struct snapfs_disk *disk = g_ptr_array_index(domain->disks, i);
         g_autoptr(GPtrArray) chain = disk->file ? snapfs_chain_read(disk->file, disk->format) : NULL;
 
         for (guint j = 0; chain && j < chain->len; j++)
-            guest_view_unref(tree_make_view(tree, group, domain, NULL, disk->target, chain, j));
+            tree_view_unref(tree_make_view(tree, group, domain, NULL, disk->target, chain, j));
     }
     snapfs_error_clear();
 }
 
-/* The view behind a SNAPSHOT, LAYER or GUEST node, found from libvirt and the images; NULL with the reason. */
-static struct guest_view *tree_find_view(struct snapfs_tree *tree, const struct snapfs_node *node)
+static char *snapshot_identity(const struct snapfs_snapshot *snap)
+{
+    return g_strdup_printf("%s@%lld", snap->name, snap->created);
+}
+
+/*
+ * The view behind a SNAPSHOT, LAYER or GUEST node, found from libvirt and the
+ * images; NULL with the reason.  A node stands for what it showed when it was
+ * looked up: inside a snapshot deleted or a layer changed since (a shell's
+ * working directory, which holds no handle), EIO.
+ */
+static struct tree_view *tree_find_view(struct snapfs_tree *tree, const struct snapfs_node *node)
 {
     g_autoptr(GPtrArray) chain = NULL;
     struct snapfs_domain *domain = tree_domain(tree, node);
-    struct guest_view *view = NULL;
+    struct tree_view *view = NULL;
     g_autofree char *group = NULL;
+    g_autofree char *now = NULL;
+    int gone = node->kind == SNAPFS_NODE_GUEST ? EIO : ENOENT;
 
     if (!domain)
         return NULL;
@@ -551,12 +812,23 @@ static struct guest_view *tree_find_view(struct snapfs_tree *tree, const struct 
     if (node->snapshot) {
         struct snapfs_snapshot *snap = snapfs_domain_find_snapshot(domain, node->snapshot);
 
-        if (!snap)
-            snapfs_error_set(ENOENT, "domain '%s' has no snapshot '%s'", domain->name, node->snapshot);
+        now = snap ? snapshot_identity(snap) : NULL;
+        if (!snap || (node->identity && strcmp(now, node->identity) != 0))
+            snapfs_error_set(gone, "snapshot '%s' of domain '%s' was deleted since '%s' was looked up",
+                             node->snapshot, group, node->path ? node->path : "/");
         else
             view = tree_make_view(tree, group, domain, snap, NULL, NULL, 0);
     } else if (tree_layer(domain, node, &chain)) {
-        view = tree_make_view(tree, group, domain, NULL, node->disk, chain, (guint)node->layer);
+        struct snapfs_layer *layer = g_ptr_array_index(chain, node->layer);
+
+        now = layer_identity(layer, (guint)node->layer == chain->len - 1);
+        if (node->identity && strcmp(now, node->identity) != 0)
+            snapfs_error_set(gone, "layer %d of disk '%s' of domain '%s' changed since '%s' was looked up",
+                             node->layer, node->disk, group, node->path ? node->path : "/");
+        else
+            view = tree_make_view(tree, group, domain, NULL, node->disk, chain, (guint)node->layer);
+    } else if (gone == EIO) {
+        snapfs_error_set(EIO, "%s", snapfs_error_message());
     }
 
 cleanup:
@@ -567,41 +839,205 @@ cleanup:
 /*
  * The view behind a content node.  A node's identity says what it shows
  * (a snapshot's name and creation time, a layer's image and its mtime), so
- * its view is found once and kept until a chain changes: reading a file or
- * its xattrs then asks neither libvirt nor the image headers again.
+ * its view is found once and kept until a chain changes or its images do:
+ * reading a file or its xattrs then asks neither libvirt nor the image
+ * headers again, only stat(2) of the images.
  */
-static struct guest_view *tree_view(struct snapfs_tree *tree, const struct snapfs_node *node)
+static struct tree_view *tree_view_entry(struct snapfs_tree *tree, const struct snapfs_node *node)
 {
     g_autofree char *key = NULL;
-    struct guest_view *view;
+    struct tree_view *tv;
 
     if (!node->identity)
         return tree_find_view(tree, node);
     key = g_strdup_printf("%d/%s/%s/%s/%s", node->host, node->domain, node->snapshot ? node->snapshot : "",
                           node->disk ? node->disk : "", node->identity);
     g_mutex_lock(&tree->lock);
-    view = g_hash_table_lookup(tree->views, key);
-    if (view)
-        guest_view_ref(view);
+    tv = g_hash_table_lookup(tree->views, key);
+    if (tv)
+        tree_view_ref(tv);
     g_mutex_unlock(&tree->lock);
-    if (view)
-        return view;
-    view = tree_find_view(tree, node);
-    if (view) {
+    if (tv && tree_view_current(tree, tv))
+        return tv;
+    tree_view_unref(tv);
+    tv = tree_find_view(tree, node);
+    if (tv) {
         g_mutex_lock(&tree->lock);
-        g_hash_table_replace(tree->views, g_steal_pointer(&key), guest_view_ref(view));
+        g_hash_table_replace(tree->views, g_steal_pointer(&key), tree_view_ref(tv));
         g_mutex_unlock(&tree->lock);
     }
+    return tv;
+}
+
+static struct guest_view *tree_view(struct snapfs_tree *tree, const struct snapfs_node *node)
+{
+    struct tree_view *tv = tree_view_entry(tree, node);
+    struct guest_view *view = tv ? guest_view_ref(tv->view) : NULL;
+
+    tree_view_unref(tv);
     return view;
 }
 
-/* Appliances hold read locks on the images they read: a merge into them needs them closed first. */
-static void tree_release_appliances(struct snapfs_tree *tree, const struct snapfs_node *node)
-{
-    g_autofree char *group = tree_group(tree, node);
+/* ---- open files and directories, and what they stop --------------------------------- */
 
+void snapfs_tree_set_stale_fn(struct snapfs_tree *tree, void (*fn)(guint64 cookie, void *opaque), void *opaque)
+{
+    tree->stale_fn = fn;
+    tree->stale_opaque = opaque;
+}
+
+struct snapfs_handle *snapfs_tree_open(struct snapfs_tree *tree, const struct snapfs_node *node, guint64 cookie)
+{
+    struct snapfs_handle *handle = g_new0(struct snapfs_handle, 1);
+
+    if (node->kind == SNAPFS_NODE_GUEST || (node_has_content(node) && snapfs_host_is_local(tree_host(tree, node)))) {
+        handle->tv = tree_view_entry(tree, node);
+        if (!handle->tv) {
+            g_free(handle);
+            return NULL;
+        }
+    }
+    handle->node = snapfs_node_copy(node);
+    handle->cookie = cookie;
+    g_mutex_lock(&tree->lock);
+    g_hash_table_add(tree->handles, handle);
+    g_mutex_unlock(&tree->lock);
+    return handle;
+}
+
+void snapfs_tree_release(struct snapfs_tree *tree, struct snapfs_handle *handle)
+{
+    if (!handle)
+        return;
+    g_mutex_lock(&tree->lock);
+    g_hash_table_remove(tree->handles, handle);
+    g_mutex_unlock(&tree->lock);
+    tree_view_unref(handle->tv);
+    snapfs_node_free(handle->node);
+    g_free(handle);
+}
+
+int snapfs_tree_handle_check(struct snapfs_tree *tree, struct snapfs_handle *handle)
+{
+    if (!handle->tv || tree_view_current(tree, handle->tv))
+        return 0;
+    snapfs_error_set(EIO, "the images of %s changed since '%s' was opened (merged, moved or rewritten): it "
+                     "cannot be read any more; open it again", handle->tv->label,
+                     handle->node->path ? handle->node->path : "/");
+    return -1;
+}
+
+ssize_t snapfs_tree_handle_read(struct snapfs_tree *tree, struct snapfs_handle *handle, char *buf, size_t size,
+                                off_t offset)
+{
+    ssize_t n;
+
+    if (!handle->tv)
+        return snapfs_tree_read(tree, handle->node, buf, size, offset);
+    if (snapfs_tree_handle_check(tree, handle) < 0)
+        return -1;
+    n = guest_view_read(handle->tv->view, handle->node->path, buf, size, offset);
+    /* Checked again: bytes read while an image changed are not the view's either. */
+    if (n >= 0 && snapfs_tree_handle_check(tree, handle) < 0)
+        return -1;
+    return n;
+}
+
+/*
+ * The engine's and revert's last word before they change @files: EBUSY,
+ * naming the views and how many handles, while files or directories are open
+ * in views that read any of them.  A view counts when its chain holds one of
+ * them, whether or not its bytes would read otherwise afterwards (a merge
+ * rewrites the files, so reads through the handle would fail): for rmdir of
+ * an external snapshot that is the snapshot itself, the layer it froze and
+ * every layer above (the live disk), and later snapshots that froze an image
+ * above; never the layers below what is merged into, nor the snapshots that
+ * froze them (the engine refuses to change an image something else is built
+ * on), which stay open and readable through the merge.  For a revert, the
+ * live layers and internal snapshots held in the live images.  Otherwise
+ * views of @files are dropped and appliances closed (their qemu holds the
+ * images open), and none is made again until the operation is over.
+ */
+/* How many handles are open on each view that reads any of @files: view label -> guint *.  Tree lock held. */
+static GHashTable *tree_open_in(struct snapfs_tree *tree, const char *const *files)
+{
+    GHashTable *open = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, g_free);
+    GHashTableIter iter;
+    gpointer key;
+
+    g_hash_table_iter_init(&iter, tree->handles);
+    while (g_hash_table_iter_next(&iter, &key, NULL)) {
+        struct snapfs_handle *handle = key;
+        guint *count;
+
+        if (!handle->tv || !tree_view_reads(handle->tv, files))
+            continue;
+        count = g_hash_table_lookup(open, handle->tv->label);
+        if (!count)
+            g_hash_table_insert(open, handle->tv->label, (count = g_new0(guint, 1)));
+        (*count)++;
+    }
+    return open;
+}
+
+/* A close(2) right before the rmdir: the kernel sends its release without waiting for it. */
+#define TREE_RELEASE_WAIT_MS 1000
+
+static int tree_before_change(const char *label, const char *what, const char *const *files, void *opaque)
+{
+    struct snapfs_tree *tree = opaque;
+    g_autoptr(GHashTable) open = NULL;
+    GHashTableIter iter;
+    gpointer key, value;
+
+    g_mutex_lock(&tree->lock);
+    for (int waited = 0; ; waited += 50) {
+        open = tree_open_in(tree, files);
+        if (g_hash_table_size(open) == 0 || waited >= TREE_RELEASE_WAIT_MS)
+            break;
+        g_clear_pointer(&open, g_hash_table_unref);
+        g_mutex_unlock(&tree->lock);
+        g_usleep(50 * G_TIME_SPAN_MILLISECOND);
+        g_mutex_lock(&tree->lock);
+    }
+    if (g_hash_table_size(open) > 0) {
+        g_autoptr(GString) list = g_string_new(NULL);
+
+        g_hash_table_iter_init(&iter, open);
+        while (g_hash_table_iter_next(&iter, &key, &value))
+            g_string_append_printf(list, "%s%u open in %s", list->len ? ", " : "", *(guint *)value,
+                                   (const char *)key);
+        g_mutex_unlock(&tree->lock);
+        snapfs_error_set(EBUSY, "%s: files or directories are open in views it would change (%s); close them "
+                         "and try again", what, list->str);
+        return -1;
+    }
+    for (guint i = 0; files[i]; i++) {
+        g_hash_table_remove(tree->images, files[i]);
+        g_hash_table_replace(tree->changing, g_strdup(files[i]), g_thread_self());
+    }
+    g_mutex_unlock(&tree->lock);
     tree_forget_views(tree);
-    guest_pool_release_group(tree->guests, group);
+    for (guint i = 0; files[i]; i++)
+        guest_pool_forget_file(tree->guests, files[i]);
+    /* qemu holds read locks on every image of the domain's appliances, not only these. */
+    guest_pool_release_group(tree->guests, label);
+    return 0;
+}
+
+/* The operation of this thread is over: views of what it changed may be made again. */
+static void tree_changes_done(struct snapfs_tree *tree)
+{
+    GHashTableIter iter;
+    gpointer value;
+
+    g_mutex_lock(&tree->lock);
+    g_hash_table_iter_init(&iter, tree->changing);
+    while (g_hash_table_iter_next(&iter, NULL, &value)) {
+        if (value == g_thread_self())
+            g_hash_table_iter_remove(&iter);
+    }
+    g_mutex_unlock(&tree->lock);
 }
 
 static const char *guest_path(const struct snapfs_node *node)
@@ -756,7 +1192,7 @@ int snapfs_tree_lookup(struct snapfs_tree *tree, const struct snapfs_node *paren
             if (!snap)
                 goto enoent;
             /* A snapshot deleted and made again under the same name is another directory. */
-            child->identity = g_strdup_printf("%s@%lld", snap->name, snap->created);
+            child->identity = snapshot_identity(snap);
         }
     } else if (parent->kind == SNAPFS_NODE_LAYERS) {
         child = node_child(parent, SNAPFS_NODE_DISK);
@@ -1034,8 +1470,9 @@ int snapfs_tree_write(struct snapfs_tree *tree, const struct snapfs_node *node, 
     if (!conn)
         return -1;
     before = tree_domain(tree, node);
-    tree_release_appliances(tree, node);
+    /* Appliances are closed, and open files refuse it, in tree_before_change(). */
     ret = revert_write(conn, node->domain, buf, size, &tree->config.revert);
+    tree_changes_done(tree);
     if (ret < 0)
         tree_remember_error(tree, node, "revert", NULL);
     else
@@ -1318,9 +1755,12 @@ int snapfs_tree_rmdir(struct snapfs_tree *tree, const struct snapfs_node *parent
     conn = snapfs_host_conn(tree_host(tree, parent));
     if (!conn)
         return -1;
-    /* The engine reports every image it merged or removed through tree_chain_changed(). */
-    tree_release_appliances(tree, parent);
+    /*
+     * Open files refuse it, and appliances are closed, in tree_before_change(); the engine
+     * reports every image it merged or removed through tree_chain_changed().
+     */
     ret = engine_snapshot_delete(conn, parent->domain, name);
+    tree_changes_done(tree);
     if (ret < 0)
         tree_remember_error(tree, parent, "rmdir", name);
     snapfs_host_invalidate(tree_host(tree, parent), parent->domain);

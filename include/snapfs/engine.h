@@ -53,6 +53,21 @@ int engine_snapshot_delete(virConnectPtr conn, const char *domain, const char *n
 void engine_set_chain_changed(void (*fn)(const char *file, void *opaque), void *opaque);
 
 /*
+ * Right before a delete or a revert changes anything (images, domain XML,
+ * snapshot metadata), @fn is called on the thread that does it, with the
+ * domain's lock held, with every image file the operation is going to
+ * write, rebase or remove (NULL-terminated).  A non-zero return, after
+ * snapfs_error_set() (EBUSY: files open in views of them), stops the
+ * operation with nothing changed.  Set once at startup; NULL asks nobody.
+ * @label is "HOST/DOMAIN", @what the sentence a refusal starts with.
+ */
+typedef int (*engine_before_change_fn)(const char *label, const char *what, const char *const *files,
+                                       void *opaque);
+void engine_set_before_change(engine_before_change_fn fn, void *opaque);
+/* What delete and revert call at that point: 0, or -1 with the listener's reason. */
+int engine_before_change(const char *label, const char *what, const char *const *files);
+
+/*
  * What an operation on @domain is doing right now, as a sentence
  * ("deleting snapshot 's2': merging, 45%"), or NULL when none runs: for
  * user.snapfs.progress.  Never waits for the operation.  Caller frees.

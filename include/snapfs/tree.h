@@ -95,5 +95,29 @@ int snapfs_tree_setxattr(struct snapfs_tree *tree, const struct snapfs_node *nod
 int snapfs_tree_mkdir(struct snapfs_tree *tree, const struct snapfs_node *parent, const char *name);
 int snapfs_tree_rmdir(struct snapfs_tree *tree, const struct snapfs_node *parent, const char *name);
 
+/*
+ * An open file or directory of a snapshot or a layer (a handle of open(2) or
+ * opendir(3) until it is released): it reads the view it was opened on and
+ * nothing else.  While it is open, an rmdir or revert that would change an
+ * image that view reads answers EBUSY, naming it.  If the images change anyway
+ * (virsh behind snapfs's back), reads through it fail with EIO from then on.
+ * Nodes without guest content get a handle too, that stops nothing.
+ * @cookie is handed to the stale function when the view's images change
+ * (fs/ drops the kernel's cache of that inode).  NULL with the reason.
+ */
+struct snapfs_handle;
+struct snapfs_handle *snapfs_tree_open(struct snapfs_tree *tree, const struct snapfs_node *node, guint64 cookie);
+void snapfs_tree_release(struct snapfs_tree *tree, struct snapfs_handle *handle);
+/* 0 while what @handle was opened on is still what its images hold, else -1 with EIO. */
+int snapfs_tree_handle_check(struct snapfs_tree *tree, struct snapfs_handle *handle);
+/* snapfs_tree_read() of the handle's node, through the view it was opened on, checked before and after. */
+ssize_t snapfs_tree_handle_read(struct snapfs_tree *tree, struct snapfs_handle *handle, char *buf, size_t size,
+                                off_t offset);
+/*
+ * @fn is called (from any thread, no lock held) with the cookie of every
+ * handle whose view's images changed.  Set once, before anything is opened.
+ */
+void snapfs_tree_set_stale_fn(struct snapfs_tree *tree, void (*fn)(guint64 cookie, void *opaque), void *opaque);
+
 /* Whether @node accepts writes of any kind (else EROFS); mkdir/rmdir/revert need it. */
 bool snapfs_tree_is_control(const struct snapfs_node *node);

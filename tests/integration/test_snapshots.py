@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from conftest import RUN_PREFIX, errno_of, run, virsh, wait_for
+from conftest import RUN_PREFIX, errno_of, guest_mount, run, virsh, wait_for
 
 
 def chain_files(top):
@@ -250,3 +250,162 @@ def test_rmdir_refused_keeps_everything(new_domain, mount):
     assert errno_of(os.rmdir, m.p(dom.name, "e1")) == errno.ENOTSUP
     assert state_of(dom) == before
     assert b"internal snapshot" in os.getxattr(m.p(dom.name), "user.snapfs.last_error")
+
+
+# ---------------------------------------------------------------- open files in views that rmdir would change
+
+BIG = 5 * 1024 * 1024
+
+
+def generation(n):
+    """data/big.bin as generation N has it: 5 MiB, different at every offset from every other generation."""
+    import random
+    return random.Random(f"generation {n}").randbytes(BIG)
+
+
+@pytest.fixture(scope="module")
+def views_mnt(libvirtd, run_prefix):
+    """One mount for the tests of open files (appliances start slowly under TCG)."""
+    with guest_mount("views") as path:
+        yield path
+
+
+@pytest.fixture
+def generations(domains, images):
+    """A domain whose data/big.bin differs in every state: s1 froze generation 1, s2 froze generation 2, the live
+    disk holds generation 3, the base generation 0.  Layers 0-base, 1-TOP, 2-TOP.s1 (frozen by s2), 3-TOP.s2."""
+    def make(start=False):
+        tag = f"{RUN_PREFIX}-gen-{uuid.uuid4().hex[:8]}"
+        files = lambda n: {"data/big.bin": generation(n), "data/which.txt": f"generation {n}\n"}
+        base = images.ext4(f"{tag}-base.qcow2", files(0))
+        top = images.overlay(f"{tag}-top.qcow2", base, files(1))
+        dom = domains.define([("vda", top, "qcow2")])
+        below = str(top)
+        for n, snap in ((2, "s1"), (3, "s2")):
+            dom.snapshot(snap)
+            new_top = dom.top("vda")
+            os.unlink(new_top)
+            images.overlay(new_top, below, files(n))
+            below = new_top
+        if start:
+            dom.start()
+        return dom
+    return make
+
+
+def image_state(dom):
+    """What a refused rmdir or revert leaves as it was: state_of() and every image's header of every snapshot."""
+    frozen = [run("qemu-img", "info", "-U", "--output=json", frozen_image(dom, s)).stdout for s in dom.snapshots()]
+    return state_of(dom), frozen
+
+
+def layer_dirs(mnt, dom):
+    path = mnt / dom.name / "layers" / "vda"
+    return [path / n for n in sorted(os.listdir(path), key=lambda n: int(n.split("-")[0]))]
+
+
+def last_error(mnt, dom):
+    return os.getxattr(mnt / dom.name, "user.snapfs.last_error").decode()
+
+
+def test_rmdir_busy_while_a_file_of_the_snapshot_is_open(generations, views_mnt):
+    """The issue's reproduction: rmdir of a snapshot with a file open in it is EBUSY and changes nothing; the file
+    reads on; once closed, rmdir merges, and fresh lookups show the merged state.  A working directory inside the
+    snapshot holds nothing: after the merge, reads through it fail with EIO."""
+    import subprocess
+    dom = generations()
+    snap = views_mnt / dom.name / "s2"
+    before = image_state(dom)
+    with open(snap / "sda" / "data" / "big.bin", "rb", buffering=0) as f:
+        assert f.read(4096) == generation(2)[:4096]
+        assert errno_of(os.rmdir, snap) == errno.EBUSY
+        assert image_state(dom) == before
+        why = last_error(views_mnt, dom)
+        assert "1 open in snapshot 's2'" in why, why
+        assert f.read() == generation(2)[4096:]
+    shell = subprocess.Popen(["sleep", "600"], cwd=snap / "sda" / "data")
+    try:
+        os.rmdir(snap)
+        assert dom.snapshots() == ["s1"]
+        assert errno_of(os.listdir, f"/proc/{shell.pid}/cwd") == errno.EIO
+        assert errno_of(lambda: open(f"/proc/{shell.pid}/cwd/which.txt", "rb").read()) == errno.EIO
+    finally:
+        shell.kill()
+        shell.wait()
+    assert not os.path.exists(snap)
+    layers = layer_dirs(views_mnt, dom)
+    assert len(layers) == 3
+    assert (layers[2] / "sda" / "data" / "big.bin").read_bytes() == generation(3)
+    assert (layers[1] / "sda" / "data" / "big.bin").read_bytes() == generation(1)
+    assert (views_mnt / dom.name / "s1" / "sda" / "data" / "big.bin").read_bytes() == generation(1)
+
+
+def test_rmdir_busy_while_a_layer_it_merges_into_is_open(generations, views_mnt):
+    """rmdir s2 merges layer 3 (its overlay, the live disk) into layer 2: a file open in layer 2, or a directory in
+    layer 3, holds it off, and revert too; nothing changes.  Layers below (1, and s1 which reads it) are not
+    changed by it: files open there do not hold it off, and read on after it."""
+    dom = generations()
+    layers = layer_dirs(views_mnt, dom)
+    assert [p.name.split("-")[0] for p in layers] == ["0", "1", "2", "3"]
+    before = image_state(dom)
+    with open(layers[2] / "sda" / "data" / "big.bin", "rb", buffering=0) as f:
+        assert f.read(4096) == generation(2)[:4096]
+        assert errno_of(os.rmdir, views_mnt / dom.name / "s2") == errno.EBUSY
+        assert image_state(dom) == before
+        assert "1 open in layer 2" in last_error(views_mnt, dom)
+        assert f.read() == generation(2)[4096:]
+    fd = os.open(layers[3] / "sda" / "data", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert errno_of(os.rmdir, views_mnt / dom.name / "s2") == errno.EBUSY
+        assert "1 open in layer 3" in last_error(views_mnt, dom)
+
+        def revert():
+            with open(views_mnt / dom.name / "revert", "w") as r:
+                r.write("s1\n")
+        assert errno_of(revert) == errno.EBUSY
+        assert "cannot revert" in last_error(views_mnt, dom)
+        assert image_state(dom) == before
+    finally:
+        os.close(fd)
+    with open(layers[1] / "sda" / "data" / "big.bin", "rb", buffering=0) as below, \
+            open(views_mnt / dom.name / "s1" / "sda" / "data" / "big.bin", "rb", buffering=0) as s1:
+        assert below.read(4096) == generation(1)[:4096]
+        assert s1.read(4096) == generation(1)[:4096]
+        os.rmdir(views_mnt / dom.name / "s2")
+        assert dom.snapshots() == ["s1"]
+        assert below.read() == generation(1)[4096:]
+        assert s1.read() == generation(1)[4096:]
+
+
+def test_virsh_delete_under_an_open_file_eio(generations, views_mnt):
+    """A snapshot deleted behind snapfs's back (virsh, a running domain: block commit and pivot) while a file is
+    open in it and in the live layer: their next reads fail with EIO, never other bytes, and fresh lookups show
+    the merged state."""
+    dom = generations(start=True)
+    layers = layer_dirs(views_mnt, dom)
+    fd = os.open(views_mnt / dom.name / "s2" / "sda" / "data" / "big.bin", os.O_RDONLY)
+    live = os.open(layers[3] / "sda" / "data" / "big.bin", os.O_RDONLY)
+    try:
+        assert os.pread(fd, 4096, 0) == generation(2)[:4096]
+        assert os.pread(live, 4096, 0) == generation(3)[:4096]
+        virsh("snapshot-delete", dom.name, "s2", timeout=120)
+        assert dom.snapshots() == ["s1"]
+        assert errno_of(os.pread, fd, 65536, 3 * 1024 * 1024) == errno.EIO
+        assert errno_of(os.pread, live, 65536, 3 * 1024 * 1024) == errno.EIO
+
+        # From then on: what the kernel had cached is dropped, so that fails too, and never reads otherwise.
+        def first_page(f, want):
+            try:
+                assert os.pread(f, 4096, 0) == want
+            except OSError as e:
+                return e.errno == errno.EIO
+            return False
+        assert wait_for(lambda: first_page(fd, generation(2)[:4096]), timeout=5)
+        assert wait_for(lambda: first_page(live, generation(3)[:4096]), timeout=5)
+    finally:
+        os.close(fd)
+        os.close(live)
+    assert wait_for(lambda: not os.path.exists(views_mnt / dom.name / "s2"), timeout=3)
+    layers = layer_dirs(views_mnt, dom)
+    assert len(layers) == 3
+    assert (layers[2] / "sda" / "data" / "big.bin").read_bytes() == generation(3)
