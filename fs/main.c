@@ -28,6 +28,7 @@ struct snapfs_options {
     int debug;
     unsigned max_appliances;
     unsigned appliance_idle;
+    unsigned cache_size;
     char *quiesce;
     char *revert_keep;
     char *state_dir;
@@ -48,6 +49,7 @@ static const struct fuse_opt option_spec[] = {
     OPTION("nonempty", nonempty),
     OPTION("max_appliances=%u", max_appliances),
     OPTION("appliance_idle=%u", appliance_idle),
+    OPTION("cache_size=%u", cache_size),
     OPTION("quiesce=%s", quiesce),
     OPTION("revert_keep=%s", revert_keep),
     OPTION("state_dir=%s", state_dir),
@@ -125,6 +127,8 @@ static void usage(const char *prog)
            "    -o nonempty            allow mounting over a non-empty directory\n"
            "    -o max_appliances=N    libguestfs appliances running at once (default 4)\n"
            "    -o appliance_idle=S    stop an appliance after S idle seconds (default 60)\n"
+           "    -o cache_size=MIB      bound of what snapfs caches of guest files, names, attributes\n"
+           "                           and data together, least recently used evicted (default %u)\n"
            "    -o quiesce=auto|on|off freeze guest filesystems through the agent for mkdir (auto)\n"
            "    -o revert_keep=on|off  keep the state a revert leaves as pre-revert-DATE (on)\n"
            "    -o state_dir=DIR       where snapfs journals by-hand operations (/var/lib/snapfs for\n"
@@ -138,7 +142,7 @@ static void usage(const char *prog)
            "    echo 'NAME --force' > DOMAIN/revert  stop the running DOMAIN first, then revert\n"
            "    cat DOMAIN/revert                    the current snapshot\n"
            "    mkdir DOMAIN/NAME, rmdir DOMAIN/NAME take and delete a snapshot\n\n",
-           prog, prog);
+           prog, prog, GUEST_CACHE_DEFAULT_MIB);
     printf("FUSE options:\n");
     fuse_cmdline_help();
     fuse_lowlevel_help();
@@ -305,6 +309,7 @@ static bool build_config(const struct snapfs_options *options, struct snapfs_tre
     config->guest.max_appliances = options->max_appliances ? options->max_appliances : 4;
     config->guest.idle_seconds = options->appliance_idle ? options->appliance_idle : 60;
     config->guest.live_ttl_ms = 1000;
+    config->guest.cache_bytes = (size_t)(options->cache_size ? options->cache_size : GUEST_CACHE_DEFAULT_MIB) << 20;
     if (!options->quiesce || strcmp(options->quiesce, "auto") == 0) {
         config->engine.quiesce = ENGINE_QUIESCE_AUTO;
     } else if (strcmp(options->quiesce, "on") == 0) {
@@ -413,7 +418,8 @@ int main(int argc, char **argv)
 
     ctx.owner = getuid();
     ctx.kernel_permissions = options.allow_other || ctx.owner == 0;
-    ctx.inodes = fs_inodes_new();
+    /* About 600 bytes each: an id per 4 KiB of the cache bound (65,536 by default), 4,096 at least. */
+    ctx.inodes = fs_inodes_new((unsigned)MAX(config.guest.cache_bytes >> 12, 4096));
     g_mutex_init(&ctx.listings_lock);
     ctx.listings = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, (GDestroyNotify)g_hash_table_unref);
     ctx.tree = snapfs_tree_new((struct snapfs_host **)hosts->pdata, hosts->len, &config);
@@ -435,7 +441,9 @@ int main(int argc, char **argv)
     }
     described = hosts_described(hosts);
     snapfs_info("mounted %s on %s", described, cmdline.mountpoint);
+    fs_inodes_start_pruning(ctx.inodes, se);
     ret = cmdline.singlethread ? fuse_session_loop(se) : fuse_session_loop_mt(se, &loop);
+    fs_inodes_stop_pruning(ctx.inodes);
     ret = ret == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
     fuse_session_unmount(se);
     fuse_remove_signal_handlers(se);
