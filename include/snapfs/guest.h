@@ -34,7 +34,7 @@ struct guest_pool_config {
 
 /*
  * The default bound of the caches: about 600,000 files' attributes and names, or several walks of a
- * large guest's snapshots, and under 1% of a 24 GiB host, less than one appliance takes.
+ * large guest's snapshots, and about 1% of a 24 GiB host, less than one appliance takes.
  */
 #define GUEST_CACHE_DEFAULT_MIB 256
 
