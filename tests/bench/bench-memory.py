@@ -107,6 +107,8 @@ def measure(args, root, dom, size):
     finally:
         sh(f"fusermount3 -u {mnt}", check=False)
         proc.wait(timeout=120)
+    if proc.returncode != 0:
+        raise SystemExit(f"snapfs exited with status {proc.returncode}: see {root}/snapfs-{size}.log")
     return {"size": size, "hwm": hwm / 1024, "rss": rss / 1024, "qemu": max(qemu_peak.values(), default=0) / 1024,
             "time": elapsed, "files": files, "calls": calls}
 
