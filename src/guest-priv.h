@@ -88,8 +88,8 @@ struct guest_pool {
     size_t cache_bytes;       /* cache lock: everything held */
     size_t data_bytes;        /* cache lock: of which file data */
     size_t cache_peak;        /* cache lock: the most cache_bytes ever held once an insertion was done */
-    size_t cache_cap;         /* -o cache_size */
-    size_t data_cap;          /* the share of it file data may take */
+    size_t cache_cap;         /* cache lock: -o cache_size */
+    size_t data_cap;          /* cache lock: the share of it file data may take */
 };
 
 /* The appliance @view should use, with a reference; NULL with the reason. Pool lock not held. */
