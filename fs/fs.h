@@ -10,14 +10,19 @@
 /* The kernel's node ids, each standing for one node of the tree. */
 struct fs_inodes;
 
-struct fs_inodes *fs_inodes_new(void);
+/* Past @limit ids held, the kernel is asked to drop the least recently looked up (once pruning started). */
+struct fs_inodes *fs_inodes_new(unsigned limit);
 void fs_inodes_free(struct fs_inodes *inodes);
-/* The id for @name in directory @parent, made on first use; counts one lookup. */
+/* Start and stop the thread that asks the kernel to drop names through @session (stop before it is destroyed). */
+void fs_inodes_start_pruning(struct fs_inodes *inodes, struct fuse_session *session);
+void fs_inodes_stop_pruning(struct fs_inodes *inodes);
+/* The id for @name (a directory if @dir) in directory @parent, made on first use; counts one lookup. */
 fuse_ino_t fs_inodes_get(struct fs_inodes *inodes, fuse_ino_t parent, const char *name,
-                         const struct snapfs_node *node);
+                         const struct snapfs_node *node, bool dir);
 /* A copy of the node behind @ino (the caller frees it), or NULL if the kernel forgot it. */
 struct snapfs_node *fs_inodes_node(struct fs_inodes *inodes, fuse_ino_t ino);
-void fs_inodes_forget(struct fs_inodes *inodes, fuse_ino_t ino, uint64_t nlookup);
+/* Counts @nlookup lookups forgotten; true when the kernel holds @ino no more and it is gone (never reused). */
+bool fs_inodes_forget(struct fs_inodes *inodes, fuse_ino_t ino, uint64_t nlookup);
 
 struct fs_context {
     struct snapfs_tree *tree;
@@ -26,7 +31,7 @@ struct fs_context {
     bool kernel_permissions;  /* the kernel may check permissions itself: allow_other, or mounted by root */
     struct fuse_session *session;
     GMutex listings_lock;
-    GHashTable *listings;     /* node id of a folder libvirt fills -> the names it showed last (a set) */
+    GHashTable *listings;     /* node id of a folder libvirt fills -> the names it showed last (a set), until forgotten */
     gint stopped;             /* atomic: the FUSE loop has returned */
     GThreadPool *invalidations;   /* node ids whose cached pages the kernel must drop */
 };

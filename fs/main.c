@@ -31,6 +31,7 @@ struct snapfs_options {
     unsigned appliance_idle;
     unsigned appliance_timeout;
     unsigned kvm_timeout;
+    unsigned cache_size;
     char *quiesce;
     char *revert_keep;
     char *state_dir;
@@ -53,6 +54,7 @@ static const struct fuse_opt option_spec[] = {
     OPTION("appliance_idle=%u", appliance_idle),
     OPTION("appliance_timeout=%u", appliance_timeout),
     OPTION("kvm_timeout=%u", kvm_timeout),
+    OPTION("cache_size=%u", cache_size),
     OPTION("quiesce=%s", quiesce),
     OPTION("revert_keep=%s", revert_keep),
     OPTION("state_dir=%s", state_dir),
@@ -135,6 +137,8 @@ static void usage(const char *prog)
            "                           and the next access starts a new one (default 120)\n"
            "    -o kvm_timeout=S       a KVM appliance silent for S seconds while starting is\n"
            "                           stalled: snapfs uses TCG from then on (default 20)\n"
+           "    -o cache_size=MIB      bound of what snapfs caches of guest files, names, attributes\n"
+           "                           and data together, least recently used evicted (default %u)\n"
            "    -o quiesce=auto|on|off freeze guest filesystems through the agent for mkdir (auto)\n"
            "    -o revert_keep=on|off  keep the state a revert leaves as pre-revert-DATE (on)\n"
            "    -o state_dir=DIR       where snapfs journals by-hand operations (/var/lib/snapfs for\n"
@@ -148,7 +152,7 @@ static void usage(const char *prog)
            "    echo 'NAME --force' > DOMAIN/revert  stop the running DOMAIN first, then revert\n"
            "    cat DOMAIN/revert                    the current snapshot\n"
            "    mkdir DOMAIN/NAME, rmdir DOMAIN/NAME take and delete a snapshot\n\n",
-           prog, prog);
+           prog, prog, GUEST_CACHE_DEFAULT_MIB);
     printf("FUSE options:\n");
     fuse_cmdline_help();
     fuse_lowlevel_help();
@@ -335,6 +339,7 @@ static bool build_config(const struct snapfs_options *options, struct snapfs_tre
     config->guest.limits.timeout_seconds = options->appliance_timeout ? options->appliance_timeout
                                                                       : GUEST_DEFAULT_TIMEOUT_S;
     config->guest.limits.kvm_seconds = options->kvm_timeout ? options->kvm_timeout : GUEST_DEFAULT_KVM_TIMEOUT_S;
+    config->guest.cache_bytes = (size_t)(options->cache_size ? options->cache_size : GUEST_CACHE_DEFAULT_MIB) << 20;
     if (!options->quiesce || strcmp(options->quiesce, "auto") == 0) {
         config->engine.quiesce = ENGINE_QUIESCE_AUTO;
     } else if (strcmp(options->quiesce, "on") == 0) {
@@ -444,7 +449,8 @@ int main(int argc, char **argv)
 
     ctx.owner = getuid();
     ctx.kernel_permissions = options.allow_other || ctx.owner == 0;
-    ctx.inodes = fs_inodes_new();
+    /* About 600 bytes each: an id per 4 KiB of the cache bound (65,536 by default), 4,096 at least. */
+    ctx.inodes = fs_inodes_new((unsigned)MAX(config.guest.cache_bytes >> 12, 4096));
     g_mutex_init(&ctx.listings_lock);
     ctx.listings = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, (GDestroyNotify)g_hash_table_unref);
     ctx.tree = snapfs_tree_new((struct snapfs_host **)hosts->pdata, hosts->len, &config);
@@ -467,6 +473,7 @@ int main(int argc, char **argv)
     }
     described = hosts_described(hosts);
     snapfs_info("mounted %s on %s", described, cmdline.mountpoint);
+    fs_inodes_start_pruning(ctx.inodes, se);
     exit_watch = g_thread_new("snapfs-exit", exit_watcher, &ctx);
     if (cmdline.singlethread) {
         ret = fuse_session_loop(se);
@@ -480,6 +487,7 @@ int main(int argc, char **argv)
         ret = fuse_session_loop_mt(se, loop);
         fuse_loop_cfg_destroy(loop);
     }
+    fs_inodes_stop_pruning(ctx.inodes);
     /* Stopped by SIGTERM or SIGINT (systemd, ^C) is a clean end too: libfuse returns the signal. */
     ret = ret == 0 || ret == SIGTERM || ret == SIGINT ? EXIT_SUCCESS : EXIT_FAILURE;
     g_atomic_int_set(&ctx.stopped, 1);

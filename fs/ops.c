@@ -107,7 +107,7 @@ static void fs_entry(fuse_req_t req, fuse_ino_t parent, const char *name,
 {
     struct fuse_entry_param entry = { 0 };
 
-    entry.ino = fs_inodes_get(fs_ctx(req)->inodes, parent, name, node);
+    entry.ino = fs_inodes_get(fs_ctx(req)->inodes, parent, name, node, S_ISDIR(st->st_mode));
     entry.attr = *st;
     entry.attr_timeout = entry.entry_timeout = fs_timeout(node);
     if (fuse_reply_entry(req, &entry) == -ENOENT)
@@ -140,16 +140,26 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
     snapfs_node_free(dir);
 }
 
+/* The kernel let go of @ino @nlookup times: at the last, what snapfs kept for it goes too (ids are never reused). */
+static void fs_forget_one(struct fs_context *ctx, fuse_ino_t ino, uint64_t nlookup)
+{
+    if (!fs_inodes_forget(ctx->inodes, ino, nlookup))
+        return;
+    g_mutex_lock(&ctx->listings_lock);
+    g_hash_table_remove(ctx->listings, GSIZE_TO_POINTER(ino));
+    g_mutex_unlock(&ctx->listings_lock);
+}
+
 static void fs_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
 {
-    fs_inodes_forget(fs_ctx(req)->inodes, ino, nlookup);
+    fs_forget_one(fs_ctx(req), ino, nlookup);
     fuse_reply_none(req);
 }
 
 static void fs_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
 {
     for (size_t i = 0; i < count; i++)
-        fs_inodes_forget(fs_ctx(req)->inodes, forgets[i].ino, forgets[i].nlookup);
+        fs_forget_one(fs_ctx(req), forgets[i].ino, forgets[i].nlookup);
     fuse_reply_none(req);
 }
 
@@ -341,7 +351,8 @@ static void fs_readdir_any(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
                 child.kind = SNAPFS_NODE_GUEST;
                 child.path = path;
                 param.attr_timeout = param.entry_timeout = fs_timeout(&child);
-                param.ino = fs_inodes_get(fs_ctx(req)->inodes, ino, entry->name, &child);
+                param.ino = fs_inodes_get(fs_ctx(req)->inodes, ino, entry->name, &child,
+                                          S_ISDIR(entry->st.st_mode));
             }
             len = fuse_add_direntry_plus(req, buf + used, size - used, entry->name, &param, i + 1);
         }

@@ -1020,7 +1020,6 @@ static gpointer pool_timer(gpointer data)
 struct guest_pool *guest_pool_new(const struct guest_pool_config *config)
 {
     struct guest_pool *pool = g_new0(struct guest_pool, 1);
-    const char *cap = g_getenv("SNAPFS_DATA_CACHE_MB");
 
     pool->config = *config;
     if (!pool->config.limits.timeout_seconds)
@@ -1034,20 +1033,13 @@ struct guest_pool *guest_pool_new(const struct guest_pool_config *config)
     if (!pool->config.live_ttl_ms)
         pool->config.live_ttl_ms = 1000;
     g_mutex_init(&pool->lock);
-    g_mutex_init(&pool->data_lock);
     g_mutex_init(&pool->timer_lock);
     g_cond_init(&pool->timer_cond);
     pool->views = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, (GDestroyNotify)guest_view_unref);
     pool->appliances = g_ptr_array_new();
     pool->lvm_disks = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     pool->looked_at = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-    pool->chunks = g_hash_table_new(g_str_hash, g_str_equal);
-    g_queue_init(&pool->lru);
-    /*
-     * The kernel keeps frozen files' pages itself (keep_cache): this only bridges its 128 KiB reads
-     * to 2 MiB calls, a few chunks for each file being read at once.
-     */
-    pool->data_cap = (size_t)(cap ? g_ascii_strtoull(cap, NULL, 10) : 16) << 20;
+    guest_cache_init(pool);
     /*
      * Each chunk is a buffer of up to 2 MiB that libguestfs allocates.  With glibc's sliding
      * threshold, the first one freed moves later ones into the heaps of the FUSE threads, which
@@ -1099,10 +1091,8 @@ void guest_pool_free(struct guest_pool *pool)
     g_async_queue_push(pool->spawns, pool);
     g_thread_join(pool->spawner);
     g_async_queue_unref(pool->spawns);
-    guest_data_forget(pool, NULL);
-    g_hash_table_unref(pool->chunks);
+    guest_cache_clear(pool);
     g_mutex_clear(&pool->lock);
-    g_mutex_clear(&pool->data_lock);
     g_mutex_clear(&pool->timer_lock);
     g_cond_clear(&pool->timer_cond);
     g_free(pool);
@@ -1196,7 +1186,10 @@ void guest_pool_get_stats(struct guest_pool *pool, struct guest_pool_stats *stat
             stats->running++;
     }
     g_mutex_unlock(&pool->lock);
-    g_mutex_lock(&pool->data_lock);
+    g_mutex_lock(&pool->cache_lock);
     stats->data_cached = pool->data_bytes;
-    g_mutex_unlock(&pool->data_lock);
+    stats->cached = pool->cache_bytes;
+    stats->cache_peak = pool->cache_peak;
+    stats->cache_cap = pool->cache_cap;
+    g_mutex_unlock(&pool->cache_lock);
 }

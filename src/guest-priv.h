@@ -82,12 +82,20 @@ struct guest_pool {
     GMutex timer_lock;
     GCond timer_cond;
     bool stopping;
-    /* File data, in chunks, least recently used first. */
-    GMutex data_lock;
-    GHashTable *chunks;       /* key -> struct guest_chunk * */
-    GQueue lru;
-    size_t data_bytes;
-    size_t data_cap;
+    /*
+     * What every view cached, under one byte bound (see the policy atop the cache code in guest.c).
+     * The cache lock is taken last: nothing else is locked while it is held.
+     */
+    GMutex cache_lock;
+    GQueue meta_lru;          /* cache lock: struct guest_cached * of every view's nodes and listings, oldest first */
+    GQueue data_lru;          /* cache lock: the same for file data */
+    GHashTable *chunks;       /* cache lock: key -> struct guest_chunk * */
+    guint64 cache_tick;       /* cache lock: stamps each use, to tell which list's oldest is older */
+    size_t cache_bytes;       /* cache lock: everything held */
+    size_t data_bytes;        /* cache lock: of which file data */
+    size_t cache_peak;        /* cache lock: the most cache_bytes ever held once an insertion was done */
+    size_t cache_cap;         /* cache lock: -o cache_size */
+    size_t data_cap;          /* cache lock: the share of it file data may take */
 };
 
 /*
@@ -174,8 +182,13 @@ bool guest_view_is_live(struct guest_view *view);
  * activates from one copy only.
  */
 void guest_pool_mark_lvm(struct guest_pool *pool, const char *group, const char *target);
+/* Set up and empty the pool's caches (guest_pool_new(), guest_pool_free()). */
+void guest_cache_init(struct guest_pool *pool);
+void guest_cache_clear(struct guest_pool *pool);
 /* Forget cached data of the view with id @id. */
 void guest_data_forget(struct guest_pool *pool, const char *id);
+/* For tests: a new bound of the pool's caches and of file data's share, in bytes, enforced at once. */
+void guest_cache_set_cap(struct guest_pool *pool, size_t bytes, size_t data_bytes);
 void guest_view_free(struct guest_view *view);
 
 /* For tests: qemu's pid of the appliance that serves @view now, or 0. */

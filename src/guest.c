@@ -23,8 +23,20 @@ struct guest_mount {
     char *device;       /* the appliance's device */
 };
 
+/* An entry of the pool's caches: its place in the least-recently-used order and what it costs. */
+struct guest_cached {
+    GList link;           /* in pool->meta_lru or pool->data_lru; data is the entry */
+    enum { CACHED_NODE, CACHED_DIR, CACHED_CHUNK } kind;
+    struct guest_pool *pool;
+    struct guest_view *view;  /* whose node or listing; NULL for file data */
+    const char *key;      /* the entry's key in its table (view->nodes, view->dirs, pool->chunks) */
+    size_t bytes;         /* what it holds, as counted in pool->cache_bytes */
+    guint64 used;         /* pool->cache_tick at its last use */
+};
+
 /* What a view knows of one path. */
 struct guest_node {
+    struct guest_cached cached;
     struct stat st;
     char *link;           /* symlink target, NULL if not known yet */
     GPtrArray *xattrs;    /* struct guest_xattr *; NULL if not fetched */
@@ -44,12 +56,13 @@ struct guest_xattr {
  * xattrs (what ls -l asks next).
  */
 struct guest_dir {
+    struct guest_cached cached;
     GPtrArray *names;
     GArray *types;        /* mode_t: the type bits readdir gave, 0 if unknown */
     GArray *inos;         /* ino_t readdir gave */
     GHashTable *index;    /* name -> position + 1 */
-    bool stats;           /* a guest_node for each name is in view->nodes */
-    bool xattrs;          /* and each one's xattrs */
+    bool stats;           /* a guest_node for each name is in view->nodes: evicting one clears this */
+    bool xattrs;          /* and each one's xattrs: the same */
     gint64 when;
 };
 
@@ -76,19 +89,19 @@ struct guest_view {
     gint64 failed_at;              /* atomic: when the view last failed */
     gint failed_errno;             /* atomic: why, 0 once it works; set also by view_leave() */
 
-    GMutex lock;                   /* everything below, and error */
+    GMutex lock;                   /* error and dropped_at */
     char *error;
-    GHashTable *nodes;             /* path -> struct guest_node * */
-    GHashTable *dirs;              /* path -> struct guest_dir * */
+    GHashTable *nodes;             /* pool->cache_lock: path -> struct guest_node * */
+    GHashTable *dirs;              /* pool->cache_lock: path -> struct guest_dir * */
     gint64 dropped_at;             /* a live view: when the appliance's caches were last dropped */
 };
 
 struct guest_chunk {
+    struct guest_cached cached;
     char *key;
     char *view_id;
     GBytes *data;
     gint64 when;
-    GList link;
 };
 
 static void xattr_free(gpointer data)
@@ -109,8 +122,11 @@ static void xattr_add(GPtrArray *xattrs, const char *name, const char *value, si
     g_ptr_array_add(xattrs, x);
 }
 
+static void cached_unlink(struct guest_cached *cached);
+
 static void node_free(struct guest_node *node)
 {
+    cached_unlink(&node->cached);
     g_free(node->link);
     if (node->xattrs)
         g_ptr_array_unref(node->xattrs);
@@ -119,6 +135,7 @@ static void node_free(struct guest_node *node)
 
 static void dir_free(struct guest_dir *dir)
 {
+    cached_unlink(&dir->cached);
     g_ptr_array_unref(dir->names);
     g_array_unref(dir->types);
     g_array_unref(dir->inos);
@@ -241,8 +258,10 @@ void guest_view_free(struct guest_view *view)
     guest_appliance_unref(view->app);
     g_free(view->prefix);
     g_ptr_array_unref(view->mounts);
+    g_mutex_lock(&view->pool->cache_lock);
     g_hash_table_unref(view->nodes);
     g_hash_table_unref(view->dirs);
+    g_mutex_unlock(&view->pool->cache_lock);
     g_free(view->error);
     g_free(view->drives);
     g_ptr_array_unref(view->strings);
@@ -801,7 +820,226 @@ static char *view_path(struct guest_view *view, const char *path)
     return strcmp(path, "/") == 0 ? g_strdup(view->prefix) : g_strconcat(view->prefix, path, NULL);
 }
 
+static void chunk_free(struct guest_chunk *chunk);
+
 /* ---- caches ----------------------------------------------------------------- */
+
+/*
+ * Cache policy.  A view keeps what the appliance answered: each path's attributes, link target and
+ * xattrs (a guest_node), each directory's listing (a guest_dir), and file data in chunks.  Frozen
+ * views never change, so none of it expires; a live view's answers are reused for live_ttl_ms only.
+ *
+ * All of it, of every view of the pool, counts against one byte bound (-o cache_size), with the
+ * least recently used entry evicted first.  An entry's bytes are what it holds as malloc holds it:
+ * its structures, its strings (names, paths, link targets, xattr names and values), its arrays and
+ * its slots in the hash tables, each allocation rounded as glibc does, so that the process's memory
+ * follows the count.  File data may take a share of the bound only (a quarter, or
+ * SNAPFS_DATA_CACHE_MB): the kernel keeps the pages of frozen files itself, and a large copy must
+ * not push out every listing.
+ *
+ * What is evicted is asked of the appliance again when next needed; nothing evicted is ever
+ * answered from what is left.  The one promise that spans entries is a listing's stats flag (a
+ * node for each of its names, so a name without one does not exist) and its xattrs flag: evicting
+ * a node clears both flags of its parent's listing.  Callers copy what they need under the cache
+ * lock, since an insertion may evict the very entry just inserted when the bound is smaller than it.
+ */
+
+/* What malloc takes for @n bytes: glibc adds an 8-byte header, rounds up to 16 and gives 32 at least. */
+static size_t heap(size_t n)
+{
+    return MAX((n + 8 + 15) & ~(size_t)15, 32);
+}
+
+/* A GHashTable keeps a key, a value and a hash per slot, with about two slots per entry. */
+#define HASH_ENTRY (2 * (2 * sizeof(gpointer) + sizeof(guint)))
+/* A GHashTable itself, and a GPtrArray or GArray header. */
+#define HASH_TABLE 96
+#define ARRAY_HEADER 32
+/* A GBytes header. */
+#define BYTES_HEADER 40
+
+/* An array of @n elements of @size bytes: GLib grows its storage to a power of two, 16 bytes at least. */
+static size_t array_bytes(size_t n, size_t size)
+{
+    size_t storage = 16;
+
+    while (storage < n * size)
+        storage <<= 1;
+    return heap(ARRAY_HEADER) + (n ? heap(storage) : 0);
+}
+
+static size_t xattrs_bytes(GPtrArray *xattrs)
+{
+    size_t bytes;
+
+    if (!xattrs)
+        return 0;
+    bytes = array_bytes(xattrs->len, sizeof(gpointer));
+    for (guint i = 0; i < xattrs->len; i++) {
+        struct guest_xattr *x = g_ptr_array_index(xattrs, i);
+
+        bytes += heap(sizeof(*x)) + heap(strlen(x->name) + 1) + heap(BYTES_HEADER) + heap(g_bytes_get_size(x->value));
+    }
+    return bytes;
+}
+
+static size_t node_bytes(const struct guest_node *node)
+{
+    return heap(sizeof(*node)) + heap(strlen(node->cached.key) + 1) + HASH_ENTRY +
+           (node->link ? heap(strlen(node->link) + 1) : 0) + xattrs_bytes(node->xattrs);
+}
+
+static size_t dir_bytes(const struct guest_dir *dir)
+{
+    size_t n = dir->names->len, bytes;
+
+    bytes = heap(sizeof(*dir)) + heap(strlen(dir->cached.key) + 1) + HASH_ENTRY + array_bytes(n, sizeof(gpointer)) +
+            array_bytes(n, sizeof(mode_t)) + array_bytes(n, sizeof(ino_t)) + heap(HASH_TABLE) + n * HASH_ENTRY;
+    for (guint i = 0; i < n; i++)
+        bytes += heap(strlen(g_ptr_array_index(dir->names, i)) + 1);
+    return bytes;
+}
+
+static size_t chunk_bytes(const struct guest_chunk *chunk)
+{
+    return heap(sizeof(*chunk)) + heap(strlen(chunk->key) + 1) + heap(strlen(chunk->view_id) + 1) +
+           heap(BYTES_HEADER) + heap(g_bytes_get_size(chunk->data)) + HASH_ENTRY;
+}
+
+static GQueue *cached_list(struct guest_pool *pool, const struct guest_cached *cached)
+{
+    return cached->kind == CACHED_CHUNK ? &pool->data_lru : &pool->meta_lru;
+}
+
+/* Take @cached out of the order and the count, once its table lets go of it (cache lock held). */
+static void cached_unlink(struct guest_cached *cached)
+{
+    struct guest_pool *pool = cached->pool;
+
+    if (!cached->link.data)
+        return;
+    g_queue_unlink(cached_list(pool, cached), &cached->link);
+    cached->link.data = NULL;
+    pool->cache_bytes -= cached->bytes;
+    if (cached->kind == CACHED_CHUNK)
+        pool->data_bytes -= cached->bytes;
+}
+
+/* @cached was just used: it goes last in the order (cache lock held). */
+static void cached_touch(struct guest_cached *cached)
+{
+    GQueue *list = cached_list(cached->pool, cached);
+
+    cached->used = ++cached->pool->cache_tick;
+    g_queue_unlink(list, &cached->link);
+    g_queue_push_tail_link(list, &cached->link);
+}
+
+/* Remove the oldest entry of @list from its table, which frees it (cache lock held). */
+static void cached_evict(struct guest_pool *pool, GQueue *list)
+{
+    struct guest_cached *oldest = list->head->data;
+    struct guest_view *view = oldest->view;
+
+    switch (oldest->kind) {
+    case CACHED_NODE: {
+        g_autofree char *parent = g_path_get_dirname(oldest->key);
+        struct guest_dir *dir = g_hash_table_lookup(view->dirs, parent);
+
+        /* The listing no longer has a node for each of its names. */
+        if (dir)
+            dir->stats = dir->xattrs = false;
+        g_hash_table_remove(view->nodes, oldest->key);
+        break;
+    }
+    case CACHED_DIR:
+        g_hash_table_remove(view->dirs, oldest->key);
+        break;
+    case CACHED_CHUNK:
+        g_hash_table_remove(pool->chunks, oldest->key);
+        break;
+    }
+}
+
+/* Evict, oldest first, until the bound and the data share hold (cache lock held). */
+static void cache_shrink(struct guest_pool *pool)
+{
+    while (pool->data_bytes > pool->data_cap && pool->data_lru.head)
+        cached_evict(pool, &pool->data_lru);
+    while (pool->cache_bytes > pool->cache_cap && (pool->meta_lru.head || pool->data_lru.head)) {
+        GList *meta = pool->meta_lru.head, *data = pool->data_lru.head;
+        bool data_older = data && (!meta || ((struct guest_cached *)data->data)->used <
+                                            ((struct guest_cached *)meta->data)->used);
+
+        cached_evict(pool, data_older ? &pool->data_lru : &pool->meta_lru);
+    }
+}
+
+/*
+ * Count @cached of @view (NULL for file data), whose table holds it now under @key, last in the order;
+ * then keep the bound, which may evict it at once (cache lock held).
+ */
+static void cached_add(struct guest_pool *pool, struct guest_view *view, struct guest_cached *cached, const char *key)
+{
+    cached->pool = pool;
+    cached->view = view;
+    cached->key = key;
+    cached->bytes = cached->kind == CACHED_NODE  ? node_bytes((struct guest_node *)cached)
+                    : cached->kind == CACHED_DIR ? dir_bytes((struct guest_dir *)cached)
+                                                 : chunk_bytes((struct guest_chunk *)cached);
+    cached->used = ++pool->cache_tick;
+    cached->link.data = cached;
+    g_queue_push_tail_link(cached_list(pool, cached), &cached->link);
+    pool->cache_bytes += cached->bytes;
+    if (cached->kind == CACHED_CHUNK)
+        pool->data_bytes += cached->bytes;
+    cache_shrink(pool);
+    pool->cache_peak = MAX(pool->cache_peak, pool->cache_bytes);
+}
+
+/* @node grew (its xattrs came): count it again, which may evict it (cache lock held). */
+static void node_recount(struct guest_node *node)
+{
+    struct guest_pool *pool = node->cached.pool;
+    size_t bytes = node_bytes(node);
+
+    pool->cache_bytes += bytes - node->cached.bytes;
+    node->cached.bytes = bytes;
+    cached_touch(&node->cached);
+    cache_shrink(pool);
+    pool->cache_peak = MAX(pool->cache_peak, pool->cache_bytes);
+}
+
+void guest_cache_init(struct guest_pool *pool)
+{
+    const char *share = g_getenv("SNAPFS_DATA_CACHE_MB");
+
+    g_mutex_init(&pool->cache_lock);
+    g_queue_init(&pool->meta_lru);
+    g_queue_init(&pool->data_lru);
+    pool->chunks = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, (GDestroyNotify)chunk_free);
+    pool->cache_cap = pool->config.cache_bytes ? pool->config.cache_bytes : (size_t)GUEST_CACHE_DEFAULT_MIB << 20;
+    /* File data only bridges the kernel's 128 KiB reads to 2 MiB calls, a few chunks per file read at once. */
+    pool->data_cap = share ? (size_t)g_ascii_strtoull(share, NULL, 10) << 20 : pool->cache_cap / 4;
+    pool->data_cap = MIN(pool->data_cap, pool->cache_cap);
+}
+
+void guest_cache_clear(struct guest_pool *pool)
+{
+    guest_data_forget(pool, NULL);
+    g_hash_table_unref(pool->chunks);
+    g_mutex_clear(&pool->cache_lock);
+}
+
+void guest_cache_set_cap(struct guest_pool *pool, size_t bytes, size_t data_bytes)
+{
+    g_mutex_lock(&pool->cache_lock);
+    pool->data_cap = MIN(data_bytes, bytes);
+    pool->cache_cap = bytes;
+    cache_shrink(pool);
+    pool->cache_peak = pool->cache_bytes;
+    g_mutex_unlock(&pool->cache_lock);
+}
 
 static bool view_fresh(struct guest_view *view, gint64 when)
 {
@@ -881,19 +1119,42 @@ static GPtrArray *xattrs_from_list(const struct guestfs_xattr_list *xl)
     return xattrs;
 }
 
+/* Keep what is known of @path, taking @link and @xattrs (cache lock held); it may be evicted at once. */
 static void node_put(struct guest_view *view, const char *path, const struct stat *st, char *link, GPtrArray *xattrs)
 {
     struct guest_node *node = g_new0(struct guest_node, 1);
+    char *key = g_strdup(path);
 
+    node->cached.kind = CACHED_NODE;
     node->st = *st;
     node->link = link;
     node->xattrs = xattrs;
     node->when = g_get_monotonic_time();
-    g_hash_table_replace(view->nodes, g_strdup(path), node);
+    g_hash_table_replace(view->nodes, key, node);
+    cached_add(view->pool, view, &node->cached, key);
 }
 
-/* Fetch the root of the view: one lstatns and its xattrs. */
-static int view_load_root(struct guest_view *view)
+/* Keep the listing @dir of @path (cache lock held); it may be evicted at once. */
+static void dir_put(struct guest_view *view, const char *path, struct guest_dir *dir)
+{
+    char *key = g_strdup(path);
+
+    dir->cached.kind = CACHED_DIR;
+    g_hash_table_replace(view->dirs, key, dir);
+    cached_add(view->pool, view, &dir->cached, key);
+}
+
+/* @node's xattrs came: keep them, if it has none yet (cache lock held). */
+static void node_set_xattrs(struct guest_node *node, GPtrArray *xattrs)
+{
+    if (!node || node->xattrs || !xattrs)
+        return;
+    node->xattrs = g_ptr_array_ref(xattrs);
+    node_recount(node);
+}
+
+/* Fetch the root of the view: one lstatns and its xattrs, handed to @st and @xattrs too where asked. */
+static int view_load_root(struct guest_view *view, struct stat *out, GPtrArray **out_xattrs)
 {
     struct guest_appliance *app = view_enter(view);
     struct guestfs_statns *ns;
@@ -914,11 +1175,12 @@ static int view_load_root(struct guest_view *view)
         st.st_nlink = 2;
         st.st_ino = 1;
         dir->stats = dir->xattrs = true;
-        g_mutex_lock(&view->lock);
-        node_put(view, "/", &st, NULL, g_ptr_array_new());
-        g_hash_table_replace(view->dirs, g_strdup("/"), dir);
-        g_mutex_unlock(&view->lock);
-        return 0;
+        xattrs = g_ptr_array_new();
+        g_mutex_lock(&view->pool->cache_lock);
+        dir_put(view, "/", dir);
+        node_put(view, "/", &st, NULL, g_ptr_array_ref(xattrs));
+        g_mutex_unlock(&view->pool->cache_lock);
+        goto out;
     }
     apath = view_path(view, "/");
     ns = guestfs_lstatns(app->g, apath);
@@ -936,9 +1198,16 @@ static int view_load_root(struct guest_view *view)
     if (!view->os && st.st_mode & S_IWUSR)
         st.st_mode &= ~(mode_t)0222;   /* the appliance's own directory: show it as the read-only folder it is */
     guestfs_free_statns(ns);
-    g_mutex_lock(&view->lock);
-    node_put(view, "/", &st, NULL, xattrs);
-    g_mutex_unlock(&view->lock);
+    g_mutex_lock(&view->pool->cache_lock);
+    node_put(view, "/", &st, NULL, xattrs ? g_ptr_array_ref(xattrs) : NULL);
+    g_mutex_unlock(&view->pool->cache_lock);
+out:
+    if (out)
+        *out = st;
+    if (out_xattrs)
+        *out_xattrs = g_steal_pointer(&xattrs);
+    if (xattrs)
+        g_ptr_array_unref(xattrs);
     return 0;
 }
 
@@ -962,31 +1231,58 @@ static mode_t dirent_type(char ftyp)
     }
 }
 
-/* The fresh listing of @path, or NULL (view->lock held). */
+/* The fresh listing of @path, or NULL (cache lock held). */
 static struct guest_dir *dir_get(struct guest_view *view, const char *path)
 {
     struct guest_dir *dir = g_hash_table_lookup(view->dirs, path);
 
-    return dir && view_fresh(view, dir->when) ? dir : NULL;
+    if (!dir || !view_fresh(view, dir->when))
+        return NULL;
+    cached_touch(&dir->cached);
+    return dir;
 }
 
-/* The names of directory @path in one round trip (guestfs_readdir): each entry's type and inode come with it. */
-static int view_list_dir(struct guest_view *view, const char *path)
+/*
+ * A copy of @dir's names (and, where asked, its types and inode numbers as GArrays, and its flags),
+ * made under the cache lock: the listing may be evicted once it is let go.
+ */
+static GStrv dir_copy(struct guest_dir *dir, bool *stats, bool *xattrs, GArray **types, GArray **inos)
+{
+    GStrv names = g_new0(char *, dir->names->len + 1);
+
+    for (guint i = 0; i < dir->names->len; i++)
+        names[i] = g_strdup(g_ptr_array_index(dir->names, i));
+    *stats = dir->stats;
+    *xattrs = dir->xattrs;
+    if (types)
+        *types = g_array_copy(dir->types);
+    if (inos)
+        *inos = g_array_copy(dir->inos);
+    return names;
+}
+
+/*
+ * The names of directory @path in one round trip (guestfs_readdir): each entry's type and inode come
+ * with it.  Kept, and copied as dir_copy() does; NULL with the reason.
+ */
+static GStrv view_list_dir(struct guest_view *view, const char *path, bool *stats, bool *xattrs, GArray **types,
+                           GArray **inos)
 {
     struct guest_appliance *app = view_enter(view);
     struct guestfs_dirent_list *ents;
     g_autofree char *apath = NULL;
     struct guest_dir *dir;
+    GStrv names;
 
     if (!app)
-        return -1;
+        return NULL;
     apath = view_path(view, path);
     ents = guestfs_readdir(app->g, apath);
     if (!ents)
         guest_appliance_error(app, "list", path);
     view_leave(view, app);
     if (!ents)
-        return -1;
+        return NULL;
     dir = dir_new();
     for (uint32_t i = 0; i < ents->len; i++) {
         const char *name = ents->val[i].name;
@@ -996,36 +1292,29 @@ static int view_list_dir(struct guest_view *view, const char *path)
         dir_add(dir, name, dirent_type(ents->val[i].ftyp), (ino_t)ents->val[i].ino);
     }
     guestfs_free_dirent_list(ents);
-    g_mutex_lock(&view->lock);
-    g_hash_table_replace(view->dirs, g_strdup(path), dir);
-    g_mutex_unlock(&view->lock);
-    return 0;
+    g_mutex_lock(&view->pool->cache_lock);
+    names = dir_copy(dir, stats, xattrs, types, inos);
+    dir_put(view, path, dir);
+    g_mutex_unlock(&view->pool->cache_lock);
+    return names;
 }
 
-/* The names of @path's listing, listing it first if needed; NULL with the reason. */
-static GStrv view_dir_names(struct guest_view *view, const char *path, bool *stats, bool *xattrs)
+/* The names of @path's listing, listing it first if needed, as dir_copy() gives them; NULL with the reason. */
+static GStrv view_dir_names(struct guest_view *view, const char *path, bool *stats, bool *xattrs, GArray **types,
+                            GArray **inos)
 {
-    for (int attempt = 0; attempt < 2; attempt++) {
-        struct guest_dir *dir;
+    struct guest_dir *dir;
 
-        g_mutex_lock(&view->lock);
-        dir = dir_get(view, path);
-        if (dir) {
-            GStrv names = g_new0(char *, dir->names->len + 1);
+    g_mutex_lock(&view->pool->cache_lock);
+    dir = dir_get(view, path);
+    if (dir) {
+        GStrv names = dir_copy(dir, stats, xattrs, types, inos);
 
-            for (guint i = 0; i < dir->names->len; i++)
-                names[i] = g_strdup(g_ptr_array_index(dir->names, i));
-            *stats = dir->stats;
-            *xattrs = dir->xattrs;
-            g_mutex_unlock(&view->lock);
-            return names;
-        }
-        g_mutex_unlock(&view->lock);
-        if (view_list_dir(view, path) < 0)
-            return NULL;
+        g_mutex_unlock(&view->pool->cache_lock);
+        return names;
     }
-    snapfs_error_set(EIO, "the listing of '%s' did not stay cached", path);
-    return NULL;
+    g_mutex_unlock(&view->pool->cache_lock);
+    return view_list_dir(view, path, stats, xattrs, types, inos);
 }
 
 /* Whether @path's fresh listing already holds what is asked (stats, or xattrs too): no copy of its names. */
@@ -1034,21 +1323,24 @@ static bool dir_has(struct guest_view *view, const char *path, bool xattrs)
     struct guest_dir *dir;
     bool has;
 
-    g_mutex_lock(&view->lock);
+    g_mutex_lock(&view->pool->cache_lock);
     dir = dir_get(view, path);
     has = dir && (xattrs ? dir->xattrs : dir->stats);
-    g_mutex_unlock(&view->lock);
+    g_mutex_unlock(&view->pool->cache_lock);
     return has;
 }
 
-/* Mark the listing of @path (if it is still the one that was read) as holding stats or xattrs too. */
+/*
+ * Mark the listing of @path (if it is still cached) as holding stats or xattrs too, before the nodes
+ * are put (cache lock held): evicting one of them on the way then takes the mark back.
+ */
 static void dir_mark(struct guest_view *view, const char *path, bool stats, bool xattrs)
 {
     struct guest_dir *dir = dir_get(view, path);
 
     if (dir) {
         dir->stats |= stats;
-        dir->xattrs |= xattrs;
+        dir->xattrs |= xattrs && dir->stats;
     }
 }
 
@@ -1066,7 +1358,7 @@ static int view_stat_dir(struct guest_view *view, const char *path)
 
     if (dir_has(view, path, false))
         return 0;
-    names = view_dir_names(view, path, &have_stats, &have_xattrs);
+    names = view_dir_names(view, path, &have_stats, &have_xattrs, NULL, NULL);
     if (!names)
         return -1;
     if (have_stats)
@@ -1112,14 +1404,15 @@ static int view_stat_dir(struct guest_view *view, const char *path)
     }
     view_leave(view, app);
 
-    /* An entry may be a mount point (/boot): st_dev per entry, found before view->lock is taken. */
+    /* An entry may be a mount point (/boot): st_dev per entry, found before the cache lock is taken. */
     devs = g_new0(dev_t, n + 1);
     for (size_t i = 0; i < n; i++) {
         g_autofree char *child = child_path(path, names[i]);
 
         devs[i] = view_dev(view, child);
     }
-    g_mutex_lock(&view->lock);
+    g_mutex_lock(&view->pool->cache_lock);
+    dir_mark(view, path, true, false);
     for (size_t i = 0; stats && i < n && i < stats->len; i++) {
         g_autofree char *child = NULL;
         struct stat st;
@@ -1131,8 +1424,7 @@ static int view_stat_dir(struct guest_view *view, const char *path)
         node_put(view, child, &st, S_ISLNK(st.st_mode) && links && links[i] && links[i][0] ? g_strdup(links[i]) : NULL,
                  NULL);
     }
-    dir_mark(view, path, true, false);
-    g_mutex_unlock(&view->lock);
+    g_mutex_unlock(&view->pool->cache_lock);
     if (stats)
         guestfs_free_statns_list(stats);
     return 0;
@@ -1153,7 +1445,7 @@ static int view_xattr_dir(struct guest_view *view, const char *path)
         return 0;
     if (view_stat_dir(view, path) < 0)
         return -1;
-    names = view_dir_names(view, path, &have_stats, &have_xattrs);
+    names = view_dir_names(view, path, &have_stats, &have_xattrs, NULL, NULL);
     if (!names)
         return -1;
     if (have_xattrs)
@@ -1176,16 +1468,14 @@ static int view_xattr_dir(struct guest_view *view, const char *path)
     /* A batch that failed (a damaged filesystem) is not tried again: each file's xattrs are asked alone. */
     xattrs = xl ? xattrs_split(xl, n) : NULL;
     guestfs_free_xattr_list(xl);
-    g_mutex_lock(&view->lock);
+    g_mutex_lock(&view->pool->cache_lock);
+    dir_mark(view, path, false, true);
     for (size_t i = 0; xattrs && i < n; i++) {
         g_autofree char *child = child_path(path, names[i]);
-        struct guest_node *node = g_hash_table_lookup(view->nodes, child);
 
-        if (node && !node->xattrs && xattrs[i])
-            node->xattrs = g_ptr_array_ref(xattrs[i]);
+        node_set_xattrs(g_hash_table_lookup(view->nodes, child), xattrs[i]);
     }
-    dir_mark(view, path, false, true);
-    g_mutex_unlock(&view->lock);
+    g_mutex_unlock(&view->pool->cache_lock);
     for (size_t i = 0; xattrs && i < n; i++) {
         if (xattrs[i])
             g_ptr_array_unref(xattrs[i]);
@@ -1234,9 +1524,10 @@ static int view_lookup(struct guest_view *view, const char *path, struct stat *s
     struct guest_node *node;
     int ret = 0;
 
-    g_mutex_lock(&view->lock);
+    g_mutex_lock(&view->pool->cache_lock);
     node = g_hash_table_lookup(view->nodes, path);
     if (node && view_fresh(view, node->when)) {
+        cached_touch(&node->cached);
         if (st)
             *st = node->st;
         if (link)
@@ -1255,8 +1546,47 @@ static int view_lookup(struct guest_view *view, const char *path, struct stat *s
             ret = -1;
         }
     }
-    g_mutex_unlock(&view->lock);
+    g_mutex_unlock(&view->pool->cache_lock);
     return ret;
+}
+
+/*
+ * @path alone, in one or two round trips: its parent's listing brought it, but the cache could not
+ * keep it until it was copied (a bound smaller than that listing).
+ */
+static int view_stat_alone(struct guest_view *view, const char *path, struct stat *st, char **link)
+{
+    struct guest_appliance *app = view_enter(view);
+    g_autofree char *apath = NULL;
+    struct guestfs_statns *ns;
+    char *target = NULL;
+    struct stat one;
+
+    if (!app)
+        return -1;
+    apath = view_path(view, path);
+    ns = guestfs_lstatns(app->g, apath);
+    if (!ns) {
+        guest_appliance_error(app, "stat", path);
+        view_leave(view, app);
+        return -1;
+    }
+    /* A target that cannot be read is asked again by readlink. */
+    if (S_ISLNK(ns->st_mode))
+        target = guestfs_readlink(app->g, apath);
+    view_leave(view, app);
+    stat_from_guest(&one, ns, view_dev(view, path));
+    guestfs_free_statns(ns);
+    g_mutex_lock(&view->pool->cache_lock);
+    node_put(view, path, &one, g_strdup(target), NULL);
+    g_mutex_unlock(&view->pool->cache_lock);
+    if (st)
+        *st = one;
+    if (link)
+        *link = target;
+    else
+        free(target);
+    return 0;
 }
 
 /* Make sure the view knows @path: from the cache, or by listing its parent. */
@@ -1272,8 +1602,10 @@ static int view_resolve(struct guest_view *view, const char *path, struct stat *
         return r < 0 ? -1 : 0;
     view_refresh(view);
     if (strcmp(path, "/") == 0) {
-        if (view_load_root(view) < 0)
-            return -1;
+        /* What it fetched, in case the cache could not keep it. */
+        if (link)
+            *link = NULL;
+        return view_load_root(view, st, xattrs);
     } else {
         struct stat pst;
 
@@ -1290,8 +1622,9 @@ static int view_resolve(struct guest_view *view, const char *path, struct stat *
     }
     r = view_lookup(view, path, st, link, xattrs);
     if (r == 0) {
-        snapfs_error_set(ENOENT, "no '%s' in the guest", path);
-        return -1;
+        if (xattrs)
+            *xattrs = NULL;
+        return view_stat_alone(view, path, st, link);
     }
     return r < 0 ? -1 : 0;
 }
@@ -1310,6 +1643,8 @@ int guest_view_readdir(struct guest_view *view, const char *path, guest_dirent_f
 {
     g_auto(GStrv) names = NULL;
     g_autoptr(GArray) stats = NULL;
+    g_autoptr(GArray) types = NULL;
+    g_autoptr(GArray) inos = NULL;
     bool have_stats, have_xattrs;
     size_t n;
     struct stat st;
@@ -1327,7 +1662,7 @@ int guest_view_readdir(struct guest_view *view, const char *path, guest_dirent_f
      */
     if (!view->live && g_atomic_int_get(&view->want_stats))
         view_stat_dir(view, path);
-    names = view_dir_names(view, path, &have_stats, &have_xattrs);
+    names = view_dir_names(view, path, &have_stats, &have_xattrs, &types, &inos);
     if (!names)
         return -1;
     n = g_strv_length(names);
@@ -1338,30 +1673,30 @@ int guest_view_readdir(struct guest_view *view, const char *path, guest_dirent_f
 
         g_array_index(stats, struct stat, i).st_dev = view_dev(view, child);
     }
-    g_mutex_lock(&view->lock);
+    g_mutex_lock(&view->pool->cache_lock);
     {
-        struct guest_dir *dir = dir_get(view, path);
+        /* A live view's listing may have been read again since the copy: a name it lost is gone. */
+        struct guest_dir *dir = view->live ? dir_get(view, path) : NULL;
 
         for (size_t i = 0; i < n; i++) {
             g_autofree char *child = child_path(path, names[i]);
             struct guest_node *node = g_hash_table_lookup(view->nodes, child);
             struct stat *out = &g_array_index(stats, struct stat, i);
-            guint at = dir ? GPOINTER_TO_UINT(g_hash_table_lookup(dir->index, names[i])) : 0;
 
             if (node && view_fresh(view, node->when)) {
                 *out = node->st;
-            } else if (at > 0) {
-                /* Not stat'ed yet: the type and inode readdir gave, st_nlink 0 (see guest.h). */
-                out->st_mode = g_array_index(dir->types, mode_t, at - 1);
-                out->st_ino = g_array_index(dir->inos, ino_t, at - 1);
-            } else {
+            } else if (dir && !g_hash_table_contains(dir->index, names[i])) {
                 out->st_mode = 0;
                 out->st_ino = 0;
-                out->st_nlink = (nlink_t)-1;   /* gone (a live view changed): skipped below */
+                out->st_nlink = (nlink_t)-1;   /* skipped below */
+            } else {
+                /* Not stat'ed yet, or evicted since: the type and inode readdir gave, st_nlink 0 (see guest.h). */
+                out->st_mode = g_array_index(types, mode_t, i);
+                out->st_ino = g_array_index(inos, ino_t, i);
             }
         }
     }
-    g_mutex_unlock(&view->lock);
+    g_mutex_unlock(&view->pool->cache_lock);
     for (size_t i = 0; i < n; i++) {
         const struct stat *entry = &g_array_index(stats, struct stat, i);
 
@@ -1409,6 +1744,7 @@ int guest_view_readlink(struct guest_view *view, const char *path, char **target
 
 static void chunk_free(struct guest_chunk *chunk)
 {
+    cached_unlink(&chunk->cached);
     g_free(chunk->key);
     g_free(chunk->view_id);
     g_bytes_unref(chunk->data);
@@ -1417,19 +1753,15 @@ static void chunk_free(struct guest_chunk *chunk)
 
 void guest_data_forget(struct guest_pool *pool, const char *id)
 {
-    g_mutex_lock(&pool->data_lock);
-    for (GList *l = pool->lru.head; l;) {
+    g_mutex_lock(&pool->cache_lock);
+    for (GList *l = pool->data_lru.head; l;) {
         struct guest_chunk *chunk = l->data;
 
         l = l->next;
-        if (id && strcmp(chunk->view_id, id) != 0)
-            continue;
-        g_queue_unlink(&pool->lru, &chunk->link);
-        g_hash_table_remove(pool->chunks, chunk->key);
-        pool->data_bytes -= g_bytes_get_size(chunk->data);
-        chunk_free(chunk);
+        if (!id || strcmp(chunk->view_id, id) == 0)
+            g_hash_table_remove(pool->chunks, chunk->key);
     }
-    g_mutex_unlock(&pool->data_lock);
+    g_mutex_unlock(&pool->cache_lock);
 }
 
 static GBytes *data_get(struct guest_view *view, const char *key)
@@ -1438,47 +1770,31 @@ static GBytes *data_get(struct guest_view *view, const char *key)
     struct guest_chunk *chunk;
     GBytes *data = NULL;
 
-    g_mutex_lock(&pool->data_lock);
+    g_mutex_lock(&pool->cache_lock);
     chunk = g_hash_table_lookup(pool->chunks, key);
     if (chunk && view_fresh(view, chunk->when)) {
-        g_queue_unlink(&pool->lru, &chunk->link);
-        g_queue_push_tail_link(&pool->lru, &chunk->link);
+        cached_touch(&chunk->cached);
         data = g_bytes_ref(chunk->data);
     }
-    g_mutex_unlock(&pool->data_lock);
+    g_mutex_unlock(&pool->cache_lock);
     return data;
 }
 
 static void data_put(struct guest_view *view, const char *key, GBytes *data)
 {
     struct guest_pool *pool = view->pool;
-    struct guest_chunk *chunk = g_new0(struct guest_chunk, 1), *old;
+    struct guest_chunk *chunk = g_new0(struct guest_chunk, 1);
 
+    chunk->cached.kind = CACHED_CHUNK;
     chunk->key = g_strdup(key);
     chunk->view_id = g_strdup(view->id);
     chunk->data = g_bytes_ref(data);
     chunk->when = g_get_monotonic_time();
-    chunk->link.data = chunk;
-    g_mutex_lock(&pool->data_lock);
-    old = g_hash_table_lookup(pool->chunks, key);
-    if (old) {
-        g_queue_unlink(&pool->lru, &old->link);
-        g_hash_table_remove(pool->chunks, key);
-        pool->data_bytes -= g_bytes_get_size(old->data);
-        chunk_free(old);
-    }
-    g_hash_table_insert(pool->chunks, chunk->key, chunk);
-    g_queue_push_tail_link(&pool->lru, &chunk->link);
-    pool->data_bytes += g_bytes_get_size(data);
-    while (pool->data_bytes > pool->data_cap && pool->lru.head) {
-        struct guest_chunk *oldest = pool->lru.head->data;
-
-        g_queue_unlink(&pool->lru, &oldest->link);
-        g_hash_table_remove(pool->chunks, oldest->key);
-        pool->data_bytes -= g_bytes_get_size(oldest->data);
-        chunk_free(oldest);
-    }
-    g_mutex_unlock(&pool->data_lock);
+    g_mutex_lock(&pool->cache_lock);
+    /* The key is the chunk's own: replacing frees the old chunk, key and all. */
+    g_hash_table_replace(pool->chunks, chunk->key, chunk);
+    cached_add(pool, NULL, &chunk->cached, chunk->key);
+    g_mutex_unlock(&pool->cache_lock);
 }
 
 /* Chunk @index of @path (a file of @size bytes), from the cache or one pread of up to GUEST_CHUNK bytes. */
@@ -1602,14 +1918,9 @@ static GPtrArray *view_xattrs(struct guest_view *view, const char *path)
         return NULL;
     xattrs = xattrs_from_list(xl);
     guestfs_free_xattr_list(xl);
-    g_mutex_lock(&view->lock);
-    {
-        struct guest_node *node = g_hash_table_lookup(view->nodes, path);
-
-        if (node && !node->xattrs)
-            node->xattrs = g_ptr_array_ref(xattrs);
-    }
-    g_mutex_unlock(&view->lock);
+    g_mutex_lock(&view->pool->cache_lock);
+    node_set_xattrs(g_hash_table_lookup(view->nodes, path), xattrs);
+    g_mutex_unlock(&view->pool->cache_lock);
     return xattrs;
 }
 

@@ -1045,13 +1045,24 @@ static const char *guest_path(const struct snapfs_node *node)
     return node->kind == SNAPFS_NODE_GUEST ? node->path : "/";
 }
 
+/*
+ * A guest file's inode number, made of its view's number, its filesystem's index and its guest inode
+ * (the top bit keeps these apart from tree_ino()'s): a table of every guest file ever seen would grow
+ * without bound.  Only numbers too large for the fields take a place in the table.
+ */
 static void tree_guest_ino(struct snapfs_tree *tree, const struct snapfs_node *node, struct stat *st)
 {
     g_autofree char *key = node_key(node);
-    g_autofree char *full = g_strdup_printf("%s#%llu#%llu", key, (unsigned long long)st->st_dev,
-                                            (unsigned long long)st->st_ino);
+    guint64 view = tree_ino(tree, key), dev = st->st_dev, ino = st->st_ino;
 
-    st->st_ino = tree_ino(tree, full);
+    if (view < (1u << 15) && dev < (1u << 8) && ino < ((guint64)1 << 40)) {
+        st->st_ino = (ino_t)((guint64)1 << 63 | view << 48 | dev << 40 | ino);
+    } else {
+        g_autofree char *full = g_strdup_printf("%s#%llu#%llu", key, (unsigned long long)dev,
+                                                (unsigned long long)ino);
+
+        st->st_ino = tree_ino(tree, full);
+    }
     st->st_dev = 0;
 }
 
@@ -1518,6 +1529,9 @@ static int tree_xattrs(struct snapfs_tree *tree, const struct snapfs_node *node,
             xattr_add(list, "appliances", g_strdup_printf("%u", stats.running));
             xattr_add(list, "appliance_starts", g_strdup_printf("%u", stats.launches));
             xattr_add(list, "appliance_calls", g_strdup_printf("%u", stats.calls));
+            /* Bytes the guest caches hold now and at most, within -o cache_size. */
+            xattr_add(list, "cached", g_strdup_printf("%zu", stats.cached));
+            xattr_add(list, "cached_peak", g_strdup_printf("%zu", stats.cache_peak));
         }
         return 0;
     }

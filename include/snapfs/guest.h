@@ -36,6 +36,7 @@ struct guest_pool_config {
     unsigned idle_seconds;     /* -o appliance_idle */
     unsigned live_ttl_ms;      /* how long a live view's answers may be reused */
     struct guest_launch_limits limits;
+    size_t cache_bytes;        /* -o cache_size: every view's cached metadata and file data together; 0: the default */
 };
 
 #define GUEST_DEFAULT_TIMEOUT_S 120
@@ -47,6 +48,11 @@ struct guest_pool_config {
  */
 int guest_try_launch(bool force_tcg, const struct guest_launch_limits *limits, double *seconds, bool *kvm_stalled);
 
+/*
+ * The default bound of the caches: about 600,000 files' attributes and names, or several walks of a
+ * large guest's snapshots, and about 1% of a 24 GiB host, less than one appliance takes.
+ */
+#define GUEST_CACHE_DEFAULT_MIB 256
 
 struct guest_pool;
 struct guest_view;
@@ -133,5 +139,8 @@ struct guest_pool_stats {
     unsigned running;         /* appliances running now */
     unsigned calls;           /* calls made into appliances */
     size_t data_cached;       /* bytes of file data held */
+    size_t cached;            /* bytes held by every cache, file data included */
+    size_t cache_peak;        /* the most they ever held */
+    size_t cache_cap;         /* their bound */
 };
 void guest_pool_get_stats(struct guest_pool *pool, struct guest_pool_stats *stats);

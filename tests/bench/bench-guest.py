@@ -23,40 +23,17 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import define_domain, descendants, is_mount, make_images, remove_domain, sh  # noqa: E402
+
 URI = "qemu:///system"
 REPO = Path(__file__).resolve().parents[2]
-
-
-def sh(cmd, check=True, env=None):
-    proc = subprocess.run(cmd, shell=True, capture_output=True, text=True, env=env)
-    if check and proc.returncode != 0:
-        raise SystemExit(f"failed: {cmd}\n{proc.stderr}{proc.stdout}")
-    return proc.stdout
 
 
 def timed(cmd):
     t0 = time.monotonic()
     sh(cmd)
     return time.monotonic() - t0
-
-
-def descendants(pid):
-    """PID and every process below it (libguestfs's qemu is a child of the daemon)."""
-    children = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry))
-            except (OSError, IndexError, ValueError):
-                pass
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, []))
-    return out
 
 
 def memory_kib(pids):
@@ -110,12 +87,6 @@ class PeakRSS:
         return self.peak[0] / 1024, self.peak[1] / 1024
 
 
-def is_mount(path):
-    path = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == path for line in f)
-
-
 def build(root, n_files):
     src = root / "src"
     for d in range(100):
@@ -129,13 +100,7 @@ def build(root, n_files):
         (copy / f"c{i:03}.bin").write_bytes(os.urandom(65536))
     with open(src / "big.bin", "wb") as f:
         f.write(os.urandom(64 << 20))
-    sh(f"mkfs.ext4 -q -F -N {n_files + 2000} -d {src} {root}/base.raw 400M")
-    sh(f"qemu-img convert -q -f raw -O qcow2 {root}/base.raw {root}/base.qcow2")
-    os.unlink(root / "base.raw")
-    sh(f"qemu-img create -q -f qcow2 -F qcow2 -b {root}/base.qcow2 {root}/top.qcow2")
-    for f in root.iterdir():
-        if f.is_file():
-            f.chmod(0o644)
+    make_images(root, src, n_files + 2000, "400M", 0o644)
 
 
 def main():
@@ -167,12 +132,7 @@ def main():
     try:
         print(f"building images in {root} ...", file=sys.stderr)
         build(root, args.files)
-        xml = (f"<domain type='qemu'><name>{dom}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>"
-               f"<os><type arch='x86_64' machine='pc'>hvm</type></os><devices><disk type='file' device='disk'>"
-               f"<driver name='qemu' type='qcow2'/><source file='{root}/top.qcow2'/><target dev='vda' bus='virtio'/>"
-               f"</disk><memballoon model='none'/></devices></domain>")
-        (root / "dom.xml").write_text(xml)
-        sh(f"virsh -q -c {URI} define {root}/dom.xml")
+        define_domain(URI, dom, root)
         frozen = []
         for k in range(1, 6):
             frozen.append(sh(f"virsh -q -c {URI} domblklist {dom} --details | awk '$3==\"vda\"{{print $4}}'").strip())
@@ -257,9 +217,7 @@ def main():
             sh(f"fusermount3 -u {mnt}", check=False)
         if is_mount(gmnt):
             sh(f"guestunmount {gmnt}", check=False)
-        sh(f"virsh -q -c {URI} undefine {dom} --snapshots-metadata", check=False)
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
+        remove_domain(URI, dom, root, args.keep)
 
     print(f"| {args.files} files, TCG={os.environ.get('LIBGUESTFS_BACKEND_SETTINGS', '') == 'force_tcg'}, "
           f"median of {args.rounds} | snapfs | guestmount | guestmount / snapfs |")
