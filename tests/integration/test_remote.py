@@ -82,8 +82,10 @@ class Host2:
         while not self.answers():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.kill()
+                log = self.root / "log" / "libvirtd.log"
                 raise AssertionError(f"the second libvirtd does not answer at {self.uri}:\n"
-                                     f"{(self.root / 'host2.out').read_text(errors='replace')[-3000:]}")
+                                     f"{(self.root / 'host2.out').read_text(errors='replace')[-3000:]}\n"
+                                     f"{log.read_text(errors='replace')[-3000:] if log.exists() else ''}")
             time.sleep(0.1)
         self.namespaces.add(os.readlink(f"/proc/{self.daemon_pid()}/ns/mnt"))
 
@@ -566,3 +568,54 @@ def test_unknown_driver_fails_before_mounting(libvirtd, run_prefix):
     assert len(err.strip().splitlines()) <= 3, err
     assert not mounts_under(mnt)
     os.rmdir(mnt)
+
+
+# ---------------------------------------------------------------- the end of a mount, whatever a host does
+
+def _unmount_within(m, limit=10):
+    """Unmount M; assert snapfs exited 0 within LIMIT seconds of it. Returns how long it took."""
+    t0 = time.monotonic()
+    status = m.unmount(timeout=limit)
+    took = time.monotonic() - t0
+    assert status == 0, f"snapfs exited with {status} after unmount:\n{m.stderr_text()[-6000:]}"
+    assert took < limit, f"snapfs took {took:.1f} s to exit after unmount"
+    return took
+
+
+@pytest.mark.parametrize("state", ["connected", "killed", "stopped"])
+def test_unmount_whatever_the_host_does(mount, host2_up, remote_dom, state):
+    """The unmount ends snapfs within 10 s with the second host answering, killed (snapfs reconnecting to a refused
+    port), or stopped (SIGSTOP: a peer that holds its connection open and never answers, as a wedged or unreachable
+    host does, until keepalive gives up after 20 s)."""
+    m = mount("-c", host2_up.uri)
+    assert listing(m.p("127.0.0.1")) == ("ok", [remote_dom.name])
+    pid = host2_up.daemon_pid()
+    try:
+        if state == "killed":
+            host2_up.kill()
+            assert wait_for(lambda: xattrs(m.p("127.0.0.1")).get("error"), timeout=DOWN_LIMIT, interval=0.2)
+        elif state == "stopped":
+            os.kill(pid, signal.SIGSTOP)
+            time.sleep(0.5)
+        print(f"{state}: snapfs exited {_unmount_within(m):.1f} s after the unmount")
+    finally:
+        if state == "stopped":
+            os.kill(pid, signal.SIGCONT)
+
+
+def test_unmount_while_connecting_to_a_silent_host(mount):
+    """A host whose port accepts connections but never answers, as a wedged libvirtd does: snapfs, reconnecting to
+    it in the background, is caught in libvirt's open, which has no time limit; the unmount still ends it within
+    10 s."""
+    port = free_port()
+    m = mount("-c", f"qemu+tcp://127.0.0.1:{port}/system")
+    assert wait_for(lambda: xattrs(m.p("127.0.0.1")).get("error"), timeout=DOWN_LIMIT, interval=0.2)
+    with socket.socket() as silent:
+        silent.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        silent.bind(("127.0.0.1", port))
+        silent.listen(8)
+        silent.settimeout(5)
+        # Accepted and never answered: snapfs now waits in virConnectOpen() for the first reply.
+        peer, _ = silent.accept()
+        with peer:
+            print(f"snapfs exited {_unmount_within(m):.1f} s after the unmount")
