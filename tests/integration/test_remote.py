@@ -63,6 +63,7 @@ class Host2:
         self.proc = None
         self.log = None
         self.namespaces = set()   # the mount namespaces of every start, to find what a stop leaves behind
+        self.ended_at = None      # _boot_ticks() when the host was last killed or stopped
 
     def virsh(self, *args, check=True, timeout=30):
         return run("virsh", "-q", "-c", self.uri, *args, check=check, timeout=timeout)
@@ -110,6 +111,7 @@ class Host2:
 
     def _end(self, sig, timeout):
         """Signal the daemon; its namespace (virtlogd and all) ends with it. SIGKILL of unshare if it lingers."""
+        self.ended_at = _boot_ticks()
         if self.proc and self.proc.poll() is None:
             pid = self.daemon_pid()
             if pid:
@@ -133,16 +135,30 @@ class Host2:
         return self.proc is not None and self.proc.poll() is None
 
 
+def _boot_ticks():
+    """Now, in the unit and from the origin of a process's start time in /proc/PID/stat."""
+    with open("/proc/uptime") as f:
+        return int(float(f.read().split()[0]) * os.sysconf("SC_CLK_TCK"))
+
+
+def _start_ticks(stat):
+    return int(stat[stat.rindex(")") + 2:].split()[19])
+
+
 def namespaces_of(host):
-    """Pids of processes still in a mount namespace of HOST (a host left behind, or some of it)."""
+    """Pids of processes still in a mount namespace of HOST (a host left behind, or some of it).  The kernel gives
+    a freed namespace's number to the next new one, another program's as well (other tests run on this machine):
+    only a process that started before the host was last ended can be the host's."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            if os.readlink(entry / "ns" / "mnt") in host.namespaces:
+            if os.readlink(entry / "ns" / "mnt") not in host.namespaces:
+                continue
+            if host.ended_at is None or _start_ticks((entry / "stat").read_text()) <= host.ended_at:
                 pids.append(int(entry.name))
-        except OSError:
+        except (OSError, ValueError):
             continue
     return pids
 
@@ -179,7 +195,10 @@ def host2(libvirtd, run_prefix):
         h.stop()
         left = namespaces_of(h)
         for pid in left:
-            os.kill(pid, signal.SIGKILL)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         import shutil
         shutil.rmtree(h.root, ignore_errors=True)
         assert not left, f"processes of the second libvirtd were left behind: {left}"
