@@ -491,7 +491,8 @@ static void host_finish_close(struct snapfs_host *host, gint64 deadline)
     if (released) {
         g_thread_join(host->reconnector);
     } else {
-        snapfs_warn("%s: %s does not answer; leaving its connection behind", snapfs_host_name(host), host->uri);
+        snapfs_warn("%s: %s did not answer while its connection was closed; the connection is left to the exit",
+                    snapfs_host_name(host), host->uri);
         g_thread_unref(host->reconnector);
     }
     host_unref(host);
