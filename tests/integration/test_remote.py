@@ -589,6 +589,61 @@ def test_unknown_driver_fails_before_mounting(libvirtd, run_prefix):
     os.rmdir(mnt)
 
 
+# ---------------------------------------------------------------- a host that crashes again and again
+
+def _walk_host_metadata(m, dom_name, stop, errors):
+    """Walk what libvirt's API alone answers below the second host (no appliance) until STOP is set; any error
+    other than one a host that is down may answer goes to ERRORS."""
+    host = m.p("127.0.0.1")
+    dom = os.path.join(host, dom_name)
+    steps = (lambda: os.listdir(host), lambda: xattrs(host), lambda: os.listdir(dom), lambda: xattrs(dom),
+             lambda: xattrs(os.path.join(dom, "s1")), lambda: os.listdir(os.path.join(dom, "layers", "vda")),
+             lambda: open(os.path.join(dom, "revert")).read())
+    while not stop.is_set():
+        for step in steps:
+            try:
+                step()
+            except OSError as e:
+                # A host going away or back: EIO, an entry gone meanwhile, an attribute listed then dropped.
+                if e.errno not in (errno.EIO, errno.ENOENT, errno.ENODATA):
+                    errors.append(f"{errno.errorcode.get(e.errno, e.errno)}: {e}")
+
+
+def test_host_crashing_repeatedly_then_unmount(mount, host2_up, remote_dom):
+    """The second libvirtd killed and started again 50 times while four threads walk its folder: nothing below it
+    hangs, its folder fills again after the last start, and the unmount that follows ends snapfs (exit 0, no
+    sanitizer report) within 10 s."""
+    import random
+    import threading
+    m = mount("-c", host2_up.uri)
+    assert listing(m.p("127.0.0.1")) == ("ok", [remote_dom.name])
+    stop, errors = threading.Event(), []
+    walkers = [threading.Thread(target=_walk_host_metadata, args=(m, remote_dom.name, stop, errors), daemon=True)
+               for _ in range(4)]
+    for walker in walkers:
+        walker.start()
+    rng = random.Random(17)
+    t0 = time.monotonic()
+    try:
+        for _ in range(50):
+            host2_up.kill()
+            time.sleep(rng.choice((0, 0.1)))
+            host2_up.start()
+            # Killed again at once (snapfs not yet aware, or still reconnecting), or once it has reconnected.
+            time.sleep(rng.choice((0, 0.1, 0.5, 1.1)))
+    finally:
+        stop.set()
+        for walker in walkers:
+            walker.join(timeout=15)
+    print(f"50 crashes and restarts in {time.monotonic() - t0:.1f} s")
+    assert not [w for w in walkers if w.is_alive()], "a walk below the second host hung"
+    assert not errors, errors[:5]
+    assert wait_for(lambda: listing(m.p("127.0.0.1")) == ("ok", [remote_dom.name]) and
+                    "error" not in xattrs(m.p("127.0.0.1")), timeout=BACK_LIMIT, interval=0.2), \
+        f"not back {BACK_LIMIT} s after the last start:\n{m.stderr_text()[-3000:]}"
+    print(f"snapfs exited {_unmount_within(m):.1f} s after the unmount")
+
+
 # ---------------------------------------------------------------- the end of a mount, whatever a host does
 
 def _unmount_within(m, limit=10):
