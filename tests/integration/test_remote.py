@@ -610,7 +610,7 @@ def _walk_host_metadata(m, dom_name, stop, errors):
 
 
 def test_host_crashing_repeatedly_then_unmount(mount, host2_up, remote_dom):
-    """The second libvirtd killed and started again 50 times while four threads walk its folder: nothing below it
+    """The second libvirtd killed and started again 40 times while four threads walk its folder: nothing below it
     hangs, its folder fills again after the last start, and the unmount that follows ends snapfs (exit 0, no
     sanitizer report) within 10 s."""
     import random
@@ -625,17 +625,18 @@ def test_host_crashing_repeatedly_then_unmount(mount, host2_up, remote_dom):
     rng = random.Random(17)
     t0 = time.monotonic()
     try:
-        for _ in range(50):
+        # 40 rounds: about a minute here with other suites running (a start of the host is most of a round).
+        for _ in range(40):
             host2_up.kill()
             time.sleep(rng.choice((0, 0.1)))
             host2_up.start()
             # Killed again at once (snapfs not yet aware, or still reconnecting), or once it has reconnected.
-            time.sleep(rng.choice((0, 0.1, 0.5, 1.1)))
+            time.sleep(rng.choice((0, 0, 0.3, 1.1)))
     finally:
         stop.set()
         for walker in walkers:
             walker.join(timeout=15)
-    print(f"50 crashes and restarts in {time.monotonic() - t0:.1f} s")
+    print(f"40 crashes and restarts in {time.monotonic() - t0:.1f} s")
     assert not [w for w in walkers if w.is_alive()], "a walk below the second host hung"
     assert not errors, errors[:5]
     assert wait_for(lambda: listing(m.p("127.0.0.1")) == ("ok", [remote_dom.name]) and
