@@ -368,7 +368,7 @@ int main(int argc, char **argv)
     struct fuse_cmdline_opts cmdline = { 0 };
     struct snapfs_tree_config config = { 0 };
     struct fs_context ctx = { 0 };
-    g_autoptr(GPtrArray) hosts = g_ptr_array_new_with_free_func((GDestroyNotify)snapfs_host_close);
+    g_autoptr(GPtrArray) hosts = g_ptr_array_new();
     struct fuse_session *se = NULL;
     struct fuse_loop_config *loop = NULL;
     GThread *exit_watch = NULL;
@@ -506,7 +506,7 @@ out:
         g_hash_table_unref(ctx.listings);
         g_mutex_clear(&ctx.listings_lock);
     }
-    g_ptr_array_set_size(hosts, 0);
+    snapfs_hosts_close((struct snapfs_host **)hosts->pdata, hosts->len);
     snapfs_virt_stop_events();
     free(cmdline.mountpoint);
     fuse_opt_free_args(&args);

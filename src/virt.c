@@ -15,17 +15,34 @@
  */
 #define VIRT_CACHE_USEC (400 * 1000)
 #define VIRT_RECONNECT_USEC (1000 * 1000)
+/*
+ * How long closing the hosts may wait for their connections to be released.
+ * Releasing one talks to its peer (libvirt sends the deregistration of events
+ * and the close as calls), and a peer that accepts but never answers keeps such
+ * a call, or a virConnectOpen() under way, waiting until keepalive gives up
+ * (20 s) or without end: past this, the connections are left to the process's
+ * exit, so that an unmount ends snapfs within the 10 s DESIGN.md promises.
+ */
+#define VIRT_CLOSE_USEC (3 * 1000 * 1000)
 
+/*
+ * A host's connections belong to its reconnector thread: it opens them and
+ * it releases them, the last ones too once the host is closing, so that only
+ * that thread ever waits on a peer.  The host is freed by whichever of
+ * snapfs_hosts_close() and the reconnector lets go of it last (refs).
+ */
 struct snapfs_host {
     char *uri;
     char *name;
+    gint refs;
     GMutex lock;
-    GCond wake;
-    virConnectPtr conn;     /* NULL while disconnected */
-    virConnectPtr dead;     /* a closed connection the reconnector still has to release */
-    char *down_reason;      /* why conn is NULL */
+    GCond wake;             /* conn, dead, closing or released changed */
+    virConnectPtr conn;     /* NULL while disconnected; guarded by lock */
+    virConnectPtr dead;     /* a closed connection the reconnector still has to release; guarded by lock */
+    char *down_reason;      /* why conn is NULL; guarded by lock */
     GThread *reconnector;
-    bool closing;
+    bool closing;           /* guarded by lock */
+    bool released;          /* the reconnector has released every connection; guarded by lock */
     GPtrArray *domain_names;
     gint64 domain_names_fetched;
     GHashTable *domains;    /* name -> struct snapfs_domain * */
@@ -328,10 +345,26 @@ static virConnectPtr host_connect(struct snapfs_host *host)
     return conn;
 }
 
-/* Retries a lost connection once a second, so that callers never wait for it. */
+static void host_unref(struct snapfs_host *host)
+{
+    if (!g_atomic_int_dec_and_test(&host->refs))
+        return;
+    g_hash_table_unref(host->domains);
+    if (host->domain_names)
+        g_ptr_array_unref(host->domain_names);
+    g_mutex_clear(&host->lock);
+    g_cond_clear(&host->wake);
+    g_free(host->down_reason);
+    g_free(host->uri);
+    g_free(host->name);
+    g_free(host);
+}
+
+/* Retries a lost connection once a second, so that callers never wait for it; releases every connection at the end. */
 static gpointer host_reconnect_loop(gpointer data)
 {
     struct snapfs_host *host = data;
+    virConnectPtr conn, dead;
 
     g_mutex_lock(&host->lock);
     while (!host->closing) {
@@ -358,16 +391,25 @@ static gpointer host_reconnect_loop(gpointer data)
             continue;
         }
         if (conn) {
-            g_mutex_unlock(&host->lock);
-            host_close_conn(host, conn);
-            g_mutex_lock(&host->lock);
+            host->conn = conn;   /* opened while closing: released below with the rest */
             break;
         }
         g_free(host->down_reason);
         host->down_reason = g_strdup(snapfs_error_message());
         g_cond_wait_until(&host->wake, &host->lock, g_get_monotonic_time() + VIRT_RECONNECT_USEC);
     }
+    conn = g_steal_pointer(&host->conn);
+    dead = g_steal_pointer(&host->dead);
     g_mutex_unlock(&host->lock);
+    if (dead)
+        host_close_conn(host, dead);
+    if (conn)
+        host_close_conn(host, conn);
+    g_mutex_lock(&host->lock);
+    host->released = true;
+    g_cond_broadcast(&host->wake);
+    g_mutex_unlock(&host->lock);
+    host_unref(host);
     return NULL;
 }
 
@@ -387,6 +429,7 @@ struct snapfs_host *snapfs_host_open(const char *uri, bool tolerate_down)
     char *actual;
 
     host->uri = g_strdup(uri);
+    host->refs = 1;
     host->lifecycle_callback = -1;
     g_mutex_init(&host->lock);
     g_cond_init(&host->wake);
@@ -409,6 +452,7 @@ struct snapfs_host *snapfs_host_open(const char *uri, bool tolerate_down)
         snapfs_warn("%s: not answering yet (%s); retrying in the background", uri, snapfs_error_message());
         host->down_reason = g_strdup(snapfs_error_message());
     }
+    g_atomic_int_inc(&host->refs);
     host->reconnector = g_thread_new("snapfs-reconnect", host_reconnect_loop, host);
     return host;
 }
@@ -434,36 +478,53 @@ bool snapfs_host_is_local(struct snapfs_host *host)
     return snapfs_uri_is_local(host->uri);
 }
 
+/* Waits until @deadline for the reconnector to release the host's connections; past it, leaves them to it. */
+static void host_finish_close(struct snapfs_host *host, gint64 deadline)
+{
+    bool released;
+
+    g_mutex_lock(&host->lock);
+    while (!host->released && g_cond_wait_until(&host->wake, &host->lock, deadline))
+        ;
+    released = host->released;
+    g_mutex_unlock(&host->lock);
+    if (released) {
+        g_thread_join(host->reconnector);
+    } else {
+        snapfs_warn("%s: %s did not answer while its connection was closed; the connection is left to the exit",
+                    snapfs_host_name(host), host->uri);
+        g_thread_unref(host->reconnector);
+    }
+    host_unref(host);
+}
+
+void snapfs_hosts_close(struct snapfs_host **hosts, size_t n)
+{
+    gint64 deadline = g_get_monotonic_time() + VIRT_CLOSE_USEC;
+
+    /* Every host is told first, so that several hosts that do not answer cost one wait, not one each. */
+    for (size_t i = 0; i < n; i++) {
+        g_mutex_lock(&named_lock);
+        if (named_hosts)
+            g_ptr_array_remove_fast(named_hosts, hosts[i]);
+        g_mutex_unlock(&named_lock);
+        g_mutex_lock(&hosts[i]->lock);
+        hosts[i]->closing = true;
+        g_cond_broadcast(&hosts[i]->wake);
+        g_mutex_unlock(&hosts[i]->lock);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (hosts[i]->reconnector)
+            host_finish_close(hosts[i], deadline);
+        else
+            host_unref(hosts[i]);
+    }
+}
+
 void snapfs_host_close(struct snapfs_host *host)
 {
-    virConnectPtr conn;
-
-    if (!host)
-        return;
-    g_mutex_lock(&named_lock);
-    if (named_hosts)
-        g_ptr_array_remove_fast(named_hosts, host);
-    g_mutex_unlock(&named_lock);
-    g_mutex_lock(&host->lock);
-    host->closing = true;
-    conn = g_steal_pointer(&host->conn);
-    g_cond_broadcast(&host->wake);
-    g_mutex_unlock(&host->lock);
-    if (host->reconnector)
-        g_thread_join(host->reconnector);
-    if (host->dead)
-        host_close_conn(host, host->dead);
-    if (conn)
-        host_close_conn(host, conn);
-    g_hash_table_unref(host->domains);
-    if (host->domain_names)
-        g_ptr_array_unref(host->domain_names);
-    g_mutex_clear(&host->lock);
-    g_cond_clear(&host->wake);
-    g_free(host->down_reason);
-    g_free(host->uri);
-    g_free(host->name);
-    g_free(host);
+    if (host)
+        snapfs_hosts_close(&host, 1);
 }
 
 /* A host's folder name before clashes are counted: the URI's server, "localhost" for a local URI. */

@@ -43,6 +43,11 @@ void snapfs_virt_stop_events(void);
  * in the background; an unknown driver or a malformed URI is still refused.
  */
 struct snapfs_host *snapfs_host_open(const char *uri, bool tolerate_down);
+/*
+ * Closes @hosts within a few seconds whatever their connections do: a
+ * connection whose peer does not answer is left to the process's exit.
+ */
+void snapfs_hosts_close(struct snapfs_host **hosts, size_t n);
 void snapfs_host_close(struct snapfs_host *host);
 
 /* The folder name of each host: its server name, "localhost" for local URIs, "-2", "-3"... on clashes. */

@@ -552,9 +552,15 @@ class Mount:
         try:
             self.exit_status = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            # Where each thread stopped is what such a failure needs to be understood, so take it before the kill.
+            try:
+                stacks = run("gdb", "-p", self.proc.pid, "-batch", "-ex", "thread apply all bt",
+                             check=False, timeout=120).stdout
+            except (OSError, subprocess.TimeoutExpired) as e:
+                stacks = f"(no stacks: gdb: {e})"
             self.proc.kill()
             self.proc.wait()
-            self.exit_status = "hung after unmount"
+            self.exit_status = f"hung after unmount; its threads were at:\n{stacks}\n"
         if is_mount(self.path):
             run("fusermount3", "-u", "-z", self.path, check=False)
         return self.exit_status

@@ -9,8 +9,9 @@ SNAPFS_PACKAGES=(
     # run: FUSE, libvirtd with QEMU (TCG is enough), libguestfs's appliance and its kernel
     fuse3 libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-system-common qemu-utils
     libguestfs-tools linux-image-amd64
-    # the demo and the tests: mkfs.ext4 -d, sfdisk, getfattr, setfacl, pgrep, pytest
-    e2fsprogs fdisk attr acl procps python3 python3-pytest
+    # the demo and the tests: mkfs.ext4 -d, sfdisk, getfattr, setfacl, pgrep, pytest,
+    # gdb for the threads' stacks of a daemon that does not exit after its unmount
+    e2fsprogs fdisk attr acl procps python3 python3-pytest gdb
 )
 
 # apt-get install everything above (quietly); SNAPFS_SKIP_APT=1 skips it on a machine that has it all.
