@@ -33,6 +33,7 @@ struct fs_context {
     GMutex listings_lock;
     GHashTable *listings;     /* node id of a folder libvirt fills -> the names it showed last (a set), until forgotten */
     gint stopped;             /* atomic: the FUSE loop has returned */
+    GHashTable *open_dirs;    /* listings_lock: the set of struct fs_dir * the kernel has open */
     GThreadPool *invalidations;   /* node ids whose cached pages the kernel must drop */
 };
 
@@ -40,6 +41,8 @@ struct fs_context {
 #define FS_MAX_THREADS 64
 
 extern const struct fuse_lowlevel_ops fs_operations;
+/* After the session: free the listings of folders still open (no releasedir will come). */
+void fs_free_open_dirs(struct fs_context *ctx);
 
 /* Once the session exists: the kernel is told to drop its cache of files whose images changed under a handle. */
 void fs_watch_stale(struct fs_context *ctx);

@@ -453,6 +453,7 @@ int main(int argc, char **argv)
     ctx.inodes = fs_inodes_new((unsigned)MAX(config.guest.cache_bytes >> 12, 4096));
     g_mutex_init(&ctx.listings_lock);
     ctx.listings = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, (GDestroyNotify)g_hash_table_unref);
+    ctx.open_dirs = g_hash_table_new(g_direct_hash, g_direct_equal);
     ctx.tree = snapfs_tree_new((struct snapfs_host **)hosts->pdata, hosts->len, &config);
     fuse_opt_add_arg(&args, "-osubtype=snapfs");
     fuse_opt_add_arg(&args, "-ofsname=snapfs");
@@ -500,6 +501,11 @@ out:
     fs_unwatch_stale(&ctx);
     if (se)
         fuse_session_destroy(se);
+    /* Folders still open hold tree handles: before the tree goes. */
+    if (ctx.open_dirs) {
+        fs_free_open_dirs(&ctx);
+        g_hash_table_unref(ctx.open_dirs);
+    }
     snapfs_tree_free(ctx.tree);
     fs_inodes_free(ctx.inodes);
     if (ctx.listings) {

@@ -228,6 +228,9 @@ struct fs_dir {
 
 static void fs_dir_free(struct fs_context *ctx, struct fs_dir *dir)
 {
+    g_mutex_lock(&ctx->listings_lock);
+    g_hash_table_remove(ctx->open_dirs, dir);
+    g_mutex_unlock(&ctx->listings_lock);
     snapfs_tree_release(ctx->tree, dir->handle);
     g_array_unref(dir->entries);
     snapfs_node_free(dir->node);
@@ -297,6 +300,9 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
     dir->node = node;
     dir->entries = g_array_new(FALSE, TRUE, sizeof(struct fs_dirent));
     g_array_set_clear_func(dir->entries, fs_dirent_clear);
+    g_mutex_lock(&ctx->listings_lock);
+    g_hash_table_add(ctx->open_dirs, dir);
+    g_mutex_unlock(&ctx->listings_lock);
     dir->handle = snapfs_tree_open(ctx->tree, node, ino);
     if (!dir->handle || snapfs_tree_readdir(ctx->tree, node, fs_dir_collect, dir) < 0) {
         fs_reply_error(req, "readdir", node);
@@ -372,6 +378,17 @@ static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset
 static void fs_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, struct fuse_file_info *fi)
 {
     fs_readdir_any(req, ino, size, offset, fi, true);
+}
+
+void fs_free_open_dirs(struct fs_context *ctx)
+{
+    g_autofree gpointer *open = NULL;
+
+    g_mutex_lock(&ctx->listings_lock);
+    open = (gpointer *)g_hash_table_get_keys_as_array(ctx->open_dirs, NULL);
+    g_mutex_unlock(&ctx->listings_lock);
+    for (gpointer *dir = open; *dir; dir++)
+        fs_dir_free(ctx, *dir);
 }
 
 static void fs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)

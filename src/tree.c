@@ -151,6 +151,13 @@ void snapfs_tree_free(struct snapfs_tree *tree)
         return;
     engine_set_chain_changed(NULL, NULL);
     engine_set_before_change(NULL, NULL);
+    /* Files still open when the session ended (SIGTERM, a lazy unmount): no release will come for them. */
+    {
+        g_autofree gpointer *open = (gpointer *)g_hash_table_get_keys_as_array(tree->handles, NULL);
+
+        for (gpointer *h = open; *h; h++)
+            snapfs_tree_release(tree, *h);
+    }
     g_hash_table_unref(tree->views);
     g_hash_table_unref(tree->images);
     g_hash_table_unref(tree->handles);
