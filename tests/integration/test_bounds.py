@@ -14,8 +14,8 @@ import pytest
 from conftest import REPO, URI, Mount, _mountpoint, module_domains, run, snapfs_bin, virsh
 
 FAKE_KVM = REPO / "tests" / "lib" / "fake-kvm-qemu"
-# Short deadlines, so that what is bounded shows within a test's time; TCG boots take 10-40 s here.
-TIMEOUT = 90
+# Short deadlines, so that what is bounded shows within a test's time; a TCG boot of 3 disks takes 10-15 s here.
+TIMEOUT = 45
 KVM_TIMEOUT = 8
 CALL_TIMEOUT_ARGS = ["-o", f"appliance_timeout={TIMEOUT},kvm_timeout={KVM_TIMEOUT}"]
 KVM_USABLE = os.access("/dev/kvm", os.R_OK | os.W_OK)
