@@ -939,13 +939,15 @@ void guest_appliance_idle(struct guest_appliance *app)
     guest_store64(&app->last_used, now);
 }
 
-/* Kill @app's qemu now, from any thread: the call in flight fails and says @why (taken). */
-static void appliance_kill(struct guest_appliance *app, char *why)
+/* Kill @app's qemu now, from any thread: the call in flight fails and says @why (taken); @warn logs it. */
+static void appliance_kill(struct guest_appliance *app, char *why, bool warn)
 {
     if (!g_atomic_pointer_compare_and_exchange(&app->killed, NULL, why))
         g_free(why);
-    else
+    else if (warn)
         snapfs_warn("%s", why);
+    else
+        snapfs_debug("%s", why);
     g_atomic_int_set(&app->dead, 1);
     if (app->qemu_pid > 0)
         kill(app->qemu_pid, SIGKILL);
@@ -960,7 +962,7 @@ void guest_pool_abort(struct guest_pool *pool)
 
         if (app->launched)
             appliance_kill(app, g_strdup_printf("appliance %u of domain '%s' was stopped: snapfs is stopping",
-                                                app->serial, app->group));
+                                                app->serial, app->group), false);
     }
     g_mutex_unlock(&pool->lock);
 }
@@ -988,7 +990,7 @@ static gpointer pool_timer(gpointer data)
             if (deadline && now > deadline && app->qemu_pid > 0 && !g_atomic_int_get(&app->dead)) {
                 appliance_kill(app, g_strdup_printf("appliance %u of domain '%s' did not answer within %u s "
                                                     "(-o appliance_timeout) and was killed", app->serial, app->group,
-                                                    pool->config.limits.timeout_seconds));
+                                                    pool->config.limits.timeout_seconds), true);
                 continue;
             }
             if (!g_atomic_int_get(&app->dead) && !g_atomic_int_get(&app->retire) &&
