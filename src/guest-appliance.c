@@ -240,6 +240,14 @@ static void pool_look_for_lvm(struct guest_pool *pool, struct guest_view *view)
     }
 }
 
+static gint by_last_use(gconstpointer a, gconstpointer b)
+{
+    gint64 x = guest_load64(&(*(struct guest_appliance *const *)a)->last_used);
+    gint64 y = guest_load64(&(*(struct guest_appliance *const *)b)->last_used);
+
+    return x < y ? -1 : x > y;
+}
+
 /* The running appliances of @pool, least recently used first.  Pool lock held. */
 static GPtrArray *pool_running_by_age(struct guest_pool *pool)
 {
@@ -251,16 +259,7 @@ static GPtrArray *pool_running_by_age(struct guest_pool *pool)
         if (!g_atomic_int_get(&a->dead))
             g_ptr_array_add(running, a);
     }
-    for (guint i = 1; i < running->len; i++) {
-        for (guint j = i; j > 0; j--) {
-            struct guest_appliance *x = g_ptr_array_index(running, j - 1), *y = g_ptr_array_index(running, j);
-
-            if (guest_load64(&x->last_used) <= guest_load64(&y->last_used))
-                break;
-            running->pdata[j - 1] = y;
-            running->pdata[j] = x;
-        }
-    }
+    g_ptr_array_sort(running, by_last_use);
     return running;
 }
 
@@ -360,7 +359,7 @@ struct guest_appliance *guest_pool_appliance_for(struct guest_pool *pool, struct
         if (app)
             break;
         g_mutex_unlock(&pool->lock);
-        if (g_get_monotonic_time() > deadline || guest_launch_aborting()) {
+        if (g_get_monotonic_time() > deadline || g_atomic_int_get(&pool->aborting)) {
             snapfs_error_set(EAGAIN, "%s cannot be read now: all %u appliances (-o max_appliances) are busy",
                              guest_view_group(view), pool->config.max_appliances);
             snapfs_warn("domain '%s': %s", guest_view_group(view), snapfs_error_message());
@@ -812,15 +811,14 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
     /* At most: KVM fails, TCG as snapfs boots it fails, TCG as libguestfs boots it. */
     for (int attempt = 0; attempt < 3 && !g; attempt++) {
         bool tcg = g_atomic_int_get(&pool->force_tcg);
-        bool kvm_stalled = false;
 
         g = appliance_handle(pool, app, tcg, &boot);
         if (!g)
             goto fail;
-        if (guest_launch(g, app->launch_dir, !tcg, &pool->config.limits, &kvm_stalled) == 0)
+        if (guest_launch(g, app->launch_dir, !tcg, &pool->config.limits, &pool->aborting, NULL) == 0)
             break;
         g_clear_pointer(&g, guestfs_close);
-        if (guest_launch_aborting())
+        if (g_atomic_int_get(&pool->aborting))
             goto fail;
         /*
          * A KVM that fails at start (nested, broken MSRs) or runs no guest at all, while TCG works:
@@ -914,21 +912,20 @@ void guest_appliance_error(struct guest_appliance *app, const char *what, const 
     snapfs_error_set(err > 0 ? err : EIO, "cannot %s '%s' in the guest: %s", what, path, message ? message : "unknown error");
 }
 
-void guest_appliance_busy(struct guest_pool *pool, struct guest_appliance *app)
-{
-    guest_store64(&app->call_deadline,
-                  g_get_monotonic_time() + (gint64)pool->config.limits.timeout_seconds * G_USEC_PER_SEC);
-    g_mutex_lock(&pool->lock);
-    pool->stats.calls++;
-    g_mutex_unlock(&pool->lock);
-}
-
-/* A listing of @items names: a second more per thousand of them (a stat and its xattrs each, under TCG). */
+/* @items names (a listing): a second more per thousand of them (a stat and its xattrs each, under TCG). */
 void guest_appliance_expect(struct guest_pool *pool, struct guest_appliance *app, size_t items)
 {
     guest_store64(&app->call_deadline, g_get_monotonic_time() +
                                            (gint64)pool->config.limits.timeout_seconds * G_USEC_PER_SEC +
                                            (gint64)(items / 1000) * G_USEC_PER_SEC);
+}
+
+void guest_appliance_busy(struct guest_pool *pool, struct guest_appliance *app)
+{
+    guest_appliance_expect(pool, app, 0);
+    g_mutex_lock(&pool->lock);
+    pool->stats.calls++;
+    g_mutex_unlock(&pool->lock);
 }
 
 void guest_appliance_idle(struct guest_appliance *app)
@@ -955,7 +952,7 @@ static void appliance_kill(struct guest_appliance *app, char *why, bool warn)
 
 void guest_pool_abort(struct guest_pool *pool)
 {
-    guest_launch_abort_all();
+    g_atomic_int_set(&pool->aborting, 1);   /* launches under way see it within 0.2 s */
     g_mutex_lock(&pool->lock);
     for (guint i = 0; i < pool->appliances->len; i++) {
         struct guest_appliance *app = g_ptr_array_index(pool->appliances, i);

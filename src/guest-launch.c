@@ -20,7 +20,7 @@
  *     and never runs it (the boot prints within a second or two where KVM works);
  *   - under TCG, it printed nothing for half of timeout_seconds (a healthy boot's longest silence
  *     is udev settling, seconds);
- *   - the launch ran past timeout_seconds, or snapfs is stopping.
+ *   - the launch ran past timeout_seconds, or the caller's stopping flag is set (unmount, SIGTERM).
  * qemu is found by the handle's temporary directory (guestfs_set_tmpdir() to a directory of ours,
  * with a random name): libguestfs puts the disks' overlays there and names them on qemu's command
  * line, and only processes that descend from snapfs count.  The watcher needs nothing from the
@@ -40,11 +40,8 @@ struct launch_watch {
     GCond cond;
     bool done;              /* lock */
     gint verdict;           /* atomic: why the watcher killed qemu */
+    const gint *stopping;   /* atomic, the caller's: snapfs is stopping, kill the launch */
 };
-
-static GMutex watches_lock;
-static GPtrArray *watches;   /* struct launch_watch *: launches under way; watches_lock */
-static gint aborting;        /* atomic: snapfs is stopping, no launch may go on */
 
 /* Whether @pid descends from snapfs (libguestfs forks qemu; a LIBGUESTFS_HV wrapper may fork it in turn). */
 static bool ours(pid_t pid)
@@ -105,7 +102,7 @@ static enum launch_verdict launch_judge(struct launch_watch *w, gint64 now)
     gint64 silent = now - guest_load64(&w->progress_at);
     gint64 limit = (gint64)w->limits->timeout_seconds * G_USEC_PER_SEC;
 
-    if (g_atomic_int_get(&aborting))
+    if (g_atomic_int_get(w->stopping))
         return LAUNCH_ABORTED;
     if (w->kvm && silent > (gint64)w->limits->kvm_seconds * G_USEC_PER_SEC)
         return LAUNCH_KVM_STALLED;
@@ -158,15 +155,16 @@ static char *launch_why(const struct launch_watch *w, enum launch_verdict verdic
 }
 
 int guest_launch(guestfs_h *g, const char *tmpdir, bool kvm, const struct guest_launch_limits *limits,
-                 bool *kvm_stalled)
+                 const gint *stopping, bool *kvm_stalled)
 {
-    struct launch_watch w = { .token = tmpdir, .kvm = kvm, .limits = limits };
+    struct launch_watch w = { .token = tmpdir, .kvm = kvm, .limits = limits, .stopping = stopping };
     g_autofree char *why = NULL;
     GThread *watcher;
     int handle, r;
 
-    *kvm_stalled = false;
-    if (g_atomic_int_get(&aborting)) {
+    if (kvm_stalled)
+        *kvm_stalled = false;
+    if (g_atomic_int_get(stopping)) {
         snapfs_error_set(EIO, "cannot start a libguestfs appliance: snapfs is stopping");
         return -1;
     }
@@ -175,11 +173,6 @@ int guest_launch(guestfs_h *g, const char *tmpdir, bool kvm, const struct guest_
     w.progress_at = w.started;
     g_mutex_init(&w.lock);
     g_cond_init(&w.cond);
-    g_mutex_lock(&watches_lock);
-    if (!watches)
-        watches = g_ptr_array_new();
-    g_ptr_array_add(watches, &w);
-    g_mutex_unlock(&watches_lock);
     watcher = g_thread_new("snapfs-launch", launch_watcher, &w);
 
     r = guestfs_launch(g);
@@ -189,9 +182,6 @@ int guest_launch(guestfs_h *g, const char *tmpdir, bool kvm, const struct guest_
     g_cond_signal(&w.cond);
     g_mutex_unlock(&w.lock);
     g_thread_join(watcher);
-    g_mutex_lock(&watches_lock);
-    g_ptr_array_remove_fast(watches, &w);
-    g_mutex_unlock(&watches_lock);
     if (handle >= 0)
         guestfs_delete_event_callback(g, handle);
     why = launch_why(&w, g_atomic_int_get(&w.verdict));
@@ -199,28 +189,11 @@ int guest_launch(guestfs_h *g, const char *tmpdir, bool kvm, const struct guest_
     g_cond_clear(&w.cond);
     if (r == 0 && !why)
         return 0;
-    *kvm_stalled = g_atomic_int_get(&w.verdict) == LAUNCH_KVM_STALLED;
+    if (kvm_stalled)
+        *kvm_stalled = g_atomic_int_get(&w.verdict) == LAUNCH_KVM_STALLED;
     snapfs_error_set(EIO, "cannot start a libguestfs appliance: %s",
                      why ? why : guestfs_last_error(g) ? guestfs_last_error(g) : "it did not start");
     return -1;
-}
-
-void guest_launch_abort_all(void)
-{
-    g_atomic_int_set(&aborting, 1);
-    g_mutex_lock(&watches_lock);
-    for (guint i = 0; watches && i < watches->len; i++) {
-        struct launch_watch *w = g_ptr_array_index(watches, i);
-
-        g_atomic_int_set(&w->verdict, LAUNCH_ABORTED);
-        kill_naming(w->token);
-    }
-    g_mutex_unlock(&watches_lock);
-}
-
-bool guest_launch_aborting(void)
-{
-    return g_atomic_int_get(&aborting) != 0;
 }
 
 int guest_try_launch(bool force_tcg, const struct guest_launch_limits *limits, double *seconds, bool *kvm_stalled)
@@ -229,6 +202,7 @@ int guest_try_launch(bool force_tcg, const struct guest_launch_limits *limits, d
     g_autofree char *tmpdir = g_dir_make_tmp("snapfs-check-XXXXXX", &error);
     gint64 start = g_get_monotonic_time();
     char *settings[] = { (char *)"force_tcg", NULL };
+    const gint never = 0;   /* --check is ended by its deadlines alone */
     guestfs_h *g;
     int r = -1;
 
@@ -250,7 +224,7 @@ int guest_try_launch(bool force_tcg, const struct guest_launch_limits *limits, d
         snapfs_error_set(EIO, "cannot add a scratch disk: %s", guestfs_last_error(g));
         goto cleanup;
     }
-    r = guest_launch(g, tmpdir, !force_tcg && access("/dev/kvm", R_OK | W_OK) == 0, limits, kvm_stalled);
+    r = guest_launch(g, tmpdir, !force_tcg && access("/dev/kvm", R_OK | W_OK) == 0, limits, &never, kvm_stalled);
     *seconds = (double)(g_get_monotonic_time() - start) / G_USEC_PER_SEC;
 
 cleanup:

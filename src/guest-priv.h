@@ -71,6 +71,7 @@ struct guest_pool {
     unsigned serial;
     gint force_tcg;           /* atomic: KVM failed once, appliances use TCG */
     gint inflight;            /* atomic: requests inside an appliance or waiting for one */
+    gint aborting;            /* atomic: snapfs is stopping (guest_pool_abort): no launch goes on, none starts */
     gint plain_kernel;        /* atomic: the unpacked kernel cannot be made or failed to boot: libguestfs's as it is */
     gint plain_qemu;          /* atomic: the same for the script that bounds qemu's translated code under TCG */
     struct guest_pool_stats stats;
@@ -100,14 +101,12 @@ struct guest_pool {
 
 /*
  * guestfs_launch(@g) within @limits (guest-launch.c); @kvm: the launch may run on KVM; @tmpdir: the
- * handle's guestfs_set_tmpdir(), a directory of snapfs's alone.  -1 with the reason when it failed
- * or was killed; @kvm_stalled: killed because KVM printed nothing.
+ * handle's guestfs_set_tmpdir(), a directory of snapfs's alone; once the atomic @stopping is set the
+ * launch is killed.  -1 with the reason when it failed or was killed; @kvm_stalled (may be NULL):
+ * killed because KVM printed nothing.
  */
 int guest_launch(guestfs_h *g, const char *tmpdir, bool kvm, const struct guest_launch_limits *limits,
-                 bool *kvm_stalled);
-/* Kill every launch under way and refuse new ones: snapfs is stopping. */
-void guest_launch_abort_all(void);
-bool guest_launch_aborting(void);
+                 const gint *stopping, bool *kvm_stalled);
 
 /* The appliance @view should use, with a reference; NULL with the reason. Pool lock not held. */
 struct guest_appliance *guest_pool_appliance_for(struct guest_pool *pool, struct guest_view *view);
@@ -117,9 +116,10 @@ void guest_appliance_unref(struct guest_appliance *app);
 /* A call failed: record why with errno, noticing a dead appliance. App lock held. */
 void guest_appliance_error(struct guest_appliance *app, const char *what, const char *path);
 /*
- * Mark the start and end of a step (a call, or mounting a view), for the idle timer and the
- * watchdog: past appliance_timeout, scaled by @items (the names a listing call carries), qemu
- * is killed and the step fails.
+ * Mark the start and end of a step, for the idle timer and the watchdog: past appliance_timeout,
+ * plus a second per thousand @items (the names a listing call carries), qemu is killed and the
+ * step fails.  busy() also counts a request's call; expect() only moves the deadline (a listing,
+ * mounting a view).
  */
 void guest_appliance_busy(struct guest_pool *pool, struct guest_appliance *app);
 void guest_appliance_expect(struct guest_pool *pool, struct guest_appliance *app, size_t items);

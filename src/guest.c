@@ -711,7 +711,7 @@ static struct guest_appliance *view_enter(struct guest_view *view)
 {
     struct guest_appliance *app = NULL;
 
-    if (guest_launch_aborting()) {
+    if (g_atomic_int_get(&view->pool->aborting)) {
         snapfs_error_set(EIO, "%s cannot be read: snapfs is stopping", view->label);
         return NULL;
     }
@@ -755,9 +755,9 @@ static struct guest_appliance *view_enter(struct guest_view *view)
             break;   /* every appliance busy: no failure of the view's own */
         g_mutex_lock(&app->lock);
         /* Launching is bounded by its own watcher; mounting is a step the watchdog bounds like any call. */
-        guest_appliance_busy(view->pool, app);
-        if (!app->launched && guest_appliance_launch(view->pool, app) == 0)
-            guest_appliance_busy(view->pool, app);
+        if (!app->launched)
+            guest_appliance_launch(view->pool, app);
+        guest_appliance_expect(view->pool, app, 0);
         if (!app->launched || !app->g || (mounted = view_mount(view, app)) < 0) {
             /* An appliance that died under a running view is no reason to wait before the next try. */
             bool died = app->launched && g_atomic_int_get(&app->dead);
