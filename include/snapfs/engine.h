@@ -25,6 +25,18 @@ void engine_unlock_domain(struct engine_lock *lock);
 /* What the holder of @key's lock is doing, or NULL when nobody holds it.  Never waits.  Caller frees. */
 char *engine_lock_holder(const char *key);
 
+/*
+ * With a lock directory set (once, at startup, before any operation: an fd
+ * snapfs_state_dir_open() checked, kept open for the process's life), each
+ * lock is also a flock on the file engine_lock_file_name(@key) there, so
+ * that two snapfs processes never act on one domain at once; a refusal
+ * then names the other process: "@what: another snapfs process acts on it
+ * (pid 1234: deleting snapshot 's2')".  The file exists only while held.
+ */
+void engine_lock_set_dir(int dir_fd);
+/* "SHA256-OF-KEY.lock".  Caller frees. */
+char *engine_lock_file_name(const char *key);
+
 /* How long mkdir, rmdir, revert and setfattr wait for another operation on the domain before EBUSY. */
 #define ENGINE_LOCK_WAIT_MS 3000
 
