@@ -4,6 +4,7 @@
 #include "snapfs/check.h"
 #include "snapfs/error.h"
 #include "snapfs/log.h"
+#include "snapfs/state-dir.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -361,6 +362,57 @@ static bool build_config(const struct snapfs_options *options, struct snapfs_tre
     return true;
 }
 
+/*
+ * A second snapfs on a state directory waits this long for the first to end
+ * (a restart right after an unmount: the old process may still stop its
+ * appliances, 10 s at most), then refuses naming it (fstab and a hand-run
+ * one, or a lazily unmounted one still serving open files: that may take
+ * any time, and a mount that waits without end tells nobody why).
+ */
+#define STATE_LOCK_WAIT_MS 10000
+
+/* Where the per-domain lock files of every snapfs of this user on this host go (a tmpfs: none survives a boot). */
+static char *lock_dir_default(void)
+{
+    return getuid() == 0 ? g_strdup("/run/snapfs") : g_build_filename(g_get_user_runtime_dir(), "snapfs", NULL);
+}
+
+/*
+ * Before anything is mounted, for a mount that may change domains: the
+ * state directory and the lock directory checked (created if missing) and
+ * opened.  -1 after a message on stderr.  A read-only mount changes nothing
+ * and recovers nothing, and so leaves both alone (it may run beside the
+ * read-write one on the same state directory).
+ */
+static int state_open(const struct snapfs_tree_config *config, int *state_fd, int *lock_fd)
+{
+    g_autofree char *lock_dir = lock_dir_default();
+
+    *state_fd = snapfs_state_dir_open(config->revert.state_dir, true);
+    if (*state_fd >= 0)
+        *lock_fd = snapfs_state_dir_open(lock_dir, true);
+    if (*state_fd < 0 || *lock_fd < 0) {
+        fprintf(stderr, "snapfs: %s\n", snapfs_error_message());
+        return -1;
+    }
+    return 0;
+}
+
+/* The state directory's lock, for the process's life (after daemonizing: the daemon holds it); -1 after a message. */
+static int state_lock(const struct snapfs_tree_config *config, int state_fd)
+{
+    if (snapfs_state_dir_lock(state_fd, config->revert.state_dir, 0) == 0)
+        return 0;
+    if (snapfs_error_errno() == EBUSY) {
+        snapfs_warn("%s; waiting up to %d s for it to end", snapfs_error_message(), STATE_LOCK_WAIT_MS / 1000);
+        if (snapfs_state_dir_lock(state_fd, config->revert.state_dir, STATE_LOCK_WAIT_MS) == 0)
+            return 0;
+    }
+    fprintf(stderr, "snapfs: %s (one snapfs at a time acts on a state directory: stop it, or give this one "
+            "another -o state_dir)\n", snapfs_error_message());
+    return -1;
+}
+
 int main(int argc, char **argv)
 {
     struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
@@ -373,6 +425,7 @@ int main(int argc, char **argv)
     struct fuse_loop_config *loop = NULL;
     GThread *exit_watch = NULL;
     g_autofree char *described = NULL;
+    int state_fd = -1, lock_fd = -1;
     int ret = EXIT_FAILURE;
 
     if (fuse_opt_parse(&args, &options, option_spec, option_proc) < 0)
@@ -407,6 +460,8 @@ int main(int argc, char **argv)
     }
     if (!build_config(&options, &config) || check_mountpoint(cmdline.mountpoint, options.nonempty) < 0)
         goto out;
+    if (!options.read_only && state_open(&config, &state_fd, &lock_fd) < 0)
+        goto out;
     if (access("/dev/fuse", R_OK | W_OK) < 0) {
         fprintf(stderr, "snapfs: cannot use /dev/fuse: %s (load the fuse module, or run where it exists)\n",
                 g_strerror(errno));
@@ -418,6 +473,9 @@ int main(int argc, char **argv)
         goto out;
     /* A daemon logs to syslog from the start, and to the terminal too until it has mounted. */
     snapfs_log_init(!cmdline.foreground, cmdline.debug || options.debug);
+    if (state_fd >= 0 && state_lock(&config, state_fd) < 0)
+        goto out;
+    engine_lock_set_dir(lock_fd);
 
     if (snapfs_virt_start_events() < 0) {
         fprintf(stderr, "snapfs: %s\n", snapfs_error_message());
@@ -440,7 +498,7 @@ int main(int argc, char **argv)
         virConnectPtr conn = snapfs_host_conn(g_ptr_array_index(hosts, i));
 
         /* Finish or roll back what an earlier run left half done, before anyone looks. */
-        if (conn && revert_recover(conn, &config.revert) < 0)
+        if (conn && state_fd >= 0 && revert_recover(conn, &config.revert) < 0)
             snapfs_warn("cannot recover every interrupted revert on %s: %s",
                         snapfs_host_uri(g_ptr_array_index(hosts, i)), snapfs_error_message());
         if (conn)
@@ -522,5 +580,9 @@ out:
     g_free(options.state_dir);
     g_free(options.positional);
     g_free((char *)config.revert.state_dir);
+    if (lock_fd >= 0)
+        close(lock_fd);
+    if (state_fd >= 0)
+        close(state_fd);
     return ret;
 }

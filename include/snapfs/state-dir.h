@@ -1,0 +1,26 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* snapfs's own directories (the state directory, the lock directory): private to the effective user, opened without following links, locked per process. */
+#pragma once
+
+#include <stdbool.h>
+
+/*
+ * Opens directory @path (O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) after
+ * checking it with lstat() and again with fstat() of what was opened (the
+ * same inode): a directory, not a symlink, owned by the effective user and
+ * writable by nobody else.  With @create, a missing @path is made 0700,
+ * its missing parents too (0700, as g_mkdir_with_parents() makes them).
+ * The fd, or -1 with the reason recorded (EACCES unsafe, ENOTDIR not a
+ * directory, ENOENT missing, EIO otherwise); nothing is created inside.
+ */
+int snapfs_state_dir_open(const char *path, bool create);
+
+/*
+ * Takes the exclusive advisory lock (flock) of the directory @fd opened
+ * above, held until @fd is closed (by the process's end at the latest), so
+ * that one snapfs at a time acts on what it holds.  Waits at most @wait_ms
+ * for the process that holds it to end; then -1 with EBUSY recorded,
+ * naming that process: "the state directory '/var/lib/snapfs' is in use by
+ * snapfs pid 1234 (snapfs -c qemu:///system /mnt)".
+ */
+int snapfs_state_dir_lock(int fd, const char *path, unsigned wait_ms);
