@@ -143,3 +143,26 @@ char *revert_image_name(const char *dir, const char *domain, const char *target,
         g_free(path);
     }
 }
+
+bool revert_image_is_named(const char *file, const char *domain, const char *target, const char *what_prefix)
+{
+    g_autofree char *dom = file_part(domain);
+    g_autofree char *base = g_path_get_basename(file);
+    g_autofree char *start = g_strdup_printf("%s.%s.%s", dom, target, what_prefix);
+    const char *rest;
+    size_t n;
+
+    if (!g_path_is_absolute(file) || strchr(target, '/') || !g_str_has_prefix(base, start) ||
+        !g_str_has_suffix(base, ".qcow2"))
+        return false;
+    rest = base + strlen(start);
+    n = strlen(rest) - strlen(".qcow2");
+    if (strlen(rest) <= strlen(".qcow2"))
+        return false;
+    /* What file_part() leaves of a snapshot name, a stamp, a "-2": nothing else. */
+    for (size_t i = 0; i < n; i++) {
+        if (!g_ascii_isalnum(rest[i]) && rest[i] != '-' && rest[i] != '_' && rest[i] != '.')
+            return false;
+    }
+    return true;
+}

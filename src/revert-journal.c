@@ -2,17 +2,32 @@
 /* The intent journal of a by-hand revert: a small key file, replaced atomically and fsync'd at each change. */
 #include "revert-priv.h"
 #include "snapfs/error.h"
+#include "snapfs/log.h"
+#include "snapfs/state-dir.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+/*
+ * A journal says what the next start of snapfs unlinks and redefines, so
+ * it is only ever written and read in the checked state directory
+ * (snapfs_state_dir_open(): the effective user's, writable by nobody
+ * else), relative to its fd, without following a link and never over a
+ * file that is there already; and what a journal read back names is
+ * removed only where it is an image a revert makes, next to the domain's
+ * own images (revert_journal_vet()).
+ */
 
 #define JOURNAL_GROUP "revert"
 #define JOURNAL_DISK_PREFIX "disk "
 #define JOURNAL_SUFFIX ".revert-journal"
+#define JOURNAL_MAX_BYTES (1 << 20)
 
 static const char *const phase_names[] = { "native", "by-hand", "internal" };
 
@@ -57,8 +72,27 @@ char *revert_journal_path(const char *state_dir, const char *uri, const char *do
 
 int revert_journal_prepare_dir(const char *state_dir)
 {
-    if (g_mkdir_with_parents(state_dir, 0700) < 0) {
-        snapfs_error_set(EIO, "cannot create the state directory '%s': %s", state_dir, g_strerror(errno));
+    int fd = snapfs_state_dir_open(state_dir, true);
+
+    if (fd < 0)
+        return -1;
+    close(fd);
+    return 0;
+}
+
+/* The checked state directory a journal @path lies in, opened; -1 with the reason. */
+static int journal_dir_open(const char *path, char **base)
+{
+    g_autofree char *dir = g_path_get_dirname(path);
+
+    *base = g_path_get_basename(path);
+    return snapfs_state_dir_open(dir, false);
+}
+
+static int sync_dir_fd(int dir_fd, const char *path)
+{
+    if (fsync(dir_fd) < 0) {
+        snapfs_error_set(EIO, "cannot flush the directory of '%s' to disk: %s", path, g_strerror(errno));
         return -1;
     }
     return 0;
@@ -88,10 +122,10 @@ int revert_journal_write(const struct revert_journal *journal)
 {
     g_autoptr(GKeyFile) kf = g_key_file_new();
     g_autofree char *data = NULL;
-    g_autofree char *tmp = g_strdup_printf("%s.tmp", journal->path);
-    g_autofree char *dir = g_path_get_dirname(journal->path);
+    g_autofree char *base = NULL;
+    g_autofree char *tmp = NULL;
     gsize len;
-    int fd;
+    int dir_fd, fd, ret;
 
     key_set(kf, JOURNAL_GROUP, "uri", journal->uri);
     key_set(kf, JOURNAL_GROUP, "domain", journal->domain);
@@ -112,22 +146,33 @@ int revert_journal_write(const struct revert_journal *journal)
     }
     data = g_key_file_to_data(kf, &len, NULL);
 
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    dir_fd = journal_dir_open(journal->path, &base);
+    if (dir_fd < 0)
+        return -1;
+    tmp = g_strdup_printf("%s.tmp", base);
+    /* What a write cut short left (we hold the state directory's lock and the domain's): never written through. */
+    unlinkat(dir_fd, tmp, 0);
+    fd = openat(dir_fd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0 || write(fd, data, len) != (ssize_t)len || fsync(fd) < 0) {
-        snapfs_error_set(EIO, "cannot write the revert journal '%s': %s", tmp, g_strerror(errno));
-        if (fd >= 0)
+        snapfs_error_set(EIO, "cannot write the revert journal '%s.tmp': %s", journal->path, g_strerror(errno));
+        if (fd >= 0) {
             close(fd);
-        unlink(tmp);
+            unlinkat(dir_fd, tmp, 0);
+        }
+        close(dir_fd);
         return -1;
     }
     close(fd);
     /* rename() then a flushed directory: the journal is either the old or the new one after a crash. */
-    if (rename(tmp, journal->path) < 0) {
+    if (renameat(dir_fd, tmp, dir_fd, base) < 0) {
         snapfs_error_set(EIO, "cannot write the revert journal '%s': %s", journal->path, g_strerror(errno));
-        unlink(tmp);
+        unlinkat(dir_fd, tmp, 0);
+        close(dir_fd);
         return -1;
     }
-    return revert_sync_path(dir);
+    ret = sync_dir_fd(dir_fd, journal->path);
+    close(dir_fd);
+    return ret;
 }
 
 static char *key_get(GKeyFile *kf, const char *group, const char *key)
@@ -139,6 +184,42 @@ static char *key_get(GKeyFile *kf, const char *group, const char *key)
     return value;
 }
 
+/* The text of the journal @path (a regular file of the checked state directory, not a link); NULL with the reason. */
+static char *journal_read(const char *path, gsize *len)
+{
+    g_autofree char *base = NULL;
+    g_autofree char *text = NULL;
+    int dir_fd = journal_dir_open(path, &base);
+    const char *why = NULL;
+    struct stat st;
+    int fd;
+
+    if (dir_fd < 0)
+        return NULL;
+    fd = openat(dir_fd, base, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    close(dir_fd);
+    if (fd < 0 || fstat(fd, &st) < 0)
+        why = g_strerror(errno);
+    else if (!S_ISREG(st.st_mode))
+        why = "it is not a regular file";
+    else if (st.st_size > JOURNAL_MAX_BYTES)
+        why = "it is too large to be one";
+    if (!why) {
+        text = g_malloc(st.st_size + 1);
+        if (read(fd, text, st.st_size) != st.st_size)
+            why = g_strerror(errno);
+    }
+    if (fd >= 0)
+        close(fd);
+    if (why) {
+        snapfs_error_set(EIO, "cannot read the revert journal '%s': %s", path, why);
+        return NULL;
+    }
+    text[st.st_size] = '\0';
+    *len = st.st_size;
+    return g_steal_pointer(&text);
+}
+
 struct revert_journal *revert_journal_load(const char *path)
 {
     g_autoptr(GKeyFile) kf = g_key_file_new();
@@ -146,8 +227,13 @@ struct revert_journal *revert_journal_load(const char *path)
     g_autoptr(revert_journal) journal = g_new0(struct revert_journal, 1);
     g_auto(GStrv) groups = NULL;
     g_autofree char *phase = NULL;
+    g_autofree char *text = NULL;
+    gsize len;
 
-    if (!g_key_file_load_from_file(kf, path, G_KEY_FILE_NONE, &error)) {
+    text = journal_read(path, &len);
+    if (!text)
+        return NULL;
+    if (!g_key_file_load_from_data(kf, text, len, G_KEY_FILE_NONE, &error)) {
         snapfs_error_set(EIO, "cannot read the revert journal '%s': %s", path, error->message);
         return NULL;
     }
@@ -192,13 +278,121 @@ struct revert_journal *revert_journal_load(const char *path)
 
 int revert_journal_remove(const struct revert_journal *journal)
 {
-    g_autofree char *dir = g_path_get_dirname(journal->path);
+    g_autofree char *base = NULL;
+    int dir_fd = journal_dir_open(journal->path, &base);
+    int ret;
 
-    if (unlink(journal->path) < 0 && errno != ENOENT) {
+    if (dir_fd < 0)
+        return -1;
+    if (unlinkat(dir_fd, base, 0) < 0 && errno != ENOENT) {
         snapfs_error_set(EIO, "cannot remove the revert journal '%s': %s", journal->path, g_strerror(errno));
+        close(dir_fd);
         return -1;
     }
-    return revert_sync_path(dir);
+    ret = sync_dir_fd(dir_fd, journal->path);
+    close(dir_fd);
+    return ret;
+}
+
+/* Adds the real directory of @file, if it has one, to @dirs. */
+static void add_real_dir(GHashTable *dirs, const char *file)
+{
+    g_autofree char *dir = file && g_path_is_absolute(file) ? g_path_get_dirname(file) : NULL;
+    char *real = dir ? realpath(dir, NULL) : NULL;
+
+    if (real)
+        g_hash_table_add(dirs, real);
+}
+
+/* The real directories of every image the domain and its snapshots name. */
+static GHashTable *domain_image_dirs(struct revert_state *st)
+{
+    GHashTable *dirs = g_hash_table_new_full(g_str_hash, g_str_equal, free, NULL);
+
+    for (guint i = 0; i < st->disks->len; i++)
+        add_real_dir(dirs, ((struct snapfs_disk *)g_ptr_array_index(st->disks, i))->file);
+    for (guint i = 0; i < st->snaps->len; i++) {
+        struct revert_snapshot *snap = g_ptr_array_index(st->snaps, i);
+        GHashTableIter it;
+        gpointer value;
+
+        g_hash_table_iter_init(&it, snap->overlay);
+        while (g_hash_table_iter_next(&it, NULL, &value))
+            add_real_dir(dirs, value);
+        g_hash_table_iter_init(&it, snap->frozen);
+        while (g_hash_table_iter_next(&it, NULL, &value))
+            add_real_dir(dirs, value);
+        for (guint j = 0; snap->domain_disks && j < snap->domain_disks->len; j++)
+            add_real_dir(dirs, ((struct snapfs_disk *)g_ptr_array_index(snap->domain_disks, j))->file);
+    }
+    return dirs;
+}
+
+/* Why @file, read back from @journal, is not an image of @target that snapfs made; NULL if it is. */
+static const char *untrusted_reason(struct revert_state *st, GHashTable *dirs, const char *file, const char *target,
+                                    const char *prefix, const char *other_prefix)
+{
+    g_autofree char *dir = NULL;
+    g_autofree char *base = NULL;
+    char *real;
+    bool next_to;
+    struct stat sb;
+
+    if (!revert_image_is_named(file, st->name, target, prefix) &&
+        !(other_prefix && revert_image_is_named(file, st->name, target, other_prefix)))
+        return "it is not named as snapfs names the images a revert makes";
+    dir = g_path_get_dirname(file);
+    base = g_path_get_basename(file);
+    real = realpath(dir, NULL);
+    next_to = real && g_hash_table_contains(dirs, real);
+    if (next_to) {
+        g_autofree char *real_file = g_build_filename(real, base, NULL);
+
+        /* lstat: the last component is never followed. */
+        if (lstat(real_file, &sb) == 0 && !S_ISREG(sb.st_mode)) {
+            free(real);
+            return "it is not a regular file";
+        }
+    }
+    free(real);
+    return next_to ? NULL : "it does not lie next to the domain's own images";
+}
+
+static void vet_file(struct revert_state *st, const struct revert_journal *journal, GHashTable *dirs, char **file,
+                     bool *flag, const char *target, const char *prefix, const char *other_prefix)
+{
+    const char *why;
+
+    if (!*file || (flag && !*flag))
+        return;
+    why = untrusted_reason(st, dirs, *file, target, prefix, other_prefix);
+    if (!why)
+        return;
+    snapfs_warn("leaving '%s' as it is: the revert journal '%s' of domain '%s' names it, but %s", *file,
+                journal->path, st->label, why);
+    if (flag)
+        *flag = false;
+    else
+        g_clear_pointer(file, g_free);
+}
+
+void revert_journal_vet(struct revert_journal *journal, struct revert_state *st)
+{
+    g_autoptr(GHashTable) dirs = domain_image_dirs(st);
+
+    if (journal->keep_name && !g_str_has_prefix(journal->keep_name, "pre-revert-")) {
+        snapfs_warn("leaving snapshot '%s' of domain '%s' as it is: the revert journal '%s' names it as the "
+                    "state a revert kept, but snapfs names those pre-revert-DATE", journal->keep_name,
+                    st->label, journal->path);
+        g_clear_pointer(&journal->keep_name, g_free);
+    }
+    for (guint i = 0; i < journal->disks->len; i++) {
+        struct revert_disk *rd = g_ptr_array_index(journal->disks, i);
+
+        vet_file(st, journal, dirs, &rd->keep_overlay, NULL, rd->target, "pre-revert-", NULL);
+        vet_file(st, journal, dirs, &rd->new_top, &rd->new_created, rd->target, "revert-", NULL);
+        vet_file(st, journal, dirs, &rd->old_top, &rd->drop_old, rd->target, "revert-", "pre-revert-");
+    }
 }
 
 static gint path_compare(gconstpointer a, gconstpointer b)
@@ -209,13 +403,20 @@ static gint path_compare(gconstpointer a, gconstpointer b)
 GPtrArray *revert_journal_list(const char *state_dir)
 {
     GPtrArray *paths = g_ptr_array_new_with_free_func(g_free);
-    g_autoptr(GDir) dir = g_dir_open(state_dir, 0, NULL);
-    const char *name;
+    int dir_fd = snapfs_state_dir_open(state_dir, false);
+    DIR *dir = dir_fd < 0 ? NULL : fdopendir(dir_fd);
+    struct dirent *entry;
 
-    while (dir && (name = g_dir_read_name(dir))) {
-        if (g_str_has_suffix(name, JOURNAL_SUFFIX))
-            g_ptr_array_add(paths, g_build_filename(state_dir, name, NULL));
+    if (dir_fd >= 0 && !dir)
+        close(dir_fd);
+    if (dir_fd < 0 && snapfs_error_errno() != ENOENT)
+        snapfs_warn("%s", snapfs_error_message());
+    while (dir && (entry = readdir(dir))) {
+        if (g_str_has_suffix(entry->d_name, JOURNAL_SUFFIX))
+            g_ptr_array_add(paths, g_build_filename(state_dir, entry->d_name, NULL));
     }
+    if (dir)
+        closedir(dir);
     g_ptr_array_sort(paths, path_compare);
     return paths;
 }

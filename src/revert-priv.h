@@ -60,6 +60,18 @@ int revert_journal_write(const struct revert_journal *journal);
 /* Reads a journal file; NULL with the reason if it cannot be read or parsed. */
 struct revert_journal *revert_journal_load(const char *path);
 
+/*
+ * A journal read back names files to unlink (and the pre-revert overlays to
+ * make again); whoever wrote it, only images a revert of @st's domain makes
+ * are taken: named as revert_image_name() names them, in a directory (by
+ * realpath) holding an image of the domain or of one of its snapshots, a
+ * regular file or nothing (never a link).  Anything else is dropped from
+ * @journal, and left where it is with a warning.  So is a kept snapshot's
+ * name that is not a pre-revert-... one (a rollback deletes it).
+ */
+struct revert_state;
+void revert_journal_vet(struct revert_journal *journal, struct revert_state *st);
+
 /* Removes the journal durably; -1 with the reason. */
 int revert_journal_remove(const struct revert_journal *journal);
 
@@ -137,3 +149,5 @@ char *revert_image_backing(const char *file, char **format);
 int revert_image_create_overlay(const char *file, const char *backing, const char *backing_format);
 /* @dir/@domain.@target.@what.qcow2, with -2, -3... if taken; the names made readable as file names. */
 char *revert_image_name(const char *dir, const char *domain, const char *target, const char *what);
+/* Whether @file is named as revert_image_name() names them, for @domain, @target and a @what starting with @what_prefix. */
+bool revert_image_is_named(const char *file, const char *domain, const char *target, const char *what_prefix);

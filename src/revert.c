@@ -206,6 +206,7 @@ static int revert_settle(struct revert_state *st, struct revert_journal *journal
 {
     bool committed;
 
+    revert_journal_vet(journal, st);
     if (journal->phase == REVERT_PHASE_BY_HAND)
         committed = revert_domain_on_new_tops(st, journal);
     else
