@@ -845,8 +845,18 @@ int revert_recover(virConnectPtr conn, const struct revert_options *options)
         }
         dom = journal->uuid ? virDomainLookupByUUIDString(conn, journal->uuid)
                             : virDomainLookupByName(conn, journal->domain);
+        if (!dom && virGetLastErrorCode() != VIR_ERR_NO_DOMAIN) {
+            /* Not an answer about the domain (libvirt down, a timeout): the journal waits for one. */
+            snapfs_error_from_virt("cannot look up domain '%s' of an interrupted revert to snapshot '%s' (its "
+                                   "journal '%s' is kept for the next revert of it or the next start)",
+                                   label, journal->target, journal->path);
+            snapfs_warn("%s", snapfs_error_message());
+            ret = -1;
+            engine_unlock_domain(lock);
+            continue;
+        }
         if (!dom) {
-            /* The domain is gone: nothing of it to settle, its images are left as they are. */
+            /* The domain is gone (libvirt says so): nothing of it to settle, its images are left as they are. */
             snapfs_warn("domain '%s' of an interrupted revert to snapshot '%s' no longer exists; dropping its "
                         "journal '%s'", label, journal->target, journal->path);
             if (revert_journal_remove(journal) < 0)
