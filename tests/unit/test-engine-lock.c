@@ -2,10 +2,17 @@
 /* Unit test of the per-domain locks: one holder per domain at a time, waiting within a bound, domains independent. */
 #include "snapfs/engine.h"
 #include "snapfs/error.h"
+#include "snapfs/state-dir.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <glib.h>
+#include <glib/gstdio.h>
 
 #define THREADS 8
 #define ROUNDS 2000
@@ -130,6 +137,120 @@ static void test_key(void)
     g_assert_cmpstr(key, ==, "\nweb01");
 }
 
+/*
+ * Between processes: a child holds dom-f's lock (file lock included); the
+ * parent's attempt waits its bound, then EBUSY naming the child's pid and
+ * what it does; once the child lets go the parent gets it, and no lock file
+ * is left after.
+ */
+static void test_between_processes(void)
+{
+    g_autofree char *dir = g_dir_make_tmp("snapfs-lock-XXXXXX", NULL);
+    g_autofree char *name = engine_lock_file_name("qemu:///system\ndom-f");
+    g_autofree char *expect = NULL;
+    int fd = snapfs_state_dir_open(dir, false);
+    int to_child[2], to_parent[2];
+    struct engine_lock *lock;
+    char c = 0;
+    pid_t pid;
+    int status;
+
+    g_assert_cmpint(fd, >=, 0);
+    engine_lock_set_dir(fd);
+    g_assert_cmpint(pipe(to_child), ==, 0);
+    g_assert_cmpint(pipe(to_parent), ==, 0);
+    pid = fork();
+    g_assert_cmpint(pid, >=, 0);
+    if (pid == 0) {
+        lock = engine_lock_domain("qemu:///system\ndom-f", "deleting snapshot 's2'", 1000, "x");
+        if (!lock || write(to_parent[1], &c, 1) != 1 || read(to_child[0], &c, 1) != 1)
+            _exit(1);
+        engine_unlock_domain(lock);
+        _exit(0);
+    }
+    g_assert_cmpint(read(to_parent[0], &c, 1), ==, 1);
+    g_assert_true(faccessat(fd, name, F_OK, 0) == 0);
+
+    lock = engine_lock_domain("qemu:///system\ndom-f", "creating snapshot 's3'", 300, "cannot create 's3'");
+    g_assert_null(lock);
+    g_assert_cmpint(snapfs_error_errno(), ==, EBUSY);
+    expect = g_strdup_printf("cannot create 's3': another snapfs process acts on it (pid %ld: deleting snapshot 's2')",
+                             (long)pid);
+    g_assert_cmpstr(snapfs_error_message(), ==, expect);
+
+    g_assert_cmpint(write(to_child[1], &c, 1), ==, 1);
+    lock = engine_lock_domain("qemu:///system\ndom-f", "creating snapshot 's3'", 10000, "x");
+    g_assert_nonnull(lock);
+    g_assert_cmpint(waitpid(pid, &status, 0), ==, pid);
+    g_assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    engine_unlock_domain(lock);
+    g_assert_true(faccessat(fd, name, F_OK, 0) < 0 && errno == ENOENT);
+
+    engine_lock_set_dir(-1);
+    close(fd);
+    close(to_child[0]);
+    close(to_child[1]);
+    close(to_parent[0]);
+    close(to_parent[1]);
+    g_rmdir(dir);
+}
+
+/* A directory snapfs keeps its state in must be the user's alone; a missing one is made 0700. */
+static void test_state_dir_checks(void)
+{
+    g_autofree char *top = g_dir_make_tmp("snapfs-state-XXXXXX", NULL);
+    g_autofree char *fresh = g_build_filename(top, "a", "b", NULL);
+    g_autofree char *open_dir = g_build_filename(top, "open", NULL);
+    g_autofree char *link = g_build_filename(top, "link", NULL);
+    g_autofree char *file = g_build_filename(top, "file", NULL);
+    g_autofree char *a = g_build_filename(top, "a", NULL);
+    struct stat st;
+    int fd;
+
+    g_assert_cmpint(snapfs_state_dir_open(fresh, false), ==, -1);
+    g_assert_cmpint(snapfs_error_errno(), ==, ENOENT);
+    fd = snapfs_state_dir_open(fresh, true);
+    g_assert_cmpint(fd, >=, 0);
+    close(fd);
+    g_assert_cmpint(lstat(fresh, &st), ==, 0);
+    g_assert_cmpint(st.st_mode & 0777, ==, 0700);
+
+    g_assert_cmpint(g_mkdir(open_dir, 0700), ==, 0);
+    g_assert_cmpint(chmod(open_dir, 0777), ==, 0);
+    g_assert_cmpint(snapfs_state_dir_open(open_dir, true), ==, -1);
+    g_assert_cmpint(snapfs_error_errno(), ==, EACCES);
+    g_assert_nonnull(strstr(snapfs_error_message(), "0777"));
+
+    g_assert_cmpint(symlink(fresh, link), ==, 0);
+    g_assert_cmpint(snapfs_state_dir_open(link, true), ==, -1);
+    g_assert_cmpint(snapfs_error_errno(), ==, EACCES);
+    g_assert_nonnull(strstr(snapfs_error_message(), "symbolic link"));
+
+    g_assert_true(g_file_set_contents(file, "", 0, NULL));
+    g_assert_cmpint(snapfs_state_dir_open(file, true), ==, -1);
+    g_assert_cmpint(snapfs_error_errno(), ==, ENOTDIR);
+
+    /* Locked by one open file description: a second waits its bound, then EBUSY. */
+    fd = snapfs_state_dir_open(fresh, false);
+    {
+        int other = snapfs_state_dir_open(fresh, false);
+
+        g_assert_cmpint(snapfs_state_dir_lock(fd, fresh, 0), ==, 0);
+        g_assert_cmpint(snapfs_state_dir_lock(other, fresh, 200), ==, -1);
+        g_assert_cmpint(snapfs_error_errno(), ==, EBUSY);
+        g_assert_nonnull(strstr(snapfs_error_message(), "in use by snapfs pid"));
+        close(fd);
+        g_assert_cmpint(snapfs_state_dir_lock(other, fresh, 0), ==, 0);
+        close(other);
+    }
+    unlink(file);
+    unlink(link);
+    g_rmdir(open_dir);
+    g_rmdir(fresh);
+    g_rmdir(a);
+    g_rmdir(top);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -139,5 +260,7 @@ int main(int argc, char **argv)
     g_test_add_func("/engine/lock/bounded", test_bounded);
     g_test_add_func("/engine/lock/release-elsewhere", test_release_elsewhere);
     g_test_add_func("/engine/lock/key", test_key);
+    g_test_add_func("/engine/lock/between-processes", test_between_processes);
+    g_test_add_func("/state-dir/checks", test_state_dir_checks);
     return g_test_run();
 }
