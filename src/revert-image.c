@@ -156,9 +156,9 @@ bool revert_image_is_named(const char *file, const char *domain, const char *tar
         !g_str_has_suffix(base, ".qcow2"))
         return false;
     rest = base + strlen(start);
-    n = strlen(rest) - strlen(".qcow2");
     if (strlen(rest) <= strlen(".qcow2"))
         return false;
+    n = strlen(rest) - strlen(".qcow2");
     /* What file_part() leaves of a snapshot name, a stamp, a "-2": nothing else. */
     for (size_t i = 0; i < n; i++) {
         if (!g_ascii_isalnum(rest[i]) && rest[i] != '-' && rest[i] != '_' && rest[i] != '.')

@@ -15,6 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #define UUID "6f7c1b52-3a2d-4f0e-9a51-0c8d7e2b4a10"
 #define DOM(top) "<domain type='test'><name>web01</name><uuid>" UUID "</uuid><memory>65536</memory>" \
@@ -175,7 +177,52 @@ static void test_journal(void)
 
     g_assert_cmpint(revert_journal_remove(back), ==, 0);
     g_assert_false(g_file_test(journal->path, G_FILE_TEST_EXISTS));
+
+    /* Never through a link: a journal that is one is not read, a temporary that is one is not written through. */
+    {
+        g_autofree char *victim = g_strdup_printf("%s.victim", dir);
+        g_autofree char *tmp = g_strdup_printf("%s.tmp", journal->path);
+        g_autofree char *text = NULL;
+
+        g_assert_true(g_file_set_contents(victim, "[revert]\nuri=qemu:///system\n", -1, NULL));
+        g_assert_cmpint(symlink(victim, journal->path), ==, 0);
+        g_assert_null(revert_journal_load(journal->path));
+        g_assert_cmpint(unlink(journal->path), ==, 0);
+        g_assert_cmpint(symlink(victim, tmp), ==, 0);
+        g_assert_cmpint(revert_journal_write(journal), ==, 0);
+        g_assert_true(g_file_get_contents(victim, &text, NULL, NULL));
+        g_assert_cmpstr(text, ==, "[revert]\nuri=qemu:///system\n");
+        g_assert_false(g_file_test(tmp, G_FILE_TEST_EXISTS));
+        g_assert_true(g_file_test(journal->path, G_FILE_TEST_IS_REGULAR) &&
+                      !g_file_test(journal->path, G_FILE_TEST_IS_SYMLINK));
+        g_assert_cmpint(revert_journal_remove(journal), ==, 0);
+        g_assert_cmpint(unlink(victim), ==, 0);
+    }
+    /* A state directory others may write in is neither written nor read. */
+    g_assert_cmpint(chmod(dir, 0777), ==, 0);
+    g_assert_cmpint(revert_journal_write(journal), ==, -1);
+    g_assert_cmpint(snapfs_error_errno(), ==, EACCES);
+    g_assert_cmpint(chmod(dir, 0700), ==, 0);
     g_assert_cmpint(g_rmdir(dir), ==, 0);
+}
+
+/* What a journal read back may have unlinked: only names a revert gives its images. */
+static void test_image_names(void)
+{
+    g_autofree char *made = revert_image_name("/nonexistent", "web 01", "vda", "revert-s2-20261125-211500");
+
+    g_assert_cmpstr(made, ==, "/nonexistent/web_01.vda.revert-s2-20261125-211500.qcow2");
+    g_assert_true(revert_image_is_named(made, "web 01", "vda", "revert-"));
+    g_assert_false(revert_image_is_named(made, "web 01", "vda", "pre-revert-"));
+    g_assert_false(revert_image_is_named(made, "web 02", "vda", "revert-"));
+    g_assert_false(revert_image_is_named(made, "web 01", "vdb", "revert-"));
+    g_assert_true(revert_image_is_named("/i/web01.vda.pre-revert-20261125-211500-2.qcow2", "web01", "vda",
+                                        "pre-revert-"));
+    g_assert_false(revert_image_is_named("web01.vda.revert-x.qcow2", "web01", "vda", "revert-"));
+    g_assert_false(revert_image_is_named("/i/web01.vda.revert-.qcow2", "web01", "vda", "revert-"));
+    g_assert_false(revert_image_is_named("/i/web01.vda.revert-x y.qcow2", "web01", "vda", "revert-"));
+    g_assert_false(revert_image_is_named("/i/web01.vda.revert-x.raw", "web01", "vda", "revert-"));
+    g_assert_false(revert_image_is_named("/etc/passwd", "web01", "vda", "revert-"));
 }
 
 /* libvirt reverts by itself here; snapfs keeps the state left behind and settles its journal. */
@@ -305,6 +352,7 @@ int main(int argc, char **argv)
     g_test_init(&argc, &argv, NULL);
     g_test_add_func("/revert/parse", test_parse);
     g_test_add_func("/revert/journal", test_journal);
+    g_test_add_func("/revert/image-names", test_image_names);
     if (system("qemu-img --version >/dev/null 2>&1") == 0) {
         g_setenv("LIBVIRT_LOG_OUTPUTS", "1:file:/dev/null", TRUE);
         virSetErrorFunc(NULL, ignore_error);
