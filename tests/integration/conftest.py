@@ -507,7 +507,12 @@ class Mount:
 
     def __init__(self, mountpoint, args, timeout=20, env=None):
         self.path = str(mountpoint)
-        self.args = [snapfs_bin(), "-f", *[str(a) for a in args], self.path]
+        args = [str(a) for a in args]
+        # One snapfs at a time acts on a state directory (the others wait, then refuse): each mount its own,
+        # unless the test names one.
+        if not any("state_dir=" in a for a in args):
+            args += ["-o", f"state_dir={self.path}.state"]
+        self.args = [snapfs_bin(), "-f", *args, self.path]
         self.stderr_file = open(Path(self.path).parent / (Path(self.path).name + ".stderr"), "w+b")
         self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=self.stderr_file,
                                      stderr=self.stderr_file, env=dict(os.environ, **(env or {})))
