@@ -22,6 +22,7 @@ struct delete_ctx {
     const char *name;
     char *label;                        /* "HOST/DOMAIN", for the log */
     char *what;                         /* "cannot delete snapshot 'NAME' of 'DOMAIN'" */
+    char uuid[VIR_UUID_STRING_BUFLEN];  /* the domain's: its own qemu may hold its images */
     bool running;
     struct engine_snapshot_info *info;
     GPtrArray *disks;                   /* struct snapfs_disk *, live if running */
@@ -68,6 +69,7 @@ static int delete_check_merge_disk(struct delete_ctx *ctx, struct snapfs_snapsho
     const char *frozen = g_hash_table_lookup(ctx->images->backing, overlay);
     g_autofree const char **over_deps = NULL;
     g_autofree const char **frozen_deps = NULL;
+    g_autofree char *other = NULL;
     GPtrArray *internal;
     const char *user;
 
@@ -76,16 +78,32 @@ static int delete_check_merge_disk(struct delete_ctx *ctx, struct snapfs_snapsho
                          ctx->what, overlay, sd->target);
         return -1;
     }
+    /* Another domain (a linked clone) or its snapshot reading either file would read otherwise after. */
+    other = engine_images_user(ctx->images, overlay, ctx->domain);
+    if (other) {
+        snapfs_error_set(EBUSY, "%s: %s stands on its overlay '%s', which the merge would remove",
+                         ctx->what, other, overlay);
+        return -1;
+    }
+    other = engine_images_user(ctx->images, frozen, ctx->domain);
+    if (other) {
+        snapfs_error_set(EBUSY, "%s: %s stands on '%s', which the merge would change", ctx->what, other, frozen);
+        return -1;
+    }
     /* libvirt 9.0 unlinks the overlay with every internal snapshot inside it (seen: a child's, after a revert). */
     internal = snapfs_chain_internal_snapshots(overlay);
-    if (internal && internal->len > 0) {
+    if (!internal) {
+        snapfs_error_set(EIO, "%s: cannot tell whether its overlay '%s' holds internal snapshots: %s", ctx->what,
+                         overlay, snapfs_error_message());
+        return -1;
+    }
+    if (internal->len > 0) {
         snapfs_error_set(ENOTSUP, "%s: its overlay '%s' holds internal snapshot '%s', which the merge would destroy",
                          ctx->what, overlay, (const char *)g_ptr_array_index(internal, 0));
         g_ptr_array_unref(internal);
         return -1;
     }
-    if (internal)
-        g_ptr_array_unref(internal);
+    g_ptr_array_unref(internal);
     over_deps = engine_images_dependents(ctx->images, overlay);
     for (size_t i = 0; over_deps[i]; i++) {
         if (strcmp(over_deps[i], above) != 0) {
@@ -217,11 +235,17 @@ cleanup:
 
 /* ---- the three ways ----------------------------------------------------------------- */
 
-/* Before the first change: whoever reads @files (open files in their views) may still refuse it. */
+/*
+ * Before the first change: whoever reads @files (open files in their views)
+ * may still refuse it; once those appliances are gone, no other process but
+ * the domain's own qemu may hold one open.
+ */
 static int delete_ask(struct delete_ctx *ctx, GPtrArray *files)
 {
     g_ptr_array_add(files, NULL);
-    return engine_before_change(ctx->label, ctx->what, (const char *const *)files->pdata);
+    if (engine_before_change(ctx->label, ctx->what, (const char *const *)files->pdata) < 0)
+        return -1;
+    return engine_check_not_open(ctx->uuid, ctx->what, (const char *const *)files->pdata);
 }
 
 static int delete_internal(struct delete_ctx *ctx)
@@ -272,7 +296,7 @@ static GPtrArray *delete_unreached(struct delete_ctx *ctx, struct engine_images 
 static int delete_off_branch(struct delete_ctx *ctx)
 {
     g_autoptr(GPtrArray) doomed = NULL;
-    struct engine_images *after = engine_images_collect(ctx->conn, ctx->domain, ctx->name);
+    struct engine_images *after = engine_images_collect(ctx->conn, ctx->domain, ctx->name, ctx->what);
 
     /* What will be unlinked below, as it looks with the snapshot gone. */
     if (!after)
@@ -285,7 +309,7 @@ static int delete_off_branch(struct delete_ctx *ctx)
         snapfs_error_from_virt("%s", ctx->what);
         return -1;
     }
-    after = engine_images_collect(ctx->conn, ctx->domain, NULL);
+    after = engine_images_collect(ctx->conn, ctx->domain, NULL, ctx->what);
     if (!after) {
         snapfs_warn("deleted snapshot '%s' of domain '%s' but kept its overlays: %s", ctx->name, ctx->label,
                     snapfs_error_message());
@@ -293,6 +317,16 @@ static int delete_off_branch(struct delete_ctx *ctx)
     }
     g_ptr_array_unref(doomed);
     doomed = delete_unreached(ctx, after);
+    /* Opened meanwhile (the domain's lock keeps only snapfs out): kept, as anything still read is. */
+    for (guint i = 0; i < doomed->len; i++) {
+        const char *one[] = { g_ptr_array_index(doomed, i), NULL };
+
+        if (engine_check_not_open(ctx->uuid, ctx->what, one) < 0) {
+            snapfs_debug("'%s' of deleted snapshot '%s' of domain '%s' stays: %s", one[0], ctx->name, ctx->label,
+                         snapfs_error_message());
+            g_ptr_array_remove_index(doomed, i--);
+        }
+    }
     for (guint i = 0; i < ctx->info->disks->len; i++) {
         struct snapfs_snapshot_disk *sd = g_ptr_array_index(ctx->info->disks, i);
 
@@ -373,7 +407,7 @@ static int delete_external(struct delete_ctx *ctx)
                          "images first, and it needs them as files on this host", ctx->what);
         return -1;
     }
-    ctx->images = engine_images_collect(ctx->conn, ctx->domain, NULL);
+    ctx->images = engine_images_collect(ctx->conn, ctx->domain, NULL, ctx->what);
     if (!ctx->images)
         return -1;
     for (guint i = 0; i < ctx->info->disks->len; i++) {
@@ -516,6 +550,10 @@ int engine_snapshot_delete(virConnectPtr conn, const char *domain, const char *n
     xml = virDomainSnapshotGetXMLDesc(ctx.snap, 0);
     ctx.info = xml ? engine_parse_snapshot(xml) : NULL;
     if (!ctx.info) {
+        snapfs_error_from_virt("%s", ctx.what);
+        goto cleanup;
+    }
+    if (virDomainGetUUIDString(ctx.dom, ctx.uuid) < 0) {
         snapfs_error_from_virt("%s", ctx.what);
         goto cleanup;
     }

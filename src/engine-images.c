@@ -5,12 +5,16 @@
 #include "snapfs/error.h"
 #include "snapfs/log.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <libvirt/virterror.h>
 #include <libxml/parser.h>
 #include <libxml/tree.h>
 #include <libxml/xpath.h>
+#include <stdarg.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static GMutex notify_mutex;
 static void (*notify_fn)(const char *file, void *opaque);
@@ -161,6 +165,33 @@ char *engine_snapshot_xml_set_description(const char *xml, const char *descripti
 
 /* ---- images -------------------------------------------------------------------- */
 
+/*
+ * Fail closed: who needs an image is read from every domain's disks (live
+ * and persistent) and every snapshot of every domain, down each chain by the
+ * images' headers.  Whatever cannot be read (a libvirt call, a snapshot's
+ * XML, a header) makes the whole answer unknown, and callers refuse to
+ * unlink or merge anything rather than guess that nobody needs it.  Only a
+ * domain or snapshot that vanished between listing and reading is skipped:
+ * it needs nothing any more.
+ */
+
+/* A disk or a snapshot's image: where a chain that somebody reads starts. */
+struct image_root {
+    char *file;
+    char *domain;
+    char *user;     /* "disk vda of domain 'web02'", "snapshot 's1' of domain 'web02'" */
+};
+
+static void image_root_free(gpointer data)
+{
+    struct image_root *root = data;
+
+    g_free(root->file);
+    g_free(root->domain);
+    g_free(root->user);
+    g_free(root);
+}
+
 void engine_images_free(struct engine_images *images)
 {
     if (!images)
@@ -168,42 +199,54 @@ void engine_images_free(struct engine_images *images)
     g_hash_table_unref(images->backing);
     g_hash_table_unref(images->tops);
     g_hash_table_unref(images->named);
+    g_ptr_array_unref(images->roots);
     g_free(images);
 }
 
-static struct engine_images *images_new(void)
+struct engine_images *engine_images_new(void)
 {
     struct engine_images *images = g_new0(struct engine_images, 1);
 
     images->backing = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     images->tops = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     images->named = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    images->roots = g_ptr_array_new_with_free_func(image_root_free);
     return images;
 }
 
-void engine_images_add_chain(struct engine_images *images, const char *file, const char *format)
+/* Backing names that are not local files (nbd:, json:{...}, http://...) end what can be followed here. */
+static bool backing_is_protocol(const char *backing)
+{
+    const char *colon = strchr(backing, ':');
+    const char *slash = strchr(backing, '/');
+
+    return colon && (!slash || colon < slash);
+}
+
+int engine_images_add_chain(struct engine_images *images, const char *file, const char *format)
 {
     g_autofree char *cur = g_strdup(file);
     g_autofree char *fmt = g_strdup(format);
 
     /* One header at a time, so that a chain shared by many snapshots is read once. */
-    for (int depth = 0; cur && depth < 256; depth++) {
+    for (int depth = 0; cur; depth++) {
         struct snapfs_layer *layer;
         char *below = NULL;
 
         if (g_hash_table_contains(images->backing, cur))
-            return;
+            return 0;
+        if (depth >= 256) {
+            snapfs_error_set(EIO, "the backing chain of '%s' is deeper than 256 images", file);
+            return -1;
+        }
         layer = snapfs_chain_read_layer(cur, fmt);
         if (!layer) {
-            /* An image that cannot be read still counts as needed by whoever names it. */
-            snapfs_debug("cannot read image '%s': %s", cur, snapfs_error_message());
-            g_hash_table_insert(images->backing, g_strdup(cur), g_strdup(""));
-            return;
+            /* What an unreadable image stands on is unknown: nothing below it may be taken for unneeded. */
+            snapfs_error_set(EIO, "%s", snapfs_error_message());
+            return -1;
         }
-        if (layer->backing && !strchr(layer->backing, ':'))
+        if (layer->backing && !backing_is_protocol(layer->backing))
             below = snapfs_chain_resolve(cur, layer->backing);
-        else if (layer->backing && layer->backing[0] == '/')
-            below = g_strdup(layer->backing);
         g_hash_table_insert(images->backing, g_strdup(cur), g_strdup(below ? below : ""));
         g_free(fmt);
         fmt = g_strdup(layer->backing_format);
@@ -211,109 +254,177 @@ void engine_images_add_chain(struct engine_images *images, const char *file, con
         g_free(cur);
         cur = below;
     }
+    return 0;
 }
 
 GPtrArray *engine_chain_files(const char *top, const char *format)
 {
-    struct engine_images *images = images_new();
+    struct engine_images *images = engine_images_new();
     GPtrArray *files = g_ptr_array_new_with_free_func(g_free);
     const char *cur = top;
 
-    engine_images_add_chain(images, top, format);
-    while (cur && *cur && files->len < 256) {
+    /* What was read before an unreadable image is still the chain as far as it is known. */
+    if (engine_images_add_chain(images, top, format) < 0)
+        snapfs_debug("cannot read the whole chain of '%s': %s", top, snapfs_error_message());
+    g_ptr_array_add(files, g_strdup(top));
+    for (cur = g_hash_table_lookup(images->backing, top); cur && *cur && files->len < 256;
+         cur = g_hash_table_lookup(images->backing, cur))
         g_ptr_array_add(files, g_strdup(cur));
-        cur = g_hash_table_lookup(images->backing, cur);
-    }
     engine_images_free(images);
     return files;
 }
 
-static void images_add_disks(struct engine_images *images, GPtrArray *disks, const char *domain,
-                             const char *snapshot)
+static void images_add_root(struct engine_images *images, const char *file, const char *domain, char *user)
 {
-    for (guint i = 0; disks && i < disks->len; i++) {
+    struct image_root *root = g_new0(struct image_root, 1);
+
+    root->file = g_strdup(file);
+    root->domain = g_strdup(domain);
+    root->user = user;
+    g_ptr_array_add(images->roots, root);
+}
+
+static int images_add_disks(struct engine_images *images, GPtrArray *disks, const char *domain,
+                            const char *snapshot)
+{
+    for (guint i = 0; i < disks->len; i++) {
         struct snapfs_disk *disk = g_ptr_array_index(disks, i);
+        char *user;
 
         if (!disk->file || strcmp(disk->type, "network") == 0)
             continue;
-        engine_images_add_chain(images, disk->file, disk->format);
+        user = snapshot ? g_strdup_printf("snapshot '%s' of domain '%s' (disk %s)", snapshot, domain, disk->target)
+                        : g_strdup_printf("disk %s of domain '%s'", disk->target, domain);
+        if (engine_images_add_chain(images, disk->file, disk->format) < 0) {
+            snapfs_error_set(EIO, "cannot tell what %s stands on: %s", user, snapfs_error_message());
+            g_free(user);
+            return -1;
+        }
         if (snapshot)
             g_hash_table_insert(images->named, g_strdup(disk->file), g_strdup_printf("%s/%s", domain, snapshot));
         else
             g_hash_table_insert(images->tops, g_strdup(disk->file), g_strdup_printf("%s %s", domain, disk->target));
+        images_add_root(images, disk->file, domain, user);
     }
+    return 0;
 }
 
-static void images_add_domain(struct engine_images *images, virDomainPtr dom, bool running,
-                              bool with_snapshots, const char *skip_snapshot)
+/* Libvirt's last error as the reason of a failed read; true where the object vanished meanwhile (nothing to read). */
+static bool images_virt_failed(int gone_code, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+static bool images_virt_failed(int gone_code, const char *fmt, ...)
+{
+    g_autofree char *what = NULL;
+    va_list ap;
+
+    if (virGetLastErrorCode() == gone_code)
+        return true;
+    va_start(ap, fmt);
+    what = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    snapfs_error_set(EIO, "%s: %s", what, virGetLastErrorMessage());
+    return false;
+}
+
+static int images_add_snapshot(struct engine_images *images, virDomainSnapshotPtr snap, const char *domain)
+{
+    const char *snap_name = virDomainSnapshotGetName(snap);
+    g_autofree char *xml = virDomainSnapshotGetXMLDesc(snap, 0);
+    struct engine_snapshot_info *info;
+    int ret = -1;
+
+    if (!xml)
+        return images_virt_failed(VIR_ERR_NO_DOMAIN_SNAPSHOT, "cannot read snapshot '%s' of domain '%s'",
+                                  snap_name, domain) ? 0 : -1;
+    info = engine_parse_snapshot(xml);
+    if (!info || !info->domain_disks) {
+        snapfs_error_set(EIO, "cannot parse snapshot '%s' of domain '%s'", snap_name, domain);
+        goto cleanup;
+    }
+    for (guint d = 0; d < info->disks->len; d++) {
+        struct snapfs_snapshot_disk *disk = g_ptr_array_index(info->disks, d);
+
+        if (!disk->file || strcmp(disk->kind, "external") != 0)
+            continue;
+        if (engine_images_add_chain(images, disk->file, NULL) < 0) {
+            snapfs_error_set(EIO, "cannot tell what snapshot '%s' of domain '%s' (disk %s) stands on: %s",
+                             snap_name, domain, disk->target, snapfs_error_message());
+            goto cleanup;
+        }
+        g_hash_table_insert(images->named, g_strdup(disk->file), g_strdup_printf("%s/%s", domain, snap_name));
+        images_add_root(images, disk->file, domain,
+                        g_strdup_printf("snapshot '%s' of domain '%s' (disk %s)", snap_name, domain, disk->target));
+    }
+    /* The domain as it was: for an internal snapshot, the images that hold it. */
+    ret = images_add_disks(images, info->domain_disks, domain, snap_name);
+
+cleanup:
+    engine_snapshot_info_free(info);
+    return ret;
+}
+
+static int images_add_domain(struct engine_images *images, virDomainPtr dom, const char *skip_domain,
+                             const char *skip_snapshot)
 {
     const char *name = virDomainGetName(dom);
     virDomainSnapshotPtr *snaps = NULL;
-    int n;
+    int n, ret = 0;
 
+    /* Live (the same as persistent when shut off) and persistent: a domain that starts or stops meanwhile is seen. */
     for (int inactive = 0; inactive < 2; inactive++) {
+        g_autofree char *xml = virDomainGetXMLDesc(dom, inactive ? VIR_DOMAIN_XML_INACTIVE : 0);
         GPtrArray *disks;
 
-        if (!inactive && !running)
-            continue;
-        disks = engine_domain_disks(dom, inactive);
-        images_add_disks(images, disks, name, NULL);
-        if (disks)
-            g_ptr_array_unref(disks);
+        if (!xml)
+            return images_virt_failed(VIR_ERR_NO_DOMAIN, "cannot read the XML of domain '%s'", name) ? 0 : -1;
+        disks = engine_parse_disks(xml, false);
+        if (!disks) {
+            snapfs_error_set(EIO, "cannot parse the XML of domain '%s'", name);
+            return -1;
+        }
+        ret = images_add_disks(images, disks, name, NULL);
+        g_ptr_array_unref(disks);
+        if (ret < 0)
+            return -1;
     }
-    if (!with_snapshots)
-        return;
     n = virDomainListAllSnapshots(dom, &snaps, 0);
+    if (n < 0)
+        return images_virt_failed(VIR_ERR_NO_DOMAIN, "cannot list the snapshots of domain '%s'", name) ? 0 : -1;
     for (int i = 0; i < n; i++) {
         const char *snap_name = virDomainSnapshotGetName(snaps[i]);
-        g_autofree char *xml = NULL;
-        struct engine_snapshot_info *info = NULL;
 
-        if (skip_snapshot && strcmp(snap_name, skip_snapshot) == 0)
-            goto next;
-        xml = virDomainSnapshotGetXMLDesc(snaps[i], 0);
-        info = xml ? engine_parse_snapshot(xml) : NULL;
-        if (!info)
-            goto next;
-        for (guint d = 0; d < info->disks->len; d++) {
-            struct snapfs_snapshot_disk *disk = g_ptr_array_index(info->disks, d);
-
-            if (disk->file && strcmp(disk->kind, "external") == 0) {
-                engine_images_add_chain(images, disk->file, NULL);
-                g_hash_table_insert(images->named, g_strdup(disk->file), g_strdup_printf("%s/%s", name, snap_name));
-            }
-        }
-        /* The domain as it was: for an internal snapshot, the images that hold it. */
-        images_add_disks(images, info->domain_disks, name, snap_name);
-next:
-        engine_snapshot_info_free(info);
+        if (ret == 0 && !(skip_snapshot && strcmp(name, skip_domain) == 0 && strcmp(snap_name, skip_snapshot) == 0))
+            ret = images_add_snapshot(images, snaps[i], name);
         virDomainSnapshotFree(snaps[i]);
     }
     free(snaps);
+    return ret;
 }
 
-struct engine_images *engine_images_collect(virConnectPtr conn, const char *domain,
-                                            const char *skip_snapshot)
+struct engine_images *engine_images_collect(virConnectPtr conn, const char *domain, const char *skip_snapshot,
+                                            const char *what)
 {
-    struct engine_images *images = images_new();
+    struct engine_images *images = engine_images_new();
+    virDomainPtr *doms = NULL;
+    int n = virConnectListAllDomains(conn, &doms, 0);
+    int ret = 0;
 
-    /* Listing running and shut-off domains apart saves asking each whether it runs. */
-    for (int running = 0; running < 2; running++) {
-        virDomainPtr *doms = NULL;
-        int n = virConnectListAllDomains(conn, &doms, running ? VIR_CONNECT_LIST_DOMAINS_ACTIVE
-                                                              : VIR_CONNECT_LIST_DOMAINS_INACTIVE);
-
-        if (n < 0) {
-            snapfs_error_from_virt("cannot list the domains to see which images they use");
-            engine_images_free(images);
-            return NULL;
-        }
-        for (int i = 0; i < n; i++) {
-            images_add_domain(images, doms[i], running, strcmp(virDomainGetName(doms[i]), domain) == 0,
-                              skip_snapshot);
-            virDomainFree(doms[i]);
-        }
-        free(doms);
+    if (n < 0) {
+        snapfs_error_set(EIO, "%s: cannot list the domains to see which images they use: %s", what,
+                         virGetLastErrorMessage());
+        engine_images_free(images);
+        return NULL;
+    }
+    for (int i = 0; i < n; i++) {
+        if (ret == 0 && images_add_domain(images, doms[i], domain, skip_snapshot) < 0)
+            ret = -1;
+        virDomainFree(doms[i]);
+    }
+    free(doms);
+    if (ret < 0) {
+        snapfs_error_set(EIO, "%s: %s; snapfs changes nothing while it cannot tell which images are needed",
+                         what, snapfs_error_message());
+        engine_images_free(images);
+        return NULL;
     }
     return images;
 }
@@ -339,6 +450,23 @@ bool engine_images_reachable(struct engine_images *images, const char *file)
     return false;
 }
 
+char *engine_images_user(struct engine_images *images, const char *file, const char *except_domain)
+{
+    for (guint i = 0; i < images->roots->len; i++) {
+        struct image_root *root = g_ptr_array_index(images->roots, i);
+        const char *cur = root->file;
+
+        if (except_domain && strcmp(root->domain, except_domain) == 0)
+            continue;
+        for (int depth = 0; cur && *cur && depth < 256; depth++) {
+            if (strcmp(cur, file) == 0)
+                return g_strdup(root->user);
+            cur = g_hash_table_lookup(images->backing, cur);
+        }
+    }
+    return NULL;
+}
+
 const char **engine_images_dependents(struct engine_images *images, const char *file)
 {
     GPtrArray *out = g_ptr_array_new();
@@ -351,6 +479,153 @@ const char **engine_images_dependents(struct engine_images *images, const char *
             g_ptr_array_add(out, key);
     g_ptr_array_add(out, NULL);
     return (const char **)g_ptr_array_free(out, FALSE);
+}
+
+/* ---- open files ------------------------------------------------------------------ */
+
+/* Whether process @pid is the qemu of the domain with @uuid (libvirt passes it as -uuid). */
+static bool pid_is_domain_qemu(const char *pid, const char *uuid)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%s/cmdline", pid);
+    g_autofree char *cmdline = NULL;
+    gsize len = 0;
+
+    if (!uuid || !g_file_get_contents(path, &cmdline, &len, NULL))
+        return false;
+    for (gsize i = 0; i < len; i += strlen(cmdline + i) + 1) {
+        if (strcmp(cmdline + i, "-uuid") == 0 && i + 6 < len && g_ascii_strcasecmp(cmdline + i + 6, uuid) == 0)
+            return true;
+    }
+    return false;
+}
+
+static char *pid_comm(const char *pid)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%s/comm", pid);
+    char *comm = NULL;
+
+    if (!g_file_get_contents(path, &comm, NULL, NULL))
+        return g_strdup("?");
+    g_strchomp(comm);
+    return comm;
+}
+
+/* The file of @want that process @pid holds open, or NULL; -1 in @err where its files cannot be read. */
+static const char *pid_holds(const char *pid, const char *const *files, const struct stat *want, int *err)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%s/fd", pid);
+    DIR *fds = opendir(path);
+    const char *found = NULL;
+    struct dirent *de;
+
+    *err = 0;
+    if (!fds) {
+        /* Gone meanwhile; or, run as a user, another user's process, which cannot open the user's 0600 images. */
+        if (errno == ENOENT || errno == ESRCH || (errno == EACCES && geteuid() != 0))
+            return NULL;
+        *err = errno;
+        return NULL;
+    }
+    while (!found && (de = readdir(fds))) {
+        struct stat st;
+
+        if (de->d_name[0] == '.' || fstatat(dirfd(fds), de->d_name, &st, 0) < 0)
+            continue;
+        for (size_t i = 0; files[i]; i++) {
+            if (want[i].st_ino && st.st_dev == want[i].st_dev && st.st_ino == want[i].st_ino) {
+                found = files[i];
+                break;
+            }
+        }
+    }
+    closedir(fds);
+    return found;
+}
+
+int engine_check_not_open(const char *uuid, const char *what, const char *const *files)
+{
+    size_t n = 0;
+    g_autofree struct stat *want = NULL;
+    bool any = false;
+    DIR *proc;
+    struct dirent *de;
+    g_autofree char *self = g_strdup_printf("%d", (int)getpid());
+    int ret = 0;
+
+    while (files[n])
+        n++;
+    want = g_new0(struct stat, n + 1);
+    for (size_t i = 0; i < n; i++) {
+        if (stat(files[i], &want[i]) < 0) {
+            if (errno != ENOENT) {
+                snapfs_error_set(EIO, "%s: cannot tell who holds '%s' open: %s", what, files[i], g_strerror(errno));
+                return -1;
+            }
+            memset(&want[i], 0, sizeof(want[i]));
+            continue;
+        }
+        any = true;
+    }
+    if (!any)
+        return 0;
+    proc = opendir("/proc");
+    if (!proc) {
+        snapfs_error_set(EIO, "%s: cannot tell who holds its images open: /proc: %s", what, g_strerror(errno));
+        return -1;
+    }
+    while (ret == 0 && (de = readdir(proc))) {
+        const char *file;
+        int err;
+
+        if (!g_ascii_isdigit(de->d_name[0]) || strcmp(de->d_name, self) == 0)
+            continue;
+        file = pid_holds(de->d_name, files, want, &err);
+        if (err) {
+            snapfs_error_set(EIO, "%s: cannot tell whether process %s holds its images open: %s", what, de->d_name,
+                             g_strerror(err));
+            ret = -1;
+        } else if (file && !pid_is_domain_qemu(de->d_name, uuid)) {
+            g_autofree char *comm = pid_comm(de->d_name);
+
+            snapfs_error_set(EBUSY, "%s: process %s (%s) holds '%s' open", what, de->d_name, comm, file);
+            ret = -1;
+        }
+    }
+    closedir(proc);
+    return ret;
+}
+
+int engine_check_unused(virConnectPtr conn, const char *domain, const char *what, const char *const *files)
+{
+    struct engine_images *images = engine_images_collect(conn, domain, NULL, what);
+    g_autofree char *uuid = NULL;
+    virDomainPtr dom;
+
+    if (!images)
+        return -1;
+    for (size_t i = 0; files[i]; i++) {
+        g_autofree char *user = engine_images_user(images, files[i], domain);
+
+        if (user) {
+            snapfs_error_set(EBUSY, "%s: %s stands on '%s'", what, user, files[i]);
+            engine_images_free(images);
+            return -1;
+        }
+    }
+    engine_images_free(images);
+    dom = virDomainLookupByName(conn, domain);
+    if (dom) {
+        char buf[VIR_UUID_STRING_BUFLEN];
+
+        if (virDomainGetUUIDString(dom, buf) == 0)
+            uuid = g_strdup(buf);
+        virDomainFree(dom);
+    }
+    if (!uuid) {
+        snapfs_error_set(EIO, "%s: cannot read the domain's UUID: %s", what, virGetLastErrorMessage());
+        return -1;
+    }
+    return engine_check_not_open(uuid, what, files);
 }
 
 /* ---- what changed --------------------------------------------------------------- */

@@ -38,29 +38,46 @@ struct engine_images {
     GHashTable *backing;  /* file -> the file below it ("" at a base) */
     GHashTable *tops;     /* file -> "domain disk" for every image a domain runs on */
     GHashTable *named;    /* file -> "domain/snapshot" for every image a snapshot's XML names */
+    GPtrArray *roots;     /* every disk and snapshot image with the domain it belongs to (engine-images.c) */
 };
 
+struct engine_images *engine_images_new(void);
 void engine_images_free(struct engine_images *images);
 
 /*
  * Every image the domains on @conn run on (live and persistent XML), and
- * every image the snapshots of @domain name, except snapshot @skip_snapshot
- * (NULL: none).  Other domains' snapshots are not read: one RPC each would
- * cost more than the delete itself, and they reach another domain's images
- * only through their own disks' chains, which are read.
- * Returns NULL with the reason if libvirt cannot list the domains.
+ * every image the snapshots of every domain name, except snapshot
+ * @skip_snapshot of @domain (NULL: none).  Fails closed: NULL with EIO and
+ * the reason, after @what, if libvirt cannot list or describe a domain or a
+ * snapshot, or an image header on the way cannot be read; whoever asked must
+ * then change nothing.  A domain or snapshot gone meanwhile is skipped.
  */
 struct engine_images *engine_images_collect(virConnectPtr conn, const char *domain,
-                                            const char *skip_snapshot);
+                                            const char *skip_snapshot, const char *what);
 
-/* Add @file and the chain below it (already known images end the walk). */
-void engine_images_add_chain(struct engine_images *images, const char *file, const char *format);
+/* Add @file and the chain below it (already known images end the walk); -1 with EIO if a header cannot be read. */
+int engine_images_add_chain(struct engine_images *images, const char *file, const char *format);
 
 /* Whether @file is @images's top or lies in a chain below some top or named image. */
 bool engine_images_reachable(struct engine_images *images, const char *file);
 
+/*
+ * Who reads @file through its chain, other than @except_domain's disks and
+ * snapshots (NULL: anyone): "disk vda of domain 'web02'", "snapshot 's1' of
+ * domain 'web02' (disk vda)"; NULL if nobody.  Caller frees.
+ */
+char *engine_images_user(struct engine_images *images, const char *file, const char *except_domain);
+
 /* Images whose backing is @file, as a NULL-terminated array the caller frees (g_free, not the strings). */
 const char **engine_images_dependents(struct engine_images *images, const char *file);
+
+/*
+ * 0 when no process but this one and the qemu of the domain with @uuid
+ * (NULL: none excepted) holds any of @files open (scanning /proc/PID/fd);
+ * else -1 with EBUSY naming the pid, its name and the file, or EIO where a
+ * process's files cannot be read.
+ */
+int engine_check_not_open(const char *uuid, const char *what, const char *const *files);
 
 /* The chain of @top as absolute paths, top first (never NULL; just @top if unreadable). */
 GPtrArray *engine_chain_files(const char *top, const char *format);

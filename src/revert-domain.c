@@ -118,8 +118,11 @@ static struct revert_snapshot *revert_snapshot_parse(const char *name, char *xml
     snap->overlay = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     snap->frozen = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     snap->frozen_format = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-    if (!ctxt)
+    if (!ctxt) {
+        revert_snapshot_free(snap);
+        snap = NULL;
         goto out;
+    }
     snap->domain_disks = snapfs_xml_disks(ctxt, "/domainsnapshot/domain");
     obj = xml_eval_nodes(ctxt, "/domainsnapshot/disks/disk");
     for (int i = 0; obj && i < obj->nodesetval->nodeNr; i++) {
@@ -178,6 +181,7 @@ struct revert_state *revert_state_read(virConnectPtr conn, virDomainPtr dom)
     char uuid[VIR_UUID_STRING_BUFLEN];
     xmlDocPtr doc;
     xmlXPathContextPtr ctxt;
+    bool failed = false;
     int n;
 
     st->conn = conn;
@@ -209,18 +213,32 @@ struct revert_state *revert_state_read(virConnectPtr conn, virDomainPtr dom)
         snapfs_error_from_virt("cannot list the snapshots of domain '%s'", st->name);
         return NULL;
     }
+    /* Fail closed: a snapshot that cannot be read may be what needs an image the revert would drop. */
     for (int i = 0; i < n; i++) {
+        const char *snap_name = virDomainSnapshotGetName(list[i]);
         char *xml = virDomainSnapshotGetXMLDesc(list[i], VIR_DOMAIN_SNAPSHOT_XML_SECURE);
-        int cur = virDomainSnapshotIsCurrent(list[i], 0);
+        int cur = xml ? virDomainSnapshotIsCurrent(list[i], 0) : -1;
+        struct revert_snapshot *snap = NULL;
 
-        if (xml)
-            g_ptr_array_add(st->snaps, revert_snapshot_parse(virDomainSnapshotGetName(list[i]), xml));
-        if (cur == 1)
-            st->current = g_strdup(virDomainSnapshotGetName(list[i]));
+        if (!xml || cur < 0) {
+            if (virGetLastErrorCode() != VIR_ERR_NO_DOMAIN_SNAPSHOT && !failed)
+                snapfs_error_set(EIO, "cannot read snapshot '%s' of domain '%s': %s", snap_name, st->name,
+                                 virGetLastErrorMessage());
+            failed |= virGetLastErrorCode() != VIR_ERR_NO_DOMAIN_SNAPSHOT;
+            g_free(xml);
+        } else if (!(snap = revert_snapshot_parse(snap_name, xml))) {
+            if (!failed)
+                snapfs_error_set(EIO, "cannot parse snapshot '%s' of domain '%s'", snap_name, st->name);
+            failed = true;
+        } else {
+            g_ptr_array_add(st->snaps, snap);
+            if (cur == 1)
+                st->current = g_strdup(snap_name);
+        }
         virDomainSnapshotFree(list[i]);
     }
     free(list);
-    return g_steal_pointer(&st);
+    return failed ? NULL : g_steal_pointer(&st);
 }
 
 /* Whether any snapshot's metadata names @file (as its overlay, what it froze, or a disk of its domain). */
@@ -253,18 +271,24 @@ bool revert_state_names_file(struct revert_state *st, const char *file, const ch
     return false;
 }
 
-/* Whether @file lies below a top image of the domain or in the chain below @extra_tops. */
-bool revert_chains_hold(GPtrArray *tops, const char *file)
+/* Whether @file lies in the chain of one of @tops; a chain that cannot be read is an error, never a "no". */
+int revert_chains_hold(GPtrArray *tops, GPtrArray *formats, const char *file)
 {
     for (guint i = 0; i < tops->len; i++) {
-        g_autoptr(GPtrArray) chain = snapfs_chain_read(g_ptr_array_index(tops, i), NULL);
+        const char *top = g_ptr_array_index(tops, i);
+        g_autoptr(GPtrArray) chain = snapfs_chain_read(top, formats ? g_ptr_array_index(formats, i) : NULL);
 
-        for (guint j = 0; chain && j < chain->len; j++) {
+        if (!chain) {
+            snapfs_error_set(EIO, "cannot tell whether the chain of '%s' reads '%s': %s", top, file,
+                             snapfs_error_message());
+            return -1;
+        }
+        for (guint j = 0; j < chain->len; j++) {
             if (strcmp(((struct snapfs_layer *)g_ptr_array_index(chain, j))->file, file) == 0)
-                return true;
+                return 1;
         }
     }
-    return false;
+    return 0;
 }
 
 bool revert_disk_is_local(const struct snapfs_disk *disk)

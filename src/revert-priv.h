@@ -112,7 +112,7 @@ void revert_state_free(struct revert_state *st);
 typedef struct revert_state revert_state;
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(revert_state, revert_state_free)
 
-/* The domain, its persistent definition and every snapshot; NULL with the reason. */
+/* The domain, its persistent definition and every snapshot; NULL with the reason (EIO if any snapshot cannot be read). */
 struct revert_state *revert_state_read(virConnectPtr conn, virDomainPtr dom);
 struct revert_snapshot *revert_state_snapshot(struct revert_state *st, const char *name);
 /* The disks of the domain's persistent definition as it is now (NULL, logged, if unreadable). */
@@ -120,8 +120,8 @@ GPtrArray *revert_domain_disks_now(struct revert_state *st);
 
 /* Whether any snapshot but @except names @file (as its overlay, what it froze, or a disk of its domain). */
 bool revert_state_names_file(struct revert_state *st, const char *file, const char *except);
-/* Whether @file is in the chain of any of @tops (file names). */
-bool revert_chains_hold(GPtrArray *tops, const char *file);
+/* 1 if @file is in the chain of any of @tops (file names, read as @formats say, NULL: unsaid), 0 if not, -1 with EIO if one cannot be read. */
+int revert_chains_hold(GPtrArray *tops, GPtrArray *formats, const char *file);
 /* A disk whose image is a local file or device (not a network disk, not a cdrom). */
 bool revert_disk_is_local(const struct snapfs_disk *disk);
 /* The snapshot whose frozen images the domain reads untouched, over the disks @target reverts; or NULL. */

@@ -31,7 +31,14 @@
  *   cleanup        old top images nothing needs any more unlinked (empty ones, or all with revert_keep=off)
  *
  * Internal snapshots are libvirt's own revert after an internal
- * pre-revert-DATE (steps journal, keep, current).
+ * pre-revert-DATE (steps journal, keep, current).  Once libvirt was asked to
+ * apply it, pre-revert-DATE stays whatever happens: libvirt 9.0 applies it
+ * disk by disk and undoes nothing when a disk fails.
+ *
+ * Nothing of this starts, and a running domain is not stopped (--force),
+ * before every check that could refuse the revert passed (revert_prepare):
+ * the plan, the local images, an internal snapshot's constraints, and fail
+ * closed, who else needs what the revert rewrites or unlinks.
  *
  * Before "domain" a crash is rolled back (files this revert made unlinked,
  * pre-revert-DATE's metadata removed, the old current snapshot current
@@ -245,7 +252,34 @@ static bool virt_unsupported(void)
                                      strstr(err->message, "Refusing snapshot reversion"))));
 }
 
-/* The plan for reverting to external snapshot @target: which images to make, keep and drop. */
+/*
+ * Whether @file, which the revert to @target would write into or unlink, is
+ * free of other users: 1 if so; 0 if another domain, another domain's
+ * snapshot or a process needs it (logged: the revert leaves it alone); -1
+ * with EIO where that cannot be told (fail closed: the revert is refused).
+ */
+static int plan_image_free(struct revert_state *st, struct revert_snapshot *target, const char *file)
+{
+    g_autofree char *what = g_strdup_printf("cannot revert '%s' to '%s'", st->name, target->name);
+    const char *files[] = { file, NULL };
+    const char *reason;
+
+    /* Another host's files are not here to be read: nothing there is reused or unlinked. */
+    if (!snapfs_uri_is_local(st->uri))
+        return 0;
+    if (engine_check_unused(st->conn, st->name, what, files) == 0)
+        return 1;
+    if (snapfs_error_errno() != EBUSY)
+        return -1;
+    reason = snapfs_error_message();
+    if (g_str_has_prefix(reason, what) && reason[strlen(what)] == ':')
+        reason += strlen(what) + 2;
+    snapfs_info("the revert of domain '%s' to snapshot '%s' leaves '%s' as it is: %s", st->label, target->name,
+                file, reason);
+    return 0;
+}
+
+/* The plan for reverting to external snapshot @target: which images to make, keep and drop; NULL with the reason. */
 static struct revert_journal *plan_external(struct revert_state *st, struct revert_snapshot *target, const char *path,
                                             const struct revert_options *options, bool *noop)
 {
@@ -253,6 +287,7 @@ static struct revert_journal *plan_external(struct revert_state *st, struct reve
     g_autoptr(GDateTime) now = g_date_time_new_now_local();
     g_autofree char *stamp = g_date_time_format(now, "%Y%m%d-%H%M%S");
     g_autoptr(GPtrArray) tops = g_ptr_array_new();
+    g_autoptr(GPtrArray) formats = g_ptr_array_new();
     struct revert_snapshot *identical = revert_state_identical(st, target);
     bool keep;
     GHashTableIter it;
@@ -273,8 +308,10 @@ static struct revert_journal *plan_external(struct revert_state *st, struct reve
     for (guint i = 0; i < st->disks->len; i++) {
         struct snapfs_disk *disk = g_ptr_array_index(st->disks, i);
 
-        if (disk->file)
+        if (disk->file) {
             g_ptr_array_add(tops, disk->file);
+            g_ptr_array_add(formats, disk->format);
+        }
     }
     keep = options->keep && !identical;
     if (keep) {
@@ -318,10 +355,15 @@ static struct revert_journal *plan_external(struct revert_state *st, struct reve
             rd->target = g_strdup(t);
             g_ptr_array_add(journal->disks, rd);
         }
-        if (own && revert_image_empty(own) && !revert_state_names_file(st, own, target->name) && !revert_chains_hold(tops, own)) {
+        if (own && revert_image_empty(own) && !revert_state_names_file(st, own, target->name)) {
             g_autofree char *backing = revert_image_backing(own, NULL);
+            int held = revert_chains_hold(tops, formats, own);
+            int free_of_others = held == 0 && backing && strcmp(backing, frozen) == 0
+                                 ? plan_image_free(st, target, own) : 0;
 
-            if (backing && strcmp(backing, frozen) == 0)
+            if (held < 0 || free_of_others < 0)
+                return NULL;
+            if (free_of_others == 1)
                 rd->new_top = g_strdup(own);
         }
         if (!rd->new_top) {
@@ -336,6 +378,8 @@ static struct revert_journal *plan_external(struct revert_state *st, struct reve
     for (guint i = 0; !keep && i < journal->disks->len; i++) {
         struct revert_disk *rd = g_ptr_array_index(journal->disks, i);
         g_autoptr(GPtrArray) new_tops = g_ptr_array_new();
+        g_autoptr(GPtrArray) new_formats = g_ptr_array_new();
+        int held;
 
         if (!rd->old_top || !rd->new_top || strcmp(rd->old_top, rd->new_top) == 0)
             continue;
@@ -347,11 +391,23 @@ static struct revert_journal *plan_external(struct revert_state *st, struct reve
             struct revert_disk *other = g_ptr_array_index(journal->disks, j);
             const char *frozen = g_hash_table_lookup(target->frozen, other->target);
 
-            if (frozen)
+            if (frozen) {
                 g_ptr_array_add(new_tops, (gpointer)frozen);
+                g_ptr_array_add(new_formats, g_hash_table_lookup(target->frozen_format, other->target));
+            }
         }
-        if (!revert_chains_hold(new_tops, rd->old_top))
-            rd->drop_old = true;
+        held = revert_chains_hold(new_tops, new_formats, rd->old_top);
+        if (held == 0) {
+            /* Another domain or a process may still need what this one leaves. */
+            int unused = plan_image_free(st, target, rd->old_top);
+
+            if (unused < 0)
+                return NULL;
+            held = unused == 0;
+        }
+        if (held < 0)
+            return NULL;
+        rd->drop_old = held == 0;
     }
     return g_steal_pointer(&journal);
 }
@@ -418,26 +474,32 @@ static bool native_is_safe(struct revert_state *st, const struct revert_journal 
     return true;
 }
 
-static int revert_external(struct revert_state *st, struct revert_snapshot *target, const char *path,
-                           const struct revert_options *options)
+/* Whether libvirt's own revert will be tried (and may do it all, so that no image need be local). */
+static bool native_possible(struct revert_state *st, const struct revert_journal *journal)
 {
-    g_autoptr(revert_journal) journal = NULL;
+    unsigned long version = 0;
+
+    /* External reverts arrived in 9.9; pre-revert's overlays make it safe whatever is current. */
+    if (virConnectGetLibVersion(st->conn, &version) < 0 || version < 9009000)
+        return false;
+    return journal->keep_name || native_is_safe(st, journal);
+}
+
+/* Carries out @journal, the plan of the revert to external snapshot @target (@noop: nothing to do but its name). */
+static int revert_external(struct revert_state *st, struct revert_snapshot *target, struct revert_journal *journal,
+                           bool noop)
+{
     g_autofree char *domain_xml = NULL;
     g_autofree char *keep = NULL;
     virDomainSnapshotPtr snap;
-    bool noop = false;
     bool unsupported;
     int rc;
 
-    journal = plan_external(st, target, path, options, &noop);
     if (noop) {
         /* Nothing was written since the domain left @target: only its name is missing. */
         snapfs_info("domain '%s' reads as snapshot '%s' already", st->label, target->name);
         return st->current && strcmp(st->current, target->name) == 0 ? 0 : revert_snapshot_make_current(st, target->name);
     }
-    /* Keeping the state left behind makes overlays here, whichever revert runs. */
-    if (journal->keep_name && revert_check_local(st, target) < 0)
-        return -1;
     if (revert_journal_write(journal) < 0)
         return -1;
     revert_fault("journal");
@@ -595,8 +657,6 @@ static int revert_internal(struct revert_state *st, struct revert_snapshot *targ
     virDomainSnapshotPtr snap;
     int rc;
 
-    if (revert_internal_check(st, target) < 0)
-        return -1;
     journal->path = g_strdup(path);
     journal->uri = g_strdup(st->uri);
     journal->domain = g_strdup(st->name);
@@ -642,6 +702,28 @@ static int revert_internal(struct revert_state *st, struct revert_snapshot *targ
         snapfs_error_from_virt("cannot revert domain '%s' to '%s'", st->name, target->name);
     if (snap)
         virDomainSnapshotFree(snap);
+    if (rc < 0 && snap) {
+        /*
+         * libvirt 9.0 applies an internal snapshot disk by disk and undoes
+         * nothing when one fails: the disks before it may be reverted
+         * already.  What they held is only in pre-revert-DATE now, so it
+         * stays, whatever else failed.
+         */
+        g_autofree char *reason = g_strdup(snapfs_error_message());
+
+        if (revert_journal_remove(journal) < 0)
+            snapfs_warn("%s", snapfs_error_message());
+        if (journal->keep_name) {
+            snapfs_error_set(EIO, "%s; some of its disks may be reverted already: what they held before is kept "
+                             "as snapshot '%s' (write '%s' to revert to go back to it)", reason,
+                             journal->keep_name, journal->keep_name);
+        } else {
+            snapfs_error_set(EIO, "%s; some of its disks may be reverted already (revert_keep=off: nothing of "
+                             "their state before was kept)", reason);
+        }
+        snapfs_warn("%s", snapfs_error_message());
+        return -1;
+    }
     if (rc < 0) {
         g_autofree char *reason = NULL;
         int errnum;
@@ -680,15 +762,11 @@ static int revert_not_found(virDomainPtr dom, const char *domain, const char *na
  * left behind, unlinked, or rewritten by an internal revert), so whoever
  * reads the tops now (open files in the live layers) may refuse it.
  */
-static int revert_ask(virConnectPtr conn, virDomainPtr dom, const char *label, const char *domain,
-                      const char *name)
+static int revert_ask(struct revert_state *st, const char *name)
 {
-    g_autoptr(revert_state) st = revert_state_read(conn, dom);
     g_autoptr(GPtrArray) tops = g_ptr_array_new();
-    g_autofree char *what = g_strdup_printf("cannot revert '%s' to '%s'", domain, name);
+    g_autofree char *what = g_strdup_printf("cannot revert '%s' to '%s'", st->name, name);
 
-    if (!st)
-        return -1;
     for (guint i = 0; i < st->disks->len; i++) {
         struct snapfs_disk *disk = g_ptr_array_index(st->disks, i);
 
@@ -696,7 +774,66 @@ static int revert_ask(virConnectPtr conn, virDomainPtr dom, const char *label, c
             g_ptr_array_add(tops, disk->file);
     }
     g_ptr_array_add(tops, NULL);
-    return engine_before_change(label, what, (const char *const *)tops->pdata);
+    return engine_before_change(st->label, what, (const char *const *)tops->pdata);
+}
+
+/*
+ * Every check that could refuse the revert to @target, with nothing changed
+ * yet, so that a running domain is stopped only once they all passed.  An
+ * external snapshot: the plan (in @plan, @noop when only its name is
+ * missing) and the local images it needs.  An internal one: what libvirt
+ * would rewrite, and that nobody else stands on it.
+ */
+static int revert_prepare(struct revert_state *st, struct revert_snapshot *target, const char *path,
+                          const struct revert_options *options, struct revert_journal **plan, bool *noop)
+{
+    g_autofree char *what = g_strdup_printf("cannot revert '%s' to '%s'", st->name, target->name);
+
+    *plan = NULL;
+    *noop = false;
+    if (target->external) {
+        GHashTableIter it;
+        gpointer key;
+
+        if (g_hash_table_size(target->frozen) == 0) {
+            snapfs_error_set(EIO, "%s: the snapshot names no image it froze", what);
+            return -1;
+        }
+        g_hash_table_iter_init(&it, target->overlay);
+        while (g_hash_table_iter_next(&it, &key, NULL)) {
+            if (!g_hash_table_contains(target->frozen, key)) {
+                snapfs_error_set(EIO, "%s: cannot tell which image of disk %s the snapshot froze", what,
+                                 (const char *)key);
+                return -1;
+            }
+        }
+        *plan = plan_external(st, target, path, options, noop);
+        if (!*plan)
+            return -1;
+        /* Keeping the state left behind makes overlays here, and so does the by-hand revert. */
+        if (!*noop && ((*plan)->keep_name || !native_possible(st, *plan)) && revert_check_local(st, target) < 0) {
+            g_clear_pointer(plan, revert_journal_free);
+            return -1;
+        }
+        return 0;
+    }
+    if (revert_internal_check(st, target) < 0)
+        return -1;
+    if (snapfs_uri_is_local(st->uri)) {
+        /* qemu-img snapshot -c (pre-revert) and -a rewrite every image that holds it. */
+        g_autoptr(GPtrArray) files = g_ptr_array_new();
+
+        for (guint i = 0; target->domain_disks && i < target->domain_disks->len; i++) {
+            struct snapfs_disk *then = g_ptr_array_index(target->domain_disks, i);
+
+            if (then->file && revert_disk_is_local(then))
+                g_ptr_array_add(files, then->file);
+        }
+        g_ptr_array_add(files, NULL);
+        if (engine_check_unused(st->conn, st->name, what, (const char *const *)files->pdata) < 0)
+            return -1;
+    }
+    return 0;
 }
 
 static const char *state_dir_of(const struct revert_options *options)
@@ -711,10 +848,12 @@ int revert_write(virConnectPtr conn, const char *domain, const char *buf, size_t
     struct engine_lock *lock = NULL;
     virDomainPtr dom = NULL;
     g_autoptr(revert_state) st = NULL;
+    g_autoptr(revert_journal) plan = NULL;
     g_autofree char *uri = NULL;
     g_autofree char *path = NULL;
     g_autofree char *label = NULL;
     struct revert_snapshot *target;
+    bool saved, noop = false;
     int active;
     int ret = -1;
 
@@ -771,23 +910,13 @@ int revert_write(virConnectPtr conn, const char *domain, const char *buf, size_t
                          "to stop it first)", domain, request.name, request.name);
         goto cleanup;
     }
-    if (revert_ask(conn, dom, label, domain, request.name) < 0)
+    saved = virDomainHasManagedSaveImage(dom, 0) == 1;
+    if (saved && !request.force) {
+        snapfs_error_set(EBUSY, "cannot revert '%s' to '%s': it has a saved memory state that would not "
+                         "match the reverted disks (write '%s --force' to discard it)",
+                         domain, request.name, request.name);
         goto cleanup;
-    if (virDomainHasManagedSaveImage(dom, 0) == 1) {
-        if (!request.force) {
-            snapfs_error_set(EBUSY, "cannot revert '%s' to '%s': it has a saved memory state that would not "
-                             "match the reverted disks (write '%s --force' to discard it)",
-                             domain, request.name, request.name);
-            goto cleanup;
-        }
-        if (virDomainManagedSaveRemove(dom, 0) < 0) {
-            snapfs_error_from_virt("cannot discard the saved memory state of '%s'", domain);
-            goto cleanup;
-        }
     }
-    if (active && revert_stop(dom, domain, label, request.name) < 0)
-        goto cleanup;
-
     st = revert_state_read(conn, dom);
     if (!st)
         goto cleanup;
@@ -796,12 +925,26 @@ int revert_write(virConnectPtr conn, const char *domain, const char *buf, size_t
         snapfs_error_set(ENOENT, "cannot revert '%s' to '%s': there is no such snapshot", domain, request.name);
         goto cleanup;
     }
-    if (target->external && g_hash_table_size(target->frozen) == 0) {
-        snapfs_error_set(EIO, "cannot revert '%s' to '%s': the snapshot names no image it froze",
-                         domain, request.name);
+    if (revert_ask(st, request.name) < 0 || revert_prepare(st, target, path, options, &plan, &noop) < 0)
+        goto cleanup;
+    if (active) {
+        /* Every check passed: only now is the domain stopped, and then looked at again as it is stopped. */
+        if (revert_stop(dom, domain, label, request.name) < 0)
+            goto cleanup;
+        g_clear_pointer(&plan, revert_journal_free);
+        g_clear_pointer(&st, revert_state_free);
+        st = revert_state_read(conn, dom);
+        target = st ? revert_state_snapshot(st, request.name) : NULL;
+        if (st && !target)
+            snapfs_error_set(ENOENT, "cannot revert '%s' to '%s': there is no such snapshot", domain, request.name);
+        if (!target || revert_prepare(st, target, path, options, &plan, &noop) < 0)
+            goto cleanup;
+    }
+    if (saved && virDomainManagedSaveRemove(dom, 0) < 0) {
+        snapfs_error_from_virt("cannot discard the saved memory state of '%s'", domain);
         goto cleanup;
     }
-    ret = target->external ? revert_external(st, target, path, options)
+    ret = target->external ? revert_external(st, target, plan, noop)
                            : revert_internal(st, target, path, options);
     if (ret == 0)
         snapfs_info("reverted domain '%s' to snapshot '%s'", label, request.name);

@@ -80,6 +80,16 @@ void engine_set_before_change(engine_before_change_fn fn, void *opaque);
 int engine_before_change(const char *label, const char *what, const char *const *files);
 
 /*
+ * Fail closed, before @files (images of @domain) are unlinked or written
+ * into: 0 when nothing but @domain itself needs any of them; else -1 with
+ * EBUSY naming who does (a disk or snapshot of another domain whose chain
+ * reaches one, or a process other than @domain's own qemu holding one open),
+ * or EIO if the domains, their snapshots or an image header cannot be read.
+ * @what starts the sentence of a refusal.
+ */
+int engine_check_unused(virConnectPtr conn, const char *domain, const char *what, const char *const *files);
+
+/*
  * What an operation on @domain is doing right now, as a sentence
  * ("deleting snapshot 's2': merging, 45%"), or NULL when none runs: for
  * user.snapfs.progress.  Never waits for the operation.  Caller frees.

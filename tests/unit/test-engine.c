@@ -126,12 +126,9 @@ static void test_images_graph(void)
     g_assert_cmpstr(g_ptr_array_index(files, 1), ==, a);
     g_assert_cmpstr(g_ptr_array_index(files, 2), ==, base);
 
-    images = g_new0(struct engine_images, 1);
-    images->backing = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-    images->tops = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-    images->named = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-    engine_images_add_chain(images, b, "qcow2");
-    engine_images_add_chain(images, side, "qcow2");
+    images = engine_images_new();
+    g_assert_cmpint(engine_images_add_chain(images, b, "qcow2"), ==, 0);
+    g_assert_cmpint(engine_images_add_chain(images, side, "qcow2"), ==, 0);
     g_hash_table_insert(images->tops, g_strdup(b), g_strdup("vm vda"));
 
     deps_a = engine_images_dependents(images, a);
@@ -148,6 +145,25 @@ static void test_images_graph(void)
     g_assert_false(engine_images_reachable(images, side));
     g_hash_table_insert(images->named, g_strdup(side), g_strdup("vm/s2"));
     g_assert_true(engine_images_reachable(images, side));
+    engine_images_free(images);
+}
+
+/* Fail closed: an image whose header cannot be read (gone, or not what its format says) is an error, not a base. */
+static void test_images_unreadable(void)
+{
+    struct engine_images *images = engine_images_new();
+    g_autofree char *top = path("on-broken.qcow2");
+    g_autofree char *broken = path("broken.qcow2");
+    g_autofree char *gone = path("gone.qcow2");
+
+    run("qemu-img create -q -f qcow2 broken.qcow2 8M");
+    run("qemu-img create -q -f qcow2 -F qcow2 -b broken.qcow2 on-broken.qcow2");
+    run("truncate -s 50 broken.qcow2");
+    g_assert_cmpint(engine_images_add_chain(images, top, "qcow2"), ==, -1);
+    g_assert_cmpint(snapfs_error_errno(), ==, EIO);
+    g_assert_nonnull(strstr(snapfs_error_message(), "broken.qcow2"));
+    g_assert_cmpint(engine_images_add_chain(images, gone, "qcow2"), ==, -1);
+    g_assert_cmpint(snapfs_error_errno(), ==, EIO);
     engine_images_free(images);
 }
 
@@ -198,6 +214,7 @@ int main(int argc, char **argv)
     g_test_add_func("/engine/parse-snapshot", test_parse_snapshot);
     g_test_add_func("/engine/set-description", test_set_description);
     g_test_add_func("/engine/images-graph", test_images_graph);
+    g_test_add_func("/engine/images-unreadable", test_images_unreadable);
     g_test_add_func("/engine/changed-since", test_changed_since);
     ret = g_test_run();
     if (test_remove_dir(tmpdir))
