@@ -110,9 +110,10 @@ static int option_proc(void *data, const char *arg, int key, struct fuse_args *o
         options->allow_other = 1;
         return 1;
     case KEY_SUID:
-        fprintf(stderr, "snapfs: -o %s is refused: guest files are untrusted, so the mount is always "
-                "nosuid,nodev\n", arg);
-        return -1;
+        /* mount(8) hands "suid,dev" to every helper from fstab's defaults: refusing would refuse every fstab line. */
+        fprintf(stderr, "snapfs: -o %s is ignored: guest files are untrusted, so the mount is always nosuid,nodev\n",
+                arg);
+        return 0;
     case KEY_DEBUG:
         /*
          * Kept from fuse_parse_cmdline(), which would take it for -d and stay
