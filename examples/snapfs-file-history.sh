@@ -17,6 +17,11 @@ if (($# != 2)); then
 fi
 dom=${1%/}
 rel=${2#/}
+rel=${rel%/}
+if [[ -z $rel || /$rel/ == */../* || /$rel/ == */./* ]]; then
+    echo "snapfs-file-history: $2 must be a path inside the guest, without . or .. in it" >&2
+    exit 2
+fi
 if [[ ! -f $dom/revert ]]; then
     echo "snapfs-file-history: $dom is not a domain directory of a snapfs mount" >&2
     exit 1
@@ -35,12 +40,28 @@ while [[ -n $snap ]]; do
     snap=$(getfattr --only-values -n user.snapfs.parent "$dom/$snap" 2>/dev/null || true)
 done
 
+# A guest's symlink is never followed: the host would resolve it against its own files (a link
+# to /etc/shadow would checksum the host's).  A link as the file itself is shown as its target;
+# a link among the folders on the way refuses the whole question.
 sum_of() {
-    if [[ -f $1 ]]; then
-        sha256sum <"$1" | cut -c1-16
-    elif [[ -L $1 ]]; then
-        printf 'link:%s' "$(readlink "$1")"
-    elif [[ -e $1 ]]; then
+    local root=$1 path=$1 part
+    local -a parts
+
+    IFS=/ read -r -a parts <<<"$rel"
+    for part in "${parts[@]:0:${#parts[@]}-1}"; do
+        path+=/$part
+        if [[ -L $path ]]; then
+            echo "snapfs-file-history: refused: ${path#"$root"/} is a symbolic link in $(basename "$root")" \
+                 "(never followed: the host would resolve it)" >&2
+            return 1
+        fi
+    done
+    path+=/${parts[-1]}
+    if [[ -L $path ]]; then
+        printf 'link:%s\n' "$(readlink "$path")"
+    elif [[ -f $path ]]; then
+        sha256sum <"$path" | cut -c1-16
+    elif [[ -e $path ]]; then
         echo "not-a-file"
     else
         echo "absent"
@@ -50,7 +71,7 @@ sum_of() {
 last=""
 previous=""
 for snap in "${line[@]}"; do
-    sum=$(sum_of "$dom/$snap/$rel")
+    sum=$(sum_of "$dom/$snap") || exit 1
     created=$(getfattr --only-values -n user.snapfs.created "$dom/$snap")
     printf '%s  %-16s  %s\n' "$(date -u -d "@$created" '+%Y-%m-%d %H:%M:%S')" "$sum" "$snap"
     if [[ $sum != "$previous" ]]; then

@@ -9,6 +9,8 @@
 # Where libguestfs found no operating system, the snapshot shows one folder per
 # filesystem (sda, sdb1...): the path then starts with it, and that filesystem is used.
 # Refused while the domain runs: writing under a running guest would corrupt its disk.
+# Refused where the file or a folder on its way is a symbolic link in the guest: the host would
+# resolve it against its own files.
 # The live disks are taken from the mount (layers/*/ highest number), so no libvirt
 # connection is needed (the demo's embedded libvirt is held by snapfs).
 set -euo pipefail
@@ -17,25 +19,47 @@ if (($# != 1)) || [[ $1 == -* ]]; then
     echo "usage: snapfs-restore-file.sh MOUNT/DOMAIN/SNAPSHOT/PATH" >&2
     exit 2
 fi
-src=$1
+# Lexically absolute, without . and .. (nothing is resolved: guest symlinks must not be followed).
+src=$(realpath -s -- "$1")
+
+# The domain directory: the first folder from the top holding a revert file and a layers folder.
+# Above it are the host's folders and snapfs's own, never a guest's, so walking them is safe.
+IFS=/ read -r -a parts <<<"${src#/}"
+dir=""
+i=0
+while ((i < ${#parts[@]} - 1)); do
+    if [[ -n $dir && -f $dir/revert && -d $dir/layers ]]; then
+        break
+    fi
+    dir+=/${parts[i]}
+    i=$((i + 1))
+done
+if ((i >= ${#parts[@]} - 1)) || [[ ! ( -f $dir/revert && -d $dir/layers ) ]]; then
+    echo "snapfs-restore-file: $src is not inside a snapshot of a snapfs mount" >&2
+    exit 1
+fi
+domain=$dir
+dir+=/${parts[i]}
+i=$((i + 1))
+# Below the snapshot everything is the guest's: a symlink there would be resolved on the host
+# (a link to /etc/shadow would put the host's shadow into the guest), so none is taken.
+rel=""
+path=$dir
+while ((i < ${#parts[@]})); do
+    path+=/${parts[i]}
+    rel+=${rel:+/}${parts[i]}
+    if [[ -L $path ]]; then
+        echo "snapfs-restore-file: refused: $path is a symbolic link in the guest (snapfs-restore-file" \
+             "never follows one: the host would resolve it)" >&2
+        exit 1
+    fi
+    i=$((i + 1))
+done
 if [[ ! -f $src ]]; then
     echo "snapfs-restore-file: $src is not a file" >&2
     exit 1
 fi
-
-# Walk up to the domain directory: the one holding a revert file and a layers folder.
-dir=$(dirname "$src")
-rel=$(basename "$src")
-while [[ $dir != / && ! ( -f $dir/../revert && -d $dir/../layers ) ]]; do
-    rel=$(basename "$dir")/$rel
-    dir=$(dirname "$dir")
-done
-if [[ $dir == / ]]; then
-    echo "snapfs-restore-file: $src is not inside a snapshot of a snapfs mount" >&2
-    exit 1
-fi
 snapshot=$(basename "$dir")
-domain=$(cd "$dir/.." && pwd)
 if [[ $(getfattr --only-values -n user.snapfs.kind "$dir" 2>/dev/null) == "" ]]; then
     echo "snapfs-restore-file: $dir is not a snapshot directory" >&2
     exit 1
@@ -69,7 +93,7 @@ target_dir=${target_dir:-/}
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-cp -p "$src" "$tmp/"
+cp -p -P -- "$src" "$tmp/"
 export LIBGUESTFS_BACKEND=${LIBGUESTFS_BACKEND:-direct}
 # virt-copy-in is `guestfish --rw -i copy-in`; guestfish itself also takes -m for a disk without an OS.
 # Where KVM is present but unusable the appliance dies at launch: then once more with TCG.

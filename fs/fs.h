@@ -29,11 +29,16 @@ struct fs_context {
     struct fs_inodes *inodes;
     uid_t owner;      /* the mounting user: with root, the only one who may change things */
     bool kernel_permissions;  /* the kernel may check permissions itself: allow_other, or mounted by root */
+    /* allow_other: who may enter besides root and the owner (set before the session, read-only after) */
+    bool admission;           /* every request is checked against the two lists */
+    GArray *allowed_uids;     /* uid_t: allow_users= */
+    GArray *allowed_gids;     /* gid_t: allow_groups=, matched against the caller's gid and supplementary groups */
     struct fuse_session *session;
     GMutex listings_lock;
     GHashTable *listings;     /* node id of a folder libvirt fills -> the names it showed last (a set), until forgotten */
     gint stopped;             /* atomic: the FUSE loop has returned */
     GHashTable *open_dirs;    /* listings_lock: the set of struct fs_dir * the kernel has open */
+    GHashTable *open_controls;   /* listings_lock: the struct fs_control * of revert files open (freed with it) */
     GThreadPool *invalidations;   /* node ids whose cached pages the kernel must drop */
 };
 

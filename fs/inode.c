@@ -20,7 +20,8 @@
 struct fs_inode {
     fuse_ino_t ino;
     fuse_ino_t parent;
-    char *key;                 /* parent id, "/", name, "#", identity */
+    char *key;                 /* parent id, "/", the name's length, ":", name, "#", identity */
+    size_t name_at;            /* where the name starts in the key */
     size_t name_len;
     bool dir;
     struct snapfs_node *node;
@@ -94,8 +95,11 @@ static void inode_touch(struct fs_inodes *inodes, struct fs_inode *inode)
 fuse_ino_t fs_inodes_get(struct fs_inodes *inodes, fuse_ino_t parent, const char *name,
                          const struct snapfs_node *node, bool dir)
 {
-    /* The identity makes a name that now shows other content a new inode, so the kernel drops what it cached. */
-    g_autofree char *key = g_strdup_printf("%" G_GUINT64_FORMAT "/%s#%s", (guint64)parent, name,
+    /*
+     * The identity makes a name that now shows other content a new inode, so the kernel drops what it cached.
+     * The name's length makes the key unambiguous whatever the name and identity hold ('#' is fine in both).
+     */
+    g_autofree char *key = g_strdup_printf("%" G_GUINT64_FORMAT "/%zu:%s#%s", (guint64)parent, strlen(name), name,
                                            node->identity ? node->identity : "");
     struct fs_inode *inode, *folder;
     guint64 parent_key = parent;
@@ -113,6 +117,7 @@ fuse_ino_t fs_inodes_get(struct fs_inodes *inodes, fuse_ino_t parent, const char
         inode->ino = inodes->next++;
         inode->parent = parent;
         inode->key = g_steal_pointer(&key);
+        inode->name_at = (size_t)(strchr(inode->key, ':') + 1 - inode->key);
         inode->name_len = strlen(name);
         inode->dir = dir;
         inode->node = snapfs_node_copy(node);
@@ -207,8 +212,7 @@ static gpointer inodes_prune(gpointer data)
                 l = l->next;
                 if (inode->dir != (dirs == 1))
                     continue;
-                /* The name, from the key: after the parent's id and its slash. */
-                stale.name = g_strndup(strchr(inode->key, '/') + 1, inode->name_len);
+                stale.name = g_strndup(inode->key + inode->name_at, inode->name_len);
                 g_array_append_val(batch, stale);
                 /* Last in the order: one the kernel keeps comes round again after all the others. */
                 inode_touch(inodes, inode);

@@ -9,8 +9,10 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <guestfs.h>
 #include <inttypes.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -36,9 +38,11 @@ struct snapfs_options {
     char *quiesce;
     char *revert_keep;
     char *state_dir;
+    char *allow_users;
+    char *allow_groups;
 };
 
-enum { KEY_CONNECT, KEY_CONNECT_OPTION, KEY_RO, KEY_ALLOW_OTHER, KEY_DEBUG };
+enum { KEY_CONNECT, KEY_CONNECT_OPTION, KEY_RO, KEY_ALLOW_OTHER, KEY_DEBUG, KEY_SUID };
 
 #define OPTION(t, p) { t, offsetof(struct snapfs_options, p), 1 }
 static const struct fuse_opt option_spec[] = {
@@ -59,6 +63,11 @@ static const struct fuse_opt option_spec[] = {
     OPTION("quiesce=%s", quiesce),
     OPTION("revert_keep=%s", revert_keep),
     OPTION("state_dir=%s", state_dir),
+    OPTION("allow_users=%s", allow_users),
+    OPTION("allow_groups=%s", allow_groups),
+    /* Guest disks are untrusted: a setuid binary or device node in one must never act on the host. */
+    FUSE_OPT_KEY("suid", KEY_SUID),
+    FUSE_OPT_KEY("dev", KEY_SUID),
     FUSE_OPT_END
 };
 
@@ -101,6 +110,11 @@ static int option_proc(void *data, const char *arg, int key, struct fuse_args *o
     case KEY_ALLOW_OTHER:
         options->allow_other = 1;
         return 1;
+    case KEY_SUID:
+        /* mount(8) hands "suid,dev" to every helper from fstab's defaults: refusing would refuse every fstab line. */
+        fprintf(stderr, "snapfs: -o %s is ignored: guest files are untrusted, so the mount is always nosuid,nodev\n",
+                arg);
+        return 0;
     case KEY_DEBUG:
         /*
          * Kept from fuse_parse_cmdline(), which would take it for -d and stay
@@ -144,8 +158,12 @@ static void usage(const char *prog)
            "    -o revert_keep=on|off  keep the state a revert leaves as pre-revert-DATE (on)\n"
            "    -o state_dir=DIR       where snapfs journals by-hand operations (/var/lib/snapfs for\n"
            "                           root, else $XDG_STATE_HOME/snapfs or ~/.local/state/snapfs)\n"
-           "    -o allow_other         let other users in; reading then follows the guest's modes\n"
-           "                           (default_permissions), changes stay with root and you\n"
+           "    -o allow_other         let other users in: root and those allow_users and\n"
+           "                           allow_groups name (alone: nobody more); reading then follows\n"
+           "                           the guest's modes (default_permissions, guest uids and gids\n"
+           "                           taken as the host's), changes stay with root and you\n"
+           "    -o allow_users=U[:U...]   the users (names or uids) allow_other lets in\n"
+           "    -o allow_groups=G[:G...]  the groups (names or gids, supplementary ones too) it lets in\n"
            "    --check                check /dev/fuse, the connections and a libguestfs appliance,\n"
            "                           say what is wrong and how to fix it, and exit\n\n"
            "control files:\n"
@@ -329,6 +347,70 @@ static bool parse_on_off(const char *value, bool fallback, const char *name, boo
     return false;
 }
 
+/*
+ * allow_users=alice:1001, allow_groups=vmadmins:2000: names or numeric ids, ':' between them (a
+ * comma would end the option, in fstab as on the command line; ':' is never part of a user or
+ * group name).  Every name is resolved now: a typo must refuse to start, not let nobody in later.
+ */
+static bool parse_ids(const char *list, bool groups, GArray *ids)
+{
+    g_auto(GStrv) names = g_strsplit(list, ":", -1);
+    const char *option = groups ? "allow_groups" : "allow_users";
+
+    for (char **name = names; *name; name++) {
+        char *end = NULL;
+        guint64 number;
+        guint32 id;
+
+        if (!**name) {
+            fprintf(stderr, "snapfs: -o %s=%s holds an empty name\n", option, list);
+            return false;
+        }
+        number = g_ascii_strtoull(*name, &end, 10);
+        if (*end == '\0' && number < G_MAXUINT32) {
+            id = (guint32)number;
+        } else if (groups) {
+            struct group *gr = getgrnam(*name);
+
+            if (!gr) {
+                fprintf(stderr, "snapfs: -o allow_groups: there is no group '%s'\n", *name);
+                return false;
+            }
+            id = gr->gr_gid;
+        } else {
+            struct passwd *pw = getpwnam(*name);
+
+            if (!pw) {
+                fprintf(stderr, "snapfs: -o allow_users: there is no user '%s'\n", *name);
+                return false;
+            }
+            id = pw->pw_uid;
+        }
+        g_array_append_val(ids, id);
+    }
+    return true;
+}
+
+/*
+ * Who may enter: without allow_other the kernel lets in the mounting user alone.  With it,
+ * snapfs checks every request itself (fs/ops.c), and lets in root, the mounting user and
+ * those the lists name; allow_other alone names nobody more, so that sharing a mount, which
+ * shows every guest's files and the host's image paths, is always a choice made by name.
+ */
+static bool build_admission(const struct snapfs_options *options, struct fs_context *ctx, struct fuse_args *args)
+{
+    ctx->allowed_uids = g_array_new(FALSE, FALSE, sizeof(guint32));
+    ctx->allowed_gids = g_array_new(FALSE, FALSE, sizeof(guint32));
+    if ((options->allow_users && !parse_ids(options->allow_users, false, ctx->allowed_uids)) ||
+        (options->allow_groups && !parse_ids(options->allow_groups, true, ctx->allowed_gids)))
+        return false;
+    /* Naming whom to let in asks for other users to come in. */
+    if ((options->allow_users || options->allow_groups) && !options->allow_other)
+        fuse_opt_add_arg(args, "-oallow_other");
+    ctx->admission = options->allow_other || options->allow_users || options->allow_groups;
+    return true;
+}
+
 static bool build_config(const struct snapfs_options *options, struct snapfs_tree_config *config)
 {
     config->read_only = options->read_only;
@@ -467,8 +549,13 @@ int main(int argc, char **argv)
                 g_strerror(errno));
         goto out;
     }
-    if (options.allow_other)
+    if (!build_admission(&options, &ctx, &args))
+        goto out;
+    if (ctx.admission)
         fuse_opt_add_arg(&args, "-odefault_permissions");
+    /* libfuse's default too, said here so that no later default can change it (suid and dev are refused above). */
+    fuse_opt_add_arg(&args, "-onosuid");
+    fuse_opt_add_arg(&args, "-onodev");
     if (!cmdline.foreground && daemon_start() < 0)
         goto out;
     /* A daemon logs to syslog from the start, and to the terminal too until it has mounted. */
@@ -505,13 +592,17 @@ int main(int argc, char **argv)
             virConnectClose(conn);
     }
 
+    if (options.allow_other && !options.allow_users && !options.allow_groups)
+        snapfs_warn("-o allow_other without allow_users= or allow_groups= lets in root and the mounting user "
+                    "only: name the others who may enter");
     ctx.owner = getuid();
-    ctx.kernel_permissions = options.allow_other || ctx.owner == 0;
+    ctx.kernel_permissions = ctx.admission || ctx.owner == 0;
     /* About 600 bytes each: an id per 4 KiB of the cache bound (65,536 by default), 4,096 at least. */
     ctx.inodes = fs_inodes_new((unsigned)MAX(config.guest.cache_bytes >> 12, 4096));
     g_mutex_init(&ctx.listings_lock);
     ctx.listings = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, (GDestroyNotify)g_hash_table_unref);
     ctx.open_dirs = g_hash_table_new(g_direct_hash, g_direct_equal);
+    ctx.open_controls = g_hash_table_new_full(g_direct_hash, g_direct_equal, g_free, NULL);
     ctx.tree = snapfs_tree_new((struct snapfs_host **)hosts->pdata, hosts->len, &config);
     fuse_opt_add_arg(&args, "-osubtype=snapfs");
     fuse_opt_add_arg(&args, "-ofsname=snapfs");
@@ -564,6 +655,8 @@ out:
         fs_free_open_dirs(&ctx);
         g_hash_table_unref(ctx.open_dirs);
     }
+    if (ctx.open_controls)
+        g_hash_table_unref(ctx.open_controls);
     snapfs_tree_free(ctx.tree);
     fs_inodes_free(ctx.inodes);
     if (ctx.listings) {
@@ -578,6 +671,12 @@ out:
     g_free(options.quiesce);
     g_free(options.revert_keep);
     g_free(options.state_dir);
+    g_free(options.allow_users);
+    g_free(options.allow_groups);
+    if (ctx.allowed_uids)
+        g_array_unref(ctx.allowed_uids);
+    if (ctx.allowed_gids)
+        g_array_unref(ctx.allowed_gids);
     g_free(options.positional);
     g_free((char *)config.revert.state_dir);
     if (lock_fd >= 0)

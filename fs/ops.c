@@ -64,11 +64,67 @@ static void fs_reply_error(fuse_req_t req, const char *op, const struct snapfs_n
     fuse_reply_err(req, err);
 }
 
-/* Finds the node of @ino, or answers ESTALE for an id the kernel should no longer hold. */
+/*
+ * With allow_other, who may enter is snapfs's to check (the kernel lets in everyone): root, the
+ * mounting user, the users of allow_users= and the members of allow_groups= (the caller's gid or
+ * one of its supplementary groups, as /proc says them).  Where the groups cannot be read (the
+ * process is gone, or in another pid namespace), the caller is not let in.
+ */
+static bool fs_may_enter(fuse_req_t req)
+{
+    struct fs_context *ctx = fs_ctx(req);
+    const struct fuse_ctx *caller = fuse_req_ctx(req);
+    gid_t some[64];
+    g_autofree gid_t *more = NULL;
+    gid_t *groups = some;
+    int n;
+
+    if (!ctx->admission || caller->uid == 0 || caller->uid == ctx->owner)
+        return true;
+    for (guint i = 0; i < ctx->allowed_uids->len; i++) {
+        if (g_array_index(ctx->allowed_uids, guint32, i) == caller->uid)
+            return true;
+    }
+    if (ctx->allowed_gids->len == 0)
+        return false;
+    /* The count of all the groups, however many fit (negative where they cannot be read). */
+    n = fuse_req_getgroups(req, G_N_ELEMENTS(some), some);
+    if (n > (int)G_N_ELEMENTS(some)) {
+        int size = n;
+
+        groups = more = g_new(gid_t, size);
+        n = MIN(fuse_req_getgroups(req, size, more), size);
+    }
+    for (guint i = 0; i < ctx->allowed_gids->len; i++) {
+        guint32 gid = g_array_index(ctx->allowed_gids, guint32, i);
+
+        if (gid == caller->gid)
+            return true;
+        for (int j = 0; j < n; j++) {
+            if (groups[j] == gid)
+                return true;
+        }
+    }
+    return false;
+}
+
+/* Answers EACCES to a caller who may not enter (fs_may_enter()); true when it did. */
+static bool fs_refused(fuse_req_t req)
+{
+    if (fs_may_enter(req))
+        return false;
+    fuse_reply_err(req, EACCES);
+    return true;
+}
+
+/* Finds the node of @ino, or answers ESTALE for an id the kernel should no longer hold, EACCES to one who may not enter. */
 static struct snapfs_node *fs_node(fuse_req_t req, fuse_ino_t ino)
 {
-    struct snapfs_node *node = fs_inodes_node(fs_ctx(req)->inodes, ino);
+    struct snapfs_node *node;
 
+    if (fs_refused(req))
+        return NULL;
+    node = fs_inodes_node(fs_ctx(req)->inodes, ino);
     if (!node)
         fuse_reply_err(req, ESTALE);
     return node;
@@ -173,6 +229,13 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
         return;
     if (snapfs_tree_getattr(fs_ctx(req)->tree, node, &st) < 0)
         fs_reply_error(req, "getattr", node);
+    else if (node->kind == SNAPFS_NODE_ROOT && fs_ctx(req)->admission)
+        /*
+         * Every path into the mount is checked against the root's attributes: kept by the kernel, they
+         * would let one who may not enter walk names it has cached (default_permissions checks modes
+         * alone).  Never kept, each walk asks snapfs, which answers EACCES to them.
+         */
+        fuse_reply_attr(req, &st, 0.0);
     else
         fuse_reply_attr(req, &st, fs_timeout(node));
     snapfs_node_free(node);
@@ -330,6 +393,8 @@ static void fs_readdir_any(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
     g_autofree char *buf = NULL;
     size_t used = 0;
 
+    if (fs_refused(req))
+        return;
     /* A listing of what the images no longer hold is not shown. */
     if (snapfs_tree_handle_check(fs_ctx(req)->tree, dir->handle) < 0) {
         fs_reply_error(req, "readdir", dir->node);
@@ -399,6 +464,32 @@ static void fs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
 
 /* ---- files ---------------------------------------------------------------- */
 
+/* What an open revert file was written: one request per open (snapfs_tree_write()). */
+enum fs_control_state { FS_CONTROL_FRESH, FS_CONTROL_DONE, FS_CONTROL_REFUSED };
+
+struct fs_control {
+    gint state;   /* atomic: enum fs_control_state, FRESH until the first write comes */
+};
+
+static void fs_control_free(struct fs_context *ctx, struct fs_control *control)
+{
+    g_mutex_lock(&ctx->listings_lock);
+    g_hash_table_remove(ctx->open_controls, control);
+    g_mutex_unlock(&ctx->listings_lock);
+}
+
+/* The control state behind @fh, or NULL where @fh is a guest file's handle (lock not held). */
+static struct fs_control *fs_control_of(struct fs_context *ctx, uint64_t fh)
+{
+    struct fs_control *control;
+
+    g_mutex_lock(&ctx->listings_lock);
+    control = g_hash_table_lookup(ctx->open_controls, (gpointer)(uintptr_t)fh) ? (struct fs_control *)(uintptr_t)fh
+                                                                               : NULL;
+    g_mutex_unlock(&ctx->listings_lock);
+    return control;
+}
+
 /*
  * Opens a guest file read-only (EROFS for writing; EIO where its view's images changed since it was
  * looked up) or the revert control file.  A guest file's handle holds off rmdir and revert of what it reads.
@@ -416,8 +507,15 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         if (writing && !fs_may_administer(req)) {
             fuse_reply_err(req, EACCES);
         } else {
+            struct fs_control *control = g_new0(struct fs_control, 1);
+
+            g_mutex_lock(&ctx->listings_lock);
+            g_hash_table_add(ctx->open_controls, control);
+            g_mutex_unlock(&ctx->listings_lock);
+            fi->fh = (uintptr_t)control;
             fi->direct_io = 1;   /* its content is made at each read */
-            fuse_reply_open(req, fi);
+            if (fuse_reply_open(req, fi) == -ENOENT)
+                fs_control_free(ctx, control);   /* the opener was interrupted: no release comes */
         }
     } else if (node->kind != SNAPFS_NODE_GUEST) {
         fuse_reply_err(req, EISDIR);
@@ -445,7 +543,7 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, s
     if (!node)
         return;
     buf = g_malloc(size ? size : 1);
-    if (handle)
+    if (node->kind == SNAPFS_NODE_GUEST && handle)
         n = snapfs_tree_handle_read(fs_ctx(req)->tree, handle, buf, size, offset);
     else
         n = snapfs_tree_read(fs_ctx(req)->tree, node, buf, size, offset);
@@ -458,7 +556,12 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, s
 
 static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-    snapfs_tree_release(fs_ctx(req)->tree, (struct snapfs_handle *)(uintptr_t)fi->fh);
+    struct fs_control *control = fs_control_of(fs_ctx(req), fi->fh);
+
+    if (control)
+        fs_control_free(fs_ctx(req), control);
+    else
+        snapfs_tree_release(fs_ctx(req)->tree, (struct snapfs_handle *)(uintptr_t)fi->fh);
     fuse_reply_err(req, 0);
 }
 
@@ -495,20 +598,38 @@ void fs_unwatch_stale(struct fs_context *ctx)
     g_thread_pool_free(g_steal_pointer(&ctx->invalidations), TRUE, TRUE);
 }
 
-/* A write to revert is one request ("NAME\n"); everything else is read-only. */
+/*
+ * A write to revert is one request ("NAME\n"), in the first write of its open at offset 0; any
+ * other write is EINVAL (snapfs_tree_write()), except a lone newline after a request that was
+ * carried out (an unbuffered print() writes the name and its newline apart).  Everything else
+ * is read-only.
+ */
 static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t offset,
                      struct fuse_file_info *fi)
 {
     struct snapfs_node *node = fs_node(req, ino);
+    struct fs_control *control;
+    gint was;
 
     if (!node)
         return;
-    if (node->kind != SNAPFS_NODE_REVERT)
+    control = node->kind == SNAPFS_NODE_REVERT ? fs_control_of(fs_ctx(req), fi->fh) : NULL;
+    if (!control) {
         fuse_reply_err(req, EROFS);
-    else if (snapfs_tree_write(fs_ctx(req)->tree, node, buf, size) < 0)
-        fs_reply_error(req, "revert", node);
-    else
+        snapfs_node_free(node);
+        return;
+    }
+    /* Two writes of one open at once: only the first to come is the request. */
+    was = g_atomic_int_compare_and_exchange(&control->state, FS_CONTROL_FRESH, FS_CONTROL_REFUSED)
+        ? FS_CONTROL_FRESH : g_atomic_int_get(&control->state);
+    if (was == FS_CONTROL_DONE && size == 1 && buf[0] == '\n')
         fuse_reply_write(req, size);
+    else if (snapfs_tree_write(fs_ctx(req)->tree, node, buf, size, offset, was == FS_CONTROL_FRESH) < 0)
+        fs_reply_error(req, "revert", node);
+    else {
+        g_atomic_int_set(&control->state, FS_CONTROL_DONE);
+        fuse_reply_write(req, size);
+    }
     snapfs_node_free(node);
 }
 
@@ -672,7 +793,8 @@ static void fs_statfs(fuse_req_t req, fuse_ino_t ino)
 {
     struct statvfs st = { .f_bsize = 4096, .f_frsize = 4096, .f_namemax = 255 };
 
-    fuse_reply_statfs(req, &st);
+    if (!fs_refused(req))
+        fuse_reply_statfs(req, &st);
 }
 
 const struct fuse_lowlevel_ops fs_operations = {

@@ -1800,7 +1800,9 @@ static void data_put(struct guest_view *view, const char *key, GBytes *data)
 /* Chunk @index of @path (a file of @size bytes), from the cache or one pread of up to GUEST_CHUNK bytes. */
 static GBytes *view_chunk(struct guest_view *view, const char *path, off_t size, uint64_t index)
 {
-    g_autofree char *key = g_strdup_printf("%s\n%s\n%" PRIu64, view->id, path, index);
+    /* Lengths first: a guest's file names may hold newlines. */
+    g_autofree char *key = g_strdup_printf("%zu:%s%zu:%s%" PRIu64, strlen(view->id), view->id, strlen(path), path,
+                                           index);
     struct guest_appliance *app;
     g_autofree char *apath = NULL;
     char *bytes;

@@ -242,12 +242,27 @@ static ino_t tree_ino(struct snapfs_tree *tree, const char *key)
     return ino;
 }
 
+/*
+ * Appends @field to a key as LENGTH:FIELD.  Names hold any character ("a|b" is a fine domain
+ * name, "x#y" a fine snapshot name): joined by a separator, two different sets of names could
+ * make one key, and so one inode number or one view.
+ */
+static void key_add(GString *key, const char *field)
+{
+    g_string_append_printf(key, "%zu:%s", field ? strlen(field) : 0, field ? field : "");
+}
+
 static char *node_key(const struct snapfs_node *node)
 {
-    return g_strdup_printf("%d|%d|%s|%s|%s|%d|%s", node->kind, node->host,
-                           node->domain ? node->domain : "", node->snapshot ? node->snapshot : "",
-                           node->disk ? node->disk : "", node->layer,
-                           node->layer_file ? node->layer_file : "");
+    GString *key = g_string_new(NULL);
+
+    g_string_append_printf(key, "%d|%d|", node->kind, node->host);
+    key_add(key, node->domain);
+    key_add(key, node->snapshot);
+    key_add(key, node->disk);
+    g_string_append_printf(key, "%d|", node->layer);
+    key_add(key, node->layer_file);
+    return g_string_free(key, FALSE);
 }
 
 static void tree_stat_dir(struct snapfs_tree *tree, struct stat *st, mode_t mode, time_t when)
@@ -733,7 +748,10 @@ static struct tree_view *tree_make_view(struct snapfs_tree *tree, const char *gr
     view_drives_init(&v);
     if (snap) {
         label = g_strdup_printf("snapshot '%s' of domain '%s'", snap->name, group);
-        g_string_append_printf(v.id, "%s/snapshot/%s@%lld", group, snap->name, snap->created);
+        key_add(v.id, group);
+        g_string_append(v.id, "/snapshot/");
+        key_add(v.id, snap->name);
+        g_string_append_printf(v.id, "@%lld", snap->created);
         if (snapshot_drives(domain, snap, &v) < 0)
             goto cleanup;
     } else {
@@ -743,7 +761,9 @@ static struct tree_view *tree_make_view(struct snapfs_tree *tree, const char *gr
         live = index == chain->len - 1;
         label = g_strdup_printf("layer %u (%s) of disk '%s' of domain '%s'", index, layer->file, target, group);
         identity = layer_identity(layer, live);
-        g_string_append_printf(v.id, "%s/layer/%s", group, identity);
+        key_add(v.id, group);
+        g_string_append(v.id, "/layer/");
+        key_add(v.id, identity);
         view_add(&v, target, chain, index, NULL);
     }
     if (view_stamp(tree, &v, label) < 0)
@@ -857,8 +877,16 @@ static struct tree_view *tree_view_entry(struct snapfs_tree *tree, const struct 
 
     if (!node->identity)
         return tree_find_view(tree, node);
-    key = g_strdup_printf("%d/%s/%s/%s/%s", node->host, node->domain, node->snapshot ? node->snapshot : "",
-                          node->disk ? node->disk : "", node->identity);
+    {
+        GString *k = g_string_new(NULL);
+
+        g_string_append_printf(k, "%d/", node->host);
+        key_add(k, node->domain);
+        key_add(k, node->snapshot);
+        key_add(k, node->disk);
+        key_add(k, node->identity);
+        key = g_string_free(k, FALSE);
+    }
     g_mutex_lock(&tree->lock);
     tv = g_hash_table_lookup(tree->views, key);
     if (tv)
@@ -1470,8 +1498,10 @@ static void tree_forget_chains(struct snapfs_tree *tree, struct snapfs_domain *b
     }
 }
 
-int snapfs_tree_write(struct snapfs_tree *tree, const struct snapfs_node *node, const char *buf, size_t size)
+int snapfs_tree_write(struct snapfs_tree *tree, const struct snapfs_node *node, const char *buf, size_t size,
+                      off_t offset, bool first)
 {
+    struct revert_request request = { 0 };
     struct snapfs_domain *before;
     virConnectPtr conn;
     int ret;
@@ -1484,6 +1514,19 @@ int snapfs_tree_write(struct snapfs_tree *tree, const struct snapfs_node *node, 
         snapfs_error_set(EROFS, "cannot revert '%s': mounted read-only", node->domain);
         return -1;
     }
+    /* Refused before anything is asked or touched (libvirt, appliances, caches). */
+    if (offset != 0 || !first) {
+        snapfs_error_set(EINVAL, "a revert request is one write at the start of the file (as echo NAME > revert "
+                         "makes it): a %s was refused, nothing was reverted by it",
+                         offset != 0 ? "write past the start" : "second write of one open file");
+        tree_remember_error(tree, node, "revert", NULL);
+        return -1;
+    }
+    if (revert_parse(buf, size, &request) < 0) {
+        tree_remember_error(tree, node, "revert", NULL);
+        return -1;
+    }
+    revert_request_clear(&request);
     conn = snapfs_host_conn(tree_host(tree, node));
     if (!conn)
         return -1;
@@ -1740,6 +1783,30 @@ static int tree_check_snapshot_parent(struct snapfs_tree *tree, const struct sna
     return 0;
 }
 
+/*
+ * A snapshot made through the mount can be reverted to through it: its name, written to revert,
+ * must read back as that name (no blanks around it, no trailing " --force" or other option).
+ */
+static int tree_check_revertable(const char *name)
+{
+    struct revert_request request = { 0 };
+    int ret = 0;
+
+    if (revert_parse(name, strlen(name), &request) < 0) {
+        g_autofree char *why = g_strdup(snapfs_error_message());
+
+        snapfs_error_set(EINVAL, "'%s' cannot name a snapshot: it could not be reverted to (%s)", name, why);
+        return -1;
+    }
+    if (request.force || strcmp(request.name, name) != 0) {
+        snapfs_error_set(EINVAL, "'%s' cannot name a snapshot: written to revert, it would ask for '%s'%s", name,
+                         request.name, request.force ? " with --force" : "");
+        ret = -1;
+    }
+    revert_request_clear(&request);
+    return ret;
+}
+
 int snapfs_tree_mkdir(struct snapfs_tree *tree, const struct snapfs_node *parent, const char *name)
 {
     virConnectPtr conn;
@@ -1747,7 +1814,7 @@ int snapfs_tree_mkdir(struct snapfs_tree *tree, const struct snapfs_node *parent
 
     if (tree_check_snapshot_parent(tree, parent, "create a snapshot") < 0)
         return -1;
-    if (engine_check_name(name) < 0) {
+    if (engine_check_name(name) < 0 || tree_check_revertable(name) < 0) {
         tree_remember_error(tree, parent, "mkdir", name);
         return -1;
     }

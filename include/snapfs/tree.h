@@ -81,9 +81,14 @@ int snapfs_tree_readdir(struct snapfs_tree *tree, const struct snapfs_node *node
 int snapfs_tree_readlink(struct snapfs_tree *tree, const struct snapfs_node *node, char **target);
 ssize_t snapfs_tree_read(struct snapfs_tree *tree, const struct snapfs_node *node,
                          char *buf, size_t size, off_t offset);
-/* A write to a control file, whole (fs/ gathers it until release). */
+/*
+ * A write to DOMAIN/revert.  The request is one write(2) at @offset 0, the @first of its
+ * open file, as `echo NAME > revert` and `printf NAME > revert` make it: a writer that
+ * writes it piecemeal would otherwise revert to a prefix of the name.  Any other write is
+ * EINVAL and changes nothing (with the reason in last_error), as a malformed one does.
+ */
 int snapfs_tree_write(struct snapfs_tree *tree, const struct snapfs_node *node,
-                      const char *buf, size_t size);
+                      const char *buf, size_t size, off_t offset, bool first);
 
 ssize_t snapfs_tree_getxattr(struct snapfs_tree *tree, const struct snapfs_node *node,
                              const char *name, char *buf, size_t size);

@@ -135,7 +135,7 @@ def test_allow_other(mount, demo):
     denied = as_nobody("ls", plain.path)
     assert denied.returncode != 0 and "Permission denied" in denied.stderr, "others may not enter by default"
 
-    shared = mount("-o", "allow_other")
+    shared = mount("-o", "allow_other,allow_users=nobody")
     dom = shared.p(demo.chain.name)
     listed = as_nobody("ls", dom)
     assert listed.returncode == 0 and "s1" in listed.stdout.split(), listed.stderr

@@ -199,7 +199,7 @@ static void test_tree_errors(void)
 
     g_assert_cmpint(snapfs_tree_mkdir(tree, root, "newdomain"), ==, -1);
     g_assert_cmpint(snapfs_error_errno(), ==, EPERM);
-    g_assert_cmpint(snapfs_tree_write(tree, domain, "x", 1), ==, -1);
+    g_assert_cmpint(snapfs_tree_write(tree, domain, "x", 1, 0, true), ==, -1);
     g_assert_cmpint(snapfs_error_errno(), ==, EROFS);
     g_assert_cmpint(snapfs_tree_rmdir(tree, domain, "layers"), ==, -1);
     g_assert_cmpint(snapfs_error_errno(), ==, EPERM);
