@@ -383,7 +383,7 @@ static struct snapfs_snapshot *layer_frozen_by(struct snapfs_domain *domain, con
                 continue;
             if (strcmp(disk->file, above->file) == 0)
                 return snap;
-            overlay = standing_on ? NULL : snapfs_chain_read_layer(disk->file, NULL);
+            overlay = standing_on ? NULL : snapfs_chain_read_layer(disk->file, disk->format);
             if (overlay && overlay->backing) {
                 g_autofree char *frozen = snapfs_chain_resolve(overlay->file, overlay->backing);
 
@@ -655,7 +655,7 @@ static int snapshot_drives(struct snapfs_domain *domain, struct snapfs_snapshot 
         struct snapfs_snapshot_disk *sd = g_ptr_array_index(snap->disks, i);
 
         if (strcmp(sd->kind, "external") == 0 && sd->file) {
-            g_autoptr(GPtrArray) chain = snapfs_chain_read(sd->file, NULL);
+            g_autoptr(GPtrArray) chain = snapfs_chain_read(sd->file, sd->format);
 
             if (!chain || chain->len < 2) {
                 if (chain)
