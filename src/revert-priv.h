@@ -78,7 +78,8 @@ struct revert_snapshot {
     bool external;            /* any disk external */
     GHashTable *overlay;      /* target -> the overlay the snapshot made */
     GHashTable *frozen;       /* target -> the image it froze */
-    GHashTable *frozen_format;
+    GHashTable *frozen_format;  /* target -> the frozen image's format, where libvirt or its overlay records it */
+    GHashTable *overlay_format; /* target -> the overlay's format, as the snapshot's XML says */
     GPtrArray *domain_disks;  /* the domain as it was: struct snapfs_disk * */
 };
 
@@ -108,8 +109,8 @@ GPtrArray *revert_domain_disks_now(struct revert_state *st);
 
 /* Whether any snapshot but @except names @file (as its overlay, what it froze, or a disk of its domain). */
 bool revert_state_names_file(struct revert_state *st, const char *file, const char *except);
-/* Whether @file is in the chain of any of @tops (file names). */
-bool revert_chains_hold(GPtrArray *tops, const char *file);
+/* Whether @file is in the chain of any of @tops (file names, of @formats); true where a chain cannot be read. */
+bool revert_chains_hold(GPtrArray *tops, GPtrArray *formats, const char *file);
 /* A disk whose image is a local file or device (not a network disk, not a cdrom). */
 bool revert_disk_is_local(const struct snapfs_disk *disk);
 /* The snapshot whose frozen images the domain reads untouched, over the disks @target reverts; or NULL. */
@@ -131,9 +132,13 @@ bool revert_domain_on_new_tops(struct revert_state *st, const struct revert_jour
 
 /* Whether @file is a qcow2 overlay that holds no data of its own (errs on "not empty"). */
 bool revert_image_empty(const char *file);
-/* The image @file is backed by, absolute (and its format if recorded), or NULL. */
-char *revert_image_backing(const char *file, char **format);
-/* An empty qcow2 overlay @file on @backing, flushed to disk; -1 with the reason. */
+/* The image @file (of format @file_format) is backed by, absolute (and its format if recorded), or NULL. */
+char *revert_image_backing(const char *file, const char *file_format, char **format);
+/*
+ * An empty qcow2 overlay @file on @backing (of @backing_format, which must be
+ * given: ENOTSUP otherwise), flushed to disk; mode 0600 and owned as @backing
+ * from the start; EEXIST, nothing touched, if @file exists.  -1 with the reason.
+ */
 int revert_image_create_overlay(const char *file, const char *backing, const char *backing_format);
 /* @dir/@domain.@target.@what.qcow2, with -2, -3... if taken; the names made readable as file names. */
 char *revert_image_name(const char *dir, const char *domain, const char *target, const char *what);
