@@ -1377,6 +1377,9 @@ int snapfs_tree_readdir(struct snapfs_tree *tree, const struct snapfs_node *node
     } else if (node->kind == SNAPFS_NODE_DISK && tree_check_local(tree, node) == 0) {
         chain = tree_chain(domain, node->disk);
         if (!chain) {
+            /* A chain snapfs will not read (a format nobody recorded) is a refusal: logged, kept. */
+            if (snapfs_error_errno() == ENOTSUP)
+                tree_remember_error(tree, node, "listing the layers", NULL);
             snapfs_domain_unref(domain);
             return -1;
         }
@@ -1605,8 +1608,14 @@ static int tree_xattrs(struct snapfs_tree *tree, const struct snapfs_node *node,
             xattr_add(list, "snapshot", g_strdup(frozen_by->name));
         xattr_add(list, "live", g_strdup((guint)node->layer == chain->len - 1 ? "1" : "0"));
     }
-    if ((node->kind == SNAPFS_NODE_LAYERS || node->kind == SNAPFS_NODE_DISK) && tree_check_local(tree, node) < 0)
+    if ((node->kind == SNAPFS_NODE_LAYERS || node->kind == SNAPFS_NODE_DISK) && tree_check_local(tree, node) < 0) {
         xattr_add(list, "error", g_strdup(snapfs_error_message()));
+    } else if (node->kind == SNAPFS_NODE_DISK) {
+        g_autoptr(GPtrArray) chain = tree_chain(domain, node->disk);
+
+        if (!chain)
+            xattr_add(list, "error", g_strdup(snapfs_error_message()));
+    }
     if (node->kind == SNAPFS_NODE_SNAPSHOT || node->kind == SNAPFS_NODE_LAYER) {
         struct guest_view *view = tree_view(tree, node);
         char *why = view ? guest_view_error(view) : g_strdup(snapfs_error_message());
