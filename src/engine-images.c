@@ -279,7 +279,7 @@ static void images_add_domain(struct engine_images *images, virDomainPtr dom, bo
             struct snapfs_snapshot_disk *disk = g_ptr_array_index(info->disks, d);
 
             if (disk->file && strcmp(disk->kind, "external") == 0) {
-                engine_images_add_chain(images, disk->file, NULL);
+                engine_images_add_chain(images, disk->file, disk->format);
                 g_hash_table_insert(images->named, g_strdup(disk->file), g_strdup_printf("%s/%s", name, snap_name));
             }
         }
