@@ -56,24 +56,24 @@ static bool read_exact(int fd, void *buf, size_t len, off_t offset)
     return n == (ssize_t)len;
 }
 
-/* The format named by the image's magic; images without a known one are raw. */
-static const char *chain_probe_format(const unsigned char *head, size_t len)
+/*
+ * Image formats snapfs accepts from libvirt's XML or an image's header: the
+ * disk image formats of qemu-img here, without the protocols, filters and
+ * vvfat (a host directory as a disk).  Whatever names a format is written
+ * into overlays, domain XML and appliance drives, so it must be one qemu
+ * opens as an image and nothing else.
+ */
+static const char *const chain_formats[] = {
+    "raw", "qcow2", "qcow", "qed", "vmdk", "vdi", "vpc", "vhdx", "luks", "bochs", "cloop", "dmg", "parallels",
+};
+
+bool snapfs_chain_format_known(const char *format)
 {
-    if (len >= 4 && be32(head) == QCOW2_MAGIC)
-        return "qcow2";
-    if (len >= 4 && memcmp(head, "KDMV", 4) == 0)
-        return "vmdk";
-    if (len >= 21 && memcmp(head, "# Disk DescriptorFile", 21) == 0)
-        return "vmdk";
-    if (len >= 0x44 && head[0x40] == 0x7f && head[0x41] == 0x10 && head[0x42] == 0xda && head[0x43] == 0xbe)
-        return "vdi";
-    if (len >= 8 && memcmp(head, "vhdxfile", 8) == 0)
-        return "vhdx";
-    if (len >= 8 && memcmp(head, "conectix", 8) == 0)
-        return "vpc";
-    if (len >= 4 && memcmp(head, "QED", 4) == 0)
-        return "qed";
-    return "raw";
+    for (size_t i = 0; format && i < G_N_ELEMENTS(chain_formats); i++) {
+        if (strcmp(format, chain_formats[i]) == 0)
+            return true;
+    }
+    return false;
 }
 
 /* qcow2: the backing file name and, from the header extensions, its format. */
@@ -183,9 +183,22 @@ struct snapfs_layer *snapfs_chain_read_layer(const char *file, const char *forma
     struct snapfs_layer *layer = g_new0(struct snapfs_layer, 1);
     unsigned char head[512] = { 0 };
     ssize_t len;
-    int fd;
+    int fd = -1;
 
     layer->file = g_strdup(file);
+    /* Probing would take a raw disk's guest-written qcow2 header for the truth: refuse instead. */
+    if (!format) {
+        snapfs_error_set(ENOTSUP, "the format of image '%s' is recorded neither by libvirt nor by the image "
+                         "below which it stands: snapfs does not guess formats", file);
+        goto error;
+    }
+    if (!snapfs_chain_format_known(format)) {
+        g_autofree char *shown = g_strescape(format, NULL);
+
+        snapfs_error_set(ENOTSUP, "image '%s' is said to be of format '%s', which is not a disk image format "
+                         "snapfs accepts", file, shown);
+        goto error;
+    }
     fd = open(file, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         snapfs_error_set(errno == ENOENT ? ENOENT : EIO, "cannot open image '%s': %s",
@@ -197,7 +210,7 @@ struct snapfs_layer *snapfs_chain_read_layer(const char *file, const char *forma
         snapfs_error_set(EIO, "cannot read image '%s': %s", file, g_strerror(errno));
         goto error;
     }
-    layer->format = g_strdup(format ? format : chain_probe_format(head, len));
+    layer->format = g_strdup(format);
     if (strcmp(layer->format, "qcow2") == 0) {
         if (len < 104 || be32(head) != QCOW2_MAGIC) {
             snapfs_error_set(EIO, "image '%s' is not a qcow2 image", file);
@@ -307,6 +320,12 @@ GPtrArray *snapfs_chain_read(const char *top, const char *format)
         g_clear_pointer(&file, g_free);
         g_clear_pointer(&fmt, g_free);
         if (layer->backing && !chain_is_protocol(layer->backing)) {
+            if (!layer->backing_format) {
+                snapfs_error_set(ENOTSUP, "image '%s' names its backing file '%s' without its format, and snapfs "
+                                 "does not guess formats (record it with qemu-img rebase -u -F FORMAT -b ...)",
+                                 layer->file, layer->backing);
+                return NULL;
+            }
             file = snapfs_chain_resolve(layer->file, layer->backing);
             fmt = g_strdup(layer->backing_format);
         }

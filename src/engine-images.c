@@ -345,7 +345,7 @@ static int images_add_snapshot(struct engine_images *images, virDomainSnapshotPt
 
         if (!disk->file || strcmp(disk->kind, "external") != 0)
             continue;
-        if (engine_images_add_chain(images, disk->file, NULL) < 0) {
+        if (engine_images_add_chain(images, disk->file, disk->format) < 0) {
             snapfs_error_set(EIO, "cannot tell what snapshot '%s' of domain '%s' (disk %s) stands on: %s",
                              snap_name, domain, disk->target, snapfs_error_message());
             goto cleanup;
@@ -646,15 +646,16 @@ static void file_state_free(gpointer data)
 static struct file_state *file_state_read(const char *file)
 {
     struct file_state *state = g_new0(struct file_state, 1);
-    struct snapfs_layer *layer;
 
     if (stat(file, &state->st) < 0) {
         g_free(state);
         return NULL;
     }
-    layer = snapfs_chain_read_layer(file, NULL);
-    state->backing = g_strdup(layer && layer->backing ? layer->backing : "");
-    snapfs_layer_free(layer);
+    /*
+     * Not the header: its format is not known here, and formats are never guessed.  A new backing
+     * name is a write to the file, which its modification time shows.
+     */
+    state->backing = g_strdup("");
     return state;
 }
 

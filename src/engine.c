@@ -1,16 +1,20 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /* The snapshot engine: snapshot names, mkdir's external snapshot, descriptions, and helpers the delete shares. */
 #include "engine-priv.h"
+#include "snapfs/chain.h"
 #include "snapfs/error.h"
 #include "snapfs/virt.h"
 #include "snapfs/log.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <libvirt/virterror.h>
 #include <libxml/parser.h>
 #include <libxml/xpath.h>
 #include <limits.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 int engine_check_name(const char *name)
@@ -188,12 +192,104 @@ static int create_check(virDomainPtr dom, const char *domain, const char *name, 
             snapfs_error_set(EEXIST, "%s: the overlay of disk %s, '%s', exists already", what, disk->target, overlay);
             return -1;
         }
+        /* libvirt writes the formats it finds into the overlay: every one must be recorded, none guessed. */
+        if (local && strcmp(disk->type, "network") != 0) {
+            g_autoptr(GPtrArray) chain = snapfs_chain_read(disk->file, disk->format);
+
+            if (!chain) {
+                g_autofree char *reason = g_strdup(snapfs_error_message());
+
+                snapfs_error_set(snapfs_error_errno(), "%s: disk %s: %s", what, disk->target, reason);
+                return -1;
+            }
+        }
     }
     if (!snapshotted) {
         snapfs_error_set(ENOTSUP, "%s: it has no writable disk to snapshot", what);
         return -1;
     }
     return 0;
+}
+
+/* The uid qemu runs as, from the live XML's DAC label ("+64055:+64055"); -1 where it does not say. */
+static long create_qemu_uid(virDomainPtr dom)
+{
+    g_autofree char *xml = virDomainGetXMLDesc(dom, 0);
+    xmlXPathContextPtr ctxt = NULL;
+    xmlDocPtr doc = xml ? snapfs_xml_read(xml, &ctxt) : NULL;
+    g_autofree char *label = doc ? snapfs_xml_string(ctxt, NULL, "string(/domain/seclabel[@model='dac']/label)")
+                                 : NULL;
+    long uid = -1;
+
+    if (doc)
+        snapfs_xml_free(doc, ctxt);
+    if (label) {
+        char *end = NULL;
+        const char *p = label[0] == '+' ? label + 1 : label;
+        long value = strtol(p, &end, 10);
+
+        if (end != p && *end == ':' && value >= 0)
+            uid = value;
+    }
+    return uid;
+}
+
+/*
+ * Make the overlay @file private: mode 0600 and, for a shut-off domain, the
+ * owner and group of @backing (what libvirt's DAC driver gives the overlays
+ * it makes itself; libvirt 9.0 leaves those of a shut-off domain 0644 and
+ * root's, CVE-2025-13193).  While the domain runs, libvirt has labelled the
+ * overlay for qemu already: it is never chowned away from qemu then, only
+ * closed to others where qemu owns it.  Failures are logged, not returned:
+ * the snapshot exists by now.
+ */
+static void create_make_private(const char *label, const char *file, const char *backing, bool running,
+                                long qemu_uid)
+{
+    struct stat below, st;
+    int fd = open(file, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY);
+
+    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        if (fd >= 0 || errno != ENOENT)
+            snapfs_warn("cannot make overlay '%s' of domain '%s' private: %s", file, label,
+                        fd >= 0 ? "it is not a regular file" : g_strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    if (!running && stat(backing, &below) == 0 && (st.st_uid != below.st_uid || st.st_gid != below.st_gid) &&
+        fchown(fd, below.st_uid, below.st_gid) < 0)
+        snapfs_warn("cannot give overlay '%s' of domain '%s' the owner of '%s': %s", file, label, backing,
+                    g_strerror(errno));
+    if ((st.st_mode & 07777) != 0600 && (!running || (long)st.st_uid == qemu_uid) && fchmod(fd, 0600) < 0)
+        snapfs_warn("cannot make overlay '%s' of domain '%s' mode 0600: %s", file, label, g_strerror(errno));
+    else if ((st.st_mode & 077) && running && (long)st.st_uid != qemu_uid)
+        snapfs_warn("overlay '%s' of running domain '%s' is left mode %04o: qemu does not own it, and closing "
+                    "it could cut the guest off its disk", file, label, (unsigned)(st.st_mode & 07777));
+    close(fd);
+}
+
+/* Every overlay snapshot @snap made, private (create_make_private()); @disks are the domain's before it. */
+static void create_make_overlays_private(virDomainPtr dom, virDomainSnapshotPtr snap, GPtrArray *disks,
+                                         const char *label, bool running)
+{
+    g_autofree char *xml = virDomainSnapshotGetXMLDesc(snap, 0);
+    struct engine_snapshot_info *info = xml ? engine_parse_snapshot(xml) : NULL;
+    long qemu_uid = running ? create_qemu_uid(dom) : -1;
+
+    if (!info) {
+        snapfs_warn("cannot make the overlays of domain '%s' private: the snapshot's XML cannot be read", label);
+        return;
+    }
+    for (guint i = 0; i < info->disks->len; i++) {
+        struct snapfs_snapshot_disk *sd = g_ptr_array_index(info->disks, i);
+        struct snapfs_disk *disk = snapfs_disk_find(disks, sd->target);
+
+        if (strcmp(sd->kind, "external") == 0 && sd->file && g_path_is_absolute(sd->file) && disk && disk->file &&
+            strcmp(disk->type, "network") != 0)
+            create_make_private(label, sd->file, disk->file, running, qemu_uid);
+    }
+    engine_snapshot_info_free(info);
 }
 
 static virDomainSnapshotPtr create_call(virDomainPtr dom, const char *xml, unsigned int flags, bool running,
@@ -264,6 +360,8 @@ int engine_snapshot_create(virConnectPtr conn, const char *domain, const char *n
     if (!snap)
         goto cleanup;
     snapfs_info("created snapshot '%s' of domain '%s'%s", name, label, running ? " (live)" : "");
+    if (engine_conn_is_local(conn))
+        create_make_overlays_private(dom, snap, disks, label, running);
     /* The old tops are frozen now, with an overlay above: views that read them as live must go. */
     for (guint i = 0; i < disks->len; i++) {
         struct snapfs_disk *disk = g_ptr_array_index(disks, i);

@@ -69,29 +69,36 @@ static void appliance_add_drive(struct guest_appliance *app, const struct guest_
 
     if (guest_appliance_find_disk(app, key) >= 0)
         return;
+    /*
+     * qemu follows the chain as the images record it and probes a backing
+     * file's format where none is recorded: only a drive whose whole chain
+     * snapfs can read with formats libvirt or the images name is added.
+     */
     chain = snapfs_chain_read(drive->file, drive->format);
+    if (!chain) {
+        snapfs_debug("image '%s' is not added to an appliance: %s", drive->file, snapfs_error_message());
+        return;
+    }
     ext = g_new0(struct guest_disk_ext, 1);
     ext->disk.key = g_steal_pointer(&key);
     ext->disk.file = g_strdup(drive->file);
-    ext->disk.format = g_strdup(drive->format ? drive->format : "raw");
+    ext->disk.format = g_strdup(drive->format);
     ext->disk.internal = g_strdup(drive->internal_snapshot);
     ext->disk.force_share = live;
-    for (guint i = 0; chain && i < chain->len; i++)
+    for (guint i = 0; i < chain->len; i++)
         g_ptr_array_add(files, g_strdup(((struct snapfs_layer *)g_ptr_array_index(chain, i))->file));
-    if (!chain)
-        g_ptr_array_add(files, g_strdup(drive->file));
     g_ptr_array_add(files, NULL);
     ext->chain = (char **)g_ptr_array_free(g_steal_pointer(&files), FALSE);
     g_ptr_array_add(app->disks, ext);
 
     /* Each backing layer as a drive of its own: it is the content of an older snapshot or layer. */
-    if (!with_chain || !chain || app->disks->len >= GUEST_MAX_SHARED_DISKS)
+    if (!with_chain || app->disks->len >= GUEST_MAX_SHARED_DISKS)
         return;
     for (guint i = 0; i + 1 < chain->len; i++) {
         struct snapfs_layer *layer = g_ptr_array_index(chain, i);
         struct guest_drive below = { .file = layer->file, .format = layer->format, .target = drive->target };
 
-        if (strcmp(layer->format, "unknown") == 0 || g_access(layer->file, R_OK) != 0)
+        if (g_access(layer->file, R_OK) != 0)
             continue;
         appliance_add_drive(app, &below, false, false);
     }

@@ -81,6 +81,7 @@ static void revert_snapshot_free(struct revert_snapshot *snap)
     g_hash_table_unref(snap->overlay);
     g_hash_table_unref(snap->frozen);
     g_hash_table_unref(snap->frozen_format);
+    g_hash_table_unref(snap->overlay_format);
     if (snap->domain_disks)
         g_ptr_array_unref(snap->domain_disks);
     g_free(snap);
@@ -118,6 +119,7 @@ static struct revert_snapshot *revert_snapshot_parse(const char *name, char *xml
     snap->overlay = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     snap->frozen = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     snap->frozen_format = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    snap->overlay_format = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     if (!ctxt) {
         revert_snapshot_free(snap);
         snap = NULL;
@@ -130,6 +132,7 @@ static struct revert_snapshot *revert_snapshot_parse(const char *name, char *xml
         g_autofree char *target = xml_eval_string(ctxt, node, "string(@name)");
         g_autofree char *kind = xml_eval_string(ctxt, node, "string(@snapshot)");
         g_autofree char *file = xml_eval_string(ctxt, node, "string(source/@file)");
+        g_autofree char *file_format = xml_eval_string(ctxt, node, "string(driver/@type)");
         g_autofree char *frozen = NULL;
         g_autofree char *frozen_format = NULL;
         struct snapfs_disk *then;
@@ -140,12 +143,17 @@ static struct revert_snapshot *revert_snapshot_parse(const char *name, char *xml
         if (!file)
             continue;
         /* What the snapshot froze: its overlay's backing, or else the disk of the domain as it was. */
-        frozen = revert_image_backing(file, &frozen_format);
+        frozen = revert_image_backing(file, file_format, &frozen_format);
         then = snap->domain_disks ? snapfs_disk_find(snap->domain_disks, target) : NULL;
         if (!frozen && then && then->file) {
             frozen = g_strdup(then->file);
             frozen_format = g_strdup(then->format);
         }
+        /* Formats only as libvirt or the overlay recorded them: the domain as it was says it for its own disk. */
+        if (frozen && !frozen_format && then && then->file && strcmp(then->file, frozen) == 0)
+            frozen_format = g_strdup(then->format);
+        if (file_format)
+            g_hash_table_insert(snap->overlay_format, g_strdup(target), g_steal_pointer(&file_format));
         g_hash_table_insert(snap->overlay, g_strdup(target), g_steal_pointer(&file));
         if (frozen) {
             if (frozen_format)
@@ -315,7 +323,8 @@ struct revert_snapshot *revert_state_identical(struct revert_state *st, struct r
             if (!revert_disk_is_local(disk) || !g_hash_table_contains(target->frozen, disk->target))
                 continue;
             frozen = g_hash_table_lookup(snap->frozen, disk->target);
-            backing = frozen && revert_image_empty(disk->file) ? revert_image_backing(disk->file, NULL) : NULL;
+            backing = frozen && revert_image_empty(disk->file) ? revert_image_backing(disk->file, disk->format, NULL)
+                                                              : NULL;
             same = backing && strcmp(backing, frozen) == 0;
             compared++;
         }

@@ -90,7 +90,8 @@ struct revert_snapshot {
     bool external;            /* any disk external */
     GHashTable *overlay;      /* target -> the overlay the snapshot made */
     GHashTable *frozen;       /* target -> the image it froze */
-    GHashTable *frozen_format;
+    GHashTable *frozen_format;  /* target -> the frozen image's format, where libvirt or its overlay records it */
+    GHashTable *overlay_format; /* target -> the overlay's format, as the snapshot's XML says */
     GPtrArray *domain_disks;  /* the domain as it was: struct snapfs_disk * */
 };
 
@@ -143,9 +144,13 @@ bool revert_domain_on_new_tops(struct revert_state *st, const struct revert_jour
 
 /* Whether @file is a qcow2 overlay that holds no data of its own (errs on "not empty"). */
 bool revert_image_empty(const char *file);
-/* The image @file is backed by, absolute (and its format if recorded), or NULL. */
-char *revert_image_backing(const char *file, char **format);
-/* An empty qcow2 overlay @file on @backing, flushed to disk; -1 with the reason. */
+/* The image @file (of format @file_format) is backed by, absolute (and its format if recorded), or NULL. */
+char *revert_image_backing(const char *file, const char *file_format, char **format);
+/*
+ * An empty qcow2 overlay @file on @backing (of @backing_format, which must be
+ * given: ENOTSUP otherwise), flushed to disk; mode 0600 and owned as @backing
+ * from the start; EEXIST, nothing touched, if @file exists.  -1 with the reason.
+ */
 int revert_image_create_overlay(const char *file, const char *backing, const char *backing_format);
 /* @dir/@domain.@target.@what.qcow2, with -2, -3... if taken; the names made readable as file names. */
 char *revert_image_name(const char *dir, const char *domain, const char *target, const char *what);

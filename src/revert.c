@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Revert a domain to a snapshot: libvirt's own revert where it can, by hand for external snapshots of shut-off domains. */
 #include "revert-priv.h"
+#include "snapfs/chain.h"
 #include "snapfs/engine.h"
 #include "snapfs/error.h"
 #include "snapfs/virt.h"
@@ -10,6 +11,7 @@
 #include <errno.h>
 #include <libvirt/virterror.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /*
@@ -126,6 +128,28 @@ int revert_parse(const char *buf, size_t len, struct revert_request *request)
 
 /* ---- finishing and rolling back ---------------------------------------------------- */
 
+/*
+ * The format of @rd's old top, as libvirt recorded it: the domain's disk now
+ * or, once the domain left it, the pre-revert snapshot's domain.  NULL if
+ * neither says (then no overlay is made on it: formats are never guessed).
+ */
+static const char *old_top_format(struct revert_state *st, const struct revert_journal *journal,
+                                  const struct revert_disk *rd)
+{
+    struct revert_snapshot *keep = journal->keep_name ? revert_state_snapshot(st, journal->keep_name) : NULL;
+    GPtrArray *lists[] = { st->disks, keep ? keep->domain_disks : NULL };
+
+    for (guint l = 0; l < G_N_ELEMENTS(lists); l++) {
+        for (guint i = 0; rd->old_top && lists[l] && i < lists[l]->len; i++) {
+            struct snapfs_disk *disk = g_ptr_array_index(lists[l], i);
+
+            if (disk->file && strcmp(disk->file, rd->old_top) == 0 && disk->format)
+                return disk->format;
+        }
+    }
+    return NULL;
+}
+
 /* @why: "rolling back" or "nothing needs it after", said of the revert @journal records. */
 static void unlink_logged(const struct revert_state *st, const struct revert_journal *journal, const char *file,
                           const char *why)
@@ -180,7 +204,7 @@ static int revert_roll_forward(struct revert_state *st, const struct revert_jour
         struct revert_disk *rd = g_ptr_array_index(journal->disks, i);
 
         if (rd->keep_overlay && rd->old_top && !g_file_test(rd->keep_overlay, G_FILE_TEST_EXISTS) &&
-            revert_image_create_overlay(rd->keep_overlay, rd->old_top, NULL) < 0)
+            revert_image_create_overlay(rd->keep_overlay, rd->old_top, old_top_format(st, journal, rd)) < 0)
             return -1;
     }
     if (journal->phase != REVERT_PHASE_INTERNAL && (!st->current || strcmp(st->current, journal->target) != 0)) {
@@ -356,7 +380,7 @@ static struct revert_journal *plan_external(struct revert_state *st, struct reve
             g_ptr_array_add(journal->disks, rd);
         }
         if (own && revert_image_empty(own) && !revert_state_names_file(st, own, target->name)) {
-            g_autofree char *backing = revert_image_backing(own, NULL);
+            g_autofree char *backing = revert_image_backing(own, g_hash_table_lookup(target->overlay_format, t), NULL);
             int held = revert_chains_hold(tops, formats, own);
             int free_of_others = held == 0 && backing && strcmp(backing, frozen) == 0
                                  ? plan_image_free(st, target, own) : 0;
@@ -410,6 +434,52 @@ static struct revert_journal *plan_external(struct revert_state *st, struct reve
         rd->drop_old = held == 0;
     }
     return g_steal_pointer(&journal);
+}
+
+/*
+ * Every overlay the plan makes: its name free (a file is never overwritten,
+ * EEXIST) and the format of what it stands on, and of that image's chain,
+ * recorded by libvirt or the images (formats are never guessed, ENOTSUP).
+ * Checked before anything changes.
+ */
+static int revert_check_images(struct revert_state *st, struct revert_snapshot *target,
+                               const struct revert_journal *journal)
+{
+    for (guint i = 0; i < journal->disks->len; i++) {
+        struct revert_disk *rd = g_ptr_array_index(journal->disks, i);
+        const char *made[2] = { rd->keep_overlay, rd->new_created ? rd->new_top : NULL };
+        const char *below[2] = { rd->old_top, g_hash_table_lookup(target->frozen, rd->target) };
+        const char *format[2] = { old_top_format(st, journal, rd),
+                                  g_hash_table_lookup(target->frozen_format, rd->target) };
+
+        for (int k = 0; k < 2; k++) {
+            g_autoptr(GPtrArray) chain = NULL;
+            struct stat sb;
+
+            if (!made[k] || !below[k])
+                continue;
+            if (lstat(made[k], &sb) == 0) {
+                snapfs_error_set(EEXIST, "cannot revert '%s' to '%s': '%s' exists already (snapfs never "
+                                 "overwrites a file)", st->name, target->name, made[k]);
+                return -1;
+            }
+            if (!format[k]) {
+                snapfs_error_set(ENOTSUP, "cannot revert '%s' to '%s': neither libvirt nor an image records "
+                                 "the format of '%s', and snapfs does not guess formats", st->name,
+                                 target->name, below[k]);
+                return -1;
+            }
+            chain = snapfs_chain_read(below[k], format[k]);
+            if (!chain) {
+                g_autofree char *reason = g_strdup(snapfs_error_message());
+
+                snapfs_error_set(snapfs_error_errno(), "cannot revert '%s' to '%s': %s", st->name, target->name,
+                                 reason);
+                return -1;
+            }
+        }
+    }
+    return 0;
 }
 
 /*
@@ -508,8 +578,13 @@ static int revert_external(struct revert_state *st, struct revert_snapshot *targ
         for (guint i = 0; i < journal->disks->len; i++) {
             struct revert_disk *rd = g_ptr_array_index(journal->disks, i);
 
-            if (rd->keep_overlay && revert_image_create_overlay(rd->keep_overlay, rd->old_top, NULL) < 0)
+            if (rd->keep_overlay &&
+                revert_image_create_overlay(rd->keep_overlay, rd->old_top, old_top_format(st, journal, rd)) < 0) {
+                /* Someone else's file of that name is theirs: the rollback leaves it alone. */
+                if (snapfs_error_errno() == EEXIST)
+                    g_clear_pointer(&rd->keep_overlay, g_free);
                 goto fail;
+            }
         }
         for (guint i = 0; i < journal->disks->len; i++) {
             struct revert_disk *rd = g_ptr_array_index(journal->disks, i);
@@ -567,8 +642,11 @@ static int revert_external(struct revert_state *st, struct revert_snapshot *targ
         const char *frozen = g_hash_table_lookup(target->frozen, rd->target);
 
         if (rd->new_top && rd->new_created &&
-            revert_image_create_overlay(rd->new_top, frozen, g_hash_table_lookup(target->frozen_format, rd->target)) < 0)
+            revert_image_create_overlay(rd->new_top, frozen, g_hash_table_lookup(target->frozen_format, rd->target)) < 0) {
+            if (snapfs_error_errno() == EEXIST)
+                rd->new_created = false;
             goto fail;
+        }
         if (rd->new_top) {
             g_autofree char *dir = g_path_get_dirname(rd->new_top);
 
@@ -812,6 +890,11 @@ static int revert_prepare(struct revert_state *st, struct revert_snapshot *targe
             return -1;
         /* Keeping the state left behind makes overlays here, and so does the by-hand revert. */
         if (!*noop && ((*plan)->keep_name || !native_possible(st, *plan)) && revert_check_local(st, target) < 0) {
+            g_clear_pointer(plan, revert_journal_free);
+            return -1;
+        }
+        /* The overlays it makes: names free, formats recorded. */
+        if (!*noop && snapfs_uri_is_local(st->uri) && revert_check_images(st, target, *plan) < 0) {
             g_clear_pointer(plan, revert_journal_free);
             return -1;
         }

@@ -398,7 +398,7 @@ static struct snapfs_snapshot *layer_frozen_by(struct snapfs_domain *domain, con
                 continue;
             if (strcmp(disk->file, above->file) == 0)
                 return snap;
-            overlay = standing_on ? NULL : snapfs_chain_read_layer(disk->file, NULL);
+            overlay = standing_on ? NULL : snapfs_chain_read_layer(disk->file, disk->format);
             if (overlay && overlay->backing) {
                 g_autofree char *frozen = snapfs_chain_resolve(overlay->file, overlay->backing);
 
@@ -670,7 +670,7 @@ static int snapshot_drives(struct snapfs_domain *domain, struct snapfs_snapshot 
         struct snapfs_snapshot_disk *sd = g_ptr_array_index(snap->disks, i);
 
         if (strcmp(sd->kind, "external") == 0 && sd->file) {
-            g_autoptr(GPtrArray) chain = snapfs_chain_read(sd->file, NULL);
+            g_autoptr(GPtrArray) chain = snapfs_chain_read(sd->file, sd->format);
 
             if (!chain || chain->len < 2) {
                 if (chain)
@@ -1405,6 +1405,9 @@ int snapfs_tree_readdir(struct snapfs_tree *tree, const struct snapfs_node *node
     } else if (node->kind == SNAPFS_NODE_DISK && tree_check_local(tree, node) == 0) {
         chain = tree_chain(domain, node->disk);
         if (!chain) {
+            /* A chain snapfs will not read (a format nobody recorded) is a refusal: logged, kept. */
+            if (snapfs_error_errno() == ENOTSUP)
+                tree_remember_error(tree, node, "listing the layers", NULL);
             snapfs_domain_unref(domain);
             return -1;
         }
@@ -1648,8 +1651,14 @@ static int tree_xattrs(struct snapfs_tree *tree, const struct snapfs_node *node,
             xattr_add(list, "snapshot", g_strdup(frozen_by->name));
         xattr_add(list, "live", g_strdup((guint)node->layer == chain->len - 1 ? "1" : "0"));
     }
-    if ((node->kind == SNAPFS_NODE_LAYERS || node->kind == SNAPFS_NODE_DISK) && tree_check_local(tree, node) < 0)
+    if ((node->kind == SNAPFS_NODE_LAYERS || node->kind == SNAPFS_NODE_DISK) && tree_check_local(tree, node) < 0) {
         xattr_add(list, "error", g_strdup(snapfs_error_message()));
+    } else if (node->kind == SNAPFS_NODE_DISK) {
+        g_autoptr(GPtrArray) chain = tree_chain(domain, node->disk);
+
+        if (!chain)
+            xattr_add(list, "error", g_strdup(snapfs_error_message()));
+    }
     if (node->kind == SNAPFS_NODE_SNAPSHOT || node->kind == SNAPFS_NODE_LAYER) {
         struct guest_view *view = tree_view(tree, node);
         char *why = view ? guest_view_error(view) : g_strdup(snapfs_error_message());

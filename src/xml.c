@@ -25,6 +25,7 @@ void snapfs_snapshot_disk_free(struct snapfs_snapshot_disk *disk)
     g_free(disk->target);
     g_free(disk->kind);
     g_free(disk->file);
+    g_free(disk->format);
     g_free(disk);
 }
 
@@ -136,6 +137,7 @@ GPtrArray *snapfs_xml_snapshot_disks(xmlXPathContextPtr ctxt)
         disk->target = snapfs_xml_string(ctxt, node, "string(@name)");
         disk->kind = snapfs_xml_string(ctxt, node, "string(@snapshot)");
         disk->file = xml_source(ctxt, node);
+        disk->format = snapfs_xml_string(ctxt, node, "string(driver/@type)");
         if (!disk->kind)
             disk->kind = g_strdup("no");
         if (!disk->target) {

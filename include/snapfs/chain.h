@@ -9,7 +9,7 @@
 /* One image of a chain. */
 struct snapfs_layer {
     char *file;          /* absolute path */
-    char *format;        /* "qcow2", "raw", "vmdk", ... ("unknown" if not detectable) */
+    char *format;        /* "qcow2", "raw", "vmdk", ...: as libvirt or the image above recorded it */
     uint64_t virtual_size;
     char *backing;       /* the backing file name as the image records it, NULL at the base */
     char *backing_format;/* as the image records it, NULL if it does not */
@@ -18,9 +18,17 @@ struct snapfs_layer {
 void snapfs_layer_free(struct snapfs_layer *layer);
 
 /*
- * Read one image's header. @format may be NULL to detect it from the magic
- * (an image with no known magic is "raw").  Returns NULL and records the
- * reason (snapfs_error_*) if the file cannot be read.
+ * Formats are never guessed from an image's content (a raw disk's guest can
+ * write any header into it): they come from libvirt's XML or from the
+ * backing format the image above records, and must be one of the disk image
+ * formats qemu-img knows.  Whether @format is one.
+ */
+bool snapfs_chain_format_known(const char *format);
+
+/*
+ * Read one image's header, taking it to be of @format.  Returns NULL and
+ * records the reason (snapfs_error_*) if the file cannot be read, ENOTSUP if
+ * @format is NULL or not a format snapfs_chain_format_known() accepts.
  */
 struct snapfs_layer *snapfs_chain_read_layer(const char *file, const char *format);
 
@@ -28,7 +36,8 @@ struct snapfs_layer *snapfs_chain_read_layer(const char *file, const char *forma
  * The whole chain of @top, base first: element 0 is the base, the last is
  * @top.  A relative backing name is resolved against the directory of the
  * image that names it.  A backing name snapfs cannot open locally (a
- * protocol such as nbd: or json:) ends the chain there.  Loops are refused.
+ * protocol such as nbd: or json:) ends the chain there.  Loops are refused,
+ * and so (ENOTSUP) is a backing file whose format the image does not record.
  * Returns a GPtrArray of struct snapfs_layer *, or NULL with the reason.
  */
 GPtrArray *snapfs_chain_read(const char *top, const char *format);

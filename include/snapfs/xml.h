@@ -23,6 +23,7 @@ struct snapfs_snapshot_disk {
     char *target;
     char *kind;      /* "internal", "external", "no", "manual"; "no" if unsaid */
     char *file;      /* external: the overlay this snapshot created */
+    char *format;    /* its driver type, NULL if unsaid */
 };
 
 void snapfs_disk_free(struct snapfs_disk *disk);

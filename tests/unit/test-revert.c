@@ -253,7 +253,7 @@ static void test_native_revert(void)
     overlay = g_strdup_printf("%s/web01.vda.%s.qcow2", tmpdir, (char *)g_ptr_array_index(kept, 0));
     g_assert_true(g_file_test(overlay, G_FILE_TEST_EXISTS));
     g_assert_true(revert_image_empty(overlay));
-    backing = revert_image_backing(overlay, NULL);
+    backing = revert_image_backing(overlay, "qcow2", NULL);
     g_assert_cmpstr(backing, ==, old_top);
     journals = revert_journal_list(dir);
     g_assert_cmpuint(journals->len, ==, 0);
@@ -290,7 +290,7 @@ static void test_unsafe_native_goes_by_hand(void)
     top = domain_top();
     g_assert_nonnull(strstr(top, "/web01.vda.revert-s2-"));
     g_assert_true(g_file_test(s1, G_FILE_TEST_EXISTS));
-    backing = revert_image_backing(top, NULL);
+    backing = revert_image_backing(top, "qcow2", NULL);
     g_assert_cmpstr(backing, ==, s1);
 }
 
@@ -341,6 +341,50 @@ static void ignore_error(void *opaque, virErrorPtr err)
 {
 }
 
+/*
+ * An overlay a revert makes is private from the start: mode 0600 and the owner of what it stands
+ * on, whatever the umask; an existing name is refused (EEXIST) and left as it was; no format, no overlay.
+ */
+static void test_overlay_private(void)
+{
+    g_autofree char *below = g_build_filename(tmpdir, "private-below.qcow2", NULL);
+    g_autofree char *overlay = g_build_filename(tmpdir, "private.qcow2", NULL);
+    g_autofree char *taken = g_build_filename(tmpdir, "taken.qcow2", NULL);
+    g_autofree char *link = g_build_filename(tmpdir, "link.qcow2", NULL);
+    g_autofree char *target = g_build_filename(tmpdir, "link-target", NULL);
+    g_autofree char *content = NULL;
+    struct stat st;
+    mode_t mask;
+
+    run("qemu-img create -q -f qcow2 private-below.qcow2 4M && chown 1234:5678 private-below.qcow2");
+    mask = umask(0);
+    g_assert_cmpint(revert_image_create_overlay(overlay, below, "qcow2"), ==, 0);
+    umask(mask);
+    g_assert_cmpint(stat(overlay, &st), ==, 0);
+    g_assert_cmpint(st.st_mode & 07777, ==, 0600);
+    g_assert_cmpint(st.st_uid, ==, 1234);
+    g_assert_cmpint(st.st_gid, ==, 5678);
+
+    run("(echo keep me > taken.qcow2)");
+    g_assert_cmpint(revert_image_create_overlay(taken, below, "qcow2"), ==, -1);
+    g_assert_cmpint(snapfs_error_errno(), ==, EEXIST);
+    g_assert_true(g_file_get_contents(taken, &content, NULL, NULL));
+    g_assert_cmpstr(content, ==, "keep me\n");
+
+    /* A dangling link is a name taken too: never followed to make its target. */
+    run("ln -s link-target link.qcow2");
+    g_assert_cmpint(revert_image_create_overlay(link, below, "qcow2"), ==, -1);
+    g_assert_cmpint(snapfs_error_errno(), ==, EEXIST);
+    g_assert_false(g_file_test(target, G_FILE_TEST_EXISTS));
+
+    g_assert_cmpint(unlink(overlay), ==, 0);
+    g_assert_cmpint(revert_image_create_overlay(overlay, below, NULL), ==, -1);
+    g_assert_cmpint(snapfs_error_errno(), ==, ENOTSUP);
+    g_assert_cmpint(revert_image_create_overlay(overlay, below, "vvfat"), ==, -1);
+    g_assert_cmpint(snapfs_error_errno(), ==, ENOTSUP);
+    g_assert_false(g_file_test(overlay, G_FILE_TEST_EXISTS));
+}
+
 int main(int argc, char **argv)
 {
     g_autoptr(GString) text = NULL;
@@ -371,6 +415,7 @@ int main(int argc, char **argv)
         g_test_add_func("/revert/native", test_native_revert);
         g_test_add_func("/revert/unsafe-native-goes-by-hand", test_unsafe_native_goes_by_hand);
         g_test_add_func("/revert/recover-rolls-back", test_recover_rolls_back);
+        g_test_add_func("/revert/overlay-private", test_overlay_private);
     }
     ret = g_test_run();
     if (conn)
