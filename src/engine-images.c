@@ -223,6 +223,12 @@ static bool backing_is_protocol(const char *backing)
     return colon && (!slash || colon < slash);
 }
 
+/* EIO for what cannot be read, but ENOTSUP stays ENOTSUP: a format recorded nowhere is a refusal with its own reason. */
+static int chain_failure_errno(void)
+{
+    return snapfs_error_errno() == ENOTSUP ? ENOTSUP : EIO;
+}
+
 int engine_images_add_chain(struct engine_images *images, const char *file, const char *format)
 {
     g_autofree char *cur = g_strdup(file);
@@ -242,7 +248,7 @@ int engine_images_add_chain(struct engine_images *images, const char *file, cons
         layer = snapfs_chain_read_layer(cur, fmt);
         if (!layer) {
             /* What an unreadable image stands on is unknown: nothing below it may be taken for unneeded. */
-            snapfs_error_set(EIO, "%s", snapfs_error_message());
+            snapfs_error_set(chain_failure_errno(), "%s", snapfs_error_message());
             return -1;
         }
         if (layer->backing && !backing_is_protocol(layer->backing))
@@ -296,7 +302,7 @@ static int images_add_disks(struct engine_images *images, GPtrArray *disks, cons
         user = snapshot ? g_strdup_printf("snapshot '%s' of domain '%s' (disk %s)", snapshot, domain, disk->target)
                         : g_strdup_printf("disk %s of domain '%s'", disk->target, domain);
         if (engine_images_add_chain(images, disk->file, disk->format) < 0) {
-            snapfs_error_set(EIO, "cannot tell what %s stands on: %s", user, snapfs_error_message());
+            snapfs_error_set(chain_failure_errno(), "cannot tell what %s stands on: %s", user, snapfs_error_message());
             g_free(user);
             return -1;
         }
@@ -346,7 +352,7 @@ static int images_add_snapshot(struct engine_images *images, virDomainSnapshotPt
         if (!disk->file || strcmp(disk->kind, "external") != 0)
             continue;
         if (engine_images_add_chain(images, disk->file, disk->format) < 0) {
-            snapfs_error_set(EIO, "cannot tell what snapshot '%s' of domain '%s' (disk %s) stands on: %s",
+            snapfs_error_set(chain_failure_errno(), "cannot tell what snapshot '%s' of domain '%s' (disk %s) stands on: %s",
                              snap_name, domain, disk->target, snapfs_error_message());
             goto cleanup;
         }
@@ -421,7 +427,7 @@ struct engine_images *engine_images_collect(virConnectPtr conn, const char *doma
     }
     free(doms);
     if (ret < 0) {
-        snapfs_error_set(EIO, "%s: %s; snapfs changes nothing while it cannot tell which images are needed",
+        snapfs_error_set(chain_failure_errno(), "%s: %s; snapfs changes nothing while it cannot tell which images are needed",
                          what, snapfs_error_message());
         engine_images_free(images);
         return NULL;
