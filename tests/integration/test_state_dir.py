@@ -113,8 +113,10 @@ def test_second_snapfs_mounts_once_the_first_ends(mount, domains):
     dom = domains.simple()
     state = state_dir("restart")
     first = mount("-o", f"state_dir={state}")
-    threading.Timer(2.0, first.unmount).start()
+    ending = threading.Timer(2.0, first.unmount)
+    ending.start()
     second = mount("-o", f"state_dir={state}", timeout=REFUSAL_LIMIT)
+    ending.join(timeout=30)     # the second may mount before the first's unmount has collected its status
     assert first.exit_status == 0, first.stderr_text()
     assert "waiting" in second.stderr_text() and f"pid {first.proc.pid}" in second.stderr_text()
     assert dom.name in os.listdir(second.path)
