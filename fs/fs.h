@@ -50,6 +50,8 @@ extern const struct fuse_lowlevel_ops fs_operations;
 void fs_free_open_dirs(struct fs_context *ctx);
 
 /* Once the session exists: the kernel is told to drop its cache of files whose images changed under a handle. */
+/* Frees a revert file's open state (the destroy function of open_controls). */
+void fs_control_destroy(gpointer data);
 void fs_watch_stale(struct fs_context *ctx);
 /* Before the session goes (nothing more is told). */
 void fs_unwatch_stale(struct fs_context *ctx);

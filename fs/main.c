@@ -602,7 +602,7 @@ int main(int argc, char **argv)
     g_mutex_init(&ctx.listings_lock);
     ctx.listings = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, (GDestroyNotify)g_hash_table_unref);
     ctx.open_dirs = g_hash_table_new(g_direct_hash, g_direct_equal);
-    ctx.open_controls = g_hash_table_new_full(g_direct_hash, g_direct_equal, g_free, NULL);
+    ctx.open_controls = g_hash_table_new_full(g_direct_hash, g_direct_equal, fs_control_destroy, NULL);
     ctx.tree = snapfs_tree_new((struct snapfs_host **)hosts->pdata, hosts->len, &config);
     fuse_opt_add_arg(&args, "-osubtype=snapfs");
     fuse_opt_add_arg(&args, "-ofsname=snapfs");

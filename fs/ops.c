@@ -5,6 +5,7 @@
 #include "snapfs/log.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/statvfs.h>
 
@@ -464,12 +465,49 @@ static void fs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
 
 /* ---- files ---------------------------------------------------------------- */
 
-/* What an open revert file was written: one request per open (snapfs_tree_write()). */
-enum fs_control_state { FS_CONTROL_FRESH, FS_CONTROL_DONE, FS_CONTROL_REFUSED };
+/*
+ * What an open revert file was written: one request per open (snapfs_tree_write()).  A request that
+ * ends with a newline (echo) is carried out by the write that completes it; text without one is
+ * gathered and carried out when the file is closed, so that a writer in pieces (dd bs=1) never
+ * reverts to a prefix of the name.
+ */
+enum fs_control_state { FS_CONTROL_FRESH, FS_CONTROL_GATHERING, FS_CONTROL_DONE, FS_CONTROL_REFUSED };
+
+#define FS_CONTROL_MAX 4096   /* a snapshot name (255 bytes) and " --force", with room */
 
 struct fs_control {
-    gint state;   /* atomic: enum fs_control_state, FRESH until the first write comes */
+    GMutex lock;
+    enum fs_control_state state;   /* lock */
+    GString *text;                 /* lock: what was gathered, while GATHERING */
+    pid_t writer;                  /* lock: the process (thread group) that wrote it */
 };
+
+/*
+ * The process a request's thread belongs to, or 0.  A close in a child that inherited the file
+ * (fork, then exec or exit) flushes it too: only the writer's own close ends its request.
+ */
+static pid_t fs_req_process(fuse_req_t req)
+{
+    pid_t tid = fuse_req_ctx(req)->pid;
+    g_autofree char *path = g_strdup_printf("/proc/%d/status", (int)tid);
+    g_autofree char *status = NULL;
+    const char *line;
+
+    if (tid <= 0 || !g_file_get_contents(path, &status, NULL, NULL))
+        return 0;
+    line = strstr(status, "\nTgid:");
+    return line ? (pid_t)strtol(line + 6, NULL, 10) : 0;
+}
+
+void fs_control_destroy(gpointer data)
+{
+    struct fs_control *control = data;
+
+    if (control->text)
+        g_string_free(control->text, TRUE);
+    g_mutex_clear(&control->lock);
+    g_free(control);
+}
 
 static void fs_control_free(struct fs_context *ctx, struct fs_control *control)
 {
@@ -509,6 +547,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         } else {
             struct fs_control *control = g_new0(struct fs_control, 1);
 
+            g_mutex_init(&control->lock);
             g_mutex_lock(&ctx->listings_lock);
             g_hash_table_add(ctx->open_controls, control);
             g_mutex_unlock(&ctx->listings_lock);
@@ -558,8 +597,12 @@ static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 {
     struct fs_control *control = fs_control_of(fs_ctx(req), fi->fh);
 
-    if (control)
+    if (control) {
+        if (control->state == FS_CONTROL_GATHERING)
+            snapfs_warn("a revert request ('%.*s') was closed by another process than its writer: not carried out",
+                           (int)MIN(control->text->len, 300), control->text->str);
         fs_control_free(fs_ctx(req), control);
+    }
     else
         snapfs_tree_release(fs_ctx(req)->tree, (struct snapfs_handle *)(uintptr_t)fi->fh);
     fuse_reply_err(req, 0);
@@ -598,18 +641,30 @@ void fs_unwatch_stale(struct fs_context *ctx)
     g_thread_pool_free(g_steal_pointer(&ctx->invalidations), TRUE, TRUE);
 }
 
+/* Carries out the request gathered in @control (lock held): 0, or -1 with the error set. */
+static int fs_control_carry_out(fuse_req_t req, struct snapfs_node *node, struct fs_control *control)
+{
+    int ret = snapfs_tree_write(fs_ctx(req)->tree, node, control->text->str, control->text->len, 0, true);
+
+    control->state = ret < 0 ? FS_CONTROL_REFUSED : FS_CONTROL_DONE;
+    g_string_free(g_steal_pointer(&control->text), TRUE);
+    return ret;
+}
+
 /*
- * A write to revert is one request ("NAME\n"), in the first write of its open at offset 0; any
- * other write is EINVAL (snapfs_tree_write()), except a lone newline after a request that was
- * carried out (an unbuffered print() writes the name and its newline apart).  Everything else
- * is read-only.
+ * A write to revert: the request ("NAME\n") starts at offset 0 with the first write of its open and
+ * goes on with writes that follow on where the last ended; it is carried out once a newline ends it
+ * (this write's status says how it went) or else at close (close(2)'s).  Any other write is EINVAL
+ * (snapfs_tree_write()), except a lone newline after a request that was carried out (an unbuffered
+ * print() writes the name and its newline apart).  Everything else is read-only.  The answer goes
+ * out only once the control's lock is let go: the release it lets come frees the control.
  */
 static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t offset,
                      struct fuse_file_info *fi)
 {
     struct snapfs_node *node = fs_node(req, ino);
     struct fs_control *control;
-    gint was;
+    int ret = 0;
 
     if (!node)
         return;
@@ -619,17 +674,59 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
         snapfs_node_free(node);
         return;
     }
-    /* Two writes of one open at once: only the first to come is the request. */
-    was = g_atomic_int_compare_and_exchange(&control->state, FS_CONTROL_FRESH, FS_CONTROL_REFUSED)
-        ? FS_CONTROL_FRESH : g_atomic_int_get(&control->state);
-    if (was == FS_CONTROL_DONE && size == 1 && buf[0] == '\n')
-        fuse_reply_write(req, size);
-    else if (snapfs_tree_write(fs_ctx(req)->tree, node, buf, size, offset, was == FS_CONTROL_FRESH) < 0)
-        fs_reply_error(req, "revert", node);
-    else {
-        g_atomic_int_set(&control->state, FS_CONTROL_DONE);
-        fuse_reply_write(req, size);
+    g_mutex_lock(&control->lock);
+    if (control->state == FS_CONTROL_DONE && size == 1 && buf[0] == '\n') {
+        ret = 0;
+    } else if ((control->state == FS_CONTROL_FRESH && offset == 0) ||
+               (control->state == FS_CONTROL_GATHERING && offset >= 0 && (size_t)offset == control->text->len &&
+                control->text->len + size <= FS_CONTROL_MAX)) {
+        if (!control->text) {
+            control->text = g_string_sized_new(size + 1);
+            control->writer = fs_req_process(req);
+        }
+        g_string_append_len(control->text, buf, (gssize)size);
+        control->state = FS_CONTROL_GATHERING;
+        if (size > 0 && buf[size - 1] == '\n')
+            ret = fs_control_carry_out(req, node, control);
+    } else {
+        /* Out of order or too long: refused, and so is what was gathered. */
+        if (control->text)
+            g_string_free(g_steal_pointer(&control->text), TRUE);
+        control->state = FS_CONTROL_REFUSED;
+        ret = snapfs_tree_write(fs_ctx(req)->tree, node, buf, size, offset, false);
     }
+    g_mutex_unlock(&control->lock);
+    if (ret < 0)
+        fs_reply_error(req, "revert", node);
+    else
+        fuse_reply_write(req, size);
+    snapfs_node_free(node);
+}
+
+/*
+ * The writer's close(2) of a revert file carries out a request that no newline ended, and its
+ * status says how it went; the close of a child that inherited the file does not.
+ */
+static void fs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    struct fs_control *control = fs_control_of(fs_ctx(req), fi->fh);
+    struct snapfs_node *node;
+    int ret = 0;
+
+    if (!control) {
+        fuse_reply_err(req, 0);
+        return;
+    }
+    if (!(node = fs_node(req, ino)))
+        return;
+    g_mutex_lock(&control->lock);
+    if (control->state == FS_CONTROL_GATHERING && control->writer && fs_req_process(req) == control->writer)
+        ret = fs_control_carry_out(req, node, control);
+    g_mutex_unlock(&control->lock);
+    if (ret < 0)
+        fs_reply_error(req, "revert", node);
+    else
+        fuse_reply_err(req, 0);
     snapfs_node_free(node);
 }
 
@@ -814,6 +911,7 @@ const struct fuse_lowlevel_ops fs_operations = {
     .link = fs_link,
     .open = fs_open,
     .read = fs_read,
+    .flush = fs_flush,
     .release = fs_release,
     .write = fs_write,
     .opendir = fs_opendir,

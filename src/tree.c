@@ -1519,9 +1519,9 @@ int snapfs_tree_write(struct snapfs_tree *tree, const struct snapfs_node *node, 
     }
     /* Refused before anything is asked or touched (libvirt, appliances, caches). */
     if (offset != 0 || !first) {
-        snapfs_error_set(EINVAL, "a revert request is one write at the start of the file (as echo NAME > revert "
-                         "makes it): a %s was refused, nothing was reverted by it",
-                         offset != 0 ? "write past the start" : "second write of one open file");
+        snapfs_error_set(EINVAL, "a revert request is written from the start of the file, in order, by one open "
+                         "(as echo NAME > revert makes it): a %s was refused, nothing was reverted by it",
+                         offset != 0 ? "write out of order" : "second request of one open file");
         tree_remember_error(tree, node, "revert", NULL);
         return -1;
     }

@@ -82,10 +82,11 @@ int snapfs_tree_readlink(struct snapfs_tree *tree, const struct snapfs_node *nod
 ssize_t snapfs_tree_read(struct snapfs_tree *tree, const struct snapfs_node *node,
                          char *buf, size_t size, off_t offset);
 /*
- * A write to DOMAIN/revert.  The request is one write(2) at @offset 0, the @first of its
- * open file, as `echo NAME > revert` and `printf NAME > revert` make it: a writer that
- * writes it piecemeal would otherwise revert to a prefix of the name.  Any other write is
- * EINVAL and changes nothing (with the reason in last_error), as a malformed one does.
+ * A revert request to DOMAIN/revert: @buf is the whole text of one open, at @offset 0 and
+ * @first (the FUSE layer gathers a request written in pieces and hands it over once a
+ * newline or close ends it, so that a piecemeal writer never reverts to a prefix of the
+ * name).  Anything else is EINVAL and changes nothing (with the reason in last_error), as a
+ * malformed request does.
  */
 int snapfs_tree_write(struct snapfs_tree *tree, const struct snapfs_node *node,
                       const char *buf, size_t size, off_t offset, bool first);
