@@ -553,7 +553,10 @@ int main(int argc, char **argv)
         goto out;
     if (ctx.admission)
         fuse_opt_add_arg(&args, "-odefault_permissions");
-    /* libfuse's default too, said here so that no later default can change it (suid and dev are refused above). */
+    /*
+     * libfuse's default too, said here so that no later default can change it (asking for suid
+     * or dev is ignored above, with a message).
+     */
     fuse_opt_add_arg(&args, "-onosuid");
     fuse_opt_add_arg(&args, "-onodev");
     if (!cmdline.foreground && daemon_start() < 0)
