@@ -654,7 +654,8 @@ static int fs_control_carry_out(fuse_req_t req, struct snapfs_node *node, struct
 /*
  * A write to revert: the request ("NAME\n") starts at offset 0 with the first write of its open and
  * goes on with writes that follow on where the last ended; it is carried out once a newline ends it
- * (this write's status says how it went) or else at close (close(2)'s).  Any other write is EINVAL
+ * (this write's status says how it went) or else at close (close(2)'s).  A refused write moved
+ * nothing, so the writer may try again from the start (a buffered writer's close does).  Any other write is EINVAL
  * (snapfs_tree_write()), except a lone newline after a request that was carried out (an unbuffered
  * print() writes the name and its newline apart).  Everything else is read-only.  The answer goes
  * out only once the control's lock is let go: the release it lets come frees the control.
@@ -677,7 +678,7 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
     g_mutex_lock(&control->lock);
     if (control->state == FS_CONTROL_DONE && size == 1 && buf[0] == '\n') {
         ret = 0;
-    } else if ((control->state == FS_CONTROL_FRESH && offset == 0) ||
+    } else if (((control->state == FS_CONTROL_FRESH || control->state == FS_CONTROL_REFUSED) && offset == 0) ||
                (control->state == FS_CONTROL_GATHERING && offset >= 0 && (size_t)offset == control->text->len &&
                 control->text->len + size <= FS_CONTROL_MAX)) {
         if (!control->text) {

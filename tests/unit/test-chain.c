@@ -91,10 +91,11 @@ static void patch_backing_format(const char *name, const char *format)
     gsize off;
 
     g_assert_true(g_file_get_contents(file, &data, &len, NULL));
-    off = (guchar)data[100] << 24 | (guchar)data[101] << 16 | (guchar)data[102] << 8 | (guchar)data[103];
+    off = (guint32)(guchar)data[100] << 24 | (guint32)(guchar)data[101] << 16 | (guint32)(guchar)data[102] << 8 |
+          (guchar)data[103];
     for (;;) {
-        guint32 type = (guchar)data[off] << 24 | (guchar)data[off + 1] << 16 | (guchar)data[off + 2] << 8 |
-                       (guchar)data[off + 3];
+        guint32 type = (guint32)(guchar)data[off] << 24 | (guint32)(guchar)data[off + 1] << 16 |
+                       (guint32)(guchar)data[off + 2] << 8 | (guchar)data[off + 3];
         guint32 n = (guchar)data[off + 6] << 8 | (guchar)data[off + 7];
 
         g_assert_cmpuint(type, !=, 0);
