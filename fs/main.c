@@ -410,7 +410,7 @@ static gpointer exit_watcher(gpointer data)
     struct fs_exit_watch *watch = data;
     struct fs_context *ctx = watch->ctx;
     int fd = watch->device[0] ? open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC) : -1;
-    gint64 gone_at = 0;
+    gint64 gone_at = 0, idle_at = 0;
 
     /* Read once after the open: a change before it would never be told. */
     if (fd >= 0 && !fs_mount_find(NULL, watch->device, 0))
@@ -428,8 +428,14 @@ static gpointer exit_watcher(gpointer data)
             snapfs_debug("the mount on %s has gone from this mount namespace", watch->mountpoint);
             g_atomic_int_set(&watch->gone, 1);
         }
-        if (gone_at && g_get_monotonic_time() - gone_at >= FS_GONE_USEC &&
-            g_atomic_int_get(&ctx->open_handles) == 0 && !fuse_session_exited(ctx->session)) {
+        /* The last close of a lazy unmount ends the session by itself: idle for a while first. */
+        if (!gone_at || g_atomic_int_get(&ctx->open_handles) > 0)
+            idle_at = 0;
+        else if (!idle_at)
+            idle_at = g_get_monotonic_time();
+        if (idle_at && g_get_monotonic_time() - gone_at >= FS_GONE_USEC &&
+            g_get_monotonic_time() - idle_at >= FS_GONE_USEC / 2 && !fs_session_severed(ctx->session) &&
+            !fuse_session_exited(ctx->session)) {
             g_autofree char *holders = fs_mount_holders(watch->device);
 
             snapfs_info("%s was unmounted, but copies of the mount in other mount namespaces keep it alive (%s): "
