@@ -43,7 +43,7 @@ struct fs_context {
     GThreadPool *invalidations;   /* node ids whose cached pages the kernel must drop */
 };
 
-/* A session whose mount went elsewhere than here, left to the exit (fs/main.c says why). */
+/* The session of a mount that left this namespace but lives on in others: left to the exit (fs/main.c says why). */
 extern struct fuse_session *fs_session_left;
 
 /* FUSE worker threads at most (GUEST_MAX_INFLIGHT of them may wait on appliances). */

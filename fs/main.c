@@ -403,7 +403,8 @@ struct fs_exit_watch {
  * shared) has a copy of the mount, which an unmount here does not reach, and snapfs would wait for
  * that namespace to end.  So once the mount has gone from snapfs's own namespace (the kernel tells
  * the change through /proc/self/mountinfo) and, a second later, the session goes on with no file or
- * folder open (a lazy unmount lets those that are finish), snapfs ends the session itself.
+ * folder open for half a second (a lazy unmount lets those that are finish), snapfs ends the session
+ * itself, as SIGTERM would.
  */
 static gpointer exit_watcher(gpointer data)
 {
