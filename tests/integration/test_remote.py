@@ -648,13 +648,12 @@ def test_host_crashing_repeatedly_then_unmount(mount, host2_up, remote_dom):
 # ---------------------------------------------------------------- the end of a mount, whatever a host does
 
 def _unmount_within(m, limit=10):
-    """Unmount M; assert snapfs exited 0 within LIMIT seconds of it. Returns how long it took."""
+    """Unmount M; assert snapfs exited 0, waiting LIMIT seconds for it (the bound is the wait's, which fails with
+    every thread's stack). Returns how long it took, for the log."""
     t0 = time.monotonic()
     status = m.unmount(timeout=limit)
-    took = time.monotonic() - t0
     assert status == 0, f"snapfs exited with {status} after unmount:\n{m.stderr_text()[-6000:]}"
-    assert took < limit, f"snapfs took {took:.1f} s to exit after unmount"
-    return took
+    return time.monotonic() - t0
 
 
 @pytest.mark.parametrize("state", ["connected", "killed", "stopped"])
