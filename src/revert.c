@@ -33,9 +33,12 @@
  *   cleanup        old top images nothing needs any more unlinked (empty ones, or all with revert_keep=off)
  *
  * Internal snapshots are libvirt's own revert after an internal
- * pre-revert-DATE (steps journal, keep, current).  Once libvirt was asked to
- * apply it, pre-revert-DATE stays whatever happens: libvirt 9.0 applies it
- * disk by disk and undoes nothing when a disk fails.
+ * pre-revert-DATE (steps journal, keep, asked, current).  Once libvirt was
+ * asked to apply it, pre-revert-DATE stays whatever happens: libvirt 9.0
+ * applies it disk by disk and undoes nothing when a disk fails.  So the
+ * journal says "asked" (phase internal-asked) before libvirt is asked, and
+ * a crash from there on is never rolled back: pre-revert-DATE is kept and
+ * named in a warning, whatever the disks read.
  *
  * Nothing of this starts, and a running domain is not stopped (--force),
  * before every check that could refuse the revert passed (revert_prepare):
@@ -167,6 +170,11 @@ static int revert_roll_back(struct revert_state *st, const struct revert_journal
 {
     int ret = 0;
 
+    if (journal->phase == REVERT_PHASE_INTERNAL_ASKED) {
+        snapfs_error_set(EIO, "the revert of domain '%s' to snapshot '%s' cannot be rolled back: libvirt was asked "
+                         "to apply it", st->name, journal->target);
+        return -1;
+    }
     if (journal->keep_name && revert_snapshot_exists(st->dom, journal->keep_name)) {
         virDomainSnapshotPtr snap = virDomainSnapshotLookupByName(st->dom, journal->keep_name, 0);
         unsigned int flags = journal->phase == REVERT_PHASE_INTERNAL ? 0 : VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY;
@@ -207,7 +215,8 @@ static int revert_roll_forward(struct revert_state *st, const struct revert_jour
             revert_image_create_overlay(rd->keep_overlay, rd->old_top, old_top_format(st, journal, rd)) < 0)
             return -1;
     }
-    if (journal->phase != REVERT_PHASE_INTERNAL && (!st->current || strcmp(st->current, journal->target) != 0)) {
+    if (journal->phase != REVERT_PHASE_INTERNAL && journal->phase != REVERT_PHASE_INTERNAL_ASKED &&
+        (!st->current || strcmp(st->current, journal->target) != 0)) {
         if (revert_snapshot_make_current(st, journal->target) < 0)
             return -1;
         if (faults)
@@ -232,14 +241,40 @@ static int revert_roll_forward(struct revert_state *st, const struct revert_jour
     return revert_journal_remove(journal);
 }
 
+/*
+ * A crash after libvirt was asked to apply an internal snapshot, which it
+ * did not finish (the target is not current): some disks may read as the
+ * target already, the others as before.  What they all held before is only
+ * in pre-revert-DATE, so it stays (never deleted here), and the warning
+ * names it; nothing else is changed.
+ */
+static int revert_settle_asked(struct revert_state *st, struct revert_journal *journal)
+{
+    if (journal->keep_name && revert_snapshot_exists(st->dom, journal->keep_name))
+        snapfs_warn("the revert of domain '%s' to snapshot '%s' was cut short after libvirt was asked to apply "
+                    "it: some of its disks may be reverted already; what they held before is kept as snapshot "
+                    "'%s' (write '%s' to revert to go back to it)", st->label, journal->target,
+                    journal->keep_name, journal->keep_name);
+    else
+        snapfs_warn("the revert of domain '%s' to snapshot '%s' was cut short after libvirt was asked to apply "
+                    "it: some of its disks may be reverted already, and %s", st->label, journal->target,
+                    journal->keep_name ? "the snapshot of their state before is missing"
+                                       : "nothing of their state before was kept (revert_keep=off)");
+    return revert_journal_remove(journal);
+}
+
 /* Settle one journal found on disk; @st is the domain's state now. */
 static int revert_settle(struct revert_state *st, struct revert_journal *journal)
 {
     bool committed;
 
     revert_journal_vet(journal, st);
+    if (journal->phase == REVERT_PHASE_INTERNAL_ASKED && (!st->current || strcmp(st->current, journal->target) != 0))
+        return revert_settle_asked(st, journal);
     if (journal->phase == REVERT_PHASE_BY_HAND)
         committed = revert_domain_on_new_tops(st, journal);
+    else if (journal->phase == REVERT_PHASE_INTERNAL_ASKED)
+        committed = true;       /* the target is current: libvirt finished applying it */
     else
         committed = st->current && strcmp(st->current, journal->target) == 0 &&
                     (!journal->keep_name || revert_snapshot_exists(st->dom, journal->keep_name));
@@ -728,6 +763,19 @@ static int revert_internal_check(struct revert_state *st, struct revert_snapshot
     return 0;
 }
 
+/* Before libvirt was asked: undo what revert_internal() did, keeping the reason recorded.  Always -1. */
+static int internal_roll_back(struct revert_state *st, struct revert_journal *journal)
+{
+    g_autofree char *reason = g_strdup(snapfs_error_message());
+    int errnum = snapfs_error_errno();
+
+    if (revert_roll_back(st, journal) < 0)
+        snapfs_warn("cannot roll back the revert of domain '%s' to snapshot '%s': %s", st->label, journal->target,
+                    snapfs_error_message());
+    snapfs_error_set(errnum, "%s", reason);
+    return -1;
+}
+
 static int revert_internal(struct revert_state *st, struct revert_snapshot *target, const char *path,
                            const struct revert_options *options)
 {
@@ -775,12 +823,23 @@ static int revert_internal(struct revert_state *st, struct revert_snapshot *targ
         revert_fault("keep");
     }
     snap = virDomainSnapshotLookupByName(st->dom, target->name, 0);
-    rc = snap ? virDomainRevertToSnapshot(snap, 0) : -1;
+    if (!snap) {
+        snapfs_error_from_virt("cannot revert domain '%s' to '%s'", st->name, target->name);
+        return internal_roll_back(st, journal);
+    }
+    /* From here on a crash is never rolled back (revert_settle_asked()): the journal must say so first. */
+    journal->phase = REVERT_PHASE_INTERNAL_ASKED;
+    if (revert_journal_write(journal) < 0) {
+        virDomainSnapshotFree(snap);
+        journal->phase = REVERT_PHASE_INTERNAL;
+        return internal_roll_back(st, journal);
+    }
+    revert_fault("asked");
+    rc = virDomainRevertToSnapshot(snap, 0);
     if (rc < 0)
         snapfs_error_from_virt("cannot revert domain '%s' to '%s'", st->name, target->name);
-    if (snap)
-        virDomainSnapshotFree(snap);
-    if (rc < 0 && snap) {
+    virDomainSnapshotFree(snap);
+    if (rc < 0) {
         /*
          * libvirt 9.0 applies an internal snapshot disk by disk and undoes
          * nothing when one fails: the disks before it may be reverted
@@ -800,18 +859,6 @@ static int revert_internal(struct revert_state *st, struct revert_snapshot *targ
                              "their state before was kept)", reason);
         }
         snapfs_warn("%s", snapfs_error_message());
-        return -1;
-    }
-    if (rc < 0) {
-        g_autofree char *reason = NULL;
-        int errnum;
-
-        reason = g_strdup(snapfs_error_message());
-        errnum = snapfs_error_errno();
-        if (revert_roll_back(st, journal) < 0)
-            snapfs_warn("cannot roll back the revert of domain '%s' to snapshot '%s': %s", st->label, target->name,
-                        snapfs_error_message());
-        snapfs_error_set(errnum, "%s", reason);
         return -1;
     }
     revert_fault("current");

@@ -323,7 +323,8 @@ class Domain:
         self.disks = list(disks)
         xml_file = owner.images.root / f"{abs(hash(name))}.xml"
         xml_file.write_text(domain_xml(name, self.disks))
-        virsh("define", xml_file)
+        # libvirtd probes qemu again when its capabilities cache is stale: over a minute on a loaded machine.
+        virsh("define", xml_file, timeout=300)
         xml_file.unlink()
 
     def start(self):

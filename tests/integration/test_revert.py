@@ -5,6 +5,7 @@ import itertools
 import json
 import os
 import shutil
+import xml.etree.ElementTree as ET
 
 import pytest
 
@@ -199,3 +200,33 @@ def test_killed_mid_revert_is_settled_at_next_start(mount, chained, step):
         dom.destroy()
     shutil.rmtree(dom.state_dir, ignore_errors=True)
     assert not is_mount(dead.path)
+
+
+def test_crash_after_libvirt_was_asked_keeps_pre_revert(mount, domains, images):
+    """The journal of an internal-snapshot revert says libvirt was asked to apply int1 (snapfs was killed then,
+    and libvirt did not finish: int1 is not current): the next start keeps pre-revert-..., the only copy of what
+    the disks held before, names it in a warning, removes the journal and changes nothing else."""
+    import hashlib
+    tag = domains.name(f"rv{next(SERIAL)}")
+    base = images.ext4(f"{tag}-internal.qcow2", {"etc/hostname": "int\n"})
+    dom = domains.define([("vda", base, "qcow2")], name=tag)
+    dom.snapshot("int1", disk_only=False)
+    dom.snapshot("int2", disk_only=False)
+    kept = "pre-revert-20260101-000000"
+    dom.snapshot(kept, disk_only=False)        # as snapfs takes it before asking libvirt to revert
+    state_dir = IMAGE_ROOT / f"{tag}-state"
+    state_dir.mkdir(mode=0o700)
+    uri = "qemu:///system"
+    uuid = run("virsh", "-q", "-c", uri, "domuuid", dom.name).stdout.strip()
+    journal = state_dir / (hashlib.sha256(f"{uri}\n{dom.name}".encode()).hexdigest()[:16] + ".revert-journal")
+    journal.write_text(f"[revert]\nuri={uri}\ndomain={dom.name}\nuuid={uuid}\ntarget=int1\nphase=internal-asked\n"
+                       f"keep={kept}\nold-current=int2\n")
+    journal.chmod(0o600)
+    before = dom.snapshots(), dom.current(), ET.tostring(dom.xml(inactive=True))
+    assert before[0] == ["int1", "int2", kept] and before[1] == kept
+    m = mount("-o", f"state_dir={state_dir}")
+    assert os.listdir(state_dir) == []
+    assert (dom.snapshots(), dom.current(), ET.tostring(dom.xml(inactive=True))) == before
+    text = m.stderr_text()
+    assert "cut short" in text and kept in text, text
+    assert os.path.isdir(m.p(dom.name, kept))

@@ -256,6 +256,41 @@ def test_killed_reverting_to_internal(make_domain, step):
     dom.start_and_stop()
 
 
+def test_killed_after_asking_libvirt_keeps_pre_revert(make_domain):
+    """snapfs dies once the journal says libvirt is asked to apply internal snapshot i1, and libvirt applied it to
+    the first disk only (as 9.0 does when the second fails: no undo): the next start never deletes pre-revert-...,
+    which alone holds what both disks held before; it names it in a warning and changes nothing else."""
+    dom = make_domain(ndisks=2)
+    dom.write(1)
+    dom.snapshot("i1", internal=True)
+    dom.write(2)
+    saved = dom.save()
+    status, err = dom.revert("i1", fault="revert:asked")
+    assert status == "KILLED", err
+    kept = pre_reverts(dom)
+    assert len(kept) == 1, dom.snapshots()
+    assert dom.current() == kept[0]
+    # What libvirt 9.0 leaves when it applied vda and then failed on vdb.
+    run("qemu-img", "snapshot", "-a", "i1", dom.top("vda"))
+    before = dom.fingerprint()
+    err = dom.recover()
+    assert list(dom.state.iterdir()) == []
+    assert kept[0] in err and "cut short" in err, err
+    after = dom.fingerprint()
+    for key in ("snapshots", "current", "xml", "meta"):
+        assert after[key] == before[key], f"{key} changed by the recovery"
+    assert dom.reads_as(saved[("i1", "vda")], dom.top("vda"))
+    assert dom.reads_as(saved[("live", "vdb")], dom.top("vdb"))
+    for t in dom.targets:
+        assert dom.reads_as(saved[("live", t)], dom.top(t), snapshot=kept[0]), f"{t}: the state before is lost"
+    # The kept state brings both disks back.
+    status, err = dom.revert(kept[0])
+    assert status == "OK", err
+    for t in dom.targets:
+        assert dom.reads_as(saved[("live", t)], dom.top(t))
+    dom.start_and_stop()
+
+
 def test_transient_domain_refused(chained):
     dom = chained
     xml = virsh("dumpxml", "--inactive", dom.name).stdout
