@@ -59,6 +59,9 @@ if [[ ${1:-} == --in-namespace ]]; then
     # namespace's own mounts only: the peer group is new, the host's mounts are not in it.
     mount --make-rshared "$root" || exit 1
     cp -L /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null
+    # This machine's name resolves in there as outside, without DNS (libvirtd looks it up at every connection).
+    cp /etc/hosts "$root/etc/hosts"
+    grep -qw "$(hostname)" "$root/etc/hosts" || printf '127.0.1.1\t%s\n' "$(hostname)" >>"$root/etc/hosts"
 
     inroot() {
         chroot "$root" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
