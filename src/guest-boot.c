@@ -471,8 +471,9 @@ void guest_boot_release(pid_t qemu, const char *fixed)
 }
 
 /*
- * The script: qemu refuses -accel beside the "-machine accel=tcg,..." that libguestfs passes, so it moves the
- * accelerator into -accel, with the cache's size.  "accel=kvm:tcg" (KVM may be there) is left as it is.
+ * The script: qemu refuses -accel beside the "-machine accel=tcg,..." that libguestfs passes (1.48; 1.54 passes
+ * "-machine q35,accel=tcg"), so it moves the accelerator into -accel, with the cache's size, whichever of them
+ * runs.  "accel=kvm:tcg" (KVM may be there) is left as it is.
  */
 static const char qemu_script[] =
     "#!/bin/sh\n"
@@ -484,6 +485,10 @@ static const char qemu_script[] =
     "        case $1 in\n"
     "        accel=tcg) shift; n=$((n - 1)); set -- \"$@\" -accel tcg,tb-size=%d; continue ;;\n"
     "        accel=tcg,*) m=${1#accel=tcg,}; shift; n=$((n - 1))\n"
+    "            set -- \"$@\" -machine \"$m\" -accel tcg,tb-size=%d; continue ;;\n"
+    "        *,accel=tcg) m=${1%%,accel=tcg}; shift; n=$((n - 1))\n"
+    "            set -- \"$@\" -machine \"$m\" -accel tcg,tb-size=%d; continue ;;\n"
+    "        *,accel=tcg,*) m=\"${1%%%%,accel=tcg,*},${1#*,accel=tcg,}\"; shift; n=$((n - 1))\n"
     "            set -- \"$@\" -machine \"$m\" -accel tcg,tb-size=%d; continue ;;\n"
     "        esac\n"
     "    fi\n"
@@ -516,7 +521,8 @@ char *guest_boot_qemu(guestfs_h *g)
         snapfs_error_set(EPERM, "%s is on a filesystem mounted noexec", mine);
         return NULL;
     }
-    script = g_strdup_printf(qemu_script, TCG_CACHE_MB, TCG_CACHE_MB, TCG_CACHE_MB, hv);
+    script = g_strdup_printf(qemu_script, TCG_CACHE_MB, TCG_CACHE_MB, TCG_CACHE_MB, TCG_CACHE_MB, TCG_CACHE_MB,
+                             hv);
     sum = g_compute_checksum_for_string(G_CHECKSUM_SHA256, script, -1);
     path = g_strdup_printf("%s/qemu-%.12s", mine, sum);
     if (g_file_get_contents(path, &have, NULL, NULL) && strcmp(have, script) == 0 &&
