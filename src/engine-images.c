@@ -333,6 +333,21 @@ static bool images_virt_failed(int gone_code, const char *fmt, ...)
     return false;
 }
 
+/*
+ * libvirt's own revert (libvirt 9.9 and later) unlinks the overlays of the snapshot the domain leaves, the state
+ * it discards, and keeps naming them in that snapshot's metadata.  Such an overlay is missing, and nothing can
+ * stand on a file that is not there: what the snapshot froze is its <domain>'s disk, which is read as ever.  Any
+ * other failure to read the overlay's chain still fails closed.
+ */
+static bool snapshot_overlay_discarded(const struct engine_snapshot_info *info, const struct snapfs_snapshot_disk *disk)
+{
+    struct snapfs_disk *then = snapfs_disk_find(info->domain_disks, disk->target);
+    struct stat st;
+
+    return then && then->file && strcmp(then->file, disk->file) != 0 && lstat(disk->file, &st) < 0 &&
+           errno == ENOENT && lstat(then->file, &st) == 0;
+}
+
 static int images_add_snapshot(struct engine_images *images, virDomainSnapshotPtr snap, const char *domain)
 {
     const char *snap_name = virDomainSnapshotGetName(snap);
@@ -353,6 +368,11 @@ static int images_add_snapshot(struct engine_images *images, virDomainSnapshotPt
 
         if (!disk->file || strcmp(disk->kind, "external") != 0)
             continue;
+        if (snapshot_overlay_discarded(info, disk)) {
+            snapfs_debug("snapshot '%s' of domain '%s' (disk %s): its overlay '%s' was discarded by a revert; what "
+                         "it froze is read from the snapshot's domain", snap_name, domain, disk->target, disk->file);
+            continue;
+        }
         if (engine_images_add_chain(images, disk->file, disk->format) < 0) {
             snapfs_error_set(chain_failure_errno(), "cannot tell what snapshot '%s' of domain '%s' (disk %s) stands on: %s",
                              snap_name, domain, disk->target, snapfs_error_message());

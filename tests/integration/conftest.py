@@ -143,6 +143,12 @@ def libvirtd():
     return URI
 
 
+def libvirt_reverts_external(uri=URI):
+    """Whether the connection's libvirt reverts external snapshots itself (libvirt 11: <externalSnapshot/>
+    in its capabilities), as snapfs then lets it do: the overlays it makes carry libvirt's names."""
+    return "<externalSnapshot/>" in virsh("capabilities", uri=uri).stdout
+
+
 # ---------------------------------------------------------------- the sweep
 
 def sweep(prefix=RUN_PREFIX, uri=URI):

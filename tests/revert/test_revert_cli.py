@@ -8,6 +8,11 @@ STEPS = ["journal", "keep-overlays", "keep", "overlays", "domain", "current", "c
 COMMITTED = {"domain", "current", "cleanup"}
 
 
+def by_libvirt(err):
+    """Whether libvirt's own external revert (libvirt 9.9 and later) did it, as revert-cli's log says."""
+    return "libvirt reverted domain" in err
+
+
 def pre_reverts(dom):
     return [s for s in dom.snapshots() if s.startswith("pre-revert-")]
 
@@ -18,8 +23,10 @@ def check_reverted(dom, target, saved, before_snaps, kept_from=None):
     for t in dom.targets:
         if dom.kind(target) == "external":
             assert dom.reads_as(saved[(target, t)], dom.top(t)), f"{t} does not read as {target}"
-            # The XML spells out the chain the images have.
-            assert dom.xml_chain(t) == dom.chain(dom.top(t))
+            # What the XML spells out of the chain is the chain the images have (snapfs's own revert spells it
+            # all out, as libvirt 9.0's delete needs; libvirt's own names the top only).
+            xml = dom.xml_chain(t)
+            assert xml and xml == dom.chain(dom.top(t))[:len(xml)]
         else:
             assert dom.reads_as(saved[(target, t)], dom.top(t))
     for snap in before_snaps:
@@ -45,7 +52,8 @@ def test_revert_root_middle_leaf_and_back(chained):
     assert status == "OK", err
     check_reverted(dom, "s2", saved, before, kept_from="live")
     names = [f.name for f in dom.dir.iterdir()]
-    assert any(".revert-s2-" in n for n in names), names   # a person can tell what the overlay is
+    if not by_libvirt(err):
+        assert any(".revert-s2-" in n for n in names), names   # a person can tell what the overlay is
 
     # From s2 with nothing written: no second pre-revert, the empty revert overlay is not left behind.
     before = dom.snapshots()
@@ -154,6 +162,8 @@ def test_killed_at_every_step(chained, step):
     saved = dom.save()
     before = dom.fingerprint()
     status, err = dom.revert("s2", fault=f"revert:{step}")
+    if status == "OK" and by_libvirt(err) and step in {"overlays", "domain", "current"}:
+        pytest.skip(f"libvirt reverted it itself: step {step} is one of snapfs's own revert")
     assert status == "KILLED", err
 
     # Killed there, the domain is one libvirt accepts and that boots.
@@ -223,7 +233,11 @@ def test_disk_left_out_of_snapshots(make_domain):
     status, err = dom.revert("a1")
     assert status == "OK", err
     assert dom.reads_as(saved, dom.top("vda"))
-    assert dom.top("vdb") == vdb
+    if by_libvirt(err):
+        # libvirt's own revert gives every disk a new overlay, this one's on the image it left out.
+        assert vdb in dom.chain(dom.top("vdb"))
+    else:
+        assert dom.top("vdb") == vdb
     assert dom.reads_as(vdb_raw, dom.top("vdb"))
     kept = pre_reverts(dom)
     assert len(kept) == 1
