@@ -30,6 +30,9 @@ if [[ ${1:-} == --in-namespace ]]; then
     shift
     root=$1 setup=$2
     shift 2
+    # Copies of the host's FUSE mounts (a test's snapfs) would keep them alive after their unmount.
+    # shellcheck source=tests/lib/detach-fuse.sh
+    . "$here/detach-fuse.sh"
     # The root itself as a mount, so that findmnt / and mount propagation inside see one.
     mount --bind "$root" "$root" || exit 1
     mount -t proc -o nosuid,nodev,noexec proc "$root/proc" || exit 1
@@ -41,7 +44,11 @@ if [[ ${1:-} == --in-namespace ]]; then
         [[ -e /dev/$node ]] || continue
         mkdir -p "$(dirname "$root/dev/$node")"
         touch "$root/dev/$node"
+        # Read-only binds: the node is the host's own, and a package's postinst in the root
+        # (qemu's chgrp kvm /dev/kvm, with the root's gid) would otherwise change it for the host
+        # (its libvirtd then re-probed qemu at every call). I/O to a device works on a read-only mount.
         mount --bind "/dev/$node" "$root/dev/$node" || exit 1
+        mount -o remount,bind,ro "$root/dev/$node" || exit 1
     done
     mkdir -p "$root/dev/pts" "$root/dev/shm"
     mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts "$root/dev/pts" || exit 1
