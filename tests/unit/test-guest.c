@@ -317,7 +317,10 @@ int main(int argc, char **argv)
         struct guest_drive dm = { f_missing, "qcow2", NULL, "vda" };
         struct guest_drive df = { f_fuzz, "raw", NULL, "vda" };
 
-        /* Every view of the group is known before the first read: one appliance must serve them all. */
+        /*
+         * Every view of the group is known before the first read: the first one read starts an appliance of a few
+         * disks, and one more starts behind it with all of them.
+         */
         layer0 = view_of(pool, "g1", "layer0", false, &d0, 1);
         layer1 = view_of(pool, "g1", "layer1", false, &d1, 1);
         layer2 = view_of(pool, "g1", "layer2", false, &d2, 1);
@@ -374,7 +377,8 @@ int main(int argc, char **argv)
               "os: /etc/hostname");
         expect_errno(guest_view_getattr(os, "/sda1", &note), ENOENT, "os: no device folders when an OS is found");
     }
-    CHECK(launches(pool) == 1, "one appliance served 6 views of one group (%u started)", launches(pool));
+    CHECK(launches(pool) == 2, "two appliances (the first look's and the one behind it) served 6 views of one group "
+          "(%u started)", launches(pool));
     /* Inspection for the OS unmounted every view of the appliance: the live view (its answers expired) reads again. */
     {
         g_autoptr(GBytes) data = NULL;
@@ -460,7 +464,7 @@ int main(int argc, char **argv)
         error = guest_view_error(missing);
         CHECK(error && strstr(error, "missing.qcow2"), "the reason names the image: %s", error ? error : "(none)");
         g_clear_pointer(&error, g_free);
-        CHECK(launches(pool) == 1, "a missing image starts no appliance");
+        CHECK(launches(pool) == 2, "a missing image starts no appliance");
     }
 
     /* qemu of the appliance dies: the next call fails with EIO quickly, the one after starts a new appliance. */
@@ -482,7 +486,8 @@ int main(int argc, char **argv)
               (double)(g_get_monotonic_time() - start) / 1e6);
         n = guest_view_read(again, "/sda/big.bin", buf, sizeof(buf), 0);
         CHECK(n == (ssize_t)sizeof(buf), "the next read starts a new appliance: %zd (%s)", n, snapfs_error_message());
-        CHECK(launches(pool) == 2, "%u appliances started", launches(pool));
+        /* The new one, and perhaps already the one it starts behind it for the other views. */
+        CHECK(launches(pool) == 3 || launches(pool) == 4, "%u appliances started", launches(pool));
         CHECK(guest_view_getattr(layer2, "/sda/newdir/new2.txt", &st) == 0, "cached answers survive the appliance");
     }
 
