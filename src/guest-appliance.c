@@ -996,10 +996,12 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
         g = appliance_handle(pool, app, tcg, &boot);
         if (!g)
             goto fail;
-        if (guest_launch(g, app->launch_dir, !tcg, &pool->config.limits, &pool->aborting, NULL) == 0)
+        /* Nobody waits for a background launch: a chain change calls it off rather than wait for it. */
+        if (guest_launch(g, app->launch_dir, !tcg, &pool->config.limits, app->behind ? &app->stop : &pool->aborting,
+                         NULL) == 0)
             break;
         g_clear_pointer(&g, guestfs_close);
-        if (g_atomic_int_get(&pool->aborting))
+        if (g_atomic_int_get(&pool->aborting) || g_atomic_int_get(&app->stop))
             goto fail;
         /*
          * A KVM that fails at start (nested, broken MSRs) or runs no guest at all, while TCG works:
@@ -1138,6 +1140,7 @@ void guest_pool_abort(struct guest_pool *pool)
     for (guint i = 0; i < pool->appliances->len; i++) {
         struct guest_appliance *app = g_ptr_array_index(pool->appliances, i);
 
+        g_atomic_int_set(&app->stop, 1);
         if (app->launched)
             appliance_kill(app, g_strdup_printf("appliance %u of domain '%s' was stopped: snapfs is stopping",
                                                 app->serial, app->group), false);
@@ -1308,6 +1311,7 @@ static void pool_close_matching(struct guest_pool *pool, bool (*match)(struct gu
 
         if (match(app, arg)) {
             g_atomic_int_set(&app->retire, 1);
+            g_atomic_int_set(&app->stop, 1);   /* a background launch under way is killed, not waited for */
             g_ptr_array_add(closing, app);
         }
     }

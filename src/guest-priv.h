@@ -48,6 +48,7 @@ struct guest_appliance {
     bool launched;            /* app lock */
     gint dead;                /* atomic: closed, killed or failed; views move to a new appliance */
     gint retire;              /* atomic: take no new views, close when not in a call */
+    gint stop;                /* atomic, a background appliance's: kill its launch (its images change, or snapfs stops) */
     guestfs_h *g;
     pid_t qemu_pid;
     char **devices;           /* the appliance's whole-disk devices, one per disk, in the order added */
