@@ -59,7 +59,18 @@ def wait_alone(timeout=60):
     before guestmount's qemu has exited) must not count in the next tool's memory."""
     deadline = time.monotonic() + timeout
     while [p for p in descendants(os.getpid()) if p != os.getpid()] and time.monotonic() < deadline:
+        reap()
         time.sleep(0.1)
+
+
+def reap():
+    """Collect the exit of orphans this script inherited as their subreaper (guestmount's daemon and qemu): as
+    zombies they would stay below it for ever."""
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
 
 
 class PeakRSS:
@@ -255,6 +266,7 @@ def main():
                 rss, pss = peak.done()
                 put(n, "guestmount", f"peak RSS (MiB), browsing {min(n, 5)}", rss)
                 put(n, "guestmount", f"peak PSS (MiB), browsing {min(n, 5)}", pss)
+            print_table(results, n, args.files, args.rounds)
     finally:
         if daemon_holder[0] is not None and is_mount(mnt):
             sh(f"fusermount3 -u {mnt}", check=False)
@@ -265,17 +277,17 @@ def main():
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
 
+
+def print_table(results, n, files, rounds):
     tcg = os.environ.get("LIBGUESTFS_BACKEND_SETTINGS", "") == "force_tcg"
-    for n in counts:
-        if n not in results:
-            continue
-        print(f"\n| {n} snapshot(s), {args.files} files, TCG={tcg}, median of {args.rounds} | snapfs | guestmount |")
+    if n in results:
+        print(f"\n| {n} snapshot(s), {files} files, TCG={tcg}, median of {rounds} | snapfs | guestmount |")
         print("|---|---:|---:|")
         for key in results[n]["snapfs"]:
             a, b = statistics.median(results[n]["snapfs"][key]), statistics.median(results[n]["guestmount"][key])
             unit = "" if key.startswith("peak") else " s"
-            print(f"| {key} | {a:.2f}{unit} | {b:.2f}{unit} |")
-        if args.rounds > 1:
+            print(f"| {key} | {a:.2f}{unit} | {b:.2f}{unit} |", flush=True)
+        if rounds > 1:
             print("\nEvery round (snapfs / guestmount):", file=sys.stderr)
             for key in results[n]["snapfs"]:
                 print(f"  {key}: " + ", ".join(f"{a:.2f}/{b:.2f}" for a, b in

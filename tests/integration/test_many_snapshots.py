@@ -3,6 +3,7 @@
 # the whole domain is read by two appliance starts (a small one for the first look, every view in the background).
 import os
 import re
+from pathlib import Path
 
 import pytest
 
@@ -31,7 +32,7 @@ class ManySet:
         self.dom = doms.define([("vda", top, "qcow2")], suffix="many")
         for n in range(1, SNAPSHOTS + 1):
             self.dom.snapshot(f"s{n}")
-            new_top = self.dom.top("vda")
+            new_top = Path(self.dom.top("vda"))
             self.generation(n, new_top, top)
             top = new_top
         for f in d.iterdir():
