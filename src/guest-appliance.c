@@ -650,8 +650,9 @@ static int server_start(struct guest_pool *pool, struct guest_appliance *app, GP
     while (!g_file_test(socket, G_FILE_TEST_EXISTS)) {
         g_autofree char *why = NULL;
 
-        if (waitpid(*pid, NULL, WNOHANG) != 0 || g_get_monotonic_time() > deadline) {
-            if (g_get_monotonic_time() > deadline)
+        if (waitpid(*pid, NULL, WNOHANG) != 0 || g_get_monotonic_time() > deadline ||
+            g_atomic_int_get(&pool->aborting)) {
+            if (g_get_monotonic_time() > deadline || g_atomic_int_get(&pool->aborting))
                 kill(*pid, SIGKILL), waitpid(*pid, NULL, 0);
             *pid = 0;
             g_file_get_contents(errfile, &why, NULL, NULL);
@@ -829,7 +830,17 @@ static guestfs_h *appliance_handle(struct guest_pool *pool, struct guest_applian
         guestfs_set_backend_settings(g, settings);
     }
     *boot = 0;
-    if (boot_use(g, &pool->plain_kernel, guest_boot_appliance, guestfs_set_path, "boot libguestfs's kernel"))
+    /*
+     * A background launch boots what the first look's launch made seconds before: refreshing it runs supermin,
+     * which does not watch for snapfs stopping, and unmount waits for background launches.
+     */
+    g_mutex_lock(&pool->lock);
+    if (app->behind && pool->boot_path && !g_atomic_int_get(&pool->plain_kernel) &&
+        guestfs_set_path(g, pool->boot_path) == 0)
+        *boot |= BOOT_UNPACKED;
+    g_mutex_unlock(&pool->lock);
+    if (!(*boot & BOOT_UNPACKED) &&
+        boot_use(g, &pool->plain_kernel, guest_boot_appliance, guestfs_set_path, "boot libguestfs's kernel"))
         *boot |= BOOT_UNPACKED;
     /* Only where TCG is certain: a script that cannot run would otherwise pass for a KVM that fails. */
     if (force_tcg && boot_use(g, &pool->plain_qemu, guest_boot_qemu, guestfs_set_hv, "run libguestfs's qemu"))
@@ -1042,6 +1053,10 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
     app->g = g_steal_pointer(&g);
     app->launched = true;
     g_mutex_lock(&pool->lock);
+    if (boot & BOOT_UNPACKED) {
+        g_free(pool->boot_path);
+        pool->boot_path = g_strdup(guestfs_get_path(app->g));
+    }
     pool->stats.launches++;
     app->launch_started = 0;
     g_mutex_unlock(&pool->lock);
@@ -1285,6 +1300,7 @@ void guest_pool_free(struct guest_pool *pool)
     g_mutex_clear(&pool->timer_lock);
     g_cond_clear(&pool->timer_cond);
     g_cond_clear(&pool->behind_cond);
+    g_free(pool->boot_path);
     g_free(pool);
 }
 

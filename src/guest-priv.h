@@ -77,6 +77,7 @@ struct guest_pool {
     gint aborting;            /* atomic: snapfs is stopping (guest_pool_abort): no launch goes on, none starts */
     gint plain_kernel;        /* atomic: the unpacked kernel cannot be made or failed to boot: libguestfs's as it is */
     unsigned behind_running;  /* pool lock: background launches under way (guest_pool_free() waits for them) */
+    char *boot_path;          /* pool lock: the unpacked appliance the last launch booted, for background launches */
     GCond behind_cond;        /* pool lock: signalled when one ends */
     gint plain_qemu;          /* atomic: the same for the script that bounds qemu's translated code under TCG */
     struct guest_pool_stats stats;

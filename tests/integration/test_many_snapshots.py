@@ -77,12 +77,12 @@ def test_every_snapshot_shows_its_generation(many, mnt):
     assert starts(mnt) == 0, "listing a domain started an appliance"
     order = [SNAPSHOTS, 1] + list(range(2, SNAPSHOTS))
     for n in order:
-        assert (dom / f"s{n}" / "gen.txt").read_text() == f"generation {n - 1}\n", f"snapshot s{n}"
-        assert (dom / f"s{n}" / "same7.txt").read_text() == "shared content 7\n", f"snapshot s{n}"
+        assert (dom / f"s{n}" / "sda" / "gen.txt").read_text() == f"generation {n - 1}\n", f"snapshot s{n}"
+        assert (dom / f"s{n}" / "sda" / "same7.txt").read_text() == "shared content 7\n", f"snapshot s{n}"
     layers = sorted(os.listdir(dom / "layers" / "vda"), key=lambda name: int(name.split("-")[0]))
     assert len(layers) == SNAPSHOTS + 1, layers
-    assert (dom / "layers" / "vda" / layers[-1] / "gen.txt").read_text() == f"generation {SNAPSHOTS}\n"
-    assert (dom / "layers" / "vda" / layers[0] / "gen.txt").read_text() == "generation 0\n"
+    assert (dom / "layers" / "vda" / layers[-1] / "sda" / "gen.txt").read_text() == f"generation {SNAPSHOTS}\n"
+    assert (dom / "layers" / "vda" / layers[0] / "sda" / "gen.txt").read_text() == "generation 0\n"
     assert starts(mnt) == 2
     log = mnt.parent / (mnt.name + ".stderr")
     disks = [int(m) for m in re.findall(rb"appliance \d+ of domain '[^']*many' started with (\d+) disks",
@@ -94,6 +94,6 @@ def test_every_snapshot_shows_its_generation(many, mnt):
     # Reading everything again asks the appliance nothing new and starts none.
     calls = int(os.getxattr(mnt, "user.snapfs.appliance_calls"))
     for n in order:
-        assert (dom / f"s{n}" / "gen.txt").read_text() == f"generation {n - 1}\n", f"snapshot s{n}"
+        assert (dom / f"s{n}" / "sda" / "gen.txt").read_text() == f"generation {n - 1}\n", f"snapshot s{n}"
     assert int(os.getxattr(mnt, "user.snapfs.appliance_calls")) == calls
     assert starts(mnt) == 2
