@@ -95,6 +95,13 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 cp -p -P -- "$src" "$tmp/"
 export LIBGUESTFS_BACKEND=${LIBGUESTFS_BACKEND:-direct}
+# A /dev/kvm that fails makes libguestfs's launch fail (QEMU 7.2: "failed to set MSR", retried below) or
+# stall without a word and without end (QEMU 10, on nested virtualisation): a launch with no disk, bounded,
+# tells before anything is written.
+if [[ -z ${LIBGUESTFS_BACKEND_SETTINGS:-} && -e /dev/kvm ]] && ! timeout -s KILL 60 guestfish -a /dev/null run \
+    >/dev/null 2>&1; then
+    export LIBGUESTFS_BACKEND_SETTINGS=force_tcg
+fi
 # virt-copy-in is `guestfish --rw -i copy-in`; guestfish itself also takes -m for a disk without an OS.
 # Where KVM is present but unusable the appliance dies at launch: then once more with TCG.
 copy_in() { guestfish --rw "${drives[@]}" "${where[@]}" copy-in "$tmp/$(basename "$src")" "$target_dir"; }

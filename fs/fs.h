@@ -37,10 +37,14 @@ struct fs_context {
     GMutex listings_lock;
     GHashTable *listings;     /* node id of a folder libvirt fills -> the names it showed last (a set), until forgotten */
     gint stopped;             /* atomic: the FUSE loop has returned */
+    gint open_handles;        /* atomic: files and folders the kernel has open (opened, not yet released) */
     GHashTable *open_dirs;    /* listings_lock: the set of struct fs_dir * the kernel has open */
     GHashTable *open_controls;   /* listings_lock: the struct fs_control * of revert files open (freed with it) */
     GThreadPool *invalidations;   /* node ids whose cached pages the kernel must drop */
 };
+
+/* The session of a mount that left this namespace but lives on in others: left to the exit (fs/main.c says why). */
+extern struct fuse_session *fs_session_left;
 
 /* FUSE worker threads at most (GUEST_MAX_INFLIGHT of them may wait on appliances). */
 #define FS_MAX_THREADS 64

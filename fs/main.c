@@ -12,6 +12,8 @@
 #include <grp.h>
 #include <guestfs.h>
 #include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stddef.h>
@@ -303,16 +305,149 @@ static void daemon_fuse_log(enum fuse_log_level level, const char *fmt, va_list 
 }
 
 /*
+ * Whether this mount namespace has a FUSE mount of @device ("major:minor"), or with @mountpoint, the
+ * device of the last FUSE mount there (copied to @device).  From /proc, which never waits on FUSE.
+ */
+static bool fs_mount_find(const char *mountpoint, char *device, size_t size)
+{
+    g_autofree char *text = NULL;
+    bool found = false;
+
+    if (!g_file_get_contents("/proc/self/mountinfo", &text, NULL, NULL))
+        return !mountpoint;   /* cannot tell: still mounted */
+    for (char *line = text, *next; line && *line; line = next) {
+        g_auto(GStrv) fields = NULL;
+        guint n, dash = 0;
+
+        next = strchr(line, '\n');
+        if (next)
+            *next++ = '\0';
+        fields = g_strsplit(line, " ", 0);
+        n = g_strv_length(fields);
+        for (guint i = 6; i < n && !dash; i++)
+            dash = strcmp(fields[i], "-") == 0 ? i : 0;
+        if (!dash || dash + 1 >= n || !g_str_has_prefix(fields[dash + 1], "fuse"))
+            continue;
+        if (mountpoint) {
+            g_autofree char *point = g_strcompress(fields[4]);   /* \040 and the like */
+
+            if (strcmp(point, mountpoint) == 0) {
+                g_strlcpy(device, fields[2], size);
+                found = true;
+            }
+        } else if (strcmp(fields[2], device) == 0) {
+            return true;
+        }
+    }
+    return found;
+}
+
+/* "pid 123 (unshare), pid 456 (qemu-system-x86)": processes of other mount namespaces that have a mount of @device. */
+static char *fs_mount_holders(const char *device)
+{
+    g_autoptr(GString) text = g_string_new(NULL);
+    g_autoptr(GHashTable) seen = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    g_autofree char *own = g_file_read_link("/proc/self/ns/mnt", NULL);
+    g_autoptr(GDir) proc = g_dir_open("/proc", 0, NULL);
+    const char *pid;
+    guint named = 0;
+
+    while (proc && (pid = g_dir_read_name(proc)) && named < 3) {
+        g_autofree char *ns_path = g_strdup_printf("/proc/%s/ns/mnt", pid);
+        g_autofree char *ns = g_ascii_isdigit(pid[0]) ? g_file_read_link(ns_path, NULL) : NULL;
+        g_autofree char *info_path = NULL, *info = NULL, *comm_path = NULL, *comm = NULL;
+        g_autofree char *needle = g_strdup_printf(" %s ", device);
+
+        if (!ns || (own && strcmp(ns, own) == 0) || g_hash_table_contains(seen, ns))
+            continue;
+        g_hash_table_add(seen, g_steal_pointer(&ns));
+        info_path = g_strdup_printf("/proc/%s/mountinfo", pid);
+        if (!g_file_get_contents(info_path, &info, NULL, NULL) || !strstr(info, needle))
+            continue;
+        comm_path = g_strdup_printf("/proc/%s/comm", pid);
+        if (g_file_get_contents(comm_path, &comm, NULL, NULL))
+            g_strchomp(comm);
+        g_string_append_printf(text, "%spid %s (%s)", named++ ? ", " : "", pid, comm ? comm : "?");
+    }
+    return text->len ? g_strdup(text->str) : g_strdup("none found");
+}
+
+/* Whether the kernel has ended the session's connection (its last mount went), as libfuse tells it before unmounting. */
+static bool fs_session_severed(struct fuse_session *se)
+{
+    struct pollfd dev = { .fd = fuse_session_fd(se) };
+
+    return poll(&dev, 1, 0) == 1 && (dev.revents & POLLERR);
+}
+
+/* How long a mount gone from this namespace may keep the session before snapfs ends it. */
+#define FS_GONE_USEC (1000 * 1000)
+
+struct fuse_session *fs_session_left;
+
+struct fs_exit_watch {
+    struct fs_context *ctx;
+    const char *mountpoint;
+    char device[64];        /* "major:minor" of the mount; "" if it was not found */
+    pthread_t main_thread;  /* in the FUSE loop: woken with SIGTERM */
+    gint gone;              /* atomic: the mount has gone from snapfs's own mount namespace */
+};
+
+/*
  * The FUSE loop ends only once every worker has finished its request, and a request may sit in an
  * appliance that will never answer: as soon as the session is told to exit (unmount, SIGTERM,
  * SIGINT), the appliances are killed, so that those requests fail at once and snapfs ends.
+ *
+ * And the kernel ends the session only when the last mount of it goes: a mount namespace made while
+ * snapfs was mounted (by unshare, a container, a sandboxed service, a qemu started where / is not
+ * shared) has a copy of the mount, which an unmount here does not reach, and snapfs would wait for
+ * that namespace to end.  So once the mount has gone from snapfs's own namespace (the kernel tells
+ * the change through /proc/self/mountinfo) and, a second later, the session goes on with no file or
+ * folder open for half a second (a lazy unmount lets those that are finish), snapfs ends the session
+ * itself, as SIGTERM would.
  */
 static gpointer exit_watcher(gpointer data)
 {
-    struct fs_context *ctx = data;
+    struct fs_exit_watch *watch = data;
+    struct fs_context *ctx = watch->ctx;
+    int fd = watch->device[0] ? open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC) : -1;
+    gint64 gone_at = 0, idle_at = 0;
 
-    while (!g_atomic_int_get(&ctx->stopped) && !fuse_session_exited(ctx->session))
-        g_usleep(100 * 1000);
+    /* Read once after the open: a change before it would never be told. */
+    if (fd >= 0 && !fs_mount_find(NULL, watch->device, 0))
+        gone_at = g_get_monotonic_time();
+    while (!g_atomic_int_get(&ctx->stopped) && !fuse_session_exited(ctx->session)) {
+        struct pollfd change = { .fd = fd, .events = POLLPRI };
+
+        if (fd < 0 || gone_at) {
+            g_usleep(100 * 1000);
+        } else if (poll(&change, 1, 100) > 0 && (change.revents & (POLLPRI | POLLERR)) &&
+                   !fs_mount_find(NULL, watch->device, 0)) {
+            gone_at = g_get_monotonic_time();
+        }
+        if (gone_at && !g_atomic_int_get(&watch->gone)) {
+            snapfs_debug("the mount on %s has gone from this mount namespace", watch->mountpoint);
+            g_atomic_int_set(&watch->gone, 1);
+        }
+        /* The last close of a lazy unmount ends the session by itself: idle for a while first. */
+        if (!gone_at || g_atomic_int_get(&ctx->open_handles) > 0)
+            idle_at = 0;
+        else if (!idle_at)
+            idle_at = g_get_monotonic_time();
+        if (idle_at && g_get_monotonic_time() - gone_at >= FS_GONE_USEC &&
+            g_get_monotonic_time() - idle_at >= FS_GONE_USEC / 2 && !fs_session_severed(ctx->session) &&
+            !fuse_session_exited(ctx->session)) {
+            g_autofree char *holders = fs_mount_holders(watch->device);
+
+            snapfs_info("%s was unmounted, but copies of the mount in other mount namespaces keep it alive (%s): "
+                        "ending the session", watch->mountpoint, holders);
+            fuse_session_exit(ctx->session);
+            pthread_kill(watch->main_thread, SIGTERM);   /* libfuse's handler: the loop ends as on SIGTERM */
+            break;
+        }
+    }
+    if (fd >= 0)
+        close(fd);
     if (!g_atomic_int_get(&ctx->stopped))
         snapfs_debug("the session ends: stopping every appliance");
     snapfs_tree_abort(ctx->tree);
@@ -506,6 +641,7 @@ int main(int argc, char **argv)
     struct fuse_session *se = NULL;
     struct fuse_loop_config *loop = NULL;
     GThread *exit_watch = NULL;
+    struct fs_exit_watch watch = { .ctx = &ctx };
     g_autofree char *described = NULL;
     int state_fd = -1, lock_fd = -1;
     int ret = EXIT_FAILURE;
@@ -627,7 +763,12 @@ int main(int argc, char **argv)
     described = hosts_described(hosts);
     snapfs_info("mounted %s on %s", described, cmdline.mountpoint);
     fs_inodes_start_pruning(ctx.inodes, se);
-    exit_watch = g_thread_new("snapfs-exit", exit_watcher, &ctx);
+    watch.mountpoint = cmdline.mountpoint;
+    watch.main_thread = pthread_self();
+    if (!fs_mount_find(cmdline.mountpoint, watch.device, sizeof(watch.device)))
+        snapfs_debug("the mount on %s is not in /proc/self/mountinfo: its unmount is left to the kernel to tell",
+                     cmdline.mountpoint);
+    exit_watch = g_thread_new("snapfs-exit", exit_watcher, &watch);
     if (cmdline.singlethread) {
         ret = fuse_session_loop(se);
     } else {
@@ -645,8 +786,18 @@ int main(int argc, char **argv)
     ret = ret == 0 || ret == SIGTERM || ret == SIGINT ? EXIT_SUCCESS : EXIT_FAILURE;
     g_atomic_int_set(&ctx.stopped, 1);
     g_thread_join(exit_watch);
-    fuse_session_unmount(se);
-    fuse_remove_signal_handlers(se);
+    if (g_atomic_int_get(&watch.gone) && !fs_session_severed(se)) {
+        /*
+         * Gone from here but still mounted elsewhere: libfuse would unmount whatever is on that path
+         * now (a new mount there, say), so the session, with its fd whose close ends the copies, is
+         * left to the exit.
+         */
+        fs_session_left = g_steal_pointer(&se);
+        fuse_remove_signal_handlers(fs_session_left);
+    } else {
+        fuse_session_unmount(se);
+        fuse_remove_signal_handlers(se);
+    }
     snapfs_info("unmounted %s from %s", described, cmdline.mountpoint);
 
 out:

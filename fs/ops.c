@@ -352,6 +352,21 @@ static void fs_forget_vanished(fuse_req_t req, fuse_ino_t ino, const struct fs_d
 }
 
 /* Lists a directory once; inside a snapshot or layer the handle holds off rmdir and revert of what it reads. */
+/*
+ * Answers an open and counts the handle the kernel then holds, until its release: the exit watcher
+ * (fs/main.c) must know whether anyone still uses a mount that has gone from its namespace.  False
+ * when the opener was interrupted (no release comes).
+ */
+static bool fs_reply_open(struct fs_context *ctx, fuse_req_t req, struct fuse_file_info *fi)
+{
+    g_atomic_int_inc(&ctx->open_handles);   /* before the answer, which lets the release come */
+    if (fuse_reply_open(req, fi) == -ENOENT) {
+        g_atomic_int_add(&ctx->open_handles, -1);
+        return false;
+    }
+    return true;
+}
+
 static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     struct fs_context *ctx = fs_ctx(req);   /* the request is gone once answered */
@@ -380,7 +395,7 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
         fi->keep_cache = 1;
         fi->cache_readdir = 1;
     }
-    if (fuse_reply_open(req, fi) == -ENOENT)
+    if (!fs_reply_open(ctx, req, fi))
         fs_dir_free(ctx, dir);   /* the opener was interrupted: no releasedir comes */
 }
 
@@ -459,6 +474,7 @@ void fs_free_open_dirs(struct fs_context *ctx)
 
 static void fs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+    g_atomic_int_add(&fs_ctx(req)->open_handles, -1);
     fs_dir_free(fs_ctx(req), (struct fs_dir *)(uintptr_t)fi->fh);
     fuse_reply_err(req, 0);
 }
@@ -553,7 +569,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
             g_mutex_unlock(&ctx->listings_lock);
             fi->fh = (uintptr_t)control;
             fi->direct_io = 1;   /* its content is made at each read */
-            if (fuse_reply_open(req, fi) == -ENOENT)
+            if (!fs_reply_open(ctx, req, fi))
                 fs_control_free(ctx, control);   /* the opener was interrupted: no release comes */
         }
     } else if (node->kind != SNAPFS_NODE_GUEST) {
@@ -565,7 +581,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     } else {
         fi->fh = (uintptr_t)handle;
         fi->keep_cache = snapfs_node_cache(node) == SNAPFS_CACHE_FOREVER;
-        if (fuse_reply_open(req, fi) == -ENOENT)
+        if (!fs_reply_open(ctx, req, fi))
             snapfs_tree_release(ctx->tree, handle);   /* the opener was interrupted: no release comes */
     }
     snapfs_node_free(node);
@@ -597,6 +613,7 @@ static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 {
     struct fs_control *control = fs_control_of(fs_ctx(req), fi->fh);
 
+    g_atomic_int_add(&fs_ctx(req)->open_handles, -1);
     if (control) {
         if (control->state == FS_CONTROL_GATHERING)
             snapfs_warn("a revert request ('%.*s') was closed by another process than its writer: not carried out",

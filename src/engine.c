@@ -172,6 +172,7 @@ static int create_check(virDomainPtr dom, const char *domain, const char *name, 
         struct snapfs_disk *disk = g_ptr_array_index(disks, i);
         g_autofree char *overlay = NULL;
         g_autofree char *base = NULL;
+        struct stat st;
 
         if (!engine_disk_is_snapshotted(disk))
             continue;
@@ -188,7 +189,8 @@ static int create_check(virDomainPtr dom, const char *domain, const char *name, 
                              what, disk->target, base);
             return -1;
         }
-        if (local && access(overlay, F_OK) == 0) {
+        /* lstat: a link, dangling or not, takes the name too (libvirt would write through it). */
+        if (local && lstat(overlay, &st) == 0) {
             snapfs_error_set(EEXIST, "%s: the overlay of disk %s, '%s', exists already", what, disk->target, overlay);
             return -1;
         }
@@ -235,18 +237,14 @@ static long create_qemu_uid(virDomainPtr dom)
 }
 
 /*
- * Make the overlay @file private: mode 0600 and, for a shut-off domain, the
- * owner and group of @backing (what libvirt's DAC driver gives the overlays
- * it makes itself; libvirt 9.0 leaves those of a shut-off domain 0644 and
- * root's, CVE-2025-13193).  While the domain runs, libvirt has labelled the
- * overlay for qemu already: it is never chowned away from qemu then, only
- * closed to others where qemu owns it.  Failures are logged, not returned:
- * the snapshot exists by now.
+ * A running domain's overlay @file is labelled for qemu by libvirt, 0600 on
+ * libvirt 9.0 already: it is never chowned away from qemu, only closed to
+ * others where qemu owns it.  Failures are logged, not returned: the
+ * snapshot exists by now.
  */
-static void create_make_private(const char *label, const char *file, const char *backing, bool running,
-                                long qemu_uid)
+static void create_make_private(const char *label, const char *file, long qemu_uid)
 {
-    struct stat below, st;
+    struct stat st;
     int fd = open(file, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY);
 
     if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
@@ -257,25 +255,20 @@ static void create_make_private(const char *label, const char *file, const char 
             close(fd);
         return;
     }
-    if (!running && stat(backing, &below) == 0 && (st.st_uid != below.st_uid || st.st_gid != below.st_gid) &&
-        fchown(fd, below.st_uid, below.st_gid) < 0)
-        snapfs_warn("cannot give overlay '%s' of domain '%s' the owner of '%s': %s", file, label, backing,
-                    g_strerror(errno));
-    if ((st.st_mode & 07777) != 0600 && (!running || (long)st.st_uid == qemu_uid) && fchmod(fd, 0600) < 0)
+    if ((st.st_mode & 07777) != 0600 && (long)st.st_uid == qemu_uid && fchmod(fd, 0600) < 0)
         snapfs_warn("cannot make overlay '%s' of domain '%s' mode 0600: %s", file, label, g_strerror(errno));
-    else if ((st.st_mode & 077) && running && (long)st.st_uid != qemu_uid)
+    else if ((st.st_mode & 077) && (long)st.st_uid != qemu_uid)
         snapfs_warn("overlay '%s' of running domain '%s' is left mode %04o: qemu does not own it, and closing "
                     "it could cut the guest off its disk", file, label, (unsigned)(st.st_mode & 07777));
     close(fd);
 }
 
-/* Every overlay snapshot @snap made, private (create_make_private()); @disks are the domain's before it. */
-static void create_make_overlays_private(virDomainPtr dom, virDomainSnapshotPtr snap, GPtrArray *disks,
-                                         const char *label, bool running)
+/* Every overlay snapshot @snap of the running domain made, private (create_make_private()). */
+static void create_make_overlays_private(virDomainPtr dom, virDomainSnapshotPtr snap, const char *label)
 {
     g_autofree char *xml = virDomainSnapshotGetXMLDesc(snap, 0);
     struct engine_snapshot_info *info = xml ? engine_parse_snapshot(xml) : NULL;
-    long qemu_uid = running ? create_qemu_uid(dom) : -1;
+    long qemu_uid = create_qemu_uid(dom);
 
     if (!info) {
         snapfs_warn("cannot make the overlays of domain '%s' private: the snapshot's XML cannot be read", label);
@@ -283,13 +276,93 @@ static void create_make_overlays_private(virDomainPtr dom, virDomainSnapshotPtr 
     }
     for (guint i = 0; i < info->disks->len; i++) {
         struct snapfs_snapshot_disk *sd = g_ptr_array_index(info->disks, i);
-        struct snapfs_disk *disk = snapfs_disk_find(disks, sd->target);
 
-        if (strcmp(sd->kind, "external") == 0 && sd->file && g_path_is_absolute(sd->file) && disk && disk->file &&
-            strcmp(disk->type, "network") != 0)
-            create_make_private(label, sd->file, disk->file, running, qemu_uid);
+        if (strcmp(sd->kind, "external") == 0 && sd->file && g_path_is_absolute(sd->file))
+            create_make_private(label, sd->file, qemu_uid);
     }
     engine_snapshot_info_free(info);
+}
+
+/* An overlay snapfs made itself for a shut-off domain's snapshot, held open until libvirt has taken it. */
+struct create_made {
+    char *target;
+    char *file;
+    int fd;
+};
+
+static void create_made_free(gpointer data)
+{
+    struct create_made *made = data;
+
+    if (made->fd >= 0)
+        close(made->fd);
+    g_free(made->target);
+    g_free(made->file);
+    g_free(made);
+}
+
+/* Each one removed (only while its name is still the file made: engine_image_remove_made()). */
+static void create_made_remove(GPtrArray *made)
+{
+    for (guint i = 0; made && i < made->len; i++) {
+        struct create_made *m = g_ptr_array_index(made, i);
+
+        engine_image_remove_made(m->file, m->fd);
+    }
+}
+
+/*
+ * libvirt 9.0 makes a shut-off domain's overlays with qemu-img as root and
+ * mode 0644, and snapfs could only close them once libvirt had returned
+ * (CVE-2025-13193).  So snapfs makes each one itself first, private from its
+ * first byte (engine_image_create_overlay()), on the disk's image and its
+ * format from the XML, and hands them to libvirt with REUSE_EXT, which then
+ * only checks they exist.  Every disk is named in the XML: an unnamed one
+ * would get an overlay that nobody made.  The XML, or NULL with the reason
+ * (and nothing left of what it made).
+ */
+static char *create_make_overlays(const char *domain, const char *name, GPtrArray *disks, GPtrArray *made)
+{
+    g_autofree char *escaped = g_markup_escape_text(name, -1);
+    GString *xml = g_string_new(NULL);
+
+    g_string_append_printf(xml, "<domainsnapshot><name>%s</name><disks>", escaped);
+    for (guint i = 0; i < disks->len; i++) {
+        struct snapfs_disk *disk = g_ptr_array_index(disks, i);
+        g_autofree char *target = disk->target ? g_markup_escape_text(disk->target, -1) : NULL;
+        g_autofree char *file = NULL;
+        struct create_made *m;
+        int fd;
+
+        if (!disk->target)
+            continue;
+        if (!engine_disk_is_snapshotted(disk)) {
+            g_string_append_printf(xml, "<disk name='%s' snapshot='no'/>", target);
+            continue;
+        }
+        m = g_new0(struct create_made, 1);
+        m->target = g_strdup(disk->target);
+        m->file = create_overlay_name(disk->file, name);
+        fd = engine_image_create_overlay(m->file, disk->file, disk->format);
+        if (fd < 0) {
+            g_autofree char *reason = g_strdup(snapfs_error_message());
+
+            snapfs_error_set(snapfs_error_errno(), "cannot create snapshot '%s' of '%s': disk %s: %s", name, domain,
+                             disk->target, reason);
+            m->fd = -1;
+            create_made_free(m);
+            create_made_remove(made);
+            g_string_free(xml, TRUE);
+            return NULL;
+        }
+        m->fd = fd;
+        g_ptr_array_add(made, m);
+        file = g_markup_escape_text(m->file, -1);
+        g_string_append_printf(xml, "<disk name='%s' snapshot='external' type='file'><driver type='qcow2'/>"
+                               "<source file='%s'/></disk>", target, file);
+    }
+    g_string_append(xml, "</disks></domainsnapshot>");
+    return g_string_free(xml, FALSE);
 }
 
 static virDomainSnapshotPtr create_call(virDomainPtr dom, const char *xml, unsigned int flags, bool running,
@@ -323,7 +396,9 @@ int engine_snapshot_create(virConnectPtr conn, const char *domain, const char *n
     g_autofree char *label = NULL;
     struct engine_progress *progress;
     enum engine_quiesce quiesce = options ? options->quiesce : ENGINE_QUIESCE_AUTO;
-    bool running;
+    GPtrArray *made = NULL;
+    unsigned int flags;
+    bool running, local;
     int ret = -1;
 
     if (engine_check_name(name) < 0)
@@ -345,23 +420,36 @@ int engine_snapshot_create(virConnectPtr conn, const char *domain, const char *n
     }
     running = virDomainIsActive(dom) == 1;
     disks = engine_domain_disks(dom, !running);
-    if (!disks || create_check(dom, domain, name, disks, engine_conn_is_local(conn)) < 0)
+    local = engine_conn_is_local(conn);
+    if (!disks || create_check(dom, domain, name, disks, local) < 0)
         goto cleanup;
 
-    escaped = g_markup_escape_text(name, -1);
-    xml = g_strdup_printf("<domainsnapshot><name>%s</name></domainsnapshot>", escaped);
+    flags = VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY | VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC;
+    /* A running domain's overlays libvirt makes for qemu, 0600 and labelled, and only qemu may open them. */
+    if (!running && local) {
+        made = g_ptr_array_new_with_free_func(create_made_free);
+        xml = create_make_overlays(domain, name, disks, made);
+        if (!xml)
+            goto cleanup;
+        flags |= VIR_DOMAIN_SNAPSHOT_CREATE_REUSE_EXT;
+    } else {
+        escaped = g_markup_escape_text(name, -1);
+        xml = g_strdup_printf("<domainsnapshot><name>%s</name></domainsnapshot>", escaped);
+    }
     progress = engine_progress_begin(conn, NULL, domain, doing, NULL);
-    snap = create_call(dom, xml, VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY | VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC,
-                       running, quiesce, label, name);
+    snap = create_call(dom, xml, flags, running, quiesce, label, name);
     /* Record libvirt's reason now: the calls that end the progress reset libvirt's last error. */
     if (!snap)
         snapfs_error_from_virt("cannot create snapshot '%s' of '%s'", name, domain);
     engine_progress_end(progress);
-    if (!snap)
+    if (!snap) {
+        /* ATOMIC: libvirt changed nothing, so what snapfs made is nobody's. */
+        create_made_remove(made);
         goto cleanup;
+    }
     snapfs_info("created snapshot '%s' of domain '%s'%s", name, label, running ? " (live)" : "");
-    if (engine_conn_is_local(conn))
-        create_make_overlays_private(dom, snap, disks, label, running);
+    if (local && running)
+        create_make_overlays_private(dom, snap, label);
     /* The old tops are frozen now, with an overlay above: views that read them as live must go. */
     for (guint i = 0; i < disks->len; i++) {
         struct snapfs_disk *disk = g_ptr_array_index(disks, i);
@@ -372,6 +460,8 @@ int engine_snapshot_create(virConnectPtr conn, const char *domain, const char *n
     ret = 0;
 
 cleanup:
+    if (made)
+        g_ptr_array_unref(made);
     if (disks)
         g_ptr_array_unref(disks);
     if (snap)

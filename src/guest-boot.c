@@ -20,10 +20,13 @@
 #include <sys/uio.h>
 #include <sys/utsname.h>
 #include <unistd.h>
+#ifdef SNAPFS_HAVE_ZSTD
+#include <zstd.h>
+#endif
 
 /*
  * Why: libguestfs boots the host's kernel as it is installed, a bzImage whose payload is the kernel
- * compressed (xz on Debian).  Its decompressor runs inside the appliance before the kernel's first
+ * compressed (xz on Debian 12, zstd on Debian 13).  Its decompressor runs inside the appliance before the kernel's first
  * line, about 3 s of an 11 s boot under TCG and a tenth of a second on KVM.  qemu also boots an
  * uncompressed ELF kernel that carries a PVH entry note (CONFIG_PVH, set by Debian, Fedora and
  * Ubuntu), and that skips the decompressor altogether.
@@ -88,12 +91,78 @@ static bool elf_has_pvh_note(const guint8 *elf, size_t len)
     return false;
 }
 
+/* The xz payload @in of @length bytes, unpacked into @out (at most 512 MiB). */
+static int unpack_xz(const guint8 *in, size_t length, GByteArray *out)
+{
+    lzma_stream xz = LZMA_STREAM_INIT;
+    lzma_ret r;
+
+    if (lzma_stream_decoder(&xz, UINT64_MAX, 0) != LZMA_OK) {
+        snapfs_error_set(ENOMEM, "cannot start an xz decoder");
+        return -1;
+    }
+    xz.next_in = in;
+    xz.avail_in = length;
+    do {
+        size_t had = out->len;
+
+        /* Kernels unpack to several times their size: grow by the input's size at a time. */
+        g_byte_array_set_size(out, had + MAX(length, 1 << 20));
+        xz.next_out = out->data + had;
+        xz.avail_out = out->len - had;
+        r = lzma_code(&xz, LZMA_FINISH);
+        g_byte_array_set_size(out, out->len - xz.avail_out);
+    } while (r == LZMA_OK && out->len < (512u << 20));
+    lzma_end(&xz);
+    if (r != LZMA_STREAM_END) {
+        snapfs_error_set(EINVAL, "the kernel's xz payload is damaged (%s)",
+                         r == LZMA_OK ? "larger than 512 MiB" : "xz error");
+        return -1;
+    }
+    return 0;
+}
+
+#ifdef SNAPFS_HAVE_ZSTD
+/* The zstd payload @in of @length bytes (Debian 13's kernels), unpacked into @out (at most 512 MiB).  The
+ * kernel's build appends the unpacked size after the frame: the first frame is the whole kernel. */
+static int unpack_zstd(const guint8 *in, size_t length, GByteArray *out)
+{
+    ZSTD_DStream *zs = ZSTD_createDStream();
+    ZSTD_inBuffer input = { in, length, 0 };
+    size_t r = 1;
+
+    if (!zs) {
+        snapfs_error_set(ENOMEM, "cannot start a zstd decoder");
+        return -1;
+    }
+    /* The kernel's own decompressor allows frames made with --ultra -22 (a window of up to 2^27 bytes). */
+    ZSTD_DCtx_setParameter(zs, ZSTD_d_windowLogMax, 27);
+    while (r != 0 && out->len < (512u << 20)) {
+        size_t had = out->len;
+        ZSTD_outBuffer output;
+
+        g_byte_array_set_size(out, had + MAX(length, 1 << 20));
+        output = (ZSTD_outBuffer){ out->data + had, out->len - had, 0 };
+        r = ZSTD_decompressStream(zs, &output, &input);
+        g_byte_array_set_size(out, had + output.pos);
+        if (ZSTD_isError(r) || (r != 0 && input.pos == length && output.pos < output.size))
+            break;
+    }
+    ZSTD_freeDStream(zs);
+    if (r != 0) {
+        snapfs_error_set(EINVAL, "the kernel's zstd payload is damaged (%s)",
+                         ZSTD_isError(r) ? ZSTD_getErrorName(r) : out->len >= (512u << 20) ? "larger than 512 MiB"
+                                                                                          : "truncated");
+        return -1;
+    }
+    return 0;
+}
+#endif
+
 GBytes *guest_boot_unpack(const guint8 *image, size_t len)
 {
     size_t setup, start, length;
-    lzma_stream xz = LZMA_STREAM_INIT;
     g_autoptr(GByteArray) out = g_byte_array_new();
-    lzma_ret r;
 
     if (len < BZ_HEADER_END || memcmp(image + BZ_MAGIC, "HdrS", 4) != 0) {
         snapfs_error_set(EINVAL, "the kernel is not a bzImage");
@@ -111,30 +180,20 @@ GBytes *guest_boot_unpack(const guint8 *image, size_t len)
         snapfs_error_set(EINVAL, "the kernel's payload lies outside the file");
         return NULL;
     }
-    if (memcmp(image + start, "\3757zXZ\0", 6) != 0) {
-        snapfs_error_set(ENOTSUP, "the kernel is compressed with a format other than xz");
+    /* The payload's format is the one its header names (the kernel's own decompressor goes by it too). */
+    if (memcmp(image + start, "\3757zXZ\0", 6) == 0) {
+        if (unpack_xz(image + start, length, out) < 0)
+            return NULL;
+    } else if (memcmp(image + start, "\050\265\057\375", 4) == 0) {
+#ifdef SNAPFS_HAVE_ZSTD
+        if (unpack_zstd(image + start, length, out) < 0)
+            return NULL;
+#else
+        snapfs_error_set(ENOTSUP, "the kernel is compressed with zstd, and snapfs was built without libzstd");
         return NULL;
-    }
-    if (lzma_stream_decoder(&xz, UINT64_MAX, 0) != LZMA_OK) {
-        snapfs_error_set(ENOMEM, "cannot start an xz decoder");
-        return NULL;
-    }
-    xz.next_in = image + start;
-    xz.avail_in = length;
-    do {
-        size_t had = out->len;
-
-        /* Kernels unpack to several times their size: grow by the input's size at a time. */
-        g_byte_array_set_size(out, had + MAX(length, 1 << 20));
-        xz.next_out = out->data + had;
-        xz.avail_out = out->len - had;
-        r = lzma_code(&xz, LZMA_FINISH);
-        g_byte_array_set_size(out, out->len - xz.avail_out);
-    } while (r == LZMA_OK && out->len < (512u << 20));
-    lzma_end(&xz);
-    if (r != LZMA_STREAM_END) {
-        snapfs_error_set(EINVAL, "the kernel's xz payload is damaged (%s)",
-                         r == LZMA_OK ? "larger than 512 MiB" : "xz error");
+#endif
+    } else {
+        snapfs_error_set(ENOTSUP, "the kernel is compressed with a format other than xz and zstd");
         return NULL;
     }
     if (!elf_has_pvh_note(out->data, out->len)) {
@@ -412,8 +471,9 @@ void guest_boot_release(pid_t qemu, const char *fixed)
 }
 
 /*
- * The script: qemu refuses -accel beside the "-machine accel=tcg,..." that libguestfs passes, so it moves the
- * accelerator into -accel, with the cache's size.  "accel=kvm:tcg" (KVM may be there) is left as it is.
+ * The script: qemu refuses -accel beside the "-machine accel=tcg,..." that libguestfs passes (1.48; 1.54 passes
+ * "-machine q35,accel=tcg"), so it moves the accelerator into -accel, with the cache's size, whichever of them
+ * runs.  "accel=kvm:tcg" (KVM may be there) is left as it is.
  */
 static const char qemu_script[] =
     "#!/bin/sh\n"
@@ -425,6 +485,10 @@ static const char qemu_script[] =
     "        case $1 in\n"
     "        accel=tcg) shift; n=$((n - 1)); set -- \"$@\" -accel tcg,tb-size=%d; continue ;;\n"
     "        accel=tcg,*) m=${1#accel=tcg,}; shift; n=$((n - 1))\n"
+    "            set -- \"$@\" -machine \"$m\" -accel tcg,tb-size=%d; continue ;;\n"
+    "        *,accel=tcg) m=${1%%,accel=tcg}; shift; n=$((n - 1))\n"
+    "            set -- \"$@\" -machine \"$m\" -accel tcg,tb-size=%d; continue ;;\n"
+    "        *,accel=tcg,*) m=\"${1%%%%,accel=tcg,*},${1#*,accel=tcg,}\"; shift; n=$((n - 1))\n"
     "            set -- \"$@\" -machine \"$m\" -accel tcg,tb-size=%d; continue ;;\n"
     "        esac\n"
     "    fi\n"
@@ -457,7 +521,8 @@ char *guest_boot_qemu(guestfs_h *g)
         snapfs_error_set(EPERM, "%s is on a filesystem mounted noexec", mine);
         return NULL;
     }
-    script = g_strdup_printf(qemu_script, TCG_CACHE_MB, TCG_CACHE_MB, TCG_CACHE_MB, hv);
+    script = g_strdup_printf(qemu_script, TCG_CACHE_MB, TCG_CACHE_MB, TCG_CACHE_MB, TCG_CACHE_MB, TCG_CACHE_MB,
+                             hv);
     sum = g_compute_checksum_for_string(G_CHECKSUM_SHA256, script, -1);
     path = g_strdup_printf("%s/qemu-%.12s", mine, sum);
     if (g_file_get_contents(path, &have, NULL, NULL) && strcmp(have, script) == 0 &&

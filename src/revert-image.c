@@ -2,8 +2,8 @@
 /* The images a revert makes and inspects: empty qcow2 overlays, read from and written to disk directly or by qemu-img. */
 #include "revert-priv.h"
 #include "snapfs/chain.h"
+#include "snapfs/engine.h"
 #include "snapfs/error.h"
-#include "snapfs/spawn.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -79,81 +79,14 @@ char *revert_image_backing(const char *file, const char *file_format, char **for
     return backing;
 }
 
-/*
- * A new image is private from its first byte: made here with O_EXCL (an
- * existing file is never truncated, a link never followed), mode 0600, owned
- * as the image it stands on is (what libvirt's DAC driver gives its own
- * overlays), and only then written by qemu-img.  The descriptor, or -1.
- */
-static int image_create_private(const char *file, const char *backing)
-{
-    struct stat below;
-    int fd;
-
-    if (stat(backing, &below) < 0) {
-        snapfs_error_set(errno == ENOENT ? ENOENT : EIO, "cannot create overlay '%s': cannot stat its backing "
-                         "image '%s': %s", file, backing, g_strerror(errno));
-        return -1;
-    }
-    fd = open(file, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        int err = errno;
-
-        snapfs_error_set(err == EEXIST ? EEXIST : EIO, "cannot create overlay '%s': %s", file,
-                         err == EEXIST ? "a file of that name exists (snapfs never overwrites one)" : g_strerror(err));
-        return -1;
-    }
-    /* The umask may have taken bits away, never added: 0600 exactly, whatever it is. */
-    if (fchown(fd, below.st_uid, below.st_gid) < 0 || fchmod(fd, 0600) < 0) {
-        snapfs_error_set(EIO, "cannot give overlay '%s' the owner of '%s': %s", file, backing, g_strerror(errno));
-        close(fd);
-        unlink(file);
-        return -1;
-    }
-    return fd;
-}
-
 int revert_image_create_overlay(const char *file, const char *backing, const char *backing_format)
 {
-    g_autofree char *out = NULL;
-    g_autofree char *err = NULL;
-    int status = 0;
-    int fd;
+    int fd = engine_image_create_overlay(file, backing, backing_format);
 
-    /* The format goes into the overlay's header, where qemu takes it for the truth: never a guess. */
-    if (!backing_format || !snapfs_chain_format_known(backing_format)) {
-        snapfs_error_set(ENOTSUP, "cannot create overlay '%s' on '%s': the format of '%s' is %s", file, backing,
-                         backing, backing_format ? "not one snapfs accepts" : "recorded neither by libvirt nor by an image");
+    if (fd < 0)
         return -1;
-    }
-    {
-        /* -u: the backing image is known to be complete; not opening it keeps this fast. */
-        const char *argv[] = { "qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", backing_format, "-b", backing,
-                               file, NULL, NULL };
-        g_autofree char *size = NULL;
-        struct snapfs_layer *layer = snapfs_chain_read_layer(backing, backing_format);
-
-        if (!layer)
-            return -1;
-        size = g_strdup_printf("%" G_GUINT64_FORMAT, layer->virtual_size);
-        snapfs_layer_free(layer);
-        argv[11] = size;
-        fd = image_create_private(file, backing);
-        if (fd < 0)
-            return -1;
-        close(fd);
-        if (snapfs_spawn_sync(argv, SNAPFS_TOOL_TIMEOUT_S, &out, &err, &status) < 0) {
-            unlink(file);
-            return -1;
-        }
-    }
-    if (!g_spawn_check_wait_status(status, NULL)) {
-        g_strstrip(err);
-        snapfs_error_set(EIO, "cannot create overlay '%s' on '%s': %s", file, backing, err);
-        unlink(file);
-        return -1;
-    }
-    return revert_sync_path(file);
+    close(fd);
+    return 0;
 }
 
 /* A file name made of what a person can read in @name (snapshot names may hold anything). */

@@ -29,7 +29,8 @@
 #define JOURNAL_SUFFIX ".revert-journal"
 #define JOURNAL_MAX_BYTES (1 << 20)
 
-static const char *const phase_names[] = { "native", "by-hand", "internal" };
+/* An older snapfs refuses a phase it does not know (and keeps the journal): never a rollback it should not make. */
+static const char *const phase_names[] = { "native", "by-hand", "internal", "internal-asked" };
 
 void revert_disk_free(struct revert_disk *disk)
 {

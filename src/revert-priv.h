@@ -21,7 +21,8 @@ struct revert_disk {
 enum revert_phase {
     REVERT_PHASE_NATIVE,    /* external snapshot: libvirt's own revert is being tried */
     REVERT_PHASE_BY_HAND,   /* external snapshot: libvirt cannot, snapfs does it */
-    REVERT_PHASE_INTERNAL,  /* internal snapshot: libvirt's own revert */
+    REVERT_PHASE_INTERNAL,  /* internal snapshot: libvirt's own revert, not asked for yet */
+    REVERT_PHASE_INTERNAL_ASKED, /* internal snapshot: libvirt was asked to apply it: pre-revert-... stays */
 };
 
 /*

@@ -9,6 +9,7 @@
 #include "snapfs/revert.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <libvirt/virterror.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -33,9 +34,12 @@
  *   cleanup        old top images nothing needs any more unlinked (empty ones, or all with revert_keep=off)
  *
  * Internal snapshots are libvirt's own revert after an internal
- * pre-revert-DATE (steps journal, keep, current).  Once libvirt was asked to
- * apply it, pre-revert-DATE stays whatever happens: libvirt 9.0 applies it
- * disk by disk and undoes nothing when a disk fails.
+ * pre-revert-DATE (steps journal, keep, asked, current).  Once libvirt was
+ * asked to apply it, pre-revert-DATE stays whatever happens: libvirt 9.0
+ * applies it disk by disk and undoes nothing when a disk fails.  So the
+ * journal says "asked" (phase internal-asked) before libvirt is asked, and
+ * a crash from there on is never rolled back: pre-revert-DATE is kept and
+ * named in a warning, whatever the disks read.
  *
  * Nothing of this starts, and a running domain is not stopped (--force),
  * before every check that could refuse the revert passed (revert_prepare):
@@ -167,6 +171,11 @@ static int revert_roll_back(struct revert_state *st, const struct revert_journal
 {
     int ret = 0;
 
+    if (journal->phase == REVERT_PHASE_INTERNAL_ASKED) {
+        snapfs_error_set(EIO, "the revert of domain '%s' to snapshot '%s' cannot be rolled back: libvirt was asked "
+                         "to apply it", st->name, journal->target);
+        return -1;
+    }
     if (journal->keep_name && revert_snapshot_exists(st->dom, journal->keep_name)) {
         virDomainSnapshotPtr snap = virDomainSnapshotLookupByName(st->dom, journal->keep_name, 0);
         unsigned int flags = journal->phase == REVERT_PHASE_INTERNAL ? 0 : VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY;
@@ -207,7 +216,8 @@ static int revert_roll_forward(struct revert_state *st, const struct revert_jour
             revert_image_create_overlay(rd->keep_overlay, rd->old_top, old_top_format(st, journal, rd)) < 0)
             return -1;
     }
-    if (journal->phase != REVERT_PHASE_INTERNAL && (!st->current || strcmp(st->current, journal->target) != 0)) {
+    if (journal->phase != REVERT_PHASE_INTERNAL && journal->phase != REVERT_PHASE_INTERNAL_ASKED &&
+        (!st->current || strcmp(st->current, journal->target) != 0)) {
         if (revert_snapshot_make_current(st, journal->target) < 0)
             return -1;
         if (faults)
@@ -232,14 +242,40 @@ static int revert_roll_forward(struct revert_state *st, const struct revert_jour
     return revert_journal_remove(journal);
 }
 
+/*
+ * A crash after libvirt was asked to apply an internal snapshot, which it
+ * did not finish (the target is not current): some disks may read as the
+ * target already, the others as before.  What they all held before is only
+ * in pre-revert-DATE, so it stays (never deleted here), and the warning
+ * names it; nothing else is changed.
+ */
+static int revert_settle_asked(struct revert_state *st, struct revert_journal *journal)
+{
+    if (journal->keep_name && revert_snapshot_exists(st->dom, journal->keep_name))
+        snapfs_warn("the revert of domain '%s' to snapshot '%s' was cut short after libvirt was asked to apply "
+                    "it: some of its disks may be reverted already; what they held before is kept as snapshot "
+                    "'%s' (write '%s' to revert to go back to it)", st->label, journal->target,
+                    journal->keep_name, journal->keep_name);
+    else
+        snapfs_warn("the revert of domain '%s' to snapshot '%s' was cut short after libvirt was asked to apply "
+                    "it: some of its disks may be reverted already, and %s", st->label, journal->target,
+                    journal->keep_name ? "the snapshot of their state before is missing"
+                                       : "nothing of their state before was kept (revert_keep=off)");
+    return revert_journal_remove(journal);
+}
+
 /* Settle one journal found on disk; @st is the domain's state now. */
 static int revert_settle(struct revert_state *st, struct revert_journal *journal)
 {
     bool committed;
 
     revert_journal_vet(journal, st);
+    if (journal->phase == REVERT_PHASE_INTERNAL_ASKED && (!st->current || strcmp(st->current, journal->target) != 0))
+        return revert_settle_asked(st, journal);
     if (journal->phase == REVERT_PHASE_BY_HAND)
         committed = revert_domain_on_new_tops(st, journal);
+    else if (journal->phase == REVERT_PHASE_INTERNAL_ASKED)
+        committed = true;       /* the target is current: libvirt finished applying it */
     else
         committed = st->current && strcmp(st->current, journal->target) == 0 &&
                     (!journal->keep_name || revert_snapshot_exists(st->dom, journal->keep_name));
@@ -527,12 +563,13 @@ static int revert_check_local(struct revert_state *st, struct revert_snapshot *t
 static bool native_is_safe(struct revert_state *st, const struct revert_journal *journal)
 {
     struct revert_snapshot *current = revert_state_snapshot(st, st->current);
+    struct revert_snapshot *target = revert_state_snapshot(st, journal->target);
     GHashTableIter it;
     gpointer key, value;
 
     if (journal->keep_name && st->current && strcmp(st->current, journal->keep_name) == 0)
         return true;
-    if (!current)
+    if (!current || !target)
         return false;
     g_hash_table_iter_init(&it, current->overlay);
     while (g_hash_table_iter_next(&it, &key, &value)) {
@@ -540,8 +577,26 @@ static bool native_is_safe(struct revert_state *st, const struct revert_journal 
 
         if (!disk || !disk->file || strcmp(disk->file, value) != 0)
             return false;
+        /* libvirt unlinks it whoever else stands on it (a linked clone: libvirt 11 did): snapfs's own revert
+         * leaves it then.  Where that cannot be told, too. */
+        if (plan_image_free(st, target, value) != 1)
+            return false;
     }
     return true;
+}
+
+/* Whether the connection says it reverts external snapshots itself: <externalSnapshot/> among a guest's features. */
+static bool native_advertised(virConnectPtr conn)
+{
+    g_autofree char *caps = virConnectGetCapabilities(conn);
+    g_autofree char *found = NULL;
+    xmlXPathContextPtr ctxt = NULL;
+    xmlDocPtr doc = caps ? snapfs_xml_read(caps, &ctxt) : NULL;
+
+    if (doc)
+        found = snapfs_xml_string(ctxt, NULL, "name(/capabilities/guest/features/externalSnapshot)");
+    snapfs_xml_free(doc, ctxt);
+    return found != NULL;
 }
 
 /* Whether libvirt's own revert will be tried (and may do it all, so that no image need be local). */
@@ -549,10 +604,55 @@ static bool native_possible(struct revert_state *st, const struct revert_journal
 {
     unsigned long version = 0;
 
-    /* External reverts arrived in 9.9; pre-revert's overlays make it safe whatever is current. */
-    if (virConnectGetLibVersion(st->conn, &version) < 0 || version < 9009000)
+    /* The connection's capabilities say so (libvirt 11's qemu driver); a libvirt of 9.9 or later that does not
+     * (the test driver) is tried, and its refusal leaves it to snapfs.  Pre-revert's overlays make it safe
+     * whatever is current. */
+    if (!native_advertised(st->conn) && (virConnectGetLibVersion(st->conn, &version) < 0 || version < 9009000))
         return false;
     return journal->keep_name || native_is_safe(st, journal);
+}
+
+/*
+ * libvirt's own revert (libvirt 11) makes each disk's new overlay mode 0600 but root's, whatever owns the
+ * image below it; snapfs's own overlays, and those of mkdir, are owned as the image they stand on (what
+ * libvirt's DAC driver gives its own).  Only while the domain is shut off: nothing runs on them yet.  Failures are
+ * logged, not returned: the revert is done by now.
+ */
+static void native_make_private(struct revert_state *st)
+{
+    g_autoptr(GPtrArray) now = virDomainIsActive(st->dom) == 0 ? revert_domain_disks_now(st) : NULL;
+
+    for (guint i = 0; now && i < now->len; i++) {
+        struct snapfs_disk *disk = g_ptr_array_index(now, i);
+        struct snapfs_disk *before = snapfs_disk_find(st->disks, disk->target);
+        struct snapfs_layer *layer;
+        g_autofree char *below = NULL;
+        struct stat st_below, st_new;
+        int fd;
+
+        /* Only the overlays libvirt has just made: a disk it left on its image is not one. */
+        if (!disk->file || !revert_disk_is_local(disk) || (before && before->file && strcmp(before->file, disk->file) == 0))
+            continue;
+        layer = snapfs_chain_read_layer(disk->file, disk->format);
+        below = layer && layer->backing ? snapfs_chain_resolve(disk->file, layer->backing) : NULL;
+        if (layer)
+            snapfs_layer_free(layer);
+        fd = open(disk->file, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY);
+        if (!below || fd < 0 || fstat(fd, &st_new) < 0 || !S_ISREG(st_new.st_mode) || stat(below, &st_below) < 0) {
+            snapfs_warn("cannot give overlay '%s' of domain '%s' the owner of the image below it", disk->file,
+                        st->label);
+        } else {
+            if ((st_new.st_uid != st_below.st_uid || st_new.st_gid != st_below.st_gid) &&
+                fchown(fd, st_below.st_uid, st_below.st_gid) < 0)
+                snapfs_warn("cannot give overlay '%s' of domain '%s' the owner of '%s': %s", disk->file, st->label,
+                            below, g_strerror(errno));
+            if ((st_new.st_mode & 07777) != 0600 && fchmod(fd, 0600) < 0)
+                snapfs_warn("cannot make overlay '%s' of domain '%s' mode 0600: %s", disk->file, st->label,
+                            g_strerror(errno));
+        }
+        if (fd >= 0)
+            close(fd);
+    }
 }
 
 /* Carries out @journal, the plan of the revert to external snapshot @target (@noop: nothing to do but its name). */
@@ -625,6 +725,7 @@ static int revert_external(struct revert_state *st, struct revert_snapshot *targ
     }
     if (rc == 0) {
         snapfs_info("libvirt reverted domain '%s' to snapshot '%s'", st->label, target->name);
+        native_make_private(st);
         g_free(st->current);
         st->current = g_strdup(target->name);
         return revert_roll_forward(st, journal, true);
@@ -728,6 +829,19 @@ static int revert_internal_check(struct revert_state *st, struct revert_snapshot
     return 0;
 }
 
+/* Before libvirt was asked: undo what revert_internal() did, keeping the reason recorded.  Always -1. */
+static int internal_roll_back(struct revert_state *st, struct revert_journal *journal)
+{
+    g_autofree char *reason = g_strdup(snapfs_error_message());
+    int errnum = snapfs_error_errno();
+
+    if (revert_roll_back(st, journal) < 0)
+        snapfs_warn("cannot roll back the revert of domain '%s' to snapshot '%s': %s", st->label, journal->target,
+                    snapfs_error_message());
+    snapfs_error_set(errnum, "%s", reason);
+    return -1;
+}
+
 static int revert_internal(struct revert_state *st, struct revert_snapshot *target, const char *path,
                            const struct revert_options *options)
 {
@@ -775,12 +889,23 @@ static int revert_internal(struct revert_state *st, struct revert_snapshot *targ
         revert_fault("keep");
     }
     snap = virDomainSnapshotLookupByName(st->dom, target->name, 0);
-    rc = snap ? virDomainRevertToSnapshot(snap, 0) : -1;
+    if (!snap) {
+        snapfs_error_from_virt("cannot revert domain '%s' to '%s'", st->name, target->name);
+        return internal_roll_back(st, journal);
+    }
+    /* From here on a crash is never rolled back (revert_settle_asked()): the journal must say so first. */
+    journal->phase = REVERT_PHASE_INTERNAL_ASKED;
+    if (revert_journal_write(journal) < 0) {
+        virDomainSnapshotFree(snap);
+        journal->phase = REVERT_PHASE_INTERNAL;
+        return internal_roll_back(st, journal);
+    }
+    revert_fault("asked");
+    rc = virDomainRevertToSnapshot(snap, 0);
     if (rc < 0)
         snapfs_error_from_virt("cannot revert domain '%s' to '%s'", st->name, target->name);
-    if (snap)
-        virDomainSnapshotFree(snap);
-    if (rc < 0 && snap) {
+    virDomainSnapshotFree(snap);
+    if (rc < 0) {
         /*
          * libvirt 9.0 applies an internal snapshot disk by disk and undoes
          * nothing when one fails: the disks before it may be reverted
@@ -800,18 +925,6 @@ static int revert_internal(struct revert_state *st, struct revert_snapshot *targ
                              "their state before was kept)", reason);
         }
         snapfs_warn("%s", snapfs_error_message());
-        return -1;
-    }
-    if (rc < 0) {
-        g_autofree char *reason = NULL;
-        int errnum;
-
-        reason = g_strdup(snapfs_error_message());
-        errnum = snapfs_error_errno();
-        if (revert_roll_back(st, journal) < 0)
-            snapfs_warn("cannot roll back the revert of domain '%s' to snapshot '%s': %s", st->label, target->name,
-                        snapfs_error_message());
-        snapfs_error_set(errnum, "%s", reason);
         return -1;
     }
     revert_fault("current");

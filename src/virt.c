@@ -29,7 +29,8 @@
  * A host's connections belong to its reconnector thread: it opens them and
  * it releases them, the last ones too once the host is closing, so that only
  * that thread ever waits on a peer.  The host is freed by whichever of
- * snapfs_hosts_close() and the reconnector lets go of it last (refs).
+ * snapfs_hosts_close(), the reconnector and libvirt (for a connection's
+ * lifecycle callback) lets go of it last (refs).
  */
 struct snapfs_host {
     char *uri;
@@ -324,6 +325,14 @@ static void host_close_conn(struct snapfs_host *host, virConnectPtr conn)
     virConnectClose(conn);
 }
 
+static void host_unref(struct snapfs_host *host);
+
+/* What libvirt calls once a lifecycle callback is gone for good, which may be after its deregistration returned. */
+static void host_callback_done(void *opaque)
+{
+    host_unref(opaque);
+}
+
 /* Opens a connection and hooks it up; NULL with the reason recorded. */
 static virConnectPtr host_connect(struct snapfs_host *host)
 {
@@ -337,11 +346,19 @@ static virConnectPtr host_connect(struct snapfs_host *host)
     if (virConnectSetKeepAlive(conn, 5, 3) < 0)
         virResetLastError();
     virConnectRegisterCloseCallback(conn, host_closed, host, NULL);
+    /*
+     * An event being dispatched when the callback is deregistered still runs after the deregistration
+     * returns (libvirt only marks it deleted): the callback holds a reference on the host until libvirt
+     * lets go of it, so that closing the host never frees it under a running callback.
+     */
+    g_atomic_int_inc(&host->refs);
     host->lifecycle_callback = virConnectDomainEventRegisterAny(conn, NULL, VIR_DOMAIN_EVENT_ID_LIFECYCLE,
                                                                 VIR_DOMAIN_EVENT_CALLBACK(host_lifecycle_event),
-                                                                host, NULL);
-    if (host->lifecycle_callback < 0)
+                                                                host, host_callback_done);
+    if (host->lifecycle_callback < 0) {
+        host_unref(host);
         virResetLastError();
+    }
     return conn;
 }
 

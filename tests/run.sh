@@ -1,8 +1,10 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0-or-later
-# The whole test suite on Debian 12 as root: install packages, build with ASan+UBSan, start libvirtd, run everything.
+# The whole test suite as root: install packages, build with ASan+UBSan, start libvirtd, run everything.
 #
-#   tests/run.sh                 as root, from a clone; exits non-zero when anything fails
+#   tests/run.sh                 as root, from a clone, on Debian 12 or 13; exits non-zero when anything fails
+#   tests/run.sh --debian 13     the same inside a Debian 13 root made with debootstrap (cached in
+#                                /var/cache/snapfs-tests), with its own libvirtd: tests/lib/debian-root.sh
 #   SNAPFS_SKIP_APT=1            skip apt-get (the packages are there already)
 #   SNAPFS_BUILD=DIR             build directory (default build-asan)
 #   SNAPFS_PYTEST_ARGS="-k tree" extra arguments for the integration tests
@@ -10,12 +12,26 @@ set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 1
 top=$PWD
+
+if [[ ${1:-} == --debian ]]; then
+    release=${2:?usage: tests/run.sh [--debian RELEASE]}
+    # Its packages are installed when the root is made; its build directory is the root's own.
+    exec tests/lib/debian-root.sh "$release" /usr/bin/env SNAPFS_SKIP_APT=1 \
+        SNAPFS_BUILD="${SNAPFS_ROOT_BUILD:-/var/cache/snapfs-build/asan}" \
+        ${SNAPFS_PYTEST_ARGS:+SNAPFS_PYTEST_ARGS="$SNAPFS_PYTEST_ARGS"} tests/run.sh
+fi
+if (($#)); then
+    echo "usage: tests/run.sh [--debian RELEASE]" >&2
+    exit 2
+fi
+
 build=${SNAPFS_BUILD:-build-asan}
+[[ $build == /* ]] || build=$top/$build
 started=$SECONDS
 # shellcheck source=tests/lib/packages.sh
 source tests/lib/packages.sh
 
-say() { printf '\n==== %s ====\n' "$*"; }
+say() { printf '\n==== %s (%d s) ====\n' "$*" $((SECONDS - started)); }
 
 if [[ $(id -u) != 0 ]]; then
     echo "tests/run.sh: run as root (it installs packages, uses qemu:///system and FUSE)" >&2
@@ -41,7 +57,7 @@ export ASAN_OPTIONS="halt_on_error=1:detect_leaks=1:exitcode=86:detect_stack_use
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:exitcode=87"
 export LSAN_OPTIONS="suppressions=$top/tests/lsan.supp:print_suppressions=0"
 export LIBGUESTFS_BACKEND=direct
-export SNAPFS_BIN=$top/$build/snapfs
+export SNAPFS_BIN=$build/snapfs
 # The suite owns this machine: the reconnect test may kill and restart the system libvirtd.
 export SNAPFS_TEST_RESTART_LIBVIRTD=1
 

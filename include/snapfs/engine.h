@@ -53,6 +53,23 @@ int engine_check_name(const char *name);
 int engine_snapshot_create(virConnectPtr conn, const char *domain, const char *name,
                            const struct engine_options *options);
 
+/*
+ * A new qcow2 overlay @file on @backing (of @backing_format, which must be
+ * recorded, never guessed: ENOTSUP otherwise), private from its first byte:
+ * created here with O_EXCL and O_NOFOLLOW (a name taken, a link among them,
+ * is EEXIST and left alone), mode 0600, owned as @backing is (what
+ * libvirt's DAC driver gives the overlays it makes), and only then written
+ * by qemu-img.  Returns a descriptor of it (the caller closes it), or -1
+ * with the reason; on failure nothing it made is left.
+ */
+int engine_image_create_overlay(const char *file, const char *backing, const char *backing_format);
+/*
+ * Unlink @file only while it is still the file @fd holds (one the caller
+ * made): a name swapped for another file meanwhile is left alone (and
+ * logged).  Does not close @fd.  Whether it was unlinked.
+ */
+bool engine_image_remove_made(const char *file, int fd);
+
 /* rmdir: delete snapshot @name, merging its data so that everything else reads as before. */
 int engine_snapshot_delete(virConnectPtr conn, const char *domain, const char *name);
 

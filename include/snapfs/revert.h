@@ -49,6 +49,7 @@ int revert_recover(virConnectPtr conn, const struct revert_options *options);
  * For tests only: with SNAPFS_FAULT=revert:STEP in the environment the
  * process ends with _exit(137) right after STEP, as a kill -9 would.
  * Steps in order: journal, keep-overlays, keep, overlays, domain, current,
- * cleanup (see src/revert.c).
+ * cleanup; an internal snapshot's: journal, keep, asked, current (see
+ * src/revert.c).
  */
-#define REVERT_FAULT_STEPS "journal keep-overlays keep overlays domain current cleanup"
+#define REVERT_FAULT_STEPS "journal keep-overlays keep asked overlays domain current cleanup"

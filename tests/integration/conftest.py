@@ -143,6 +143,12 @@ def libvirtd():
     return URI
 
 
+def libvirt_reverts_external(uri=URI):
+    """Whether the connection's libvirt reverts external snapshots itself (libvirt 11: <externalSnapshot/>
+    in its capabilities), as snapfs then lets it do: the overlays it makes carry libvirt's names."""
+    return "<externalSnapshot/>" in virsh("capabilities", uri=uri).stdout
+
+
 # ---------------------------------------------------------------- the sweep
 
 def sweep(prefix=RUN_PREFIX, uri=URI):
@@ -323,7 +329,8 @@ class Domain:
         self.disks = list(disks)
         xml_file = owner.images.root / f"{abs(hash(name))}.xml"
         xml_file.write_text(domain_xml(name, self.disks))
-        virsh("define", xml_file)
+        # libvirtd probes qemu again when its capabilities cache is stale: over a minute on a loaded machine.
+        virsh("define", xml_file, timeout=300)
         xml_file.unlink()
 
     def start(self):
@@ -502,6 +509,45 @@ def demo(session_domains, images):
 
 # ---------------------------------------------------------------- the mount
 
+def _mount_device(path):
+    """The device ("major:minor") of the filesystem mounted at PATH, from /proc (never blocks on FUSE); None."""
+    path = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4].encode().decode("unicode_escape") == path:
+                return fields[2]
+    return None
+
+
+def _mount_holders(device):
+    """Where a mount of DEVICE still is after its unmount here: "pid (comm) at point" per other mount namespace.
+    A copy in another namespace (one made by unshare, a service or a qemu while it was mounted) keeps the
+    filesystem, and so its daemon, alive after the unmount here."""
+    own = os.readlink("/proc/self/ns/mnt")
+    seen = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ns = os.readlink(entry / "ns" / "mnt")
+            if ns in seen:
+                continue
+            points = []
+            for line in (entry / "mountinfo").read_text().splitlines():
+                fields = line.split()
+                if fields[2] == device and " - fuse" in line:
+                    points.append(fields[4].encode().decode("unicode_escape"))
+            if points:
+                comm = (entry / "comm").read_text().strip()
+                seen[ns] = f"pid {entry.name} ({comm}){' (this namespace)' if ns == own else ''} at {', '.join(points)}"
+            else:
+                seen[ns] = None
+        except (OSError, IndexError):
+            continue
+    return [where for where in seen.values() if where]
+
+
 class Mount:
     """A running `snapfs -f` on a fresh mount point; .path, .stderr_text(), .unmount()."""
 
@@ -526,6 +572,7 @@ class Mount:
                 self.proc.wait()
                 raise AssertionError(f"snapfs did not mount within {timeout} s:\n{self.stderr_text()}")
             time.sleep(0.05)
+        self.device = _mount_device(self.path)
 
     def p(self, *parts):
         """A path under the mount."""
@@ -557,15 +604,19 @@ class Mount:
         try:
             self.exit_status = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            # Where each thread stopped is what such a failure needs to be understood, so take it before the kill.
+            # Where each thread stopped, and who still has the mount, is what such a failure needs to be
+            # understood: both are taken before the kill.
+            holders = _mount_holders(self.device) if self.device else []
             try:
-                stacks = run("gdb", "-p", self.proc.pid, "-batch", "-ex", "thread apply all bt",
-                             check=False, timeout=120).stdout
+                gdb = run("gdb", "-p", self.proc.pid, "-batch", "-ex", "thread apply all bt", check=False, timeout=120)
+                stacks = gdb.stdout if "Thread " in gdb.stdout else f"(no stacks: gdb: {gdb.stderr}{gdb.stdout})"
             except (OSError, subprocess.TimeoutExpired) as e:
                 stacks = f"(no stacks: gdb: {e})"
             self.proc.kill()
             self.proc.wait()
-            self.exit_status = f"hung after unmount; its threads were at:\n{stacks}\n"
+            where = ("the mount was still in other mount namespaces, which keep the filesystem alive:\n  " +
+                     "\n  ".join(holders) if holders else "the mount was in no other mount namespace")
+            self.exit_status = f"hung after unmount; {where}\nits threads were at:\n{stacks}\n"
         if is_mount(self.path):
             run("fusermount3", "-u", "-z", self.path, check=False)
         return self.exit_status

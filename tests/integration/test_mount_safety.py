@@ -27,7 +27,8 @@ def test_nosuid_nodev(mount):
 
 
 def test_suid_dev_ignored(mount):
-    """mount(8) passes suid,dev from fstab's defaults: they are ignored with a message, never obeyed."""
+    """fuse3's mount.fuse appends dev,suid to every fstab mount without nodev/nosuid (mount(8) has taken an
+    explicit suid out of the line already, so the two cannot be told apart): ignored with a message, never obeyed."""
     m = mount("-o", "suid,dev")
     opts = mount_options(m.path)
     assert "nosuid" in opts and "nodev" in opts, opts
@@ -198,3 +199,153 @@ def test_file_history_never_follows_guest_symlinks(fake_domain):
         assert shadow not in proc.stdout
     proc = run(EXAMPLES / "snapfs-file-history.sh", fake_domain, "etc/passwd", check=False)
     assert shadow not in proc.stdout, proc.stdout
+
+
+# ---------------------------------------------------------------- with real guests (libguestfs appliances)
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def guest_image(root, name, files, links=(), modes=None):
+    """A qcow2 ext4 image holding FILES {path: text} and LINKS [(path, target)] (symlinks inside the guest
+    only: their targets are names, never followed), made with mkfs.ext4 -d from a temp dir of this run."""
+    import shutil
+    tree = root / f".{name}.tree"
+    shutil.rmtree(tree, ignore_errors=True)
+    for rel, text in files.items():
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_text(text)
+        os.chmod(tree / rel, (modes or {}).get(rel, 0o644))
+    for rel, target in links:
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, tree / rel)
+    raw = root / f"{name}.raw"
+    run("mkfs.ext4", "-q", "-F", "-d", tree, raw, "16M")
+    shutil.rmtree(tree)
+    image = root / f"{name}.qcow2"
+    run("qemu-img", "convert", "-q", "-O", "qcow2", raw, image)
+    raw.unlink()
+    image.chmod(0o644)
+    return image
+
+
+def image_sums(folder):
+    import hashlib
+    return {n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in sorted(os.listdir(folder))}
+
+
+@pytest.fixture(scope="module")
+def guests(libvirtd, run_prefix, images):
+    """Two shut-off domains whose names and snapshot names hold '|' (a|b / s1 and a / b|s1), built from the
+    same files (so the same guest inode numbers); the first's guest holds links to /etc/shadow and /etc; and one
+    mount with allow_other,allow_users=nobody that every check here shares (appliances start slowly)."""
+    from conftest import module_domains, Mount
+    folder = IMAGE_ROOT / "guests"
+    folder.mkdir(mode=0o755, exist_ok=True)
+    files = {"public.txt": "for everyone\n", "secret.txt": "root only\n", "etc/hostname": "guest\n"}
+    links = [("etc/passwd", "/etc/shadow"), ("linkdir", "/etc"), ("etc/up", "../../../../../../../../etc")]
+    with module_domains(images, run_prefix, tree=folder) as doms:
+        out = []
+        for i, (name, snap) in enumerate([(f"{RUN_PREFIX}a|b", "s1"), (f"{RUN_PREFIX}a", "b|s1")]):
+            base = guest_image(folder, f"g{i}", files, links, modes={"secret.txt": 0o600})
+            top = folder / f"g{i}-top.qcow2"
+            run("qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, top)
+            top.chmod(0o644)
+            dom = doms.define([("vda", str(top), "qcow2")], name=name)
+            dom.snapshot(snap)
+            out.append((dom, snap))
+        m = Mount(_mountpoint("guests"), ["-c", "qemu:///system", "-o", "allow_other,allow_users=nobody"],
+                  timeout=30)
+        try:
+            yield m, out, folder
+            m.check_clean_exit()
+        finally:
+            if m.exit_status is None:
+                m.unmount()
+            m.close()
+
+
+def test_allow_users_nobody_reads_by_guest_modes(guests):
+    """allow_users=nobody: nobody reads a guest file its guest mode lets everyone read, never a 0600 one."""
+    m, doms, _ = guests
+    dom, snap = doms[0]
+    public = m.p(dom.name, snap, "sda", "public.txt")
+    proc = run(*NOBODY, "cat", public, check=False, timeout=300)
+    assert proc.returncode == 0 and proc.stdout == "for everyone\n", proc.stderr
+    proc = run(*NOBODY, "cat", m.p(dom.name, snap, "sda", "secret.txt"), check=False, timeout=300)
+    assert proc.returncode != 0 and "Permission denied" in proc.stderr, (proc.stdout, proc.stderr)
+    with open(m.p(dom.name, snap, "sda", "secret.txt")) as f:      # root reads it
+        assert f.read() == "root only\n"
+
+
+def test_allow_other_alone_keeps_guest_files_from_others(mount, guests):
+    """-o allow_other without allow_users: another local user gets EACCES on a guest file everyone could read
+    by its guest mode, even once root has read it (kernel caches warm)."""
+    _, doms, _ = guests
+    dom, snap = doms[0]
+    m = mount("-o", "allow_other")
+    public = m.p(dom.name, snap, "sda", "public.txt")
+    with open(public) as f:
+        assert f.read() == "for everyone\n"
+    for argv in (["cat", public], ["stat", public], ["ls", m.p(dom.name, snap, "sda")]):
+        proc = run(*NOBODY, *argv, check=False, timeout=120)
+        assert proc.returncode != 0 and "Permission denied" in proc.stderr, (argv, proc.stdout, proc.stderr)
+
+
+def test_cp_a_of_two_domains_makes_no_cross_links(guests, tmp_path):
+    """cp -a of both domains' snapshot trees (same guest inode numbers, names with '|') into one host folder:
+    no file of one is a hard link to a file of the other; every inode number in the mount is its own."""
+    m, doms, _ = guests
+    sources = [m.p(dom.name, snap) for dom, snap in doms]
+    inodes = {}
+    for src in sources:
+        for top, dirs, names in os.walk(src):
+            for n in dirs + names:
+                st = os.lstat(os.path.join(top, n))
+                inodes.setdefault(st.st_ino, []).append(os.path.join(top, n))
+    shared = {ino: paths for ino, paths in inodes.items() if len(paths) > 1}
+    assert not shared, f"inode numbers shared: {shared}"
+    dest = tmp_path / "copy"
+    dest.mkdir()
+    for i, src in enumerate(sources):
+        (dest / str(i)).mkdir()
+        run("cp", "-a", src, dest / str(i) / "snap", timeout=300)
+    seen = {}
+    for i in range(len(sources)):
+        for top, _, names in os.walk(dest / str(i)):
+            for n in names:
+                st = os.lstat(os.path.join(top, n))
+                seen.setdefault((st.st_dev, st.st_ino), set()).add(i)
+                if not os.path.islink(os.path.join(top, n)):
+                    assert st.st_nlink == 1, f"{top}/{n} is a hard link ({st.st_nlink})"
+    assert all(len(v) == 1 for v in seen.values()), "a file of one domain's copy is a hard link to the other's"
+    assert (dest / "0" / "snap" / "sda" / "public.txt").read_text() == "for everyone\n"
+    assert os.readlink(dest / "1" / "snap" / "sda" / "etc" / "passwd") == "/etc/shadow"   # copied as a link
+
+
+@pytest.mark.parametrize("rel", ["etc/passwd", "linkdir/shadow", "etc/up/shadow"])
+def test_restore_file_refuses_a_real_guest_symlink(guests, rel):
+    """snapfs-restore-file.sh on a real guest's link to /etc/shadow (or a folder link on the way): refused, and
+    the shut-off domain's disk images are byte for byte as before (nothing copied in)."""
+    m, doms, folder = guests
+    dom, snap = doms[0]
+    before = image_sums(folder)
+    proc = run(EXAMPLES / "snapfs-restore-file.sh", m.p(dom.name, snap, "sda", rel), check=False, timeout=300)
+    assert proc.returncode == 1 and "symbolic link" in proc.stderr, (proc.stdout, proc.stderr)
+    assert image_sums(folder) == before
+    assert os.readlink(m.p(dom.name, snap, "sda", "etc", "passwd")) == "/etc/shadow"
+    assert dom.state() == "shut off"
+
+
+def test_file_history_on_a_real_guest_symlink(guests):
+    """snapfs-file-history.sh: a link on the way is refused; a link as the file is shown as its target, never
+    read; the disk images are unchanged."""
+    m, doms, folder = guests
+    dom, snap = doms[0]
+    before = image_sums(folder)
+    for rel in ("sda/linkdir/shadow", "sda/etc/up/shadow"):
+        proc = run(EXAMPLES / "snapfs-file-history.sh", m.p(dom.name), rel, check=False, timeout=300)
+        assert proc.returncode != 0 and "refused" in proc.stderr, (rel, proc.stdout, proc.stderr)
+    proc = run(EXAMPLES / "snapfs-file-history.sh", m.p(dom.name), "sda/etc/passwd", check=False, timeout=300)
+    assert proc.returncode == 0 and "link:/etc/shadow" in proc.stdout, (proc.stdout, proc.stderr)
+    assert image_sums(folder) == before

@@ -19,15 +19,8 @@ set -eu
 # The host itself, run by the unshare below inside the new namespaces.
 if [ "${1:-}" = --in-namespace ]; then
     dir=$2
-    # A new mount namespace starts as a copy of every mount, FUSE mounts included: a copy here
-    # would keep such a filesystem alive after it is unmounted outside, and its daemon would
-    # never see the end it waits for (snapfs hung at unmount). Detach them all at once.
-    awk '{ split($0, halves, " - "); split(halves[2], fstype, " ")
-           if (fstype[1] ~ /^fuse(blk)?(\.|$)/) {
-               p = $5; gsub(/\\040/, " ", p); gsub(/\\011/, "\t", p); gsub(/\\012/, "\n", p); gsub(/\\134/, "\\", p)
-               print p } }' /proc/self/mountinfo | sort -r | while IFS= read -r point; do
-        umount -l "$point" || true
-    done
+    # Copies of FUSE mounts (a test's snapfs) would keep them alive after their unmount.
+    . "$(dirname "$(readlink -f "$0")")/detach-fuse.sh"
     # (On a fresh machine whose libvirtd never ran, some of these do not exist yet.)
     mkdir -p /run/libvirt /etc/libvirt /var/lib/libvirt /var/cache/libvirt /var/log/libvirt
     mount -t tmpfs -o mode=0755 host2-run /run/libvirt

@@ -1,11 +1,24 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-# The Debian 12 packages that building, the demo and the test suite need; sourced by examples/demo.sh and tests/run.sh.
+# The Debian 12 and 13 packages that building, the demo and the test suite need; sourced by examples/demo.sh and tests/run.sh.
 # shellcheck shell=bash
+
+# The Debian release this machine (or root) runs, from /etc/debian_version: 12, 13, or what it says
+# (a testing or unstable system says "trixie/sid" and the like; those count as the release they lead to).
+snapfs_debian_release() {
+    local version
+    version=$(cat /etc/debian_version 2>/dev/null) || { echo unknown; return; }
+    case $version in
+        bookworm*) echo 12 ;;
+        trixie*) echo 13 ;;
+        [0-9]*) echo "${version%%.*}" ;;
+        *) echo "$version" ;;
+    esac
+}
 
 SNAPFS_PACKAGES=(
     # build
     gcc libc6-dev meson ninja-build pkg-config
-    libfuse3-dev libvirt-dev libguestfs-dev libglib2.0-dev libxml2-dev liblzma-dev
+    libfuse3-dev libvirt-dev libguestfs-dev libglib2.0-dev libxml2-dev liblzma-dev libzstd-dev
     # run: FUSE, libvirtd with QEMU (TCG is enough), libguestfs's appliance and its kernel
     fuse3 libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-system-common qemu-utils
     libguestfs-tools linux-image-amd64
@@ -13,6 +26,16 @@ SNAPFS_PACKAGES=(
     # gdb for the threads' stacks of a daemon that does not exit after its unmount
     e2fsprogs fdisk attr acl procps python3 python3-pytest gdb
 )
+case $(snapfs_debian_release) in
+    12) ;;
+    *)
+        # Debian 13 split libvirt's drivers into packages libvirt-daemon only recommends (12's
+        # depends on the qemu driver): named, so that a machine that installs no recommends
+        # still gets libvirtd with its qemu driver. (The libraries' t64 renames, libguestfs0t64
+        # and the like, come in through the -dev packages, which keep their names.)
+        SNAPFS_PACKAGES+=(libvirt-daemon-driver-qemu)
+        ;;
+esac
 
 # apt-get install everything above (quietly); SNAPFS_SKIP_APT=1 skips it on a machine that has it all.
 snapfs_install_packages() {

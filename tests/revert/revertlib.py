@@ -187,7 +187,15 @@ class Domain:
         return run("qemu-img", "compare", "-U", raw, image, check=False).returncode == 0
 
     def content(self, snap, target):
-        return self.chain(self.overlay(snap, target))[1]
+        """The image @snap froze: its overlay's backing, or, where libvirt's own revert (9.9 and later) discarded
+        that overlay with the state it held, the image its <domain> names."""
+        overlay = self.overlay(snap, target)
+        if overlay and os.path.exists(overlay):
+            return self.chain(overlay)[1]
+        for disk in self.snapshot_xml(snap).find("domain").iter("disk"):
+            if disk.find("target").get("dev") == target:
+                return disk.find("source").get("file")
+        raise KeyError(target)
 
     def fingerprint(self):
         """Everything a refused or rolled-back revert must leave as it was."""

@@ -8,6 +8,11 @@ STEPS = ["journal", "keep-overlays", "keep", "overlays", "domain", "current", "c
 COMMITTED = {"domain", "current", "cleanup"}
 
 
+def by_libvirt(err):
+    """Whether libvirt's own external revert (libvirt 9.9 and later) did it, as revert-cli's log says."""
+    return "libvirt reverted domain" in err
+
+
 def pre_reverts(dom):
     return [s for s in dom.snapshots() if s.startswith("pre-revert-")]
 
@@ -18,8 +23,10 @@ def check_reverted(dom, target, saved, before_snaps, kept_from=None):
     for t in dom.targets:
         if dom.kind(target) == "external":
             assert dom.reads_as(saved[(target, t)], dom.top(t)), f"{t} does not read as {target}"
-            # The XML spells out the chain the images have.
-            assert dom.xml_chain(t) == dom.chain(dom.top(t))
+            # What the XML spells out of the chain is the chain the images have (snapfs's own revert spells it
+            # all out, as libvirt 9.0's delete needs; libvirt's own names the top only).
+            xml = dom.xml_chain(t)
+            assert xml and xml == dom.chain(dom.top(t))[:len(xml)]
         else:
             assert dom.reads_as(saved[(target, t)], dom.top(t))
     for snap in before_snaps:
@@ -45,7 +52,8 @@ def test_revert_root_middle_leaf_and_back(chained):
     assert status == "OK", err
     check_reverted(dom, "s2", saved, before, kept_from="live")
     names = [f.name for f in dom.dir.iterdir()]
-    assert any(".revert-s2-" in n for n in names), names   # a person can tell what the overlay is
+    if not by_libvirt(err):
+        assert any(".revert-s2-" in n for n in names), names   # a person can tell what the overlay is
 
     # From s2 with nothing written: no second pre-revert, the empty revert overlay is not left behind.
     before = dom.snapshots()
@@ -154,6 +162,8 @@ def test_killed_at_every_step(chained, step):
     saved = dom.save()
     before = dom.fingerprint()
     status, err = dom.revert("s2", fault=f"revert:{step}")
+    if status == "OK" and by_libvirt(err) and step in {"overlays", "domain", "current"}:
+        pytest.skip(f"libvirt reverted it itself: step {step} is one of snapfs's own revert")
     assert status == "KILLED", err
 
     # Killed there, the domain is one libvirt accepts and that boots.
@@ -223,7 +233,11 @@ def test_disk_left_out_of_snapshots(make_domain):
     status, err = dom.revert("a1")
     assert status == "OK", err
     assert dom.reads_as(saved, dom.top("vda"))
-    assert dom.top("vdb") == vdb
+    if by_libvirt(err):
+        # libvirt's own revert gives every disk a new overlay, this one's on the image it left out.
+        assert vdb in dom.chain(dom.top("vdb"))
+    else:
+        assert dom.top("vdb") == vdb
     assert dom.reads_as(vdb_raw, dom.top("vdb"))
     kept = pre_reverts(dom)
     assert len(kept) == 1
@@ -253,6 +267,41 @@ def test_killed_reverting_to_internal(make_domain, step):
         for key in ("snapshots", "current", "xml", "meta"):
             assert after[key] == before[key], f"{key} not rolled back after a kill at {step}"
         assert dom.reads_as(saved[("live", "vda")], dom.top("vda"))
+    dom.start_and_stop()
+
+
+def test_killed_after_asking_libvirt_keeps_pre_revert(make_domain):
+    """snapfs dies once the journal says libvirt is asked to apply internal snapshot i1, and libvirt applied it to
+    the first disk only (as 9.0 does when the second fails: no undo): the next start never deletes pre-revert-...,
+    which alone holds what both disks held before; it names it in a warning and changes nothing else."""
+    dom = make_domain(ndisks=2)
+    dom.write(1)
+    dom.snapshot("i1", internal=True)
+    dom.write(2)
+    saved = dom.save()
+    status, err = dom.revert("i1", fault="revert:asked")
+    assert status == "KILLED", err
+    kept = pre_reverts(dom)
+    assert len(kept) == 1, dom.snapshots()
+    assert dom.current() == kept[0]
+    # What libvirt 9.0 leaves when it applied vda and then failed on vdb.
+    run("qemu-img", "snapshot", "-a", "i1", dom.top("vda"))
+    before = dom.fingerprint()
+    err = dom.recover()
+    assert list(dom.state.iterdir()) == []
+    assert kept[0] in err and "cut short" in err, err
+    after = dom.fingerprint()
+    for key in ("snapshots", "current", "xml", "meta"):
+        assert after[key] == before[key], f"{key} changed by the recovery"
+    assert dom.reads_as(saved[("i1", "vda")], dom.top("vda"))
+    assert dom.reads_as(saved[("live", "vdb")], dom.top("vdb"))
+    for t in dom.targets:
+        assert dom.reads_as(saved[("live", t)], dom.top(t), snapshot=kept[0]), f"{t}: the state before is lost"
+    # The kept state brings both disks back.
+    status, err = dom.revert(kept[0])
+    assert status == "OK", err
+    for t in dom.targets:
+        assert dom.reads_as(saved[("live", t)], dom.top(t))
     dom.start_and_stop()
 
 
