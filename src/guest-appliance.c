@@ -16,6 +16,20 @@
 #include <string.h>
 #include <unistd.h>
 
+/*
+ * Which appliance serves a view.  Every disk an appliance boots with costs its boot about a second under TCG
+ * (udev runs blkid on it, mdadm and LVM scan it, libguestfs makes an overlay for it: measured in the README), and an
+ * appliance cannot take disks after it started.  So a domain's first look starts an appliance with the disks of the
+ * view asked for and of the few views likeliest to be asked next (the newest images first: the live top, the latest
+ * snapshots), at most GUEST_FIRST_DISKS; as soon as that one is up, if the domain has views it does not serve, one
+ * more appliance starts in the background with every view of the domain (at most GUEST_MAX_SHARED_DISKS disks).  Once
+ * that one is up, the first one retires: its views move over on their next request (their caches are the views', so
+ * only their mounts are made again), and the domain is back to one appliance.  A domain thus starts at most two
+ * appliances for all its views (more only past GUEST_MAX_SHARED_DISKS disks, for LVM, or after an appliance stopped),
+ * never more than two at a time, and the background one only where max_appliances leaves room without evicting.
+ */
+/* The most disks the appliance of a domain's first look takes: its boot stays that of one image's, about. */
+#define GUEST_FIRST_DISKS 6
 /* Beyond this many disks an appliance takes only the disks a view needs, not its neighbours'. */
 #define GUEST_MAX_SHARED_DISKS 48
 #define GUEST_APPLIANCE_MEMSIZE 512
@@ -92,7 +106,7 @@ static void appliance_add_drive(struct guest_appliance *app, const struct guest_
     g_ptr_array_add(app->disks, ext);
 
     /* Each backing layer as a drive of its own: it is the content of an older snapshot or layer. */
-    if (!with_chain || app->disks->len >= GUEST_MAX_SHARED_DISKS)
+    if (!with_chain || app->disks->len >= app->cap)
         return;
     for (guint i = 0; i + 1 < chain->len; i++) {
         struct snapfs_layer *layer = g_ptr_array_index(chain, i);
@@ -112,7 +126,7 @@ static void appliance_add_view(struct guest_appliance *app, struct guest_view *v
         if (neighbours && g_access(drive->file, R_OK) != 0)
             continue;
         appliance_add_drive(app, drive, guest_view_is_live(view) && !drive->internal_snapshot,
-                            !app->alone && app->disks->len < GUEST_MAX_SHARED_DISKS);
+                            !app->alone && app->behind && app->disks->len < app->cap);
     }
 }
 
@@ -189,6 +203,7 @@ static struct guest_appliance *appliance_new(struct guest_pool *pool, const char
     app->refs = 1;
     app->group = g_strdup(group);
     app->serial = ++pool->serial;
+    app->cap = GUEST_MAX_SHARED_DISKS;
     app->disks = g_ptr_array_new_with_free_func((GDestroyNotify)disk_free);
     app->mount_log = g_ptr_array_new_with_free_func(g_free);
     app->last_used = g_get_monotonic_time();
@@ -322,27 +337,186 @@ static struct guest_appliance *pool_find_for(struct guest_pool *pool, struct gue
     return NULL;
 }
 
-/* A new appliance for @view, with every other view the pool knows of its domain riding along.  Pool lock held. */
-static struct guest_appliance *pool_new_for(struct guest_pool *pool, struct guest_view *view, char *alone)
+/* A view of a domain and when its image last changed, to order them by how likely they are asked for next. */
+struct view_age {
+    struct guest_view *view;
+    gint64 mtime;
+};
+
+static gint by_newest(gconstpointer a, gconstpointer b)
 {
-    struct guest_appliance *app = appliance_new(pool, guest_view_group(view));
+    const struct view_age *x = a, *y = b;
+
+    return x->mtime > y->mtime ? -1 : x->mtime < y->mtime;
+}
+
+/*
+ * The views of @group other than @except that may share an appliance, the newest image first (the live top, then
+ * the latest snapshots: those most often looked at).  Pool lock held.
+ */
+static GArray *pool_group_views(struct guest_pool *pool, const char *group, struct guest_view *except)
+{
+    GArray *views = g_array_new(FALSE, FALSE, sizeof(struct view_age));
     GHashTableIter iter;
     gpointer value;
 
-    app->alone = alone;
-    appliance_add_view(app, view, false);
-    /* One appliance for all its snapshots. */
     g_hash_table_iter_init(&iter, pool->views);
-    while (!app->alone && g_hash_table_iter_next(&iter, NULL, &value)) {
-        struct guest_view *other = value;
-        g_autofree char *other_alone = pool_alone_key(pool, other);
+    while (g_hash_table_iter_next(&iter, NULL, &value)) {
+        struct view_age one = { value, 0 };
+        g_autofree char *alone = NULL;
+        GStatBuf st;
 
-        if (other != view && !other_alone && app->disks->len < GUEST_MAX_SHARED_DISKS &&
-            strcmp(guest_view_group(other), app->group) == 0)
-            appliance_add_view(app, other, true);
+        if (one.view == except || strcmp(guest_view_group(one.view), group) != 0 || guest_view_n_drives(one.view) == 0)
+            continue;
+        alone = pool_alone_key(pool, one.view);
+        if (alone)
+            continue;
+        if (g_stat(guest_view_drive(one.view, 0)->file, &st) == 0)
+            one.mtime = (gint64)st.st_mtim.tv_sec * G_USEC_PER_SEC + st.st_mtim.tv_nsec / 1000;
+        g_array_append_val(views, one);
+    }
+    g_array_sort(views, by_newest);
+    return views;
+}
+
+/*
+ * A new appliance for @view: of its drives alone for LVM (@alone), else with the few views of its domain likeliest
+ * to be asked for next riding along (see the policy above).  Pool lock held.
+ */
+static struct guest_appliance *pool_new_for(struct guest_pool *pool, struct guest_view *view, char *alone)
+{
+    struct guest_appliance *app = appliance_new(pool, guest_view_group(view));
+
+    app->alone = alone;
+    app->cap = GUEST_FIRST_DISKS;
+    appliance_add_view(app, view, false);
+    if (!app->alone) {
+        g_autoptr(GArray) others = pool_group_views(pool, app->group, view);
+
+        for (guint i = 0; i < others->len && app->disks->len < app->cap; i++) {
+            struct guest_view *other = g_array_index(others, struct view_age, i).view;
+
+            /* A view of several disks rides along only whole. */
+            if (app->disks->len + guest_view_n_drives(other) <= app->cap)
+                appliance_add_view(app, other, true);
+        }
     }
     g_ptr_array_add(pool->appliances, app);
     return app;
+}
+
+/* Whether every disk of @app is in @other too. */
+static bool appliance_covered_by(struct guest_appliance *app, struct guest_appliance *other)
+{
+    for (guint i = 0; i < app->disks->len; i++) {
+        if (guest_appliance_find_disk(other, ((struct guest_disk *)g_ptr_array_index(app->disks, i))->key) < 0)
+            return false;
+    }
+    return true;
+}
+
+/* @behind is up: the appliances of its domain it covers retire (their views move to it on their next request). */
+static void pool_retire_covered(struct guest_pool *pool, struct guest_appliance *behind)
+{
+    g_mutex_lock(&pool->lock);
+    for (guint i = 0; g_ptr_array_find(pool->appliances, behind, NULL) && !g_atomic_int_get(&behind->dead) &&
+                      i < pool->appliances->len; i++) {
+        struct guest_appliance *a = g_ptr_array_index(pool->appliances, i);
+
+        if (a == behind || a->behind || a->alone || !a->launched || g_atomic_int_get(&a->dead) ||
+            g_atomic_int_get(&a->retire) || strcmp(a->group, behind->group) != 0 || !appliance_covered_by(a, behind))
+            continue;
+        snapfs_info("appliance %u of domain '%s' retires: appliance %u serves its views and every other one",
+                    a->serial, a->group, behind->serial);
+        g_atomic_int_set(&a->retire, 1);
+    }
+    g_mutex_unlock(&pool->lock);
+}
+
+struct behind_launch {
+    struct guest_pool *pool;
+    struct guest_appliance *app;   /* a reference */
+};
+
+static gpointer behind_thread(gpointer data)
+{
+    struct behind_launch *job = data;
+    struct guest_pool *pool = job->pool;
+    struct guest_appliance *app = job->app;
+    bool up;
+
+    g_free(job);
+    g_mutex_lock(&app->lock);
+    if (!app->launched && !g_atomic_int_get(&app->dead) && !g_atomic_int_get(&app->retire))
+        guest_appliance_launch(pool, app);
+    up = app->launched && app->g && !g_atomic_int_get(&app->dead);
+    if (up)
+        guest_appliance_idle(app);
+    g_mutex_unlock(&app->lock);
+    if (up)
+        pool_retire_covered(pool, app);
+    guest_appliance_unref(app);
+    /* The last touch of the pool: guest_pool_free() waits for this. */
+    g_mutex_lock(&pool->lock);
+    pool->behind_running--;
+    g_cond_broadcast(&pool->behind_cond);
+    g_mutex_unlock(&pool->lock);
+    return NULL;
+}
+
+void guest_pool_fill_in(struct guest_pool *pool, struct guest_appliance *app)
+{
+    g_autoptr(GArray) views = NULL;
+    struct guest_appliance *behind = NULL;
+    struct behind_launch *job;
+    guint alive = 0;
+    bool missing = false;
+
+    if (app->alone || app->behind || !app->launched)
+        return;
+    g_mutex_lock(&pool->lock);
+    if (g_atomic_int_get(&pool->aborting))
+        goto cleanup;
+    for (guint i = 0; i < pool->appliances->len; i++) {
+        struct guest_appliance *a = g_ptr_array_index(pool->appliances, i);
+
+        if (g_atomic_int_get(&a->dead))
+            continue;
+        alive++;
+        if (a->behind && strcmp(a->group, app->group) == 0)
+            goto cleanup;   /* one is there or on its way */
+    }
+    /* Only into room max_appliances leaves: a look nobody asked for evicts nothing. */
+    if (pool->config.max_appliances && alive >= pool->config.max_appliances)
+        goto cleanup;
+    views = pool_group_views(pool, app->group, NULL);
+    for (guint i = 0; i < views->len && !missing; i++)
+        missing = !appliance_has_view(app, g_array_index(views, struct view_age, i).view);
+    if (!missing)
+        goto cleanup;
+    behind = appliance_new(pool, app->group);
+    behind->behind = true;
+    /* The views @app serves first, so that it can retire; then the others, newest first. */
+    for (int pass = 0; pass < 2; pass++) {
+        for (guint i = 0; i < views->len && behind->disks->len < behind->cap; i++) {
+            struct guest_view *view = g_array_index(views, struct view_age, i).view;
+
+            if (appliance_has_view(app, view) == (pass == 0))
+                appliance_add_view(behind, view, true);
+        }
+    }
+    g_ptr_array_add(pool->appliances, behind);
+    job = g_new0(struct behind_launch, 1);
+    job->pool = pool;
+    job->app = behind;
+    g_atomic_int_inc(&behind->refs);   /* the thread's */
+    pool->behind_running++;
+    snapfs_info("domain '%s' has views appliance %u does not serve: appliance %u starts in the background with %u disks",
+                app->group, app->serial, behind->serial, behind->disks->len);
+    g_thread_unref(g_thread_new("snapfs-behind", behind_thread, job));
+
+cleanup:
+    g_mutex_unlock(&pool->lock);
 }
 
 /* How long a view waits for an appliance to come free when max_appliances are all in calls. */
@@ -476,8 +650,9 @@ static int server_start(struct guest_pool *pool, struct guest_appliance *app, GP
     while (!g_file_test(socket, G_FILE_TEST_EXISTS)) {
         g_autofree char *why = NULL;
 
-        if (waitpid(*pid, NULL, WNOHANG) != 0 || g_get_monotonic_time() > deadline) {
-            if (g_get_monotonic_time() > deadline)
+        if (waitpid(*pid, NULL, WNOHANG) != 0 || g_get_monotonic_time() > deadline ||
+            g_atomic_int_get(&pool->aborting)) {
+            if (g_get_monotonic_time() > deadline || g_atomic_int_get(&pool->aborting))
                 kill(*pid, SIGKILL), waitpid(*pid, NULL, 0);
             *pid = 0;
             g_file_get_contents(errfile, &why, NULL, NULL);
@@ -655,7 +830,17 @@ static guestfs_h *appliance_handle(struct guest_pool *pool, struct guest_applian
         guestfs_set_backend_settings(g, settings);
     }
     *boot = 0;
-    if (boot_use(g, &pool->plain_kernel, guest_boot_appliance, guestfs_set_path, "boot libguestfs's kernel"))
+    /*
+     * A background launch boots what the first look's launch made seconds before: refreshing it runs supermin,
+     * which does not watch for snapfs stopping, and unmount waits for background launches.
+     */
+    g_mutex_lock(&pool->lock);
+    if (app->behind && pool->boot_path && !g_atomic_int_get(&pool->plain_kernel) &&
+        guestfs_set_path(g, pool->boot_path) == 0)
+        *boot |= BOOT_UNPACKED;
+    g_mutex_unlock(&pool->lock);
+    if (!(*boot & BOOT_UNPACKED) &&
+        boot_use(g, &pool->plain_kernel, guest_boot_appliance, guestfs_set_path, "boot libguestfs's kernel"))
         *boot |= BOOT_UNPACKED;
     /* Only where TCG is certain: a script that cannot run would otherwise pass for a KVM that fails. */
     if (force_tcg && boot_use(g, &pool->plain_qemu, guest_boot_qemu, guestfs_set_hv, "run libguestfs's qemu"))
@@ -822,10 +1007,12 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
         g = appliance_handle(pool, app, tcg, &boot);
         if (!g)
             goto fail;
-        if (guest_launch(g, app->launch_dir, !tcg, &pool->config.limits, &pool->aborting, NULL) == 0)
+        /* Nobody waits for a background launch: a chain change calls it off rather than wait for it. */
+        if (guest_launch(g, app->launch_dir, !tcg, &pool->config.limits, app->behind ? &app->stop : &pool->aborting,
+                         NULL) == 0)
             break;
         g_clear_pointer(&g, guestfs_close);
-        if (g_atomic_int_get(&pool->aborting))
+        if (g_atomic_int_get(&pool->aborting) || g_atomic_int_get(&app->stop))
             goto fail;
         /*
          * A KVM that fails at start (nested, broken MSRs) or runs no guest at all, while TCG works:
@@ -866,6 +1053,10 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
     app->g = g_steal_pointer(&g);
     app->launched = true;
     g_mutex_lock(&pool->lock);
+    if (boot & BOOT_UNPACKED) {
+        g_free(pool->boot_path);
+        pool->boot_path = g_strdup(guestfs_get_path(app->g));
+    }
     pool->stats.launches++;
     app->launch_started = 0;
     g_mutex_unlock(&pool->lock);
@@ -964,6 +1155,7 @@ void guest_pool_abort(struct guest_pool *pool)
     for (guint i = 0; i < pool->appliances->len; i++) {
         struct guest_appliance *app = g_ptr_array_index(pool->appliances, i);
 
+        g_atomic_int_set(&app->stop, 1);
         if (app->launched)
             appliance_kill(app, g_strdup_printf("appliance %u of domain '%s' was stopped: snapfs is stopping",
                                                 app->serial, app->group), false);
@@ -1041,6 +1233,7 @@ struct guest_pool *guest_pool_new(const struct guest_pool_config *config)
     g_mutex_init(&pool->lock);
     g_mutex_init(&pool->timer_lock);
     g_cond_init(&pool->timer_cond);
+    g_cond_init(&pool->behind_cond);
     pool->views = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, (GDestroyNotify)guest_view_unref);
     pool->appliances = g_ptr_array_new();
     pool->lvm_disks = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
@@ -1075,6 +1268,11 @@ void guest_pool_free(struct guest_pool *pool)
         return;
     /* qemu is killed, not asked to stop: its disks are read-only, and a wedged one would never answer. */
     guest_pool_abort(pool);
+    /* Background launches see the abort within 0.2 s; none starts from now on. */
+    g_mutex_lock(&pool->lock);
+    while (pool->behind_running)
+        g_cond_wait(&pool->behind_cond, &pool->lock);
+    g_mutex_unlock(&pool->lock);
     g_mutex_lock(&pool->timer_lock);
     pool->stopping = true;
     g_cond_signal(&pool->timer_cond);
@@ -1101,6 +1299,8 @@ void guest_pool_free(struct guest_pool *pool)
     g_mutex_clear(&pool->lock);
     g_mutex_clear(&pool->timer_lock);
     g_cond_clear(&pool->timer_cond);
+    g_cond_clear(&pool->behind_cond);
+    g_free(pool->boot_path);
     g_free(pool);
 }
 
@@ -1127,6 +1327,7 @@ static void pool_close_matching(struct guest_pool *pool, bool (*match)(struct gu
 
         if (match(app, arg)) {
             g_atomic_int_set(&app->retire, 1);
+            g_atomic_int_set(&app->stop, 1);   /* a background launch under way is killed, not waited for */
             g_ptr_array_add(closing, app);
         }
     }

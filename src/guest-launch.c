@@ -147,7 +147,7 @@ static char *launch_why(const struct launch_watch *w, enum launch_verdict verdic
         return g_strdup_printf("the appliance did not start within %u s (-o appliance_timeout)",
                                w->limits->timeout_seconds);
     case LAUNCH_ABORTED:
-        return g_strdup("snapfs is stopping");
+        return g_strdup("the launch was called off (snapfs is stopping, or the images change)");
     case LAUNCH_RUNNING:
         break;
     }

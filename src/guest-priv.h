@@ -40,12 +40,15 @@ struct guest_appliance {
     char *group;
     char *alone;              /* an appliance of one view's drives alone (a view of a disk with LVM), else NULL */
     unsigned serial;
+    bool behind;              /* set at creation: started in the background with the domain's views (see guest-appliance.c) */
+    unsigned cap;             /* set at creation: the disks other views' drives may fill, beyond the asking view's own */
     GPtrArray *disks;         /* struct guest_disk *; pool lock until launching is set */
     bool launching;           /* pool lock: the disk list is fixed */
     gint64 launch_started;    /* pool lock: when the launch under way began (monotonic), 0 otherwise */
     bool launched;            /* app lock */
     gint dead;                /* atomic: closed, killed or failed; views move to a new appliance */
     gint retire;              /* atomic: take no new views, close when not in a call */
+    gint stop;                /* atomic, a background appliance's: kill its launch (its images change, or snapfs stops) */
     guestfs_h *g;
     pid_t qemu_pid;
     char **devices;           /* the appliance's whole-disk devices, one per disk, in the order added */
@@ -73,6 +76,9 @@ struct guest_pool {
     gint inflight;            /* atomic: requests inside an appliance or waiting for one */
     gint aborting;            /* atomic: snapfs is stopping (guest_pool_abort): no launch goes on, none starts */
     gint plain_kernel;        /* atomic: the unpacked kernel cannot be made or failed to boot: libguestfs's as it is */
+    unsigned behind_running;  /* pool lock: background launches under way (guest_pool_free() waits for them) */
+    char *boot_path;          /* pool lock: the unpacked appliance the last launch booted, for background launches */
+    GCond behind_cond;        /* pool lock: signalled when one ends */
     gint plain_qemu;          /* atomic: the same for the script that bounds qemu's translated code under TCG */
     struct guest_pool_stats stats;
     GHashTable *lvm_disks;    /* "group\ntarget" of each disk found to hold LVM: its views go alone from the start */
@@ -110,6 +116,11 @@ int guest_launch(guestfs_h *g, const char *tmpdir, bool kvm, const struct guest_
 
 /* The appliance @view should use, with a reference; NULL with the reason. Pool lock not held. */
 struct guest_appliance *guest_pool_appliance_for(struct guest_pool *pool, struct guest_view *view);
+/*
+ * @app, just launched, serves a view: if its domain has views no appliance serves, start in the
+ * background one appliance with all of them (see the policy atop guest-appliance.c).  App lock held.
+ */
+void guest_pool_fill_in(struct guest_pool *pool, struct guest_appliance *app);
 /* Start @app if it is not started yet: called with app->lock held. */
 int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app);
 void guest_appliance_unref(struct guest_appliance *app);

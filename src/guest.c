@@ -784,6 +784,7 @@ static struct guest_appliance *view_enter(struct guest_view *view)
         /* The reference guest_pool_appliance_for() gave is the view's; the caller's is taken below. */
         view->app = app;
         g_atomic_int_set(&view->failed_errno, 0);
+        guest_pool_fill_in(view->pool, app);
         break;
 
 failed:

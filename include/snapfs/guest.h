@@ -68,9 +68,10 @@ void guest_pool_abort(struct guest_pool *pool);
 /*
  * The view for @spec, created on first use (no appliance is started here).
  * The same id returns the same view.  The caller owns one reference.
- * Every view the pool knows of a group is added to the group's next
- * appliance, so calling this for all of a domain's snapshots before their
- * content is read lets one appliance serve them all.
+ * A group's first read starts an appliance with the view read and a few
+ * others, and then one in the background with every view the pool knows of
+ * the group, so calling this for all of a domain's snapshots before their
+ * content is read lets that one serve them all.
  */
 struct guest_view *guest_pool_view(struct guest_pool *pool, const struct guest_view_spec *spec);
 struct guest_view *guest_view_ref(struct guest_view *view);
@@ -81,7 +82,7 @@ void guest_view_unref(struct guest_view *view);
  * first view of a domain, the views of all its snapshots and layers (with
  * guest_pool_view() and guest_view_unref(), which start nothing): an
  * appliance cannot take disks after it started, so only the views known
- * when it starts share it.
+ * when the group's background appliance starts share it.
  */
 bool guest_pool_has_group(struct guest_pool *pool, const char *group);
 

@@ -1,17 +1,18 @@
 #!/usr/bin/python3
 # SPDX-License-Identifier: GPL-2.0-or-later
 # Benchmark of guest file browsing, snapfs beside guestmount on the same images: prints a markdown table.
-"""Usage: bench-guest.py [--snapfs PATH] [--files N] [--rounds N] [--keep]
+"""Usage: bench-guest.py [--snapfs PATH] [--files N] [--snapshots N[,N...]] [--rounds N] [--keep]
 
 Builds its own images under /var/tmp (no appliance needed): an ext4 tree of N small files (default
-10,000) in 100 directories, a 64 MiB file and a directory to copy; a shut-off test domain on
-qemu:///system whose disk is an overlay of that image, with 5 external snapshots.  Then measures,
-for snapfs and for guestmount (--ro, one mount per snapshot image):
-first ls of a snapshot (from the mount command on), find | wc -l and ls -lR cold and warm, cp -r of
-a directory, cat of the 64 MiB file cold and warm, browsing all 5 snapshots (guestmount: 5 mounts),
-and the peak memory (RSS and PSS) of the daemon plus its appliances (qemu, qemu-storage-daemon).
-With --rounds N, everything is measured N times (each time from a fresh mount) and the median is
-shown: single figures vary by a third on a shared machine.  Needs root, libvirtd, guestmount.
+10,000) in 100 directories, a 64 MiB file and a directory to copy; for each count of --snapshots
+(default 1,5,30) a shut-off test domain on qemu:///system whose disk is an overlay of that image,
+with that many external snapshots (libvirt's, sharing the content).  Then measures, for snapfs and
+for guestmount (--ro, one mount per snapshot image), on a fresh mount each: the first ls of the
+newest snapshot (from the mount command on), then the first ls of the oldest one, find | wc -l cold
+and warm, and the peak memory (RSS and PSS) of the daemon plus its appliances (qemu,
+qemu-storage-daemon) while browsing 5 snapshots (ls -lR each; guestmount: 5 mounts one after the
+other).  With --rounds N, everything is measured N times and the median is shown: single figures
+vary by a third on a shared machine.  Needs root, libvirtd, guestmount.
 """
 import argparse
 import os
@@ -58,7 +59,18 @@ def wait_alone(timeout=60):
     before guestmount's qemu has exited) must not count in the next tool's memory."""
     deadline = time.monotonic() + timeout
     while [p for p in descendants(os.getpid()) if p != os.getpid()] and time.monotonic() < deadline:
+        reap()
         time.sleep(0.1)
+
+
+def reap():
+    """Collect the exit of orphans this script inherited as their subreaper (guestmount's daemon and qemu): as
+    zombies they would stay below it for ever."""
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
 
 
 class PeakRSS:
@@ -109,11 +121,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--snapfs", default=str(REPO / "build" / "snapfs"))
     ap.add_argument("--files", type=int, default=10000)
+    ap.add_argument("--snapshots", default="1,5,30", help="counts of snapshots, one domain each (default 1,5,30)")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
+    counts = [int(n) for n in args.snapshots.split(",")]
     if os.geteuid() != 0 or not shutil.which("guestmount"):
         sys.exit("needs root and guestmount (libguestfs-tools)")
+    if min(counts) < 1:
+        sys.exit("--snapshots: at least 1")
     os.environ.setdefault("LIBGUESTFS_BACKEND", "direct")
     # KVM is broken on some hosts (nested): both tools then use TCG, as `snapfs --check` advises.
     if sh("snapfs_kvm=$(ls /dev/kvm 2>/dev/null); echo $snapfs_kvm", check=False).strip() == "" or \
@@ -124,19 +140,15 @@ def main():
     root = Path("/var/tmp") / prefix
     root.mkdir(mode=0o755)
     root.chmod(0o755)
-    dom = prefix + "dom"
     mnt, gmnt = root / "mnt", root / "gmnt"
     mnt.mkdir()
     gmnt.mkdir()
     results = {}
+    doms = []
     try:
         print(f"building images in {root} ...", file=sys.stderr)
         build(root, args.files)
-        define_domain(URI, dom, root)
-        frozen = []
-        for k in range(1, 6):
-            frozen.append(sh(f"virsh -q -c {URI} domblklist {dom} --details | awk '$3==\"vda\"{{print $4}}'").strip())
-            sh(f"virsh -q -c {URI} snapshot-create-as {dom} s{k} --disk-only --atomic")
+        base_top = root / "top.qcow2"
 
         def snapfs_mount():
             proc = subprocess.Popen([args.snapfs, "-f", "-c", URI, str(mnt)], stdout=subprocess.DEVNULL,
@@ -145,11 +157,13 @@ def main():
                 if proc.poll() is not None:
                     raise SystemExit(f"snapfs exited: see {root}/snapfs.log")
                 time.sleep(0.02)
+            daemon_holder[0] = proc
             return proc
 
         def snapfs_unmount(proc):
             sh(f"fusermount3 -u {mnt}")
             proc.wait(timeout=120)
+            daemon_holder[0] = None
 
         def guestmount(image):
             sh(f"guestmount --ro --format=qcow2 -a {image} -m /dev/sda --pid-file {root}/gm.pid {gmnt}")
@@ -157,82 +171,128 @@ def main():
         def guestunmount():
             sh(f"guestunmount {gmnt}")
 
-        def put(tool, key, value):
-            results.setdefault(tool, {}).setdefault(key, []).append(value)
+        def put(n, tool, key, value):
+            results.setdefault(n, {}).setdefault(tool, {}).setdefault(key, []).append(value)
 
-        def run_set(tool, start, stop, path):
+        def measure(n, tool, first, second, mount_one, unmount_one, browse):
+            """@first, @second: paths of the newest and the oldest snapshot; @mount_one(path) makes @path
+            readable (guestmount mounts its image), @browse lists 5 snapshots in full."""
             peak = PeakRSS()
             t0 = time.monotonic()
-            handle = start()
-            sh(f"ls {path}")
-            put(tool, "first ls of a snapshot", time.monotonic() - t0)
-            put(tool, "find | wc -l, cold", timed(f"find {path} | wc -l"))
-            put(tool, "find | wc -l, warm", timed(f"find {path} | wc -l"))
-            put(tool, "ls -lR, cold", timed(f"ls -lR {path} > /dev/null"))
-            put(tool, "ls -lR, warm", timed(f"ls -lR {path} > /dev/null"))
-            out = root / f"copy-{tool}"
-            put(tool, "cp -r of a directory (6.4 MiB, 100 files)", timed(f"cp -r {path}/copyme {out}"))
-            shutil.rmtree(out)
-            put(tool, "cat of a 64 MiB file, cold", timed(f"cat {path}/big.bin > /dev/null"))
-            put(tool, "cat of a 64 MiB file, warm", timed(f"cat {path}/big.bin > /dev/null"))
-            stop(handle)
+            handle = mount_one(first)
+            sh(f"ls {first}")
+            put(n, tool, "first ls of the newest snapshot", time.monotonic() - t0)
+            t0 = time.monotonic()
+            handle = mount_one(second, handle)
+            sh(f"ls {second}")
+            put(n, tool, "then first ls of the oldest snapshot", time.monotonic() - t0)
+            put(n, tool, "find \\| wc -l of it, cold", timed(f"find {second} | wc -l"))
+            put(n, tool, "find \\| wc -l of it, warm", timed(f"find {second} | wc -l"))
+            unmount_one(handle)
             rss, pss = peak.done()
-            put(tool, "peak RSS (MiB), one snapshot", rss)
-            put(tool, "peak PSS (MiB), one snapshot", pss)
-
-        def five_snapshots(tool, browse):
+            put(n, tool, "peak RSS (MiB), the above", rss)
+            put(n, tool, "peak PSS (MiB), the above", pss)
             peak = PeakRSS()
             t0 = time.monotonic()
             browse()
-            put(tool, "browse 5 snapshots (ls -lR each)", time.monotonic() - t0)
+            put(n, tool, f"browse {min(n, 5)} snapshot(s), ls -lR each", time.monotonic() - t0)
             rss, pss = peak.done()
-            put(tool, "peak RSS (MiB), 5 snapshots", rss)
-            put(tool, "peak PSS (MiB), 5 snapshots", pss)
+            put(n, tool, f"peak RSS (MiB), browsing {min(n, 5)}", rss)
+            put(n, tool, f"peak PSS (MiB), browsing {min(n, 5)}", pss)
 
-        def snapfs_five():
-            daemon_holder[0] = snapfs_mount()
-            for k in range(1, 6):
-                sh(f"ls -lR {mnt / dom / f's{k}' / 'sda'} > /dev/null")
-            snapfs_unmount(daemon_holder[0])
-            daemon_holder[0] = None
+        for n in counts:
+            dom = f"{prefix}n{n}"
+            ddir = root / f"n{n}"
+            ddir.mkdir()
+            shutil.copy(base_top, ddir / "top.qcow2")
+            sh(f"qemu-img rebase -q -u -f qcow2 -F qcow2 -b {root}/base.qcow2 {ddir}/top.qcow2")
+            define_domain(URI, dom, ddir)
+            doms.append((dom, ddir))
+            frozen = []
+            for k in range(1, n + 1):
+                frozen.append(sh(f"virsh -q -c {URI} domblklist {dom} --details | awk '$3==\"vda\"{{print $4}}'").strip())
+                sh(f"virsh -q -c {URI} snapshot-create-as {dom} s{k} --disk-only --atomic")
+            newest, oldest = f"s{n}", "s1"
+            # Five snapshots spread over the domain's: the newest, the oldest and three between.
+            picks = sorted({1, n, *(1 + (n - 1) * j // 4 for j in range(1, 4))})[:5]
 
-        def guestmount_five():
-            for k in range(5):
-                guestmount(frozen[k])
-                sh(f"ls -lR {gmnt} > /dev/null")
+            def snapfs_one(path, handle=None):
+                return handle or snapfs_mount()
+
+            def snapfs_browse():
+                proc = snapfs_mount()
+                for k in picks:
+                    sh(f"ls -lR {mnt / dom / f's{k}' / 'sda'} > /dev/null")
+                snapfs_unmount(proc)
+
+            def gm_one(path, handle=None):
+                if handle:
+                    guestunmount()
+                guestmount(frozen[n - 1] if path == "newest" else frozen[0])
+                return True
+
+            def gm_browse():
+                for k in picks:
+                    guestmount(frozen[k - 1])
+                    sh(f"ls -lR {gmnt} > /dev/null")
+                    guestunmount()
+
+            for rnd in range(args.rounds):
+                print(f"{n} snapshots, round {rnd + 1}: snapfs ...", file=sys.stderr)
+                measure(n, "snapfs", mnt / dom / newest / "sda", mnt / dom / oldest / "sda", snapfs_one,
+                        snapfs_unmount, snapfs_browse)
+                print(f"{n} snapshots, round {rnd + 1}: guestmount ...", file=sys.stderr)
+                # guestmount's paths name which image to mount; each is then read at gmnt.
+                gm_paths = {"newest": gmnt, "oldest": gmnt}
+                peak = PeakRSS()
+                t0 = time.monotonic()
+                gm_one("newest")
+                sh(f"ls {gm_paths['newest']}")
+                put(n, "guestmount", "first ls of the newest snapshot", time.monotonic() - t0)
+                t0 = time.monotonic()
+                gm_one("oldest", True)
+                sh(f"ls {gmnt}")
+                put(n, "guestmount", "then first ls of the oldest snapshot", time.monotonic() - t0)
+                put(n, "guestmount", "find \\| wc -l of it, cold", timed(f"find {gmnt} | wc -l"))
+                put(n, "guestmount", "find \\| wc -l of it, warm", timed(f"find {gmnt} | wc -l"))
                 guestunmount()
-
-        for rnd in range(args.rounds):
-            print(f"round {rnd + 1}: snapfs ...", file=sys.stderr)
-            run_set("snapfs", lambda: (daemon_holder.__setitem__(0, snapfs_mount()), daemon_holder[0])[1],
-                    snapfs_unmount, mnt / dom / "s1" / "sda")
-            print(f"round {rnd + 1}: guestmount ...", file=sys.stderr)
-            run_set("guestmount", lambda: guestmount(frozen[0]), lambda _: guestunmount(), gmnt)
-            # Five snapshots of one domain, each listed in full (guestmount: one mount after the other).
-            print(f"round {rnd + 1}: 5 snapshots ...", file=sys.stderr)
-            five_snapshots("snapfs", snapfs_five)
-            five_snapshots("guestmount", guestmount_five)
+                rss, pss = peak.done()
+                put(n, "guestmount", "peak RSS (MiB), the above", rss)
+                put(n, "guestmount", "peak PSS (MiB), the above", pss)
+                peak = PeakRSS()
+                t0 = time.monotonic()
+                gm_browse()
+                put(n, "guestmount", f"browse {min(n, 5)} snapshot(s), ls -lR each", time.monotonic() - t0)
+                rss, pss = peak.done()
+                put(n, "guestmount", f"peak RSS (MiB), browsing {min(n, 5)}", rss)
+                put(n, "guestmount", f"peak PSS (MiB), browsing {min(n, 5)}", pss)
+            print_table(results, n, args.files, args.rounds)
     finally:
         if daemon_holder[0] is not None and is_mount(mnt):
             sh(f"fusermount3 -u {mnt}", check=False)
         if is_mount(gmnt):
             sh(f"guestunmount {gmnt}", check=False)
-        remove_domain(URI, dom, root, args.keep)
+        for dom, _ in doms:
+            remove_domain(URI, dom, root, True)
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
 
-    print(f"| {args.files} files, TCG={os.environ.get('LIBGUESTFS_BACKEND_SETTINGS', '') == 'force_tcg'}, "
-          f"median of {args.rounds} | snapfs | guestmount | guestmount / snapfs |")
-    print("|---|---:|---:|---:|")
-    for key in results["snapfs"]:
-        a, b = statistics.median(results["snapfs"][key]), statistics.median(results["guestmount"][key])
-        unit = "" if key.startswith("peak") else " s"
-        ratio = f"{b / a:.1f}x" if b and a > 0 else "-"
-        label = key.replace("|", "\\|")     # a markdown table cell
-        print(f"| {label} | {a:.2f}{unit} | {b:.2f}{unit} | {ratio} |")
-    if args.rounds > 1:
-        print("\nEvery round (snapfs / guestmount):", file=sys.stderr)
-        for key in results["snapfs"]:
-            print(f"  {key}: " + ", ".join(f"{a:.2f}/{b:.2f}" for a, b in
-                                         zip(results["snapfs"][key], results["guestmount"][key])), file=sys.stderr)
+
+def print_table(results, n, files, rounds):
+    tcg = os.environ.get("LIBGUESTFS_BACKEND_SETTINGS", "") == "force_tcg"
+    if n in results:
+        print(f"\n| {n} snapshot(s), {files} files, TCG={tcg}, median of {rounds} | snapfs | guestmount |")
+        print("|---|---:|---:|")
+        for key in results[n]["snapfs"]:
+            a, b = statistics.median(results[n]["snapfs"][key]), statistics.median(results[n]["guestmount"][key])
+            unit = "" if key.startswith("peak") else " s"
+            print(f"| {key} | {a:.2f}{unit} | {b:.2f}{unit} |", flush=True)
+        if rounds > 1:
+            print("\nEvery round (snapfs / guestmount):", file=sys.stderr)
+            for key in results[n]["snapfs"]:
+                print(f"  {key}: " + ", ".join(f"{a:.2f}/{b:.2f}" for a, b in
+                                             zip(results[n]["snapfs"][key], results[n]["guestmount"][key])),
+                      file=sys.stderr)
 
 
 daemon_holder = [None]

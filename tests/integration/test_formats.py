@@ -270,10 +270,11 @@ def test_snapshot(fset, mnt):
 
 
 def test_nothing_was_written(fset, mnt):
-    """After all the reading: the images are what they were, libvirt's view too, and one appliance did it all."""
+    """After all the reading: the images are what they were, libvirt's view too, and at most two appliances did it
+    all (the first look's, and the one it starts in the background for the 12 images that do not fit in it)."""
     for file, before in fset.prints.items():
         assert fingerprint(file) == before, f"{file} changed while snapfs read it"
     assert virsh("domblklist", fset.dom.name).stdout == fset.blklist
     assert fset.dom.state() == "shut off"
     assert fset.dom.snapshots() == [SNAPSHOT]
-    assert int(os.getxattr(mnt, "user.snapfs.appliance_starts")) == 1
+    assert int(os.getxattr(mnt, "user.snapfs.appliance_starts")) in (1, 2)
