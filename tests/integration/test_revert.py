@@ -191,12 +191,21 @@ def test_read_only_and_other_users(mount, chained):
 @pytest.mark.parametrize("step", ["keep", "domain"])
 def test_killed_mid_revert_is_settled_at_next_start(mount, chained, step):
     """snapfs dies (as kill -9) inside a revert; the next mount finishes or rolls it back."""
-    if step == "domain" and libvirt_reverts_external():
-        pytest.skip("libvirt reverts it itself: step domain is one of snapfs's own revert")
     dom = chained
     before = (dom.snapshots(), dom.current(), xml_chain(dom))
     dead = Mount(_mountpoint("k"), ["-c", "qemu:///system", "-o", f"state_dir={dom.state_dir}"],
                  env={"SNAPFS_FAULT": f"revert:{step}"})
+    if step == "domain" and libvirt_reverts_external():
+        # Where libvirt reverts by itself, snapfs's own step 'domain' is never reached: the revert is whole.
+        try:
+            write(dead.p(dom.name, "revert"), "s2\n")
+            assert os.listdir(dom.state_dir) == []
+            check_reverted(dead, dom, "s2")
+            dead.check_clean_exit()
+        finally:
+            run("fusermount3", "-u", "-z", dead.path, check=False)
+            dead.close()
+        return
     try:
         assert errno_of(write, dead.p(dom.name, "revert"), "s2\n") in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO)
         assert dead.proc.wait(timeout=30) == 137
