@@ -693,6 +693,25 @@ def guest_mount(prefix):
         m.close()
 
 
+def guest_set_fixtures(fixture, folder, make, own_tree=True):
+    """A guest-test module's two module fixtures: FIXTURE, its set of domains MAKE(images, doms) (with their images
+    under IMAGE_ROOT/FOLDER, removed afterwards, where OWN_TREE), and `mnt`, a guest mount that the set outlives.
+    Use as `guest, mnt = guest_set_fixtures("guest", ...)` at the module's top level."""
+
+    @pytest.fixture(scope="module", name=fixture)
+    def domain_set(libvirtd, images, run_prefix):
+        with module_domains(images, run_prefix, IMAGE_ROOT / folder if own_tree else None) as doms:
+            yield make(images, doms)
+
+    @pytest.fixture(scope="module", name="mnt")
+    def mount(request):
+        request.getfixturevalue(fixture)
+        with guest_mount(folder) as path:
+            yield path
+
+    return domain_set, mount
+
+
 @pytest.fixture(scope="session")
 def shared_mount(libvirtd, run_prefix, demo):
     """One mount of qemu:///system, shared by tests that only read (after the demo set exists)."""

@@ -14,7 +14,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 import pytest
 
-from conftest import IMAGE_ROOT, RUN_PREFIX, Domain, guest_mount, module_domains, run, virsh
+from conftest import IMAGE_ROOT, RUN_PREFIX, Domain, run, virsh, guest_set_fixtures
 from test_guest import compare
 
 SNAPSHOT = "frozen"
@@ -177,16 +177,7 @@ class FormatSet:
         return raw
 
 
-@pytest.fixture(scope="module")
-def fset(libvirtd, images, run_prefix):
-    with module_domains(images, run_prefix, IMAGE_ROOT / "formats") as doms:
-        yield FormatSet(images, doms)
-
-
-@pytest.fixture(scope="module")
-def mnt(fset):
-    with guest_mount("formats") as path:
-        yield path
+fset, mnt = guest_set_fixtures("fset", "formats", FormatSet)
 
 
 def layer_dirs(fset, mnt, target):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IMAGE_ROOT, REPO, guest_mount, module_domains, run, virsh
+from conftest import IMAGE_ROOT, REPO, run, virsh, guest_set_fixtures
 
 FIXTURE = REPO / "tests" / "unit" / "guest-fixture.sh"
 
@@ -49,16 +49,7 @@ class GuestSet:
         return self.dir / name
 
 
-@pytest.fixture(scope="module")
-def guest(libvirtd, images, run_prefix):
-    with module_domains(images, run_prefix) as doms:
-        yield GuestSet(images, doms)
-
-
-@pytest.fixture(scope="module")
-def mnt(guest):
-    with guest_mount("guest") as path:
-        yield path
+guest, mnt = guest_set_fixtures("guest", "guest", GuestSet, own_tree=False)
 
 
 def acl(path, attr):

@@ -7,9 +7,7 @@ import re
 import shutil
 from pathlib import Path
 
-import pytest
-
-from conftest import IMAGE_ROOT, URI, guest_mount, module_domains, run
+from conftest import IMAGE_ROOT, URI, run, guest_set_fixtures
 from test_guest import compare
 
 VG = "vg-snapfs"            # a dash, which /dev/mapper doubles
@@ -82,16 +80,7 @@ class LvmSet:
         self.logical = doms.define([("vda", d / "logical.qcow2", "qcow2")], suffix="lvmlog")
 
 
-@pytest.fixture(scope="module")
-def lvm(libvirtd, images, run_prefix):
-    with module_domains(images, run_prefix, IMAGE_ROOT / "lvm") as doms:
-        yield LvmSet(doms)
-
-
-@pytest.fixture(scope="module")
-def mnt(lvm):
-    with guest_mount("lvm") as path:
-        yield path
+lvm, mnt = guest_set_fixtures("lvm", "lvm", lambda images, doms: LvmSet(doms))
 
 
 def images_info(lvm):

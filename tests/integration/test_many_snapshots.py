@@ -5,9 +5,7 @@ import os
 import re
 from pathlib import Path
 
-import pytest
-
-from conftest import IMAGE_ROOT, guest_mount, module_domains, run, wait_for
+from conftest import IMAGE_ROOT, run, wait_for, guest_set_fixtures
 
 SNAPSHOTS = 30
 # What the design promises for one domain whose views fit in one appliance (guest-appliance.c): the first look starts
@@ -51,16 +49,7 @@ class ManySet:
         return dest
 
 
-@pytest.fixture(scope="module")
-def many(libvirtd, images, run_prefix):
-    with module_domains(images, run_prefix, IMAGE_ROOT / "many") as doms:
-        yield ManySet(doms)
-
-
-@pytest.fixture(scope="module")
-def mnt(many):
-    with guest_mount("many") as path:
-        yield path
+many, mnt = guest_set_fixtures("many", "many", lambda images, doms: ManySet(doms))
 
 
 def starts(mnt):
