@@ -92,8 +92,15 @@ def is_mount(path):
 
 # ---------------------------------------------------------------- libvirtd
 
+def pids_here(name):
+    """The processes named NAME in this pid namespace: a Debian root's daemons (tests/lib/debian-root.sh,
+    in a pid namespace below this one, perhaps running its suite beside this one) are not this host's."""
+    out = run("pgrep", "--ns", str(os.getpid()), "--nslist", "pid", "-x", name, check=False).stdout
+    return [int(p) for p in out.split()]
+
+
 def libvirtd_pids():
-    return [int(p) for p in run("pgrep", "-x", "libvirtd", check=False).stdout.split()]
+    return pids_here("libvirtd")
 
 
 def libvirtd_answers(timeout=30):
@@ -113,7 +120,7 @@ def libvirtd_start():
     Where libvirt already answers (a daemon, or systemd's socket activation), nothing is started."""
     if not libvirtd_pids() and libvirtd_answers(timeout=3):
         return
-    if not run("pgrep", "-x", "virtlogd", check=False).stdout.strip():
+    if not pids_here("virtlogd"):
         run("virtlogd", "-d")
     if not libvirtd_pids():
         run("libvirtd", "-d")

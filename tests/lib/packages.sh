@@ -47,15 +47,21 @@ snapfs_install_packages() {
     apt-get install -y -q "${SNAPFS_PACKAGES[@]}"
 }
 
+# Whether a process of this name runs in this pid namespace: the daemons of a Debian root that
+# tests/lib/debian-root.sh runs beside (in a pid namespace below this one) are not this host's.
+snapfs_running_here() {
+    pgrep --ns $$ --nslist pid -x "$1" >/dev/null
+}
+
 # virtlogd and libvirtd as daemons where nothing (systemd or an earlier run) started them; wait until virsh answers.
 snapfs_start_libvirtd() {
     local uri=${1:-qemu:///system} i
     # systemd's socket activation (a fresh install under systemd) answers without a daemon running yet.
-    if ! pgrep -x libvirtd >/dev/null && timeout 5 virsh -c "$uri" version >/dev/null 2>&1; then
+    if ! snapfs_running_here libvirtd && timeout 5 virsh -c "$uri" version >/dev/null 2>&1; then
         return 0
     fi
-    pgrep -x virtlogd >/dev/null || virtlogd -d
-    pgrep -x libvirtd >/dev/null || libvirtd -d
+    snapfs_running_here virtlogd || virtlogd -d
+    snapfs_running_here libvirtd || libvirtd -d
     for ((i = 0; i < 100; i++)); do
         if virsh -c "$uri" version >/dev/null 2>&1; then
             return 0
