@@ -24,7 +24,8 @@ SNAPFS_PACKAGES=(
     libguestfs-tools linux-image-amd64
     # the demo and the tests: mkfs.ext4 -d, sfdisk, getfattr, setfacl, pgrep, pytest,
     # gdb for the threads' stacks of a daemon that does not exit after its unmount
-    e2fsprogs fdisk attr acl procps python3 python3-pytest gdb
+    # debootstrap for the Debian 13 root of tests/run.sh --debian 13 (tests/lib/debian-root.sh)
+    e2fsprogs fdisk attr acl procps python3 python3-pytest gdb debootstrap
 )
 case $(snapfs_debian_release) in
     12) ;;
