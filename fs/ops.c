@@ -825,7 +825,7 @@ static void fs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t parent, const cha
     fs_refuse(req, parent);
 }
 
-/* Renaming snapshots is not supported (DESIGN.md: optional). */
+/* Renaming snapshots is not supported (optional: src/README.md, "Operations"). */
 static void fs_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
                       const char *newname, unsigned int flags)
 {
@@ -853,7 +853,7 @@ static void fs_reply_xattr(fuse_req_t req, const char *buf, size_t size, ssize_t
         fuse_reply_buf(req, buf, (size_t)n);
 }
 
-/* user.snapfs.* on snapfs's own folders (DESIGN.md), the guest's own xattrs inside. */
+/* user.snapfs.* on snapfs's own folders (src/README.md, "Extended attributes"), the guest's own xattrs inside. */
 static void fs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
     struct snapfs_node *node = fs_node(req, ino);
