@@ -21,6 +21,19 @@
  */
 #define FS_NAME 0.25
 
+/*
+ * The errnos in each handler's comment (src/README.md, "Errors", says which failure gets
+ * which).  "Node errnos": every handler that finds its node by id answers EACCES to a
+ * caller fs_may_enter() turns away and ESTALE for an id the kernel should no longer hold
+ * (fs_node()).  "View errnos": whatever reads a snapshot's or a layer's content may answer
+ * what the tree's views and the guest reader do: ENOENT, ENOTDIR, EIO (an appliance that
+ * failed or was killed past its deadline, images changed under a view, a host not
+ * connected), EAGAIN (every appliance busy), EBUSY (a snapshot operation is changing its
+ * images), ENOTSUP (images on another host, a format nobody recorded), ELOOP (a chain that
+ * loops), and the guest's own errno as libguestfs reports it.  Libvirt's errors come mapped
+ * by snapfs_errno_from_virt_code() (ENOENT, EACCES, EBUSY, EINVAL, ENOTSUP, else EIO).
+ */
+
 static struct fs_context *fs_ctx(fuse_req_t req)
 {
     return fuse_req_userdata(req);
@@ -139,6 +152,7 @@ static bool fs_may_administer(fuse_req_t req)
     return caller->uid == 0 || caller->uid == fs_ctx(req)->owner;
 }
 
+/* Session start: readdirplus, cached symlinks, atomic O_TRUNC, and POSIX ACLs where the kernel checks permissions. */
 static void fs_init(void *userdata, struct fuse_conn_info *conn)
 {
     if (conn->capable & FUSE_CAP_READDIRPLUS)
@@ -171,7 +185,10 @@ static void fs_entry(fuse_req_t req, fuse_ino_t parent, const char *name,
         fs_inodes_forget(fs_ctx(req)->inodes, entry.ino, 1);
 }
 
-/* Resolves a name in a directory.  ENOENT when it names nothing; inside frozen content that is cached too. */
+/*
+ * Resolves a name in a directory: ENOENT where it names nothing (inside frozen content the kernel keeps
+ * that answer too), EIO in the folder of a host that is down, libvirt's errnos, view errnos, node errnos.
+ */
 static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
     struct snapfs_node *dir = fs_node(req, parent);
@@ -207,12 +224,14 @@ static void fs_forget_one(struct fs_context *ctx, fuse_ino_t ino, uint64_t nlook
     g_mutex_unlock(&ctx->listings_lock);
 }
 
+/* The kernel forgot one id (fs_forget_one()); FORGET takes no answer, so no errno. */
 static void fs_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
 {
     fs_forget_one(fs_ctx(req), ino, nlookup);
     fuse_reply_none(req);
 }
 
+/* The kernel forgot a batch of ids, each as fs_forget(); no answer, no errno. */
 static void fs_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
 {
     for (size_t i = 0; i < count; i++)
@@ -220,7 +239,10 @@ static void fs_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_dat
     fuse_reply_none(req);
 }
 
-/* Attributes: guest files as the guest has them; snapfs's own folders owned by the mounting user. */
+/*
+ * Attributes: guest files as the guest has them; snapfs's own folders owned by the mounting user.  ENOENT
+ * for a snapshot or layer gone, libvirt's errnos, view errnos, node errnos.
+ */
 static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     struct snapfs_node *node = fs_node(req, ino);
@@ -242,7 +264,10 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
     snapfs_node_free(node);
 }
 
-/* Nothing's attributes can be changed: EROFS in snapshots and layers, EPERM elsewhere; revert may be truncated. */
+/*
+ * Nothing's attributes can be changed: EROFS in snapshots and layers, EPERM elsewhere (revert too if its
+ * attributes cannot be read); truncating revert to 0 changes nothing and succeeds.  Node errnos.
+ */
 static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi)
 {
     struct snapfs_node *node = fs_node(req, ino);
@@ -262,6 +287,7 @@ static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
     snapfs_node_free(node);
 }
 
+/* A guest symlink's target as the guest has it, never followed: EINVAL for anything else, view errnos, node errnos. */
 static void fs_readlink(fuse_req_t req, fuse_ino_t ino)
 {
     struct snapfs_node *node = fs_node(req, ino);
@@ -351,7 +377,6 @@ static void fs_forget_vanished(fuse_req_t req, fuse_ino_t ino, const struct fs_d
     }
 }
 
-/* Lists a directory once; inside a snapshot or layer the handle holds off rmdir and revert of what it reads. */
 /*
  * Answers an open and counts the handle the kernel then holds, until its release: the exit watcher
  * (fs/main.c) must know whether anyone still uses a mount that has gone from its namespace.  False
@@ -367,6 +392,10 @@ static bool fs_reply_open(struct fs_context *ctx, fuse_req_t req, struct fuse_fi
     return true;
 }
 
+/*
+ * Lists a directory once; inside a snapshot or layer the handle holds off rmdir and revert of what it
+ * reads.  ENOENT (a snapshot or layer gone), EIO, libvirt's errnos, view errnos, node errnos.
+ */
 static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     struct fs_context *ctx = fs_ctx(req);   /* the request is gone once answered */
@@ -450,12 +479,16 @@ static void fs_readdir_any(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
     fuse_reply_buf(req, buf, used);
 }
 
-/* Lists a directory: domains, snapshots, disks, layers, or the guest's own entries. */
+/*
+ * Lists a directory from what opendir read: domains, snapshots, disks, layers, or the guest's own entries.
+ * EIO once the images of the view it was opened on changed, EACCES to a caller not let in.
+ */
 static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, struct fuse_file_info *fi)
 {
     fs_readdir_any(req, ino, size, offset, fi, false);
 }
 
+/* As fs_readdir(), with each guest entry's attributes where they are known: the same errnos. */
 static void fs_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, struct fuse_file_info *fi)
 {
     fs_readdir_any(req, ino, size, offset, fi, true);
@@ -472,6 +505,7 @@ void fs_free_open_dirs(struct fs_context *ctx)
         fs_dir_free(ctx, *dir);
 }
 
+/* Frees a listing and lets go of what its handle held off: always 0. */
 static void fs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     g_atomic_int_add(&fs_ctx(req)->open_handles, -1);
@@ -546,7 +580,9 @@ static struct fs_control *fs_control_of(struct fs_context *ctx, uint64_t fh)
 
 /*
  * Opens a guest file read-only (EROFS for writing; EIO where its view's images changed since it was
- * looked up) or the revert control file.  A guest file's handle holds off rmdir and revert of what it reads.
+ * looked up) or the revert control file (EACCES to a writer other than root and the mounting user).  A
+ * guest file's handle holds off rmdir and revert of what it reads.  EISDIR for snapfs's own folders,
+ * ENOENT, libvirt's errnos, view errnos, node errnos.
  */
 static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
@@ -587,7 +623,10 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     snapfs_node_free(node);
 }
 
-/* Reads a guest file through the view it was opened on (EIO once its images changed), or revert's content. */
+/*
+ * Reads a guest file through the view it was opened on (EIO once its images changed), or revert's content
+ * (the current snapshot's name).  EISDIR, EINVAL (not a regular file), libvirt's errnos, view errnos, node errnos.
+ */
 static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, struct fuse_file_info *fi)
 {
     struct snapfs_handle *handle = (struct snapfs_handle *)(uintptr_t)fi->fh;
@@ -609,6 +648,7 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, s
     snapfs_node_free(node);
 }
 
+/* Ends an open: a revert request still gathering is dropped, with a warning; always 0. */
 static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     struct fs_control *control = fs_control_of(fs_ctx(req), fi->fh);
@@ -676,6 +716,8 @@ static int fs_control_carry_out(fuse_req_t req, struct snapfs_node *node, struct
  * (snapfs_tree_write()), except a lone newline after a request that was carried out (an unbuffered
  * print() writes the name and its newline apart).  Everything else is read-only.  The answer goes
  * out only once the control's lock is let go: the release it lets come frees the control.
+ * Errnos: EROFS for any other file and with -o ro, EINVAL, and revert_write()'s (ENOENT, EBUSY,
+ * ENOTSUP, EEXIST, EACCES, EIO); node errnos.
  */
 static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t offset,
                      struct fuse_file_info *fi)
@@ -723,7 +765,8 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 
 /*
  * The writer's close(2) of a revert file carries out a request that no newline ended, and its
- * status says how it went; the close of a child that inherited the file does not.
+ * status says how it went (fs_write()'s errnos); the close of a child that inherited the file does
+ * not.  0 for every other file; node errnos for a revert file.
  */
 static void fs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
@@ -750,7 +793,13 @@ static void fs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 
 /* ---- changes -------------------------------------------------------------- */
 
-/* mkdir DOMAIN/NAME takes a snapshot: EACCES for others than root and the mounting user. */
+/*
+ * mkdir DOMAIN/NAME takes a snapshot: EACCES for others than root and the mounting user, EEXIST a name
+ * taken or reserved (or an overlay file in the way), EINVAL an unusable name, ENAMETOOLONG an overlay
+ * name too long, EBUSY another operation or a block job, EROFS with -o ro or inside content, EPERM
+ * elsewhere, ENOTSUP (a disk without a local image or a recorded format, or libvirt cannot), libvirt's
+ * other errnos (EIO, ...), node errnos.
+ */
 static void fs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
 {
     struct fs_context *ctx = fs_ctx(req);
@@ -772,7 +821,12 @@ static void fs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
     snapfs_node_free(dir);
 }
 
-/* rmdir DOMAIN/NAME deletes a snapshot: EACCES for others than root and the mounting user. */
+/*
+ * rmdir DOMAIN/NAME deletes a snapshot: EACCES for others than root and the mounting user, ENOENT, EBUSY
+ * (another operation, a block job, files open in views it would change, an image someone else needs),
+ * ENOTSUP where libvirt cannot merge safely, EIO where who needs an image cannot be read, EPERM for
+ * `layers` or outside a domain, EROFS with -o ro or inside content, node errnos.
+ */
 static void fs_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
     struct snapfs_node *dir = fs_node(req, parent);
@@ -788,7 +842,7 @@ static void fs_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
     snapfs_node_free(dir);
 }
 
-/* Nothing else can be made or removed: EROFS in snapshots and layers, EPERM elsewhere. */
+/* Nothing else can be made or removed: EROFS in snapshots and layers, EPERM elsewhere, node errnos. */
 static void fs_refuse(fuse_req_t req, fuse_ino_t parent)
 {
     struct snapfs_node *dir = fs_node(req, parent);
@@ -800,32 +854,40 @@ static void fs_refuse(fuse_req_t req, fuse_ino_t parent)
     snapfs_node_free(dir);
 }
 
+/* mknod: refused (fs_refuse()): EROFS, EPERM, node errnos. */
 static void fs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
 {
     fs_refuse(req, parent);
 }
 
+/* Creating a file: refused (fs_refuse()): EROFS, EPERM, node errnos. */
 static void fs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi)
 {
     fs_refuse(req, parent);
 }
 
+/* unlink: refused (fs_refuse()), revert included: EROFS, EPERM, node errnos. */
 static void fs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
     fs_refuse(req, parent);
 }
 
+/* symlink: refused (fs_refuse()): EROFS, EPERM, node errnos. */
 static void fs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
 {
     fs_refuse(req, parent);
 }
 
+/* Hard links: refused in the new parent (fs_refuse()): EROFS, EPERM, node errnos. */
 static void fs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t parent, const char *name)
 {
     fs_refuse(req, parent);
 }
 
-/* Renaming snapshots is not supported (DESIGN.md: optional). */
+/*
+ * Renaming snapshots is not supported (optional: src/README.md, "Operations"): ENOTSUP within a domain's
+ * folder, EXDEV out of it (so mv copies), EROFS or EPERM elsewhere, node errnos.
+ */
 static void fs_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
                       const char *newname, unsigned int flags)
 {
@@ -853,7 +915,11 @@ static void fs_reply_xattr(fuse_req_t req, const char *buf, size_t size, ssize_t
         fuse_reply_buf(req, buf, (size_t)n);
 }
 
-/* user.snapfs.* on snapfs's own folders (DESIGN.md), the guest's own xattrs inside. */
+/*
+ * user.snapfs.* on snapfs's own folders (src/README.md, "Extended attributes"), the guest's own xattrs
+ * inside: ENODATA, ERANGE, ENOTSUP (security.selinux where no guest filesystem is labelled), ENOENT,
+ * libvirt's errnos, view errnos, node errnos.
+ */
 static void fs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
     struct snapfs_node *node = fs_node(req, ino);
@@ -865,6 +931,7 @@ static void fs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
     snapfs_node_free(node);
 }
 
+/* The names fs_getxattr() answers for: ERANGE, ENOENT, libvirt's errnos, view errnos, node errnos. */
 static void fs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
     struct snapfs_node *node = fs_node(req, ino);
@@ -876,7 +943,11 @@ static void fs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
     snapfs_node_free(node);
 }
 
-/* Only user.snapfs.description of a snapshot can be set; EROFS in content, EPERM elsewhere. */
+/*
+ * Only user.snapfs.description of a snapshot can be set: EACCES for others than root and the mounting
+ * user, EROFS for any other name in content and with -o ro, EPERM elsewhere, EINVAL text that is not
+ * UTF-8, EBUSY another operation on the domain, libvirt's errnos (ENOENT, EIO), node errnos.
+ */
 static void fs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
                         size_t size, int flags)
 {
@@ -893,6 +964,7 @@ static void fs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const 
     snapfs_node_free(node);
 }
 
+/* No xattr can be removed: EROFS in snapshots and layers, EPERM elsewhere, node errnos. */
 static void fs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
     struct snapfs_node *node = fs_node(req, ino);
@@ -904,6 +976,7 @@ static void fs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
     snapfs_node_free(node);
 }
 
+/* Fixed numbers (4 KiB blocks, none counted, 255-byte names): EACCES to a caller not let in. */
 static void fs_statfs(fuse_req_t req, fuse_ino_t ino)
 {
     struct statvfs st = { .f_bsize = 4096, .f_frsize = 4096, .f_namemax = 255 };

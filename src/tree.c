@@ -30,7 +30,12 @@ struct snapfs_tree {
     void *stale_opaque;
 };
 
-/* Locks: tree->lock is taken last (never while calling into libvirt, the engine or the guest reader). */
+/*
+ * Locks: tree->lock is never held while calling libvirt, the engine or the guest reader,
+ * with one exception: a view reference dropped under it (a table entry replaced or removed)
+ * may free a guest view, which takes the pool's cache lock, the last lock of all
+ * (src/README.md, "Locks and their order").
+ */
 
 struct tree_view;
 static void tree_view_unref(struct tree_view *tv);
@@ -206,7 +211,8 @@ static bool node_lists_domains(struct snapfs_tree *tree, const struct snapfs_nod
 
 /*
  * A host's folder, when there are several, is empty while the host is down
- * (DESIGN.md); with one host, what is cached is served until it is back.
+ * (src/README.md, "The tree and its names"); with one host, what is cached is
+ * served until it is back.
  * Records the reason when it is down.
  */
 static bool tree_host_folder_down(struct snapfs_tree *tree, const struct snapfs_node *node)

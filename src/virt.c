@@ -21,7 +21,8 @@
  * and the close as calls), and a peer that accepts but never answers keeps such
  * a call, or a virConnectOpen() under way, waiting until keepalive gives up
  * (20 s) or without end: past this, the connections are left to the process's
- * exit, so that an unmount ends snapfs within the 10 s DESIGN.md promises.
+ * exit, so that an unmount ends snapfs within the 10 s promised (src/README.md,
+ * "Bounds and deadlines").
  */
 #define VIRT_CLOSE_USEC (3 * 1000 * 1000)
 

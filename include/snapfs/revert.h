@@ -30,10 +30,12 @@ void revert_request_clear(struct revert_request *request);
 
 /*
  * What was written to DOMAIN/revert (@len bytes, not NUL-terminated).
- * Returns 0 or -1 with the errno of DESIGN.md recorded: EINVAL malformed,
- * ENOENT no such snapshot, EBUSY running (without --force) or another
- * operation on the domain under way, ENOTSUP where neither libvirt nor
- * snapfs can, EIO otherwise.
+ * Returns 0 or -1 with the errno recorded (src/README.md, "Errors"):
+ * EINVAL malformed, ENOENT no such snapshot, EBUSY running (without
+ * --force), holding a saved memory state, or another operation on the
+ * domain under way, ENOTSUP where neither libvirt nor snapfs can, EEXIST
+ * a file the revert would make is there already, EACCES where libvirt
+ * refuses, EIO otherwise.
  */
 int revert_write(virConnectPtr conn, const char *domain, const char *request, size_t len,
                  const struct revert_options *options);

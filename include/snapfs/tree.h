@@ -83,10 +83,11 @@ ssize_t snapfs_tree_read(struct snapfs_tree *tree, const struct snapfs_node *nod
                          char *buf, size_t size, off_t offset);
 /*
  * A revert request to DOMAIN/revert: @buf is the whole text of one open, at @offset 0 and
- * @first (the FUSE layer gathers a request written in pieces and hands it over once a
- * newline or close ends it, so that a piecemeal writer never reverts to a prefix of the
- * name).  Anything else is EINVAL and changes nothing (with the reason in last_error), as a
- * malformed request does.
+ * @first.  fs/ops.c gathers a request written in pieces and hands it over once a newline
+ * ends it (fs_write) or the writer's own close(2) does (fs_flush), so that a piecemeal
+ * writer never reverts to a prefix of the name; nothing waits for the release, which drops
+ * a request still gathering.  Anything else is EINVAL and changes nothing (with the reason
+ * in last_error), as a malformed request does.
  */
 int snapfs_tree_write(struct snapfs_tree *tree, const struct snapfs_node *node,
                       const char *buf, size_t size, off_t offset, bool first);

@@ -18,7 +18,7 @@ def build_chain(dom, engine, names):
     dom.write(20)
 
 
-# ---- names (DESIGN.md: EINVAL unusable, EEXIST reserved) -------------------------------
+# ---- names (src/README.md, "The tree and its names": EINVAL unusable, EEXIST reserved) --
 
 @pytest.mark.parametrize("name,err", [
     ("", "EINVAL"),

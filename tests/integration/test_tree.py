@@ -294,7 +294,7 @@ def test_writes_refused(shared_mount, demo):
     wrong = []
     for what, fn, path in cases:
         e = errno_of(fn, path)
-        # rename is optional (DESIGN.md): EXDEV makes mv copy, which then meets EROFS
+        # rename is optional (src/README.md, "Operations"): EXDEV makes mv copy, which then meets EROFS
         if e not in READONLY and not (what.startswith("rename") and e in (errno.EXDEV, errno.ENOTSUP)):
             wrong.append(f"{what}: {errno.errorcode.get(e, e)}")
     assert not wrong, "expected EROFS or EPERM:\n" + "\n".join(wrong)
