@@ -591,7 +591,7 @@ static bool build_config(const struct snapfs_options *options, struct snapfs_tre
 /* Where the per-domain lock files of every snapfs of this user on this host go (a tmpfs: none survives a boot). */
 static char *lock_dir_default(void)
 {
-    return getuid() == 0 ? g_strdup("/run/snapfs") : g_build_filename(g_get_user_runtime_dir(), "snapfs", NULL);
+    return snapfs_runtime_dir();
 }
 
 /*

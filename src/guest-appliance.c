@@ -987,6 +987,7 @@ char **guest_appliance_logical_volumes(struct guest_appliance *app)
 int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
 {
     g_autoptr(guestfs_h) g = NULL;
+    g_autofree char *kvm_failed = NULL;
     gint64 started = g_get_monotonic_time();
     unsigned boot = 0;
 
@@ -1022,6 +1023,7 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
             snapfs_warn("appliance %u of domain '%s': %s; trying again without KVM, and every appliance from now on",
                         app->serial, app->group, snapfs_error_message());
             g_atomic_int_set(&pool->force_tcg, 1);
+            kvm_failed = g_strdup(snapfs_error_message());
         } else if (boot) {
             snapfs_warn("appliance %u of domain '%s': %s; trying again with libguestfs's kernel and qemu as they are",
                         app->serial, app->group, snapfs_error_message());
@@ -1033,6 +1035,9 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
     }
     if (!g)
         goto fail;
+    /* KVM failed and TCG did not: that was KVM's fault, for every later snapfs of this boot too. */
+    if (kvm_failed)
+        guest_kvm_remember_failed(pool->hv, kvm_failed);
     app->qemu_pid = guestfs_get_pid(g);
     if (boot & BOOT_UNPACKED)
         guest_boot_release(app->qemu_pid, guestfs_get_path(g));
@@ -1228,6 +1233,20 @@ struct guest_pool *guest_pool_new(const struct guest_pool_config *config)
     /* No KVM to open: libguestfs runs TCG anyway, and saying so lets snapfs bound its translated code. */
     if (access("/dev/kvm", R_OK | W_OK) < 0)
         pool->force_tcg = 1;
+    guestfs_h *probe = guestfs_create_flags(0);
+
+    if (probe) {
+        pool->hv = guestfs_get_hv(probe);   /* malloc'd, the caller's */
+        guestfs_close(probe);
+    }
+    if (!pool->force_tcg) {
+        g_autofree char *before = guest_kvm_failed_before(pool->hv);
+
+        if (before) {
+            snapfs_info("appliances start on TCG: KVM failed an appliance of an earlier snapfs of this boot: %s", before);
+            pool->force_tcg = 1;
+        }
+    }
     if (!pool->config.live_ttl_ms)
         pool->config.live_ttl_ms = 1000;
     g_mutex_init(&pool->lock);
@@ -1292,6 +1311,7 @@ void guest_pool_free(struct guest_pool *pool)
     g_ptr_array_unref(pool->appliances);
     g_hash_table_unref(pool->lvm_disks);
     g_hash_table_unref(pool->looked_at);
+    free(pool->hv);
     g_async_queue_push(pool->spawns, pool);
     g_thread_join(pool->spawner);
     g_async_queue_unref(pool->spawns);

@@ -72,7 +72,8 @@ struct guest_pool {
     GHashTable *views;        /* id -> struct guest_view * (one reference) */
     GPtrArray *appliances;    /* struct guest_appliance * (one reference each) */
     unsigned serial;
-    gint force_tcg;           /* atomic: KVM failed once, appliances use TCG */
+    gint force_tcg;           /* atomic: KVM failed once (here, or before in this boot: guest-kvm.c), appliances use TCG */
+    char *hv;                 /* set at creation: the qemu libguestfs runs (LIBGUESTFS_HV or its own), for guest-kvm.c */
     gint inflight;            /* atomic: requests inside an appliance or waiting for one */
     gint aborting;            /* atomic: snapfs is stopping (guest_pool_abort): no launch goes on, none starts */
     gint plain_kernel;        /* atomic: the unpacked kernel cannot be made or failed to boot: libguestfs's as it is */
@@ -113,6 +114,13 @@ struct guest_pool {
  */
 int guest_launch(guestfs_h *g, const char *tmpdir, bool kvm, const struct guest_launch_limits *limits,
                  const gint *stopping, bool *kvm_stalled);
+
+/*
+ * guest-kvm.c: whether an earlier snapfs of this boot saw KVM fail with qemu @hv where TCG then worked
+ * (the reason, with the file that says so), else NULL; and writing that down after it happened here.
+ */
+char *guest_kvm_failed_before(const char *hv);
+void guest_kvm_remember_failed(const char *hv, const char *why);
 
 /* The appliance @view should use, with a reference; NULL with the reason. Pool lock not held. */
 struct guest_appliance *guest_pool_appliance_for(struct guest_pool *pool, struct guest_view *view);

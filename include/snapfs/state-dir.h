@@ -24,3 +24,9 @@ int snapfs_state_dir_open(const char *path, bool create);
  * snapfs pid 1234 (snapfs -c qemu:///system /mnt)".
  */
 int snapfs_state_dir_lock(int fd, const char *path, unsigned wait_ms);
+
+/*
+ * snapfs's directory for what lasts a boot (per-domain lock files, what KVM did): /run/snapfs
+ * for root, else the user's runtime directory's snapfs/ (a tmpfs: nothing in it survives a boot).
+ */
+char *snapfs_runtime_dir(void);

@@ -3,7 +3,9 @@
 # SIGTERM with a frozen appliance, the per-domain lock behind a long operation, --check on a stalling KVM.
 import errno
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -79,15 +81,23 @@ def read_file(path):
         return f.read()
 
 
-def fake_kvm_env(mode):
-    return {"LIBGUESTFS_HV": str(FAKE_KVM), "SNAPFS_FAKE_KVM": mode, "LIBGUESTFS_BACKEND_SETTINGS": ""}
+def fake_kvm_env(mode, runtime):
+    """A qemu whose KVM is broken the MODE way; what snapfs remembers of KVM goes to RUNTIME, this test's own."""
+    return {"LIBGUESTFS_HV": str(FAKE_KVM), "SNAPFS_FAKE_KVM": mode, "LIBGUESTFS_BACKEND_SETTINGS": "",
+            "SNAPFS_RUNTIME_DIR": str(runtime)}
+
+
+def kvm_verdicts(runtime):
+    return sorted(p.name for p in runtime.glob("kvm-failed-*")) if runtime.exists() else []
 
 
 @pytest.mark.parametrize("mode", ["stall", "abort"])
-def test_broken_kvm_falls_back_to_tcg(bset, mode):
+def test_broken_kvm_falls_back_to_tcg(bset, mode, tmp_path):
     """A KVM that accepts the guest and runs nothing, or that aborts: the first read still shows the bytes,
-    through TCG, with one line in the log that says why; the second domain's appliance starts on TCG at once."""
-    m = mount(f"kvm{mode}", env=fake_kvm_env(mode))
+    through TCG, with one line in the log that says why; the second domain's appliance starts on TCG at once.
+    The next snapfs of this boot starts on TCG at once too: the first one wrote down that KVM failed."""
+    runtime = tmp_path / "run"
+    m = mount(f"kvm{mode}", env=fake_kvm_env(mode, runtime))
     try:
         (status, data), took = timed(read_file, m.p(bset.one.name, "s1", "sda", "a.txt"))
         assert (status, data) == ("ok", b"alpha\n"), m.stderr_text()
@@ -108,11 +118,67 @@ def test_broken_kvm_falls_back_to_tcg(bset, mode):
         if m.exit_status is None:
             m.unmount()
         m.close()
+    if not KVM_USABLE:
+        assert kvm_verdicts(runtime) == []      # TCG from the start: KVM never failed
+        return
+    verdicts = kvm_verdicts(runtime)
+    assert len(verdicts) == 1, verdicts
+    assert stat.S_IMODE(runtime.stat().st_mode) == 0o700
+    assert stat.S_IMODE((runtime / verdicts[0]).stat().st_mode) == 0o600
+
+    # The next snapfs: no wait for a stall, no failed start; the log says why.
+    m = mount(f"kvm{mode}again", env=fake_kvm_env(mode, runtime))
+    try:
+        assert read_file(m.p(bset.one.name, "s1", "sda", "a.txt")) == b"alpha\n", m.stderr_text()
+        log = m.stderr_text()
+        assert "trying again without KVM" not in log, log
+        assert "KVM failed an appliance of an earlier snapfs of this boot" in log, log
+        assert verdicts[0] in log
+        m.check_clean_exit()
+    finally:
+        if m.exit_status is None:
+            m.unmount()
+        m.close()
 
 
-def test_check_ends_on_a_stalling_kvm():
+def test_kvm_verdict_of_another_user_or_qemu_is_ignored(bset, tmp_path):
+    """What snapfs wrote down of KVM counts only where only this user could have written it, and only for the
+    qemu it was found with: a verdict others may write, or one of another qemu, and KVM is tried again."""
+    if not KVM_USABLE:
+        pytest.skip("no usable /dev/kvm: snapfs runs TCG from the start and never tries KVM")
+    runtime = tmp_path / "run"
+    m = mount("kvmfirst", env=fake_kvm_env("abort", runtime))
+    try:
+        assert read_file(m.p(bset.one.name, "s1", "sda", "a.txt")) == b"alpha\n"
+    finally:
+        m.unmount()
+        m.close()
+    [verdict] = kvm_verdicts(runtime)
+    (runtime / verdict).chmod(0o666)
+    # Another qemu binary (a copy of the fake): its own verdict, not the first one's.
+    other = tmp_path / "other-qemu"
+    shutil.copy(FAKE_KVM, other)
+    for name, env in (("kvmunsafe", fake_kvm_env("abort", runtime)),
+                      ("kvmother", {**fake_kvm_env("abort", runtime), "LIBGUESTFS_HV": str(other)})):
+        m = mount(name, env=env)
+        try:
+            assert read_file(m.p(bset.one.name, "s1", "sda", "a.txt")) == b"alpha\n"
+            log = m.stderr_text()
+            assert len([line for line in log.splitlines() if "trying again without KVM" in line]) == 1, log
+            assert "earlier snapfs" not in log, log
+            m.check_clean_exit()
+        finally:
+            if m.exit_status is None:
+                m.unmount()
+            m.close()
+    # The unsafe one was written anew (0600) by the snapfs that found KVM failing again; the other qemu has its own.
+    assert stat.S_IMODE((runtime / verdict).stat().st_mode) == 0o600
+    assert len(kvm_verdicts(runtime)) == 2, kvm_verdicts(runtime)
+
+
+def test_check_ends_on_a_stalling_kvm(tmp_path):
     started = time.monotonic()
-    out = run(snapfs_bin(), "--check", "-c", URI, check=False, timeout=400, env=fake_kvm_env("stall"))
+    out = run(snapfs_bin(), "--check", "-c", URI, check=False, timeout=400, env=fake_kvm_env("stall", tmp_path))
     took = time.monotonic() - started
     line = [l for l in out.stdout.splitlines() if "libguestfs appliance starts" in l]
     assert line and line[0].startswith("ok"), out.stdout
