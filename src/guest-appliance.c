@@ -984,6 +984,25 @@ char **guest_appliance_logical_volumes(struct guest_appliance *app)
     return app->lvs;
 }
 
+/*
+ * Before the first launch (not at mount: a mount that never looks at guest files says nothing of KVM):
+ * where KVM failed an appliance of an earlier snapfs of this boot, TCG at once (guest-kvm.c).
+ */
+static void pool_kvm_check(struct guest_pool *pool)
+{
+    if (!g_once_init_enter(&pool->kvm_checked))
+        return;
+    if (!g_atomic_int_get(&pool->force_tcg)) {
+        g_autofree char *before = guest_kvm_failed_before(pool->hv);
+
+        if (before) {
+            snapfs_info("appliances start on TCG: KVM failed an appliance of an earlier snapfs of this boot: %s", before);
+            g_atomic_int_set(&pool->force_tcg, 1);
+        }
+    }
+    g_once_init_leave(&pool->kvm_checked, 1);
+}
+
 int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
 {
     g_autoptr(guestfs_h) g = NULL;
@@ -997,6 +1016,7 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
     g_mutex_unlock(&pool->lock);
     snapfs_info("starting appliance %u of domain '%s' with %u disks", app->serial, app->group, app->disks->len);
 
+    pool_kvm_check(pool);
     if (appliance_start_servers(pool, app) < 0)
         goto fail;
     snapfs_debug("appliance %u of domain '%s': images served after %.2f s", app->serial, app->group,
@@ -1238,14 +1258,6 @@ struct guest_pool *guest_pool_new(const struct guest_pool_config *config)
     if (probe) {
         pool->hv = guestfs_get_hv(probe);   /* malloc'd, the caller's */
         guestfs_close(probe);
-    }
-    if (!pool->force_tcg) {
-        g_autofree char *before = guest_kvm_failed_before(pool->hv);
-
-        if (before) {
-            snapfs_info("appliances start on TCG: KVM failed an appliance of an earlier snapfs of this boot: %s", before);
-            pool->force_tcg = 1;
-        }
     }
     if (!pool->config.live_ttl_ms)
         pool->config.live_ttl_ms = 1000;
