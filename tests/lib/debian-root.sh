@@ -85,6 +85,20 @@ if [[ ${1:-} == --in-namespace ]]; then
         echo "packages: $((SECONDS - t0)) s"
     fi
 
+    # The host's /dev/kvm (bound in above) has the host's kvm gid, which the root's kvm group does not
+    # have: libvirtd, probing qemu as root, finds KVM usable, then unusable for its qemu user at every
+    # call ("KVM was enabled when probing ..., but it is not available now"), and probes qemu again
+    # each time, a second or more per call. The root's qemu user joins the group of the host's gid.
+    if [[ -e /dev/kvm ]] && inroot getent passwd libvirt-qemu >/dev/null; then
+        gid=$(stat -c %g /dev/kvm)
+        group=$(inroot getent group "$gid" | cut -d: -f1)
+        if [[ -z $group ]]; then
+            group=snapfs-host-kvm
+            inroot groupadd -g "$gid" "$group" || exit 1
+        fi
+        inroot id -nG libvirt-qemu | grep -qw "$group" || inroot usermod -aG "$group" libvirt-qemu || exit 1
+    fi
+
     # A test run killed before its own sweep left domains behind in the root's libvirt, and
     # their images: every test name holds snapfst (DOMAIN and .DOMAIN). The daemon is not
     # running yet, so its files are removed.
