@@ -145,10 +145,26 @@ def test_broken_kvm_falls_back_to_tcg(bset, mode, tmp_path):
 
 def test_kvm_verdict_of_another_user_or_qemu_is_ignored(bset, tmp_path):
     """What snapfs wrote down of KVM counts only where only this user could have written it, and only for the
-    qemu it was found with: a verdict others may write, or one of another qemu, and KVM is tried again."""
-    if not KVM_USABLE:
-        pytest.skip("no usable /dev/kvm: snapfs runs TCG from the start and never tries KVM")
+    qemu it was found with: a verdict others may write, or one of another qemu, and KVM is tried again.
+    Without a usable /dev/kvm, snapfs never tries KVM: it neither writes a verdict nor heeds one."""
     runtime = tmp_path / "run"
+    if not KVM_USABLE:
+        runtime.mkdir(mode=0o700)
+        planted = runtime / "kvm-failed-0000000000000000"
+        planted.write_text("boot x qemu y kvm z\nplanted by the test\n")
+        m = mount("kvmnone", env=fake_kvm_env("abort", runtime))
+        try:
+            assert read_file(m.p(bset.one.name, "s1", "sda", "a.txt")) == b"alpha\n"
+            log = m.stderr_text()
+            assert "earlier snapfs" not in log and "trying again without KVM" not in log, log
+            m.check_clean_exit()
+        finally:
+            if m.exit_status is None:
+                m.unmount()
+            m.close()
+        assert kvm_verdicts(runtime) == [planted.name]
+        assert planted.read_text() == "boot x qemu y kvm z\nplanted by the test\n"
+        return
     m = mount("kvmfirst", env=fake_kvm_env("abort", runtime))
     try:
         assert read_file(m.p(bset.one.name, "s1", "sda", "a.txt")) == b"alpha\n"
