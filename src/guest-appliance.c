@@ -993,6 +993,13 @@ static void pool_kvm_check(struct guest_pool *pool)
     if (!g_once_init_enter(&pool->kvm_checked))
         return;
     if (!g_atomic_int_get(&pool->force_tcg)) {
+        /* The qemu libguestfs runs (LIBGUESTFS_HV or its own): what the verdict is about. */
+        guestfs_h *probe = guestfs_create_flags(0);
+
+        if (probe) {
+            pool->hv = guestfs_get_hv(probe);   /* malloc'd, the caller's */
+            guestfs_close(probe);
+        }
         g_autofree char *before = guest_kvm_failed_before(pool->hv);
 
         if (before) {
@@ -1253,12 +1260,6 @@ struct guest_pool *guest_pool_new(const struct guest_pool_config *config)
     /* No KVM to open: libguestfs runs TCG anyway, and saying so lets snapfs bound its translated code. */
     if (access("/dev/kvm", R_OK | W_OK) < 0)
         pool->force_tcg = 1;
-    guestfs_h *probe = guestfs_create_flags(0);
-
-    if (probe) {
-        pool->hv = guestfs_get_hv(probe);   /* malloc'd, the caller's */
-        guestfs_close(probe);
-    }
     if (!pool->config.live_ttl_ms)
         pool->config.live_ttl_ms = 1000;
     g_mutex_init(&pool->lock);

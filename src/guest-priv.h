@@ -73,8 +73,8 @@ struct guest_pool {
     GPtrArray *appliances;    /* struct guest_appliance * (one reference each) */
     unsigned serial;
     gint force_tcg;           /* atomic: KVM failed once (here, or before in this boot: guest-kvm.c), appliances use TCG */
-    char *hv;                 /* set at creation: the qemu libguestfs runs (LIBGUESTFS_HV or its own), for guest-kvm.c */
     gsize kvm_checked;        /* g_once: guest-kvm.c was asked, before the first launch */
+    char *hv;                 /* set once kvm_checked, where KVM may be tried: the qemu libguestfs runs, for guest-kvm.c */
     gint inflight;            /* atomic: requests inside an appliance or waiting for one */
     gint aborting;            /* atomic: snapfs is stopping (guest_pool_abort): no launch goes on, none starts */
     gint plain_kernel;        /* atomic: the unpacked kernel cannot be made or failed to boot: libguestfs's as it is */
