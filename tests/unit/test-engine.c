@@ -2,7 +2,7 @@
 /* Unit test of the engine without libvirtd: names, snapshot XML, and which images need which (chains by qemu-img). */
 #include "snapfs/engine.h"
 #include "snapfs/error.h"
-#include "../../src/engine-priv.h"
+#include "../../src/engine/engine-priv.h"
 
 #include "test-util.h"
 

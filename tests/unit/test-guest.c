@@ -3,7 +3,7 @@
 #include "snapfs/error.h"
 #include "snapfs/guest.h"
 #include "snapfs/log.h"
-#include "../../src/guest-priv.h"
+#include "../../src/guest/guest-priv.h"
 
 #include <dirent.h>
 #include <errno.h>

@@ -2,7 +2,7 @@
 /* Unit test of src/guest-boot.c: the ELF kernel inside a bzImage, found, unpacked and checked for its PVH entry. */
 #include "snapfs/error.h"
 
-#include "../../src/guest-priv.h"
+#include "../../src/guest/guest-priv.h"
 
 #include <errno.h>
 #include <glob.h>

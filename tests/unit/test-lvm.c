@@ -3,7 +3,7 @@
 #include "snapfs/error.h"
 
 #include "test-util.h"
-#include "../../src/guest-priv.h"
+#include "../../src/guest/guest-priv.h"
 
 #include <errno.h>
 #include <string.h>

@@ -4,7 +4,7 @@
  * revert and recovery against libvirt's test:/// driver (which has libvirt's own external
  * revert, so this is the path a libvirt 9.9+ takes) with real images.
  */
-#include "../../src/revert-priv.h"
+#include "../../src/revert/revert-priv.h"
 #include "snapfs/error.h"
 #include "snapfs/revert.h"
 
