@@ -59,6 +59,20 @@ void snapfs_xml_free(xmlDocPtr doc, xmlXPathContextPtr ctxt)
     xmlFreeDoc(doc);
 }
 
+char *snapfs_xml_dump(xmlDocPtr doc)
+{
+    xmlChar *mem = NULL;
+    int size = 0;
+    char *text;
+
+    xmlDocDumpMemory(doc, &mem, &size);
+    if (!mem)
+        return NULL;
+    text = g_strndup((const char *)mem, (gsize)size);
+    xmlFree(mem);
+    return text;
+}
+
 char *snapfs_xml_string(xmlXPathContextPtr ctxt, xmlNodePtr node, const char *expr)
 {
     xmlNodePtr saved = ctxt->node;

@@ -8,6 +8,11 @@
 #include <libvirt/libvirt.h>
 #include <stdbool.h>
 
+/* libvirt's objects released by g_autoptr, as virsh's util header does. */
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(virConnect, virConnectClose)
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(virDomain, virDomainFree)
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(virDomainSnapshot, virDomainSnapshotFree)
+
 struct snapfs_snapshot {
     char *name;
     char *parent;        /* NULL for a root */

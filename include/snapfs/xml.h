@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* Reading libvirt's XML: a document with its XPath context, strings by XPath, and the one parser of <disk> elements. */
+/* libvirt's XML, read and written in one place: documents with their XPath context, strings by XPath,
+ * the one parser of <disk> elements; no other file calls libxml2's parser or serializer. */
 #pragma once
 
 #include <glib.h>
@@ -34,6 +35,14 @@ struct snapfs_disk *snapfs_disk_find(GPtrArray *disks, const char *target);
 /* Parses @xml (no network, no messages); NULL if it is not XML. Free with snapfs_xml_free(). */
 xmlDocPtr snapfs_xml_read(const char *xml, xmlXPathContextPtr *ctxt);
 void snapfs_xml_free(xmlDocPtr doc, xmlXPathContextPtr ctxt);
+
+/* libxml2's objects released by g_autoptr, as libvirt's virxml.h does. */
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(xmlDoc, xmlFreeDoc)
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(xmlXPathContext, xmlXPathFreeContext)
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(xmlXPathObject, xmlXPathFreeObject)
+
+/* @doc written out as text (g_free it), NULL if libxml2 fails. */
+char *snapfs_xml_dump(xmlDocPtr doc);
 
 /* The string value of @expr, relative to @node (NULL: the document), or NULL when empty. */
 char *snapfs_xml_string(xmlXPathContextPtr ctxt, xmlNodePtr node, const char *expr);
