@@ -126,5 +126,22 @@ ssize_t snapfs_tree_handle_read(struct snapfs_tree *tree, struct snapfs_handle *
  */
 void snapfs_tree_set_stale_fn(struct snapfs_tree *tree, void (*fn)(guint64 cookie, void *opaque), void *opaque);
 
-/* Whether @node accepts writes of any kind (else EROFS); mkdir/rmdir/revert need it. */
+/* Whether @node is a control file (revert): opened, it takes writes, and snapfs_tree_read() makes its content. */
 bool snapfs_tree_is_control(const struct snapfs_node *node);
+
+/*
+ * The changes no node takes (create, unlink, mknod, symlink, link, chmod and the like,
+ * removexattr): -1 with EROFS in snapshots, layers and guest files, EPERM in snapfs's own
+ * folders and files, and the reason.  @what says what was asked ("create a file").
+ */
+int snapfs_tree_refuse_change(const struct snapfs_node *node, const char *what);
+/* Renaming in folder @parent (to the same folder when @same_folder): -1 with ENOTSUP, EXDEV, or as above. */
+int snapfs_tree_rename(const struct snapfs_node *parent, bool same_folder);
+/* Before a file is opened (a control file's open goes to fs/): -1 with EISDIR for a folder, EROFS for writing. */
+int snapfs_tree_check_open(const struct snapfs_node *node, bool writing);
+/*
+ * The node of entry @name that snapfs_tree_readdir() of @dir listed with @st, where that
+ * listing knows its attributes exactly (a guest folder's entries: readdirplus may hand them
+ * to the kernel); NULL where it does not.  The caller frees it.
+ */
+struct snapfs_node *snapfs_tree_listed_node(const struct snapfs_node *dir, const char *name, const struct stat *st);
