@@ -25,7 +25,7 @@ enum snapfs_node_kind {
 
 /* How long the kernel may keep what a node says. */
 enum snapfs_cache {
-    SNAPFS_CACHE_NONE,      /* control files: ask every time */
+    SNAPFS_CACHE_NONE,      /* control files, and layers (their names change with the chain): ask every time */
     SNAPFS_CACHE_SHORT,     /* what libvirt says: a fraction of a second */
     SNAPFS_CACHE_LIVE,      /* a live disk's files: briefly */
     SNAPFS_CACHE_FOREVER,   /* frozen content never changes */

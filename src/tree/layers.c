@@ -342,9 +342,10 @@ const struct tree_kind tree_kind_disk = {
     .xattrs = disk_xattrs,
 };
 
+/* A layer's name changes when its chain does: the kernel keeps nothing of it. */
 const struct tree_kind tree_kind_layer = {
     .content = true,
-    .cache = SNAPFS_CACHE_SHORT,
+    .cache = SNAPFS_CACHE_NONE,
     .lookup = tree_content_lookup,
     .getattr = layer_getattr,
     .readdir = tree_content_readdir,
