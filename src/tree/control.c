@@ -4,48 +4,40 @@
 
 #include <string.h>
 
-/* A file the mounting user may write (0644, 0444 with -o ro), as long as the current snapshot's name and its newline. */
-static int revert_file_getattr(struct snapfs_tree *tree, const struct snapfs_node *node, struct stat *st)
-{
-    struct snapfs_domain *domain = tree_domain(tree, node);
-    struct snapfs_snapshot *current;
-
-    if (!domain)
-        return -1;
-    current = snapfs_domain_current(domain);
-    tree_stat_dir(tree, st, 0, tree->mounted);
-    st->st_mode = S_IFREG | (tree->config.read_only ? 0444 : 0644);
-    st->st_nlink = 1;
-    st->st_size = current ? strlen(current->name) + 1 : 0;
-    snapfs_domain_unref(domain);
-    tree_number(tree, node, st);
-    return 0;
-}
-
-/* What cat shows: the current snapshot's name and a newline, or nothing. */
+/* What cat shows: the current snapshot's name and a newline, or nothing; NULL with the reason. */
 static char *revert_file_text(struct snapfs_tree *tree, const struct snapfs_node *node)
 {
     struct snapfs_domain *domain = tree_domain(tree, node);
-    struct snapfs_snapshot *current;
-    char *text;
+    struct snapfs_snapshot *current = domain ? snapfs_domain_current(domain) : NULL;
+    char *text = domain ? g_strdup_printf("%s%s", current ? current->name : "", current ? "\n" : "") : NULL;
 
-    if (!domain)
-        return NULL;
-    current = snapfs_domain_current(domain);
-    text = g_strdup_printf("%s%s", current ? current->name : "", current ? "\n" : "");
     snapfs_domain_unref(domain);
     return text;
+}
+
+/* A file the mounting user may write (0644, 0444 with -o ro), as long as its text. */
+static int revert_file_getattr(struct snapfs_tree *tree, const struct snapfs_node *node, struct stat *st)
+{
+    g_autofree char *text = revert_file_text(tree, node);
+
+    if (!text)
+        return -1;
+    tree_stat_dir(tree, st, 0, tree->mounted);
+    st->st_mode = S_IFREG | (tree->config.read_only ? 0444 : 0644);
+    st->st_nlink = 1;
+    st->st_size = (off_t)strlen(text);
+    tree_number(tree, node, st);
+    return 0;
 }
 
 static ssize_t revert_file_read(struct snapfs_tree *tree, const struct snapfs_node *node, char *buf, size_t size,
                                 off_t offset)
 {
     g_autofree char *text = revert_file_text(tree, node);
-    size_t len;
+    size_t len = text ? strlen(text) : 0;
 
     if (!text)
         return -1;
-    len = strlen(text);
     if ((size_t)offset >= len)
         return 0;
     size = MIN(size, len - (size_t)offset);
