@@ -792,7 +792,7 @@ static void fs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 
     if (!dir)
         return;
-    if (dir->kind == SNAPFS_NODE_DOMAIN && !fs_may_administer(req))
+    if (snapfs_tree_holds_snapshots(dir) && !fs_may_administer(req))
         fuse_reply_err(req, EACCES);
     else if (snapfs_tree_mkdir(ctx->tree, dir, name) < 0)
         fs_reply_error(req, "mkdir", dir);
@@ -816,7 +816,7 @@ static void fs_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 
     if (!dir)
         return;
-    if (dir->kind == SNAPFS_NODE_DOMAIN && !fs_may_administer(req))
+    if (snapfs_tree_holds_snapshots(dir) && !fs_may_administer(req))
         fuse_reply_err(req, EACCES);
     else if (snapfs_tree_rmdir(fs_ctx(req)->tree, dir, name) < 0)
         fs_reply_error(req, "rmdir", dir);
@@ -936,7 +936,7 @@ static void fs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const 
 
     if (!node)
         return;
-    if (node->kind == SNAPFS_NODE_SNAPSHOT && !fs_may_administer(req))
+    if (snapfs_tree_is_describable(node) && !fs_may_administer(req))
         fuse_reply_err(req, EACCES);
     else if (snapfs_tree_setxattr(fs_ctx(req)->tree, node, name, value, size) < 0)
         fs_reply_error(req, "setxattr", node);

@@ -130,6 +130,14 @@ void snapfs_tree_set_stale_fn(struct snapfs_tree *tree, void (*fn)(guint64 cooki
 bool snapfs_tree_is_control(const struct snapfs_node *node);
 
 /*
+ * Where a change would reach libvirt, for fs/ to let only root and the mounting user ask it
+ * (EACCES); elsewhere the tree refuses it by kind, whoever asks: mkdir and rmdir in a domain's
+ * folder (it holds snapshots), user.snapfs.description set on a snapshot (it is describable).
+ */
+bool snapfs_tree_holds_snapshots(const struct snapfs_node *node);
+bool snapfs_tree_is_describable(const struct snapfs_node *node);
+
+/*
  * The changes no node takes (create, unlink, mknod, symlink, link, chmod and the like,
  * removexattr): -1 with EROFS in snapshots, layers and guest files, EPERM in snapfs's own
  * folders and files, and the reason.  @what says what was asked ("create a file").

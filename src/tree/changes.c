@@ -30,7 +30,7 @@ int snapfs_tree_refuse_change(const struct snapfs_node *node, const char *what)
 
 int snapfs_tree_rename(const struct snapfs_node *parent, bool same_folder)
 {
-    if (parent->kind != SNAPFS_NODE_DOMAIN)
+    if (!snapfs_tree_holds_snapshots(parent))
         return snapfs_tree_refuse_change(parent, "rename");
     if (same_folder)
         snapfs_error_set(ENOTSUP, "snapshots cannot be renamed");
@@ -57,7 +57,7 @@ int snapfs_tree_check_open(const struct snapfs_node *node, bool writing)
 /* mkdir and rmdir: only in a domain's folder, not with -o ro. */
 static int changes_check_domain_folder(struct snapfs_tree *tree, const struct snapfs_node *parent, const char *what)
 {
-    if (parent->kind != SNAPFS_NODE_DOMAIN)
+    if (!snapfs_tree_holds_snapshots(parent))
         return snapfs_tree_refuse_change(parent, what);
     if (tree->config.read_only) {
         snapfs_error_set(EROFS, "cannot %s in '%s': mounted read-only", what, parent->domain);
@@ -202,7 +202,7 @@ int snapfs_tree_setxattr(struct snapfs_tree *tree, const struct snapfs_node *nod
 {
     g_autofree char *text = NULL;
 
-    if (node->kind != SNAPFS_NODE_SNAPSHOT || strcmp(name, XATTR_PREFIX "description") != 0)
+    if (!snapfs_tree_is_describable(node) || strcmp(name, XATTR_PREFIX "description") != 0)
         return snapfs_tree_refuse_change(node, "set an attribute other than user.snapfs.description of a snapshot");
     if (tree->config.read_only) {
         snapfs_error_set(EROFS, "cannot describe snapshot '%s': mounted read-only", node->snapshot);

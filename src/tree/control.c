@@ -26,7 +26,7 @@ static int revert_file_getattr(struct snapfs_tree *tree, const struct snapfs_nod
     st->st_mode = S_IFREG | (tree->config.read_only ? 0444 : 0644);
     st->st_nlink = 1;
     st->st_size = (off_t)strlen(text);
-    tree_number(tree, node, st);
+    tree_stat_ino(tree, node, st);
     return 0;
 }
 

@@ -214,7 +214,7 @@ char *tree_key_of(const struct snapfs_node *node)
     return g_string_free(key, FALSE);
 }
 
-void tree_number(struct snapfs_tree *tree, const struct snapfs_node *node, struct stat *st)
+void tree_stat_ino(struct snapfs_tree *tree, const struct snapfs_node *node, struct stat *st)
 {
     g_autofree char *key = tree_key_of(node);
 
@@ -238,8 +238,8 @@ int tree_list_entry(struct snapfs_tree *tree, const struct snapfs_node *child, c
     struct stat st;
 
     memset(&st, 0, sizeof(st));
-    st.st_mode = child->kind == SNAPFS_NODE_REVERT ? S_IFREG : S_IFDIR;
-    tree_number(tree, child, &st);
+    st.st_mode = snapfs_tree_is_control(child) ? S_IFREG : S_IFDIR;
+    tree_stat_ino(tree, child, &st);
     return fn(opaque, name, &st);
 }
 

@@ -25,12 +25,11 @@ struct snapfs_node *tree_guest_child(const struct snapfs_node *dir, const char *
     return child;
 }
 
-struct snapfs_node *snapfs_tree_listed_node(const struct snapfs_node *dir, const char *name, const struct stat *st)
+/* An entry of a guest folder; one listed without its attributes yet (st_nlink 0) is looked up when they are needed. */
+static struct snapfs_node *guest_file_listed_node(const struct snapfs_node *dir, const char *name,
+                                                  const struct stat *st)
 {
-    /* An entry listed without its attributes yet (st_nlink 0): the kernel looks it up when it needs them. */
-    if (dir->kind != SNAPFS_NODE_GUEST || st->st_nlink == 0)
-        return NULL;
-    return tree_guest_child(dir, name);
+    return st->st_nlink == 0 ? NULL : tree_guest_child(dir, name);
 }
 
 /*
@@ -82,22 +81,26 @@ static int guest_listing_entry(void *opaque, const char *name, const struct stat
     return listing->fn(listing->opaque, name, &copy);
 }
 
-/* A remote host's snapshot or layer is an empty folder; user.snapfs.error says why. */
 int tree_content_readdir(struct snapfs_tree *tree, const struct snapfs_node *node, snapfs_dirent_fn fn,
                          void *opaque)
 {
     struct guest_listing listing = { tree, node, fn, opaque };
-    struct guest_view *view;
+    struct guest_view *view = tree_guest_view(tree, node);
     int ret;
 
-    if (node->kind != SNAPFS_NODE_GUEST && tree_check_local(tree, node) < 0)
-        return 0;
-    view = tree_guest_view(tree, node);
     if (!view)
         return -1;
     ret = guest_view_readdir(view, tree_guest_path(node), guest_listing_entry, &listing);
     guest_view_unref(view);
     return ret < 0 ? -1 : 0;
+}
+
+int tree_content_root_readdir(struct snapfs_tree *tree, const struct snapfs_node *node, snapfs_dirent_fn fn,
+                              void *opaque)
+{
+    if (tree_check_local(tree, node) < 0)
+        return 0;
+    return tree_content_readdir(tree, node, fn, opaque);
 }
 
 void tree_content_put_error(struct snapfs_tree *tree, const struct snapfs_node *node, struct tree_xattrs *list)
@@ -185,4 +188,5 @@ const struct tree_kind tree_kind_guest = {
     .listxattr = guest_file_listxattr,
     .read = guest_file_read,
     .readlink = guest_file_readlink,
+    .listed_node = guest_file_listed_node,
 };

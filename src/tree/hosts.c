@@ -14,19 +14,16 @@
 #include <string.h>
 
 /* The root lists hosts only when there are several; with one, it is that host's folder. */
-static bool hosts_lists_domains(struct snapfs_tree *tree, const struct snapfs_node *node)
+static bool root_is_host_folder(struct snapfs_tree *tree)
 {
-    return node->kind == SNAPFS_NODE_HOST || (node->kind == SNAPFS_NODE_ROOT && tree->n_hosts == 1);
+    return tree->n_hosts == 1;
 }
 
-/* Whether @node is the folder of one of several hosts, and that host is down; records the reason when it is. */
-static bool hosts_folder_down(struct snapfs_tree *tree, const struct snapfs_node *node)
+/* Whether the host of one of several hosts' folders is down; records the reason when it is. */
+static bool host_folder_down(struct snapfs_tree *tree, const struct snapfs_node *node)
 {
-    g_autofree char *down = NULL;
+    g_autofree char *down = snapfs_host_error(tree_host(tree, node));
 
-    if (node->kind != SNAPFS_NODE_HOST)
-        return false;
-    down = snapfs_host_error(tree_host(tree, node));
     if (down)
         snapfs_error_set(EIO, "%s is not reachable: %s", snapfs_host_name(tree_host(tree, node)), down);
     return down != NULL;
@@ -45,7 +42,7 @@ static int hosts_lookup_domain(const struct snapfs_node *parent, const char *nam
 static int root_lookup(struct snapfs_tree *tree, const struct snapfs_node *parent, const char *name,
                        struct snapfs_node **child)
 {
-    if (hosts_lists_domains(tree, parent))
+    if (root_is_host_folder(tree))
         return hosts_lookup_domain(parent, name, child);
     for (size_t i = 0; i < tree->n_hosts; i++) {
         if (strcmp(snapfs_host_name(tree->hosts[i]), name) == 0) {
@@ -60,7 +57,7 @@ static int root_lookup(struct snapfs_tree *tree, const struct snapfs_node *paren
 static int host_lookup(struct snapfs_tree *tree, const struct snapfs_node *parent, const char *name,
                        struct snapfs_node **child)
 {
-    if (hosts_folder_down(tree, parent))
+    if (host_folder_down(tree, parent))
         return -1;
     return hosts_lookup_domain(parent, name, child);
 }
@@ -105,7 +102,7 @@ static int root_getattr(struct snapfs_tree *tree, const struct snapfs_node *node
 static int host_getattr(struct snapfs_tree *tree, const struct snapfs_node *node, struct stat *st)
 {
     tree_stat_dir(tree, st, 0555, tree->mounted);
-    tree_number(tree, node, st);
+    tree_stat_ino(tree, node, st);
     return 0;
 }
 
@@ -119,23 +116,20 @@ static int domain_getattr(struct snapfs_tree *tree, const struct snapfs_node *no
     tree_stat_dir(tree, st, tree->config.read_only ? 0555 : 0755, tree->mounted);
     st->st_nlink = 3 + domain->snapshots->len;
     snapfs_domain_unref(domain);
-    tree_number(tree, node, st);
+    tree_stat_ino(tree, node, st);
     return 0;
 }
 
 /* ---- readdir -------------------------------------------------------------------- */
 
-/* A host's domains; one of several hosts that is down is an empty folder (user.snapfs.error says why). */
+/* A host's domains. */
 static int hosts_list_domains(struct snapfs_tree *tree, const struct snapfs_node *node, snapfs_dirent_fn fn,
                               void *opaque)
 {
-    g_autoptr(GPtrArray) names = NULL;
+    g_autoptr(GPtrArray) names = snapfs_host_list_domains(tree_host(tree, node));
     struct snapfs_node child = *node;
     int ret = 0;
 
-    if (hosts_folder_down(tree, node))
-        return 0;
-    names = snapfs_host_list_domains(tree_host(tree, node));
     if (!names)
         return -1;
     child.kind = SNAPFS_NODE_DOMAIN;
@@ -152,7 +146,7 @@ static int root_readdir(struct snapfs_tree *tree, const struct snapfs_node *node
     struct snapfs_node child = *node;
     int ret = 0;
 
-    if (hosts_lists_domains(tree, node))
+    if (root_is_host_folder(tree))
         return hosts_list_domains(tree, node, fn, opaque);
     child.kind = SNAPFS_NODE_HOST;
     for (size_t i = 0; i < tree->n_hosts && ret == 0; i++) {
@@ -165,6 +159,15 @@ static int root_readdir(struct snapfs_tree *tree, const struct snapfs_node *node
 bool tree_name_reserved(const char *name)
 {
     return strcmp(name, "revert") == 0 || strcmp(name, "layers") == 0;
+}
+
+/* One of several hosts that is down is an empty folder (user.snapfs.error says why). */
+static int host_readdir(struct snapfs_tree *tree, const struct snapfs_node *node, snapfs_dirent_fn fn,
+                        void *opaque)
+{
+    if (host_folder_down(tree, node))
+        return 0;
+    return hosts_list_domains(tree, node, fn, opaque);
 }
 
 /* A snapshot named like a control file, "." or ".." cannot be shown (src/README.md, "The tree and its names"). */
@@ -218,7 +221,7 @@ static int root_xattrs(struct snapfs_tree *tree, const struct snapfs_node *node,
 {
     struct guest_pool_stats stats;
 
-    if (hosts_lists_domains(tree, node))
+    if (root_is_host_folder(tree))
         hosts_put_xattrs(tree, node, list);
     guest_pool_get_stats(tree->guests, &stats);
     tree_xattr_put(list, "appliances", g_strdup_printf("%u", stats.running));
@@ -284,12 +287,13 @@ const struct tree_kind tree_kind_host = {
     .cache = SNAPFS_CACHE_SHORT,
     .lookup = host_lookup,
     .getattr = host_getattr,
-    .readdir = hosts_list_domains,
+    .readdir = host_readdir,
     .xattrs = host_xattrs,
 };
 
 const struct tree_kind tree_kind_domain = {
     .cache = SNAPFS_CACHE_SHORT,
+    .holds_snapshots = true,
     .lookup = domain_lookup,
     .getattr = domain_getattr,
     .readdir = domain_readdir,

@@ -49,6 +49,23 @@ bool snapfs_tree_is_control(const struct snapfs_node *node)
     return tree_kind_of(node)->write != NULL;
 }
 
+bool snapfs_tree_holds_snapshots(const struct snapfs_node *node)
+{
+    return tree_kind_of(node)->holds_snapshots;
+}
+
+bool snapfs_tree_is_describable(const struct snapfs_node *node)
+{
+    return tree_kind_of(node)->describable;
+}
+
+struct snapfs_node *snapfs_tree_listed_node(const struct snapfs_node *dir, const char *name, const struct stat *st)
+{
+    const struct tree_kind *kind = tree_kind_of(dir);
+
+    return kind->listed_node ? kind->listed_node(dir, name, st) : NULL;
+}
+
 int snapfs_tree_lookup(struct snapfs_tree *tree, const struct snapfs_node *parent, const char *name,
                        struct snapfs_node **child_out, struct stat *st)
 {

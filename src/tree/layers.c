@@ -179,7 +179,7 @@ static int layers_getattr(struct snapfs_tree *tree, const struct snapfs_node *no
         return -1;
     snapfs_domain_unref(domain);
     tree_stat_dir(tree, st, 0555, tree->mounted);
-    tree_number(tree, node, st);
+    tree_stat_ino(tree, node, st);
     return 0;
 }
 
@@ -201,7 +201,7 @@ static int layer_getattr(struct snapfs_tree *tree, const struct snapfs_node *nod
             st->st_ctim = image.st_ctim;
             st->st_atim = image.st_mtim;
         }
-        tree_number(tree, node, st);
+        tree_stat_ino(tree, node, st);
     }
     snapfs_domain_unref(domain);
     return layer ? 0 : -1;
@@ -348,6 +348,6 @@ const struct tree_kind tree_kind_layer = {
     .cache = SNAPFS_CACHE_NONE,
     .lookup = tree_content_lookup,
     .getattr = layer_getattr,
-    .readdir = tree_content_readdir,
+    .readdir = tree_content_root_readdir,
     .xattrs = layer_xattrs,
 };

@@ -36,7 +36,7 @@ static int snapshot_getattr(struct snapfs_tree *tree, const struct snapfs_node *
     snap = snapshot_find(domain, node);
     if (snap) {
         tree_stat_dir(tree, st, 0555, (time_t)snap->created);
-        tree_number(tree, node, st);
+        tree_stat_ino(tree, node, st);
     }
     snapfs_domain_unref(domain);
     return snap ? 0 : -1;
@@ -70,8 +70,9 @@ static int snapshot_xattrs(struct snapfs_tree *tree, const struct snapfs_node *n
 const struct tree_kind tree_kind_snapshot = {
     .content = true,
     .cache = SNAPFS_CACHE_SHORT,
+    .describable = true,
     .lookup = tree_content_lookup,
     .getattr = snapshot_getattr,
-    .readdir = tree_content_readdir,
+    .readdir = tree_content_root_readdir,
     .xattrs = snapshot_xattrs,
 };

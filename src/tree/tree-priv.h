@@ -52,6 +52,10 @@ struct tree_kind {
     bool content;
     /* How long the kernel may keep what the node says (FOREVER is LIVE below the live top layer). */
     enum snapfs_cache cache;
+    /* A domain's folder: mkdir and rmdir in it make and delete snapshots. */
+    bool holds_snapshots;
+    /* A snapshot's folder: user.snapfs.description can be set on it. */
+    bool describable;
     int (*lookup)(struct snapfs_tree *tree, const struct snapfs_node *parent, const char *name,
                   struct snapfs_node **child);
     /* Fills @st, st_ino included. */
@@ -66,6 +70,8 @@ struct tree_kind {
     int (*readlink)(struct snapfs_tree *tree, const struct snapfs_node *node, char **target);
     int (*write)(struct snapfs_tree *tree, const struct snapfs_node *node, const char *buf, size_t size,
                  off_t offset, bool first);
+    /* snapfs_tree_listed_node(): where a listing of this kind knows its entries' attributes exactly. */
+    struct snapfs_node *(*listed_node)(const struct snapfs_node *dir, const char *name, const struct stat *st);
 };
 
 /* hosts.c; and the names a domain's folder keeps for itself, which no snapshot shown there may take. */
@@ -101,7 +107,7 @@ ino_t tree_ino(struct snapfs_tree *tree, const char *key);
 /* A folder of snapfs's own, owned by the mounting user; st_ino is left 0 (tree_number() sets it). */
 void tree_stat_dir(struct snapfs_tree *tree, struct stat *st, mode_t mode, time_t when);
 /* Gives @st the inode number of @node's key: stable while snapfs runs. */
-void tree_number(struct snapfs_tree *tree, const struct snapfs_node *node, struct stat *st);
+void tree_stat_ino(struct snapfs_tree *tree, const struct snapfs_node *node, struct stat *st);
 /* Hands the entry @child, called @name, to a readdir callback, with its type and inode number only. */
 int tree_list_entry(struct snapfs_tree *tree, const struct snapfs_node *child, const char *name,
                     snapfs_dirent_fn fn, void *opaque);
@@ -167,5 +173,8 @@ int tree_content_lookup(struct snapfs_tree *tree, const struct snapfs_node *pare
                         struct snapfs_node **child);
 int tree_content_readdir(struct snapfs_tree *tree, const struct snapfs_node *node, snapfs_dirent_fn fn,
                          void *opaque);
+/* Readdir of a snapshot's or a layer's root: a remote host's is an empty folder (user.snapfs.error says why). */
+int tree_content_root_readdir(struct snapfs_tree *tree, const struct snapfs_node *node, snapfs_dirent_fn fn,
+                              void *opaque);
 /* user.snapfs.error of a snapshot or a layer: why its root shows nothing, if it does not. */
 void tree_content_put_error(struct snapfs_tree *tree, const struct snapfs_node *node, struct tree_xattrs *list);

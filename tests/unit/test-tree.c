@@ -244,6 +244,10 @@ static void test_tree_refusals_by_kind(void)
     g_assert_cmpint(snapfs_error_errno(), ==, ENOTSUP);
     g_assert_cmpint(snapfs_tree_rename(domain, false), ==, -1);
     g_assert_cmpint(snapfs_error_errno(), ==, EXDEV);
+    g_assert_true(snapfs_tree_holds_snapshots(domain));
+    g_assert_false(snapfs_tree_holds_snapshots(snapshot));
+    g_assert_true(snapfs_tree_is_describable(snapshot));
+    g_assert_false(snapfs_tree_is_describable(domain));
     g_assert_true(snapfs_tree_is_control(revert));
     g_assert_false(snapfs_tree_is_control(domain));
     g_assert_cmpint(snapfs_tree_check_open(revert, true), ==, 0);
