@@ -77,21 +77,6 @@ ssize_t snapfs_tree_handle_read(struct snapfs_tree *tree, struct snapfs_handle *
     return n;
 }
 
-/*
- * The engine's and revert's last word before they change @files: EBUSY,
- * naming the views and how many handles, while files or directories are open
- * in views that read any of them.  A view counts when its chain holds one of
- * them, whether or not its bytes would read otherwise afterwards (a merge
- * rewrites the files, so reads through the handle would fail): for rmdir of
- * an external snapshot that is the snapshot itself, the layer it froze and
- * every layer above (the live disk), and later snapshots that froze an image
- * above; never the layers below what is merged into, nor the snapshots that
- * froze them (the engine refuses to change an image something else is built
- * on), which stay open and readable through the merge.  For a revert, the
- * live layers and internal snapshots held in the live images.  Otherwise
- * views of @files are dropped and appliances closed (their qemu holds the
- * images open), and none is made again until the operation is over.
- */
 /* How many handles are open on each view that reads any of @files: view label -> guint *.  Tree lock held. */
 static GHashTable *handles_open_in(struct snapfs_tree *tree, const char *const *files)
 {
@@ -117,33 +102,66 @@ static GHashTable *handles_open_in(struct snapfs_tree *tree, const char *const *
 /* A close(2) right before the rmdir: the kernel sends its release without waiting for it. */
 #define TREE_RELEASE_WAIT_MS 1000
 
-int tree_before_change(const char *label, const char *what, const char *const *files, void *opaque)
+/*
+ * handles_open_in(), after waiting up to TREE_RELEASE_WAIT_MS for them to be closed (tree
+ * lock held, let go while waiting).
+ */
+static GHashTable *handles_wait_closed(struct snapfs_tree *tree, const char *const *files)
 {
-    struct snapfs_tree *tree = opaque;
-    g_autoptr(GHashTable) open = NULL;
-    GHashTableIter iter;
-    gpointer key, value;
+    GHashTable *open;
 
-    g_mutex_lock(&tree->lock);
     for (int waited = 0; ; waited += 50) {
         open = handles_open_in(tree, files);
         if (g_hash_table_size(open) == 0 || waited >= TREE_RELEASE_WAIT_MS)
-            break;
-        g_clear_pointer(&open, g_hash_table_unref);
+            return open;
+        g_hash_table_unref(open);
         g_mutex_unlock(&tree->lock);
         g_usleep(50 * G_TIME_SPAN_MILLISECOND);
         g_mutex_lock(&tree->lock);
     }
-    if (g_hash_table_size(open) > 0) {
-        g_autoptr(GString) list = g_string_new(NULL);
+}
 
-        g_hash_table_iter_init(&iter, open);
-        while (g_hash_table_iter_next(&iter, &key, &value))
-            g_string_append_printf(list, "%s%u open in %s", list->len ? ", " : "", *(guint *)value,
-                                   (const char *)key);
+/* "2 open in snapshot 's1' of domain 'h/web01', 1 open in ..." */
+static char *handles_describe(GHashTable *open)
+{
+    GString *list = g_string_new(NULL);
+    GHashTableIter iter;
+    gpointer key, value;
+
+    g_hash_table_iter_init(&iter, open);
+    while (g_hash_table_iter_next(&iter, &key, &value))
+        g_string_append_printf(list, "%s%u open in %s", list->len ? ", " : "", *(guint *)value, (const char *)key);
+    return g_string_free(list, FALSE);
+}
+
+/*
+ * The engine's and revert's last word before they change @files: EBUSY,
+ * naming the views and how many handles, while files or directories are open
+ * in views that read any of them.  A view counts when its chain holds one of
+ * them, whether or not its bytes would read otherwise afterwards (a merge
+ * rewrites the files, so reads through the handle would fail): for rmdir of
+ * an external snapshot that is the snapshot itself, the layer it froze and
+ * every layer above (the live disk), and later snapshots that froze an image
+ * above; never the layers below what is merged into, nor the snapshots that
+ * froze them (the engine refuses to change an image something else is built
+ * on), which stay open and readable through the merge.  For a revert, the
+ * live layers and internal snapshots held in the live images.  Otherwise
+ * views of @files are dropped and appliances closed (their qemu holds the
+ * images open), and none is made again until the operation is over.
+ */
+int tree_before_change(const char *label, const char *what, const char *const *files, void *opaque)
+{
+    struct snapfs_tree *tree = opaque;
+    g_autoptr(GHashTable) open = NULL;
+
+    g_mutex_lock(&tree->lock);
+    open = handles_wait_closed(tree, files);
+    if (g_hash_table_size(open) > 0) {
+        g_autofree char *list = handles_describe(open);
+
         g_mutex_unlock(&tree->lock);
         snapfs_error_set(EBUSY, "%s: files or directories are open in views it would change (%s); close them "
-                         "and try again", what, list->str);
+                         "and try again", what, list);
         return -1;
     }
     for (guint i = 0; files[i]; i++) {
