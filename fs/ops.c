@@ -691,6 +691,40 @@ static int fs_control_carry_out(fuse_req_t req, struct snapfs_node *node, struct
     return ret;
 }
 
+/* Whether a write of @size bytes at @offset starts a request or goes on where the last ended (lock held). */
+static bool fs_control_follows_on(const struct fs_control *control, size_t size, off_t offset)
+{
+    if (control->state == FS_CONTROL_FRESH || control->state == FS_CONTROL_REFUSED)
+        return offset == 0;
+    return control->state == FS_CONTROL_GATHERING && offset >= 0 && (size_t)offset == control->text->len &&
+           control->text->len + size <= FS_CONTROL_MAX;
+}
+
+/* Adds a piece to the request (lock held), and carries it out once a newline ends it. */
+static int fs_control_gather(fuse_req_t req, struct snapfs_node *node, struct fs_control *control, const char *buf,
+                             size_t size)
+{
+    if (!control->text) {
+        control->text = g_string_sized_new(size + 1);
+        control->writer = fs_req_process(req);
+    }
+    g_string_append_len(control->text, buf, (gssize)size);
+    control->state = FS_CONTROL_GATHERING;
+    if (size > 0 && buf[size - 1] == '\n')
+        return fs_control_carry_out(req, node, control);
+    return 0;
+}
+
+/* Out of order or too long: refused (snapfs_tree_write() says why), and so is what was gathered (lock held). */
+static int fs_control_refuse(fuse_req_t req, struct snapfs_node *node, struct fs_control *control, const char *buf,
+                             size_t size, off_t offset)
+{
+    if (control->text)
+        g_string_free(g_steal_pointer(&control->text), TRUE);
+    control->state = FS_CONTROL_REFUSED;
+    return snapfs_tree_write(fs_ctx(req)->tree, node, buf, size, offset, false);
+}
+
 /*
  * A write to revert: the request ("NAME\n") starts at offset 0 with the first write of its open and
  * goes on with writes that follow on where the last ended; it is carried out once a newline ends it
@@ -718,26 +752,12 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
         return;
     }
     g_mutex_lock(&control->lock);
-    if (control->state == FS_CONTROL_DONE && size == 1 && buf[0] == '\n') {
+    if (control->state == FS_CONTROL_DONE && size == 1 && buf[0] == '\n')
         ret = 0;
-    } else if (((control->state == FS_CONTROL_FRESH || control->state == FS_CONTROL_REFUSED) && offset == 0) ||
-               (control->state == FS_CONTROL_GATHERING && offset >= 0 && (size_t)offset == control->text->len &&
-                control->text->len + size <= FS_CONTROL_MAX)) {
-        if (!control->text) {
-            control->text = g_string_sized_new(size + 1);
-            control->writer = fs_req_process(req);
-        }
-        g_string_append_len(control->text, buf, (gssize)size);
-        control->state = FS_CONTROL_GATHERING;
-        if (size > 0 && buf[size - 1] == '\n')
-            ret = fs_control_carry_out(req, node, control);
-    } else {
-        /* Out of order or too long: refused, and so is what was gathered. */
-        if (control->text)
-            g_string_free(g_steal_pointer(&control->text), TRUE);
-        control->state = FS_CONTROL_REFUSED;
-        ret = snapfs_tree_write(fs_ctx(req)->tree, node, buf, size, offset, false);
-    }
+    else if (fs_control_follows_on(control, size, offset))
+        ret = fs_control_gather(req, node, control, buf, size);
+    else
+        ret = fs_control_refuse(req, node, control, buf, size, offset);
     g_mutex_unlock(&control->lock);
     if (ret < 0)
         fs_reply_error(req, "revert", node);
