@@ -26,7 +26,7 @@ struct snapfs_node *tree_guest_child(const struct snapfs_node *dir, const char *
 }
 
 /* An entry of a guest folder; one listed without its attributes yet (st_nlink 0) is looked up when they are needed. */
-static struct snapfs_node *guest_file_listed_node(const struct snapfs_node *dir, const char *name,
+static struct snapfs_node *content_listed_node(const struct snapfs_node *dir, const char *name,
                                                   const struct stat *st)
 {
     return st->st_nlink == 0 ? NULL : tree_guest_child(dir, name);
@@ -37,7 +37,7 @@ static struct snapfs_node *guest_file_listed_node(const struct snapfs_node *dir,
  * (the top bit keeps these apart from tree_ino()'s): a table of every guest file ever seen would grow
  * without bound.  Only numbers too large for the fields take a place in the table.
  */
-static void guest_file_number(struct snapfs_tree *tree, const struct snapfs_node *node, struct stat *st)
+static void content_stat_ino(struct snapfs_tree *tree, const struct snapfs_node *node, struct stat *st)
 {
     g_autofree char *key = tree_key_of(node);
     guint64 view = tree_ino(tree, key), dev = st->st_dev, ino = st->st_ino;
@@ -60,7 +60,7 @@ int tree_content_lookup(struct snapfs_tree *tree, const struct snapfs_node *pare
     return 0;
 }
 
-struct guest_listing {
+struct content_listing {
     struct snapfs_tree *tree;
     const struct snapfs_node *dir;
     snapfs_dirent_fn fn;
@@ -68,29 +68,29 @@ struct guest_listing {
 };
 
 /* One entry of a guest listing, numbered as its lookup would number it. */
-static int guest_listing_entry(void *opaque, const char *name, const struct stat *st)
+static int content_listing_entry(void *opaque, const char *name, const struct stat *st)
 {
-    struct guest_listing *listing = opaque;
+    struct content_listing *listing = opaque;
     struct snapfs_node child = *listing->dir;
     g_autofree char *path = g_build_filename(tree_guest_path(listing->dir), name, NULL);
     struct stat copy = *st;
 
     child.kind = SNAPFS_NODE_GUEST;
     child.path = path;
-    guest_file_number(listing->tree, &child, &copy);
+    content_stat_ino(listing->tree, &child, &copy);
     return listing->fn(listing->opaque, name, &copy);
 }
 
 int tree_content_readdir(struct snapfs_tree *tree, const struct snapfs_node *node, snapfs_dirent_fn fn,
                          void *opaque)
 {
-    struct guest_listing listing = { tree, node, fn, opaque };
+    struct content_listing listing = { tree, node, fn, opaque };
     struct guest_view *view = tree_guest_view(tree, node);
     int ret;
 
     if (!view)
         return -1;
-    ret = guest_view_readdir(view, tree_guest_path(node), guest_listing_entry, &listing);
+    ret = guest_view_readdir(view, tree_guest_path(node), content_listing_entry, &listing);
     guest_view_unref(view);
     return ret < 0 ? -1 : 0;
 }
@@ -113,7 +113,9 @@ void tree_content_put_error(struct snapfs_tree *tree, const struct snapfs_node *
     guest_view_unref(view);
 }
 
-static int guest_file_getattr(struct snapfs_tree *tree, const struct snapfs_node *node, struct stat *st)
+/* ---- the guest kind: each asks the guest reader's view behind the node ---- */
+
+static int content_getattr(struct snapfs_tree *tree, const struct snapfs_node *node, struct stat *st)
 {
     struct guest_view *view = tree_guest_view(tree, node);
     int ret;
@@ -123,11 +125,11 @@ static int guest_file_getattr(struct snapfs_tree *tree, const struct snapfs_node
     ret = guest_view_getattr(view, node->path, st);
     guest_view_unref(view);
     if (ret == 0)
-        guest_file_number(tree, node, st);
+        content_stat_ino(tree, node, st);
     return ret;
 }
 
-static int guest_file_readlink(struct snapfs_tree *tree, const struct snapfs_node *node, char **target)
+static int content_readlink(struct snapfs_tree *tree, const struct snapfs_node *node, char **target)
 {
     struct guest_view *view = tree_guest_view(tree, node);
     int ret;
@@ -139,7 +141,7 @@ static int guest_file_readlink(struct snapfs_tree *tree, const struct snapfs_nod
     return ret;
 }
 
-static ssize_t guest_file_read(struct snapfs_tree *tree, const struct snapfs_node *node, char *buf, size_t size,
+static ssize_t content_read(struct snapfs_tree *tree, const struct snapfs_node *node, char *buf, size_t size,
                                off_t offset)
 {
     struct guest_view *view = tree_guest_view(tree, node);
@@ -152,7 +154,7 @@ static ssize_t guest_file_read(struct snapfs_tree *tree, const struct snapfs_nod
     return ret;
 }
 
-static ssize_t guest_file_getxattr(struct snapfs_tree *tree, const struct snapfs_node *node, const char *name,
+static ssize_t content_getxattr(struct snapfs_tree *tree, const struct snapfs_node *node, const char *name,
                                    char *buf, size_t size)
 {
     struct guest_view *view = tree_guest_view(tree, node);
@@ -165,7 +167,7 @@ static ssize_t guest_file_getxattr(struct snapfs_tree *tree, const struct snapfs
     return ret;
 }
 
-static ssize_t guest_file_listxattr(struct snapfs_tree *tree, const struct snapfs_node *node, char *buf,
+static ssize_t content_listxattr(struct snapfs_tree *tree, const struct snapfs_node *node, char *buf,
                                     size_t size)
 {
     struct guest_view *view = tree_guest_view(tree, node);
@@ -182,11 +184,11 @@ const struct tree_kind tree_kind_guest = {
     .content = true,
     .cache = SNAPFS_CACHE_FOREVER,
     .lookup = tree_content_lookup,
-    .getattr = guest_file_getattr,
+    .getattr = content_getattr,
     .readdir = tree_content_readdir,
-    .getxattr = guest_file_getxattr,
-    .listxattr = guest_file_listxattr,
-    .read = guest_file_read,
-    .readlink = guest_file_readlink,
-    .listed_node = guest_file_listed_node,
+    .getxattr = content_getxattr,
+    .listxattr = content_listxattr,
+    .read = content_read,
+    .readlink = content_readlink,
+    .listed_node = content_listed_node,
 };

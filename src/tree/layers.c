@@ -171,7 +171,7 @@ static int disk_lookup(struct snapfs_tree *tree, const struct snapfs_node *paren
 /* ---- getattr ------------------------------------------------------------------ */
 
 /* The layers folder and a disk's: read-only folders, present while the domain is. */
-static int layers_getattr(struct snapfs_tree *tree, const struct snapfs_node *node, struct stat *st)
+static int layers_folder_getattr(struct snapfs_tree *tree, const struct snapfs_node *node, struct stat *st)
 {
     struct snapfs_domain *domain = tree_domain(tree, node);
 
@@ -329,7 +329,7 @@ static int layer_xattrs(struct snapfs_tree *tree, const struct snapfs_node *node
 const struct tree_kind tree_kind_layers = {
     .cache = SNAPFS_CACHE_SHORT,
     .lookup = layers_lookup,
-    .getattr = layers_getattr,
+    .getattr = layers_folder_getattr,
     .readdir = layers_readdir,
     .xattrs = layers_xattrs,
 };
@@ -337,7 +337,7 @@ const struct tree_kind tree_kind_layers = {
 const struct tree_kind tree_kind_disk = {
     .cache = SNAPFS_CACHE_SHORT,
     .lookup = disk_lookup,
-    .getattr = layers_getattr,
+    .getattr = layers_folder_getattr,
     .readdir = disk_readdir,
     .xattrs = disk_xattrs,
 };
