@@ -53,9 +53,9 @@ extern const struct fuse_lowlevel_ops fs_operations;
 /* After the session: free the listings of folders still open (no releasedir will come). */
 void fs_free_open_dirs(struct fs_context *ctx);
 
-/* Once the session exists: the kernel is told to drop its cache of files whose images changed under a handle. */
 /* Frees a revert file's open state (the destroy function of open_controls). */
 void fs_control_destroy(gpointer data);
+/* Once the session exists: the kernel is told to drop its cache of files whose images changed under a handle. */
 void fs_watch_stale(struct fs_context *ctx);
 /* Before the session goes (nothing more is told). */
 void fs_unwatch_stale(struct fs_context *ctx);

@@ -46,17 +46,8 @@ static double fs_timeout(const struct snapfs_node *node)
         return FS_FOREVER;
     case SNAPFS_CACHE_LIVE:
         return FS_LIVE;
-    default:
-        break;
-    }
-    /* What libvirt says must show within a second: snapfs caches it briefly itself. */
-    switch (node->kind) {
-    case SNAPFS_NODE_ROOT:
-    case SNAPFS_NODE_HOST:
-    case SNAPFS_NODE_DOMAIN:
-    case SNAPFS_NODE_SNAPSHOT:
-    case SNAPFS_NODE_LAYERS:
-    case SNAPFS_NODE_DISK:
+    case SNAPFS_CACHE_SHORT:
+        /* What libvirt says must show within a second: snapfs caches it briefly itself. */
         return FS_NAME;
     default:
         /* Layer names change when a chain does; control files are asked each time. */
@@ -198,8 +189,7 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
     if (!dir)
         return;
     if (snapfs_tree_lookup(fs_ctx(req)->tree, dir, name, &child, &st) < 0) {
-        if (snapfs_error_errno() == ENOENT && snapfs_node_cache(dir) == SNAPFS_CACHE_FOREVER &&
-            dir->kind == SNAPFS_NODE_GUEST) {
+        if (snapfs_error_errno() == ENOENT && snapfs_node_cache(dir) == SNAPFS_CACHE_FOREVER) {
             struct fuse_entry_param negative = { .entry_timeout = FS_FOREVER };
 
             fuse_reply_entry(req, &negative);
@@ -252,7 +242,7 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
         return;
     if (snapfs_tree_getattr(fs_ctx(req)->tree, node, &st) < 0)
         fs_reply_error(req, "getattr", node);
-    else if (node->kind == SNAPFS_NODE_ROOT && fs_ctx(req)->admission)
+    else if (ino == FUSE_ROOT_ID && fs_ctx(req)->admission)
         /*
          * Every path into the mount is checked against the root's attributes: kept by the kernel, they
          * would let one who may not enter walk names it has cached (default_permissions checks modes
@@ -275,14 +265,12 @@ static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 
     if (!node)
         return;
-    if (node->kind == SNAPFS_NODE_REVERT && to_set == FUSE_SET_ATTR_SIZE && attr->st_size == 0 &&
+    if (snapfs_tree_is_control(node) && to_set == FUSE_SET_ATTR_SIZE && attr->st_size == 0 &&
         snapfs_tree_getattr(fs_ctx(req)->tree, node, &st) == 0) {
         fuse_reply_attr(req, &st, 0.0);
     } else {
-        bool content = node->kind == SNAPFS_NODE_GUEST || node->kind == SNAPFS_NODE_SNAPSHOT ||
-                       node->kind == SNAPFS_NODE_LAYER;
-
-        fuse_reply_err(req, content ? EROFS : EPERM);
+        snapfs_tree_refuse_change(node, "change attributes");
+        fs_reply_error(req, "setattr", node);
     }
     snapfs_node_free(node);
 }
@@ -418,7 +406,7 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
         return;
     }
     fi->fh = (uintptr_t)dir;
-    if (fs_timeout(node) > 0 && snapfs_node_cache(node) == SNAPFS_CACHE_SHORT)
+    if (snapfs_node_cache(node) == SNAPFS_CACHE_SHORT)
         fs_forget_vanished(req, ino, dir);
     if (snapfs_node_cache(node) == SNAPFS_CACHE_FOREVER) {
         fi->keep_cache = 1;
@@ -428,13 +416,28 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
         fs_dir_free(ctx, dir);   /* the opener was interrupted: no releasedir comes */
 }
 
+/*
+ * One entry of readdirplus: with its attributes and a lookup counted where the tree knows them
+ * exactly (guest content, snapfs_tree_listed_node()); else the kernel looks it up when it needs them.
+ */
+static size_t fs_add_direntry_plus(fuse_req_t req, fuse_ino_t ino, const struct fs_dir *dir,
+                                   const struct fs_dirent *entry, char *buf, size_t size, off_t next)
+{
+    struct snapfs_node *child = snapfs_tree_listed_node(dir->node, entry->name, &entry->st);
+    struct fuse_entry_param param = { .attr = entry->st };
+
+    if (child) {
+        param.attr_timeout = param.entry_timeout = fs_timeout(child);
+        param.ino = fs_inodes_get(fs_ctx(req)->inodes, ino, entry->name, child, S_ISDIR(entry->st.st_mode));
+        snapfs_node_free(child);
+    }
+    return fuse_add_direntry_plus(req, buf, size, entry->name, &param, next);
+}
+
 static void fs_readdir_any(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset,
                            struct fuse_file_info *fi, bool plus)
 {
     struct fs_dir *dir = (struct fs_dir *)(uintptr_t)fi->fh;
-    /* Attributes come with the entries only for guest content, where they are exact and cached. */
-    bool attrs = plus && snapfs_node_cache(dir->node) != SNAPFS_CACHE_SHORT &&
-                 dir->node->kind != SNAPFS_NODE_REVERT;
     g_autofree char *buf = NULL;
     size_t used = 0;
 
@@ -450,28 +453,12 @@ static void fs_readdir_any(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
         struct fs_dirent *entry = &g_array_index(dir->entries, struct fs_dirent, i);
         size_t len;
 
-        if (!plus) {
+        if (!plus)
             len = fuse_add_direntry(req, buf + used, size - used, entry->name, &entry->st, i + 1);
-        } else {
-            struct fuse_entry_param param = { .attr = entry->st };
-
-            /* Counts a lookup only for an entry that fits, or the kernel's count and ours part. */
-            if (fuse_add_direntry_plus(req, NULL, 0, entry->name, NULL, 0) > size - used)
-                break;
-            /* An entry listed without its attributes yet: the kernel looks it up when it needs them. */
-            if (attrs && entry->st.st_nlink > 0) {
-                struct snapfs_node child = *dir->node;
-                g_autofree char *path = g_build_filename(dir->node->kind == SNAPFS_NODE_GUEST ?
-                                                         dir->node->path : "/", entry->name, NULL);
-
-                child.kind = SNAPFS_NODE_GUEST;
-                child.path = path;
-                param.attr_timeout = param.entry_timeout = fs_timeout(&child);
-                param.ino = fs_inodes_get(fs_ctx(req)->inodes, ino, entry->name, &child,
-                                          S_ISDIR(entry->st.st_mode));
-            }
-            len = fuse_add_direntry_plus(req, buf + used, size - used, entry->name, &param, i + 1);
-        }
+        else if (fuse_add_direntry_plus(req, NULL, 0, entry->name, NULL, 0) > size - used)
+            break;   /* counts a lookup only for an entry that fits, or the kernel's count and ours part */
+        else
+            len = fs_add_direntry_plus(req, ino, dir, entry, buf + used, size - used, i + 1);
         if (len > size - used)
             break;
         used += len;
@@ -593,7 +580,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 
     if (!node)
         return;
-    if (node->kind == SNAPFS_NODE_REVERT) {
+    if (snapfs_tree_is_control(node)) {
         if (writing && !fs_may_administer(req)) {
             fuse_reply_err(req, EACCES);
         } else {
@@ -608,11 +595,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
             if (!fs_reply_open(ctx, req, fi))
                 fs_control_free(ctx, control);   /* the opener was interrupted: no release comes */
         }
-    } else if (node->kind != SNAPFS_NODE_GUEST) {
-        fuse_reply_err(req, EISDIR);
-    } else if (writing) {
-        fuse_reply_err(req, EROFS);
-    } else if (!(handle = snapfs_tree_open(ctx->tree, node, ino))) {
+    } else if (snapfs_tree_check_open(node, writing) < 0 || !(handle = snapfs_tree_open(ctx->tree, node, ino))) {
         fs_reply_error(req, "open", node);
     } else {
         fi->fh = (uintptr_t)handle;
@@ -637,7 +620,7 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, s
     if (!node)
         return;
     buf = g_malloc(size ? size : 1);
-    if (node->kind == SNAPFS_NODE_GUEST && handle)
+    if (!snapfs_tree_is_control(node) && handle)
         n = snapfs_tree_handle_read(fs_ctx(req)->tree, handle, buf, size, offset);
     else
         n = snapfs_tree_read(fs_ctx(req)->tree, node, buf, size, offset);
@@ -708,6 +691,40 @@ static int fs_control_carry_out(fuse_req_t req, struct snapfs_node *node, struct
     return ret;
 }
 
+/* Whether a write of @size bytes at @offset starts a request or goes on where the last ended (lock held). */
+static bool fs_control_follows_on(const struct fs_control *control, size_t size, off_t offset)
+{
+    if (control->state == FS_CONTROL_FRESH || control->state == FS_CONTROL_REFUSED)
+        return offset == 0;
+    return control->state == FS_CONTROL_GATHERING && offset >= 0 && (size_t)offset == control->text->len &&
+           control->text->len + size <= FS_CONTROL_MAX;
+}
+
+/* Adds a piece to the request (lock held), and carries it out once a newline ends it. */
+static int fs_control_gather(fuse_req_t req, struct snapfs_node *node, struct fs_control *control, const char *buf,
+                             size_t size)
+{
+    if (!control->text) {
+        control->text = g_string_sized_new(size + 1);
+        control->writer = fs_req_process(req);
+    }
+    g_string_append_len(control->text, buf, (gssize)size);
+    control->state = FS_CONTROL_GATHERING;
+    if (size > 0 && buf[size - 1] == '\n')
+        return fs_control_carry_out(req, node, control);
+    return 0;
+}
+
+/* Out of order or too long: refused (snapfs_tree_write() says why), and so is what was gathered (lock held). */
+static int fs_control_refuse(fuse_req_t req, struct snapfs_node *node, struct fs_control *control, const char *buf,
+                             size_t size, off_t offset)
+{
+    if (control->text)
+        g_string_free(g_steal_pointer(&control->text), TRUE);
+    control->state = FS_CONTROL_REFUSED;
+    return snapfs_tree_write(fs_ctx(req)->tree, node, buf, size, offset, false);
+}
+
 /*
  * A write to revert: the request ("NAME\n") starts at offset 0 with the first write of its open and
  * goes on with writes that follow on where the last ended; it is carried out once a newline ends it
@@ -728,33 +745,19 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 
     if (!node)
         return;
-    control = node->kind == SNAPFS_NODE_REVERT ? fs_control_of(fs_ctx(req), fi->fh) : NULL;
+    control = snapfs_tree_is_control(node) ? fs_control_of(fs_ctx(req), fi->fh) : NULL;
     if (!control) {
-        fuse_reply_err(req, EROFS);
+        fuse_reply_err(req, EROFS);   /* only an open control file takes writes */
         snapfs_node_free(node);
         return;
     }
     g_mutex_lock(&control->lock);
-    if (control->state == FS_CONTROL_DONE && size == 1 && buf[0] == '\n') {
+    if (control->state == FS_CONTROL_DONE && size == 1 && buf[0] == '\n')
         ret = 0;
-    } else if (((control->state == FS_CONTROL_FRESH || control->state == FS_CONTROL_REFUSED) && offset == 0) ||
-               (control->state == FS_CONTROL_GATHERING && offset >= 0 && (size_t)offset == control->text->len &&
-                control->text->len + size <= FS_CONTROL_MAX)) {
-        if (!control->text) {
-            control->text = g_string_sized_new(size + 1);
-            control->writer = fs_req_process(req);
-        }
-        g_string_append_len(control->text, buf, (gssize)size);
-        control->state = FS_CONTROL_GATHERING;
-        if (size > 0 && buf[size - 1] == '\n')
-            ret = fs_control_carry_out(req, node, control);
-    } else {
-        /* Out of order or too long: refused, and so is what was gathered. */
-        if (control->text)
-            g_string_free(g_steal_pointer(&control->text), TRUE);
-        control->state = FS_CONTROL_REFUSED;
-        ret = snapfs_tree_write(fs_ctx(req)->tree, node, buf, size, offset, false);
-    }
+    else if (fs_control_follows_on(control, size, offset))
+        ret = fs_control_gather(req, node, control, buf, size);
+    else
+        ret = fs_control_refuse(req, node, control, buf, size, offset);
     g_mutex_unlock(&control->lock);
     if (ret < 0)
         fs_reply_error(req, "revert", node);
@@ -809,7 +812,7 @@ static void fs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 
     if (!dir)
         return;
-    if (dir->kind == SNAPFS_NODE_DOMAIN && !fs_may_administer(req))
+    if (snapfs_tree_holds_snapshots(dir) && !fs_may_administer(req))
         fuse_reply_err(req, EACCES);
     else if (snapfs_tree_mkdir(ctx->tree, dir, name) < 0)
         fs_reply_error(req, "mkdir", dir);
@@ -833,7 +836,7 @@ static void fs_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 
     if (!dir)
         return;
-    if (dir->kind == SNAPFS_NODE_DOMAIN && !fs_may_administer(req))
+    if (snapfs_tree_holds_snapshots(dir) && !fs_may_administer(req))
         fuse_reply_err(req, EACCES);
     else if (snapfs_tree_rmdir(fs_ctx(req)->tree, dir, name) < 0)
         fs_reply_error(req, "rmdir", dir);
@@ -842,46 +845,46 @@ static void fs_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
     snapfs_node_free(dir);
 }
 
-/* Nothing else can be made or removed: EROFS in snapshots and layers, EPERM elsewhere, node errnos. */
-static void fs_refuse(fuse_req_t req, fuse_ino_t parent)
+/* A change no node takes (snapfs_tree_refuse_change()): EROFS in snapshots and layers, EPERM elsewhere, node errnos. */
+static void fs_refuse(fuse_req_t req, fuse_ino_t ino, const char *what)
 {
-    struct snapfs_node *dir = fs_node(req, parent);
+    struct snapfs_node *node = fs_node(req, ino);
 
-    if (!dir)
+    if (!node)
         return;
-    fuse_reply_err(req, dir->kind == SNAPFS_NODE_GUEST || dir->kind == SNAPFS_NODE_SNAPSHOT ||
-                        dir->kind == SNAPFS_NODE_LAYER ? EROFS : EPERM);
-    snapfs_node_free(dir);
+    snapfs_tree_refuse_change(node, what);
+    fs_reply_error(req, what, node);
+    snapfs_node_free(node);
 }
 
 /* mknod: refused (fs_refuse()): EROFS, EPERM, node errnos. */
 static void fs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
 {
-    fs_refuse(req, parent);
+    fs_refuse(req, parent, "mknod");
 }
 
 /* Creating a file: refused (fs_refuse()): EROFS, EPERM, node errnos. */
 static void fs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi)
 {
-    fs_refuse(req, parent);
+    fs_refuse(req, parent, "create a file");
 }
 
 /* unlink: refused (fs_refuse()), revert included: EROFS, EPERM, node errnos. */
 static void fs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-    fs_refuse(req, parent);
+    fs_refuse(req, parent, "unlink");
 }
 
 /* symlink: refused (fs_refuse()): EROFS, EPERM, node errnos. */
 static void fs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
 {
-    fs_refuse(req, parent);
+    fs_refuse(req, parent, "make a symlink");
 }
 
 /* Hard links: refused in the new parent (fs_refuse()): EROFS, EPERM, node errnos. */
 static void fs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t parent, const char *name)
 {
-    fs_refuse(req, parent);
+    fs_refuse(req, parent, "make a hard link");
 }
 
 /*
@@ -895,10 +898,8 @@ static void fs_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 
     if (!dir)
         return;
-    if (dir->kind == SNAPFS_NODE_DOMAIN)
-        fuse_reply_err(req, parent == newparent ? ENOTSUP : EXDEV);
-    else
-        fs_refuse(req, parent);
+    snapfs_tree_rename(dir, parent == newparent);
+    fs_reply_error(req, "rename", dir);
     snapfs_node_free(dir);
 }
 
@@ -955,7 +956,7 @@ static void fs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const 
 
     if (!node)
         return;
-    if (node->kind == SNAPFS_NODE_SNAPSHOT && !fs_may_administer(req))
+    if (snapfs_tree_is_describable(node) && !fs_may_administer(req))
         fuse_reply_err(req, EACCES);
     else if (snapfs_tree_setxattr(fs_ctx(req)->tree, node, name, value, size) < 0)
         fs_reply_error(req, "setxattr", node);
@@ -964,16 +965,10 @@ static void fs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const 
     snapfs_node_free(node);
 }
 
-/* No xattr can be removed: EROFS in snapshots and layers, EPERM elsewhere, node errnos. */
+/* No xattr can be removed (fs_refuse()): EROFS in snapshots and layers, EPERM elsewhere, node errnos. */
 static void fs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
-    struct snapfs_node *node = fs_node(req, ino);
-
-    if (!node)
-        return;
-    fuse_reply_err(req, node->kind == SNAPFS_NODE_GUEST || node->kind == SNAPFS_NODE_SNAPSHOT ||
-                        node->kind == SNAPFS_NODE_LAYER ? EROFS : EPERM);
-    snapfs_node_free(node);
+    fs_refuse(req, ino, "remove an attribute");
 }
 
 /* Fixed numbers (4 KiB blocks, none counted, 255-byte names): EACCES to a caller not let in. */

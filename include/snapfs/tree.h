@@ -25,7 +25,7 @@ enum snapfs_node_kind {
 
 /* How long the kernel may keep what a node says. */
 enum snapfs_cache {
-    SNAPFS_CACHE_NONE,      /* control files: ask every time */
+    SNAPFS_CACHE_NONE,      /* control files, and layers (their names change with the chain): ask every time */
     SNAPFS_CACHE_SHORT,     /* what libvirt says: a fraction of a second */
     SNAPFS_CACHE_LIVE,      /* a live disk's files: briefly */
     SNAPFS_CACHE_FOREVER,   /* frozen content never changes */
@@ -126,5 +126,30 @@ ssize_t snapfs_tree_handle_read(struct snapfs_tree *tree, struct snapfs_handle *
  */
 void snapfs_tree_set_stale_fn(struct snapfs_tree *tree, void (*fn)(guint64 cookie, void *opaque), void *opaque);
 
-/* Whether @node accepts writes of any kind (else EROFS); mkdir/rmdir/revert need it. */
+/* Whether @node is a control file (revert): opened, it takes writes, and snapfs_tree_read() makes its content. */
 bool snapfs_tree_is_control(const struct snapfs_node *node);
+
+/*
+ * Where a change would reach libvirt, for fs/ to let only root and the mounting user ask it
+ * (EACCES); elsewhere the tree refuses it by kind, whoever asks: mkdir and rmdir in a domain's
+ * folder (it holds snapshots), user.snapfs.description set on a snapshot (it is describable).
+ */
+bool snapfs_tree_holds_snapshots(const struct snapfs_node *node);
+bool snapfs_tree_is_describable(const struct snapfs_node *node);
+
+/*
+ * The changes no node takes (create, unlink, mknod, symlink, link, chmod and the like,
+ * removexattr): -1 with EROFS in snapshots, layers and guest files, EPERM in snapfs's own
+ * folders and files, and the reason.  @what says what was asked ("create a file").
+ */
+int snapfs_tree_refuse_change(const struct snapfs_node *node, const char *what);
+/* Renaming in folder @parent (to the same folder when @same_folder): -1 with ENOTSUP, EXDEV, or as above. */
+int snapfs_tree_rename(const struct snapfs_node *parent, bool same_folder);
+/* Before a file is opened (a control file's open goes to fs/): -1 with EISDIR for a folder, EROFS for writing. */
+int snapfs_tree_check_open(const struct snapfs_node *node, bool writing);
+/*
+ * The node of entry @name that snapfs_tree_readdir() of @dir listed with @st, where that
+ * listing knows its attributes exactly (a guest folder's entries: readdirplus may hand them
+ * to the kernel); NULL where it does not.  The caller frees it.
+ */
+struct snapfs_node *snapfs_tree_listed_node(const struct snapfs_node *dir, const char *name, const struct stat *st);

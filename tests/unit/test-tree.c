@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* Unit test of src/tree.c and src/virt.c against libvirt's test:/// driver with a fixture of snapshots and real image chains. */
+/* Unit test of src/tree/ and src/host.c against libvirt's test:/// driver with a fixture of snapshots and real image chains. */
 #include "snapfs/chain.h"
 #include "snapfs/error.h"
 #include "snapfs/tree.h"
@@ -207,6 +207,77 @@ static void test_tree_errors(void)
     snapfs_node_free(root);
 }
 
+/* What each kind refuses, and with which errno: fs/ops.c answers the kernel with it unchanged. */
+static void test_tree_refusals_by_kind(void)
+{
+    const char *content[] = { "/web01/s1", "/web01/layers/vda/0-base.qcow2" };
+    const char *own[] = { "/", "/web01", "/web01/revert", "/web01/layers", "/web01/layers/vda" };
+    struct snapfs_node *domain = lookup_path("/web01");
+    struct snapfs_node *revert = lookup_path("/web01/revert");
+    struct snapfs_node *snapshot = lookup_path("/web01/s1");
+    struct snapfs_node *file, *child;
+    struct stat st = { .st_nlink = 1, .st_mode = S_IFREG };
+
+    for (guint i = 0; i < G_N_ELEMENTS(content); i++) {
+        struct snapfs_node *node = lookup_path(content[i]);
+
+        g_assert_nonnull(node);
+        g_assert_cmpint(snapfs_tree_refuse_change(node, "unlink"), ==, -1);
+        g_assert_cmpint(snapfs_error_errno(), ==, EROFS);
+        g_assert_cmpint(snapfs_tree_rename(node, true), ==, -1);
+        g_assert_cmpint(snapfs_error_errno(), ==, EROFS);
+        g_assert_cmpint(snapfs_tree_check_open(node, false), ==, -1);
+        g_assert_cmpint(snapfs_error_errno(), ==, EISDIR);
+        g_assert_null(snapfs_tree_listed_node(node, "etc", &st));
+        snapfs_node_free(node);
+    }
+    for (guint i = 0; i < G_N_ELEMENTS(own); i++) {
+        struct snapfs_node *node = lookup_path(own[i]);
+
+        g_assert_nonnull(node);
+        g_assert_cmpint(snapfs_tree_refuse_change(node, "unlink"), ==, -1);
+        g_assert_cmpint(snapfs_error_errno(), ==, EPERM);
+        g_assert_null(snapfs_tree_listed_node(node, "x", &st));
+        snapfs_node_free(node);
+    }
+    g_assert_cmpint(snapfs_tree_rename(domain, true), ==, -1);
+    g_assert_cmpint(snapfs_error_errno(), ==, ENOTSUP);
+    g_assert_cmpint(snapfs_tree_rename(domain, false), ==, -1);
+    g_assert_cmpint(snapfs_error_errno(), ==, EXDEV);
+    g_assert_true(snapfs_tree_holds_snapshots(domain));
+    g_assert_false(snapfs_tree_holds_snapshots(snapshot));
+    g_assert_true(snapfs_tree_is_describable(snapshot));
+    g_assert_false(snapfs_tree_is_describable(domain));
+    g_assert_true(snapfs_tree_is_control(revert));
+    g_assert_false(snapfs_tree_is_control(domain));
+    g_assert_cmpint(snapfs_tree_check_open(revert, true), ==, 0);
+    g_assert_cmpint(snapfs_node_cache(revert), ==, SNAPFS_CACHE_NONE);
+    g_assert_cmpint(snapfs_node_cache(domain), ==, SNAPFS_CACHE_SHORT);
+
+    /* A guest file, made by hand: looking one up would start an appliance. */
+    file = snapfs_node_copy(snapshot);
+    file->kind = SNAPFS_NODE_GUEST;
+    file->path = g_strdup("/etc");
+    g_assert_cmpint(snapfs_tree_check_open(file, false), ==, 0);
+    g_assert_cmpint(snapfs_tree_check_open(file, true), ==, -1);
+    g_assert_cmpint(snapfs_error_errno(), ==, EROFS);
+    g_assert_cmpint(snapfs_tree_refuse_change(file, "create a file"), ==, -1);
+    g_assert_cmpint(snapfs_error_errno(), ==, EROFS);
+    g_assert_cmpint(snapfs_node_cache(file), ==, SNAPFS_CACHE_FOREVER);
+    child = snapfs_tree_listed_node(file, "passwd", &st);
+    g_assert_nonnull(child);
+    g_assert_cmpint(child->kind, ==, SNAPFS_NODE_GUEST);
+    g_assert_cmpstr(child->path, ==, "/etc/passwd");
+    g_assert_cmpstr(child->identity, ==, snapshot->identity);
+    snapfs_node_free(child);
+    st.st_nlink = 0;   /* listed without its attributes */
+    g_assert_null(snapfs_tree_listed_node(file, "passwd", &st));
+    snapfs_node_free(file);
+    snapfs_node_free(snapshot);
+    snapfs_node_free(revert);
+    snapfs_node_free(domain);
+}
+
 static void test_tree_host_names(void)
 {
     struct snapfs_host *two[3];
@@ -252,6 +323,7 @@ int main(int argc, char **argv)
     g_test_add_func("/tree/layer-attrs", test_tree_layer_attrs);
     g_test_add_func("/tree/revert-content", test_tree_revert_content);
     g_test_add_func("/tree/errors", test_tree_errors);
+    g_test_add_func("/tree/refusals-by-kind", test_tree_refusals_by_kind);
     g_test_add_func("/tree/host-names", test_tree_host_names);
     ret = g_test_run();
 

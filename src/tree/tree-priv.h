@@ -1,0 +1,180 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* What the files of the tree share: struct snapfs_tree, the operations of a node kind, and the helpers every kind uses. */
+#pragma once
+
+#include "snapfs/tree.h"
+
+#define XATTR_PREFIX "user.snapfs."
+
+struct snapfs_tree {
+    struct snapfs_host **hosts;
+    size_t n_hosts;
+    struct snapfs_tree_config config;
+    struct guest_pool *guests;
+    time_t mounted;
+    GMutex lock;
+    GHashTable *inos;          /* lock: node key -> inode number shown in st_ino */
+    guint64 next_ino;          /* lock */
+    GHashTable *last_errors;   /* lock: "host/domain" -> the last refusal's reason */
+    GHashTable *views;         /* lock: view key -> struct tree_view *: what a node reads, found once */
+    GHashTable *images;        /* lock: file -> struct view_image: the state views were last made on */
+    GHashTable *handles;       /* lock: the set of struct snapfs_handle * open now */
+    GHashTable *changing;      /* lock: file -> GThread * of the rmdir or revert changing it now */
+    void (*stale_fn)(guint64 cookie, void *opaque);   /* set once, before the first open */
+    void *stale_opaque;
+};
+
+/*
+ * Locks: tree->lock is never held while calling libvirt, the engine or the guest reader,
+ * with one exception: a view reference dropped under it (a table entry replaced or removed)
+ * may free a guest view, which takes the pool's cache lock, the last lock of all
+ * (src/README.md, "Locks and their order").
+ */
+
+/* The user.snapfs.* attributes snapfs shows on one node, in the order they are listed. */
+struct tree_xattrs {
+    GPtrArray *names;    /* full names, "user.snapfs.state" */
+    GPtrArray *values;
+};
+
+/* Appends user.snapfs.@name with @value (taken). */
+void tree_xattr_put(struct tree_xattrs *list, const char *name, char *value);
+
+/*
+ * What one kind of node does (OpenZFS's ctldir gives each kind of node its own table
+ * too): the public calls of tree.h look the kind up in one table (kinds.c) and call
+ * these.  Each returns -1 after recording errno and reason.  A NULL entry: lookup finds
+ * nothing (ENOENT), readdir lists nothing, xattrs shows none, read is EISDIR, readlink
+ * EINVAL, write EROFS; getattr is never NULL.
+ */
+struct tree_kind {
+    /* Snapshots, layers and guest files: content, read-only (EROFS); snapfs's own folders refuse with EPERM. */
+    bool content;
+    /* How long the kernel may keep what the node says (FOREVER is LIVE below the live top layer). */
+    enum snapfs_cache cache;
+    /* A domain's folder: mkdir and rmdir in it make and delete snapshots. */
+    bool holds_snapshots;
+    /* A snapshot's folder: user.snapfs.description can be set on it. */
+    bool describable;
+    int (*lookup)(struct snapfs_tree *tree, const struct snapfs_node *parent, const char *name,
+                  struct snapfs_node **child);
+    /* Fills @st, st_ino included. */
+    int (*getattr)(struct snapfs_tree *tree, const struct snapfs_node *node, struct stat *st);
+    int (*readdir)(struct snapfs_tree *tree, const struct snapfs_node *node, snapfs_dirent_fn fn, void *opaque);
+    int (*xattrs)(struct snapfs_tree *tree, const struct snapfs_node *node, struct tree_xattrs *list);
+    /* Where a kind has xattrs of its own (the guest's) instead of the list above. */
+    ssize_t (*getxattr)(struct snapfs_tree *tree, const struct snapfs_node *node, const char *name,
+                        char *buf, size_t size);
+    ssize_t (*listxattr)(struct snapfs_tree *tree, const struct snapfs_node *node, char *buf, size_t size);
+    ssize_t (*read)(struct snapfs_tree *tree, const struct snapfs_node *node, char *buf, size_t size, off_t offset);
+    int (*readlink)(struct snapfs_tree *tree, const struct snapfs_node *node, char **target);
+    int (*write)(struct snapfs_tree *tree, const struct snapfs_node *node, const char *buf, size_t size,
+                 off_t offset, bool first);
+    /* snapfs_tree_listed_node(): where a listing of this kind knows its entries' attributes exactly. */
+    struct snapfs_node *(*listed_node)(const struct snapfs_node *dir, const char *name, const struct stat *st);
+};
+
+/* hosts.c; and the names a domain's folder keeps for itself, which no snapshot shown there may take. */
+bool tree_name_reserved(const char *name);
+extern const struct tree_kind tree_kind_root, tree_kind_host, tree_kind_domain;
+/* control.c */
+extern const struct tree_kind tree_kind_revert;
+/* layers.c */
+extern const struct tree_kind tree_kind_layers, tree_kind_disk, tree_kind_layer;
+/* snapshots.c */
+extern const struct tree_kind tree_kind_snapshot;
+/* guest-files.c */
+extern const struct tree_kind tree_kind_guest;
+
+/* kinds.c: the kind of @node; whether it is content (a snapshot, a layer or a guest file). */
+const struct tree_kind *tree_kind_of(const struct snapfs_node *node);
+bool tree_is_content(const struct snapfs_node *node);
+
+/* ---- core.c: nodes, inode numbers, folders' attributes, refusals remembered ---- */
+
+struct snapfs_host *tree_host(struct snapfs_tree *tree, const struct snapfs_node *node);
+/* The node's domain as libvirt says it now (a reference), or NULL with the reason. */
+struct snapfs_domain *tree_domain(struct snapfs_tree *tree, const struct snapfs_node *node);
+/* Layers and guest files are read from the image files: -1 with ENOTSUP where the host is not this machine. */
+int tree_check_local(struct snapfs_tree *tree, const struct snapfs_node *node);
+/* A copy of @parent that is of @kind: the start of every child node. */
+struct snapfs_node *tree_child_of_kind(const struct snapfs_node *parent, enum snapfs_node_kind kind);
+/* -1 with ENOENT: @name names nothing in its folder. */
+int tree_no_such_entry(const char *name);
+void tree_key_add(GString *key, const char *field);
+char *tree_key_of(const struct snapfs_node *node);
+ino_t tree_ino(struct snapfs_tree *tree, const char *key);
+/* A folder of snapfs's own, owned by the mounting user; st_ino is left 0 (tree_number() sets it). */
+void tree_stat_dir(struct snapfs_tree *tree, struct stat *st, mode_t mode, time_t when);
+/* Gives @st the inode number of @node's key: stable while snapfs runs. */
+void tree_stat_ino(struct snapfs_tree *tree, const struct snapfs_node *node, struct stat *st);
+/* Hands the entry @child, called @name, to a readdir callback, with its type and inode number only. */
+int tree_list_entry(struct snapfs_tree *tree, const struct snapfs_node *child, const char *name,
+                    snapfs_dirent_fn fn, void *opaque);
+void tree_remember_error(struct snapfs_tree *tree, const struct snapfs_node *node, const char *what,
+                         const char *snapshot);
+
+/* ---- layers.c, snapshots.c: what views are made of ---- */
+
+/* The backing chain of disk @target of @domain, base first; NULL with the reason. */
+GPtrArray *tree_disk_chain(struct snapfs_domain *domain, const char *target);
+/* The layer a LAYER node (or a guest file below one) stands for, checked against the chain now, which *@chain_out holds. */
+struct snapfs_layer *tree_layer_of(struct snapfs_domain *domain, const struct snapfs_node *node, GPtrArray **chain_out);
+char *tree_layer_identity(const struct snapfs_layer *layer, bool live);
+char *tree_snapshot_identity(const struct snapfs_snapshot *snap);
+
+/* ---- views.c: the views of snapshots and layers (src/README.md, "Caches: lifetime and bound") ---- */
+
+struct tree_view;
+struct tree_view *tree_view_ref(struct tree_view *tv);
+void tree_view_unref(struct tree_view *tv);
+/* The view behind a SNAPSHOT, LAYER or GUEST node (a reference), or NULL with the reason. */
+struct tree_view *tree_view_entry(struct snapfs_tree *tree, const struct snapfs_node *node);
+/* The guest reader's view behind a content node (a reference), or NULL with the reason. */
+struct guest_view *tree_guest_view(struct snapfs_tree *tree, const struct snapfs_node *node);
+struct guest_view *tree_view_guest(const struct tree_view *tv);
+const char *tree_view_label(const struct tree_view *tv);
+/* Whether @tv still reads what it was made on; if not, it and what was opened on it is stale. */
+bool tree_view_current(struct snapfs_tree *tree, struct tree_view *tv);
+/* Whether @tv reads any of @files (NULL-terminated). */
+bool tree_view_reads(const struct tree_view *tv, const char *const *files);
+/* The guest reader's group of a domain: "host/domain". */
+char *tree_group(struct snapfs_tree *tree, const struct snapfs_node *node);
+void tree_forget_views(struct snapfs_tree *tree);
+void view_image_free(gpointer data);
+
+/* A file or directory open: it reads through the view it was opened on, or fails. */
+struct snapfs_handle {
+    struct snapfs_node *node;
+    struct tree_view *tv;   /* NULL where no guest content is behind it (a remote host's snapshot) */
+    guint64 cookie;         /* handed to tree->stale_fn when the view's images change */
+};
+
+/* ---- handles.c: open files and folders, and the changes they hold off ---- */
+
+void tree_release_all(struct snapfs_tree *tree);
+int tree_before_change(const char *label, const char *what, const char *const *files, void *opaque);
+void tree_changes_done(struct snapfs_tree *tree);
+
+/* ---- changes.c: what acts on a domain ---- */
+
+/* The revert kind's write: a request to revert the domain (snapfs_tree_write()). */
+int tree_revert_write(struct snapfs_tree *tree, const struct snapfs_node *node, const char *buf, size_t size,
+                      off_t offset, bool first);
+
+/* ---- guest-files.c ---- */
+
+/* The path inside the view of a content node: "/" at a snapshot's or a layer's root. */
+const char *tree_guest_path(const struct snapfs_node *node);
+/* The guest file @name in content folder @dir. */
+struct snapfs_node *tree_guest_child(const struct snapfs_node *dir, const char *name);
+/* Lookup and readdir of every content kind (snapshot, layer, guest file): the guest's files. */
+int tree_content_lookup(struct snapfs_tree *tree, const struct snapfs_node *parent, const char *name,
+                        struct snapfs_node **child);
+int tree_content_readdir(struct snapfs_tree *tree, const struct snapfs_node *node, snapfs_dirent_fn fn,
+                         void *opaque);
+/* Readdir of a snapshot's or a layer's root: a remote host's is an empty folder (user.snapfs.error says why). */
+int tree_content_root_readdir(struct snapfs_tree *tree, const struct snapfs_node *node, snapfs_dirent_fn fn,
+                              void *opaque);
+/* user.snapfs.error of a snapshot or a layer: why its root shows nothing, if it does not. */
+void tree_content_put_error(struct snapfs_tree *tree, const struct snapfs_node *node, struct tree_xattrs *list);

@@ -1,0 +1,532 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* Views of snapshots and layers: which images a content node reads, found once, and checked against the images before every read. */
+#include "tree-priv.h"
+#include "snapfs/chain.h"
+#include "snapfs/error.h"
+#include "snapfs/log.h"
+
+#include <errno.h>
+#include <string.h>
+
+/*
+ * What a view reads must be what it read when it was made: a merge (rmdir,
+ * revert, or virsh and others behind snapfs's back) rewrites frozen images in
+ * place.  So every view knows each image file of its chains as it found it
+ * (device, inode, size, mtime; of the live top only which file it is, since
+ * a running guest writes it), and is checked against them before and after
+ * every read: once one differs, everything opened on the view answers EIO
+ * and the kernel is told to drop what it cached of those files; a fresh
+ * lookup makes a new view.  snapfs's own rmdir and revert never get there:
+ * they refuse (EBUSY) while anything is open in a view of what they change
+ * (tree_before_change()).
+ */
+struct view_image {
+    char *file;
+    bool moving;      /* the top of a disk's chain: only which file it is counts */
+    bool missing;
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime;
+};
+
+/* A view and the images behind it, shared by the tree's cache and the handles opened on it. */
+struct tree_view {
+    gint refs;
+    struct guest_view *view;
+    char *label;      /* "snapshot 's2' of domain 'localhost/web'" */
+    GArray *images;   /* struct view_image */
+    gint stale;       /* atomic: an image changed since it was made */
+};
+
+static void view_image_clear(gpointer data)
+{
+    g_free(((struct view_image *)data)->file);
+}
+
+void view_image_free(gpointer data)
+{
+    view_image_clear(data);
+    g_free(data);
+}
+
+static void view_image_stat(struct view_image *img)
+{
+    struct stat st;
+
+    img->missing = stat(img->file, &st) < 0;
+    if (img->missing)
+        return;
+    img->dev = st.st_dev;
+    img->ino = st.st_ino;
+    img->size = st.st_size;
+    img->mtime = st.st_mtim;
+}
+
+static bool view_image_same(const struct view_image *a, const struct view_image *b, bool moving)
+{
+    if (a->missing || b->missing)
+        return a->missing == b->missing;
+    return a->dev == b->dev && a->ino == b->ino &&
+           (moving || (a->size == b->size && a->mtime.tv_sec == b->mtime.tv_sec && a->mtime.tv_nsec == b->mtime.tv_nsec));
+}
+
+struct tree_view *tree_view_ref(struct tree_view *tv)
+{
+    g_atomic_int_inc(&tv->refs);
+    return tv;
+}
+
+void tree_view_unref(struct tree_view *tv)
+{
+    if (!tv || !g_atomic_int_dec_and_test(&tv->refs))
+        return;
+    guest_view_unref(tv->view);
+    g_array_unref(tv->images);
+    g_free(tv->label);
+    g_free(tv);
+}
+
+bool tree_view_reads(const struct tree_view *tv, const char *const *files)
+{
+    for (guint i = 0; i < tv->images->len; i++) {
+        if (g_strv_contains(files, g_array_index(tv->images, struct view_image, i).file))
+            return true;
+    }
+    return false;
+}
+
+/*
+ * Whether @img, as seen now, is news: another state of the file than the one
+ * views were last made on.  Records it.  Tree lock held.
+ */
+static bool tree_image_news(struct snapfs_tree *tree, const struct view_image *img)
+{
+    struct view_image *known = g_hash_table_lookup(tree->images, img->file);
+    /* A frozen image that became a top (merged into behind snapfs's back) counts its mtime still. */
+    bool news = known && !view_image_same(known, img, known->moving && img->moving);
+
+    if (!known || news || known->moving != img->moving) {
+        known = g_memdup2(img, sizeof(*img));
+        known->file = g_strdup(img->file);
+        g_hash_table_replace(tree->images, known->file, known);
+    }
+    return news;
+}
+
+/*
+ * @files (NULL-terminated) changed behind the views that read them: those
+ * views are stale, what was opened on them fails from now on, the kernel
+ * drops its cache of those files, and the guest reader lets go of them.
+ */
+static void tree_files_changed(struct snapfs_tree *tree, const char *const *files)
+{
+    g_autoptr(GArray) cookies = g_array_new(FALSE, FALSE, sizeof(guint64));
+    GHashTableIter iter;
+    gpointer value;
+
+    g_mutex_lock(&tree->lock);
+    g_hash_table_iter_init(&iter, tree->views);
+    while (g_hash_table_iter_next(&iter, NULL, &value)) {
+        if (tree_view_reads(value, files)) {
+            g_atomic_int_set(&((struct tree_view *)value)->stale, 1);
+            g_hash_table_iter_remove(&iter);
+        }
+    }
+    g_hash_table_iter_init(&iter, tree->handles);
+    while (g_hash_table_iter_next(&iter, &value, NULL)) {
+        struct snapfs_handle *handle = value;
+
+        if (handle->tv && tree_view_reads(handle->tv, files)) {
+            g_atomic_int_set(&handle->tv->stale, 1);
+            g_array_append_val(cookies, handle->cookie);
+        }
+    }
+    g_mutex_unlock(&tree->lock);
+    for (guint i = 0; files[i]; i++) {
+        snapfs_warn("image '%s' changed behind snapfs (merged, moved or rewritten): what is open in views of it "
+                    "answers EIO from now on", files[i]);
+        guest_pool_forget_file(tree->guests, files[i]);
+    }
+    for (guint i = 0; tree->stale_fn && i < cookies->len; i++)
+        tree->stale_fn(g_array_index(cookies, guint64, i), tree->stale_opaque);
+}
+
+/* Whether @tv still reads what it was made on; if not, it and everything of its changed images is stale. */
+bool tree_view_current(struct snapfs_tree *tree, struct tree_view *tv)
+{
+    g_autoptr(GPtrArray) news = g_ptr_array_new_with_free_func(g_free);
+
+    if (g_atomic_int_get(&tv->stale))
+        return false;
+    for (guint i = 0; i < tv->images->len; i++) {
+        struct view_image *then = &g_array_index(tv->images, struct view_image, i);
+        struct view_image now = *then;
+
+        view_image_stat(&now);
+        if (view_image_same(then, &now, then->moving))
+            continue;
+        g_atomic_int_set(&tv->stale, 1);
+        g_mutex_lock(&tree->lock);
+        if (tree_image_news(tree, &now))
+            g_ptr_array_add(news, g_strdup(now.file));
+        g_mutex_unlock(&tree->lock);
+    }
+    if (news->len > 0) {
+        g_ptr_array_add(news, NULL);
+        tree_files_changed(tree, (const char *const *)news->pdata);
+    }
+    return !g_atomic_int_get(&tv->stale);
+}
+
+struct view_drives {
+    GPtrArray *strings;   /* owns what the drives point to */
+    GArray *drives;       /* struct guest_drive */
+    GArray *images;       /* struct view_image: every file of the drives' chains */
+    GString *id;
+};
+
+static void view_drives_init(struct view_drives *v)
+{
+    v->strings = g_ptr_array_new_with_free_func(g_free);
+    v->drives = g_array_new(FALSE, TRUE, sizeof(struct guest_drive));
+    v->images = g_array_new(FALSE, TRUE, sizeof(struct view_image));
+    g_array_set_clear_func(v->images, view_image_clear);
+    v->id = g_string_new(NULL);
+}
+
+static void view_drives_clear(struct view_drives *v)
+{
+    g_ptr_array_unref(v->strings);
+    g_array_unref(v->drives);
+    if (v->images)
+        g_array_unref(v->images);
+    g_string_free(v->id, TRUE);
+}
+
+static const char *views_keep_string(struct view_drives *v, char *s)
+{
+    if (s)
+        g_ptr_array_add(v->strings, s);
+    return s;
+}
+
+/* Layer @index of @chain (from the base) as a drive, and every image it reads through. */
+static void views_add_layer(struct view_drives *v, const char *target, GPtrArray *chain, guint index, char *internal)
+{
+    struct snapfs_layer *layer = g_ptr_array_index(chain, index);
+    struct guest_drive drive = {
+        .target = views_keep_string(v, g_strdup(target)),
+        .file = views_keep_string(v, g_strdup(layer->file)),
+        .format = views_keep_string(v, g_strdup(layer->format)),
+        .internal_snapshot = views_keep_string(v, internal),
+    };
+
+    g_string_append_printf(v->id, "|%s:%s:%s", target, layer->file, internal ? internal : "");
+    g_array_append_val(v->drives, drive);
+    for (guint i = 0; i <= index; i++) {
+        struct view_image img = {
+            .file = g_strdup(((struct snapfs_layer *)g_ptr_array_index(chain, i))->file),
+            .moving = i == chain->len - 1,
+        };
+
+        view_image_stat(&img);
+        g_array_append_val(v->images, img);
+    }
+}
+
+/* The index in @chain of the image holding internal snapshot @name: the lowest layer that has it; -1 if none. */
+static int views_internal_holder(GPtrArray *chain, const char *name)
+{
+    for (guint i = 0; i < chain->len; i++) {
+        struct snapfs_layer *layer = g_ptr_array_index(chain, i);
+        g_autoptr(GPtrArray) names = snapfs_chain_internal_snapshots(layer->file);
+
+        for (guint j = 0; names && j < names->len; j++) {
+            if (strcmp(g_ptr_array_index(names, j), name) == 0)
+                return (int)i;
+        }
+    }
+    return -1;
+}
+
+/* The drives of snapshot @snap: for each disk, the image it froze (external) or holds it (internal). */
+static int views_snapshot_drives(struct snapfs_domain *domain, struct snapfs_snapshot *snap, struct view_drives *v)
+{
+    for (guint i = 0; i < snap->disks->len; i++) {
+        struct snapfs_snapshot_disk *sd = g_ptr_array_index(snap->disks, i);
+
+        if (strcmp(sd->kind, "external") == 0 && sd->file) {
+            g_autoptr(GPtrArray) chain = snapfs_chain_read(sd->file, sd->format);
+
+            if (!chain || chain->len < 2) {
+                if (chain)
+                    snapfs_error_set(EIO, "the overlay '%s' of snapshot '%s' has no backing image", sd->file, snap->name);
+                return -1;
+            }
+            views_add_layer(v, sd->target, chain, chain->len - 2, NULL);
+        } else if (strcmp(sd->kind, "internal") == 0) {
+            g_autoptr(GPtrArray) chain = tree_disk_chain(domain, sd->target);
+            int holder = chain ? views_internal_holder(chain, snap->name) : -1;
+
+            if (holder < 0) {
+                if (chain)
+                    snapfs_error_set(EIO, "no image of disk '%s' holds internal snapshot '%s'", sd->target, snap->name);
+                return -1;
+            }
+            views_add_layer(v, sd->target, chain, (guint)holder, g_strdup(snap->name));
+        }
+    }
+    return 0;
+}
+
+/* The guest reader's group of a domain: views of one group share appliances; it names the domain in log lines. */
+char *tree_group(struct snapfs_tree *tree, const struct snapfs_node *node)
+{
+    return g_strdup_printf("%s/%s", snapfs_host_name(tree_host(tree, node)), node->domain);
+}
+
+/*
+ * The images of @v as they are now go into the view's id, so that other
+ * content never shares a view (and its caches) with the old; an image seen
+ * in another state than views were made on is news to everything of it.
+ * EBUSY while a snapshot operation is changing one of them.
+ */
+static int view_stamp(struct snapfs_tree *tree, struct view_drives *v, const char *label)
+{
+    g_autoptr(GPtrArray) news = g_ptr_array_new_with_free_func(g_free);
+
+    g_mutex_lock(&tree->lock);
+    for (guint i = 0; i < v->images->len; i++) {
+        struct view_image *img = &g_array_index(v->images, struct view_image, i);
+
+        if (g_hash_table_contains(tree->changing, img->file)) {
+            g_mutex_unlock(&tree->lock);
+            snapfs_error_set(EBUSY, "%s cannot be read now: a snapshot operation is changing its image '%s'",
+                             label, img->file);
+            return -1;
+        }
+        if (!img->moving && !img->missing)
+            g_string_append_printf(v->id, "#%llx:%llx:%lld:%lld.%09ld", (unsigned long long)img->dev,
+                                   (unsigned long long)img->ino, (long long)img->size,
+                                   (long long)img->mtime.tv_sec, img->mtime.tv_nsec);
+        if (tree_image_news(tree, img))
+            g_ptr_array_add(news, g_strdup(img->file));
+    }
+    g_mutex_unlock(&tree->lock);
+    if (news->len > 0) {
+        g_ptr_array_add(news, NULL);
+        tree_files_changed(tree, (const char *const *)news->pdata);
+    }
+    return 0;
+}
+
+/* The drives, id and label of snapshot @snap's view; the label, or NULL with the reason. */
+static char *views_of_snapshot(struct view_drives *v, const char *group, struct snapfs_domain *domain,
+                               struct snapfs_snapshot *snap)
+{
+    tree_key_add(v->id, group);
+    g_string_append(v->id, "/snapshot/");
+    tree_key_add(v->id, snap->name);
+    g_string_append_printf(v->id, "@%lld", snap->created);
+    if (views_snapshot_drives(domain, snap, v) < 0)
+        return NULL;
+    return g_strdup_printf("snapshot '%s' of domain '%s'", snap->name, group);
+}
+
+/* The drives, id and label of the view of layer @index of @chain, of disk @target. */
+static char *views_of_layer(struct view_drives *v, const char *group, const char *target, GPtrArray *chain,
+                            guint index)
+{
+    struct snapfs_layer *layer = g_ptr_array_index(chain, index);
+    g_autofree char *identity = tree_layer_identity(layer, index == chain->len - 1);
+
+    tree_key_add(v->id, group);
+    g_string_append(v->id, "/layer/");
+    tree_key_add(v->id, identity);
+    views_add_layer(v, target, chain, index, NULL);
+    return g_strdup_printf("layer %u (%s) of disk '%s' of domain '%s'", index, layer->file, target, group);
+}
+
+/* The guest reader's view of @v, stamped with its images as they are now; NULL with the reason. */
+static struct tree_view *views_open(struct snapfs_tree *tree, const char *group, struct view_drives *v,
+                                    const char *label, bool live)
+{
+    struct tree_view *tv;
+
+    if (view_stamp(tree, v, label) < 0)
+        return NULL;
+    tv = g_new0(struct tree_view, 1);
+    tv->refs = 1;
+    tv->view = guest_pool_view(tree->guests, &(struct guest_view_spec){
+        .group = group,
+        .id = v->id->str,
+        .label = label,
+        .live = live,
+        .n_drives = v->drives->len,
+        .drives = (const struct guest_drive *)v->drives->data,
+    });
+    tv->label = g_strdup(label);
+    tv->images = g_steal_pointer(&v->images);
+    return tv;
+}
+
+/* The view of snapshot @snap, or of layer @index of @chain (of disk @target) when @snap is NULL. */
+static struct tree_view *tree_make_view(struct snapfs_tree *tree, const char *group, struct snapfs_domain *domain,
+                                        struct snapfs_snapshot *snap, const char *target, GPtrArray *chain,
+                                        guint index)
+{
+    struct tree_view *tv = NULL;
+    struct view_drives v;
+    g_autofree char *label = NULL;
+
+    view_drives_init(&v);
+    if (snap)
+        label = views_of_snapshot(&v, group, domain, snap);
+    else
+        label = views_of_layer(&v, group, target, chain, index);
+    if (label)
+        tv = views_open(tree, group, &v, label, !snap && index == chain->len - 1);
+    view_drives_clear(&v);
+    return tv;
+}
+
+/*
+ * An appliance takes its disks when it starts: on the first view of a
+ * domain, make the views of all its snapshots and layers known (this starts
+ * nothing), so that one appliance serves every one of them.
+ */
+static void tree_register_group(struct snapfs_tree *tree, const char *group, struct snapfs_domain *domain)
+{
+    for (guint i = 0; i < domain->snapshots->len; i++)
+        tree_view_unref(tree_make_view(tree, group, domain, g_ptr_array_index(domain->snapshots, i), NULL, NULL, 0));
+    for (guint i = 0; i < domain->disks->len; i++) {
+        struct snapfs_disk *disk = g_ptr_array_index(domain->disks, i);
+        g_autoptr(GPtrArray) chain = disk->file ? snapfs_chain_read(disk->file, disk->format) : NULL;
+
+        for (guint j = 0; chain && j < chain->len; j++)
+            tree_view_unref(tree_make_view(tree, group, domain, NULL, disk->target, chain, j));
+    }
+    snapfs_error_clear();
+}
+
+/*
+ * The view behind a SNAPSHOT, LAYER or GUEST node, found from libvirt and the
+ * images; NULL with the reason.  A node stands for what it showed when it was
+ * looked up: inside a snapshot deleted or a layer changed since (a shell's
+ * working directory, which holds no handle), EIO.
+ */
+static struct tree_view *tree_find_view(struct snapfs_tree *tree, const struct snapfs_node *node)
+{
+    g_autoptr(GPtrArray) chain = NULL;
+    struct snapfs_domain *domain = tree_domain(tree, node);
+    struct tree_view *view = NULL;
+    g_autofree char *group = NULL;
+    g_autofree char *now = NULL;
+    int gone = node->kind == SNAPFS_NODE_GUEST ? EIO : ENOENT;
+
+    if (!domain)
+        return NULL;
+    if (tree_check_local(tree, node) < 0)
+        goto cleanup;
+    group = tree_group(tree, node);
+    if (!guest_pool_has_group(tree->guests, group))
+        tree_register_group(tree, group, domain);
+    if (node->snapshot) {
+        struct snapfs_snapshot *snap = snapfs_domain_find_snapshot(domain, node->snapshot);
+
+        now = snap ? tree_snapshot_identity(snap) : NULL;
+        if (!snap || (node->identity && strcmp(now, node->identity) != 0))
+            snapfs_error_set(gone, "snapshot '%s' of domain '%s' was deleted since '%s' was looked up",
+                             node->snapshot, group, node->path ? node->path : "/");
+        else
+            view = tree_make_view(tree, group, domain, snap, NULL, NULL, 0);
+    } else if (tree_layer_of(domain, node, &chain)) {
+        struct snapfs_layer *layer = g_ptr_array_index(chain, node->layer);
+
+        now = tree_layer_identity(layer, (guint)node->layer == chain->len - 1);
+        if (node->identity && strcmp(now, node->identity) != 0)
+            snapfs_error_set(gone, "layer %d of disk '%s' of domain '%s' changed since '%s' was looked up",
+                             node->layer, node->disk, group, node->path ? node->path : "/");
+        else
+            view = tree_make_view(tree, group, domain, NULL, node->disk, chain, (guint)node->layer);
+    } else if (gone == EIO) {
+        snapfs_error_set(EIO, "%s", snapfs_error_message());
+    }
+
+cleanup:
+    snapfs_domain_unref(domain);
+    return view;
+}
+
+/* The key of a content node's view in tree->views: what it shows, not where in the guest it is. */
+static char *views_key_of(const struct snapfs_node *node)
+{
+    GString *key = g_string_new(NULL);
+
+    g_string_append_printf(key, "%d/", node->host);
+    tree_key_add(key, node->domain);
+    tree_key_add(key, node->snapshot);
+    tree_key_add(key, node->disk);
+    tree_key_add(key, node->identity);
+    return g_string_free(key, FALSE);
+}
+
+/*
+ * The view behind a content node.  A node's identity says what it shows
+ * (a snapshot's name and creation time, a layer's image and its mtime), so
+ * its view is found once and kept until a chain changes or its images do:
+ * reading a file or its xattrs then asks neither libvirt nor the image
+ * headers again, only stat(2) of the images.
+ */
+struct tree_view *tree_view_entry(struct snapfs_tree *tree, const struct snapfs_node *node)
+{
+    g_autofree char *key = NULL;
+    struct tree_view *tv;
+
+    if (!node->identity)
+        return tree_find_view(tree, node);
+    key = views_key_of(node);
+    g_mutex_lock(&tree->lock);
+    tv = g_hash_table_lookup(tree->views, key);
+    if (tv)
+        tree_view_ref(tv);
+    g_mutex_unlock(&tree->lock);
+    if (tv && tree_view_current(tree, tv))
+        return tv;
+    tree_view_unref(tv);
+    tv = tree_find_view(tree, node);
+    if (tv) {
+        g_mutex_lock(&tree->lock);
+        g_hash_table_replace(tree->views, g_steal_pointer(&key), tree_view_ref(tv));
+        g_mutex_unlock(&tree->lock);
+    }
+    return tv;
+}
+
+/* A chain changed: which images a snapshot or layer reads must be found again. */
+void tree_forget_views(struct snapfs_tree *tree)
+{
+    g_mutex_lock(&tree->lock);
+    g_hash_table_remove_all(tree->views);
+    g_mutex_unlock(&tree->lock);
+}
+
+struct guest_view *tree_view_guest(const struct tree_view *tv)
+{
+    return tv->view;
+}
+
+const char *tree_view_label(const struct tree_view *tv)
+{
+    return tv->label;
+}
+
+struct guest_view *tree_guest_view(struct snapfs_tree *tree, const struct snapfs_node *node)
+{
+    struct tree_view *tv = tree_view_entry(tree, node);
+    struct guest_view *view = tv ? guest_view_ref(tv->view) : NULL;
+
+    tree_view_unref(tv);
+    return view;
+}
