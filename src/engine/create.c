@@ -9,8 +9,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libvirt/virterror.h>
-#include <libxml/parser.h>
-#include <libxml/xpath.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -136,22 +134,11 @@ static char *create_overlay_name(const char *file, const char *name)
 static bool create_agent_connected(virDomainPtr dom)
 {
     g_autofree char *xml = virDomainGetXMLDesc(dom, 0);
-    xmlDocPtr doc;
-    xmlXPathContextPtr ctxt;
-    xmlXPathObjectPtr obj;
-    bool connected = false;
+    g_autoptr(xmlXPathContext) ctxt = NULL;
+    g_autoptr(xmlDoc) doc = xml ? snapfs_xml_read(xml, &ctxt) : NULL;
 
-    if (!xml || !(doc = xmlReadMemory(xml, (int)strlen(xml), "domain.xml", NULL,
-                                      XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING)))
-        return false;
-    ctxt = xmlXPathNewContext(doc);
-    obj = ctxt ? xmlXPathEval((const xmlChar *)"/domain/devices/channel/target"
-                              "[@name='org.qemu.guest_agent.0' and @state='connected']", ctxt) : NULL;
-    connected = obj && obj->type == XPATH_NODESET && obj->nodesetval && obj->nodesetval->nodeNr > 0;
-    xmlXPathFreeObject(obj);
-    xmlXPathFreeContext(ctxt);
-    xmlFreeDoc(doc);
-    return connected;
+    return doc && snapfs_xml_exists(ctxt, "/domain/devices/channel/target"
+                                          "[@name='org.qemu.guest_agent.0' and @state='connected']");
 }
 
 /* Refusals that must come before libvirt touches anything: the name taken, a file in the way, a block job. */
@@ -217,14 +204,12 @@ static int create_check(virDomainPtr dom, const char *domain, const char *name, 
 static long create_qemu_uid(virDomainPtr dom)
 {
     g_autofree char *xml = virDomainGetXMLDesc(dom, 0);
-    xmlXPathContextPtr ctxt = NULL;
-    xmlDocPtr doc = xml ? snapfs_xml_read(xml, &ctxt) : NULL;
+    g_autoptr(xmlXPathContext) ctxt = NULL;
+    g_autoptr(xmlDoc) doc = xml ? snapfs_xml_read(xml, &ctxt) : NULL;
     g_autofree char *label = doc ? snapfs_xml_string(ctxt, NULL, "string(/domain/seclabel[@model='dac']/label)")
                                  : NULL;
     long uid = -1;
 
-    if (doc)
-        snapfs_xml_free(doc, ctxt);
     if (label) {
         char *end = NULL;
         const char *p = label[0] == '+' ? label + 1 : label;
@@ -505,7 +490,7 @@ int engine_snapshot_set_description(virConnectPtr conn, const char *domain, cons
         snapfs_error_from_virt("cannot describe snapshot '%s' of '%s'", name, domain);
         goto cleanup;
     }
-    changed = engine_snapshot_xml_set_description(xml, description);
+    changed = snapfs_xml_set_description(xml, description);
     if (!changed) {
         snapfs_error_set(EIO, "cannot describe snapshot '%s' of '%s': its XML cannot be parsed", name, domain);
         goto cleanup;

@@ -9,7 +9,6 @@
 #include <errno.h>
 #include <libvirt/virterror.h>
 #include <libxml/parser.h>
-#include <libxml/tree.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -135,6 +134,61 @@ static int delete_check_merge_disk(struct delete_ctx *ctx, struct snapfs_snapsho
 }
 
 /*
+ * Spell out the <backingStore> chain of one <disk> of the domain's XML: 1
+ * when it did, 0 when there was nothing to spell (no file, or spelled out
+ * already), -1 with the reason.  The splice stays here until xml.c holds the
+ * one "spell out a disk's backing chain" that revert and delete will share.
+ */
+static int delete_spell_out_disk(struct delete_ctx *ctx, xmlNodePtr disk)
+{
+    xmlNodePtr source = NULL, backing = NULL, parsed = NULL;
+    xmlChar *file = NULL, *format = NULL;
+    g_autoptr(GPtrArray) chain = NULL;
+    int ret = 0;
+
+    for (xmlNodePtr c = disk->children; c; c = c->next) {
+        if (c->type != XML_ELEMENT_NODE)
+            continue;
+        if (strcmp((const char *)c->name, "source") == 0)
+            source = c;
+        else if (strcmp((const char *)c->name, "backingStore") == 0)
+            backing = c;
+        else if (strcmp((const char *)c->name, "driver") == 0)
+            format = xmlGetProp(c, (const xmlChar *)"type");
+    }
+    if (source)
+        file = xmlGetProp(source, (const xmlChar *)"file");
+    /* Already spelled out (a non-empty <backingStore>), or nothing to spell. */
+    if (!file || (backing && backing->children))
+        goto cleanup;
+    chain = snapfs_chain_read((const char *)file, (const char *)format);
+    if (!chain) {
+        ret = -1;
+        goto cleanup;
+    }
+    if (chain->len > 1) {
+        g_autofree char *spelled = snapfs_chain_backing_xml(chain);
+
+        if (xmlParseInNodeContext(disk, spelled, (int)strlen(spelled), 0, &parsed) != XML_ERR_OK) {
+            snapfs_error_set(EIO, "%s: cannot spell out the chain of '%s'", ctx->what, (const char *)file);
+            ret = -1;
+            goto cleanup;
+        }
+        if (backing) {
+            xmlUnlinkNode(backing);
+            xmlFreeNode(backing);
+        }
+        xmlAddNextSibling(source, parsed);
+        ret = 1;
+    }
+
+cleanup:
+    xmlFree(format);
+    xmlFree(file);
+    return ret;
+}
+
+/*
  * libvirt 9.0 deletes external snapshots of a shut-off domain only when the
  * persistent XML spells out each disk's <backingStore> chain.  Spelling it out
  * changes nothing the guest sees, so it is safe at any moment.
@@ -142,95 +196,44 @@ static int delete_check_merge_disk(struct delete_ctx *ctx, struct snapfs_snapsho
 static int delete_spell_out_chains(struct delete_ctx *ctx)
 {
     g_autofree char *xml = virDomainGetXMLDesc(ctx->dom, VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE);
-    xmlDocPtr doc = NULL;
+    g_autoptr(xmlXPathContext) xpath = NULL;
+    g_autoptr(xmlDoc) doc = NULL;
+    g_autofree char *out = NULL;
+    g_autoptr(virDomain) redefined = NULL;
     xmlNodePtr root;
-    xmlChar *out = NULL;
-    int len = 0;
     bool changed = false;
-    virDomainPtr redefined;
-    int ret = -1;
 
     if (!xml) {
         snapfs_error_from_virt("%s", ctx->what);
         return -1;
     }
-    doc = xmlReadMemory(xml, (int)strlen(xml), "domain.xml", NULL,
-                        XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
+    doc = snapfs_xml_read(xml, &xpath);
     root = doc ? xmlDocGetRootElement(doc) : NULL;
     for (xmlNodePtr devices = root ? root->children : NULL; devices; devices = devices->next) {
         if (devices->type != XML_ELEMENT_NODE || strcmp((const char *)devices->name, "devices") != 0)
             continue;
         for (xmlNodePtr disk = devices->children; disk; disk = disk->next) {
-            xmlNodePtr source = NULL, backing = NULL, parsed = NULL;
-            xmlChar *file = NULL, *format = NULL;
-            GPtrArray *chain;
+            int spelled;
 
             if (disk->type != XML_ELEMENT_NODE || strcmp((const char *)disk->name, "disk") != 0)
                 continue;
-            for (xmlNodePtr c = disk->children; c; c = c->next) {
-                if (c->type != XML_ELEMENT_NODE)
-                    continue;
-                if (strcmp((const char *)c->name, "source") == 0)
-                    source = c;
-                else if (strcmp((const char *)c->name, "backingStore") == 0)
-                    backing = c;
-                else if (strcmp((const char *)c->name, "driver") == 0)
-                    format = xmlGetProp(c, (const xmlChar *)"type");
-            }
-            if (source)
-                file = xmlGetProp(source, (const xmlChar *)"file");
-            /* Already spelled out (a non-empty <backingStore>), or nothing to spell. */
-            if (!file || (backing && backing->children)) {
-                xmlFree(file);
-                xmlFree(format);
-                continue;
-            }
-            chain = snapfs_chain_read((const char *)file, (const char *)format);
-            xmlFree(format);
-            if (!chain) {
-                xmlFree(file);
-                goto cleanup;
-            }
-            if (chain->len > 1) {
-                g_autofree char *spelled = snapfs_chain_backing_xml(chain);
-
-                if (xmlParseInNodeContext(disk, spelled, (int)strlen(spelled), 0, &parsed) != XML_ERR_OK) {
-                    g_ptr_array_unref(chain);
-                    snapfs_error_set(EIO, "%s: cannot spell out the chain of '%s'", ctx->what, (const char *)file);
-                    xmlFree(file);
-                    goto cleanup;
-                }
-                if (backing) {
-                    xmlUnlinkNode(backing);
-                    xmlFreeNode(backing);
-                }
-                xmlAddNextSibling(source, parsed);
-                changed = true;
-            }
-            xmlFree(file);
-            g_ptr_array_unref(chain);
+            spelled = delete_spell_out_disk(ctx, disk);
+            if (spelled < 0)
+                return -1;
+            changed = changed || spelled > 0;
         }
     }
-    if (!changed) {
-        ret = 0;
-        goto cleanup;
-    }
-    xmlDocDumpMemory(doc, &out, &len);
-    redefined = out ? virDomainDefineXML(ctx->conn, (const char *)out) : NULL;
+    if (!changed)
+        return 0;
+    out = snapfs_xml_dump(doc);
+    redefined = out ? virDomainDefineXML(ctx->conn, out) : NULL;
     if (!redefined) {
         snapfs_error_from_virt("%s: cannot spell out the backing chains in its XML", ctx->what);
-        goto cleanup;
+        return -1;
     }
-    virDomainFree(redefined);
     snapfs_debug("spelled out the backing chains of domain '%s' for libvirt to delete snapshot '%s'",
                  ctx->label, ctx->name);
-    ret = 0;
-
-cleanup:
-    xmlFree(out);
-    if (doc)
-        xmlFreeDoc(doc);
-    return ret;
+    return 0;
 }
 
 /* ---- the three ways ----------------------------------------------------------------- */

@@ -26,9 +26,6 @@ struct engine_snapshot_info {
 void engine_snapshot_info_free(struct engine_snapshot_info *info);
 struct engine_snapshot_info *engine_parse_snapshot(const char *xml);
 
-/* @xml with <description> set to @description (added if missing), or NULL if it cannot be parsed. */
-char *engine_snapshot_xml_set_description(const char *xml, const char *description);
-
 /*
  * Every image the connection's domains and snapshots can reach, each with
  * the image below it, read from the images' headers.  What a delete checks

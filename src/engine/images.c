@@ -10,9 +10,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libvirt/virterror.h>
-#include <libxml/parser.h>
-#include <libxml/tree.h>
-#include <libxml/xpath.h>
 #include <stdarg.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -68,23 +65,14 @@ int engine_before_change(const char *label, const char *what, const char *const 
 
 /* ---- XML ------------------------------------------------------------------------ */
 
-static xmlDocPtr xml_read(const char *xml)
-{
-    return xmlReadMemory(xml, (int)strlen(xml), "libvirt.xml", NULL,
-                         XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
-}
-
 GPtrArray *engine_parse_disks(const char *xml, bool inside_snapshot)
 {
-    xmlXPathContextPtr ctxt = NULL;
-    xmlDocPtr doc = snapfs_xml_read(xml, &ctxt);
-    GPtrArray *disks;
+    g_autoptr(xmlXPathContext) ctxt = NULL;
+    g_autoptr(xmlDoc) doc = snapfs_xml_read(xml, &ctxt);
 
     if (!doc)
         return NULL;
-    disks = snapfs_xml_disks(ctxt, inside_snapshot ? "/domainsnapshot/domain" : "/domain");
-    snapfs_xml_free(doc, ctxt);
-    return disks;
+    return snapfs_xml_disks(ctxt, inside_snapshot ? "/domainsnapshot/domain" : "/domain");
 }
 
 bool engine_disk_is_snapshotted(const struct snapfs_disk *disk)
@@ -112,8 +100,8 @@ void engine_snapshot_info_free(struct engine_snapshot_info *info)
 
 struct engine_snapshot_info *engine_parse_snapshot(const char *xml)
 {
-    xmlXPathContextPtr ctxt = NULL;
-    xmlDocPtr doc = snapfs_xml_read(xml, &ctxt);
+    g_autoptr(xmlXPathContext) ctxt = NULL;
+    g_autoptr(xmlDoc) doc = snapfs_xml_read(xml, &ctxt);
     struct engine_snapshot_info *info;
 
     if (!doc)
@@ -131,38 +119,7 @@ struct engine_snapshot_info *engine_parse_snapshot(const char *xml)
             info->external = true;
     }
     info->domain_disks = snapfs_xml_disks(ctxt, "/domainsnapshot/domain");
-    snapfs_xml_free(doc, ctxt);
     return info;
-}
-
-char *engine_snapshot_xml_set_description(const char *xml, const char *description)
-{
-    xmlDocPtr doc = xml_read(xml);
-    xmlNodePtr root, desc = NULL;
-    xmlChar *out = NULL;
-    int len = 0;
-    char *ret;
-
-    if (!doc)
-        return NULL;
-    root = xmlDocGetRootElement(doc);
-    for (xmlNodePtr cur = root ? root->children : NULL; cur; cur = cur->next)
-        if (cur->type == XML_ELEMENT_NODE && strcmp((const char *)cur->name, "description") == 0)
-            desc = cur;
-    if (!root) {
-        xmlFreeDoc(doc);
-        return NULL;
-    }
-    if (!desc)
-        desc = xmlNewChild(root, NULL, (const xmlChar *)"description", NULL);
-    /* xmlNodeSetContent would take '&' for an entity reference; the text must stay as the user wrote it. */
-    xmlNodeSetContent(desc, NULL);
-    xmlNodeAddContent(desc, (const xmlChar *)description);
-    xmlDocDumpMemory(doc, &out, &len);
-    ret = out ? g_strndup((const char *)out, (gsize)len) : NULL;
-    xmlFree(out);
-    xmlFreeDoc(doc);
-    return ret;
 }
 
 /* ---- images -------------------------------------------------------------------- */
