@@ -29,27 +29,23 @@ bool engine_image_remove_made(const char *file, int fd)
     return true;
 }
 
-int engine_image_create_overlay(const char *file, const char *backing, const char *backing_format)
+/* What went wrong after the file was made: it is removed (if still the one made) and closed. */
+static void overlay_discard(const char *file, int fd)
 {
-    g_autofree char *out = NULL;
-    g_autofree char *err = NULL;
-    g_autofree char *size = NULL;
-    struct snapfs_layer *layer;
-    struct stat below, made, named;
-    int status = 0;
+    engine_image_remove_made(file, fd);
+    close(fd);
+}
+
+/*
+ * The overlay's file, empty and private before a byte is written into it:
+ * O_EXCL and O_NOFOLLOW, owned as @backing is, 0600.  Its fd, or -1 with the
+ * reason and nothing left of it.
+ */
+static int overlay_open_private(const char *file, const char *backing)
+{
+    struct stat below;
     int fd;
 
-    /* The format goes into the overlay's header, where qemu takes it for the truth: never a guess. */
-    if (!backing_format || !snapfs_chain_format_known(backing_format)) {
-        snapfs_error_set(ENOTSUP, "cannot create overlay '%s' on '%s': the format of '%s' is %s", file, backing,
-                         backing, backing_format ? "not one snapfs accepts" : "recorded neither by libvirt nor by an image");
-        return -1;
-    }
-    layer = snapfs_chain_read_layer(backing, backing_format);
-    if (!layer)
-        return -1;
-    size = g_strdup_printf("%" G_GUINT64_FORMAT, layer->virtual_size);
-    snapfs_layer_free(layer);
     if (stat(backing, &below) < 0) {
         snapfs_error_set(errno == ENOENT ? ENOENT : EIO, "cannot create overlay '%s': cannot stat its backing "
                          "image '%s': %s", file, backing, g_strerror(errno));
@@ -66,35 +62,67 @@ int engine_image_create_overlay(const char *file, const char *backing, const cha
     /* The umask may have taken bits away, never added: 0600 exactly, whatever it is. */
     if (fchown(fd, below.st_uid, below.st_gid) < 0 || fchmod(fd, 0600) < 0) {
         snapfs_error_set(EIO, "cannot give overlay '%s' the owner of '%s': %s", file, backing, g_strerror(errno));
-        goto fail;
+        overlay_discard(file, fd);
+        return -1;
     }
-    {
-        /* -u: the backing image is known to be complete; not opening it keeps this fast. */
-        const char *argv[] = { "qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", backing_format, "-b", backing,
-                               file, size, NULL };
+    return fd;
+}
 
-        if (snapfs_spawn_sync(argv, SNAPFS_TOOL_TIMEOUT_S, &out, &err, &status) < 0)
-            goto fail;
-    }
+/* qemu-img writes the qcow2 header into the file @fd holds, by its name @file: 0, or -1 with the reason. */
+static int overlay_write_header(int fd, const char *file, const char *backing, const char *backing_format,
+                                const char *size)
+{
+    g_autofree char *out = NULL;
+    g_autofree char *err = NULL;
+    struct stat made, named;
+    int status = 0;
+    /* -u: the backing image is known to be complete; not opening it keeps this fast. */
+    const char *argv[] = { "qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", backing_format, "-b", backing,
+                           file, size, NULL };
+
+    if (snapfs_spawn_sync(argv, SNAPFS_TOOL_TIMEOUT_S, &out, &err, &status) < 0)
+        return -1;
     if (!g_spawn_check_wait_status(status, NULL)) {
         g_strstrip(err);
         snapfs_error_set(EIO, "cannot create overlay '%s' on '%s': %s", file, backing, err);
-        goto fail;
+        return -1;
     }
     /* qemu-img opened the name: it must still be the file made here, and still private. */
     if (fstat(fd, &made) < 0 || lstat(file, &named) < 0 || made.st_dev != named.st_dev ||
         made.st_ino != named.st_ino || (made.st_mode & 07777) != 0600) {
         snapfs_error_set(EIO, "cannot create overlay '%s': the file changed under snapfs while qemu-img wrote it", file);
-        goto fail;
+        return -1;
     }
     if (fsync(fd) < 0) {
         snapfs_error_set(EIO, "cannot flush overlay '%s' to disk: %s", file, g_strerror(errno));
-        goto fail;
+        return -1;
+    }
+    return 0;
+}
+
+int engine_image_create_overlay(const char *file, const char *backing, const char *backing_format)
+{
+    g_autofree char *size = NULL;
+    struct snapfs_layer *layer;
+    int fd;
+
+    /* The format goes into the overlay's header, where qemu takes it for the truth: never a guess. */
+    if (!backing_format || !snapfs_chain_format_known(backing_format)) {
+        snapfs_error_set(ENOTSUP, "cannot create overlay '%s' on '%s': the format of '%s' is %s", file, backing,
+                         backing, backing_format ? "not one snapfs accepts" : "recorded neither by libvirt nor by an image");
+        return -1;
+    }
+    layer = snapfs_chain_read_layer(backing, backing_format);
+    if (!layer)
+        return -1;
+    size = g_strdup_printf("%" G_GUINT64_FORMAT, layer->virtual_size);
+    snapfs_layer_free(layer);
+    fd = overlay_open_private(file, backing);
+    if (fd < 0)
+        return -1;
+    if (overlay_write_header(fd, file, backing, backing_format, size) < 0) {
+        overlay_discard(file, fd);
+        return -1;
     }
     return fd;
-
-fail:
-    engine_image_remove_made(file, fd);
-    close(fd);
-    return -1;
 }
