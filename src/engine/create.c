@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* The snapshot engine: snapshot names, mkdir's external snapshot, descriptions, and helpers the delete shares. */
+/* mkdir and setfattr: snapshot names, the external disk-only snapshot with the overlays made private, descriptions. */
 #include "engine-priv.h"
 #include "snapfs/chain.h"
 #include "snapfs/error.h"

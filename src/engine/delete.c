@@ -12,7 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
-/* Everything one delete looks at, gathered before anything is changed. */
+/* Everything one delete looks at, gathered before anything is changed; no lock: one thread, under the domain's lock. */
 struct delete_ctx {
     virConnectPtr conn;
     virDomainPtr dom;

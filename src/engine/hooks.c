@@ -3,8 +3,9 @@
 #include "engine-priv.h"
 #include "snapfs/log.h"
 
+/* The hooks are called after notify_mutex is let go: they take the tree's lock (src/README.md, "Locks and their order"). */
 static GMutex notify_mutex;
-static void (*notify_fn)(const char *file, void *opaque);
+static void (*notify_fn)(const char *file, void *opaque);  /* guarded by notify_mutex, as are the three below */
 static void *notify_opaque;
 static engine_before_change_fn before_fn;
 static void *before_opaque;
