@@ -3,7 +3,8 @@
 #include "engine-priv.h"
 #include "snapfs/log.h"
 
-/* The hooks are called after notify_mutex is let go: they take the tree's lock (src/README.md, "Locks and their order"). */
+/* notify_mutex is a leaf: the hooks, which take the tree's and the guest reader's locks, are called after it is let go
+ * (src/README.md, "Locks and their order"). */
 static GMutex notify_mutex;
 static void (*notify_fn)(const char *file, void *opaque);  /* guarded by notify_mutex, as are the three below */
 static void *notify_opaque;
