@@ -128,14 +128,33 @@ GPtrArray *engine_chain_files(const char *top, const char *format)
     return files;
 }
 
-static void images_add_root(struct engine_images *images, const char *file, const char *domain, char *user)
+/*
+ * @file (of @format) and the chain below it, as the image disk @target of
+ * @domain runs on (@snapshot NULL) or as one snapshot @snapshot names: a
+ * root of the graph.  -1 with the reason if a header cannot be read.
+ */
+static int images_add_root(struct engine_images *images, const char *file, const char *format, const char *domain,
+                           const char *snapshot, const char *target)
 {
-    struct image_root *root = g_new0(struct image_root, 1);
+    struct image_root *root;
+    char *user = snapshot ? g_strdup_printf("snapshot '%s' of domain '%s' (disk %s)", snapshot, domain, target)
+                          : g_strdup_printf("disk %s of domain '%s'", target, domain);
 
+    if (engine_images_add_chain(images, file, format) < 0) {
+        snapfs_error_set(chain_failure_errno(), "cannot tell what %s stands on: %s", user, snapfs_error_message());
+        g_free(user);
+        return -1;
+    }
+    if (snapshot)
+        g_hash_table_insert(images->named, g_strdup(file), g_strdup_printf("%s/%s", domain, snapshot));
+    else
+        g_hash_table_insert(images->tops, g_strdup(file), g_strdup_printf("%s %s", domain, target));
+    root = g_new0(struct image_root, 1);
     root->file = g_strdup(file);
     root->domain = g_strdup(domain);
     root->user = user;
     g_ptr_array_add(images->roots, root);
+    return 0;
 }
 
 static int images_add_disks(struct engine_images *images, GPtrArray *disks, const char *domain,
@@ -143,22 +162,11 @@ static int images_add_disks(struct engine_images *images, GPtrArray *disks, cons
 {
     for (guint i = 0; i < disks->len; i++) {
         struct snapfs_disk *disk = g_ptr_array_index(disks, i);
-        char *user;
 
         if (!disk->file || strcmp(disk->type, "network") == 0)
             continue;
-        user = snapshot ? g_strdup_printf("snapshot '%s' of domain '%s' (disk %s)", snapshot, domain, disk->target)
-                        : g_strdup_printf("disk %s of domain '%s'", disk->target, domain);
-        if (engine_images_add_chain(images, disk->file, disk->format) < 0) {
-            snapfs_error_set(chain_failure_errno(), "cannot tell what %s stands on: %s", user, snapfs_error_message());
-            g_free(user);
+        if (images_add_root(images, disk->file, disk->format, domain, snapshot, disk->target) < 0)
             return -1;
-        }
-        if (snapshot)
-            g_hash_table_insert(images->named, g_strdup(disk->file), g_strdup_printf("%s/%s", domain, snapshot));
-        else
-            g_hash_table_insert(images->tops, g_strdup(disk->file), g_strdup_printf("%s %s", domain, disk->target));
-        images_add_root(images, disk->file, domain, user);
     }
     return 0;
 }
@@ -219,14 +227,8 @@ static int images_add_snapshot(struct engine_images *images, virDomainSnapshotPt
                          "it froze is read from the snapshot's domain", snap_name, domain, disk->target, disk->file);
             continue;
         }
-        if (engine_images_add_chain(images, disk->file, disk->format) < 0) {
-            snapfs_error_set(chain_failure_errno(), "cannot tell what snapshot '%s' of domain '%s' (disk %s) stands on: %s",
-                             snap_name, domain, disk->target, snapfs_error_message());
+        if (images_add_root(images, disk->file, disk->format, domain, snap_name, disk->target) < 0)
             goto cleanup;
-        }
-        g_hash_table_insert(images->named, g_strdup(disk->file), g_strdup_printf("%s/%s", domain, snap_name));
-        images_add_root(images, disk->file, domain,
-                        g_strdup_printf("snapshot '%s' of domain '%s' (disk %s)", snap_name, domain, disk->target));
     }
     /* The domain as it was: for an internal snapshot, the images that hold it. */
     ret = images_add_disks(images, info->domain_disks, domain, snap_name);
