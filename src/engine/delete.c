@@ -513,6 +513,13 @@ static void delete_notify_merged(struct delete_ctx *ctx)
     }
 }
 
+/*
+ * An external snapshot: off the domain's branch its files are only let go;
+ * on it, libvirt merges it.  Every refusal and check comes first, while
+ * nothing is changed; then whoever reads the images is asked, the chains are
+ * spelled out (shut-off domains), the snapshot is made current where libvirt
+ * 9.0 needs it, and only then does libvirt merge.
+ */
 static int delete_external(struct delete_ctx *ctx)
 {
     int children = virDomainSnapshotNumChildren(ctx->snap, 0);
