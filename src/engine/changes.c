@@ -73,7 +73,7 @@ void engine_notify_changed_since(const char *label, GHashTable *before)
 }
 
 /* The files of every disk's chain, top first, to notice afterwards what moved. */
-static GPtrArray *engine_domain_chain_files(GPtrArray *disks)
+static GPtrArray *disks_chain_files(GPtrArray *disks)
 {
     GPtrArray *files = g_ptr_array_new_with_free_func(g_free);
 
@@ -93,7 +93,7 @@ static GPtrArray *engine_domain_chain_files(GPtrArray *disks)
 
 GHashTable *engine_domain_files_state(GPtrArray *disks)
 {
-    GPtrArray *files = engine_domain_chain_files(disks);
+    GPtrArray *files = disks_chain_files(disks);
     GHashTable *state = engine_files_state(files);
 
     g_ptr_array_unref(files);

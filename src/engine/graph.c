@@ -72,7 +72,7 @@ static bool backing_is_protocol(const char *backing)
 }
 
 /* EIO for what cannot be read, but ENOTSUP stays ENOTSUP: a format recorded nowhere is a refusal with its own reason. */
-static int chain_failure_errno(void)
+static int graph_failure_errno(void)
 {
     return snapfs_error_errno() == ENOTSUP ? ENOTSUP : EIO;
 }
@@ -96,7 +96,7 @@ int engine_images_add_chain(struct engine_images *images, const char *file, cons
         layer = snapfs_chain_read_layer(cur, fmt);
         if (!layer) {
             /* What an unreadable image stands on is unknown: nothing below it may be taken for unneeded. */
-            snapfs_error_set(chain_failure_errno(), "%s", snapfs_error_message());
+            snapfs_error_set(graph_failure_errno(), "%s", snapfs_error_message());
             return -1;
         }
         if (layer->backing && !backing_is_protocol(layer->backing))
@@ -141,7 +141,7 @@ static int images_add_root(struct engine_images *images, const char *file, const
                           : g_strdup_printf("disk %s of domain '%s'", target, domain);
 
     if (engine_images_add_chain(images, file, format) < 0) {
-        snapfs_error_set(chain_failure_errno(), "cannot tell what %s stands on: %s", user, snapfs_error_message());
+        snapfs_error_set(graph_failure_errno(), "cannot tell what %s stands on: %s", user, snapfs_error_message());
         g_free(user);
         return -1;
     }
@@ -298,7 +298,7 @@ struct engine_images *engine_images_collect(virConnectPtr conn, const char *doma
     }
     free(doms);
     if (ret < 0) {
-        snapfs_error_set(chain_failure_errno(), "%s: %s; snapfs changes nothing while it cannot tell which images are needed",
+        snapfs_error_set(graph_failure_errno(), "%s: %s; snapfs changes nothing while it cannot tell which images are needed",
                          what, snapfs_error_message());
         engine_images_free(images);
         return NULL;
