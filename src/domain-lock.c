@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Per-domain locks: one snapshot operation (create, delete, describe, revert) on a domain at a time, waited for within a bound. */
-#include "snapfs/engine.h"
+#include "snapfs/domain-lock.h"
 
 #include "snapfs/error.h"
 #include "snapfs/log.h"
@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <glib.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>

@@ -163,3 +163,32 @@ GPtrArray *snapfs_xml_snapshot_disks(xmlXPathContextPtr ctxt)
     xmlXPathFreeObject(obj);
     return disks;
 }
+
+/* --- engine --- */
+
+bool snapfs_xml_exists(xmlXPathContextPtr ctxt, const char *expr)
+{
+    g_autoptr(xmlXPathObject) obj = xmlXPathEval((const xmlChar *)expr, ctxt);
+
+    return obj && obj->type == XPATH_NODESET && obj->nodesetval && obj->nodesetval->nodeNr > 0;
+}
+
+char *snapfs_xml_set_description(const char *xml, const char *description)
+{
+    g_autoptr(xmlXPathContext) ctxt = NULL;
+    g_autoptr(xmlDoc) doc = snapfs_xml_read(xml, &ctxt);
+    xmlNodePtr root = doc ? xmlDocGetRootElement(doc) : NULL;
+    xmlNodePtr desc = NULL;
+
+    if (!root)
+        return NULL;
+    for (xmlNodePtr cur = root->children; cur; cur = cur->next)
+        if (cur->type == XML_ELEMENT_NODE && strcmp((const char *)cur->name, "description") == 0)
+            desc = cur;
+    if (!desc)
+        desc = xmlNewChild(root, NULL, (const xmlChar *)"description", NULL);
+    /* xmlNodeSetContent would take '&' for an entity reference; the text must stay as the user wrote it. */
+    xmlNodeSetContent(desc, NULL);
+    xmlNodeAddContent(desc, (const xmlChar *)description);
+    return snapfs_xml_dump(doc);
+}

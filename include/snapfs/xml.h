@@ -52,3 +52,12 @@ GPtrArray *snapfs_xml_disks(xmlXPathContextPtr ctxt, const char *prefix);
 
 /* The <disks><disk> of a <domainsnapshot>: struct snapfs_snapshot_disk *. */
 GPtrArray *snapfs_xml_snapshot_disks(xmlXPathContextPtr ctxt);
+
+/* --- engine --- */
+
+/* Whether @expr selects at least one node. */
+bool snapfs_xml_exists(xmlXPathContextPtr ctxt, const char *expr);
+
+/* @xml (a <domainsnapshot>) with <description> set to @description, added if missing, as the user wrote it
+ * (no entities expanded); NULL if it cannot be parsed. */
+char *snapfs_xml_set_description(const char *xml, const char *description);

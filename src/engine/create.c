@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* The snapshot engine: snapshot names, mkdir's external snapshot, descriptions, and helpers the delete shares. */
+/* mkdir and setfattr: snapshot names, the external disk-only snapshot with the overlays made private, descriptions. */
 #include "engine-priv.h"
 #include "snapfs/chain.h"
 #include "snapfs/error.h"
@@ -9,8 +9,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libvirt/virterror.h>
-#include <libxml/parser.h>
-#include <libxml/xpath.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,77 +48,6 @@ int engine_check_name(const char *name)
     return 0;
 }
 
-/* ---- helpers shared with the delete ------------------------------------------------ */
-
-bool engine_conn_is_local(virConnectPtr conn)
-{
-    g_autofree char *uri = virConnectGetURI(conn);
-
-    return snapfs_uri_is_local(uri);
-}
-
-GPtrArray *engine_domain_disks(virDomainPtr dom, bool inactive)
-{
-    g_autofree char *xml = virDomainGetXMLDesc(dom, inactive ? VIR_DOMAIN_XML_INACTIVE : 0);
-    GPtrArray *disks;
-
-    if (!xml) {
-        snapfs_error_from_virt("cannot read the XML of '%s'", virDomainGetName(dom));
-        return NULL;
-    }
-    disks = engine_parse_disks(xml, false);
-    if (!disks)
-        snapfs_error_set(EIO, "cannot parse the XML of '%s'", virDomainGetName(dom));
-    return disks;
-}
-
-bool engine_block_job_running(virDomainPtr dom, GPtrArray *disks, const char *what)
-{
-    if (virDomainIsActive(dom) != 1)
-        return false;
-    for (guint i = 0; i < disks->len; i++) {
-        struct snapfs_disk *disk = g_ptr_array_index(disks, i);
-        virDomainBlockJobInfo info;
-
-        if (!disk->target || !disk->file)
-            continue;
-        if (virDomainGetBlockJobInfo(dom, disk->target, &info, 0) > 0) {
-            snapfs_error_set(EBUSY, "%s: a block job is running on disk %s of '%s'", what, disk->target,
-                             virDomainGetName(dom));
-            return true;
-        }
-    }
-    return false;
-}
-
-/* The files of every disk's chain, top first, to notice afterwards what moved. */
-static GPtrArray *engine_domain_chain_files(GPtrArray *disks)
-{
-    GPtrArray *files = g_ptr_array_new_with_free_func(g_free);
-
-    for (guint i = 0; disks && i < disks->len; i++) {
-        struct snapfs_disk *disk = g_ptr_array_index(disks, i);
-        GPtrArray *chain;
-
-        if (!disk->file || strcmp(disk->type, "network") == 0)
-            continue;
-        chain = engine_chain_files(disk->file, disk->format);
-        for (guint j = 0; j < chain->len; j++)
-            g_ptr_array_add(files, g_strdup(g_ptr_array_index(chain, j)));
-        g_ptr_array_unref(chain);
-    }
-    return files;
-}
-
-GHashTable *engine_domain_files_state(GPtrArray *disks)
-{
-    GPtrArray *files = engine_domain_chain_files(disks);
-    GHashTable *state = engine_files_state(files);
-
-    g_ptr_array_unref(files);
-    return state;
-}
-
 /* ---- mkdir ------------------------------------------------------------------------- */
 
 /* The overlay libvirt names by default: the image's name with its extension replaced by the snapshot's. */
@@ -136,33 +63,21 @@ static char *create_overlay_name(const char *file, const char *name)
 static bool create_agent_connected(virDomainPtr dom)
 {
     g_autofree char *xml = virDomainGetXMLDesc(dom, 0);
-    xmlDocPtr doc;
-    xmlXPathContextPtr ctxt;
-    xmlXPathObjectPtr obj;
-    bool connected = false;
+    g_autoptr(xmlXPathContext) ctxt = NULL;
+    g_autoptr(xmlDoc) doc = xml ? snapfs_xml_read(xml, &ctxt) : NULL;
 
-    if (!xml || !(doc = xmlReadMemory(xml, (int)strlen(xml), "domain.xml", NULL,
-                                      XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING)))
-        return false;
-    ctxt = xmlXPathNewContext(doc);
-    obj = ctxt ? xmlXPathEval((const xmlChar *)"/domain/devices/channel/target"
-                              "[@name='org.qemu.guest_agent.0' and @state='connected']", ctxt) : NULL;
-    connected = obj && obj->type == XPATH_NODESET && obj->nodesetval && obj->nodesetval->nodeNr > 0;
-    xmlXPathFreeObject(obj);
-    xmlXPathFreeContext(ctxt);
-    xmlFreeDoc(doc);
-    return connected;
+    return doc && snapfs_xml_exists(ctxt, "/domain/devices/channel/target"
+                                          "[@name='org.qemu.guest_agent.0' and @state='connected']");
 }
 
 /* Refusals that must come before libvirt touches anything: the name taken, a file in the way, a block job. */
 static int create_check(virDomainPtr dom, const char *domain, const char *name, GPtrArray *disks, bool local)
 {
-    virDomainSnapshotPtr existing = virDomainSnapshotLookupByName(dom, name, 0);
+    g_autoptr(virDomainSnapshot) existing = virDomainSnapshotLookupByName(dom, name, 0);
     g_autofree char *what = g_strdup_printf("cannot create snapshot '%s' of '%s'", name, domain);
     guint snapshotted = 0;
 
     if (existing) {
-        virDomainSnapshotFree(existing);
         snapfs_error_set(EEXIST, "%s: a snapshot of that name exists", what);
         return -1;
     }
@@ -217,14 +132,12 @@ static int create_check(virDomainPtr dom, const char *domain, const char *name, 
 static long create_qemu_uid(virDomainPtr dom)
 {
     g_autofree char *xml = virDomainGetXMLDesc(dom, 0);
-    xmlXPathContextPtr ctxt = NULL;
-    xmlDocPtr doc = xml ? snapfs_xml_read(xml, &ctxt) : NULL;
+    g_autoptr(xmlXPathContext) ctxt = NULL;
+    g_autoptr(xmlDoc) doc = xml ? snapfs_xml_read(xml, &ctxt) : NULL;
     g_autofree char *label = doc ? snapfs_xml_string(ctxt, NULL, "string(/domain/seclabel[@model='dac']/label)")
                                  : NULL;
     long uid = -1;
 
-    if (doc)
-        snapfs_xml_free(doc, ctxt);
     if (label) {
         char *end = NULL;
         const char *p = label[0] == '+' ? label + 1 : label;
@@ -383,57 +296,50 @@ static virDomainSnapshotPtr create_call(virDomainPtr dom, const char *xml, unsig
     return virDomainSnapshotCreateXML(dom, xml, flags);
 }
 
-int engine_snapshot_create(virConnectPtr conn, const char *domain, const char *name,
-                           const struct engine_options *options)
+/* The old tops are frozen now, with an overlay above: views that read them as live must go. */
+static void create_notify_frozen(const char *label, GPtrArray *disks)
 {
-    struct engine_lock *lock = NULL;
-    virDomainPtr dom = NULL;
-    virDomainSnapshotPtr snap = NULL;
-    GPtrArray *disks = NULL;
-    g_autofree char *escaped = NULL;
-    g_autofree char *xml = NULL;
-    g_autofree char *doing = NULL;
-    g_autofree char *label = NULL;
-    struct engine_progress *progress;
-    enum engine_quiesce quiesce = options ? options->quiesce : ENGINE_QUIESCE_AUTO;
-    GPtrArray *made = NULL;
-    unsigned int flags;
-    bool running, local;
-    int ret = -1;
+    for (guint i = 0; i < disks->len; i++) {
+        struct snapfs_disk *disk = g_ptr_array_index(disks, i);
 
-    if (engine_check_name(name) < 0)
-        return -1;
-    label = snapfs_domain_label(conn, domain);
-    doing = g_strdup_printf("creating snapshot '%s'", name);
-    /* Two mkdirs of one name: the second waits here (within the bound), then finds the name taken. */
-    {
-        g_autofree char *what = g_strdup_printf("cannot create snapshot '%s' of '%s'", name, domain);
-
-        lock = engine_lock_domain_conn(conn, domain, doing, what);
+        if (engine_disk_is_snapshotted(disk) && disk->file)
+            engine_notify_chain_changed(label, disk->file);
     }
-    if (!lock)
-        goto cleanup;
-    dom = virDomainLookupByName(conn, domain);
+}
+
+/* mkdir with the domain's lock held: check, make what snapfs makes itself, let libvirt snapshot, tell who reads. */
+static int create_locked(virConnectPtr conn, const char *domain, const char *name, enum engine_quiesce quiesce,
+                         const char *label, const char *doing)
+{
+    g_autoptr(virDomain) dom = virDomainLookupByName(conn, domain);
+    g_autoptr(virDomainSnapshot) snap = NULL;
+    g_autoptr(GPtrArray) disks = NULL;
+    g_autoptr(GPtrArray) made = NULL;
+    g_autofree char *xml = NULL;
+    struct engine_progress *progress;
+    unsigned int flags = VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY | VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC;
+    bool running, local;
+
     if (!dom) {
         snapfs_error_from_virt("cannot create snapshot '%s' of '%s'", name, domain);
-        goto cleanup;
+        return -1;
     }
     running = virDomainIsActive(dom) == 1;
     disks = engine_domain_disks(dom, !running);
     local = engine_conn_is_local(conn);
     if (!disks || create_check(dom, domain, name, disks, local) < 0)
-        goto cleanup;
+        return -1;
 
-    flags = VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY | VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC;
     /* A running domain's overlays libvirt makes for qemu, 0600 and labelled, and only qemu may open them. */
     if (!running && local) {
         made = g_ptr_array_new_with_free_func(create_made_free);
         xml = create_make_overlays(domain, name, disks, made);
         if (!xml)
-            goto cleanup;
+            return -1;
         flags |= VIR_DOMAIN_SNAPSHOT_CREATE_REUSE_EXT;
     } else {
-        escaped = g_markup_escape_text(name, -1);
+        g_autofree char *escaped = g_markup_escape_text(name, -1);
+
         xml = g_strdup_printf("<domainsnapshot><name>%s</name></domainsnapshot>", escaped);
     }
     progress = engine_progress_begin(conn, NULL, domain, doing, NULL);
@@ -445,34 +351,82 @@ int engine_snapshot_create(virConnectPtr conn, const char *domain, const char *n
     if (!snap) {
         /* ATOMIC: libvirt changed nothing, so what snapfs made is nobody's. */
         create_made_remove(made);
-        goto cleanup;
+        return -1;
     }
     snapfs_info("created snapshot '%s' of domain '%s'%s", name, label, running ? " (live)" : "");
     if (local && running)
         create_make_overlays_private(dom, snap, label);
-    /* The old tops are frozen now, with an overlay above: views that read them as live must go. */
-    for (guint i = 0; i < disks->len; i++) {
-        struct snapfs_disk *disk = g_ptr_array_index(disks, i);
+    create_notify_frozen(label, disks);
+    return 0;
+}
 
-        if (engine_disk_is_snapshotted(disk) && disk->file)
-            engine_notify_chain_changed(label, disk->file);
-    }
-    ret = 0;
+int engine_snapshot_create(virConnectPtr conn, const char *domain, const char *name,
+                           const struct engine_options *options)
+{
+    g_autofree char *label = NULL;
+    g_autofree char *doing = NULL;
+    g_autofree char *what = NULL;
+    struct engine_lock *lock;
+    int ret;
 
-cleanup:
-    if (made)
-        g_ptr_array_unref(made);
-    if (disks)
-        g_ptr_array_unref(disks);
-    if (snap)
-        virDomainSnapshotFree(snap);
-    if (dom)
-        virDomainFree(dom);
+    if (engine_check_name(name) < 0)
+        return -1;
+    label = snapfs_domain_label(conn, domain);
+    doing = g_strdup_printf("creating snapshot '%s'", name);
+    what = g_strdup_printf("cannot create snapshot '%s' of '%s'", name, domain);
+    /* Two mkdirs of one name: the second waits here (within the bound), then finds the name taken. */
+    lock = engine_lock_domain_conn(conn, domain, doing, what);
+    if (!lock)
+        return -1;
+    ret = create_locked(conn, domain, name, options ? options->quiesce : ENGINE_QUIESCE_AUTO, label, doing);
     engine_unlock_domain(lock);
     return ret;
 }
 
 /* ---- setfattr user.snapfs.description ------------------------------------------------ */
+
+/* setfattr with the domain's lock held: the snapshot redefined with the new <description>. */
+static int describe_locked(virConnectPtr conn, const char *domain, const char *name, const char *description,
+                           const char *what)
+{
+    g_autoptr(virDomain) dom = NULL;
+    g_autoptr(virDomainSnapshot) snap = NULL;
+    g_autoptr(virDomainSnapshot) redefined = NULL;
+    g_autofree char *xml = NULL;
+    g_autofree char *changed = NULL;
+    unsigned int flags = VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE;
+
+    if (!g_utf8_validate(description, -1, NULL)) {
+        snapfs_error_set(EINVAL, "%s: the text is not valid UTF-8", what);
+        return -1;
+    }
+    dom = virDomainLookupByName(conn, domain);
+    snap = dom ? virDomainSnapshotLookupByName(dom, name, 0) : NULL;
+    if (!snap) {
+        snapfs_error_from_virt("%s", what);
+        return -1;
+    }
+    /* SECURE: the redefinition must carry every secret the snapshot's domain XML holds. */
+    xml = virDomainSnapshotGetXMLDesc(snap, VIR_DOMAIN_SNAPSHOT_XML_SECURE);
+    if (!xml) {
+        snapfs_error_from_virt("%s", what);
+        return -1;
+    }
+    changed = snapfs_xml_set_description(xml, description);
+    if (!changed) {
+        snapfs_error_set(EIO, "%s: its XML cannot be parsed", what);
+        return -1;
+    }
+    /* Redefining without CURRENT would leave the domain with no current snapshot. */
+    if (virDomainSnapshotIsCurrent(snap, 0) == 1)
+        flags |= VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT;
+    redefined = virDomainSnapshotCreateXML(dom, changed, flags);
+    if (!redefined) {
+        snapfs_error_from_virt("%s", what);
+        return -1;
+    }
+    return 0;
+}
 
 int engine_snapshot_set_description(virConnectPtr conn, const char *domain, const char *name,
                                     const char *description)
@@ -480,53 +434,11 @@ int engine_snapshot_set_description(virConnectPtr conn, const char *domain, cons
     g_autofree char *doing = g_strdup_printf("describing snapshot '%s'", name);
     g_autofree char *what = g_strdup_printf("cannot describe snapshot '%s' of '%s'", name, domain);
     struct engine_lock *lock = engine_lock_domain_conn(conn, domain, doing, what);
-    virDomainPtr dom = NULL;
-    virDomainSnapshotPtr snap = NULL, redefined = NULL;
-    g_autofree char *xml = NULL;
-    g_autofree char *changed = NULL;
-    unsigned int flags = VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE;
-    int ret = -1;
+    int ret;
 
     if (!lock)
         return -1;
-    if (!g_utf8_validate(description, -1, NULL)) {
-        snapfs_error_set(EINVAL, "cannot describe snapshot '%s' of '%s': the text is not valid UTF-8", name, domain);
-        goto cleanup;
-    }
-    dom = virDomainLookupByName(conn, domain);
-    snap = dom ? virDomainSnapshotLookupByName(dom, name, 0) : NULL;
-    if (!snap) {
-        snapfs_error_from_virt("cannot describe snapshot '%s' of '%s'", name, domain);
-        goto cleanup;
-    }
-    /* SECURE: the redefinition must carry every secret the snapshot's domain XML holds. */
-    xml = virDomainSnapshotGetXMLDesc(snap, VIR_DOMAIN_SNAPSHOT_XML_SECURE);
-    if (!xml) {
-        snapfs_error_from_virt("cannot describe snapshot '%s' of '%s'", name, domain);
-        goto cleanup;
-    }
-    changed = engine_snapshot_xml_set_description(xml, description);
-    if (!changed) {
-        snapfs_error_set(EIO, "cannot describe snapshot '%s' of '%s': its XML cannot be parsed", name, domain);
-        goto cleanup;
-    }
-    /* Redefining without CURRENT would leave the domain with no current snapshot. */
-    if (virDomainSnapshotIsCurrent(snap, 0) == 1)
-        flags |= VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT;
-    redefined = virDomainSnapshotCreateXML(dom, changed, flags);
-    if (!redefined) {
-        snapfs_error_from_virt("cannot describe snapshot '%s' of '%s'", name, domain);
-        goto cleanup;
-    }
-    ret = 0;
-
-cleanup:
-    if (redefined)
-        virDomainSnapshotFree(redefined);
-    if (snap)
-        virDomainSnapshotFree(snap);
-    if (dom)
-        virDomainFree(dom);
+    ret = describe_locked(conn, domain, name, description, what);
     engine_unlock_domain(lock);
     return ret;
 }

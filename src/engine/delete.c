@@ -9,11 +9,10 @@
 #include <errno.h>
 #include <libvirt/virterror.h>
 #include <libxml/parser.h>
-#include <libxml/tree.h>
 #include <string.h>
 #include <unistd.h>
 
-/* Everything one delete looks at, gathered before anything is changed. */
+/* Everything one delete looks at, gathered before anything is changed; no lock: one thread, under the domain's lock. */
 struct delete_ctx {
     virConnectPtr conn;
     virDomainPtr dom;
@@ -28,17 +27,6 @@ struct delete_ctx {
     GPtrArray *disks;                   /* struct snapfs_disk *, live if running */
     struct engine_images *images;
 };
-
-static struct snapfs_disk *delete_find_disk(struct delete_ctx *ctx, const char *target)
-{
-    for (guint i = 0; i < ctx->disks->len; i++) {
-        struct snapfs_disk *disk = g_ptr_array_index(ctx->disks, i);
-
-        if (disk->target && strcmp(disk->target, target) == 0)
-            return disk;
-    }
-    return NULL;
-}
 
 /* The image right above @file in the chain that starts at @top, "" if @file is @top, NULL if absent. */
 static const char *delete_above_in_chain(struct engine_images *images, const char *top, const char *file)
@@ -57,29 +45,11 @@ static const char *delete_above_in_chain(struct engine_images *images, const cha
 
 /* ---- the checks that keep libvirt 9.0 from losing data ---------------------------------- */
 
-/*
- * libvirt merges the snapshot's overlay into the image below it (the one
- * the snapshot froze), rebases the image above onto that, and unlinks the
- * overlay.  That is right only when nothing else reads either file.
- */
-static int delete_check_merge_disk(struct delete_ctx *ctx, struct snapfs_snapshot_disk *sd,
-                                   struct snapfs_disk *disk, const char *above)
+/* Another domain (a linked clone) or its snapshot reading either file would read otherwise after. */
+static int delete_check_not_shared(struct delete_ctx *ctx, const char *overlay, const char *frozen)
 {
-    const char *overlay = sd->file;
-    const char *frozen = g_hash_table_lookup(ctx->images->backing, overlay);
-    g_autofree const char **over_deps = NULL;
-    g_autofree const char **frozen_deps = NULL;
-    g_autofree char *other = NULL;
-    GPtrArray *internal;
-    const char *user;
+    g_autofree char *other = engine_images_user(ctx->images, overlay, ctx->domain);
 
-    if (!frozen || !*frozen) {
-        snapfs_error_set(ENOTSUP, "%s: its overlay '%s' of disk %s has no backing image to merge into",
-                         ctx->what, overlay, sd->target);
-        return -1;
-    }
-    /* Another domain (a linked clone) or its snapshot reading either file would read otherwise after. */
-    other = engine_images_user(ctx->images, overlay, ctx->domain);
     if (other) {
         snapfs_error_set(EBUSY, "%s: %s stands on its overlay '%s', which the merge would remove",
                          ctx->what, other, overlay);
@@ -90,8 +60,14 @@ static int delete_check_merge_disk(struct delete_ctx *ctx, struct snapfs_snapsho
         snapfs_error_set(EBUSY, "%s: %s stands on '%s', which the merge would change", ctx->what, other, frozen);
         return -1;
     }
-    /* libvirt 9.0 unlinks the overlay with every internal snapshot inside it (seen: a child's, after a revert). */
-    internal = snapfs_chain_internal_snapshots(overlay);
+    return 0;
+}
+
+/* libvirt 9.0 unlinks the overlay with every internal snapshot inside it (seen: a child's, after a revert). */
+static int delete_check_no_internal(struct delete_ctx *ctx, const char *overlay)
+{
+    g_autoptr(GPtrArray) internal = snapfs_chain_internal_snapshots(overlay);
+
     if (!internal) {
         snapfs_error_set(EIO, "%s: cannot tell whether its overlay '%s' holds internal snapshots: %s", ctx->what,
                          overlay, snapfs_error_message());
@@ -100,11 +76,18 @@ static int delete_check_merge_disk(struct delete_ctx *ctx, struct snapfs_snapsho
     if (internal->len > 0) {
         snapfs_error_set(ENOTSUP, "%s: its overlay '%s' holds internal snapshot '%s', which the merge would destroy",
                          ctx->what, overlay, (const char *)g_ptr_array_index(internal, 0));
-        g_ptr_array_unref(internal);
         return -1;
     }
-    g_ptr_array_unref(internal);
-    over_deps = engine_images_dependents(ctx->images, overlay);
+    return 0;
+}
+
+/* Nothing but the disk's own chain may be built on the overlay (@above) or on what it froze (the overlay). */
+static int delete_check_no_branch(struct delete_ctx *ctx, const char *overlay, const char *frozen,
+                                  const char *above)
+{
+    g_autofree const char **over_deps = engine_images_dependents(ctx->images, overlay);
+    g_autofree const char **frozen_deps = NULL;
+
     for (size_t i = 0; over_deps[i]; i++) {
         if (strcmp(over_deps[i], above) != 0) {
             snapfs_error_set(ENOTSUP, "%s: '%s' is built on its overlay '%s' outside the disk's chain (a branch); "
@@ -120,6 +103,29 @@ static int delete_check_merge_disk(struct delete_ctx *ctx, struct snapfs_snapsho
             return -1;
         }
     }
+    return 0;
+}
+
+/*
+ * libvirt merges the snapshot's overlay into the image below it (the one
+ * the snapshot froze), rebases the image above onto that, and unlinks the
+ * overlay.  That is right only when nothing else reads either file.
+ */
+static int delete_check_merge_disk(struct delete_ctx *ctx, struct snapfs_snapshot_disk *sd,
+                                   struct snapfs_disk *disk, const char *above)
+{
+    const char *overlay = sd->file;
+    const char *frozen = g_hash_table_lookup(ctx->images->backing, overlay);
+    const char *user;
+
+    if (!frozen || !*frozen) {
+        snapfs_error_set(ENOTSUP, "%s: its overlay '%s' of disk %s has no backing image to merge into",
+                         ctx->what, overlay, sd->target);
+        return -1;
+    }
+    if (delete_check_not_shared(ctx, overlay, frozen) < 0 || delete_check_no_internal(ctx, overlay) < 0 ||
+        delete_check_no_branch(ctx, overlay, frozen, above) < 0)
+        return -1;
     user = g_hash_table_lookup(ctx->images->tops, frozen);
     if (user) {
         snapfs_error_set(ENOTSUP, "%s: '%s', which the merge would change, is the disk of %s",
@@ -135,6 +141,61 @@ static int delete_check_merge_disk(struct delete_ctx *ctx, struct snapfs_snapsho
 }
 
 /*
+ * Spell out the <backingStore> chain of one <disk> of the domain's XML: 1
+ * when it did, 0 when there was nothing to spell (no file, or spelled out
+ * already), -1 with the reason.  The splice stays here until xml.c holds the
+ * one "spell out a disk's backing chain" that revert and delete will share.
+ */
+static int delete_spell_out_disk(struct delete_ctx *ctx, xmlNodePtr disk)
+{
+    xmlNodePtr source = NULL, backing = NULL, parsed = NULL;
+    xmlChar *file = NULL, *format = NULL;
+    g_autoptr(GPtrArray) chain = NULL;
+    int ret = 0;
+
+    for (xmlNodePtr c = disk->children; c; c = c->next) {
+        if (c->type != XML_ELEMENT_NODE)
+            continue;
+        if (strcmp((const char *)c->name, "source") == 0)
+            source = c;
+        else if (strcmp((const char *)c->name, "backingStore") == 0)
+            backing = c;
+        else if (strcmp((const char *)c->name, "driver") == 0)
+            format = xmlGetProp(c, (const xmlChar *)"type");
+    }
+    if (source)
+        file = xmlGetProp(source, (const xmlChar *)"file");
+    /* Already spelled out (a non-empty <backingStore>), or nothing to spell. */
+    if (!file || (backing && backing->children))
+        goto cleanup;
+    chain = snapfs_chain_read((const char *)file, (const char *)format);
+    if (!chain) {
+        ret = -1;
+        goto cleanup;
+    }
+    if (chain->len > 1) {
+        g_autofree char *spelled = snapfs_chain_backing_xml(chain);
+
+        if (xmlParseInNodeContext(disk, spelled, (int)strlen(spelled), 0, &parsed) != XML_ERR_OK) {
+            snapfs_error_set(EIO, "%s: cannot spell out the chain of '%s'", ctx->what, (const char *)file);
+            ret = -1;
+            goto cleanup;
+        }
+        if (backing) {
+            xmlUnlinkNode(backing);
+            xmlFreeNode(backing);
+        }
+        xmlAddNextSibling(source, parsed);
+        ret = 1;
+    }
+
+cleanup:
+    xmlFree(format);
+    xmlFree(file);
+    return ret;
+}
+
+/*
  * libvirt 9.0 deletes external snapshots of a shut-off domain only when the
  * persistent XML spells out each disk's <backingStore> chain.  Spelling it out
  * changes nothing the guest sees, so it is safe at any moment.
@@ -142,95 +203,44 @@ static int delete_check_merge_disk(struct delete_ctx *ctx, struct snapfs_snapsho
 static int delete_spell_out_chains(struct delete_ctx *ctx)
 {
     g_autofree char *xml = virDomainGetXMLDesc(ctx->dom, VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE);
-    xmlDocPtr doc = NULL;
+    g_autoptr(xmlXPathContext) xpath = NULL;
+    g_autoptr(xmlDoc) doc = NULL;
+    g_autofree char *out = NULL;
+    g_autoptr(virDomain) redefined = NULL;
     xmlNodePtr root;
-    xmlChar *out = NULL;
-    int len = 0;
     bool changed = false;
-    virDomainPtr redefined;
-    int ret = -1;
 
     if (!xml) {
         snapfs_error_from_virt("%s", ctx->what);
         return -1;
     }
-    doc = xmlReadMemory(xml, (int)strlen(xml), "domain.xml", NULL,
-                        XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
+    doc = snapfs_xml_read(xml, &xpath);
     root = doc ? xmlDocGetRootElement(doc) : NULL;
     for (xmlNodePtr devices = root ? root->children : NULL; devices; devices = devices->next) {
         if (devices->type != XML_ELEMENT_NODE || strcmp((const char *)devices->name, "devices") != 0)
             continue;
         for (xmlNodePtr disk = devices->children; disk; disk = disk->next) {
-            xmlNodePtr source = NULL, backing = NULL, parsed = NULL;
-            xmlChar *file = NULL, *format = NULL;
-            GPtrArray *chain;
+            int spelled;
 
             if (disk->type != XML_ELEMENT_NODE || strcmp((const char *)disk->name, "disk") != 0)
                 continue;
-            for (xmlNodePtr c = disk->children; c; c = c->next) {
-                if (c->type != XML_ELEMENT_NODE)
-                    continue;
-                if (strcmp((const char *)c->name, "source") == 0)
-                    source = c;
-                else if (strcmp((const char *)c->name, "backingStore") == 0)
-                    backing = c;
-                else if (strcmp((const char *)c->name, "driver") == 0)
-                    format = xmlGetProp(c, (const xmlChar *)"type");
-            }
-            if (source)
-                file = xmlGetProp(source, (const xmlChar *)"file");
-            /* Already spelled out (a non-empty <backingStore>), or nothing to spell. */
-            if (!file || (backing && backing->children)) {
-                xmlFree(file);
-                xmlFree(format);
-                continue;
-            }
-            chain = snapfs_chain_read((const char *)file, (const char *)format);
-            xmlFree(format);
-            if (!chain) {
-                xmlFree(file);
-                goto cleanup;
-            }
-            if (chain->len > 1) {
-                g_autofree char *spelled = snapfs_chain_backing_xml(chain);
-
-                if (xmlParseInNodeContext(disk, spelled, (int)strlen(spelled), 0, &parsed) != XML_ERR_OK) {
-                    g_ptr_array_unref(chain);
-                    snapfs_error_set(EIO, "%s: cannot spell out the chain of '%s'", ctx->what, (const char *)file);
-                    xmlFree(file);
-                    goto cleanup;
-                }
-                if (backing) {
-                    xmlUnlinkNode(backing);
-                    xmlFreeNode(backing);
-                }
-                xmlAddNextSibling(source, parsed);
-                changed = true;
-            }
-            xmlFree(file);
-            g_ptr_array_unref(chain);
+            spelled = delete_spell_out_disk(ctx, disk);
+            if (spelled < 0)
+                return -1;
+            changed = changed || spelled > 0;
         }
     }
-    if (!changed) {
-        ret = 0;
-        goto cleanup;
-    }
-    xmlDocDumpMemory(doc, &out, &len);
-    redefined = out ? virDomainDefineXML(ctx->conn, (const char *)out) : NULL;
+    if (!changed)
+        return 0;
+    out = snapfs_xml_dump(doc);
+    redefined = out ? virDomainDefineXML(ctx->conn, out) : NULL;
     if (!redefined) {
         snapfs_error_from_virt("%s: cannot spell out the backing chains in its XML", ctx->what);
-        goto cleanup;
+        return -1;
     }
-    virDomainFree(redefined);
     snapfs_debug("spelled out the backing chains of domain '%s' for libvirt to delete snapshot '%s'",
                  ctx->label, ctx->name);
-    ret = 0;
-
-cleanup:
-    xmlFree(out);
-    if (doc)
-        xmlFreeDoc(doc);
-    return ret;
+    return 0;
 }
 
 /* ---- the three ways ----------------------------------------------------------------- */
@@ -347,6 +357,13 @@ static int delete_off_branch(struct delete_ctx *ctx)
     return 0;
 }
 
+/* The snapshot whose XML (SECURE) is @xml redefined as @dom's current one; NULL (also for no @xml) on failure. */
+static virDomainSnapshotPtr delete_redefine_current(virDomainPtr dom, const char *xml)
+{
+    return xml ? virDomainSnapshotCreateXML(dom, xml, VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE |
+                                            VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT) : NULL;
+}
+
 /*
  * libvirt 9.0 takes a childless snapshot that is not current for one with
  * nothing to merge, and unlinks the image it froze, which the live disk
@@ -356,19 +373,15 @@ static int delete_off_branch(struct delete_ctx *ctx)
 static int delete_make_current(struct delete_ctx *ctx, virDomainSnapshotPtr *previous)
 {
     g_autofree char *xml = virDomainSnapshotGetXMLDesc(ctx->snap, VIR_DOMAIN_SNAPSHOT_XML_SECURE);
-    virDomainSnapshotPtr redefined;
+    g_autoptr(virDomainSnapshot) redefined = NULL;
 
     *previous = virDomainHasCurrentSnapshot(ctx->dom, 0) == 1 ? virDomainSnapshotCurrent(ctx->dom, 0) : NULL;
-    redefined = xml ? virDomainSnapshotCreateXML(ctx->dom, xml, VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE |
-                                                 VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT) : NULL;
+    redefined = delete_redefine_current(ctx->dom, xml);
     if (!redefined) {
         snapfs_error_from_virt("%s", ctx->what);
-        if (*previous)
-            virDomainSnapshotFree(*previous);
-        *previous = NULL;
+        g_clear_pointer(previous, virDomainSnapshotFree);
         return -1;
     }
-    virDomainSnapshotFree(redefined);
     return 0;
 }
 
@@ -376,40 +389,20 @@ static int delete_make_current(struct delete_ctx *ctx, virDomainSnapshotPtr *pre
 static void delete_restore_current(struct delete_ctx *ctx, virDomainSnapshotPtr previous)
 {
     g_autofree char *xml = virDomainSnapshotGetXMLDesc(previous, VIR_DOMAIN_SNAPSHOT_XML_SECURE);
-    virDomainSnapshotPtr redefined = xml ? virDomainSnapshotCreateXML(ctx->dom, xml,
-                                                                      VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE |
-                                                                      VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT) : NULL;
+    g_autoptr(virDomainSnapshot) redefined = delete_redefine_current(ctx->dom, xml);
 
-    if (redefined)
-        virDomainSnapshotFree(redefined);
-    else
+    if (!redefined)
         snapfs_warn("cannot make snapshot '%s' the current snapshot of domain '%s' again after failing to "
                     "delete snapshot '%s'", virDomainSnapshotGetName(previous), ctx->label, ctx->name);
 }
 
-static int delete_external(struct delete_ctx *ctx)
+/*
+ * Which of the snapshot's external disks the domain still runs on, in
+ * @in_chain, out of @external; -1 with ENOTSUP if it mixes internal disks in.
+ */
+static int delete_count_in_chain(struct delete_ctx *ctx, guint *in_chain, guint *external)
 {
-    int children = virDomainSnapshotNumChildren(ctx->snap, 0);
-    int current = virDomainSnapshotIsCurrent(ctx->snap, 0);
-    virDomainSnapshotPtr previous = NULL;
-    struct engine_progress *progress;
-    g_autofree char *doing = NULL;
-    GPtrArray *targets;
-    guint in_chain = 0, external = 0;
-    int ret;
-
-    if (children < 0 || current < 0) {
-        snapfs_error_from_virt("%s", ctx->what);
-        return -1;
-    }
-    if (!engine_conn_is_local(ctx->conn)) {
-        snapfs_error_set(ENOTSUP, "%s: libvirt 9.0 loses data merging some snapshot trees, so snapfs checks the "
-                         "images first, and it needs them as files on this host", ctx->what);
-        return -1;
-    }
-    ctx->images = engine_images_collect(ctx->conn, ctx->domain, NULL, ctx->what);
-    if (!ctx->images)
-        return -1;
+    *in_chain = *external = 0;
     for (guint i = 0; i < ctx->info->disks->len; i++) {
         struct snapfs_snapshot_disk *sd = g_ptr_array_index(ctx->info->disks, i);
         struct snapfs_disk *disk;
@@ -420,18 +413,18 @@ static int delete_external(struct delete_ctx *ctx)
         }
         if (strcmp(sd->kind, "external") != 0)
             continue;
-        external++;
-        disk = delete_find_disk(ctx, sd->target);
+        (*external)++;
+        disk = snapfs_disk_find(ctx->disks, sd->target);
         if (sd->file && disk && disk->file && delete_above_in_chain(ctx->images, disk->file, sd->file))
-            in_chain++;
+            (*in_chain)++;
     }
-    /*
-     * Off the branch the domain runs on, nothing needs merging: what it froze
-     * stays as long as anything (its children) reads it.  Never libvirt's
-     * delete here: 9.0 would unlink the image the snapshot froze.
-     */
-    if (in_chain == 0)
-        return delete_off_branch(ctx);
+    return 0;
+}
+
+/* The refusals of a tree libvirt 9.0 cannot merge: disks half off the branch, branches, a current inner snapshot. */
+static int delete_check_mergeable(struct delete_ctx *ctx, int children, int current, guint in_chain,
+                                  guint external)
+{
     if (in_chain != external) {
         snapfs_error_set(ENOTSUP, "%s: some of its disks run on it and others no longer do", ctx->what);
         return -1;
@@ -452,62 +445,61 @@ static int delete_external(struct delete_ctx *ctx)
 
         if (strcmp(sd->kind, "external") != 0)
             continue;
-        disk = delete_find_disk(ctx, sd->target);
+        disk = snapfs_disk_find(ctx->disks, sd->target);
         if (delete_check_merge_disk(ctx, sd, disk, delete_above_in_chain(ctx->images, disk->file, sd->file)) < 0)
             return -1;
     }
-    {
-        /* Merged away, merged into, and rebased onto what it was merged into. */
-        g_autoptr(GPtrArray) changed = g_ptr_array_new();
+    return 0;
+}
 
-        for (guint i = 0; i < ctx->info->disks->len; i++) {
-            struct snapfs_snapshot_disk *sd = g_ptr_array_index(ctx->info->disks, i);
-            const char *frozen, *above;
+/* Merged away, merged into, and rebased onto what it was merged into: asked about before the merge. */
+static int delete_ask_merge(struct delete_ctx *ctx)
+{
+    g_autoptr(GPtrArray) changed = g_ptr_array_new();
 
-            if (strcmp(sd->kind, "external") != 0)
-                continue;
-            frozen = g_hash_table_lookup(ctx->images->backing, sd->file);
-            above = delete_above_in_chain(ctx->images, delete_find_disk(ctx, sd->target)->file, sd->file);
-            g_ptr_array_add(changed, sd->file);
-            if (frozen && *frozen)
-                g_ptr_array_add(changed, (gpointer)frozen);
-            if (above && *above)
-                g_ptr_array_add(changed, (gpointer)above);
-        }
-        if (delete_ask(ctx, changed) < 0)
-            return -1;
+    for (guint i = 0; i < ctx->info->disks->len; i++) {
+        struct snapfs_snapshot_disk *sd = g_ptr_array_index(ctx->info->disks, i);
+        const char *frozen, *above;
+
+        if (strcmp(sd->kind, "external") != 0)
+            continue;
+        frozen = g_hash_table_lookup(ctx->images->backing, sd->file);
+        above = delete_above_in_chain(ctx->images, snapfs_disk_find(ctx->disks, sd->target)->file, sd->file);
+        g_ptr_array_add(changed, sd->file);
+        if (frozen && *frozen)
+            g_ptr_array_add(changed, (gpointer)frozen);
+        if (above && *above)
+            g_ptr_array_add(changed, (gpointer)above);
     }
-    if (!ctx->running && delete_spell_out_chains(ctx) < 0)
-        return -1;
-    if (children == 0 && current != 1) {
-        if (delete_make_current(ctx, &previous) < 0)
-            return -1;
-    }
-    targets = g_ptr_array_new_with_free_func(g_free);
+    return delete_ask(ctx, changed);
+}
+
+/* libvirt's merge, its percentage readable meanwhile; -1 with libvirt's reason. */
+static int delete_merge(struct delete_ctx *ctx)
+{
+    g_autoptr(GPtrArray) targets = g_ptr_array_new_with_free_func(g_free);
+    g_autofree char *doing = g_strdup_printf("deleting snapshot '%s'", ctx->name);
+    struct engine_progress *progress;
+    int ret;
+
     for (guint i = 0; i < ctx->info->disks->len; i++) {
         struct snapfs_snapshot_disk *sd = g_ptr_array_index(ctx->info->disks, i);
 
         if (strcmp(sd->kind, "external") == 0)
             g_ptr_array_add(targets, g_strdup(sd->target));
     }
-    doing = g_strdup_printf("deleting snapshot '%s'", ctx->name);
     progress = engine_progress_begin(ctx->conn, ctx->dom, ctx->domain, doing, targets);
     ret = virDomainSnapshotDelete(ctx->snap, 0);
     /* Record libvirt's reason now: the calls that end the progress reset libvirt's last error. */
     if (ret < 0)
         snapfs_error_from_virt("%s", ctx->what);
     engine_progress_end(progress);
-    g_ptr_array_unref(targets);
-    if (ret < 0) {
-        if (previous) {
-            delete_restore_current(ctx, previous);
-            virDomainSnapshotFree(previous);
-        }
-        return -1;
-    }
-    if (previous)
-        virDomainSnapshotFree(previous);
-    /* Merged into, and merged away: even where no byte moved (an empty overlay), the chain did. */
+    return ret < 0 ? -1 : 0;
+}
+
+/* Merged into, and merged away: even where no byte moved (an empty overlay), the chain did. */
+static void delete_notify_merged(struct delete_ctx *ctx)
+{
     for (guint i = 0; i < ctx->info->disks->len; i++) {
         struct snapfs_snapshot_disk *sd = g_ptr_array_index(ctx->info->disks, i);
         const char *frozen;
@@ -519,7 +511,109 @@ static int delete_external(struct delete_ctx *ctx)
         if (frozen && *frozen)
             engine_notify_chain_changed(ctx->label, frozen);
     }
+}
+
+/*
+ * An external snapshot: off the domain's branch its files are only let go;
+ * on it, libvirt merges it.  Every refusal and check comes first, while
+ * nothing is changed; then whoever reads the images is asked, the chains are
+ * spelled out (shut-off domains), the snapshot is made current where libvirt
+ * 9.0 needs it, and only then does libvirt merge.
+ */
+static int delete_external(struct delete_ctx *ctx)
+{
+    int children = virDomainSnapshotNumChildren(ctx->snap, 0);
+    int current = virDomainSnapshotIsCurrent(ctx->snap, 0);
+    g_autoptr(virDomainSnapshot) previous = NULL;
+    guint in_chain, external;
+
+    if (children < 0 || current < 0) {
+        snapfs_error_from_virt("%s", ctx->what);
+        return -1;
+    }
+    if (!engine_conn_is_local(ctx->conn)) {
+        snapfs_error_set(ENOTSUP, "%s: libvirt 9.0 loses data merging some snapshot trees, so snapfs checks the "
+                         "images first, and it needs them as files on this host", ctx->what);
+        return -1;
+    }
+    ctx->images = engine_images_collect(ctx->conn, ctx->domain, NULL, ctx->what);
+    if (!ctx->images || delete_count_in_chain(ctx, &in_chain, &external) < 0)
+        return -1;
+    /*
+     * Off the branch the domain runs on, nothing needs merging: what it froze
+     * stays as long as anything (its children) reads it.  Never libvirt's
+     * delete here: 9.0 would unlink the image the snapshot froze.
+     */
+    if (in_chain == 0)
+        return delete_off_branch(ctx);
+    if (delete_check_mergeable(ctx, children, current, in_chain, external) < 0 || delete_ask_merge(ctx) < 0)
+        return -1;
+    if (!ctx->running && delete_spell_out_chains(ctx) < 0)
+        return -1;
+    if (children == 0 && current != 1) {
+        if (delete_make_current(ctx, &previous) < 0)
+            return -1;
+    }
+    if (delete_merge(ctx) < 0) {
+        if (previous)
+            delete_restore_current(ctx, previous);
+        return -1;
+    }
+    delete_notify_merged(ctx);
     return 0;
+}
+
+/* Every reference and string of @ctx let go. */
+static void delete_ctx_clear(struct delete_ctx *ctx)
+{
+    engine_images_free(ctx->images);
+    if (ctx->disks)
+        g_ptr_array_unref(ctx->disks);
+    engine_snapshot_info_free(ctx->info);
+    if (ctx->snap)
+        virDomainSnapshotFree(ctx->snap);
+    if (ctx->dom)
+        virDomainFree(ctx->dom);
+    g_free(ctx->what);
+    g_free(ctx->label);
+}
+
+/* rmdir with the domain's lock held: read the snapshot and the domain, then delete it one of the three ways. */
+static int delete_locked(struct delete_ctx *ctx)
+{
+    g_autoptr(GHashTable) before = NULL;
+    g_autofree char *xml = NULL;
+    int ret;
+
+    /* Tests only: a delete that holds the domain's lock for a while, as a long merge does. */
+    if (g_strcmp0(g_getenv("SNAPFS_FAULT"), "engine:slow-delete") == 0) {
+        snapfs_warn("SNAPFS_FAULT: holding the lock of domain '%s' for 8 s", ctx->label);
+        g_usleep(8 * G_USEC_PER_SEC);
+    }
+    ctx->dom = virDomainLookupByName(ctx->conn, ctx->domain);
+    ctx->snap = ctx->dom ? virDomainSnapshotLookupByName(ctx->dom, ctx->name, 0) : NULL;
+    if (!ctx->snap) {
+        snapfs_error_from_virt("%s", ctx->what);
+        return -1;
+    }
+    xml = virDomainSnapshotGetXMLDesc(ctx->snap, 0);
+    ctx->info = xml ? engine_parse_snapshot(xml) : NULL;
+    if (!ctx->info || virDomainGetUUIDString(ctx->dom, ctx->uuid) < 0) {
+        snapfs_error_from_virt("%s", ctx->what);
+        return -1;
+    }
+    ctx->running = virDomainIsActive(ctx->dom) == 1;
+    ctx->disks = engine_domain_disks(ctx->dom, !ctx->running);
+    if (!ctx->disks || engine_block_job_running(ctx->dom, ctx->disks, ctx->what))
+        return -1;
+    before = engine_domain_files_state(ctx->disks);
+
+    ret = ctx->info->external ? delete_external(ctx) : delete_internal(ctx);
+    if (ret == 0) {
+        snapfs_info("deleted snapshot '%s' of domain '%s'", ctx->name, ctx->label);
+        engine_notify_changed_since(ctx->label, before);
+    }
+    return ret;
 }
 
 int engine_snapshot_delete(virConnectPtr conn, const char *domain, const char *name)
@@ -527,61 +621,13 @@ int engine_snapshot_delete(virConnectPtr conn, const char *domain, const char *n
     struct delete_ctx ctx = { .conn = conn, .domain = domain, .name = name,
                               .label = snapfs_domain_label(conn, domain) };
     g_autofree char *doing = g_strdup_printf("deleting snapshot '%s'", name);
-    struct engine_lock *lock = NULL;
-    GHashTable *before = NULL;
-    g_autofree char *xml = NULL;
-    int ret = -1;
+    struct engine_lock *lock;
+    int ret;
 
     ctx.what = g_strdup_printf("cannot delete snapshot '%s' of '%s'", name, domain);
     lock = engine_lock_domain_conn(conn, domain, doing, ctx.what);
-    if (!lock)
-        goto cleanup;
-    /* Tests only: a delete that holds the domain's lock for a while, as a long merge does. */
-    if (g_strcmp0(g_getenv("SNAPFS_FAULT"), "engine:slow-delete") == 0) {
-        snapfs_warn("SNAPFS_FAULT: holding the lock of domain '%s' for 8 s", ctx.label);
-        g_usleep(8 * G_USEC_PER_SEC);
-    }
-    ctx.dom = virDomainLookupByName(conn, domain);
-    ctx.snap = ctx.dom ? virDomainSnapshotLookupByName(ctx.dom, name, 0) : NULL;
-    if (!ctx.snap) {
-        snapfs_error_from_virt("%s", ctx.what);
-        goto cleanup;
-    }
-    xml = virDomainSnapshotGetXMLDesc(ctx.snap, 0);
-    ctx.info = xml ? engine_parse_snapshot(xml) : NULL;
-    if (!ctx.info) {
-        snapfs_error_from_virt("%s", ctx.what);
-        goto cleanup;
-    }
-    if (virDomainGetUUIDString(ctx.dom, ctx.uuid) < 0) {
-        snapfs_error_from_virt("%s", ctx.what);
-        goto cleanup;
-    }
-    ctx.running = virDomainIsActive(ctx.dom) == 1;
-    ctx.disks = engine_domain_disks(ctx.dom, !ctx.running);
-    if (!ctx.disks || engine_block_job_running(ctx.dom, ctx.disks, ctx.what))
-        goto cleanup;
-    before = engine_domain_files_state(ctx.disks);
-
-    ret = ctx.info->external ? delete_external(&ctx) : delete_internal(&ctx);
-    if (ret == 0) {
-        snapfs_info("deleted snapshot '%s' of domain '%s'", name, ctx.label);
-        engine_notify_changed_since(ctx.label, before);
-    }
-
-cleanup:
-    if (before)
-        g_hash_table_unref(before);
-    engine_images_free(ctx.images);
-    if (ctx.disks)
-        g_ptr_array_unref(ctx.disks);
-    engine_snapshot_info_free(ctx.info);
-    if (ctx.snap)
-        virDomainSnapshotFree(ctx.snap);
-    if (ctx.dom)
-        virDomainFree(ctx.dom);
-    g_free(ctx.what);
-    g_free(ctx.label);
+    ret = lock ? delete_locked(&ctx) : -1;
+    delete_ctx_clear(&ctx);
     engine_unlock_domain(lock);
     return ret;
 }

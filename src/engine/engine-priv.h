@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* What the engine's files share: disks and snapshots as their XML names them, and the graph of images. */
+/* What the engine's files share, grouped by the file that defines it: disks and snapshots, the graph of images,
+ * the fail-closed checks, what changed, the hooks and the progress. */
 #pragma once
 
 #include "snapfs/engine.h"
@@ -8,6 +9,8 @@
 #include <glib.h>
 #include <libvirt/libvirt.h>
 #include <stdbool.h>
+
+/* ---- domain.c: a domain and its snapshots as libvirt describes them ---- */
 
 /* Disks of domain XML (a whole <domain>, or the one inside a <domainsnapshot>); NULL if it cannot be parsed. */
 GPtrArray *engine_parse_disks(const char *xml, bool inside_snapshot);
@@ -26,8 +29,16 @@ struct engine_snapshot_info {
 void engine_snapshot_info_free(struct engine_snapshot_info *info);
 struct engine_snapshot_info *engine_parse_snapshot(const char *xml);
 
-/* @xml with <description> set to @description (added if missing), or NULL if it cannot be parsed. */
-char *engine_snapshot_xml_set_description(const char *xml, const char *description);
+/* Whether the images @conn's domains use are files on this host (a local or loopback URI). */
+bool engine_conn_is_local(virConnectPtr conn);
+
+/* Whether a block job runs on any disk of @dom; sets EBUSY naming it. */
+bool engine_block_job_running(virDomainPtr dom, GPtrArray *disks, const char *what);
+
+/* Libvirt's live (if running) or persistent disks of @dom, or NULL with the reason. */
+GPtrArray *engine_domain_disks(virDomainPtr dom, bool inactive);
+
+/* ---- graph.c: the graph of images ---- */
 
 /*
  * Every image the connection's domains and snapshots can reach, each with
@@ -38,8 +49,9 @@ struct engine_images {
     GHashTable *backing;  /* file -> the file below it ("" at a base) */
     GHashTable *tops;     /* file -> "domain disk" for every image a domain runs on */
     GHashTable *named;    /* file -> "domain/snapshot" for every image a snapshot's XML names */
-    GPtrArray *roots;     /* every disk and snapshot image with the domain it belongs to (engine-images.c) */
+    GPtrArray *roots;     /* every disk and snapshot image with the domain it belongs to (struct image_root, graph.c) */
 };
+/* No lock: one operation's thread builds, reads and frees its own graph. */
 
 struct engine_images *engine_images_new(void);
 void engine_images_free(struct engine_images *images);
@@ -71,6 +83,11 @@ char *engine_images_user(struct engine_images *images, const char *file, const c
 /* Images whose backing is @file, as a NULL-terminated array the caller frees (g_free, not the strings). */
 const char **engine_images_dependents(struct engine_images *images, const char *file);
 
+/* The chain of @top as absolute paths, top first (never NULL; just @top if unreadable). */
+GPtrArray *engine_chain_files(const char *top, const char *format);
+
+/* ---- in-use.c: who else holds an image ---- */
+
 /*
  * 0 when no process but this one and the qemu of the domain with @uuid
  * (NULL: none excepted) holds any of @files open (scanning /proc/PID/fd);
@@ -79,28 +96,21 @@ const char **engine_images_dependents(struct engine_images *images, const char *
  */
 int engine_check_not_open(const char *uuid, const char *what, const char *const *files);
 
-/* The chain of @top as absolute paths, top first (never NULL; just @top if unreadable). */
-GPtrArray *engine_chain_files(const char *top, const char *format);
+/* ---- hooks.c ---- */
 
 /* Tell whoever listens (engine_set_chain_changed) that @file of domain @label moved, merged or went away. */
 void engine_notify_chain_changed(const char *label, const char *file);
 
+/* ---- changes.c: what an operation changed ---- */
+
 /* Snapshot of the files of a set of chains: size, mtime and backing, to tell afterwards what changed. */
 GHashTable *engine_files_state(GPtrArray *files);
+/* engine_files_state() of every chain of @disks (struct snapfs_disk *). */
+GHashTable *engine_domain_files_state(GPtrArray *disks);
 /* Notify every file of @before whose state differs now (or that is gone); @label names the domain. */
 void engine_notify_changed_since(const char *label, GHashTable *before);
 
-/* Whether the images @conn's domains use are files on this host (a local or loopback URI). */
-bool engine_conn_is_local(virConnectPtr conn);
-
-/* Whether a block job runs on any disk of @dom; sets EBUSY naming it. */
-bool engine_block_job_running(virDomainPtr dom, GPtrArray *disks, const char *what);
-
-/* engine_files_state() of every chain of @disks (struct snapfs_disk *). */
-GHashTable *engine_domain_files_state(GPtrArray *disks);
-
-/* Libvirt's live (if running) or persistent disks of @dom, or NULL with the reason. */
-GPtrArray *engine_domain_disks(virDomainPtr dom, bool inactive);
+/* ---- progress.c ---- */
 
 /*
  * From here until engine_progress_end(), engine_progress() for @domain says

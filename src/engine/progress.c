@@ -7,7 +7,7 @@
 #include <string.h>
 
 static GMutex progress_mutex;
-static GHashTable *progress;   /* domain key -> sentence */
+static GHashTable *progress;   /* domain key -> sentence; guarded by progress_mutex */
 
 static void progress_set(const char *key, char *text)
 {
@@ -34,6 +34,7 @@ char *engine_progress(virConnectPtr conn, const char *domain)
     return text ? text : engine_lock_holder(key);
 }
 
+/* All but @stop are set before the poller starts and only read until it is joined. */
 struct engine_progress {
     char *key;
     char *what;           /* "deleting snapshot 's2'" */
@@ -43,7 +44,7 @@ struct engine_progress {
     GThread *thread;
     GMutex mutex;
     GCond cond;
-    bool stop;
+    bool stop;            /* guarded by mutex */
 };
 
 /*

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Unit test of the per-domain locks: one holder per domain at a time, waiting within a bound, domains independent. */
-#include "snapfs/engine.h"
+#include "snapfs/domain-lock.h"
 #include "snapfs/error.h"
 #include "snapfs/state-dir.h"
 

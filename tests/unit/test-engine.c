@@ -80,7 +80,7 @@ static void test_parse_snapshot(void)
 
 static void test_set_description(void)
 {
-    g_autofree char *changed = engine_snapshot_xml_set_description(snapshot_xml, "a < b & \"c\" &amp;");
+    g_autofree char *changed = snapfs_xml_set_description(snapshot_xml, "a < b & \"c\" &amp;");
     g_autofree char *added = NULL;
     struct engine_snapshot_info *info;
 
@@ -92,7 +92,7 @@ static void test_set_description(void)
     g_assert_cmpuint(info->disks->len, ==, 2);
     engine_snapshot_info_free(info);
 
-    added = engine_snapshot_xml_set_description("<domainsnapshot><name>x</name></domainsnapshot>", "new");
+    added = snapfs_xml_set_description("<domainsnapshot><name>x</name></domainsnapshot>", "new");
     info = engine_parse_snapshot(added);
     g_assert_cmpstr(info->description, ==, "new");
     engine_snapshot_info_free(info);
