@@ -137,10 +137,11 @@ void snapfs_domain_unref(struct snapfs_domain *domain)
 /* The disks snapfs shows: CD-ROMs and floppies hold no guest state worth a layer. */
 static void domain_parse_disks(struct snapfs_domain *domain, const char *xml)
 {
-    xmlXPathContextPtr ctxt = NULL;
-    xmlDocPtr doc = snapfs_xml_read(xml, &ctxt);
+    g_autoptr(xmlDoc) doc = NULL;
+    g_autoptr(xmlXPathContext) ctxt = NULL;
     g_autoptr(GPtrArray) disks = NULL;
 
+    doc = snapfs_xml_read(xml, &ctxt);
     if (!doc)
         return;
     disks = snapfs_xml_disks(ctxt, "/domain");
@@ -150,17 +151,17 @@ static void domain_parse_disks(struct snapfs_domain *domain, const char *xml)
         if (strcmp(disk->device, "disk") == 0)
             g_ptr_array_add(domain->disks, g_steal_pointer(&disks->pdata[i]));
     }
-    snapfs_xml_free(doc, ctxt);
 }
 
 static struct snapfs_snapshot *snapshot_parse(const char *xml)
 {
-    xmlXPathContextPtr ctxt = NULL;
-    xmlDocPtr doc = snapfs_xml_read(xml, &ctxt);
+    g_autoptr(xmlDoc) doc = NULL;
+    g_autoptr(xmlXPathContext) ctxt = NULL;
     struct snapfs_snapshot *snap;
     g_autofree char *created = NULL;
     g_autofree char *memory = NULL;
 
+    doc = snapfs_xml_read(xml, &ctxt);
     if (!doc)
         return NULL;
     snap = g_new0(struct snapfs_snapshot, 1);
@@ -181,7 +182,6 @@ static struct snapfs_snapshot *snapshot_parse(const char *xml)
         if (strcmp(disk->kind, "external") == 0)
             snap->external = true;
     }
-    snapfs_xml_free(doc, ctxt);
     if (!snap->name || !snap->state)
         g_clear_pointer(&snap, snapshot_free);
     return snap;
@@ -200,8 +200,8 @@ static gint snapshot_compare(gconstpointer a, gconstpointer b)
 /* One round of questions to libvirt about one domain.  NULL with the reason recorded. */
 static struct snapfs_domain *domain_fetch(virConnectPtr conn, const char *name)
 {
-    virDomainPtr dom = virDomainLookupByName(conn, name);
-    virDomainSnapshotPtr *snaps = NULL;
+    g_autoptr(virDomain) dom = virDomainLookupByName(conn, name);
+    g_autofree virDomainSnapshotPtr *snaps = NULL;
     struct snapfs_domain *domain = NULL;
     g_autofree char *xml = NULL;
     char uuid[VIR_UUID_STRING_BUFLEN];
@@ -228,27 +228,23 @@ static struct snapfs_domain *domain_fetch(virConnectPtr conn, const char *name)
     if (n < 0)
         goto error;
     for (int i = 0; i < n; i++) {
-        g_autofree char *snap_xml = virDomainSnapshotGetXMLDesc(snaps[i], 0);
+        g_autoptr(virDomainSnapshot) snapshot = g_steal_pointer(&snaps[i]);
+        g_autofree char *snap_xml = virDomainSnapshotGetXMLDesc(snapshot, 0);
         struct snapfs_snapshot *snap = snap_xml ? snapshot_parse(snap_xml) : NULL;
 
         /* A snapshot deleted between the listing and this question is simply gone. */
         if (snap) {
-            snap->current = virDomainSnapshotIsCurrent(snaps[i], 0) == 1;
+            snap->current = virDomainSnapshotIsCurrent(snapshot, 0) == 1;
             g_ptr_array_add(domain->snapshots, snap);
         }
     }
-    for (int i = 0; i < n; i++)
-        virDomainSnapshotFree(snaps[i]);
-    g_free(snaps);
     g_ptr_array_sort(domain->snapshots, snapshot_compare);
     domain->fetched = g_get_monotonic_time();
-    virDomainFree(dom);
     return domain;
 
 error:
     snapfs_error_from_virt("cannot read domain '%s'", name);
     snapfs_domain_unref(domain);
-    virDomainFree(dom);
     return NULL;
 }
 
@@ -386,11 +382,11 @@ static gpointer host_reconnect_loop(gpointer data)
 
     g_mutex_lock(&host->lock);
     while (!host->closing) {
-        virConnectPtr conn = g_steal_pointer(&host->dead);
+        virConnectPtr lost = g_steal_pointer(&host->dead);
 
-        if (conn) {
+        if (lost) {
             g_mutex_unlock(&host->lock);
-            host_close_conn(host, conn);
+            host_close_conn(host, lost);
             g_mutex_lock(&host->lock);
             continue;
         }
@@ -663,8 +659,8 @@ static gint name_compare(gconstpointer a, gconstpointer b)
 
 GPtrArray *snapfs_host_list_domains(struct snapfs_host *host)
 {
-    virConnectPtr conn;
-    virDomainPtr *doms = NULL;
+    g_autoptr(virConnect) conn = NULL;
+    g_autofree virDomainPtr *doms = NULL;
     GPtrArray *names;
     int n;
 
@@ -681,8 +677,6 @@ GPtrArray *snapfs_host_list_domains(struct snapfs_host *host)
     if (n < 0) {
         if (conn)
             snapfs_error_from_virt("cannot list the domains of '%s'", host->uri);
-        if (conn)
-            virConnectClose(conn);
         /* While libvirt is away, the last answer is better than nothing. */
         g_mutex_lock(&host->lock);
         names = host->domain_names ? g_ptr_array_ref(host->domain_names) : NULL;
@@ -691,11 +685,10 @@ GPtrArray *snapfs_host_list_domains(struct snapfs_host *host)
     }
     names = g_ptr_array_new_with_free_func(g_free);
     for (int i = 0; i < n; i++) {
-        g_ptr_array_add(names, g_strdup(virDomainGetName(doms[i])));
-        virDomainFree(doms[i]);
+        g_autoptr(virDomain) dom = g_steal_pointer(&doms[i]);
+
+        g_ptr_array_add(names, g_strdup(virDomainGetName(dom)));
     }
-    g_free(doms);
-    virConnectClose(conn);
     g_ptr_array_sort(names, name_compare);
 
     g_mutex_lock(&host->lock);
@@ -710,7 +703,7 @@ GPtrArray *snapfs_host_list_domains(struct snapfs_host *host)
 struct snapfs_domain *snapfs_host_get_domain(struct snapfs_host *host, const char *name)
 {
     struct snapfs_domain *domain, *cached;
-    virConnectPtr conn;
+    g_autoptr(virConnect) conn = NULL;
 
     g_mutex_lock(&host->lock);
     cached = g_hash_table_lookup(host->domains, name);
@@ -728,8 +721,6 @@ struct snapfs_domain *snapfs_host_get_domain(struct snapfs_host *host, const cha
     if (!domain) {
         bool lost = !conn || virt_conn_lost();
 
-        if (conn)
-            virConnectClose(conn);
         if (lost && cached)
             return cached;
         snapfs_domain_unref(cached);
@@ -740,7 +731,6 @@ struct snapfs_domain *snapfs_host_get_domain(struct snapfs_host *host, const cha
         }
         return NULL;
     }
-    virConnectClose(conn);
     snapfs_domain_unref(cached);
     g_mutex_lock(&host->lock);
     g_hash_table_replace(host->domains, g_strdup(name), snapfs_domain_ref(domain));
