@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /* The command line: snapfs's option table, its parsing, --help and --version, and the configuration built from it. */
 #include "command.h"
+#include "snapfs/state-dir.h"
 
 #include <grp.h>
 #include <guestfs.h>
@@ -126,7 +127,7 @@ void options_usage(const char *prog)
            "                           and data together, least recently used evicted (default %u)\n"
            "    -o quiesce=auto|on|off freeze guest filesystems through the agent for mkdir (auto)\n"
            "    -o revert_keep=on|off  keep the state a revert leaves as pre-revert-DATE (on)\n"
-           "    -o state_dir=DIR       where snapfs journals by-hand operations (/var/lib/snapfs for\n"
+           "    -o state_dir=DIR       where snapfs journals by-hand operations (" SNAPFS_STATE_DIR_ROOT " for\n"
            "                           root, else $XDG_STATE_HOME/snapfs or ~/.local/state/snapfs)\n"
            "    -o allow_other         let other users in: root and those allow_users and\n"
            "                           allow_groups name (alone: nobody more); reading then follows\n"
@@ -291,11 +292,6 @@ bool options_build_config(const struct snapfs_options *options, struct snapfs_tr
     }
     if (!parse_on_off(options->revert_keep, true, "revert_keep", &config->revert.keep))
         return false;
-    if (options->state_dir)
-        config->revert.state_dir = g_strdup(options->state_dir);
-    else if (getuid() == 0)
-        config->revert.state_dir = g_strdup("/var/lib/snapfs");
-    else
-        config->revert.state_dir = g_build_filename(g_get_user_state_dir(), "snapfs", NULL);
+    config->revert.state_dir = options->state_dir ? g_strdup(options->state_dir) : snapfs_state_dir_default();
     return true;
 }

@@ -172,6 +172,11 @@ int snapfs_state_dir_lock(int fd, const char *path, unsigned wait_ms)
     return 0;
 }
 
+char *snapfs_state_dir_default(void)
+{
+    return getuid() == 0 ? g_strdup(SNAPFS_STATE_DIR_ROOT) : g_build_filename(g_get_user_state_dir(), "snapfs", NULL);
+}
+
 char *snapfs_runtime_dir(void)
 {
     return getuid() == 0 ? g_strdup("/run/snapfs") : g_build_filename(g_get_user_runtime_dir(), "snapfs", NULL);

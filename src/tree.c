@@ -1205,7 +1205,7 @@ static struct snapfs_node *node_child(const struct snapfs_node *parent, enum sna
 
 static bool name_reserved(const char *name)
 {
-    return strcmp(name, "revert") == 0 || strcmp(name, "layers") == 0;
+    return engine_name_reserved(name);
 }
 
 int snapfs_tree_lookup(struct snapfs_tree *tree, const struct snapfs_node *parent, const char *name,
