@@ -19,7 +19,7 @@
  * Whether this mount namespace has a FUSE mount of @device ("major:minor"), or with @mountpoint, the
  * device of the last FUSE mount there (copied to @device).  From /proc, which never waits on FUSE.
  */
-static bool fs_mount_find(const char *mountpoint, char *device, size_t size)
+static bool mountinfo_find_fuse(const char *mountpoint, char *device, size_t size)
 {
     g_autofree char *text = NULL;
     bool found = false;
@@ -54,7 +54,7 @@ static bool fs_mount_find(const char *mountpoint, char *device, size_t size)
 }
 
 /* "pid 123 (unshare), pid 456 (qemu-system-x86)": processes of other mount namespaces that have a mount of @device. */
-static char *fs_mount_holders(const char *device)
+static char *mount_holders_describe(const char *device)
 {
     g_autoptr(GString) text = g_string_new(NULL);
     g_autoptr(GHashTable) seen = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
@@ -84,7 +84,7 @@ static char *fs_mount_holders(const char *device)
 }
 
 /* Whether the kernel has ended the session's connection (its last mount went), as libfuse tells it before unmounting. */
-static bool fs_session_severed(struct fuse_session *se)
+static bool session_severed(struct fuse_session *se)
 {
     struct pollfd dev = { .fd = fuse_session_fd(se) };
 
@@ -96,7 +96,7 @@ static bool fs_session_severed(struct fuse_session *se)
 
 struct fuse_session *fs_session_left;
 
-struct fs_exit_watch {
+struct exit_watch_state {
     struct fs_context *ctx;
     const char *mountpoint;
     char device[64];        /* "major:minor" of the mount; "" if it was not found */
@@ -117,15 +117,15 @@ struct fs_exit_watch {
  * folder open for half a second (a lazy unmount lets those that are finish), snapfs ends the session
  * itself, as SIGTERM would.
  */
-static gpointer exit_watcher(gpointer data)
+static gpointer exit_watch_run(gpointer data)
 {
-    struct fs_exit_watch *watch = data;
+    struct exit_watch_state *watch = data;
     struct fs_context *ctx = watch->ctx;
     int fd = watch->device[0] ? open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC) : -1;
     gint64 gone_at = 0, idle_at = 0;
 
     /* Read once after the open: a change before it would never be told. */
-    if (fd >= 0 && !fs_mount_find(NULL, watch->device, 0))
+    if (fd >= 0 && !mountinfo_find_fuse(NULL, watch->device, 0))
         gone_at = g_get_monotonic_time();
     while (!g_atomic_int_get(&ctx->stopped) && !fuse_session_exited(ctx->session)) {
         struct pollfd change = { .fd = fd, .events = POLLPRI };
@@ -133,7 +133,7 @@ static gpointer exit_watcher(gpointer data)
         if (fd < 0 || gone_at) {
             g_usleep(100 * 1000);
         } else if (poll(&change, 1, 100) > 0 && (change.revents & (POLLPRI | POLLERR)) &&
-                   !fs_mount_find(NULL, watch->device, 0)) {
+                   !mountinfo_find_fuse(NULL, watch->device, 0)) {
             gone_at = g_get_monotonic_time();
         }
         if (gone_at && !g_atomic_int_get(&watch->gone)) {
@@ -146,9 +146,9 @@ static gpointer exit_watcher(gpointer data)
         else if (!idle_at)
             idle_at = g_get_monotonic_time();
         if (idle_at && g_get_monotonic_time() - gone_at >= FS_GONE_USEC &&
-            g_get_monotonic_time() - idle_at >= FS_GONE_USEC / 2 && !fs_session_severed(ctx->session) &&
+            g_get_monotonic_time() - idle_at >= FS_GONE_USEC / 2 && !session_severed(ctx->session) &&
             !fuse_session_exited(ctx->session)) {
-            g_autofree char *holders = fs_mount_holders(watch->device);
+            g_autofree char *holders = mount_holders_describe(watch->device);
 
             snapfs_info("%s was unmounted, but copies of the mount in other mount namespaces keep it alive (%s): "
                         "ending the session", watch->mountpoint, holders);
@@ -267,22 +267,22 @@ static int command_serve(struct command_run *run, const char *described)
 {
     struct fuse_session *se = run->ctx.session;
     const char *mountpoint = run->cmdline.mountpoint;
-    struct fs_exit_watch watch = { .ctx = &run->ctx, .mountpoint = mountpoint, .main_thread = pthread_self() };
+    struct exit_watch_state watch = { .ctx = &run->ctx, .mountpoint = mountpoint, .main_thread = pthread_self() };
     GThread *exit_watch;
     int ret;
 
     fs_inodes_start_pruning(run->ctx.inodes, se);
-    if (!fs_mount_find(mountpoint, watch.device, sizeof(watch.device)))
+    if (!mountinfo_find_fuse(mountpoint, watch.device, sizeof(watch.device)))
         snapfs_debug("the mount on %s is not in /proc/self/mountinfo: its unmount is left to the kernel to tell",
                      mountpoint);
-    exit_watch = g_thread_new("snapfs-exit", exit_watcher, &watch);
+    exit_watch = g_thread_new("snapfs-exit", exit_watch_run, &watch);
     ret = command_loop(run);
     fs_inodes_stop_pruning(run->ctx.inodes);
     /* Stopped by SIGTERM or SIGINT (systemd, ^C) is a clean end too: libfuse returns the signal. */
     ret = ret == 0 || ret == SIGTERM || ret == SIGINT ? EXIT_SUCCESS : EXIT_FAILURE;
     g_atomic_int_set(&run->ctx.stopped, 1);
     g_thread_join(exit_watch);
-    if (g_atomic_int_get(&watch.gone) && !fs_session_severed(se)) {
+    if (g_atomic_int_get(&watch.gone) && !session_severed(se)) {
         /*
          * Gone from here but still mounted elsewhere: libfuse would unmount whatever is on that path
          * now (a new mount there, say), so the session, with its fd whose close ends the copies, is

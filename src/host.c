@@ -13,8 +13,8 @@
  * How long an answer from libvirt is reused.  libvirt 9.0 sends no event
  * when a snapshot is made or deleted, so this bounds how stale the tree is.
  */
-#define VIRT_CACHE_USEC (400 * 1000)
-#define VIRT_RECONNECT_USEC (1000 * 1000)
+#define HOST_CACHE_USEC (400 * 1000)
+#define HOST_RECONNECT_USEC (1000 * 1000)
 /*
  * How long closing the hosts may wait for their connections to be released.
  * Releasing one talks to its peer (libvirt sends the deregistration of events
@@ -24,7 +24,7 @@
  * exit, so that an unmount ends snapfs within the 10 s promised (src/README.md,
  * "Bounds and deadlines").
  */
-#define VIRT_CLOSE_USEC (3 * 1000 * 1000)
+#define HOST_CLOSE_USEC (3 * 1000 * 1000)
 
 /*
  * A host's connections belong to its reconnector thread: it opens them and
@@ -57,7 +57,7 @@ static GThread *event_thread;
 static gint event_quit;
 static int event_wake_timer = -1;
 
-static gpointer virt_event_loop(gpointer data)
+static gpointer events_run_loop(gpointer data)
 {
     while (!g_atomic_int_get(&event_quit)) {
         if (virEventRunDefaultImpl() < 0)
@@ -66,12 +66,12 @@ static gpointer virt_event_loop(gpointer data)
     return NULL;
 }
 
-static void virt_event_nop(int timer, void *opaque)
+static void events_wake_nop(int timer, void *opaque)
 {
 }
 
 /* libvirt's errors go to the log, at debug level: callers record and log what matters. */
-static void virt_error_log(void *opaque, virErrorPtr err)
+static void libvirt_error_to_log(void *opaque, virErrorPtr err)
 {
     if (err && err->message)
         snapfs_debug("libvirt: %s", err->message);
@@ -81,14 +81,14 @@ int snapfs_virt_start_events(void)
 {
     if (event_thread)
         return 0;
-    virSetErrorFunc(NULL, virt_error_log);
+    virSetErrorFunc(NULL, libvirt_error_to_log);
     if (virInitialize() < 0 || virEventRegisterDefaultImpl() < 0) {
         snapfs_error_from_virt("cannot start libvirt's event loop");
         return -1;
     }
     /* A disabled timer that stop() arms to wake the loop up. */
-    event_wake_timer = virEventAddTimeout(-1, virt_event_nop, NULL, NULL);
-    event_thread = g_thread_new("snapfs-events", virt_event_loop, NULL);
+    event_wake_timer = virEventAddTimeout(-1, events_wake_nop, NULL, NULL);
+    event_thread = g_thread_new("snapfs-events", events_run_loop, NULL);
     return 0;
 }
 
@@ -105,7 +105,7 @@ void snapfs_virt_stop_events(void)
 
 /* ---- domains and snapshots -------------------------------------------------- */
 
-static void snapshot_free(gpointer data)
+static void snapshot_info_free(gpointer data)
 {
     struct snapfs_snapshot *snap = data;
 
@@ -135,7 +135,7 @@ void snapfs_domain_unref(struct snapfs_domain *domain)
 }
 
 /* The disks snapfs shows: CD-ROMs and floppies hold no guest state worth a layer. */
-static void domain_parse_disks(struct snapfs_domain *domain, const char *xml)
+static void domain_disks_from_xml(struct snapfs_domain *domain, const char *xml)
 {
     g_autoptr(xmlDoc) doc = NULL;
     g_autoptr(xmlXPathContext) ctxt = NULL;
@@ -153,7 +153,7 @@ static void domain_parse_disks(struct snapfs_domain *domain, const char *xml)
     }
 }
 
-static struct snapfs_snapshot *snapshot_parse(const char *xml)
+static struct snapfs_snapshot *snapshot_from_xml(const char *xml)
 {
     g_autoptr(xmlDoc) doc = NULL;
     g_autoptr(xmlXPathContext) ctxt = NULL;
@@ -183,11 +183,11 @@ static struct snapfs_snapshot *snapshot_parse(const char *xml)
             snap->external = true;
     }
     if (!snap->name || !snap->state)
-        g_clear_pointer(&snap, snapshot_free);
+        g_clear_pointer(&snap, snapshot_info_free);
     return snap;
 }
 
-static gint snapshot_compare(gconstpointer a, gconstpointer b)
+static gint snapshot_compare_age(gconstpointer a, gconstpointer b)
 {
     const struct snapfs_snapshot *x = *(struct snapfs_snapshot *const *)a;
     const struct snapfs_snapshot *y = *(struct snapfs_snapshot *const *)b;
@@ -198,7 +198,7 @@ static gint snapshot_compare(gconstpointer a, gconstpointer b)
 }
 
 /* One round of questions to libvirt about one domain.  NULL with the reason recorded. */
-static struct snapfs_domain *domain_fetch(virConnectPtr conn, const char *name)
+static struct snapfs_domain *domain_fetch_from_libvirt(virConnectPtr conn, const char *name)
 {
     g_autoptr(virDomain) dom = virDomainLookupByName(conn, name);
     g_autofree virDomainSnapshotPtr *snaps = NULL;
@@ -215,14 +215,14 @@ static struct snapfs_domain *domain_fetch(virConnectPtr conn, const char *name)
     domain->refs = 1;
     domain->name = g_strdup(virDomainGetName(dom));
     domain->disks = g_ptr_array_new_with_free_func((GDestroyNotify)snapfs_disk_free);
-    domain->snapshots = g_ptr_array_new_with_free_func(snapshot_free);
+    domain->snapshots = g_ptr_array_new_with_free_func(snapshot_info_free);
     if (virDomainGetUUIDString(dom, uuid) == 0)
         domain->uuid = g_strdup(uuid);
     if (virDomainGetState(dom, &state, NULL, 0) < 0 || !(xml = virDomainGetXMLDesc(dom, 0)))
         goto error;
     domain->running = state == VIR_DOMAIN_RUNNING || state == VIR_DOMAIN_PAUSED ||
                       state == VIR_DOMAIN_BLOCKED || state == VIR_DOMAIN_PMSUSPENDED;
-    domain_parse_disks(domain, xml);
+    domain_disks_from_xml(domain, xml);
 
     n = virDomainListAllSnapshots(dom, &snaps, 0);
     if (n < 0)
@@ -230,7 +230,7 @@ static struct snapfs_domain *domain_fetch(virConnectPtr conn, const char *name)
     for (int i = 0; i < n; i++) {
         g_autoptr(virDomainSnapshot) snapshot = g_steal_pointer(&snaps[i]);
         g_autofree char *snap_xml = virDomainSnapshotGetXMLDesc(snapshot, 0);
-        struct snapfs_snapshot *snap = snap_xml ? snapshot_parse(snap_xml) : NULL;
+        struct snapfs_snapshot *snap = snap_xml ? snapshot_from_xml(snap_xml) : NULL;
 
         /* A snapshot deleted between the listing and this question is simply gone. */
         if (snap) {
@@ -238,7 +238,7 @@ static struct snapfs_domain *domain_fetch(virConnectPtr conn, const char *name)
             g_ptr_array_add(domain->snapshots, snap);
         }
     }
-    g_ptr_array_sort(domain->snapshots, snapshot_compare);
+    g_ptr_array_sort(domain->snapshots, snapshot_compare_age);
     domain->fetched = g_get_monotonic_time();
     return domain;
 
@@ -294,7 +294,7 @@ static void host_lifecycle_event(virConnectPtr conn, virDomainPtr dom, int event
     snapfs_host_invalidate(host, virDomainGetName(dom));
 }
 
-static void host_closed(virConnectPtr conn, int reason, void *opaque)
+static void host_conn_closed(virConnectPtr conn, int reason, void *opaque)
 {
     struct snapfs_host *host = opaque;
     static const char *const reasons[] = { "an error", "end of file", "keepalive timeout", "a client request" };
@@ -313,12 +313,12 @@ static void host_closed(virConnectPtr conn, int reason, void *opaque)
     g_mutex_unlock(&host->lock);
 }
 
-static void host_close_conn(struct snapfs_host *host, virConnectPtr conn)
+static void host_release_conn(struct snapfs_host *host, virConnectPtr conn)
 {
     if (host->lifecycle_callback >= 0)
         virConnectDomainEventDeregisterAny(conn, host->lifecycle_callback);
     host->lifecycle_callback = -1;
-    virConnectUnregisterCloseCallback(conn, host_closed);
+    virConnectUnregisterCloseCallback(conn, host_conn_closed);
     virConnectClose(conn);
 }
 
@@ -342,7 +342,7 @@ static virConnectPtr host_connect(struct snapfs_host *host)
     /* Keepalive notices a dead peer; drivers without it (embed, test) refuse, which is fine. */
     if (virConnectSetKeepAlive(conn, 5, 3) < 0)
         virResetLastError();
-    virConnectRegisterCloseCallback(conn, host_closed, host, NULL);
+    virConnectRegisterCloseCallback(conn, host_conn_closed, host, NULL);
     /*
      * An event being dispatched when the callback is deregistered still runs after the deregistration
      * returns (libvirt only marks it deleted): the callback holds a reference on the host until libvirt
@@ -386,7 +386,7 @@ static gpointer host_reconnect_loop(gpointer data)
 
         if (lost) {
             g_mutex_unlock(&host->lock);
-            host_close_conn(host, lost);
+            host_release_conn(host, lost);
             g_mutex_lock(&host->lock);
             continue;
         }
@@ -410,15 +410,15 @@ static gpointer host_reconnect_loop(gpointer data)
         }
         g_free(host->down_reason);
         host->down_reason = g_strdup(snapfs_error_message());
-        g_cond_wait_until(&host->wake, &host->lock, g_get_monotonic_time() + VIRT_RECONNECT_USEC);
+        g_cond_wait_until(&host->wake, &host->lock, g_get_monotonic_time() + HOST_RECONNECT_USEC);
     }
     conn = g_steal_pointer(&host->conn);
     dead = g_steal_pointer(&host->dead);
     g_mutex_unlock(&host->lock);
     if (dead)
-        host_close_conn(host, dead);
+        host_release_conn(host, dead);
     if (conn)
-        host_close_conn(host, conn);
+        host_release_conn(host, conn);
     g_mutex_lock(&host->lock);
     host->released = true;
     g_cond_broadcast(&host->wake);
@@ -428,7 +428,7 @@ static gpointer host_reconnect_loop(gpointer data)
 }
 
 /* Whether a failed open means "not answering now" rather than "this can never work". */
-static bool virt_error_is_down(void)
+static bool libvirt_error_means_down(void)
 {
     virErrorPtr err = virGetLastError();
 
@@ -450,7 +450,7 @@ struct snapfs_host *snapfs_host_open(const char *uri, bool tolerate_down)
     host->domains = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
                                           (GDestroyNotify)snapfs_domain_unref);
     conn = host_connect(host);
-    if (!conn && !(tolerate_down && uri && virt_error_is_down())) {
+    if (!conn && !(tolerate_down && uri && libvirt_error_means_down())) {
         snapfs_host_close(host);
         return NULL;
     }
@@ -514,7 +514,7 @@ static void host_finish_close(struct snapfs_host *host, gint64 deadline)
 
 void snapfs_hosts_close(struct snapfs_host **hosts, size_t n)
 {
-    gint64 deadline = g_get_monotonic_time() + VIRT_CLOSE_USEC;
+    gint64 deadline = g_get_monotonic_time() + HOST_CLOSE_USEC;
 
     /* Every host is told first, so that several hosts that do not answer cost one wait, not one each. */
     for (size_t i = 0; i < n; i++) {
@@ -542,7 +542,7 @@ void snapfs_host_close(struct snapfs_host *host)
 }
 
 /* A host's folder name before clashes are counted: the URI's server, "localhost" for a local URI. */
-static char *uri_host_name(const char *uri)
+static char *uri_folder_name(const char *uri)
 {
     xmlURIPtr parsed = uri ? xmlParseURI(uri) : NULL;
     char *name = g_strdup(parsed && parsed->server && parsed->server[0] ? parsed->server : "localhost");
@@ -557,7 +557,7 @@ void snapfs_hosts_name(struct snapfs_host **hosts, size_t n)
     if (!named_hosts)
         named_hosts = g_ptr_array_new();
     for (size_t i = 0; i < n; i++) {
-        g_autofree char *base = uri_host_name(hosts[i]->uri);
+        g_autofree char *base = uri_folder_name(hosts[i]->uri);
         int clash = 1;
 
         for (size_t j = 0; j < i; j++) {
@@ -581,7 +581,7 @@ char *snapfs_host_domain_label(struct snapfs_host *host, const char *name)
     if (host->name) {
         label = g_strdup_printf("%s/%s", host->name, name);
     } else {
-        g_autofree char *base = uri_host_name(host->uri);
+        g_autofree char *base = uri_folder_name(host->uri);
 
         label = g_strdup_printf("%s/%s", base, name);
     }
@@ -605,7 +605,7 @@ char *snapfs_domain_label(virConnectPtr conn, const char *name)
     }
     g_mutex_unlock(&named_lock);
     if (!base)
-        base = uri_host_name(uri);
+        base = uri_folder_name(uri);
     return g_strdup_printf("%s/%s", base, name);
 }
 
@@ -644,7 +644,7 @@ char *snapfs_host_error(struct snapfs_host *host)
     return reason;
 }
 
-static bool virt_conn_lost(void)
+static bool libvirt_error_means_lost(void)
 {
     virErrorPtr err = virGetLastError();
 
@@ -652,7 +652,7 @@ static bool virt_conn_lost(void)
                    err->code == VIR_ERR_NO_CONNECT || err->code == VIR_ERR_INVALID_CONN);
 }
 
-static gint name_compare(gconstpointer a, gconstpointer b)
+static gint domain_name_compare(gconstpointer a, gconstpointer b)
 {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
@@ -665,7 +665,7 @@ GPtrArray *snapfs_host_list_domains(struct snapfs_host *host)
     int n;
 
     g_mutex_lock(&host->lock);
-    if (host->domain_names && g_get_monotonic_time() - host->domain_names_fetched < VIRT_CACHE_USEC) {
+    if (host->domain_names && g_get_monotonic_time() - host->domain_names_fetched < HOST_CACHE_USEC) {
         names = g_ptr_array_ref(host->domain_names);
         g_mutex_unlock(&host->lock);
         return names;
@@ -689,7 +689,7 @@ GPtrArray *snapfs_host_list_domains(struct snapfs_host *host)
 
         g_ptr_array_add(names, g_strdup(virDomainGetName(dom)));
     }
-    g_ptr_array_sort(names, name_compare);
+    g_ptr_array_sort(names, domain_name_compare);
 
     g_mutex_lock(&host->lock);
     if (host->domain_names)
@@ -707,7 +707,7 @@ struct snapfs_domain *snapfs_host_get_domain(struct snapfs_host *host, const cha
 
     g_mutex_lock(&host->lock);
     cached = g_hash_table_lookup(host->domains, name);
-    if (cached && g_get_monotonic_time() - cached->fetched < VIRT_CACHE_USEC) {
+    if (cached && g_get_monotonic_time() - cached->fetched < HOST_CACHE_USEC) {
         snapfs_domain_ref(cached);
         g_mutex_unlock(&host->lock);
         return cached;
@@ -717,9 +717,9 @@ struct snapfs_domain *snapfs_host_get_domain(struct snapfs_host *host, const cha
     g_mutex_unlock(&host->lock);
 
     conn = snapfs_host_conn(host);
-    domain = conn ? domain_fetch(conn, name) : NULL;
+    domain = conn ? domain_fetch_from_libvirt(conn, name) : NULL;
     if (!domain) {
-        bool lost = !conn || virt_conn_lost();
+        bool lost = !conn || libvirt_error_means_lost();
 
         if (lost && cached)
             return cached;

@@ -13,7 +13,7 @@
 #include <unistd.h>
 
 /* In the child: a group of its own, so that a timeout kills what it forked too (supermin runs helpers). */
-static void spawn_child_group(gpointer data)
+static void spawn_in_own_group(gpointer data)
 {
     setpgid(0, 0);
 }
@@ -90,7 +90,7 @@ int snapfs_spawn_sync(const char *const *argv, unsigned timeout_s, char **out, c
     if (!g_spawn_async_with_pipes(NULL, (char **)argv, NULL,
                                   G_SPAWN_SEARCH_PATH | G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_CLOEXEC_PIPES |
                                       (out ? 0 : G_SPAWN_STDOUT_TO_DEV_NULL),
-                                  spawn_child_group, NULL, &pid, NULL, out ? &fds[0] : NULL, &fds[1], &error)) {
+                                  spawn_in_own_group, NULL, &pid, NULL, out ? &fds[0] : NULL, &fds[1], &error)) {
         snapfs_error_set(EIO, "cannot run %s: %s", argv[0], error->message);
         return -1;
     }
