@@ -34,21 +34,21 @@
  * lifecycle callback) lets go of it last (refs).
  */
 struct snapfs_host {
-    char *uri;
-    char *name;
-    gint refs;
+    char *uri;              /* set before the reconnector starts, then only read */
+    char *name;             /* the host's folder; guarded by named_lock */
+    gint refs;              /* atomic */
     GMutex lock;
     GCond wake;             /* conn, dead, closing or released changed */
     virConnectPtr conn;     /* NULL while disconnected; guarded by lock */
     virConnectPtr dead;     /* a closed connection the reconnector still has to release; guarded by lock */
     char *down_reason;      /* why conn is NULL; guarded by lock */
-    GThread *reconnector;
+    GThread *reconnector;   /* set before the host is handed out */
     bool closing;           /* guarded by lock */
     bool released;          /* the reconnector has released every connection; guarded by lock */
-    GPtrArray *domain_names;
-    gint64 domain_names_fetched;
-    GHashTable *domains;    /* name -> struct snapfs_domain * */
-    int lifecycle_callback;
+    GPtrArray *domain_names;        /* the last listing, sorted; guarded by lock */
+    gint64 domain_names_fetched;    /* its g_get_monotonic_time(), 0 once stale; guarded by lock */
+    GHashTable *domains;    /* name -> struct snapfs_domain *; guarded by lock */
+    int lifecycle_callback; /* libvirt's id of it, -1 if none; only the thread that owns the connections uses it */
 };
 
 /* ---- libvirt's event loop ---------------------------------------------- */
@@ -427,13 +427,24 @@ static gpointer host_reconnect_loop(gpointer data)
     return NULL;
 }
 
-/* Whether a failed open means "not answering now" rather than "this can never work". */
-static bool libvirt_error_means_down(void)
+/* Whether libvirt's last error has one of the @n @codes. */
+static bool libvirt_error_is_one_of(const int *codes, size_t n)
 {
     virErrorPtr err = virGetLastError();
 
-    return err && (err->code == VIR_ERR_SYSTEM_ERROR || err->code == VIR_ERR_RPC ||
-                   err->code == VIR_ERR_OPERATION_TIMEOUT);
+    for (size_t i = 0; err && i < n; i++) {
+        if (err->code == codes[i])
+            return true;
+    }
+    return false;
+}
+
+/* Whether a failed open means "not answering now" rather than "this can never work". */
+static bool libvirt_error_means_down(void)
+{
+    static const int down[] = { VIR_ERR_SYSTEM_ERROR, VIR_ERR_RPC, VIR_ERR_OPERATION_TIMEOUT };
+
+    return libvirt_error_is_one_of(down, G_N_ELEMENTS(down));
 }
 
 struct snapfs_host *snapfs_host_open(const char *uri, bool tolerate_down)
@@ -471,20 +482,23 @@ struct snapfs_host *snapfs_host_open(const char *uri, bool tolerate_down)
     return host;
 }
 
-bool snapfs_uri_is_local(const char *uri)
+/* The server @uri names; NULL for none (no URI: libvirt's default, or a URI of this machine's drivers). */
+static char *uri_server(const char *uri)
 {
     xmlURIPtr parsed = uri ? xmlParseURI(uri) : NULL;
-    bool local = true;
+    char *server = parsed && parsed->server && parsed->server[0] ? g_strdup(parsed->server) : NULL;
+
+    xmlFreeURI(parsed);
+    return server;
+}
+
+bool snapfs_uri_is_local(const char *uri)
+{
+    g_autofree char *server = uri_server(uri);
 
     /* A loopback server (a second libvirtd on this machine) sees the same files as snapfs. */
-    if (parsed && parsed->server && parsed->server[0]) {
-        const char *server = parsed->server;
-
-        local = strcmp(server, "localhost") == 0 || g_str_has_prefix(server, "127.") ||
-                strcmp(server, "::1") == 0 || g_ascii_strcasecmp(server, g_get_host_name()) == 0;
-    }
-    xmlFreeURI(parsed);
-    return local;
+    return !server || strcmp(server, "localhost") == 0 || g_str_has_prefix(server, "127.") ||
+           strcmp(server, "::1") == 0 || g_ascii_strcasecmp(server, g_get_host_name()) == 0;
 }
 
 bool snapfs_host_is_local(struct snapfs_host *host)
@@ -544,11 +558,9 @@ void snapfs_host_close(struct snapfs_host *host)
 /* A host's folder name before clashes are counted: the URI's server, "localhost" for a local URI. */
 static char *uri_folder_name(const char *uri)
 {
-    xmlURIPtr parsed = uri ? xmlParseURI(uri) : NULL;
-    char *name = g_strdup(parsed && parsed->server && parsed->server[0] ? parsed->server : "localhost");
+    char *server = uri_server(uri);
 
-    xmlFreeURI(parsed);
-    return name;
+    return server ? server : g_strdup("localhost");
 }
 
 void snapfs_hosts_name(struct snapfs_host **hosts, size_t n)
@@ -644,12 +656,12 @@ char *snapfs_host_error(struct snapfs_host *host)
     return reason;
 }
 
+/* Whether a failed question means the connection went away, so that the last answer may still serve. */
 static bool libvirt_error_means_lost(void)
 {
-    virErrorPtr err = virGetLastError();
+    static const int lost[] = { VIR_ERR_SYSTEM_ERROR, VIR_ERR_RPC, VIR_ERR_NO_CONNECT, VIR_ERR_INVALID_CONN };
 
-    return err && (err->code == VIR_ERR_SYSTEM_ERROR || err->code == VIR_ERR_RPC ||
-                   err->code == VIR_ERR_NO_CONNECT || err->code == VIR_ERR_INVALID_CONN);
+    return libvirt_error_is_one_of(lost, G_N_ELEMENTS(lost));
 }
 
 static gint domain_name_compare(gconstpointer a, gconstpointer b)
