@@ -59,14 +59,24 @@ bool options_build_admission(const struct snapfs_options *options, struct fs_con
 
 /* ---- fs/startup.c ---- */
 
+/* 0 if @path can be mounted on, else -1 after a message on stderr. */
 int startup_check_mountpoint(const char *path, bool nonempty);
-/* Forks, the parent waiting for startup_daemon_ready() to exit with its verdict. */
+/*
+ * Forks before any thread exists; the parent exits once the child tells,
+ * through startup_daemon_ready() or its own end, whether it mounted.
+ */
 int startup_daemonize(void);
+/* The daemon has mounted: it lets go of the terminal and tells the parent. */
 void startup_daemon_ready(void);
+/* libfuse's log function once the daemon's stderr is /dev/null: its messages go to snapfs's log. */
 void startup_daemon_fuse_log(enum fuse_log_level level, const char *fmt, va_list ap);
+/* The state and lock directories opened (created if missing); -1 after a message on stderr. */
 int startup_state_open(const struct snapfs_tree_config *config, int *state_fd, int *lock_fd);
+/* The state directory's lock, waited for a while; -1 after a message on stderr. */
 int startup_state_lock(const struct snapfs_tree_config *config, int state_fd);
 /* libvirt's event loop, then one host per URI in @run->hosts, named; -1 after a message on stderr. */
 int startup_hosts_open(struct command_run *run);
+/* Reverts an earlier run left half done, finished or rolled back on every host that answers. */
 void startup_hosts_recover(struct command_run *run);
+/* "localhost (qemu:///system), host2 (...)": what the mount serves, for the log.  Caller frees. */
 char *startup_hosts_described(GPtrArray *hosts);
