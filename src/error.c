@@ -19,22 +19,22 @@ static void error_state_free(gpointer data)
     g_free(state);
 }
 
-static GPrivate error_key = G_PRIVATE_INIT(error_state_free);
+static GPrivate error_thread_key = G_PRIVATE_INIT(error_state_free);
 
-static struct snapfs_error_state *error_state(void)
+static struct snapfs_error_state *error_this_thread(void)
 {
-    struct snapfs_error_state *state = g_private_get(&error_key);
+    struct snapfs_error_state *state = g_private_get(&error_thread_key);
 
     if (!state) {
         state = g_new0(struct snapfs_error_state, 1);
-        g_private_set(&error_key, state);
+        g_private_set(&error_thread_key, state);
     }
     return state;
 }
 
 static void error_record(int errnum, char *message)
 {
-    struct snapfs_error_state *state = error_state();
+    struct snapfs_error_state *state = error_this_thread();
 
     g_free(state->message);
     state->errnum = errnum;
@@ -98,14 +98,14 @@ void snapfs_error_from_virt(const char *fmt, ...)
 
 int snapfs_error_errno(void)
 {
-    struct snapfs_error_state *state = error_state();
+    struct snapfs_error_state *state = error_this_thread();
 
     return state->errnum > 0 ? state->errnum : EIO;
 }
 
 const char *snapfs_error_message(void)
 {
-    struct snapfs_error_state *state = error_state();
+    struct snapfs_error_state *state = error_this_thread();
 
     return state->message ? state->message : "unknown error";
 }

@@ -13,8 +13,8 @@
  * How long an answer from libvirt is reused.  libvirt 9.0 sends no event
  * when a snapshot is made or deleted, so this bounds how stale the tree is.
  */
-#define VIRT_CACHE_USEC (400 * 1000)
-#define VIRT_RECONNECT_USEC (1000 * 1000)
+#define HOST_CACHE_USEC (400 * 1000)
+#define HOST_RECONNECT_USEC (1000 * 1000)
 /*
  * How long closing the hosts may wait for their connections to be released.
  * Releasing one talks to its peer (libvirt sends the deregistration of events
@@ -24,7 +24,7 @@
  * exit, so that an unmount ends snapfs within the 10 s promised (src/README.md,
  * "Bounds and deadlines").
  */
-#define VIRT_CLOSE_USEC (3 * 1000 * 1000)
+#define HOST_CLOSE_USEC (3 * 1000 * 1000)
 
 /*
  * A host's connections belong to its reconnector thread: it opens them and
@@ -34,21 +34,21 @@
  * lifecycle callback) lets go of it last (refs).
  */
 struct snapfs_host {
-    char *uri;
-    char *name;
-    gint refs;
+    char *uri;              /* set before the reconnector starts, then only read */
+    char *name;             /* the host's folder; guarded by named_lock */
+    gint refs;              /* atomic */
     GMutex lock;
     GCond wake;             /* conn, dead, closing or released changed */
     virConnectPtr conn;     /* NULL while disconnected; guarded by lock */
     virConnectPtr dead;     /* a closed connection the reconnector still has to release; guarded by lock */
     char *down_reason;      /* why conn is NULL; guarded by lock */
-    GThread *reconnector;
+    GThread *reconnector;   /* set before the host is handed out */
     bool closing;           /* guarded by lock */
     bool released;          /* the reconnector has released every connection; guarded by lock */
-    GPtrArray *domain_names;
-    gint64 domain_names_fetched;
-    GHashTable *domains;    /* name -> struct snapfs_domain * */
-    int lifecycle_callback;
+    GPtrArray *domain_names;        /* the last listing, sorted; guarded by lock */
+    gint64 domain_names_fetched;    /* its g_get_monotonic_time(), 0 once stale; guarded by lock */
+    GHashTable *domains;    /* name -> struct snapfs_domain *; guarded by lock */
+    int lifecycle_callback; /* libvirt's id of it, -1 if none; only the thread that owns the connections uses it */
 };
 
 /* ---- libvirt's event loop ---------------------------------------------- */
@@ -57,7 +57,7 @@ static GThread *event_thread;
 static gint event_quit;
 static int event_wake_timer = -1;
 
-static gpointer virt_event_loop(gpointer data)
+static gpointer events_run_loop(gpointer data)
 {
     while (!g_atomic_int_get(&event_quit)) {
         if (virEventRunDefaultImpl() < 0)
@@ -66,12 +66,12 @@ static gpointer virt_event_loop(gpointer data)
     return NULL;
 }
 
-static void virt_event_nop(int timer, void *opaque)
+static void events_wake_nop(int timer, void *opaque)
 {
 }
 
 /* libvirt's errors go to the log, at debug level: callers record and log what matters. */
-static void virt_error_log(void *opaque, virErrorPtr err)
+static void libvirt_error_to_log(void *opaque, virErrorPtr err)
 {
     if (err && err->message)
         snapfs_debug("libvirt: %s", err->message);
@@ -81,14 +81,14 @@ int snapfs_virt_start_events(void)
 {
     if (event_thread)
         return 0;
-    virSetErrorFunc(NULL, virt_error_log);
+    virSetErrorFunc(NULL, libvirt_error_to_log);
     if (virInitialize() < 0 || virEventRegisterDefaultImpl() < 0) {
         snapfs_error_from_virt("cannot start libvirt's event loop");
         return -1;
     }
     /* A disabled timer that stop() arms to wake the loop up. */
-    event_wake_timer = virEventAddTimeout(-1, virt_event_nop, NULL, NULL);
-    event_thread = g_thread_new("snapfs-events", virt_event_loop, NULL);
+    event_wake_timer = virEventAddTimeout(-1, events_wake_nop, NULL, NULL);
+    event_thread = g_thread_new("snapfs-events", events_run_loop, NULL);
     return 0;
 }
 
@@ -105,7 +105,7 @@ void snapfs_virt_stop_events(void)
 
 /* ---- domains and snapshots -------------------------------------------------- */
 
-static void snapshot_free(gpointer data)
+static void snapshot_info_free(gpointer data)
 {
     struct snapfs_snapshot *snap = data;
 
@@ -135,12 +135,13 @@ void snapfs_domain_unref(struct snapfs_domain *domain)
 }
 
 /* The disks snapfs shows: CD-ROMs and floppies hold no guest state worth a layer. */
-static void domain_parse_disks(struct snapfs_domain *domain, const char *xml)
+static void domain_disks_from_xml(struct snapfs_domain *domain, const char *xml)
 {
-    xmlXPathContextPtr ctxt = NULL;
-    xmlDocPtr doc = snapfs_xml_read(xml, &ctxt);
+    g_autoptr(xmlDoc) doc = NULL;
+    g_autoptr(xmlXPathContext) ctxt = NULL;
     g_autoptr(GPtrArray) disks = NULL;
 
+    doc = snapfs_xml_read(xml, &ctxt);
     if (!doc)
         return;
     disks = snapfs_xml_disks(ctxt, "/domain");
@@ -150,17 +151,17 @@ static void domain_parse_disks(struct snapfs_domain *domain, const char *xml)
         if (strcmp(disk->device, "disk") == 0)
             g_ptr_array_add(domain->disks, g_steal_pointer(&disks->pdata[i]));
     }
-    snapfs_xml_free(doc, ctxt);
 }
 
-static struct snapfs_snapshot *snapshot_parse(const char *xml)
+static struct snapfs_snapshot *snapshot_from_xml(const char *xml)
 {
-    xmlXPathContextPtr ctxt = NULL;
-    xmlDocPtr doc = snapfs_xml_read(xml, &ctxt);
+    g_autoptr(xmlDoc) doc = NULL;
+    g_autoptr(xmlXPathContext) ctxt = NULL;
     struct snapfs_snapshot *snap;
     g_autofree char *created = NULL;
     g_autofree char *memory = NULL;
 
+    doc = snapfs_xml_read(xml, &ctxt);
     if (!doc)
         return NULL;
     snap = g_new0(struct snapfs_snapshot, 1);
@@ -181,13 +182,12 @@ static struct snapfs_snapshot *snapshot_parse(const char *xml)
         if (strcmp(disk->kind, "external") == 0)
             snap->external = true;
     }
-    snapfs_xml_free(doc, ctxt);
     if (!snap->name || !snap->state)
-        g_clear_pointer(&snap, snapshot_free);
+        g_clear_pointer(&snap, snapshot_info_free);
     return snap;
 }
 
-static gint snapshot_compare(gconstpointer a, gconstpointer b)
+static gint snapshot_compare_age(gconstpointer a, gconstpointer b)
 {
     const struct snapfs_snapshot *x = *(struct snapfs_snapshot *const *)a;
     const struct snapfs_snapshot *y = *(struct snapfs_snapshot *const *)b;
@@ -198,10 +198,10 @@ static gint snapshot_compare(gconstpointer a, gconstpointer b)
 }
 
 /* One round of questions to libvirt about one domain.  NULL with the reason recorded. */
-static struct snapfs_domain *domain_fetch(virConnectPtr conn, const char *name)
+static struct snapfs_domain *domain_fetch_from_libvirt(virConnectPtr conn, const char *name)
 {
-    virDomainPtr dom = virDomainLookupByName(conn, name);
-    virDomainSnapshotPtr *snaps = NULL;
+    g_autoptr(virDomain) dom = virDomainLookupByName(conn, name);
+    g_autofree virDomainSnapshotPtr *snaps = NULL;
     struct snapfs_domain *domain = NULL;
     g_autofree char *xml = NULL;
     char uuid[VIR_UUID_STRING_BUFLEN];
@@ -215,40 +215,36 @@ static struct snapfs_domain *domain_fetch(virConnectPtr conn, const char *name)
     domain->refs = 1;
     domain->name = g_strdup(virDomainGetName(dom));
     domain->disks = g_ptr_array_new_with_free_func((GDestroyNotify)snapfs_disk_free);
-    domain->snapshots = g_ptr_array_new_with_free_func(snapshot_free);
+    domain->snapshots = g_ptr_array_new_with_free_func(snapshot_info_free);
     if (virDomainGetUUIDString(dom, uuid) == 0)
         domain->uuid = g_strdup(uuid);
     if (virDomainGetState(dom, &state, NULL, 0) < 0 || !(xml = virDomainGetXMLDesc(dom, 0)))
         goto error;
     domain->running = state == VIR_DOMAIN_RUNNING || state == VIR_DOMAIN_PAUSED ||
                       state == VIR_DOMAIN_BLOCKED || state == VIR_DOMAIN_PMSUSPENDED;
-    domain_parse_disks(domain, xml);
+    domain_disks_from_xml(domain, xml);
 
     n = virDomainListAllSnapshots(dom, &snaps, 0);
     if (n < 0)
         goto error;
     for (int i = 0; i < n; i++) {
-        g_autofree char *snap_xml = virDomainSnapshotGetXMLDesc(snaps[i], 0);
-        struct snapfs_snapshot *snap = snap_xml ? snapshot_parse(snap_xml) : NULL;
+        g_autoptr(virDomainSnapshot) snapshot = g_steal_pointer(&snaps[i]);
+        g_autofree char *snap_xml = virDomainSnapshotGetXMLDesc(snapshot, 0);
+        struct snapfs_snapshot *snap = snap_xml ? snapshot_from_xml(snap_xml) : NULL;
 
         /* A snapshot deleted between the listing and this question is simply gone. */
         if (snap) {
-            snap->current = virDomainSnapshotIsCurrent(snaps[i], 0) == 1;
+            snap->current = virDomainSnapshotIsCurrent(snapshot, 0) == 1;
             g_ptr_array_add(domain->snapshots, snap);
         }
     }
-    for (int i = 0; i < n; i++)
-        virDomainSnapshotFree(snaps[i]);
-    g_free(snaps);
-    g_ptr_array_sort(domain->snapshots, snapshot_compare);
+    g_ptr_array_sort(domain->snapshots, snapshot_compare_age);
     domain->fetched = g_get_monotonic_time();
-    virDomainFree(dom);
     return domain;
 
 error:
     snapfs_error_from_virt("cannot read domain '%s'", name);
     snapfs_domain_unref(domain);
-    virDomainFree(dom);
     return NULL;
 }
 
@@ -298,7 +294,7 @@ static void host_lifecycle_event(virConnectPtr conn, virDomainPtr dom, int event
     snapfs_host_invalidate(host, virDomainGetName(dom));
 }
 
-static void host_closed(virConnectPtr conn, int reason, void *opaque)
+static void host_conn_closed(virConnectPtr conn, int reason, void *opaque)
 {
     struct snapfs_host *host = opaque;
     static const char *const reasons[] = { "an error", "end of file", "keepalive timeout", "a client request" };
@@ -317,12 +313,12 @@ static void host_closed(virConnectPtr conn, int reason, void *opaque)
     g_mutex_unlock(&host->lock);
 }
 
-static void host_close_conn(struct snapfs_host *host, virConnectPtr conn)
+static void host_release_conn(struct snapfs_host *host, virConnectPtr conn)
 {
     if (host->lifecycle_callback >= 0)
         virConnectDomainEventDeregisterAny(conn, host->lifecycle_callback);
     host->lifecycle_callback = -1;
-    virConnectUnregisterCloseCallback(conn, host_closed);
+    virConnectUnregisterCloseCallback(conn, host_conn_closed);
     virConnectClose(conn);
 }
 
@@ -346,7 +342,7 @@ static virConnectPtr host_connect(struct snapfs_host *host)
     /* Keepalive notices a dead peer; drivers without it (embed, test) refuse, which is fine. */
     if (virConnectSetKeepAlive(conn, 5, 3) < 0)
         virResetLastError();
-    virConnectRegisterCloseCallback(conn, host_closed, host, NULL);
+    virConnectRegisterCloseCallback(conn, host_conn_closed, host, NULL);
     /*
      * An event being dispatched when the callback is deregistered still runs after the deregistration
      * returns (libvirt only marks it deleted): the callback holds a reference on the host until libvirt
@@ -386,11 +382,11 @@ static gpointer host_reconnect_loop(gpointer data)
 
     g_mutex_lock(&host->lock);
     while (!host->closing) {
-        virConnectPtr conn = g_steal_pointer(&host->dead);
+        virConnectPtr lost = g_steal_pointer(&host->dead);
 
-        if (conn) {
+        if (lost) {
             g_mutex_unlock(&host->lock);
-            host_close_conn(host, conn);
+            host_release_conn(host, lost);
             g_mutex_lock(&host->lock);
             continue;
         }
@@ -414,15 +410,15 @@ static gpointer host_reconnect_loop(gpointer data)
         }
         g_free(host->down_reason);
         host->down_reason = g_strdup(snapfs_error_message());
-        g_cond_wait_until(&host->wake, &host->lock, g_get_monotonic_time() + VIRT_RECONNECT_USEC);
+        g_cond_wait_until(&host->wake, &host->lock, g_get_monotonic_time() + HOST_RECONNECT_USEC);
     }
     conn = g_steal_pointer(&host->conn);
     dead = g_steal_pointer(&host->dead);
     g_mutex_unlock(&host->lock);
     if (dead)
-        host_close_conn(host, dead);
+        host_release_conn(host, dead);
     if (conn)
-        host_close_conn(host, conn);
+        host_release_conn(host, conn);
     g_mutex_lock(&host->lock);
     host->released = true;
     g_cond_broadcast(&host->wake);
@@ -431,13 +427,24 @@ static gpointer host_reconnect_loop(gpointer data)
     return NULL;
 }
 
-/* Whether a failed open means "not answering now" rather than "this can never work". */
-static bool virt_error_is_down(void)
+/* Whether libvirt's last error has one of the @n @codes. */
+static bool libvirt_error_is_one_of(const int *codes, size_t n)
 {
     virErrorPtr err = virGetLastError();
 
-    return err && (err->code == VIR_ERR_SYSTEM_ERROR || err->code == VIR_ERR_RPC ||
-                   err->code == VIR_ERR_OPERATION_TIMEOUT);
+    for (size_t i = 0; err && i < n; i++) {
+        if (err->code == codes[i])
+            return true;
+    }
+    return false;
+}
+
+/* Whether a failed open means "not answering now" rather than "this can never work". */
+static bool libvirt_error_means_down(void)
+{
+    static const int down[] = { VIR_ERR_SYSTEM_ERROR, VIR_ERR_RPC, VIR_ERR_OPERATION_TIMEOUT };
+
+    return libvirt_error_is_one_of(down, G_N_ELEMENTS(down));
 }
 
 struct snapfs_host *snapfs_host_open(const char *uri, bool tolerate_down)
@@ -454,7 +461,7 @@ struct snapfs_host *snapfs_host_open(const char *uri, bool tolerate_down)
     host->domains = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
                                           (GDestroyNotify)snapfs_domain_unref);
     conn = host_connect(host);
-    if (!conn && !(tolerate_down && uri && virt_error_is_down())) {
+    if (!conn && !(tolerate_down && uri && libvirt_error_means_down())) {
         snapfs_host_close(host);
         return NULL;
     }
@@ -475,20 +482,23 @@ struct snapfs_host *snapfs_host_open(const char *uri, bool tolerate_down)
     return host;
 }
 
-bool snapfs_uri_is_local(const char *uri)
+/* The server @uri names; NULL for none (no URI: libvirt's default, or a URI of this machine's drivers). */
+static char *uri_server(const char *uri)
 {
     xmlURIPtr parsed = uri ? xmlParseURI(uri) : NULL;
-    bool local = true;
+    char *server = parsed && parsed->server && parsed->server[0] ? g_strdup(parsed->server) : NULL;
+
+    xmlFreeURI(parsed);
+    return server;
+}
+
+bool snapfs_uri_is_local(const char *uri)
+{
+    g_autofree char *server = uri_server(uri);
 
     /* A loopback server (a second libvirtd on this machine) sees the same files as snapfs. */
-    if (parsed && parsed->server && parsed->server[0]) {
-        const char *server = parsed->server;
-
-        local = strcmp(server, "localhost") == 0 || g_str_has_prefix(server, "127.") ||
-                strcmp(server, "::1") == 0 || g_ascii_strcasecmp(server, g_get_host_name()) == 0;
-    }
-    xmlFreeURI(parsed);
-    return local;
+    return !server || strcmp(server, "localhost") == 0 || g_str_has_prefix(server, "127.") ||
+           strcmp(server, "::1") == 0 || g_ascii_strcasecmp(server, g_get_host_name()) == 0;
 }
 
 bool snapfs_host_is_local(struct snapfs_host *host)
@@ -518,7 +528,7 @@ static void host_finish_close(struct snapfs_host *host, gint64 deadline)
 
 void snapfs_hosts_close(struct snapfs_host **hosts, size_t n)
 {
-    gint64 deadline = g_get_monotonic_time() + VIRT_CLOSE_USEC;
+    gint64 deadline = g_get_monotonic_time() + HOST_CLOSE_USEC;
 
     /* Every host is told first, so that several hosts that do not answer cost one wait, not one each. */
     for (size_t i = 0; i < n; i++) {
@@ -546,13 +556,11 @@ void snapfs_host_close(struct snapfs_host *host)
 }
 
 /* A host's folder name before clashes are counted: the URI's server, "localhost" for a local URI. */
-static char *uri_host_name(const char *uri)
+static char *uri_folder_name(const char *uri)
 {
-    xmlURIPtr parsed = uri ? xmlParseURI(uri) : NULL;
-    char *name = g_strdup(parsed && parsed->server && parsed->server[0] ? parsed->server : "localhost");
+    char *server = uri_server(uri);
 
-    xmlFreeURI(parsed);
-    return name;
+    return server ? server : g_strdup("localhost");
 }
 
 void snapfs_hosts_name(struct snapfs_host **hosts, size_t n)
@@ -561,7 +569,7 @@ void snapfs_hosts_name(struct snapfs_host **hosts, size_t n)
     if (!named_hosts)
         named_hosts = g_ptr_array_new();
     for (size_t i = 0; i < n; i++) {
-        g_autofree char *base = uri_host_name(hosts[i]->uri);
+        g_autofree char *base = uri_folder_name(hosts[i]->uri);
         int clash = 1;
 
         for (size_t j = 0; j < i; j++) {
@@ -585,7 +593,7 @@ char *snapfs_host_domain_label(struct snapfs_host *host, const char *name)
     if (host->name) {
         label = g_strdup_printf("%s/%s", host->name, name);
     } else {
-        g_autofree char *base = uri_host_name(host->uri);
+        g_autofree char *base = uri_folder_name(host->uri);
 
         label = g_strdup_printf("%s/%s", base, name);
     }
@@ -609,7 +617,7 @@ char *snapfs_domain_label(virConnectPtr conn, const char *name)
     }
     g_mutex_unlock(&named_lock);
     if (!base)
-        base = uri_host_name(uri);
+        base = uri_folder_name(uri);
     return g_strdup_printf("%s/%s", base, name);
 }
 
@@ -648,28 +656,28 @@ char *snapfs_host_error(struct snapfs_host *host)
     return reason;
 }
 
-static bool virt_conn_lost(void)
+/* Whether a failed question means the connection went away, so that the last answer may still serve. */
+static bool libvirt_error_means_lost(void)
 {
-    virErrorPtr err = virGetLastError();
+    static const int lost[] = { VIR_ERR_SYSTEM_ERROR, VIR_ERR_RPC, VIR_ERR_NO_CONNECT, VIR_ERR_INVALID_CONN };
 
-    return err && (err->code == VIR_ERR_SYSTEM_ERROR || err->code == VIR_ERR_RPC ||
-                   err->code == VIR_ERR_NO_CONNECT || err->code == VIR_ERR_INVALID_CONN);
+    return libvirt_error_is_one_of(lost, G_N_ELEMENTS(lost));
 }
 
-static gint name_compare(gconstpointer a, gconstpointer b)
+static gint domain_name_compare(gconstpointer a, gconstpointer b)
 {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
 GPtrArray *snapfs_host_list_domains(struct snapfs_host *host)
 {
-    virConnectPtr conn;
-    virDomainPtr *doms = NULL;
+    g_autoptr(virConnect) conn = NULL;
+    g_autofree virDomainPtr *doms = NULL;
     GPtrArray *names;
     int n;
 
     g_mutex_lock(&host->lock);
-    if (host->domain_names && g_get_monotonic_time() - host->domain_names_fetched < VIRT_CACHE_USEC) {
+    if (host->domain_names && g_get_monotonic_time() - host->domain_names_fetched < HOST_CACHE_USEC) {
         names = g_ptr_array_ref(host->domain_names);
         g_mutex_unlock(&host->lock);
         return names;
@@ -681,8 +689,6 @@ GPtrArray *snapfs_host_list_domains(struct snapfs_host *host)
     if (n < 0) {
         if (conn)
             snapfs_error_from_virt("cannot list the domains of '%s'", host->uri);
-        if (conn)
-            virConnectClose(conn);
         /* While libvirt is away, the last answer is better than nothing. */
         g_mutex_lock(&host->lock);
         names = host->domain_names ? g_ptr_array_ref(host->domain_names) : NULL;
@@ -691,12 +697,11 @@ GPtrArray *snapfs_host_list_domains(struct snapfs_host *host)
     }
     names = g_ptr_array_new_with_free_func(g_free);
     for (int i = 0; i < n; i++) {
-        g_ptr_array_add(names, g_strdup(virDomainGetName(doms[i])));
-        virDomainFree(doms[i]);
+        g_autoptr(virDomain) dom = g_steal_pointer(&doms[i]);
+
+        g_ptr_array_add(names, g_strdup(virDomainGetName(dom)));
     }
-    g_free(doms);
-    virConnectClose(conn);
-    g_ptr_array_sort(names, name_compare);
+    g_ptr_array_sort(names, domain_name_compare);
 
     g_mutex_lock(&host->lock);
     if (host->domain_names)
@@ -710,11 +715,11 @@ GPtrArray *snapfs_host_list_domains(struct snapfs_host *host)
 struct snapfs_domain *snapfs_host_get_domain(struct snapfs_host *host, const char *name)
 {
     struct snapfs_domain *domain, *cached;
-    virConnectPtr conn;
+    g_autoptr(virConnect) conn = NULL;
 
     g_mutex_lock(&host->lock);
     cached = g_hash_table_lookup(host->domains, name);
-    if (cached && g_get_monotonic_time() - cached->fetched < VIRT_CACHE_USEC) {
+    if (cached && g_get_monotonic_time() - cached->fetched < HOST_CACHE_USEC) {
         snapfs_domain_ref(cached);
         g_mutex_unlock(&host->lock);
         return cached;
@@ -724,12 +729,10 @@ struct snapfs_domain *snapfs_host_get_domain(struct snapfs_host *host, const cha
     g_mutex_unlock(&host->lock);
 
     conn = snapfs_host_conn(host);
-    domain = conn ? domain_fetch(conn, name) : NULL;
+    domain = conn ? domain_fetch_from_libvirt(conn, name) : NULL;
     if (!domain) {
-        bool lost = !conn || virt_conn_lost();
+        bool lost = !conn || libvirt_error_means_lost();
 
-        if (conn)
-            virConnectClose(conn);
         if (lost && cached)
             return cached;
         snapfs_domain_unref(cached);
@@ -740,7 +743,6 @@ struct snapfs_domain *snapfs_host_get_domain(struct snapfs_host *host, const cha
         }
         return NULL;
     }
-    virConnectClose(conn);
     snapfs_domain_unref(cached);
     g_mutex_lock(&host->lock);
     g_hash_table_replace(host->domains, g_strdup(name), snapfs_domain_ref(domain));

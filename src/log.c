@@ -6,31 +6,31 @@
 #include <stdio.h>
 #include <syslog.h>
 
-/* Read by every thread that logs, set by main() while libvirt's threads may already log. */
-static gint log_syslog;
-static gint log_stderr = 1;
-static gint log_debug;
-static GMutex log_lock;
+/* Atomic: read by every thread that logs, set by main() while libvirt's threads may already log. */
+static gint log_to_syslog;
+static gint log_to_stderr = 1;
+static gint log_keep_debug;
+static GMutex log_lock;   /* one line at a time on stderr (src/README.md, "Locks and their order") */
 
 bool snapfs_log_debug_enabled(void)
 {
-    return g_atomic_int_get(&log_debug) != 0;
+    return g_atomic_int_get(&log_keep_debug) != 0;
 }
 
 void snapfs_log_init(bool to_syslog, bool debug)
 {
     if (to_syslog)
         openlog("snapfs", LOG_PID, LOG_DAEMON);
-    g_atomic_int_set(&log_debug, debug);
-    g_atomic_int_set(&log_stderr, 1);
-    g_atomic_int_set(&log_syslog, to_syslog);
+    g_atomic_int_set(&log_keep_debug, debug);
+    g_atomic_int_set(&log_to_stderr, 1);
+    g_atomic_int_set(&log_to_syslog, to_syslog);
 }
 
 void snapfs_log_detach(void)
 {
     /* Only where syslog takes over: a line must always go somewhere. */
-    if (g_atomic_int_get(&log_syslog))
-        g_atomic_int_set(&log_stderr, 0);
+    if (g_atomic_int_get(&log_to_syslog))
+        g_atomic_int_set(&log_to_stderr, 0);
 }
 
 void snapfs_log(enum snapfs_log_level level, const char *fmt, ...)
@@ -40,14 +40,14 @@ void snapfs_log(enum snapfs_log_level level, const char *fmt, ...)
     g_autofree char *message = NULL;
     va_list ap;
 
-    if (level == SNAPFS_LOG_DEBUG && !g_atomic_int_get(&log_debug))
+    if (level == SNAPFS_LOG_DEBUG && !g_atomic_int_get(&log_keep_debug))
         return;
     va_start(ap, fmt);
     message = g_strdup_vprintf(fmt, ap);
     va_end(ap);
-    if (g_atomic_int_get(&log_syslog))
+    if (g_atomic_int_get(&log_to_syslog))
         syslog(priorities[level], "%s", message);
-    if (g_atomic_int_get(&log_stderr)) {
+    if (g_atomic_int_get(&log_to_stderr)) {
         g_mutex_lock(&log_lock);
         fprintf(stderr, "snapfs: %s: %s\n", names[level], message);
         g_mutex_unlock(&log_lock);

@@ -45,7 +45,7 @@ static const char *unsafe_reason(const struct stat *st, char *buf, size_t size)
     return NULL;
 }
 
-static int refuse(const char *path, const struct stat *st)
+static int refuse_unsafe_dir(const char *path, const struct stat *st)
 {
     char buf[128];
     const char *why = unsafe_reason(st, buf, sizeof(buf));
@@ -55,7 +55,7 @@ static int refuse(const char *path, const struct stat *st)
     return -1;
 }
 
-static int create_dir(const char *path)
+static int create_private_dir(const char *path)
 {
     g_autofree char *parent = g_path_get_dirname(path);
 
@@ -73,7 +73,7 @@ int snapfs_state_dir_open(const char *path, bool create)
     int fd;
 
     if (lstat(path, &before) < 0 && errno == ENOENT && create) {
-        if (create_dir(path) < 0)
+        if (create_private_dir(path) < 0)
             return -1;
     }
     if (lstat(path, &before) < 0) {
@@ -82,7 +82,7 @@ int snapfs_state_dir_open(const char *path, bool create)
         return -1;
     }
     if (unsafe_reason(&before, buf, sizeof(buf)))
-        return refuse(path, &before);
+        return refuse_unsafe_dir(path, &before);
     fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) {
         snapfs_error_set(errno == ELOOP || errno == ENOTDIR ? EACCES : EIO,
@@ -96,7 +96,7 @@ int snapfs_state_dir_open(const char *path, bool create)
     }
     if (unsafe_reason(&after, buf, sizeof(buf))) {
         close(fd);
-        return refuse(path, &after);
+        return refuse_unsafe_dir(path, &after);
     }
     if (after.st_dev != before.st_dev || after.st_ino != before.st_ino) {
         snapfs_error_set(EACCES, "cannot use '%s' as snapfs's directory: it was replaced while snapfs opened it",
@@ -112,7 +112,7 @@ int snapfs_state_dir_open(const char *path, bool create)
  * ("1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"), described as
  * "snapfs pid 1234 (its command line)"; NULL if none is found.
  */
-static char *lock_holder(const struct stat *st)
+static char *describe_lock_holder(const struct stat *st)
 {
     g_autofree char *text = NULL;
     g_auto(GStrv) lines = NULL;
@@ -162,7 +162,7 @@ int snapfs_state_dir_lock(int fd, const char *path, unsigned wait_ms)
         }
         if (g_get_monotonic_time() >= deadline) {
             if (fstat(fd, &st) == 0)
-                holder = lock_holder(&st);
+                holder = describe_lock_holder(&st);
             snapfs_error_set(EBUSY, "the state directory '%s' is in use by %s", path,
                              holder ? holder : "another snapfs process");
             return -1;
@@ -170,6 +170,11 @@ int snapfs_state_dir_lock(int fd, const char *path, unsigned wait_ms)
         g_usleep(50 * 1000);
     }
     return 0;
+}
+
+char *snapfs_state_dir_default(void)
+{
+    return getuid() == 0 ? g_strdup(SNAPFS_STATE_DIR_ROOT) : g_build_filename(g_get_user_state_dir(), "snapfs", NULL);
 }
 
 char *snapfs_runtime_dir(void)

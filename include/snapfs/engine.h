@@ -6,6 +6,7 @@
 
 #include <libvirt/libvirt.h>
 #include <stdbool.h>
+#include <string.h>
 
 enum engine_quiesce { ENGINE_QUIESCE_AUTO, ENGINE_QUIESCE_ON, ENGINE_QUIESCE_OFF };
 
@@ -15,6 +16,14 @@ struct engine_options {
 
 /* 0 if @name can name a snapshot, else -1 with EINVAL or EEXIST (reserved) recorded. */
 int engine_check_name(const char *name);
+/*
+ * Whether @name is one a domain's folder holds besides its snapshots (the revert file, the layers
+ * folder), which no snapshot may take (src/README.md, "The tree and its names").
+ */
+static inline bool engine_name_reserved(const char *name)
+{
+    return strcmp(name, "revert") == 0 || strcmp(name, "layers") == 0;
+}
 
 /* mkdir: external, disk-only, atomic snapshot @name of every disk of @domain. */
 int engine_snapshot_create(virConnectPtr conn, const char *domain, const char *name,

@@ -25,6 +25,14 @@ int snapfs_state_dir_open(const char *path, bool create);
  */
 int snapfs_state_dir_lock(int fd, const char *path, unsigned wait_ms);
 
+/* The state directory of a snapfs run as root, when -o state_dir= does not name one. */
+#define SNAPFS_STATE_DIR_ROOT "/var/lib/snapfs"
+/*
+ * Where snapfs journals by-hand operations when -o state_dir= does not say: SNAPFS_STATE_DIR_ROOT
+ * for root, else $XDG_STATE_HOME/snapfs (~/.local/state/snapfs).  Caller frees.
+ */
+char *snapfs_state_dir_default(void);
+
 /*
  * snapfs's directory for what lasts a boot (per-domain lock files, what KVM did): /run/snapfs
  * for root, else the user's runtime directory's snapfs/ (a tmpfs: nothing in it survives a boot).

@@ -21,7 +21,7 @@ int engine_check_name(const char *name)
         snapfs_error_set(EINVAL, "a snapshot needs a name");
         return -1;
     }
-    if (strcmp(name, "revert") == 0 || strcmp(name, "layers") == 0) {
+    if (engine_name_reserved(name)) {
         snapfs_error_set(EEXIST, "'%s' is reserved in a domain's directory and cannot name a snapshot", name);
         return -1;
     }

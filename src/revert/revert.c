@@ -7,6 +7,7 @@
 #include "snapfs/virt.h"
 #include "snapfs/log.h"
 #include "snapfs/revert.h"
+#include "snapfs/state-dir.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -1034,7 +1035,7 @@ static int revert_prepare(struct revert_state *st, struct revert_snapshot *targe
 
 static const char *state_dir_of(const struct revert_options *options)
 {
-    return options && options->state_dir ? options->state_dir : "/var/lib/snapfs";
+    return options && options->state_dir ? options->state_dir : SNAPFS_STATE_DIR_ROOT;
 }
 
 int revert_write(virConnectPtr conn, const char *domain, const char *buf, size_t len,

@@ -190,7 +190,7 @@ int snapfs_tree_rmdir(struct snapfs_tree *tree, const struct snapfs_node *parent
 {
     if (changes_check_domain_folder(tree, parent, "delete a snapshot") < 0)
         return -1;
-    if (tree_name_reserved(name)) {
+    if (engine_name_reserved(name)) {
         snapfs_error_set(EPERM, "'%s' is not a snapshot", name);
         return -1;
     }

@@ -156,11 +156,6 @@ static int root_readdir(struct snapfs_tree *tree, const struct snapfs_node *node
     return 0;
 }
 
-bool tree_name_reserved(const char *name)
-{
-    return strcmp(name, "revert") == 0 || strcmp(name, "layers") == 0;
-}
-
 /* One of several hosts that is down is an empty folder (user.snapfs.error says why). */
 static int host_readdir(struct snapfs_tree *tree, const struct snapfs_node *node, snapfs_dirent_fn fn,
                         void *opaque)
@@ -173,7 +168,7 @@ static int host_readdir(struct snapfs_tree *tree, const struct snapfs_node *node
 /* A snapshot named like a control file, "." or ".." cannot be shown (src/README.md, "The tree and its names"). */
 static bool domain_shows_snapshot(const char *name)
 {
-    return !tree_name_reserved(name) && strcmp(name, ".") != 0 && strcmp(name, "..") != 0;
+    return !engine_name_reserved(name) && strcmp(name, ".") != 0 && strcmp(name, "..") != 0;
 }
 
 static int domain_readdir(struct snapfs_tree *tree, const struct snapfs_node *node, snapfs_dirent_fn fn,

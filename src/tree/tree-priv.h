@@ -75,7 +75,6 @@ struct tree_kind {
 };
 
 /* hosts.c; and the names a domain's folder keeps for itself, which no snapshot shown there may take. */
-bool tree_name_reserved(const char *name);
 extern const struct tree_kind tree_kind_root, tree_kind_host, tree_kind_domain;
 /* control.c */
 extern const struct tree_kind tree_kind_revert;
