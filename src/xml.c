@@ -163,3 +163,132 @@ GPtrArray *snapfs_xml_snapshot_disks(xmlXPathContextPtr ctxt)
     xmlXPathFreeObject(obj);
     return disks;
 }
+
+/* --- revert --- */
+
+#include "snapfs/chain.h"
+
+GPtrArray *snapfs_xml_nodes(xmlXPathContextPtr ctxt, const char *expr)
+{
+    GPtrArray *nodes = g_ptr_array_new();
+    xmlNodePtr saved = ctxt->node;
+    g_autoptr(xmlXPathObject) obj = NULL;
+
+    ctxt->node = xmlDocGetRootElement(ctxt->doc);
+    obj = xmlXPathEval((const xmlChar *)expr, ctxt);
+    ctxt->node = saved;
+    for (int i = 0; obj && obj->type == XPATH_NODESET && obj->nodesetval && i < obj->nodesetval->nodeNr; i++)
+        g_ptr_array_add(nodes, obj->nodesetval->nodeTab[i]);
+    return nodes;
+}
+
+/* The first child element of @node named @name, or NULL. */
+static xmlNodePtr xml_first_child(xmlNodePtr node, const char *name)
+{
+    for (xmlNodePtr c = node->children; c; c = c->next) {
+        if (c->type == XML_ELEMENT_NODE && strcmp((const char *)c->name, name) == 0)
+            return c;
+    }
+    return NULL;
+}
+
+/* Unlinks and frees every child element of @node named @name. */
+static void xml_drop_children(xmlNodePtr node, const char *name)
+{
+    xmlNodePtr next;
+
+    for (xmlNodePtr c = node->children; c; c = next) {
+        next = c->next;
+        if (c->type == XML_ELEMENT_NODE && strcmp((const char *)c->name, name) == 0) {
+            xmlUnlinkNode(c);
+            xmlFreeNode(c);
+        }
+    }
+}
+
+/* Sets the text of @node to @text, taken as it is. */
+static void xml_set_text(xmlNodePtr node, const char *text)
+{
+    /* SetContent would read entities in the text; AddContent takes it as it is. */
+    xmlNodeSetContent(node, NULL);
+    xmlNodeAddContent(node, (const xmlChar *)text);
+}
+
+xmlDocPtr snapfs_xml_read_snapshot_domain(const char *snapshot_xml, xmlXPathContextPtr *ctxt)
+{
+    g_autoptr(xmlXPathContext) sctxt = NULL;
+    g_autoptr(xmlDoc) sdoc = snapfs_xml_read(snapshot_xml, &sctxt);
+    g_autoptr(xmlDoc) doc = NULL;
+    xmlNodePtr root, dom;
+
+    *ctxt = NULL;
+    if (!sdoc)
+        return NULL;
+    root = xmlDocGetRootElement(sdoc);
+    dom = xml_first_child(root, "inactiveDomain");
+    if (!dom)
+        dom = xml_first_child(root, "domain");
+    if (!dom)
+        return NULL;
+    doc = xmlNewDoc((const xmlChar *)"1.0");
+    xmlDocSetRootElement(doc, xmlDocCopyNode(dom, doc, 1));
+    xmlNodeSetName(xmlDocGetRootElement(doc), (const xmlChar *)"domain");
+    *ctxt = xmlXPathNewContext(doc);
+    return *ctxt ? g_steal_pointer(&doc) : NULL;
+}
+
+void snapfs_xml_domain_set_identity(xmlDocPtr doc, const char *name, const char *uuid)
+{
+    xmlNodePtr root = xmlDocGetRootElement(doc);
+    xmlNodePtr name_node = xml_first_child(root, "name");
+    xmlNodePtr uuid_node = xml_first_child(root, "uuid");
+
+    if (name_node)
+        xml_set_text(name_node, name);
+    if (uuid_node && uuid)
+        xml_set_text(uuid_node, uuid);
+    xmlUnsetProp(root, (const xmlChar *)"id");
+}
+
+void snapfs_xml_disk_set_top(xmlNodePtr disk, const char *file, const char *format)
+{
+    xmlNodePtr driver, source;
+
+    xmlSetProp(disk, (const xmlChar *)"type", (const xmlChar *)"file");
+    driver = xml_first_child(disk, "driver");
+    if (!driver) {
+        driver = xmlNewDocNode(disk->doc, NULL, (const xmlChar *)"driver", NULL);
+        xmlSetProp(driver, (const xmlChar *)"name", (const xmlChar *)"qemu");
+        xmlAddChild(disk, driver);
+    }
+    xmlSetProp(driver, (const xmlChar *)"type", (const xmlChar *)format);
+    /* The old top's chain is not the new one's: snapfs_xml_disk_set_backing() spells that out. */
+    xml_drop_children(disk, "backingStore");
+    xml_drop_children(disk, "source");
+    source = xmlNewDocNode(disk->doc, NULL, (const xmlChar *)"source", NULL);
+    xmlSetProp(source, (const xmlChar *)"file", (const xmlChar *)file);
+    xmlAddNextSibling(driver, source);
+}
+
+int snapfs_xml_disk_set_backing(xmlNodePtr disk, GPtrArray *chain)
+{
+    g_autofree char *inner = snapfs_chain_backing_xml(chain);
+    g_autofree char *wrapped = g_strdup_printf("<x>%s</x>", inner);
+    g_autoptr(xmlDoc) frag = xmlReadMemory(wrapped, (int)strlen(wrapped), "backing.xml", NULL,
+                                           XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
+    xmlNodePtr first = frag ? xml_first_child(xmlDocGetRootElement(frag), "backingStore") : NULL;
+    xmlNodePtr node, source;
+
+    if (!first)
+        return -1;
+    node = xmlDocCopyNode(first, disk->doc, 1);
+    if (!node)
+        return -1;
+    xml_drop_children(disk, "backingStore");
+    source = xml_first_child(disk, "source");
+    if (source)
+        xmlAddNextSibling(source, node);
+    else
+        xmlAddChild(disk, node);
+    return 0;
+}

@@ -52,3 +52,36 @@ GPtrArray *snapfs_xml_disks(xmlXPathContextPtr ctxt, const char *prefix);
 
 /* The <disks><disk> of a <domainsnapshot>: struct snapfs_snapshot_disk *. */
 GPtrArray *snapfs_xml_snapshot_disks(xmlXPathContextPtr ctxt);
+
+/* --- revert --- */
+
+/* The nodes @expr selects from the root (xmlNodePtr, owned by the document), in order; empty if none. */
+GPtrArray *snapfs_xml_nodes(xmlXPathContextPtr ctxt, const char *expr);
+
+/*
+ * The domain a snapshot's XML recorded (its <inactiveDomain>, else its
+ * <domain>) as a document of its own rooted at <domain>, with @ctxt; NULL if
+ * @snapshot_xml is not XML or records no domain.
+ */
+xmlDocPtr snapfs_xml_read_snapshot_domain(const char *snapshot_xml, xmlXPathContextPtr *ctxt);
+
+/* A domain's <name> and <uuid> (unless @uuid is NULL) set, taken as plain text, and its id= dropped. */
+void snapfs_xml_domain_set_identity(xmlDocPtr doc, const char *name, const char *uuid);
+
+/*
+ * Points the <disk> element @disk at the local file @file of @format: type
+ * "file", the driver's type (a <driver name='qemu'> added if missing), a new
+ * <source file=...> right after the driver, and no <backingStore> (the old
+ * top's chain is not the new one's).
+ */
+void snapfs_xml_disk_set_top(xmlNodePtr disk, const char *file, const char *format);
+
+/*
+ * Spells out @chain (struct snapfs_layer *, base first, the last one the
+ * disk's own top, as from snapfs_chain_read(); only the layers below it are
+ * written, so the top may be a placeholder) as the nested <backingStore>
+ * elements of <disk> @disk, replacing any it has, right after its <source>
+ * (at the end if it has none).  -1 if libxml2 fails (nothing recorded: the
+ * caller says what could not be spelled out).
+ */
+int snapfs_xml_disk_set_backing(xmlNodePtr disk, GPtrArray *chain);
