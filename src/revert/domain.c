@@ -273,7 +273,7 @@ struct revert_snapshot *revert_state_identical(struct revert_state *st, struct r
             if (!revert_disk_is_local(disk) || !g_hash_table_contains(target->frozen, disk->target))
                 continue;
             frozen = g_hash_table_lookup(snap->frozen, disk->target);
-            backing = frozen && revert_image_empty(disk->file) ? revert_image_backing(disk->file, disk->format, NULL)
+            backing = frozen && snapfs_chain_qcow2_empty(disk->file) ? revert_image_backing(disk->file, disk->format, NULL)
                                                               : NULL;
             same = backing && strcmp(backing, frozen) == 0;
             compared++;

@@ -143,8 +143,6 @@ bool revert_domain_on_new_tops(struct revert_state *st, const struct revert_jour
 
 /* ---- images (src/revert-image.c) ---- */
 
-/* Whether @file is a qcow2 overlay that holds no data of its own (errs on "not empty"). */
-bool revert_image_empty(const char *file);
 /* The image @file (of format @file_format) is backed by, absolute (and its format if recorded), or NULL. */
 char *revert_image_backing(const char *file, const char *file_format, char **format);
 /*

@@ -415,7 +415,7 @@ static struct revert_journal *plan_external(struct revert_state *st, struct reve
             rd->target = g_strdup(t);
             g_ptr_array_add(journal->disks, rd);
         }
-        if (own && revert_image_empty(own) && !revert_state_names_file(st, own, target->name)) {
+        if (own && snapfs_chain_qcow2_empty(own) && !revert_state_names_file(st, own, target->name)) {
             g_autofree char *backing = revert_image_backing(own, g_hash_table_lookup(target->overlay_format, t), NULL);
             int held = revert_chains_hold(tops, formats, own);
             int free_of_others = held == 0 && backing && strcmp(backing, frozen) == 0
@@ -443,7 +443,7 @@ static struct revert_journal *plan_external(struct revert_state *st, struct reve
 
         if (!rd->old_top || !rd->new_top || strcmp(rd->old_top, rd->new_top) == 0)
             continue;
-        if (!revert_image_empty(rd->old_top) && options->keep)
+        if (!snapfs_chain_qcow2_empty(rd->old_top) && options->keep)
             continue;
         if (revert_state_names_file(st, rd->old_top, NULL))
             continue;
