@@ -292,3 +292,55 @@ int snapfs_xml_disk_set_backing(xmlNodePtr disk, GPtrArray *chain)
         xmlAddChild(disk, node);
     return 0;
 }
+
+/* @text escaped as XML element content or attribute value (NULL: empty). */
+static char *xml_escaped(const char *text)
+{
+    return g_markup_escape_text(text ? text : "", -1);
+}
+
+/* One <disk> of a snapshot's <disks>: external on @disk->file of @disk->format, or not snapshotted. */
+static void xml_append_snapshot_disk(GString *xml, const struct snapfs_snapshot_disk *disk)
+{
+    g_autofree char *target = xml_escaped(disk->target);
+
+    if (disk->file && strcmp(disk->kind, "external") == 0) {
+        g_autofree char *file = xml_escaped(disk->file);
+        g_autofree char *format = xml_escaped(disk->format);
+
+        g_string_append_printf(xml, "    <disk name='%s' snapshot='external' type='file'>\n"
+                                    "      <driver type='%s'/>\n      <source file='%s'/>\n    </disk>\n",
+                               target, format, file);
+    } else {
+        g_string_append_printf(xml, "    <disk name='%s' snapshot='no'/>\n", target);
+    }
+}
+
+char *snapfs_xml_snapshot_new(const char *name, const char *description, const char *parent, gint64 created,
+                              GPtrArray *disks, const char *domain_xml)
+{
+    g_autofree char *name_text = xml_escaped(name);
+    g_autofree char *description_text = xml_escaped(description);
+    GString *xml;
+
+    if (!disks)
+        return g_strdup_printf("<domainsnapshot><name>%s</name><description>%s</description></domainsnapshot>",
+                               name_text, description_text);
+    xml = g_string_new("<domainsnapshot>\n");
+    g_string_append_printf(xml, "  <name>%s</name>\n", name_text);
+    g_string_append_printf(xml, "  <description>%s</description>\n", description_text);
+    g_string_append(xml, "  <state>shutoff</state>\n");
+    if (parent) {
+        g_autofree char *parent_text = xml_escaped(parent);
+
+        g_string_append_printf(xml, "  <parent>\n    <name>%s</name>\n  </parent>\n", parent_text);
+    }
+    g_string_append_printf(xml, "  <creationTime>%" G_GINT64_FORMAT "</creationTime>\n", created);
+    g_string_append(xml, "  <memory snapshot='no'/>\n  <disks>\n");
+    for (guint i = 0; i < disks->len; i++)
+        xml_append_snapshot_disk(xml, g_ptr_array_index(disks, i));
+    g_string_append(xml, "  </disks>\n");
+    g_string_append(xml, domain_xml ? domain_xml : "");
+    g_string_append(xml, "</domainsnapshot>\n");
+    return g_string_free(xml, FALSE);
+}

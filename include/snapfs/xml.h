@@ -85,3 +85,15 @@ void snapfs_xml_disk_set_top(xmlNodePtr disk, const char *file, const char *form
  * caller says what could not be spelled out).
  */
 int snapfs_xml_disk_set_backing(xmlNodePtr disk, GPtrArray *chain);
+
+/*
+ * A <domainsnapshot> for libvirt, named @name with @description (plain
+ * text, escaped here).  Without @disks, just that: a snapshot libvirt makes
+ * (internal, by default).  With @disks (struct snapfs_snapshot_disk *: kind
+ * "external" with its file and format, anything else not snapshotted),
+ * metadata to redefine: a shut-off state, @parent (NULL: none), @created
+ * (seconds since the epoch), no memory, the disks, and @domain_xml (the
+ * domain's <domain> element as text, NULL: none) as it is.
+ */
+char *snapfs_xml_snapshot_new(const char *name, const char *description, const char *parent, gint64 created,
+                              GPtrArray *disks, const char *domain_xml);

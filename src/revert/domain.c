@@ -327,48 +327,31 @@ bool revert_snapshot_exists(virDomainPtr dom, const char *name)
 /* The pre-revert snapshot: metadata of an external snapshot whose frozen images are the old tops. */
 char *revert_keep_xml(struct revert_state *st, const struct revert_journal *journal)
 {
-    GString *xml = g_string_new("<domainsnapshot>\n");
-    g_autofree char *name = g_markup_escape_text(journal->keep_name, -1);
-    g_autofree char *target = g_markup_escape_text(journal->target, -1);
     g_autoptr(GDateTime) now = g_date_time_new_now_local();
     g_autofree char *when = g_date_time_format(now, "%Y-%m-%d %H:%M:%S");
-    const char *dom = strstr(st->xml, "<domain");
+    g_autofree char *description = g_strdup_printf("What the disks held when snapfs reverted to '%s' at %s.",
+                                                   journal->target, when);
+    g_autoptr(GPtrArray) disks = g_ptr_array_new_with_free_func((GDestroyNotify)snapfs_snapshot_disk_free);
 
-    g_string_append_printf(xml, "  <name>%s</name>\n", name);
-    g_string_append_printf(xml, "  <description>What the disks held when snapfs reverted to '%s' at %s.</description>\n",
-                           target, when);
-    g_string_append(xml, "  <state>shutoff</state>\n");
-    if (st->current) {
-        g_autofree char *parent = g_markup_escape_text(st->current, -1);
-
-        g_string_append_printf(xml, "  <parent>\n    <name>%s</name>\n  </parent>\n", parent);
-    }
-    g_string_append_printf(xml, "  <creationTime>%" G_GINT64_FORMAT "</creationTime>\n", g_date_time_to_unix(now));
-    g_string_append(xml, "  <memory snapshot='no'/>\n  <disks>\n");
     for (guint i = 0; i < st->disks->len; i++) {
         struct snapfs_disk *disk = g_ptr_array_index(st->disks, i);
-        g_autofree char *t = g_markup_escape_text(disk->target, -1);
-        const char *overlay = NULL;
+        struct snapfs_snapshot_disk *kept = g_new0(struct snapfs_snapshot_disk, 1);
 
+        kept->target = g_strdup(disk->target);
         for (guint j = 0; j < journal->disks->len; j++) {
             struct revert_disk *rd = g_ptr_array_index(journal->disks, j);
 
-            if (strcmp(rd->target, disk->target) == 0)
-                overlay = rd->keep_overlay;
+            if (strcmp(rd->target, disk->target) == 0) {
+                g_free(kept->file);
+                kept->file = g_strdup(rd->keep_overlay);
+            }
         }
-        if (overlay) {
-            g_autofree char *f = g_markup_escape_text(overlay, -1);
-
-            g_string_append_printf(xml, "    <disk name='%s' snapshot='external' type='file'>\n"
-                                        "      <driver type='qcow2'/>\n      <source file='%s'/>\n    </disk>\n", t, f);
-        } else {
-            g_string_append_printf(xml, "    <disk name='%s' snapshot='no'/>\n", t);
-        }
+        kept->kind = g_strdup(kept->file ? "external" : "no");
+        kept->format = g_strdup("qcow2");
+        g_ptr_array_add(disks, kept);
     }
-    g_string_append(xml, "  </disks>\n");
-    g_string_append(xml, dom ? dom : "");
-    g_string_append(xml, "</domainsnapshot>\n");
-    return g_string_free(xml, FALSE);
+    return snapfs_xml_snapshot_new(journal->keep_name, description, st->current, g_date_time_to_unix(now), disks,
+                                   strstr(st->xml, "<domain"));
 }
 
 /* Points @disk at @rd's new top, a qcow2 overlay on @frozen (of @format) whose chain is spelled out below it. */

@@ -50,11 +50,8 @@ int revert_internal_check(struct revert_state *st, struct revert_snapshot *targe
 /* Step keep: pre-revert-DATE, an internal snapshot of what the disks hold now, as libvirt makes it by default. */
 static int internal_keep(struct revert_state *st, struct revert_snapshot *target, const struct revert_journal *journal)
 {
-    g_autofree char *name = g_markup_escape_text(journal->keep_name, -1);
-    g_autofree char *target_name = g_markup_escape_text(target->name, -1);
-    g_autofree char *xml = g_strdup_printf("<domainsnapshot><name>%s</name><description>What the disks "
-                                           "held when snapfs reverted to '%s'.</description></domainsnapshot>",
-                                           name, target_name);
+    g_autofree char *description = g_strdup_printf("What the disks held when snapfs reverted to '%s'.", target->name);
+    g_autofree char *xml = snapfs_xml_snapshot_new(journal->keep_name, description, NULL, 0, NULL, NULL);
     g_autoptr(virDomainSnapshot) snap = virDomainSnapshotCreateXML(st->dom, xml, 0);
 
     if (!snap) {
