@@ -358,3 +358,37 @@ char *snapfs_chain_backing_xml(GPtrArray *chain)
         g_string_append(xml, "</backingStore>");
     return g_string_free(xml, FALSE);
 }
+
+bool snapfs_chain_qcow2_empty(const char *file)
+{
+    unsigned char head[104];
+    g_autofree unsigned char *l1 = NULL;
+    uint64_t l1_bytes;
+    bool empty = false;
+    int fd = open(file, O_RDONLY | O_CLOEXEC);
+
+    if (fd < 0)
+        return false;
+    if (!read_exact(fd, head, sizeof(head), 0) || be32(head) != QCOW2_MAGIC)
+        goto out;
+    if (be32(head + 60) != 0)                           /* internal snapshots */
+        goto out;
+    if (be32(head + 4) >= 3 && (be64(head + 72) & ~1ULL) != 0)  /* incompatible features but the dirty bit */
+        goto out;
+    l1_bytes = (uint64_t)be32(head + 36) * 8;
+    if (l1_bytes > 64 * 1024 * 1024)
+        goto out;
+    l1 = g_malloc0(l1_bytes ? l1_bytes : 1);
+    if (!read_exact(fd, l1, l1_bytes, (off_t)be64(head + 40)))
+        goto out;
+    empty = true;
+    for (uint64_t i = 0; i < l1_bytes; i++) {
+        if (l1[i]) {
+            empty = false;
+            break;
+        }
+    }
+out:
+    close(fd);
+    return empty;
+}

@@ -55,3 +55,11 @@ char *snapfs_chain_resolve(const char *file, const char *backing);
  * domain.  The result starts with the <backingStore> of the layer below the top.
  */
 char *snapfs_chain_backing_xml(GPtrArray *chain);
+
+/*
+ * Whether @file is a qcow2 overlay that holds no data of its own: no
+ * internal snapshot, no incompatible feature but the dirty bit (one that
+ * keeps data elsewhere), and an L1 table of zeros (nothing was ever written
+ * to it).  Errs on "not empty": false where it cannot be read.
+ */
+bool snapfs_chain_qcow2_empty(const char *file);

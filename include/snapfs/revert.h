@@ -52,6 +52,6 @@ int revert_recover(virConnectPtr conn, const struct revert_options *options);
  * process ends with _exit(137) right after STEP, as a kill -9 would.
  * Steps in order: journal, keep-overlays, keep, overlays, domain, current,
  * cleanup; an internal snapshot's: journal, keep, asked, current (see
- * src/revert.c).
+ * src/revert/external.c).
  */
 #define REVERT_FAULT_STEPS "journal keep-overlays keep asked overlays domain current cleanup"

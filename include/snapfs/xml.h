@@ -53,11 +53,52 @@ GPtrArray *snapfs_xml_disks(xmlXPathContextPtr ctxt, const char *prefix);
 /* The <disks><disk> of a <domainsnapshot>: struct snapfs_snapshot_disk *. */
 GPtrArray *snapfs_xml_snapshot_disks(xmlXPathContextPtr ctxt);
 
-/* --- engine --- */
-
 /* Whether @expr selects at least one node. */
 bool snapfs_xml_exists(xmlXPathContextPtr ctxt, const char *expr);
 
 /* @xml (a <domainsnapshot>) with <description> set to @description, added if missing, as the user wrote it
  * (no entities expanded); NULL if it cannot be parsed. */
 char *snapfs_xml_set_description(const char *xml, const char *description);
+
+/* The nodes @expr selects from the root (xmlNodePtr, owned by the document), in order; empty if none. */
+GPtrArray *snapfs_xml_nodes(xmlXPathContextPtr ctxt, const char *expr);
+
+/*
+ * The domain a snapshot's XML recorded (its <inactiveDomain>, else its
+ * <domain>) as a document of its own rooted at <domain>, with @ctxt; NULL if
+ * @snapshot_xml is not XML or records no domain.
+ */
+xmlDocPtr snapfs_xml_read_snapshot_domain(const char *snapshot_xml, xmlXPathContextPtr *ctxt);
+
+/* A domain's <name> and <uuid> (unless @uuid is NULL) set, taken as plain text, and its id= dropped. */
+void snapfs_xml_domain_set_identity(xmlDocPtr doc, const char *name, const char *uuid);
+
+/*
+ * Points the <disk> element @disk at the local file @file of @format: type
+ * "file", the driver's type (a <driver name='qemu'> added if missing), a new
+ * <source file=...> right after the driver, and no <backingStore> (the old
+ * top's chain is not the new one's).
+ */
+void snapfs_xml_disk_set_top(xmlNodePtr disk, const char *file, const char *format);
+
+/*
+ * Spells out @chain (struct snapfs_layer *, base first, the last one the
+ * disk's own top, as from snapfs_chain_read(); only the layers below it are
+ * written, so the top may be a placeholder) as the nested <backingStore>
+ * elements of <disk> @disk, replacing any it has, right after its <source>
+ * (at the end if it has none).  -1 if libxml2 fails (nothing recorded: the
+ * caller says what could not be spelled out).
+ */
+int snapfs_xml_disk_set_backing(xmlNodePtr disk, GPtrArray *chain);
+
+/*
+ * A <domainsnapshot> for libvirt, named @name with @description (plain
+ * text, escaped here).  Without @disks, just that: a snapshot libvirt makes
+ * (internal, by default).  With @disks (struct snapfs_snapshot_disk *: kind
+ * "external" with its file and format, anything else not snapshotted),
+ * metadata to redefine: a shut-off state, @parent (NULL: none), @created
+ * (seconds since the epoch), no memory, the disks, and @domain_xml (the
+ * domain's <domain> element as text, NULL: none) as it is.
+ */
+char *snapfs_xml_snapshot_new(const char *name, const char *description, const char *parent, gint64 created,
+                              GPtrArray *disks, const char *domain_xml);

@@ -146,53 +146,26 @@ static int delete_check_merge_disk(struct delete_ctx *ctx, struct snapfs_snapsho
  * already), -1 with the reason.  The splice stays here until xml.c holds the
  * one "spell out a disk's backing chain" that revert and delete will share.
  */
-static int delete_spell_out_disk(struct delete_ctx *ctx, xmlNodePtr disk)
+static int delete_spell_out_disk(struct delete_ctx *ctx, xmlXPathContextPtr xpath, xmlNodePtr disk)
 {
-    xmlNodePtr source = NULL, backing = NULL, parsed = NULL;
-    xmlChar *file = NULL, *format = NULL;
+    g_autofree char *file = snapfs_xml_string(xpath, disk, "string(source/@file)");
+    g_autofree char *format = snapfs_xml_string(xpath, disk, "string(driver/@type)");
+    g_autofree char *spelled = snapfs_xml_string(xpath, disk, "string(count(backingStore/node()))");
     g_autoptr(GPtrArray) chain = NULL;
-    int ret = 0;
 
-    for (xmlNodePtr c = disk->children; c; c = c->next) {
-        if (c->type != XML_ELEMENT_NODE)
-            continue;
-        if (strcmp((const char *)c->name, "source") == 0)
-            source = c;
-        else if (strcmp((const char *)c->name, "backingStore") == 0)
-            backing = c;
-        else if (strcmp((const char *)c->name, "driver") == 0)
-            format = xmlGetProp(c, (const xmlChar *)"type");
-    }
-    if (source)
-        file = xmlGetProp(source, (const xmlChar *)"file");
     /* Already spelled out (a non-empty <backingStore>), or nothing to spell. */
-    if (!file || (backing && backing->children))
-        goto cleanup;
-    chain = snapfs_chain_read((const char *)file, (const char *)format);
-    if (!chain) {
-        ret = -1;
-        goto cleanup;
+    if (!file || g_strcmp0(spelled, "0") != 0)
+        return 0;
+    chain = snapfs_chain_read(file, format);
+    if (!chain)
+        return -1;
+    if (chain->len <= 1)
+        return 0;
+    if (snapfs_xml_disk_set_backing(disk, chain) < 0) {
+        snapfs_error_set(EIO, "%s: cannot spell out the chain of '%s'", ctx->what, file);
+        return -1;
     }
-    if (chain->len > 1) {
-        g_autofree char *spelled = snapfs_chain_backing_xml(chain);
-
-        if (xmlParseInNodeContext(disk, spelled, (int)strlen(spelled), 0, &parsed) != XML_ERR_OK) {
-            snapfs_error_set(EIO, "%s: cannot spell out the chain of '%s'", ctx->what, (const char *)file);
-            ret = -1;
-            goto cleanup;
-        }
-        if (backing) {
-            xmlUnlinkNode(backing);
-            xmlFreeNode(backing);
-        }
-        xmlAddNextSibling(source, parsed);
-        ret = 1;
-    }
-
-cleanup:
-    xmlFree(format);
-    xmlFree(file);
-    return ret;
+    return 1;
 }
 
 /*
@@ -207,7 +180,7 @@ static int delete_spell_out_chains(struct delete_ctx *ctx)
     g_autoptr(xmlDoc) doc = NULL;
     g_autofree char *out = NULL;
     g_autoptr(virDomain) redefined = NULL;
-    xmlNodePtr root;
+    g_autoptr(GPtrArray) disks = NULL;
     bool changed = false;
 
     if (!xml) {
@@ -215,20 +188,13 @@ static int delete_spell_out_chains(struct delete_ctx *ctx)
         return -1;
     }
     doc = snapfs_xml_read(xml, &xpath);
-    root = doc ? xmlDocGetRootElement(doc) : NULL;
-    for (xmlNodePtr devices = root ? root->children : NULL; devices; devices = devices->next) {
-        if (devices->type != XML_ELEMENT_NODE || strcmp((const char *)devices->name, "devices") != 0)
-            continue;
-        for (xmlNodePtr disk = devices->children; disk; disk = disk->next) {
-            int spelled;
+    disks = doc ? snapfs_xml_nodes(xpath, "/domain/devices/disk") : NULL;
+    for (guint i = 0; disks && i < disks->len; i++) {
+        int spelled = delete_spell_out_disk(ctx, xpath, g_ptr_array_index(disks, i));
 
-            if (disk->type != XML_ELEMENT_NODE || strcmp((const char *)disk->name, "disk") != 0)
-                continue;
-            spelled = delete_spell_out_disk(ctx, disk);
-            if (spelled < 0)
-                return -1;
-            changed = changed || spelled > 0;
-        }
+        if (spelled < 0)
+            return -1;
+        changed = changed || spelled > 0;
     }
     if (!changed)
         return 0;

@@ -8,68 +8,7 @@
 
 #include <errno.h>
 #include <libvirt/virterror.h>
-#include <libxml/parser.h>
-#include <libxml/tree.h>
-#include <libxml/xpath.h>
 #include <string.h>
-
-/* ---- XML helpers ----------------------------------------------------------------------- */
-
-static xmlDocPtr xml_read(const char *xml)
-{
-    return xmlReadMemory(xml, strlen(xml), "libvirt.xml", NULL,
-                         XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
-}
-
-static char *xml_eval_string(xmlXPathContextPtr ctxt, xmlNodePtr node, const char *expr)
-{
-    xmlNodePtr saved = ctxt->node;
-    xmlXPathObjectPtr obj;
-    char *value = NULL;
-
-    ctxt->node = node ? node : xmlDocGetRootElement(ctxt->doc);
-    obj = xmlXPathEval((const xmlChar *)expr, ctxt);
-    if (obj && obj->type == XPATH_STRING && obj->stringval && obj->stringval[0])
-        value = g_strdup((const char *)obj->stringval);
-    xmlXPathFreeObject(obj);
-    ctxt->node = saved;
-    return value;
-}
-
-static xmlXPathObjectPtr xml_eval_nodes(xmlXPathContextPtr ctxt, const char *expr)
-{
-    xmlXPathObjectPtr obj;
-
-    ctxt->node = xmlDocGetRootElement(ctxt->doc);
-    obj = xmlXPathEval((const xmlChar *)expr, ctxt);
-    if (obj && (obj->type != XPATH_NODESET || !obj->nodesetval)) {
-        xmlXPathFreeObject(obj);
-        return NULL;
-    }
-    return obj;
-}
-
-static xmlNodePtr xml_child(xmlNodePtr node, const char *name)
-{
-    for (xmlNodePtr c = node->children; c; c = c->next) {
-        if (c->type == XML_ELEMENT_NODE && strcmp((const char *)c->name, name) == 0)
-            return c;
-    }
-    return NULL;
-}
-
-static char *xml_dump(xmlDocPtr doc)
-{
-    xmlChar *mem = NULL;
-    int size = 0;
-    char *out;
-
-    xmlDocDumpMemory(doc, &mem, &size);
-    out = g_strndup((const char *)mem, size);
-    xmlFree(mem);
-    return out;
-}
-
 
 /* ---- what libvirt says about the domain --------------------------------------- */
 
@@ -107,12 +46,48 @@ void revert_state_free(struct revert_state *st)
     g_free(st);
 }
 
+/* What the external disk @node of a snapshot's <disks> made (its overlay) and froze, recorded in @snap. */
+static void revert_snapshot_add_disk(struct revert_snapshot *snap, xmlXPathContextPtr ctxt, xmlNodePtr node)
+{
+    g_autofree char *target = snapfs_xml_string(ctxt, node, "string(@name)");
+    g_autofree char *kind = snapfs_xml_string(ctxt, node, "string(@snapshot)");
+    g_autofree char *file = snapfs_xml_string(ctxt, node, "string(source/@file)");
+    g_autofree char *file_format = snapfs_xml_string(ctxt, node, "string(driver/@type)");
+    g_autofree char *frozen = NULL;
+    g_autofree char *frozen_format = NULL;
+    struct snapfs_disk *then;
+
+    if (!target || !kind || strcmp(kind, "external") != 0)
+        return;
+    snap->external = true;
+    if (!file)
+        return;
+    /* What the snapshot froze: its overlay's backing, or else the disk of the domain as it was. */
+    frozen = revert_image_backing(file, file_format, &frozen_format);
+    then = snap->domain_disks ? snapfs_disk_find(snap->domain_disks, target) : NULL;
+    if (!frozen && then && then->file) {
+        frozen = g_strdup(then->file);
+        frozen_format = g_strdup(then->format);
+    }
+    /* Formats only as libvirt or the overlay recorded them: the domain as it was says it for its own disk. */
+    if (frozen && !frozen_format && then && then->file && strcmp(then->file, frozen) == 0)
+        frozen_format = g_strdup(then->format);
+    if (file_format)
+        g_hash_table_insert(snap->overlay_format, g_strdup(target), g_steal_pointer(&file_format));
+    g_hash_table_insert(snap->overlay, g_strdup(target), g_steal_pointer(&file));
+    if (frozen) {
+        if (frozen_format)
+            g_hash_table_insert(snap->frozen_format, g_strdup(target), g_steal_pointer(&frozen_format));
+        g_hash_table_insert(snap->frozen, g_strdup(target), g_steal_pointer(&frozen));
+    }
+}
+
 static struct revert_snapshot *revert_snapshot_parse(const char *name, char *xml)
 {
     struct revert_snapshot *snap = g_new0(struct revert_snapshot, 1);
-    xmlDocPtr doc = xml_read(xml);
-    xmlXPathContextPtr ctxt = doc ? xmlXPathNewContext(doc) : NULL;
-    xmlXPathObjectPtr obj;
+    g_autoptr(xmlXPathContext) ctxt = NULL;
+    g_autoptr(xmlDoc) doc = snapfs_xml_read(xml, &ctxt);
+    g_autoptr(GPtrArray) nodes = NULL;
 
     snap->name = g_strdup(name);
     snap->xml = xml;
@@ -120,53 +95,14 @@ static struct revert_snapshot *revert_snapshot_parse(const char *name, char *xml
     snap->frozen = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     snap->frozen_format = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     snap->overlay_format = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-    if (!ctxt) {
+    if (!doc) {
         revert_snapshot_free(snap);
-        snap = NULL;
-        goto out;
+        return NULL;
     }
     snap->domain_disks = snapfs_xml_disks(ctxt, "/domainsnapshot/domain");
-    obj = xml_eval_nodes(ctxt, "/domainsnapshot/disks/disk");
-    for (int i = 0; obj && i < obj->nodesetval->nodeNr; i++) {
-        xmlNodePtr node = obj->nodesetval->nodeTab[i];
-        g_autofree char *target = xml_eval_string(ctxt, node, "string(@name)");
-        g_autofree char *kind = xml_eval_string(ctxt, node, "string(@snapshot)");
-        g_autofree char *file = xml_eval_string(ctxt, node, "string(source/@file)");
-        g_autofree char *file_format = xml_eval_string(ctxt, node, "string(driver/@type)");
-        g_autofree char *frozen = NULL;
-        g_autofree char *frozen_format = NULL;
-        struct snapfs_disk *then;
-
-        if (!target || !kind || strcmp(kind, "external") != 0)
-            continue;
-        snap->external = true;
-        if (!file)
-            continue;
-        /* What the snapshot froze: its overlay's backing, or else the disk of the domain as it was. */
-        frozen = revert_image_backing(file, file_format, &frozen_format);
-        then = snap->domain_disks ? snapfs_disk_find(snap->domain_disks, target) : NULL;
-        if (!frozen && then && then->file) {
-            frozen = g_strdup(then->file);
-            frozen_format = g_strdup(then->format);
-        }
-        /* Formats only as libvirt or the overlay recorded them: the domain as it was says it for its own disk. */
-        if (frozen && !frozen_format && then && then->file && strcmp(then->file, frozen) == 0)
-            frozen_format = g_strdup(then->format);
-        if (file_format)
-            g_hash_table_insert(snap->overlay_format, g_strdup(target), g_steal_pointer(&file_format));
-        g_hash_table_insert(snap->overlay, g_strdup(target), g_steal_pointer(&file));
-        if (frozen) {
-            if (frozen_format)
-                g_hash_table_insert(snap->frozen_format, g_strdup(target), g_steal_pointer(&frozen_format));
-            g_hash_table_insert(snap->frozen, g_strdup(target), g_steal_pointer(&frozen));
-        }
-    }
-    xmlXPathFreeObject(obj);
-out:
-    if (ctxt)
-        xmlXPathFreeContext(ctxt);
-    if (doc)
-        xmlFreeDoc(doc);
+    nodes = snapfs_xml_nodes(ctxt, "/domainsnapshot/disks/disk");
+    for (guint i = 0; i < nodes->len; i++)
+        revert_snapshot_add_disk(snap, ctxt, g_ptr_array_index(nodes, i));
     return snap;
 }
 
@@ -181,14 +117,51 @@ struct revert_snapshot *revert_state_snapshot(struct revert_state *st, const cha
     return NULL;
 }
 
+/* The disks of the domain definition @xml, or NULL if it is not XML. */
+static GPtrArray *revert_domain_disks_parse(const char *xml)
+{
+    g_autoptr(xmlXPathContext) ctxt = NULL;
+    g_autoptr(xmlDoc) doc = snapfs_xml_read(xml, &ctxt);
+
+    return doc ? snapfs_xml_disks(ctxt, "/domain") : NULL;
+}
+
+/*
+ * One snapshot of @st's domain read into @st->snaps (and @st->current); false
+ * with the reason recorded, unless @failed says one is recorded already.
+ * A snapshot gone meanwhile (VIR_ERR_NO_DOMAIN_SNAPSHOT) is left out.
+ */
+static bool revert_state_add_snapshot(struct revert_state *st, virDomainSnapshotPtr handle, bool failed)
+{
+    const char *snap_name = virDomainSnapshotGetName(handle);
+    char *xml = virDomainSnapshotGetXMLDesc(handle, VIR_DOMAIN_SNAPSHOT_XML_SECURE);
+    int cur = xml ? virDomainSnapshotIsCurrent(handle, 0) : -1;
+    struct revert_snapshot *snap = NULL;
+
+    if (!xml || cur < 0) {
+        if (virGetLastErrorCode() != VIR_ERR_NO_DOMAIN_SNAPSHOT && !failed)
+            snapfs_error_set(EIO, "cannot read snapshot '%s' of domain '%s': %s", snap_name, st->name,
+                             virGetLastErrorMessage());
+        g_free(xml);
+        return virGetLastErrorCode() == VIR_ERR_NO_DOMAIN_SNAPSHOT;
+    }
+    if (!(snap = revert_snapshot_parse(snap_name, xml))) {
+        if (!failed)
+            snapfs_error_set(EIO, "cannot parse snapshot '%s' of domain '%s'", snap_name, st->name);
+        return false;
+    }
+    g_ptr_array_add(st->snaps, snap);
+    if (cur == 1)
+        st->current = g_strdup(snap_name);
+    return true;
+}
+
 /* The domain, its persistent definition and every snapshot; NULL with the reason. */
 struct revert_state *revert_state_read(virConnectPtr conn, virDomainPtr dom)
 {
     g_autoptr(revert_state) st = g_new0(struct revert_state, 1);
     virDomainSnapshotPtr *list = NULL;
     char uuid[VIR_UUID_STRING_BUFLEN];
-    xmlDocPtr doc;
-    xmlXPathContextPtr ctxt;
     bool failed = false;
     int n;
 
@@ -205,15 +178,11 @@ struct revert_state *revert_state_read(virConnectPtr conn, virDomainPtr dom)
         snapfs_error_from_virt("cannot read the definition of domain '%s'", st->name);
         return NULL;
     }
-    doc = xml_read(st->xml);
-    if (!doc) {
+    st->disks = revert_domain_disks_parse(st->xml);
+    if (!st->disks) {
         snapfs_error_set(EIO, "cannot parse the definition of domain '%s'", st->name);
         return NULL;
     }
-    ctxt = xmlXPathNewContext(doc);
-    st->disks = snapfs_xml_disks(ctxt, "/domain");
-    xmlXPathFreeContext(ctxt);
-    xmlFreeDoc(doc);
 
     st->snaps = g_ptr_array_new_with_free_func((GDestroyNotify)revert_snapshot_free);
     n = virDomainListAllSnapshots(dom, &list, 0);
@@ -223,26 +192,7 @@ struct revert_state *revert_state_read(virConnectPtr conn, virDomainPtr dom)
     }
     /* Fail closed: a snapshot that cannot be read may be what needs an image the revert would drop. */
     for (int i = 0; i < n; i++) {
-        const char *snap_name = virDomainSnapshotGetName(list[i]);
-        char *xml = virDomainSnapshotGetXMLDesc(list[i], VIR_DOMAIN_SNAPSHOT_XML_SECURE);
-        int cur = xml ? virDomainSnapshotIsCurrent(list[i], 0) : -1;
-        struct revert_snapshot *snap = NULL;
-
-        if (!xml || cur < 0) {
-            if (virGetLastErrorCode() != VIR_ERR_NO_DOMAIN_SNAPSHOT && !failed)
-                snapfs_error_set(EIO, "cannot read snapshot '%s' of domain '%s': %s", snap_name, st->name,
-                                 virGetLastErrorMessage());
-            failed |= virGetLastErrorCode() != VIR_ERR_NO_DOMAIN_SNAPSHOT;
-            g_free(xml);
-        } else if (!(snap = revert_snapshot_parse(snap_name, xml))) {
-            if (!failed)
-                snapfs_error_set(EIO, "cannot parse snapshot '%s' of domain '%s'", snap_name, st->name);
-            failed = true;
-        } else {
-            g_ptr_array_add(st->snaps, snap);
-            if (cur == 1)
-                st->current = g_strdup(snap_name);
-        }
+        failed |= !revert_state_add_snapshot(st, list[i], failed);
         virDomainSnapshotFree(list[i]);
     }
     free(list);
@@ -323,7 +273,7 @@ struct revert_snapshot *revert_state_identical(struct revert_state *st, struct r
             if (!revert_disk_is_local(disk) || !g_hash_table_contains(target->frozen, disk->target))
                 continue;
             frozen = g_hash_table_lookup(snap->frozen, disk->target);
-            backing = frozen && revert_image_empty(disk->file) ? revert_image_backing(disk->file, disk->format, NULL)
+            backing = frozen && snapfs_chain_qcow2_empty(disk->file) ? revert_image_backing(disk->file, disk->format, NULL)
                                                               : NULL;
             same = backing && strcmp(backing, frozen) == 0;
             compared++;
@@ -339,20 +289,19 @@ struct revert_snapshot *revert_state_identical(struct revert_state *st, struct r
 int revert_snapshot_redefine(struct revert_state *st, const char *xml, const char *name, bool current)
 {
     unsigned int flags = VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE | (current ? VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT : 0);
-    virDomainSnapshotPtr snap = virDomainSnapshotCreateXML(st->dom, xml, flags);
+    g_autoptr(virDomainSnapshot) snap = virDomainSnapshotCreateXML(st->dom, xml, flags);
 
     if (!snap) {
         snapfs_error_from_virt("cannot redefine snapshot '%s' of domain '%s'", name, st->name);
         return -1;
     }
-    virDomainSnapshotFree(snap);
     return 0;
 }
 
 /* Makes the existing snapshot @name current again (its metadata unchanged). */
 int revert_snapshot_make_current(struct revert_state *st, const char *name)
 {
-    virDomainSnapshotPtr snap = virDomainSnapshotLookupByName(st->dom, name, 0);
+    g_autoptr(virDomainSnapshot) snap = virDomainSnapshotLookupByName(st->dom, name, 0);
     g_autofree char *xml = NULL;
 
     if (!snap) {
@@ -360,7 +309,7 @@ int revert_snapshot_make_current(struct revert_state *st, const char *name)
         return -1;
     }
     xml = virDomainSnapshotGetXMLDesc(snap, VIR_DOMAIN_SNAPSHOT_XML_SECURE);
-    virDomainSnapshotFree(snap);
+    g_clear_pointer(&snap, virDomainSnapshotFree);
     if (!xml) {
         snapfs_error_from_virt("cannot read snapshot '%s' of domain '%s'", name, st->name);
         return -1;
@@ -370,87 +319,71 @@ int revert_snapshot_make_current(struct revert_state *st, const char *name)
 
 bool revert_snapshot_exists(virDomainPtr dom, const char *name)
 {
-    virDomainSnapshotPtr snap = virDomainSnapshotLookupByName(dom, name, 0);
+    g_autoptr(virDomainSnapshot) snap = virDomainSnapshotLookupByName(dom, name, 0);
 
-    if (!snap)
-        return false;
-    virDomainSnapshotFree(snap);
-    return true;
+    return snap != NULL;
 }
 
 /* The pre-revert snapshot: metadata of an external snapshot whose frozen images are the old tops. */
 char *revert_keep_xml(struct revert_state *st, const struct revert_journal *journal)
 {
-    GString *xml = g_string_new("<domainsnapshot>\n");
-    g_autofree char *name = g_markup_escape_text(journal->keep_name, -1);
-    g_autofree char *target = g_markup_escape_text(journal->target, -1);
     g_autoptr(GDateTime) now = g_date_time_new_now_local();
     g_autofree char *when = g_date_time_format(now, "%Y-%m-%d %H:%M:%S");
-    const char *dom = strstr(st->xml, "<domain");
+    g_autofree char *description = g_strdup_printf("What the disks held when snapfs reverted to '%s' at %s.",
+                                                   journal->target, when);
+    g_autoptr(GPtrArray) disks = g_ptr_array_new_with_free_func((GDestroyNotify)snapfs_snapshot_disk_free);
 
-    g_string_append_printf(xml, "  <name>%s</name>\n", name);
-    g_string_append_printf(xml, "  <description>What the disks held when snapfs reverted to '%s' at %s.</description>\n",
-                           target, when);
-    g_string_append(xml, "  <state>shutoff</state>\n");
-    if (st->current) {
-        g_autofree char *parent = g_markup_escape_text(st->current, -1);
-
-        g_string_append_printf(xml, "  <parent>\n    <name>%s</name>\n  </parent>\n", parent);
-    }
-    g_string_append_printf(xml, "  <creationTime>%" G_GINT64_FORMAT "</creationTime>\n", g_date_time_to_unix(now));
-    g_string_append(xml, "  <memory snapshot='no'/>\n  <disks>\n");
     for (guint i = 0; i < st->disks->len; i++) {
         struct snapfs_disk *disk = g_ptr_array_index(st->disks, i);
-        g_autofree char *t = g_markup_escape_text(disk->target, -1);
-        const char *overlay = NULL;
+        struct snapfs_snapshot_disk *kept = g_new0(struct snapfs_snapshot_disk, 1);
 
+        kept->target = g_strdup(disk->target);
         for (guint j = 0; j < journal->disks->len; j++) {
             struct revert_disk *rd = g_ptr_array_index(journal->disks, j);
 
-            if (strcmp(rd->target, disk->target) == 0)
-                overlay = rd->keep_overlay;
+            if (strcmp(rd->target, disk->target) == 0) {
+                g_free(kept->file);
+                kept->file = g_strdup(rd->keep_overlay);
+            }
         }
-        if (overlay) {
-            g_autofree char *f = g_markup_escape_text(overlay, -1);
-
-            g_string_append_printf(xml, "    <disk name='%s' snapshot='external' type='file'>\n"
-                                        "      <driver type='qcow2'/>\n      <source file='%s'/>\n    </disk>\n", t, f);
-        } else {
-            g_string_append_printf(xml, "    <disk name='%s' snapshot='no'/>\n", t);
-        }
+        kept->kind = g_strdup(kept->file ? "external" : "no");
+        kept->format = g_strdup("qcow2");
+        g_ptr_array_add(disks, kept);
     }
-    g_string_append(xml, "  </disks>\n");
-    g_string_append(xml, dom ? dom : "");
-    g_string_append(xml, "</domainsnapshot>\n");
-    return g_string_free(xml, FALSE);
+    return snapfs_xml_snapshot_new(journal->keep_name, description, st->current, g_date_time_to_unix(now), disks,
+                                   strstr(st->xml, "<domain"));
 }
 
-/* The <backingStore> chain of a new overlay on @frozen, as <disk> children. */
-static xmlNodePtr backing_nodes(xmlDocPtr doc, const char *frozen, const char *format)
+/* Points @disk at @rd's new top, a qcow2 overlay on @frozen (of @format) whose chain is spelled out below it. */
+static int revert_disk_on_new_top(xmlNodePtr disk, const struct revert_disk *rd, const char *frozen,
+                                  const char *format)
 {
     g_autoptr(GPtrArray) chain = snapfs_chain_read(frozen, format);
-    g_autofree char *inner = NULL;
-    g_autofree char *wrapped = NULL;
-    xmlDocPtr frag;
-    xmlNodePtr node = NULL;
 
     if (!chain)
-        return NULL;
-    /* The top layer only stands for the new overlay: backing_xml spells out what lies below it. */
+        return -1;
+    /* The top layer only stands for the new overlay: only what lies below it is spelled out. */
     g_ptr_array_add(chain, g_new0(struct snapfs_layer, 1));
-    inner = snapfs_chain_backing_xml(chain);
-    wrapped = g_strdup_printf("<x>%s</x>", inner);
-    frag = xml_read(wrapped);
-    if (frag) {
-        xmlNodePtr first = xml_child(xmlDocGetRootElement(frag), "backingStore");
-
-        if (first)
-            node = xmlDocCopyNode(first, doc, 1);
-        xmlFreeDoc(frag);
-    }
-    if (!node)
+    snapfs_xml_disk_set_top(disk, rd->new_top, "qcow2");
+    if (snapfs_xml_disk_set_backing(disk, chain) < 0) {
         snapfs_error_set(EIO, "cannot spell out the backing chain of '%s'", frozen);
-    return node;
+        return -1;
+    }
+    return 0;
+}
+
+/* The disk of @journal with target @target that the revert moves to a new top, or NULL. */
+static const struct revert_disk *revert_journal_moved_disk(const struct revert_journal *journal, const char *target)
+{
+    const struct revert_disk *rd = NULL;
+
+    for (guint j = 0; target && j < journal->disks->len; j++) {
+        struct revert_disk *cand = g_ptr_array_index(journal->disks, j);
+
+        if (strcmp(cand->target, target) == 0 && cand->new_top)
+            rd = cand;
+    }
+    return rd;
 }
 
 /*
@@ -460,96 +393,29 @@ static xmlNodePtr backing_nodes(xmlDocPtr doc, const char *frozen, const char *f
  */
 char *revert_domain_xml(struct revert_state *st, struct revert_snapshot *target, const struct revert_journal *journal)
 {
-    xmlDocPtr sdoc = xml_read(target->xml);
-    xmlDocPtr doc = NULL;
-    xmlXPathContextPtr ctxt = NULL;
-    xmlXPathObjectPtr obj = NULL;
-    char *out = NULL;
+    g_autoptr(xmlXPathContext) ctxt = NULL;
+    g_autoptr(xmlDoc) doc = snapfs_xml_read_snapshot_domain(target->xml, &ctxt);
+    g_autoptr(GPtrArray) disks = NULL;
 
-    if (sdoc) {
-        xmlNodePtr root = xmlDocGetRootElement(sdoc);
-        xmlNodePtr dom = xml_child(root, "inactiveDomain");
-
-        if (!dom)
-            dom = xml_child(root, "domain");
-        if (dom) {
-            doc = xmlNewDoc((const xmlChar *)"1.0");
-            xmlDocSetRootElement(doc, xmlDocCopyNode(dom, doc, 1));
-            xmlNodeSetName(xmlDocGetRootElement(doc), (const xmlChar *)"domain");
-        }
-        xmlFreeDoc(sdoc);
-    }
     if (!doc)
-        doc = xml_read(st->xml);
+        doc = snapfs_xml_read(st->xml, &ctxt);
     if (!doc) {
         snapfs_error_set(EIO, "cannot parse the definition of domain '%s'", st->name);
         return NULL;
     }
-    ctxt = xmlXPathNewContext(doc);
     /* The same domain, whatever the snapshot recorded. */
-    {
-        xmlNodePtr root = xmlDocGetRootElement(doc);
-        xmlNodePtr name = xml_child(root, "name");
-        xmlNodePtr uuid = xml_child(root, "uuid");
+    snapfs_xml_domain_set_identity(doc, st->name, st->uuid);
+    disks = snapfs_xml_nodes(ctxt, "/domain/devices/disk");
+    for (guint i = 0; i < disks->len; i++) {
+        xmlNodePtr disk = g_ptr_array_index(disks, i);
+        g_autofree char *t = snapfs_xml_string(ctxt, disk, "string(target/@dev)");
+        const struct revert_disk *rd = revert_journal_moved_disk(journal, t);
 
-        /* SetContent would read entities in the text; AddContent takes it as it is. */
-        if (name) {
-            xmlNodeSetContent(name, NULL);
-            xmlNodeAddContent(name, (const xmlChar *)st->name);
-        }
-        if (uuid && st->uuid) {
-            xmlNodeSetContent(uuid, NULL);
-            xmlNodeAddContent(uuid, (const xmlChar *)st->uuid);
-        }
-        xmlUnsetProp(root, (const xmlChar *)"id");
+        if (rd && revert_disk_on_new_top(disk, rd, g_hash_table_lookup(target->frozen, t),
+                                         g_hash_table_lookup(target->frozen_format, t)) < 0)
+            return NULL;
     }
-    obj = xml_eval_nodes(ctxt, "/domain/devices/disk");
-    for (int i = 0; obj && i < obj->nodesetval->nodeNr; i++) {
-        xmlNodePtr disk = obj->nodesetval->nodeTab[i];
-        g_autofree char *t = xml_eval_string(ctxt, disk, "string(target/@dev)");
-        struct revert_disk *rd = NULL;
-        xmlNodePtr driver, source, chain, c, next;
-        const char *frozen;
-
-        for (guint j = 0; t && j < journal->disks->len; j++) {
-            struct revert_disk *cand = g_ptr_array_index(journal->disks, j);
-
-            if (strcmp(cand->target, t) == 0 && cand->new_top)
-                rd = cand;
-        }
-        if (!rd)
-            continue;
-        frozen = g_hash_table_lookup(target->frozen, t);
-        chain = backing_nodes(doc, frozen, g_hash_table_lookup(target->frozen_format, t));
-        if (!chain)
-            goto out;
-        xmlSetProp(disk, (const xmlChar *)"type", (const xmlChar *)"file");
-        driver = xml_child(disk, "driver");
-        if (!driver) {
-            driver = xmlNewDocNode(doc, NULL, (const xmlChar *)"driver", NULL);
-            xmlSetProp(driver, (const xmlChar *)"name", (const xmlChar *)"qemu");
-            xmlAddChild(disk, driver);
-        }
-        xmlSetProp(driver, (const xmlChar *)"type", (const xmlChar *)"qcow2");
-        for (c = disk->children; c; c = next) {
-            next = c->next;
-            if (c->type == XML_ELEMENT_NODE && (strcmp((const char *)c->name, "backingStore") == 0 ||
-                                                strcmp((const char *)c->name, "source") == 0)) {
-                xmlUnlinkNode(c);
-                xmlFreeNode(c);
-            }
-        }
-        source = xmlNewDocNode(doc, NULL, (const xmlChar *)"source", NULL);
-        xmlSetProp(source, (const xmlChar *)"file", (const xmlChar *)rd->new_top);
-        xmlAddNextSibling(driver, source);
-        xmlAddNextSibling(source, chain);
-    }
-    out = xml_dump(doc);
-out:
-    xmlXPathFreeObject(obj);
-    xmlXPathFreeContext(ctxt);
-    xmlFreeDoc(doc);
-    return out;
+    return snapfs_xml_dump(doc);
 }
 
 /* Whether the domain's persistent definition runs every reverted disk on its new top. */
@@ -575,18 +441,10 @@ bool revert_domain_on_new_tops(struct revert_state *st, const struct revert_jour
 GPtrArray *revert_domain_disks_now(struct revert_state *st)
 {
     g_autofree char *xml = virDomainGetXMLDesc(st->dom, VIR_DOMAIN_XML_INACTIVE);
-    xmlDocPtr doc = xml ? xml_read(xml) : NULL;
-    xmlXPathContextPtr ctxt;
-    GPtrArray *disks;
+    GPtrArray *disks = xml ? revert_domain_disks_parse(xml) : NULL;
 
-    if (!doc) {
+    if (!disks)
         snapfs_warn("cannot read the definition of domain '%s': %s", st->label,
                     xml ? "it cannot be parsed" : virGetLastErrorMessage());
-        return NULL;
-    }
-    ctxt = xmlXPathNewContext(doc);
-    disks = snapfs_xml_disks(ctxt, "/domain");
-    xmlXPathFreeContext(ctxt);
-    xmlFreeDoc(doc);
     return disks;
 }

@@ -1,64 +1,13 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* The images a revert makes and inspects: empty qcow2 overlays, read from and written to disk directly or by qemu-img. */
+/* The images a revert makes and inspects: empty qcow2 overlays made through the engine, backing files read through chain.c, and their names. */
 #include "revert-priv.h"
 #include "snapfs/chain.h"
 #include "snapfs/engine.h"
 #include "snapfs/error.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
-
-static uint32_t be32(const unsigned char *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-static uint64_t be64(const unsigned char *p)
-{
-    return (uint64_t)be32(p) << 32 | be32(p + 4);
-}
-
-/*
- * Whether @file is a qcow2 overlay that holds no data of its own: no
- * internal snapshot, no feature that keeps data elsewhere, and an L1 table
- * of zeros (nothing was ever written to it).  Errs on "not empty".
- */
-bool revert_image_empty(const char *file)
-{
-    unsigned char head[104];
-    g_autofree unsigned char *l1 = NULL;
-    uint64_t l1_bytes;
-    bool empty = false;
-    int fd = open(file, O_RDONLY | O_CLOEXEC);
-
-    if (fd < 0)
-        return false;
-    if (pread(fd, head, sizeof(head), 0) != (ssize_t)sizeof(head) || be32(head) != 0x514649fbU)
-        goto out;
-    if (be32(head + 60) != 0)                           /* internal snapshots */
-        goto out;
-    if (be32(head + 4) >= 3 && (be64(head + 72) & ~1ULL) != 0)  /* anything but the dirty bit */
-        goto out;
-    l1_bytes = (uint64_t)be32(head + 36) * 8;
-    if (l1_bytes > 64 * 1024 * 1024)
-        goto out;
-    l1 = g_malloc0(l1_bytes ? l1_bytes : 1);
-    if (pread(fd, l1, l1_bytes, (off_t)be64(head + 40)) != (ssize_t)l1_bytes)
-        goto out;
-    empty = true;
-    for (uint64_t i = 0; i < l1_bytes; i++) {
-        if (l1[i]) {
-            empty = false;
-            break;
-        }
-    }
-out:
-    close(fd);
-    return empty;
-}
 
 /* The image @file (of @file_format) is backed by, as an absolute path (and its recorded format), or NULL. */
 char *revert_image_backing(const char *file, const char *file_format, char **format)

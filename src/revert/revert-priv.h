@@ -1,12 +1,21 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* What src/revert*.c share: the intent journal of one revert, the domain as libvirt describes it, the images. */
+/* What the files of src/revert/ share: the intent journal of one revert, the domain as libvirt describes it, the images, the steps. */
 #pragma once
 
+#include "snapfs/revert.h"
 #include "snapfs/xml.h"
 
 #include <glib.h>
 #include <libvirt/libvirt.h>
 #include <stdbool.h>
+
+/*
+ * Locks: none of these structures is shared.  Each is made, used and freed
+ * by the one thread carrying out a revert (or the startup recovery) while it
+ * holds the domain's operation lock (engine_lock_domain_conn(); src/README.md,
+ * "Locks and their order"), which also keeps every other snapfs operation
+ * off the domain's snapshots and images; so their fields take no lock.
+ */
 
 /* One disk of the domain, before and after the revert. */
 struct revert_disk {
@@ -82,7 +91,7 @@ GPtrArray *revert_journal_list(const char *state_dir);
 /* fsync @path (a file or a directory); -1 with the reason. */
 int revert_sync_path(const char *path);
 
-/* ---- the domain and its snapshots (src/revert-domain.c) ---- */
+/* ---- the domain and its snapshots (domain.c) ---- */
 
 /* A snapshot, with what each of its external disks made and froze. */
 struct revert_snapshot {
@@ -141,10 +150,8 @@ char *revert_domain_xml(struct revert_state *st, struct revert_snapshot *target,
 /* Whether the persistent definition runs every reverted disk on its new top (the commit point passed). */
 bool revert_domain_on_new_tops(struct revert_state *st, const struct revert_journal *journal);
 
-/* ---- images (src/revert-image.c) ---- */
+/* ---- images (image.c) ---- */
 
-/* Whether @file is a qcow2 overlay that holds no data of its own (errs on "not empty"). */
-bool revert_image_empty(const char *file);
 /* The image @file (of format @file_format) is backed by, absolute (and its format if recorded), or NULL. */
 char *revert_image_backing(const char *file, const char *file_format, char **format);
 /*
@@ -157,3 +164,54 @@ int revert_image_create_overlay(const char *file, const char *backing, const cha
 char *revert_image_name(const char *dir, const char *domain, const char *target, const char *what);
 /* Whether @file is named as revert_image_name() names them, for @domain, @target and a @what starting with @what_prefix. */
 bool revert_image_is_named(const char *file, const char *domain, const char *target, const char *what_prefix);
+
+/* ---- the plan, checked before anything changes (plan.c) ---- */
+
+/* The name of a snapshot a revert keeps the state left behind as (a rollback deletes it). */
+#define REVERT_KEEP_PREFIX "pre-revert-"
+
+/* A journal of the revert of @st's domain to @target in @phase, at @path: no disk, no kept snapshot yet. */
+struct revert_journal *revert_journal_new(struct revert_state *st, struct revert_snapshot *target, const char *path,
+                                          enum revert_phase phase);
+/* pre-revert-@stamp, with -2, -3... where a snapshot of @dom has that name. */
+char *revert_keep_name(virDomainPtr dom, const char *stamp);
+/* The plan for reverting to external snapshot @target (@noop: only its name is missing); NULL with the reason. */
+struct revert_journal *revert_plan_external(struct revert_state *st, struct revert_snapshot *target, const char *path,
+                                            const struct revert_options *options, bool *noop);
+/* The format libvirt recorded for @rd's old top (the domain now, or the pre-revert snapshot's domain), or NULL. */
+const char *revert_old_top_format(struct revert_state *st, const struct revert_journal *journal,
+                                  const struct revert_disk *rd);
+/* 1 if nobody else needs @file, 0 if someone does (logged), -1 with EIO where that cannot be told. */
+int revert_plan_image_free(struct revert_state *st, struct revert_snapshot *target, const char *file);
+/* Every overlay the plan makes: name free (EEXIST), formats below it recorded (ENOTSUP). */
+int revert_check_images(struct revert_state *st, struct revert_snapshot *target, const struct revert_journal *journal);
+/* The images the by-hand revert needs are files on this host (ENOTSUP otherwise). */
+int revert_check_local(struct revert_state *st, struct revert_snapshot *target);
+
+/* ---- the steps (external.c, internal.c) ---- */
+
+/* For the crash tests: _exit(137) right after @step where SNAPFS_FAULT=revert:@step (REVERT_FAULT_STEPS). */
+void revert_fault(const char *step);
+/* Whether libvirt's own external revert will be tried. */
+bool revert_native_possible(struct revert_state *st, const struct revert_journal *journal);
+/* The revert to external snapshot @target as @journal plans it; -1 with the reason, rolled back. */
+int revert_external(struct revert_state *st, struct revert_snapshot *target, struct revert_journal *journal,
+                    bool noop);
+/* Whether libvirt may apply internal snapshot @target (ENOTSUP where it would rewrite what others stand on). */
+int revert_internal_check(struct revert_state *st, struct revert_snapshot *target);
+/* The revert to internal snapshot @target, journalled at @path. */
+int revert_internal(struct revert_state *st, struct revert_snapshot *target, const char *path,
+                    const struct revert_options *options);
+
+/* ---- settling: rollback, roll-forward, recovery (settle.c) ---- */
+
+/* Undo a revert that did not reach its commit point. */
+int revert_roll_back(struct revert_state *st, const struct revert_journal *journal);
+/* Finish a revert past its commit point (@faults: the crash tests' steps current and cleanup apply). */
+int revert_roll_forward(struct revert_state *st, const struct revert_journal *journal, bool faults);
+/* Settle one journal found on disk, @st being the domain's state now. */
+int revert_settle(struct revert_state *st, struct revert_journal *journal);
+/* Rolls back, keeping the reason recorded; @note ends the warning where that fails.  Always -1. */
+int revert_undo(struct revert_state *st, const struct revert_journal *journal, const char *note);
+/* Where journals live: options->state_dir, else /var/lib/snapfs. */
+const char *revert_state_dir(const struct revert_options *options);

@@ -5,6 +5,7 @@
  * revert, so this is the path a libvirt 9.9+ takes) with real images.
  */
 #include "../../src/revert/revert-priv.h"
+#include "snapfs/chain.h"
 #include "snapfs/error.h"
 #include "snapfs/revert.h"
 
@@ -252,7 +253,7 @@ static void test_native_revert(void)
     /* Its overlay (gone if libvirt removed it with the current snapshot's) is back, on the old top. */
     overlay = g_strdup_printf("%s/web01.vda.%s.qcow2", tmpdir, (char *)g_ptr_array_index(kept, 0));
     g_assert_true(g_file_test(overlay, G_FILE_TEST_EXISTS));
-    g_assert_true(revert_image_empty(overlay));
+    g_assert_true(snapfs_chain_qcow2_empty(overlay));
     backing = revert_image_backing(overlay, "qcow2", NULL);
     g_assert_cmpstr(backing, ==, old_top);
     journals = revert_journal_list(dir);
