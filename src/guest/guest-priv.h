@@ -5,6 +5,7 @@
 #include "snapfs/guest.h"
 
 #include <guestfs.h>
+#include <string.h>
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(guestfs_h, guestfs_close)
 
@@ -33,6 +34,96 @@ struct guest_disk {
     bool force_share; /* a live image (a view of it is cached briefly) */
     char *socket;     /* the NBD server's socket */
 };
+
+/* A disk of an appliance with what serves it: the NBD server, its export, the files it opens. */
+struct guest_disk_ext {
+    struct guest_disk disk;
+    GPid nbd;         /* qemu-nbd, reaped here by its pid (never by a child watch some other thread could race) */
+    char *export;     /* the NBD export name on the appliance's qemu-storage-daemon */
+    char **chain;     /* every file qemu opens for this disk (the disk and its backing files) */
+};
+
+/* A guest filesystem mounted for a view. */
+struct guest_mount {
+    char *mountpoint;   /* within the view: "/", "/boot", "/sda1" */
+    char *device;       /* the appliance's device */
+};
+
+/* An entry of the pool's caches: its place in the least-recently-used order and what it costs. */
+struct guest_cached {
+    GList link;           /* in pool->meta_lru or pool->data_lru; data is the entry */
+    enum { CACHED_NODE, CACHED_DIR, CACHED_CHUNK } kind;
+    struct guest_pool *pool;
+    struct guest_view *view;  /* whose node or listing; NULL for file data */
+    const char *key;      /* the entry's key in its table (view->nodes, view->dirs, pool->chunks) */
+    size_t bytes;         /* what it holds, as counted in pool->cache_bytes */
+    guint64 used;         /* pool->cache_tick at its last use */
+};
+
+/* What a view knows of one path. */
+struct guest_node {
+    struct guest_cached cached;
+    struct stat st;
+    char *link;           /* symlink target, NULL if not known yet */
+    GPtrArray *xattrs;    /* struct guest_xattr *; NULL if not fetched */
+    gint64 when;
+};
+
+/* One extended attribute of a guest file. */
+struct guest_xattr {
+    char *name;
+    GBytes *value;
+};
+
+/*
+ * A listed directory.  Its entries are fetched in up to three round trips, each
+ * when first needed: names and types (readdir: enough for find), then every
+ * entry's attributes and link targets (ls -l, lookups), then every entry's
+ * xattrs (what ls -l asks next).
+ */
+struct guest_dir {
+    struct guest_cached cached;
+    GPtrArray *names;
+    GArray *types;        /* mode_t: the type bits readdir gave, 0 if unknown */
+    GArray *inos;         /* ino_t readdir gave */
+    GHashTable *index;    /* name -> position + 1 */
+    bool stats;           /* a guest_node for each name is in view->nodes: evicting one clears this */
+    bool xattrs;          /* and each one's xattrs: the same */
+    gint64 when;
+};
+
+struct guest_view {
+    gint refs;
+    struct guest_pool *pool;
+    char *id;
+    char *label;                   /* for log lines: "snapshot 'S' of domain 'H/D'" */
+    char *group;
+    bool live;
+    size_t n_drives;
+    struct guest_drive *drives;
+    GPtrArray *strings;
+
+    GMutex setup_lock;             /* one thread sets the view up */
+    GMutex fetch_lock;             /* one thread fetches file data: the kernel's read-ahead asks for a chunk twice */
+    struct guest_appliance *app;   /* setup lock: where the view is mounted */
+    char *prefix;                  /* setup lock: where, inside the appliance */
+    GPtrArray *mounts;             /* struct guest_mount *, shortest mountpoint first */
+    bool os;                       /* inspection found an operating system */
+    gint want_stats;               /* atomic: a file was looked up, so listings bring attributes along (ls -l) */
+    bool empty;                    /* nothing mounted: the root is an empty folder the appliance is not asked about */
+    gint labels;                   /* atomic: 0 not known yet, 1 a filesystem root carries an SELinux label, -1 none does */
+    gint64 failed_at;              /* atomic: when the view last failed */
+    gint failed_errno;             /* atomic: why, 0 once it works; set also by view_leave() */
+
+    GMutex lock;                   /* error and dropped_at */
+    char *error;
+    GHashTable *nodes;             /* pool->cache_lock: path -> struct guest_node * */
+    GHashTable *dirs;              /* pool->cache_lock: path -> struct guest_dir * */
+    gint64 dropped_at;             /* a live view: when the appliance's caches were last dropped */
+};
+
+/* The most disks an appliance takes with its neighbours' views: beyond, only the disks a view needs. */
+#define GUEST_MAX_SHARED_DISKS 48
 
 struct guest_appliance {
     GMutex lock;              /* serialises every call on @g: guestfs handles are not thread-safe */
@@ -159,6 +250,25 @@ const char *guest_device_suffix(const char *device, const char *whole);
 /* The index in @app of the disk with @key, or -1. */
 int guest_appliance_find_disk(struct guest_appliance *app, const char *key);
 char *guest_drive_key(const struct guest_drive *drive, bool live);
+/* A new appliance of domain @group, not started, with one reference (the pool's).  Pool lock held. */
+struct guest_appliance *guest_appliance_new(struct guest_pool *pool, const char *group);
+/* Add @view's drives to @app (not launching yet); @neighbours: a view riding along, whose unreadable images are left out. */
+void guest_appliance_add_view(struct guest_appliance *app, struct guest_view *view, bool neighbours);
+/* Whether @app has every drive of @view. */
+bool guest_appliance_has_view(struct guest_appliance *app, struct guest_view *view);
+/* Stop @app's qemu and its NBD servers.  Called with app->lock held (or the app unreachable). */
+void guest_appliance_close(struct guest_appliance *app);
+/* Kill @app's qemu now, from any thread: the call in flight fails and says @why (taken); @warn logs it. */
+void guest_appliance_kill(struct guest_appliance *app, char *why, bool warn);
+
+/* ---- nbd.c ---- */
+
+/* The pool's spawner thread: forks what guest_nbd_start_servers() asks until the pool itself is pushed. */
+gpointer guest_nbd_spawner(gpointer data);
+/* Serve @app's disks over NBD (sockets in app->tmpdir, made here); -1 with the reason.  App lock held. */
+int guest_nbd_start_servers(struct guest_pool *pool, struct guest_appliance *app);
+/* Stop a server: SIGTERM, SIGKILL after a second, reaped. */
+void guest_nbd_stop(GPid pid);
 
 /*
  * The directory of a ready-made appliance to hand guestfs_set_path(): libguestfs's own, refreshed as libguestfs
@@ -182,26 +292,26 @@ GBytes *guest_boot_unpack(const guint8 *image, size_t len);
 
 /*
  * The --image-opts of @file in @format for qemu-nbd and qemu-io: read-only, shared with a running domain and
- * not locked (see appliance_start_servers()), the name escaped for QemuOpts.
+ * not locked (see guest_nbd_start_servers()), the name escaped for QemuOpts.
  */
 char *guest_image_opts(const char *format, const char *file);
+/* @value with its commas doubled, as QemuOpts wants inside a value. */
+char *guest_qemu_opts_escape(const char *value);
 /*
  * 1 if the image @file (format @format) holds an LVM physical volume on the whole disk or on a primary or GPT
  * partition, 0 if not (logical partitions are not looked at), -1 with the reason if it cannot be read.
  */
 int guest_image_holds_lvm(const char *file, const char *format);
 
-/* View internals the appliance side needs. */
-const char *guest_view_group(struct guest_view *view);
-size_t guest_view_n_drives(struct guest_view *view);
-const struct guest_drive *guest_view_drive(struct guest_view *view, size_t i);
-bool guest_view_is_live(struct guest_view *view);
 /*
  * Disk @target of domain @group holds LVM physical volumes: from now on every view of it gets an
  * appliance of its drives alone.  Each layer of a disk repeats the same volume group, which LVM
  * activates from one copy only.
  */
 void guest_pool_mark_lvm(struct guest_pool *pool, const char *group, const char *target);
+
+/* ---- cache.c ---- */
+
 /* Set up and empty the pool's caches (guest_pool_new(), guest_pool_free()). */
 void guest_cache_init(struct guest_pool *pool);
 void guest_cache_clear(struct guest_pool *pool);
@@ -209,7 +319,77 @@ void guest_cache_clear(struct guest_pool *pool);
 void guest_data_forget(struct guest_pool *pool, const char *id);
 /* For tests: a new bound of the pool's caches and of file data's share, in bytes, enforced at once. */
 void guest_cache_set_cap(struct guest_pool *pool, size_t bytes, size_t data_bytes);
-void guest_view_free(struct guest_view *view);
+/* A new view's node and listing tables, and dropping them with everything they count (cache lock taken). */
+void guest_cache_view_init(struct guest_view *view);
+void guest_cache_view_clear(struct guest_view *view);
+/* The xattrs of a guestfs_lgetxattrs() answer; lxattrlist's answer split per name (@n_names arrays). */
+GPtrArray *guest_xattrs_from_list(const struct guestfs_xattr_list *xl);
+GPtrArray **guest_xattrs_split(const struct guestfs_xattr_list *list, size_t n_names);
+/* An empty listing, and one more entry of it. */
+struct guest_dir *guest_dir_new(void);
+void guest_dir_add(struct guest_dir *dir, const char *name, mode_t type, ino_t ino);
+/*
+ * A copy of @dir's names (and, where asked, its types and inode numbers as GArrays, and its flags),
+ * made under the cache lock: the listing may be evicted once it is let go.
+ */
+GStrv guest_dir_copy(struct guest_dir *dir, bool *stats, bool *xattrs, GArray **types, GArray **inos);
+/* Keep what is known of @path, taking @link and @xattrs (cache lock held); it may be evicted at once. */
+void guest_cache_put_node(struct guest_view *view, const char *path, const struct stat *st, char *link, GPtrArray *xattrs);
+/* Keep the listing @dir of @path (cache lock held); it may be evicted at once. */
+void guest_cache_put_dir(struct guest_view *view, const char *path, struct guest_dir *dir);
+/* @node's xattrs came: keep them, if it has none yet (cache lock held). */
+void guest_cache_set_xattrs(struct guest_node *node, GPtrArray *xattrs);
+/* The fresh listing of @path, or NULL (cache lock held). */
+struct guest_dir *guest_cache_get_dir(struct guest_view *view, const char *path);
+/* Whether @path's fresh listing already holds what is asked (stats, or xattrs too). Takes the cache lock. */
+bool guest_cache_dir_has(struct guest_view *view, const char *path, bool xattrs);
+/* Mark the listing of @path as holding stats or xattrs too, before the nodes are put (cache lock held). */
+void guest_cache_mark_dir(struct guest_view *view, const char *path, bool stats, bool xattrs);
+/* Copy what the view knows of @path (st, link, xattrs as asked); 1 if known, 0 if not, -1 ENOENT. Takes the cache lock. */
+int guest_cache_lookup(struct guest_view *view, const char *path, struct stat *st, char **link, GPtrArray **xattrs);
+/* File data under @key, fresh for @view, with a reference, or NULL; keeping it. Each takes the cache lock. */
+GBytes *guest_cache_get_data(struct guest_view *view, const char *key);
+void guest_cache_put_data(struct guest_view *view, const char *key, GBytes *data);
 
+/* Whether what the view learnt at @when may still be used: always for a frozen view, live_ttl_ms for a live one. */
+static inline bool guest_view_fresh(struct guest_view *view, gint64 when)
+{
+    return !view->live || g_get_monotonic_time() - when < (gint64)view->pool->config.live_ttl_ms * 1000;
+}
+
+/* The view path of @name in directory @dir. */
+static inline char *guest_child_path(const char *dir, const char *name)
+{
+    return strcmp(dir, "/") == 0 ? g_strconcat("/", name, NULL) : g_strconcat(dir, "/", name, NULL);
+}
+
+/* ---- view.c ---- */
+
+void guest_view_free(struct guest_view *view);
+/* Record @message (may be NULL) as why the view cannot be read; guest_view_error() gives it back. */
+void guest_view_set_error(struct guest_view *view, const char *message);
 /* For tests: qemu's pid of the appliance that serves @view now, or 0. */
 pid_t guest_view_qemu_pid(struct guest_view *view);
+
+/* ---- view-mount.c ---- */
+
+/*
+ * The appliance serving @view, locked, with a reference for the caller, the request counted in flight;
+ * started and the view mounted in it if needed.  NULL with the reason.  guest_view_leave() gives it back.
+ */
+struct guest_appliance *guest_view_enter(struct guest_view *view);
+void guest_view_leave(struct guest_view *view, struct guest_appliance *app);
+/* The appliance's path of view path @path (setup lock or an entered view). */
+char *guest_view_path(struct guest_view *view, const char *path);
+/* The index of the guest filesystem holding @path: st_dev that does not change when an appliance does. */
+dev_t guest_view_dev(struct guest_view *view, const char *path);
+
+/* ---- paths.c ---- */
+
+/* Make sure the view knows @path: from the cache, or by listing its parent.  -1 with the reason. */
+int guest_view_resolve(struct guest_view *view, const char *path, struct stat *st, char **link, GPtrArray **xattrs);
+/* Every entry of @path's attributes and link targets, in one or two round trips. */
+int guest_view_stat_dir(struct guest_view *view, const char *path);
+/* The names of @path's listing, listing it first if needed, as guest_dir_copy() gives them; NULL with the reason. */
+GStrv guest_view_dir_names(struct guest_view *view, const char *path, bool *stats, bool *xattrs, GArray **types,
+                           GArray **inos);
