@@ -183,14 +183,14 @@ struct guest_appliance *guest_appliance_new(struct guest_pool *pool, const char 
 }
 
 
-/* How an appliance boots beside libguestfs's defaults (guest-boot.c). */
+/* How an appliance boots beside libguestfs's defaults (boot.c). */
 enum {
     BOOT_UNPACKED = 1,  /* the kernel unpacked */
     BOOT_TCG_CACHE = 2, /* qemu through a script that bounds its translated code */
 };
 
 /*
- * Hand @g what @prepare makes (a file of guest-boot.c) through @apply, unless @plain says that failed once; when it
+ * Hand @g what @prepare makes (a file of boot.c) through @apply, unless @plain says that failed once; when it
  * cannot be made, say so (appliances then @without "as it is") and set @plain.  Whether @g got it.
  */
 static bool boot_use(guestfs_h *g, gint *plain, char *(*prepare)(guestfs_h *),
@@ -208,7 +208,7 @@ static bool boot_use(guestfs_h *g, gint *plain, char *(*prepare)(guestfs_h *),
     return false;
 }
 
-/* A handle with @app's disks added, not launched, and what of guest-boot.c it uses; NULL with the reason. */
+/* A handle with @app's disks added, not launched, and what of boot.c it uses; NULL with the reason. */
 static guestfs_h *appliance_handle(struct guest_pool *pool, struct guest_appliance *app, bool force_tcg,
                                    unsigned *boot)
 {
@@ -409,7 +409,7 @@ char **guest_appliance_logical_volumes(struct guest_appliance *app)
 
 /*
  * Before the first launch (not at mount: a mount that never looks at guest files says nothing of KVM):
- * where KVM failed an appliance of an earlier snapfs of this boot, TCG at once (guest-kvm.c).
+ * where KVM failed an appliance of an earlier snapfs of this boot, TCG at once (kvm.c).
  */
 static void pool_kvm_check(struct guest_pool *pool)
 {

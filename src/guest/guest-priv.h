@@ -1,5 +1,21 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /* The guest reader's internals shared by its files: pool, appliances and views. */
+/*
+ * Who calls whom: each file calls only files below it in this list, never one above, so no
+ * two files call each other (checked by listing each file's non-static functions and grepping
+ * the others for them).
+ *
+ *   xattrs.c, data.c   a view's xattrs; its file data in chunks
+ *   paths.c            resolving a view's paths: attributes, listings, links
+ *   view-mount.c       entering a view: its appliance chosen, started, the view mounted in it
+ *   pool.c             which appliance serves a view; background starts, eviction, idle timer, watchdog
+ *   view.c             a view's life cycle (the pool's view table frees views through it)
+ *   appliance.c        one appliance: its disks, handle, launch, calls and errors
+ *   cache.c            the node, listing and chunk tables under one byte bound
+ *   nbd.c, lvm.c       the NBD servers; a look from the host for LVM on an image
+ *   image-opts.c       how qemu opens an image read-only and unlocked
+ *   launch.c, boot.c, kvm.c   guestfs_launch() within its deadline; how appliances boot; KVM verdicts
+ */
 #pragma once
 
 #include "snapfs/guest.h"
@@ -113,7 +129,7 @@ struct guest_view {
     bool empty;                    /* nothing mounted: the root is an empty folder the appliance is not asked about */
     gint labels;                   /* atomic: 0 not known yet, 1 a filesystem root carries an SELinux label, -1 none does */
     gint64 failed_at;              /* atomic: when the view last failed */
-    gint failed_errno;             /* atomic: why, 0 once it works; set also by view_leave() */
+    gint failed_errno;             /* atomic: why, 0 once it works; set also by guest_view_leave() */
 
     GMutex lock;                   /* error and dropped_at */
     char *error;
@@ -131,7 +147,7 @@ struct guest_appliance {
     char *group;
     char *alone;              /* an appliance of one view's drives alone (a view of a disk with LVM), else NULL */
     unsigned serial;
-    bool behind;              /* set at creation: started in the background with the domain's views (see guest-appliance.c) */
+    bool behind;              /* set at creation: started in the background with the domain's views (see pool.c) */
     unsigned cap;             /* set at creation: the disks other views' drives may fill, beyond the asking view's own */
     GPtrArray *disks;         /* struct guest_disk *; pool lock until launching is set */
     bool launching;           /* pool lock: the disk list is fixed */
@@ -163,9 +179,9 @@ struct guest_pool {
     GHashTable *views;        /* id -> struct guest_view * (one reference) */
     GPtrArray *appliances;    /* struct guest_appliance * (one reference each) */
     unsigned serial;
-    gint force_tcg;           /* atomic: KVM failed once (here, or before in this boot: guest-kvm.c), appliances use TCG */
-    gsize kvm_checked;        /* g_once: guest-kvm.c was asked, before the first launch */
-    char *hv;                 /* set once kvm_checked, where KVM may be tried: the qemu libguestfs runs, for guest-kvm.c */
+    gint force_tcg;           /* atomic: KVM failed once (here, or before in this boot: kvm.c), appliances use TCG */
+    gsize kvm_checked;        /* g_once: kvm.c was asked, before the first launch */
+    char *hv;                 /* set once kvm_checked, where KVM may be tried: the qemu libguestfs runs, for kvm.c */
     gint inflight;            /* atomic: requests inside an appliance or waiting for one */
     gint aborting;            /* atomic: snapfs is stopping (guest_pool_abort): no launch goes on, none starts */
     gint plain_kernel;        /* atomic: the unpacked kernel cannot be made or failed to boot: libguestfs's as it is */
@@ -183,7 +199,7 @@ struct guest_pool {
     GCond timer_cond;
     bool stopping;
     /*
-     * What every view cached, under one byte bound (see the policy atop the cache code in guest.c).
+     * What every view cached, under one byte bound (see the policy atop cache.c).
      * The cache lock is taken last: nothing else is locked while it is held.
      */
     GMutex cache_lock;
@@ -199,7 +215,7 @@ struct guest_pool {
 };
 
 /*
- * guestfs_launch(@g) within @limits (guest-launch.c); @kvm: the launch may run on KVM; @tmpdir: the
+ * guestfs_launch(@g) within @limits (launch.c); @kvm: the launch may run on KVM; @tmpdir: the
  * handle's guestfs_set_tmpdir(), a directory of snapfs's alone; once the atomic @stopping is set the
  * launch is killed.  -1 with the reason when it failed or was killed; @kvm_stalled (may be NULL):
  * killed because KVM printed nothing.
@@ -208,7 +224,7 @@ int guest_launch(guestfs_h *g, const char *tmpdir, bool kvm, const struct guest_
                  const gint *stopping, bool *kvm_stalled);
 
 /*
- * guest-kvm.c: whether an earlier snapfs of this boot saw KVM fail with qemu @hv where TCG then worked
+ * kvm.c: whether an earlier snapfs of this boot saw KVM fail with qemu @hv where TCG then worked
  * (the reason, with the file that says so), else NULL; and writing that down after it happened here.
  */
 char *guest_kvm_failed_before(const char *hv);
@@ -218,7 +234,7 @@ void guest_kvm_remember_failed(const char *hv, const char *why);
 struct guest_appliance *guest_pool_appliance_for(struct guest_pool *pool, struct guest_view *view);
 /*
  * @app, just launched, serves a view: if its domain has views no appliance serves, start in the
- * background one appliance with all of them (see the policy atop guest-appliance.c).  App lock held.
+ * background one appliance with all of them (see the policy atop pool.c).  App lock held.
  */
 void guest_pool_fill_in(struct guest_pool *pool, struct guest_appliance *app);
 /* Start @app if it is not started yet: called with app->lock held. */
