@@ -208,9 +208,8 @@ static bool boot_use(guestfs_h *g, gint *plain, char *(*prepare)(guestfs_h *),
     return false;
 }
 
-/* A handle with @app's disks added, not launched, and what of boot.c it uses; NULL with the reason. */
-static guestfs_h *appliance_handle(struct guest_pool *pool, struct guest_appliance *app, bool force_tcg,
-                                   unsigned *boot)
+/* A new handle with snapfs's settings for @app (its launch directory made here); NULL with the reason. */
+static guestfs_h *appliance_new_handle(struct guest_appliance *app, bool force_tcg)
 {
     g_autoptr(guestfs_h) g = guestfs_create();
     g_autofree char *ident = NULL;
@@ -252,7 +251,15 @@ static guestfs_h *appliance_handle(struct guest_pool *pool, struct guest_applian
 
         guestfs_set_backend_settings(g, settings);
     }
-    *boot = 0;
+    return g_steal_pointer(&g);
+}
+
+/* What of boot.c @g uses for @app (BOOT_*): the unpacked kernel, and under TCG the script that bounds qemu. */
+static unsigned appliance_choose_boot(struct guest_pool *pool, struct guest_appliance *app, guestfs_h *g,
+                                      bool force_tcg)
+{
+    unsigned boot = 0;
+
     /*
      * A background launch boots what the first look's launch made seconds before: refreshing it runs supermin,
      * which does not watch for snapfs stopping, and unmount waits for background launches.
@@ -260,14 +267,20 @@ static guestfs_h *appliance_handle(struct guest_pool *pool, struct guest_applian
     g_mutex_lock(&pool->lock);
     if (app->behind && pool->boot_path && !g_atomic_int_get(&pool->plain_kernel) &&
         guestfs_set_path(g, pool->boot_path) == 0)
-        *boot |= BOOT_UNPACKED;
+        boot |= BOOT_UNPACKED;
     g_mutex_unlock(&pool->lock);
-    if (!(*boot & BOOT_UNPACKED) &&
+    if (!(boot & BOOT_UNPACKED) &&
         boot_use(g, &pool->plain_kernel, guest_boot_appliance, guestfs_set_path, "boot libguestfs's kernel"))
-        *boot |= BOOT_UNPACKED;
+        boot |= BOOT_UNPACKED;
     /* Only where TCG is certain: a script that cannot run would otherwise pass for a KVM that fails. */
     if (force_tcg && boot_use(g, &pool->plain_qemu, guest_boot_qemu, guestfs_set_hv, "run libguestfs's qemu"))
-        *boot |= BOOT_TCG_CACHE;
+        boot |= BOOT_TCG_CACHE;
+    return boot;
+}
+
+/* Add @app's disks to @g, each through its NBD server where it has one; -1 with the reason. */
+static int appliance_add_disks(struct guest_appliance *app, guestfs_h *g)
+{
     for (guint i = 0; i < app->disks->len; i++) {
         struct guest_disk_ext *ext = g_ptr_array_index(app->disks, i);
         int r;
@@ -286,9 +299,24 @@ static guestfs_h *appliance_handle(struct guest_pool *pool, struct guest_applian
         }
         if (r < 0) {
             snapfs_error_set(EIO, "cannot add image '%s' to an appliance: %s", ext->disk.file, guestfs_last_error(g));
-            return NULL;
+            return -1;
         }
     }
+    return 0;
+}
+
+/* A handle with @app's disks added, not launched, and what of boot.c it uses; NULL with the reason. */
+static guestfs_h *appliance_handle(struct guest_pool *pool, struct guest_appliance *app, bool force_tcg,
+                                   unsigned *boot)
+{
+    g_autoptr(guestfs_h) g = appliance_new_handle(app, force_tcg);
+
+    *boot = 0;
+    if (!g)
+        return NULL;
+    *boot = appliance_choose_boot(pool, app, g, force_tcg);
+    if (appliance_add_disks(app, g) < 0)
+        return NULL;
     return g_steal_pointer(&g);
 }
 
@@ -433,10 +461,73 @@ static void pool_kvm_check(struct guest_pool *pool)
     g_once_init_leave(&pool->kvm_checked, 1);
 }
 
-int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
+/*
+ * A launched handle of @app's disks, on KVM first where it may be tried, and what of boot.c it uses in
+ * @boot; NULL with the reason.  At most: KVM fails, TCG as snapfs boots it fails, TCG as libguestfs boots it.
+ */
+static guestfs_h *appliance_boot(struct guest_pool *pool, struct guest_appliance *app, unsigned *boot)
 {
     g_autoptr(guestfs_h) g = NULL;
     g_autofree char *kvm_failed = NULL;
+
+    for (int attempt = 0; attempt < 3 && !g; attempt++) {
+        bool tcg = g_atomic_int_get(&pool->force_tcg);
+
+        g = appliance_handle(pool, app, tcg, boot);
+        if (!g)
+            return NULL;
+        /* Nobody waits for a background launch: a chain change calls it off rather than wait for it. */
+        if (guest_launch(g, app->launch_dir, !tcg, &pool->config.limits, app->behind ? &app->stop : &pool->aborting,
+                         NULL) == 0)
+            break;
+        g_clear_pointer(&g, guestfs_close);
+        if (g_atomic_int_get(&pool->aborting) || g_atomic_int_get(&app->stop))
+            return NULL;
+        /*
+         * A KVM that fails at start (nested, broken MSRs) or runs no guest at all, while TCG works:
+         * TCG from now on, said once.
+         */
+        if (!tcg) {
+            snapfs_warn("appliance %u of domain '%s': %s; trying again without KVM, and every appliance from now on",
+                        app->serial, app->group, snapfs_error_message());
+            g_atomic_int_set(&pool->force_tcg, 1);
+            kvm_failed = g_strdup(snapfs_error_message());
+        } else if (*boot) {
+            snapfs_warn("appliance %u of domain '%s': %s; trying again with libguestfs's kernel and qemu as they are",
+                        app->serial, app->group, snapfs_error_message());
+            g_atomic_int_set(&pool->plain_kernel, 1);
+            g_atomic_int_set(&pool->plain_qemu, 1);
+        } else {
+            return NULL;
+        }
+    }
+    if (!g)
+        return NULL;
+    /* KVM failed and TCG did not: that was KVM's fault, for every later snapfs of this boot too. */
+    if (kvm_failed)
+        guest_kvm_remember_failed(pool->hv, kvm_failed);
+    return g_steal_pointer(&g);
+}
+
+/*
+ * libguestfs names the disks /dev/sda, /dev/sdb, ... in the order they were added.  Their
+ * filesystems are probed when a view first needs them: guestfs_list_filesystems() would
+ * wait for udev and run blkid on every disk and LVM on all of them, seconds under TCG.
+ */
+static void appliance_name_devices(struct guest_appliance *app)
+{
+    app->devices = g_new0(char *, app->disks->len + 1);
+    app->disk_fs = g_new0(char **, app->disks->len);
+    for (guint i = 0; i < app->disks->len; i++) {
+        g_autofree char *letters = guest_disk_letters(i);
+
+        app->devices[i] = g_strconcat("/dev/sd", letters, NULL);
+    }
+}
+
+int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
+{
+    g_autoptr(guestfs_h) g = NULL;
     gint64 started = g_get_monotonic_time();
     unsigned boot = 0;
 
@@ -451,60 +542,15 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
         goto fail;
     snapfs_debug("appliance %u of domain '%s': images served after %.2f s", app->serial, app->group,
                  (double)(g_get_monotonic_time() - started) / G_USEC_PER_SEC);
-    /* At most: KVM fails, TCG as snapfs boots it fails, TCG as libguestfs boots it. */
-    for (int attempt = 0; attempt < 3 && !g; attempt++) {
-        bool tcg = g_atomic_int_get(&pool->force_tcg);
-
-        g = appliance_handle(pool, app, tcg, &boot);
-        if (!g)
-            goto fail;
-        /* Nobody waits for a background launch: a chain change calls it off rather than wait for it. */
-        if (guest_launch(g, app->launch_dir, !tcg, &pool->config.limits, app->behind ? &app->stop : &pool->aborting,
-                         NULL) == 0)
-            break;
-        g_clear_pointer(&g, guestfs_close);
-        if (g_atomic_int_get(&pool->aborting) || g_atomic_int_get(&app->stop))
-            goto fail;
-        /*
-         * A KVM that fails at start (nested, broken MSRs) or runs no guest at all, while TCG works:
-         * TCG from now on, said once.
-         */
-        if (!tcg) {
-            snapfs_warn("appliance %u of domain '%s': %s; trying again without KVM, and every appliance from now on",
-                        app->serial, app->group, snapfs_error_message());
-            g_atomic_int_set(&pool->force_tcg, 1);
-            kvm_failed = g_strdup(snapfs_error_message());
-        } else if (boot) {
-            snapfs_warn("appliance %u of domain '%s': %s; trying again with libguestfs's kernel and qemu as they are",
-                        app->serial, app->group, snapfs_error_message());
-            g_atomic_int_set(&pool->plain_kernel, 1);
-            g_atomic_int_set(&pool->plain_qemu, 1);
-        } else {
-            goto fail;
-        }
-    }
+    g = appliance_boot(pool, app, &boot);
     if (!g)
         goto fail;
-    /* KVM failed and TCG did not: that was KVM's fault, for every later snapfs of this boot too. */
-    if (kvm_failed)
-        guest_kvm_remember_failed(pool->hv, kvm_failed);
     app->qemu_pid = guestfs_get_pid(g);
     if (boot & BOOT_UNPACKED)
         guest_boot_release(app->qemu_pid, guestfs_get_path(g));
     snapfs_debug("appliance %u of domain '%s': booted after %.2f s", app->serial, app->group,
                  (double)(g_get_monotonic_time() - started) / G_USEC_PER_SEC);
-    /*
-     * libguestfs names the disks /dev/sda, /dev/sdb, ... in the order they were added.  Their
-     * filesystems are probed when a view first needs them: guestfs_list_filesystems() would
-     * wait for udev and run blkid on every disk and LVM on all of them, seconds under TCG.
-     */
-    app->devices = g_new0(char *, app->disks->len + 1);
-    app->disk_fs = g_new0(char **, app->disks->len);
-    for (guint i = 0; i < app->disks->len; i++) {
-        g_autofree char *letters = guest_disk_letters(i);
-
-        app->devices[i] = g_strconcat("/dev/sd", letters, NULL);
-    }
+    appliance_name_devices(app);
     app->g = g_steal_pointer(&g);
     app->launched = true;
     g_mutex_lock(&pool->lock);

@@ -161,13 +161,65 @@ GStrv guest_view_dir_names(struct guest_view *view, const char *path, bool *stat
 }
 
 
+/*
+ * One entry a damaged filesystem cannot stat fails the batch: stat the @n @names of @apath one by one,
+ * keeping the good (st_ino -1 marks the others).  Freed by guestfs_free_statns_list().
+ */
+static struct guestfs_statns_list *appliance_stat_one_by_one(struct guest_appliance *app, const char *apath,
+                                                            char **names, size_t n)
+{
+    struct guestfs_statns_list *stats = calloc(1, sizeof(*stats));
+
+    stats->len = (uint32_t)n;
+    stats->val = calloc(n, sizeof(struct guestfs_statns));
+    for (size_t i = 0; i < n && guestfs_is_ready(app->g); i++) {
+        g_autofree char *child = g_build_filename(apath, names[i], NULL);
+        struct guestfs_statns *one = guestfs_lstatns(app->g, child);
+
+        if (one) {
+            stats->val[i] = *one;
+            free(one);
+        } else {
+            stats->val[i].st_ino = -1;
+        }
+    }
+    return stats;
+}
+
+/* Keep the attributes @stats and link targets @links (may be NULL) of the @n entries @names of @path. */
+static void view_put_stats(struct guest_view *view, const char *path, char **names, size_t n,
+                           const struct guestfs_statns_list *stats, char **links)
+{
+    g_autofree dev_t *devs = g_new0(dev_t, n + 1);
+
+    /* An entry may be a mount point (/boot): st_dev per entry, found before the cache lock is taken. */
+    for (size_t i = 0; i < n; i++) {
+        g_autofree char *child = guest_child_path(path, names[i]);
+
+        devs[i] = guest_view_dev(view, child);
+    }
+    g_mutex_lock(&view->pool->cache_lock);
+    guest_cache_mark_dir(view, path, true, false);
+    for (size_t i = 0; stats && i < n && i < stats->len; i++) {
+        g_autofree char *child = NULL;
+        struct stat st;
+
+        if (stats->val[i].st_ino == -1)
+            continue;   /* vanished between readdir and lstat (a live view), or unreadable */
+        child = guest_child_path(path, names[i]);
+        stat_from_guest(&st, &stats->val[i], devs[i]);
+        guest_cache_put_node(view, child, &st, S_ISLNK(st.st_mode) && links && links[i] && links[i][0] ? g_strdup(links[i]) : NULL,
+                 NULL);
+    }
+    g_mutex_unlock(&view->pool->cache_lock);
+}
+
 /* Every entry of @path's attributes and link targets, in one or two round trips (lstatnslist, readlinklist). */
 int guest_view_stat_dir(struct guest_view *view, const char *path)
 {
     g_auto(GStrv) names = NULL;
     g_auto(GStrv) links = NULL;
     g_autofree char *apath = NULL;
-    g_autofree dev_t *devs = NULL;
     struct guestfs_statns_list *stats = NULL;
     struct guest_appliance *app;
     bool have_stats, have_xattrs, any_link = false;
@@ -189,23 +241,9 @@ int guest_view_stat_dir(struct guest_view *view, const char *path)
     if (n > 0) {
         stats = guestfs_lstatnslist(app->g, apath, names);
         if (!stats && guestfs_is_ready(app->g)) {
-            /* One entry a damaged filesystem cannot stat fails the batch: stat them one by one, keep the good. */
             snapfs_warn("%s: cannot stat the entries of '%s' together (%s): one by one", view->label, path,
                         guestfs_last_error(app->g));
-            stats = calloc(1, sizeof(*stats));   /* freed by guestfs_free_statns_list() */
-            stats->len = (uint32_t)n;
-            stats->val = calloc(n, sizeof(struct guestfs_statns));
-            for (size_t i = 0; i < n && guestfs_is_ready(app->g); i++) {
-                g_autofree char *child = g_build_filename(apath, names[i], NULL);
-                struct guestfs_statns *one = guestfs_lstatns(app->g, child);
-
-                if (one) {
-                    stats->val[i] = *one;
-                    free(one);
-                } else {
-                    stats->val[i].st_ino = -1;
-                }
-            }
+            stats = appliance_stat_one_by_one(app, apath, names, n);
         }
         if (!stats || !guestfs_is_ready(app->g)) {
             guest_appliance_error(app, "stat the entries of", path);
@@ -220,28 +258,7 @@ int guest_view_stat_dir(struct guest_view *view, const char *path)
             links = guestfs_readlinklist(app->g, apath, names);
     }
     guest_view_leave(view, app);
-
-    /* An entry may be a mount point (/boot): st_dev per entry, found before the cache lock is taken. */
-    devs = g_new0(dev_t, n + 1);
-    for (size_t i = 0; i < n; i++) {
-        g_autofree char *child = guest_child_path(path, names[i]);
-
-        devs[i] = guest_view_dev(view, child);
-    }
-    g_mutex_lock(&view->pool->cache_lock);
-    guest_cache_mark_dir(view, path, true, false);
-    for (size_t i = 0; stats && i < n && i < stats->len; i++) {
-        g_autofree char *child = NULL;
-        struct stat st;
-
-        if (stats->val[i].st_ino == -1)
-            continue;   /* vanished between readdir and lstat (a live view), or unreadable */
-        child = guest_child_path(path, names[i]);
-        stat_from_guest(&st, &stats->val[i], devs[i]);
-        guest_cache_put_node(view, child, &st, S_ISLNK(st.st_mode) && links && links[i] && links[i][0] ? g_strdup(links[i]) : NULL,
-                 NULL);
-    }
-    g_mutex_unlock(&view->pool->cache_lock);
+    view_put_stats(view, path, names, n, stats, links);
     if (stats)
         guestfs_free_statns_list(stats);
     return 0;
@@ -372,10 +389,51 @@ int guest_view_getattr(struct guest_view *view, const char *path, struct stat *s
     return 0;
 }
 
+/*
+ * What readdir hands on for each of the @n @names of @path, whose listing gave @types and @inos: the
+ * attributes known, else the type and inode readdir gave; st_nlink (nlink_t)-1 for a name a live
+ * view's listing lost since.
+ */
+static GArray *view_listing_stats(struct guest_view *view, const char *path, char **names, size_t n, GArray *types,
+                                  GArray *inos)
+{
+    GArray *stats = g_array_sized_new(FALSE, TRUE, sizeof(struct stat), (guint)n);
+    struct guest_dir *dir;
+
+    g_array_set_size(stats, (guint)n);
+    for (size_t i = 0; i < n; i++) {
+        g_autofree char *child = guest_child_path(path, names[i]);
+
+        g_array_index(stats, struct stat, i).st_dev = guest_view_dev(view, child);
+    }
+    g_mutex_lock(&view->pool->cache_lock);
+    /* A live view's listing may have been read again since the copy: a name it lost is gone. */
+    dir = view->live ? guest_cache_get_dir(view, path) : NULL;
+    for (size_t i = 0; i < n; i++) {
+        g_autofree char *child = guest_child_path(path, names[i]);
+        struct guest_node *node = g_hash_table_lookup(view->nodes, child);
+        struct stat *out = &g_array_index(stats, struct stat, i);
+
+        if (node && guest_view_fresh(view, node->when)) {
+            *out = node->st;
+        } else if (dir && !g_hash_table_contains(dir->index, names[i])) {
+            out->st_mode = 0;
+            out->st_ino = 0;
+            out->st_nlink = (nlink_t)-1;   /* skipped by guest_view_readdir() */
+        } else {
+            /* Not stat'ed yet, or evicted since: the type and inode readdir gave, st_nlink 0 (see guest.h). */
+            out->st_mode = g_array_index(types, mode_t, i);
+            out->st_ino = g_array_index(inos, ino_t, i);
+        }
+    }
+    g_mutex_unlock(&view->pool->cache_lock);
+    return stats;
+}
+
 int guest_view_readdir(struct guest_view *view, const char *path, guest_dirent_fn fn, void *opaque)
 {
     g_auto(GStrv) names = NULL;
-    g_autoptr(GArray) stats = NULL;
+    g_autoptr(GArray) stats = NULL;   /* struct stat, one per name */
     g_autoptr(GArray) types = NULL;
     g_autoptr(GArray) inos = NULL;
     bool have_stats, have_xattrs;
@@ -399,37 +457,7 @@ int guest_view_readdir(struct guest_view *view, const char *path, guest_dirent_f
     if (!names)
         return -1;
     n = g_strv_length(names);
-    stats = g_array_sized_new(FALSE, TRUE, sizeof(struct stat), (guint)n);
-    g_array_set_size(stats, (guint)n);
-    for (size_t i = 0; i < n; i++) {
-        g_autofree char *child = guest_child_path(path, names[i]);
-
-        g_array_index(stats, struct stat, i).st_dev = guest_view_dev(view, child);
-    }
-    g_mutex_lock(&view->pool->cache_lock);
-    {
-        /* A live view's listing may have been read again since the copy: a name it lost is gone. */
-        struct guest_dir *dir = view->live ? guest_cache_get_dir(view, path) : NULL;
-
-        for (size_t i = 0; i < n; i++) {
-            g_autofree char *child = guest_child_path(path, names[i]);
-            struct guest_node *node = g_hash_table_lookup(view->nodes, child);
-            struct stat *out = &g_array_index(stats, struct stat, i);
-
-            if (node && guest_view_fresh(view, node->when)) {
-                *out = node->st;
-            } else if (dir && !g_hash_table_contains(dir->index, names[i])) {
-                out->st_mode = 0;
-                out->st_ino = 0;
-                out->st_nlink = (nlink_t)-1;   /* skipped below */
-            } else {
-                /* Not stat'ed yet, or evicted since: the type and inode readdir gave, st_nlink 0 (see guest.h). */
-                out->st_mode = g_array_index(types, mode_t, i);
-                out->st_ino = g_array_index(inos, ino_t, i);
-            }
-        }
-    }
-    g_mutex_unlock(&view->pool->cache_lock);
+    stats = view_listing_stats(view, path, names, n, types, inos);
     for (size_t i = 0; i < n; i++) {
         const struct stat *entry = &g_array_index(stats, struct stat, i);
 

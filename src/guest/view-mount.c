@@ -84,6 +84,53 @@ static gint mountpoint_cmp(gconstpointer a, gconstpointer b)
     return (gint)strlen(x[0]) - (gint)strlen(y[0]);
 }
 
+/*
+ * The filesystem of @fss that fstab's entry of @mountpoint, which libguestfs resolved to @device, means for
+ * this view (whose inspected root is @root), or NULL.
+ */
+static const struct view_fs *view_fs_of_fstab_entry(struct guest_appliance *app, GArray *fss, const char *mountpoint,
+                                                    const char *device, const char *root)
+{
+    const struct view_fs *found = NULL;
+    g_autofree char *uuid = NULL;
+
+    for (guint j = 0; j < fss->len && !found; j++) {
+        if (strcmp(g_array_index(fss, struct view_fs, j).device, device) == 0)
+            found = &g_array_index(fss, struct view_fs, j);
+    }
+    /* fstab named a UUID another image of the appliance has too (an older layer): use the view's own. */
+    if (!found && (uuid = guestfs_vfs_uuid(app->g, device)) && *uuid) {
+        for (guint j = 0; j < fss->len && !found; j++) {
+            struct view_fs *fs = &g_array_index(fss, struct view_fs, j);
+
+            if (!fs->uuid)
+                fs->uuid = guestfs_vfs_uuid(app->g, fs->device);
+            if (fs->uuid && strcmp(fs->uuid, uuid) == 0)
+                found = fs;
+        }
+    }
+    /*
+     * fstab named a LABEL (or a UUID) that an image of another view has too, and libguestfs
+     * resolved it there: the inspected root itself is this view's "/", and for the others a
+     * filesystem of this view with the same label.
+     */
+    for (guint j = 0; !found && j < fss->len; j++) {
+        struct view_fs *fs = &g_array_index(fss, struct view_fs, j);
+
+        if (strcmp(mountpoint, "/") == 0) {
+            if (strcmp(fs->device, root) == 0)
+                found = fs;
+        } else {
+            g_autofree char *want = guestfs_vfs_label(app->g, device);
+            g_autofree char *have = want && *want ? guestfs_vfs_label(app->g, fs->device) : NULL;
+
+            if (have && strcmp(have, want) == 0)
+                found = fs;
+        }
+    }
+    return found;
+}
+
 /* Mount what inspection found, as its fstab says; false if the root would not mount. */
 static bool view_mount_os(struct guest_view *view, struct guest_appliance *app, GArray *fss, const char *root)
 {
@@ -99,44 +146,9 @@ static bool view_mount_os(struct guest_view *view, struct guest_appliance *app, 
     g_array_sort(list, mountpoint_cmp);
     for (guint i = 0; i < list->len; i++) {
         const char **item = &g_array_index(list, const char *, i * 2);
-        const struct view_fs *found = NULL;
+        const struct view_fs *found = view_fs_of_fstab_entry(app, fss, item[0], item[1], root);
         g_autofree char *where = NULL;
-        g_autofree char *uuid = NULL;
 
-        for (guint j = 0; j < fss->len && !found; j++) {
-            if (strcmp(g_array_index(fss, struct view_fs, j).device, item[1]) == 0)
-                found = &g_array_index(fss, struct view_fs, j);
-        }
-        /* fstab named a UUID another image of the appliance has too (an older layer): use the view's own. */
-        if (!found && (uuid = guestfs_vfs_uuid(app->g, item[1])) && *uuid) {
-            for (guint j = 0; j < fss->len && !found; j++) {
-                struct view_fs *fs = &g_array_index(fss, struct view_fs, j);
-
-                if (!fs->uuid)
-                    fs->uuid = guestfs_vfs_uuid(app->g, fs->device);
-                if (fs->uuid && strcmp(fs->uuid, uuid) == 0)
-                    found = fs;
-            }
-        }
-        /*
-         * fstab named a LABEL (or a UUID) that an image of another view has too, and libguestfs
-         * resolved it there: the inspected root itself is this view's "/", and for the others a
-         * filesystem of this view with the same label.
-         */
-        for (guint j = 0; !found && j < fss->len; j++) {
-            struct view_fs *fs = &g_array_index(fss, struct view_fs, j);
-
-            if (strcmp(item[0], "/") == 0) {
-                if (strcmp(fs->device, root) == 0)
-                    found = fs;
-            } else {
-                g_autofree char *want = guestfs_vfs_label(app->g, item[1]);
-                g_autofree char *have = want && *want ? guestfs_vfs_label(app->g, fs->device) : NULL;
-
-                if (have && strcmp(have, want) == 0)
-                    found = fs;
-            }
-        }
         if (!found) {
             if (i == 0)
                 return false;
@@ -262,10 +274,6 @@ static char *lv_folder_name(const char *device)
 }
 
 /*
- * Mount @view's filesystems under a directory of its own in @app (app lock held): 0, or -1 with
- * the reason, or 1 when the view's disks hold LVM and it must move to an appliance of its own.
- */
-/*
  * Tests only: SNAPFS_FAULT=guest:freeze-at-mount stops the first appliance's qemu (SIGSTOP) just
  * before its first view is mounted, as an appliance that never answers a mount would be.
  */
@@ -282,23 +290,13 @@ static void view_fault_freeze(struct guest_appliance *app)
     }
 }
 
-static int view_mount(struct guest_view *view, struct guest_appliance *app)
+/*
+ * The filesystems of @view's disks into @fss, in the order of its own drives, named as they would be
+ * in a guest of its own; the targets of the disks that hold LVM into @lvm_disks.  -1 with the reason.
+ */
+static int view_find_filesystems(struct guest_view *view, struct guest_appliance *app, GArray *fss,
+                                 GPtrArray *lvm_disks)
 {
-    g_autoptr(GArray) fss = g_array_new(FALSE, TRUE, sizeof(struct view_fs));
-    g_autoptr(GString) why = g_string_new(NULL);
-    g_autoptr(GPtrArray) lvm_disks = g_ptr_array_new();   /* targets of the view's disks that hold LVM */
-    const char *root = NULL;
-
-    g_array_set_clear_func(fss, view_fs_clear);
-    view_fault_freeze(app);
-    g_ptr_array_set_size(view->mounts, 0);
-    g_free(view->prefix);
-    view->prefix = g_strdup_printf("/v%u", app->next_prefix++);
-    if (guestfs_mkmountpoint(app->g, view->prefix) < 0) {
-        guest_appliance_error(app, "make the mountpoint", view->prefix);
-        return -1;
-    }
-    /* The view's filesystems in the order of its own drives, named as they would be in a guest of its own. */
     for (size_t i = 0; i < view->n_drives; i++) {
         g_autofree char *key = guest_drive_key(&view->drives[i], view->live && !view->drives[i].internal_snapshot);
         g_autofree char *letters = guest_disk_letters((unsigned)i);
@@ -324,45 +322,74 @@ static int view_mount(struct guest_view *view, struct guest_appliance *app)
             g_array_append_val(fss, fs);
         }
     }
-    if (lvm_disks->len) {
-        char **lvs;
+    return 0;
+}
 
-        if (!app->alone) {
-            for (guint i = 0; i < lvm_disks->len; i++)
-                guest_pool_mark_lvm(view->pool, view->group, g_ptr_array_index(lvm_disks, i));
-            snapfs_info("%s: its disks hold LVM physical volumes: it moves to an appliance of its own", view->label);
-            return 1;
-        }
-        lvs = guest_appliance_logical_volumes(app);
-        if (!lvs) {
-            guest_appliance_error(app, "list the logical volumes of", view->label);
-            return -1;
-        }
-        for (size_t j = 0; lvs[j] && lvs[j + 1]; j += 2) {
-            struct view_fs fs = { lvs[j], lvs[j + 1], lv_folder_name(lvs[j]), NULL };
+/*
+ * @view's disks hold LVM (the targets @lvm_disks): in a shared appliance the view must move to one of
+ * its own (1); in its own, its logical volumes join @fss (0).  -1 with the reason.
+ */
+static int view_add_logical_volumes(struct guest_view *view, struct guest_appliance *app, GArray *fss,
+                                    GPtrArray *lvm_disks)
+{
+    char **lvs;
 
-            g_array_append_val(fss, fs);
-        }
+    if (!app->alone) {
+        for (guint i = 0; i < lvm_disks->len; i++)
+            guest_pool_mark_lvm(view->pool, view->group, g_ptr_array_index(lvm_disks, i));
+        snapfs_info("%s: its disks hold LVM physical volumes: it moves to an appliance of its own", view->label);
+        return 1;
     }
-    /* By device first, unless an inspection already found this view's operating system. */
-    root = view_root(app, fss);
+    lvs = guest_appliance_logical_volumes(app);
+    if (!lvs) {
+        guest_appliance_error(app, "list the logical volumes of", view->label);
+        return -1;
+    }
+    for (size_t j = 0; lvs[j] && lvs[j + 1]; j += 2) {
+        struct view_fs fs = { lvs[j], lvs[j + 1], lv_folder_name(lvs[j]), NULL };
+
+        g_array_append_val(fss, fs);
+    }
+    return 0;
+}
+
+/*
+ * Inspect @app's disks for operating systems (once per appliance), for @view, and mount again what
+ * inspection unmounted.  -1 with the reason if the appliance died.
+ */
+static int appliance_inspect_for(struct guest_view *view, struct guest_appliance *app)
+{
+    gint64 started = g_get_monotonic_time();
+
+    app->roots = guestfs_inspect_os(app->g);
+    snapfs_debug("appliance %u of domain '%s' inspected in %.1f s: %u operating systems", app->serial, app->group,
+                 (double)(g_get_monotonic_time() - started) / G_USEC_PER_SEC,
+                 app->roots ? g_strv_length(app->roots) : 0);
+    if (!app->roots && !guestfs_is_ready(app->g)) {
+        guest_appliance_error(app, "inspect", view->label);
+        return -1;
+    }
+    if (!app->roots)
+        app->roots = g_new0(char *, 1);
+    appliance_remount(app);
+    return 0;
+}
+
+/*
+ * Mount @view's filesystems @fss: by device first, unless an inspection already found this view's
+ * operating system; an operating system's filesystems where its fstab puts them, or by device again
+ * if that fails.  Why a filesystem did not mount goes to @why.  -1 if the appliance died.
+ */
+static int view_mount_filesystems(struct guest_view *view, struct guest_appliance *app, GArray *fss, GString *why)
+{
+    const char *root = view_root(app, fss);
+
     if (!root) {
         if (view_mount_devices(view, app, fss, why) < 0)
             return -1;
         if (!app->roots && view_may_hold_os(view, app)) {
-            gint64 started = g_get_monotonic_time();
-
-            app->roots = guestfs_inspect_os(app->g);
-            snapfs_debug("appliance %u of domain '%s' inspected in %.1f s: %u operating systems", app->serial, app->group,
-                         (double)(g_get_monotonic_time() - started) / G_USEC_PER_SEC,
-                         app->roots ? g_strv_length(app->roots) : 0);
-            if (!app->roots && !guestfs_is_ready(app->g)) {
-                guest_appliance_error(app, "inspect", view->label);
+            if (appliance_inspect_for(view, app) < 0)
                 return -1;
-            }
-            if (!app->roots)
-                app->roots = g_new0(char *, 1);
-            appliance_remount(app);
             root = view_root(app, fss);
         }
     }
@@ -377,26 +404,64 @@ static int view_mount(struct guest_view *view, struct guest_appliance *app)
                 return -1;
         }
     }
+    return 0;
+}
+
+/* Nothing of @view mounted: say why, naming what blkid found but snapfs does not open (@why holds mount errors). */
+static void view_say_nothing_mounted(struct guest_view *view, GArray *fss, GString *why)
+{
+    g_autoptr(GString) files = g_string_new(NULL);
+
+    for (size_t i = 0; i < view->n_drives; i++)
+        g_string_append_printf(files, "%s'%s'", i ? ", " : "", view->drives[i].file);
+    /* What blkid found but snapfs does not open, said by name. */
+    for (guint j = 0; j < fss->len; j++) {
+        const struct view_fs *fs = &g_array_index(fss, struct view_fs, j);
+        const char *what = guest_fs_not_shown(fs->type);
+
+        if (what)
+            g_string_append_printf(why, "%s%s is %s", why->len ? "; " : "", fs->name, what);
+    }
+    if (why->len)
+        g_string_prepend(why, ": ");
+    g_string_prepend(why, "no filesystem that libguestfs can mount");
+    g_string_append_printf(why, " (on %s)", files->str);
+    guest_view_set_error(view, why->str);
+    snapfs_info("%s: %s", view->label, why->str);
+}
+
+/*
+ * Mount @view's filesystems under a directory of its own in @app (app lock held): 0, or -1 with
+ * the reason, or 1 when the view's disks hold LVM and it must move to an appliance of its own.
+ */
+static int view_mount(struct guest_view *view, struct guest_appliance *app)
+{
+    g_autoptr(GArray) fss = g_array_new(FALSE, TRUE, sizeof(struct view_fs));
+    g_autoptr(GString) why = g_string_new(NULL);
+    g_autoptr(GPtrArray) lvm_disks = g_ptr_array_new();   /* targets of the view's disks that hold LVM */
+
+    g_array_set_clear_func(fss, view_fs_clear);
+    view_fault_freeze(app);
+    g_ptr_array_set_size(view->mounts, 0);
+    g_free(view->prefix);
+    view->prefix = g_strdup_printf("/v%u", app->next_prefix++);
+    if (guestfs_mkmountpoint(app->g, view->prefix) < 0) {
+        guest_appliance_error(app, "make the mountpoint", view->prefix);
+        return -1;
+    }
+    if (view_find_filesystems(view, app, fss, lvm_disks) < 0)
+        return -1;
+    if (lvm_disks->len) {
+        int moves = view_add_logical_volumes(view, app, fss, lvm_disks);
+
+        if (moves != 0)
+            return moves;
+    }
+    if (view_mount_filesystems(view, app, fss, why) < 0)
+        return -1;
     view->empty = view->mounts->len == 0;
     if (view->mounts->len == 0) {
-        g_autoptr(GString) files = g_string_new(NULL);
-
-        for (size_t i = 0; i < view->n_drives; i++)
-            g_string_append_printf(files, "%s'%s'", i ? ", " : "", view->drives[i].file);
-        /* What blkid found but snapfs does not open, said by name. */
-        for (guint j = 0; j < fss->len; j++) {
-            const struct view_fs *fs = &g_array_index(fss, struct view_fs, j);
-            const char *what = guest_fs_not_shown(fs->type);
-
-            if (what)
-                g_string_append_printf(why, "%s%s is %s", why->len ? "; " : "", fs->name, what);
-        }
-        if (why->len)
-            g_string_prepend(why, ": ");
-        g_string_prepend(why, "no filesystem that libguestfs can mount");
-        g_string_append_printf(why, " (on %s)", files->str);
-        guest_view_set_error(view, why->str);
-        snapfs_info("%s: %s", view->label, why->str);
+        view_say_nothing_mounted(view, fss, why);
     } else {
         guest_view_set_error(view, NULL);
         snapfs_debug("%s mounted at %s in appliance %u (%s, %u filesystems)", view->label, view->prefix,
@@ -413,92 +478,147 @@ static void view_failed(struct guest_view *view)
     guest_view_set_error(view, snapfs_error_message());
 }
 
-/*
- * The appliance serving @view, locked, with a reference for the caller;
- * started and the view mounted in it if needed.  NULL with the reason.
- */
-struct guest_appliance *guest_view_enter(struct guest_view *view)
+/* Whether @view may ask for an appliance now: snapfs is not stopping, and the request is counted in flight. */
+static bool view_admit(struct guest_view *view)
 {
-    struct guest_appliance *app = NULL;
-
     if (g_atomic_int_get(&view->pool->aborting)) {
         snapfs_error_set(EIO, "%s cannot be read: snapfs is stopping", view->label);
-        return NULL;
+        return false;
     }
     /* A wedged domain must not take every FUSE thread: the tree and other domains keep some. */
     if (g_atomic_int_add(&view->pool->inflight, 1) >= GUEST_MAX_INFLIGHT) {
         g_atomic_int_add(&view->pool->inflight, -1);
         snapfs_error_set(EAGAIN, "%s cannot be read now: %d requests already wait for appliances", view->label,
                          GUEST_MAX_INFLIGHT);
-        return NULL;
+        return false;
     }
+    return true;
+}
+
+/* The appliance @view is mounted in, locked, while it runs and takes views; else NULL.  Setup lock held. */
+static struct guest_appliance *view_current_appliance(struct guest_view *view)
+{
+    struct guest_appliance *app = view->app;
+
+    if (app && !g_atomic_int_get(&app->dead) && !g_atomic_int_get(&app->retire)) {
+        g_mutex_lock(&app->lock);
+        if (!g_atomic_int_get(&app->dead) && app->g)
+            return app;
+        g_mutex_unlock(&app->lock);
+    }
+    return NULL;
+}
+
+/* Whether @view failed less than GUEST_RETRY_US ago: then the error is set to why, again. */
+static bool view_failed_recently(struct guest_view *view)
+{
+    g_autofree char *error = NULL;
+
+    if (!g_atomic_int_get(&view->failed_errno) ||
+        g_get_monotonic_time() - guest_load64(&view->failed_at) >= GUEST_RETRY_US)
+        return false;
+    error = guest_view_error(view);
+    snapfs_error_set(g_atomic_int_get(&view->failed_errno), "%s", error ? error : "the view could not be read");
+    return true;
+}
+
+/* Whether every image of @view can be read; if not, the error says which. */
+static bool view_images_readable(struct guest_view *view)
+{
+    for (size_t i = 0; i < view->n_drives; i++) {
+        if (g_access(view->drives[i].file, R_OK) != 0) {
+            snapfs_error_set(EIO, "cannot read image '%s' of disk '%s': %s", view->drives[i].file,
+                             view->drives[i].target ? view->drives[i].target : "?", g_strerror(errno));
+            return false;
+        }
+    }
+    return true;
+}
+
+/* What one try at an appliance for a view came to. */
+enum view_try {
+    VIEW_TRY_MOUNTED,   /* the view is mounted in it */
+    VIEW_TRY_AGAIN,     /* the view moves to an appliance of its own (LVM): the next turn starts it */
+    VIEW_TRY_FAILED,    /* the view failed, for the reason set */
+    VIEW_TRY_GAVE_UP,   /* no failure of the view's own: every appliance busy, or one died under it */
+};
+
+/*
+ * One try at an appliance for @view (setup lock held): chosen by the pool, started if needed, the view
+ * mounted in it.  When mounted, *@out is the appliance, locked, with the reference the pool gave.
+ */
+static enum view_try view_try_appliance(struct guest_view *view, struct guest_appliance **out)
+{
+    struct guest_appliance *app = guest_pool_appliance_for(view->pool, view);
+    int mounted = 0;
+
+    *out = NULL;
+    if (!app)
+        return VIEW_TRY_GAVE_UP;   /* every appliance busy: no failure of the view's own */
+    g_mutex_lock(&app->lock);
+    /* Launching is bounded by its own watcher; mounting is a step the watchdog bounds like any call. */
+    if (!app->launched)
+        guest_appliance_launch(view->pool, app);
+    guest_appliance_expect(view->pool, app, 0);
+    if (!app->launched || !app->g || (mounted = view_mount(view, app)) < 0) {
+        /* An appliance that died under a running view is no reason to wait before the next try. */
+        bool died = app->launched && g_atomic_int_get(&app->dead);
+
+        bool killed = g_atomic_pointer_get(&app->killed) != NULL;
+
+        guest_appliance_idle(app);
+        g_mutex_unlock(&app->lock);
+        guest_appliance_unref(app);
+        /* Killed past its deadline: the next try waits like any failure (the kernel retries a read at once). */
+        if (died && !killed) {
+            guest_view_set_error(view, snapfs_error_message());
+            return VIEW_TRY_GAVE_UP;
+        }
+        return VIEW_TRY_FAILED;
+    }
+    if (mounted > 0) {
+        /* LVM: the next turn starts the view's own appliance. */
+        guest_appliance_idle(app);
+        g_mutex_unlock(&app->lock);
+        guest_appliance_unref(app);
+        return VIEW_TRY_AGAIN;
+    }
+    *out = app;
+    return VIEW_TRY_MOUNTED;
+}
+
+struct guest_appliance *guest_view_enter(struct guest_view *view)
+{
+    struct guest_appliance *app = NULL;
+
+    if (!view_admit(view))
+        return NULL;
     g_mutex_lock(&view->setup_lock);
     for (int attempt = 0; attempt < 3; attempt++) {
-        int mounted = 0;
+        enum view_try tried;
 
-        app = view->app;
-        if (app && !g_atomic_int_get(&app->dead) && !g_atomic_int_get(&app->retire)) {
-            g_mutex_lock(&app->lock);
-            if (!g_atomic_int_get(&app->dead) && app->g)
-                break;
-            g_mutex_unlock(&app->lock);
-        }
+        app = view_current_appliance(view);
+        if (app)
+            break;
         /* The appliance stopped (idle, evicted, killed): the view moves to another one. */
         guest_appliance_unref(g_steal_pointer(&view->app));
-        app = NULL;
-        if (g_atomic_int_get(&view->failed_errno) &&
-            g_get_monotonic_time() - guest_load64(&view->failed_at) < GUEST_RETRY_US) {
-            g_autofree char *error = guest_view_error(view);
-
-            snapfs_error_set(g_atomic_int_get(&view->failed_errno), "%s", error ? error : "the view could not be read");
+        if (view_failed_recently(view))
+            break;
+        if (!view_images_readable(view)) {
+            view_failed(view);
             break;
         }
-        for (size_t i = 0; i < view->n_drives; i++) {
-            if (g_access(view->drives[i].file, R_OK) != 0) {
-                snapfs_error_set(EIO, "cannot read image '%s' of disk '%s': %s", view->drives[i].file,
-                                 view->drives[i].target ? view->drives[i].target : "?", g_strerror(errno));
-                goto failed;
-            }
-        }
-        app = guest_pool_appliance_for(view->pool, view);
-        if (!app)
-            break;   /* every appliance busy: no failure of the view's own */
-        g_mutex_lock(&app->lock);
-        /* Launching is bounded by its own watcher; mounting is a step the watchdog bounds like any call. */
-        if (!app->launched)
-            guest_appliance_launch(view->pool, app);
-        guest_appliance_expect(view->pool, app, 0);
-        if (!app->launched || !app->g || (mounted = view_mount(view, app)) < 0) {
-            /* An appliance that died under a running view is no reason to wait before the next try. */
-            bool died = app->launched && g_atomic_int_get(&app->dead);
-
-            bool killed = g_atomic_pointer_get(&app->killed) != NULL;
-
-            guest_appliance_idle(app);
-            g_mutex_unlock(&app->lock);
-            guest_appliance_unref(g_steal_pointer(&app));
-            /* Killed past its deadline: the next try waits like any failure (the kernel retries a read at once). */
-            if (died && !killed) {
-                guest_view_set_error(view, snapfs_error_message());
-                break;
-            }
-            goto failed;
-        }
-        if (mounted > 0) {
-            /* LVM: the next turn starts the view's own appliance. */
-            guest_appliance_idle(app);
-            g_mutex_unlock(&app->lock);
-            guest_appliance_unref(g_steal_pointer(&app));
+        tried = view_try_appliance(view, &app);
+        if (tried == VIEW_TRY_AGAIN)
             continue;
+        if (tried == VIEW_TRY_MOUNTED) {
+            /* The reference guest_pool_appliance_for() gave is the view's; the caller's is taken below. */
+            view->app = app;
+            g_atomic_int_set(&view->failed_errno, 0);
+            guest_pool_fill_in(view->pool, app);
+        } else if (tried == VIEW_TRY_FAILED) {
+            view_failed(view);
         }
-        /* The reference guest_pool_appliance_for() gave is the view's; the caller's is taken below. */
-        view->app = app;
-        g_atomic_int_set(&view->failed_errno, 0);
-        guest_pool_fill_in(view->pool, app);
-        break;
-
-failed:
-        view_failed(view);
         break;
     }
     if (app) {
