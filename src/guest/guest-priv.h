@@ -24,6 +24,15 @@
 #include <string.h>
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(guestfs_h, guestfs_close)
+/* libguestfs's answers, freed by its own functions: named so that g_autoptr() takes them. */
+typedef struct guestfs_statns guest_statns;
+typedef struct guestfs_statns_list guest_statns_list;
+typedef struct guestfs_xattr_list guest_xattr_list;
+typedef struct guestfs_dirent_list guest_dirent_list;
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(guest_statns, guestfs_free_statns)
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(guest_statns_list, guestfs_free_statns_list)
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(guest_xattr_list, guestfs_free_xattr_list)
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(guest_dirent_list, guestfs_free_dirent_list)
 
 /* The little-endian number of @bytes bytes (at most 8) at @p: fields of images and kernels. */
 static inline uint64_t guest_le(const guint8 *p, int bytes)

@@ -30,61 +30,63 @@ static void stat_from_guest(struct stat *st, const struct guestfs_statns *ns, de
 }
 
 
+/* The root of a view where nothing is mounted, kept as an empty read-only folder without xattrs: those, to hand on. */
+static GPtrArray *view_put_empty_root(struct guest_view *view, struct stat *st)
+{
+    struct guest_dir *dir = guest_dir_new();
+    GPtrArray *xattrs = g_ptr_array_new();
+
+    memset(st, 0, sizeof(*st));
+    st->st_mode = S_IFDIR | 0555;
+    st->st_nlink = 2;
+    st->st_ino = 1;
+    dir->stats = dir->xattrs = true;
+    g_mutex_lock(&view->pool->cache_lock);
+    guest_cache_put_dir(view, "/", dir);
+    guest_cache_put_node(view, "/", st, NULL, g_ptr_array_ref(xattrs));
+    g_mutex_unlock(&view->pool->cache_lock);
+    return xattrs;
+}
+
 /* Fetch the root of the view: one lstatns and its xattrs, handed to @st and @xattrs too where asked. */
 static int view_load_root(struct guest_view *view, struct stat *out, GPtrArray **out_xattrs)
 {
     struct guest_appliance *app = guest_view_enter(view);
-    struct guestfs_statns *ns;
-    struct guestfs_xattr_list *xl;
+    g_autoptr(guest_statns) ns = NULL;
+    g_autoptr(guest_xattr_list) xl = NULL;
+    g_autoptr(GPtrArray) xattrs = NULL;
     g_autofree char *apath = NULL;
-    GPtrArray *xattrs = NULL;
     struct stat st;
 
     if (!app)
         return -1;
     if (view->empty) {
         /* libguestfs refuses file calls in an appliance where nothing is mounted at all. */
-        struct guest_dir *dir = guest_dir_new();
-
         guest_view_leave(view, app);
-        memset(&st, 0, sizeof(st));
-        st.st_mode = S_IFDIR | 0555;
-        st.st_nlink = 2;
-        st.st_ino = 1;
-        dir->stats = dir->xattrs = true;
-        xattrs = g_ptr_array_new();
+        xattrs = view_put_empty_root(view, &st);
+    } else {
+        apath = guest_view_path(view, "/");
+        ns = guestfs_lstatns(app->g, apath);
+        if (!ns) {
+            guest_appliance_error(app, "stat", "/");
+            guest_view_leave(view, app);
+            return -1;
+        }
+        xl = guestfs_lgetxattrs(app->g, apath);
+        if (xl)
+            xattrs = guest_xattrs_from_list(xl);
+        guest_view_leave(view, app);
+        stat_from_guest(&st, ns, guest_view_dev(view, "/"));
+        if (!view->os && st.st_mode & S_IWUSR)
+            st.st_mode &= ~(mode_t)0222;   /* the appliance's own directory: show it as the read-only folder it is */
         g_mutex_lock(&view->pool->cache_lock);
-        guest_cache_put_dir(view, "/", dir);
-        guest_cache_put_node(view, "/", &st, NULL, g_ptr_array_ref(xattrs));
+        guest_cache_put_node(view, "/", &st, NULL, xattrs ? g_ptr_array_ref(xattrs) : NULL);
         g_mutex_unlock(&view->pool->cache_lock);
-        goto out;
     }
-    apath = guest_view_path(view, "/");
-    ns = guestfs_lstatns(app->g, apath);
-    if (!ns) {
-        guest_appliance_error(app, "stat", "/");
-        guest_view_leave(view, app);
-        return -1;
-    }
-    xl = guestfs_lgetxattrs(app->g, apath);
-    if (xl)
-        xattrs = guest_xattrs_from_list(xl);
-    guestfs_free_xattr_list(xl);
-    guest_view_leave(view, app);
-    stat_from_guest(&st, ns, guest_view_dev(view, "/"));
-    if (!view->os && st.st_mode & S_IWUSR)
-        st.st_mode &= ~(mode_t)0222;   /* the appliance's own directory: show it as the read-only folder it is */
-    guestfs_free_statns(ns);
-    g_mutex_lock(&view->pool->cache_lock);
-    guest_cache_put_node(view, "/", &st, NULL, xattrs ? g_ptr_array_ref(xattrs) : NULL);
-    g_mutex_unlock(&view->pool->cache_lock);
-out:
     if (out)
         *out = st;
     if (out_xattrs)
         *out_xattrs = g_steal_pointer(&xattrs);
-    if (xattrs)
-        g_ptr_array_unref(xattrs);
     return 0;
 }
 
@@ -112,7 +114,7 @@ static GStrv view_list_dir(struct guest_view *view, const char *path, bool *stat
                            GArray **inos)
 {
     struct guest_appliance *app = guest_view_enter(view);
-    struct guestfs_dirent_list *ents;
+    g_autoptr(guest_dirent_list) ents = NULL;
     g_autofree char *apath = NULL;
     struct guest_dir *dir;
     GStrv names;
@@ -134,7 +136,6 @@ static GStrv view_list_dir(struct guest_view *view, const char *path, bool *stat
             continue;
         guest_dir_add(dir, name, dirent_type(ents->val[i].ftyp), (ino_t)ents->val[i].ino);
     }
-    guestfs_free_dirent_list(ents);
     g_mutex_lock(&view->pool->cache_lock);
     names = guest_dir_copy(dir, stats, xattrs, types, inos);
     guest_cache_put_dir(view, path, dir);
@@ -220,7 +221,7 @@ int guest_view_stat_dir(struct guest_view *view, const char *path)
     g_auto(GStrv) names = NULL;
     g_auto(GStrv) links = NULL;
     g_autofree char *apath = NULL;
-    struct guestfs_statns_list *stats = NULL;
+    g_autoptr(guest_statns_list) stats = NULL;
     struct guest_appliance *app;
     bool have_stats, have_xattrs, any_link = false;
     size_t n;
@@ -248,8 +249,6 @@ int guest_view_stat_dir(struct guest_view *view, const char *path)
         if (!stats || !guestfs_is_ready(app->g)) {
             guest_appliance_error(app, "stat the entries of", path);
             guest_view_leave(view, app);
-            if (stats)
-                guestfs_free_statns_list(stats);
             return -1;
         }
         for (size_t i = 0; i < stats->len; i++)
@@ -259,8 +258,6 @@ int guest_view_stat_dir(struct guest_view *view, const char *path)
     }
     guest_view_leave(view, app);
     view_put_stats(view, path, names, n, stats, links);
-    if (stats)
-        guestfs_free_statns_list(stats);
     return 0;
 }
 
@@ -308,7 +305,7 @@ static int view_stat_alone(struct guest_view *view, const char *path, struct sta
 {
     struct guest_appliance *app = guest_view_enter(view);
     g_autofree char *apath = NULL;
-    struct guestfs_statns *ns;
+    g_autoptr(guest_statns) ns = NULL;
     char *target = NULL;
     struct stat one;
 
@@ -326,7 +323,6 @@ static int view_stat_alone(struct guest_view *view, const char *path, struct sta
         target = guestfs_readlink(app->g, apath);
     guest_view_leave(view, app);
     stat_from_guest(&one, ns, guest_view_dev(view, path));
-    guestfs_free_statns(ns);
     g_mutex_lock(&view->pool->cache_lock);
     guest_cache_put_node(view, path, &one, g_strdup(target), NULL);
     g_mutex_unlock(&view->pool->cache_lock);

@@ -184,15 +184,13 @@ static bool view_may_hold_os(struct guest_view *view, struct guest_appliance *ap
     for (guint j = 0; !found && j < view->mounts->len; j++) {
         struct guest_mount *m = g_ptr_array_index(view->mounts, j);
         g_autofree char *top = g_strconcat(view->prefix, m->mountpoint, NULL);
-        struct guestfs_dirent_list *list = guestfs_readdir(app->g, top);
+        g_autoptr(guest_dirent_list) list = guestfs_readdir(app->g, top);
 
         for (uint32_t i = 0; list && !found && i < list->len; i++) {
             /* A folder, as guestfs_is_dir() would say: a symlink named bin is not one. */
             if (list->val[i].ftyp == 'd')
                 found = g_strv_contains((const char *const *)markers, list->val[i].name);
         }
-        if (list)
-            guestfs_free_dirent_list(list);
     }
     return found || !guestfs_is_ready(app->g);
 }

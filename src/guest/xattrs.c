@@ -13,7 +13,7 @@ static int view_xattr_dir(struct guest_view *view, const char *path)
 {
     g_auto(GStrv) names = NULL;
     g_autofree char *apath = NULL;
-    struct guestfs_xattr_list *xl = NULL;
+    g_autoptr(guest_xattr_list) xl = NULL;
     struct guest_appliance *app;
     GPtrArray **xattrs;
     bool have_stats, have_xattrs;
@@ -45,7 +45,6 @@ static int view_xattr_dir(struct guest_view *view, const char *path)
     }
     /* A batch that failed (a damaged filesystem) is not tried again: each file's xattrs are asked alone. */
     xattrs = xl ? guest_xattrs_split(xl, n) : NULL;
-    guestfs_free_xattr_list(xl);
     g_mutex_lock(&view->pool->cache_lock);
     guest_cache_mark_dir(view, path, false, true);
     for (size_t i = 0; xattrs && i < n; i++) {
@@ -63,15 +62,13 @@ static int view_xattr_dir(struct guest_view *view, const char *path)
 }
 
 
-/* ---- xattrs --------------------------------------------------------------- */
-
 #define SNAPFS_SELINUX_XATTR "security.selinux"
 
 /* The guest's xattrs of @path, fetched alone when its directory's batch did not bring them. */
 static GPtrArray *view_xattrs(struct guest_view *view, const char *path)
 {
     struct guest_appliance *app;
-    struct guestfs_xattr_list *xl;
+    g_autoptr(guest_xattr_list) xl = NULL;
     g_autofree char *apath = NULL;
     GPtrArray *xattrs = NULL;
 
@@ -101,7 +98,6 @@ static GPtrArray *view_xattrs(struct guest_view *view, const char *path)
     if (!xl)
         return NULL;
     xattrs = guest_xattrs_from_list(xl);
-    guestfs_free_xattr_list(xl);
     g_mutex_lock(&view->pool->cache_lock);
     guest_cache_set_xattrs(g_hash_table_lookup(view->nodes, path), xattrs);
     g_mutex_unlock(&view->pool->cache_lock);
