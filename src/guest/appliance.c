@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* One appliance: its disks, its libguestfs handle and launch, its calls' deadlines and errors, and what it finds on its disks. */
+/* One appliance: its disks, libguestfs handle and launch, its calls' deadlines and errors, what its disks hold. */
 #include "guest-priv.h"
 
 #include "snapfs/error.h"
@@ -98,7 +98,7 @@ void guest_appliance_add_view(struct guest_appliance *app, struct guest_view *vi
         if (neighbours && g_access(drive->file, R_OK) != 0)
             continue;
         appliance_add_drive(app, drive, view->live && !drive->internal_snapshot,
-                            !app->alone && app->behind && app->disks->len < app->cap);
+                            !app->own_view_key && app->background && app->disks->len < app->cap);
     }
 }
 
@@ -146,7 +146,7 @@ void guest_appliance_unref(struct guest_appliance *app)
     g_free(app->tmpdir);
     g_free(app->launch_dir);
     g_free(app->group);
-    g_free(app->alone);
+    g_free(app->own_view_key);
     g_free(app->killed);
     g_mutex_clear(&app->lock);
     g_free(app);
@@ -190,21 +190,21 @@ enum {
 };
 
 /*
- * Hand @g what @prepare makes (a file of boot.c) through @apply, unless @plain says that failed once; when it
- * cannot be made, say so (appliances then @without "as it is") and set @plain.  Whether @g got it.
+ * Hand @g what @prepare makes (a file of boot.c) through @apply, unless @as_shipped says that failed once; when it
+ * cannot be made, say so (appliances then @without "as it is") and set @as_shipped.  Whether @g got it.
  */
-static bool boot_use(guestfs_h *g, gint *plain, char *(*prepare)(guestfs_h *),
-                     int (*apply)(guestfs_h *, const char *), const char *without)
+static bool appliance_use_boot_file(guestfs_h *g, gint *as_shipped, char *(*prepare)(guestfs_h *),
+                                    int (*apply)(guestfs_h *, const char *), const char *without)
 {
     g_autofree char *made = NULL;
 
-    if (g_atomic_int_get(plain))
+    if (g_atomic_int_get(as_shipped))
         return false;
     made = prepare(g);
     if (made && apply(g, made) == 0)
         return true;
     snapfs_info("appliances %s as it is: %s", without, made ? guestfs_last_error(g) : snapfs_error_message());
-    g_atomic_int_set(plain, 1);
+    g_atomic_int_set(as_shipped, 1);
     return false;
 }
 
@@ -265,15 +265,17 @@ static unsigned appliance_choose_boot(struct guest_pool *pool, struct guest_appl
      * which does not watch for snapfs stopping, and unmount waits for background launches.
      */
     g_mutex_lock(&pool->lock);
-    if (app->behind && pool->boot_path && !g_atomic_int_get(&pool->plain_kernel) &&
+    if (app->background && pool->boot_path && !g_atomic_int_get(&pool->kernel_as_shipped) &&
         guestfs_set_path(g, pool->boot_path) == 0)
         boot |= BOOT_UNPACKED;
     g_mutex_unlock(&pool->lock);
     if (!(boot & BOOT_UNPACKED) &&
-        boot_use(g, &pool->plain_kernel, guest_boot_appliance, guestfs_set_path, "boot libguestfs's kernel"))
+        appliance_use_boot_file(g, &pool->kernel_as_shipped, guest_boot_appliance, guestfs_set_path,
+                                "boot libguestfs's kernel"))
         boot |= BOOT_UNPACKED;
     /* Only where TCG is certain: a script that cannot run would otherwise pass for a KVM that fails. */
-    if (force_tcg && boot_use(g, &pool->plain_qemu, guest_boot_qemu, guestfs_set_hv, "run libguestfs's qemu"))
+    if (force_tcg &&
+        appliance_use_boot_file(g, &pool->qemu_as_shipped, guest_boot_qemu, guestfs_set_hv, "run libguestfs's qemu"))
         boot |= BOOT_TCG_CACHE;
     return boot;
 }
@@ -477,7 +479,7 @@ static guestfs_h *appliance_boot(struct guest_pool *pool, struct guest_appliance
         if (!g)
             return NULL;
         /* Nobody waits for a background launch: a chain change calls it off rather than wait for it. */
-        if (guest_launch(g, app->launch_dir, !tcg, &pool->config.limits, app->behind ? &app->stop : &pool->aborting,
+        if (guest_launch(g, app->launch_dir, !tcg, &pool->config.limits, app->background ? &app->stop : &pool->aborting,
                          NULL) == 0)
             break;
         g_clear_pointer(&g, guestfs_close);
@@ -495,8 +497,8 @@ static guestfs_h *appliance_boot(struct guest_pool *pool, struct guest_appliance
         } else if (*boot) {
             snapfs_warn("appliance %u of domain '%s': %s; trying again with libguestfs's kernel and qemu as they are",
                         app->serial, app->group, snapfs_error_message());
-            g_atomic_int_set(&pool->plain_kernel, 1);
-            g_atomic_int_set(&pool->plain_qemu, 1);
+            g_atomic_int_set(&pool->kernel_as_shipped, 1);
+            g_atomic_int_set(&pool->qemu_as_shipped, 1);
         } else {
             return NULL;
         }

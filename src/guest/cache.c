@@ -49,7 +49,7 @@ static void xattr_free(gpointer data)
     g_free(x);
 }
 
-static void xattr_add(GPtrArray *xattrs, const char *name, const char *value, size_t len)
+static void xattr_list_append(GPtrArray *xattrs, const char *name, const char *value, size_t len)
 {
     struct guest_xattr *x = g_new0(struct guest_xattr, 1);
 
@@ -330,7 +330,7 @@ GPtrArray **guest_xattrs_split(const struct guestfs_xattr_list *list, size_t n_n
         }
         out[i] = g_ptr_array_new_with_free_func(xattr_free);
         for (unsigned c = 0; c < count && k < list->len; c++, k++)
-            xattr_add(out[i], list->val[k].attrname, list->val[k].attrval, list->val[k].attrval_len);
+            xattr_list_append(out[i], list->val[k].attrname, list->val[k].attrval, list->val[k].attrval_len);
     }
     return out;
 }
@@ -340,12 +340,13 @@ GPtrArray *guest_xattrs_from_list(const struct guestfs_xattr_list *xl)
     GPtrArray *xattrs = g_ptr_array_new_with_free_func(xattr_free);
 
     for (size_t i = 0; i < xl->len; i++)
-        xattr_add(xattrs, xl->val[i].attrname, xl->val[i].attrval, xl->val[i].attrval_len);
+        xattr_list_append(xattrs, xl->val[i].attrname, xl->val[i].attrval, xl->val[i].attrval_len);
     return xattrs;
 }
 
 /* Keep what is known of @path, taking @link and @xattrs (cache lock held); it may be evicted at once. */
-void guest_cache_put_node(struct guest_view *view, const char *path, const struct stat *st, char *link, GPtrArray *xattrs)
+void guest_cache_put_node(struct guest_view *view, const char *path, const struct stat *st, char *link,
+                          GPtrArray *xattrs)
 {
     struct guest_node *node = g_new0(struct guest_node, 1);
     char *key = g_strdup(path);

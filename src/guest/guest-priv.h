@@ -154,9 +154,13 @@ struct guest_appliance {
     GMutex lock;              /* serialises every call on @g: guestfs handles are not thread-safe */
     int refs;                 /* pool lock */
     char *group;
-    char *alone;              /* an appliance of one view's drives alone (a view of a disk with LVM), else NULL */
+    /*
+     * Set at creation: in an appliance of one view's drives alone (its disks hold LVM, see pool.c), the keys
+     * of those drives, which name it for that view; NULL in a domain's shared appliances.
+     */
+    char *own_view_key;
     unsigned serial;
-    bool behind;              /* set at creation: started in the background with the domain's views (see pool.c) */
+    bool background;          /* set at creation: started in the background with the domain's views (see pool.c) */
     unsigned cap;             /* set at creation: the disks other views' drives may fill, beyond the asking view's own */
     GPtrArray *disks;         /* struct guest_disk *; pool lock until launching is set */
     bool launching;           /* pool lock: the disk list is fixed */
@@ -169,7 +173,7 @@ struct guest_appliance {
     pid_t qemu_pid;
     char **devices;           /* the appliance's whole-disk devices, one per disk, in the order added */
     char ***disk_fs;          /* per disk, once probed: its filesystems as device, type pairs */
-    char **lvs;               /* an alone appliance's logical volumes as device, type pairs, once listed */
+    char **lvs;               /* an own-view appliance's logical volumes as device, type pairs, once listed */
     char **partitions;        /* guestfs_list_partitions(), once a disk without a filesystem of its own needs it */
     char **roots;             /* guestfs_inspect_os(), done once per appliance, when a view may need it */
     GPtrArray *mount_log;     /* device, type, mountpoint of every view's mount, to mount again after inspection */
@@ -193,20 +197,21 @@ struct guest_pool {
     char *hv;                 /* set once kvm_checked, where KVM may be tried: the qemu libguestfs runs, for kvm.c */
     gint inflight;            /* atomic: requests inside an appliance or waiting for one */
     gint aborting;            /* atomic: snapfs is stopping (guest_pool_abort): no launch goes on, none starts */
-    gint plain_kernel;        /* atomic: the unpacked kernel cannot be made or failed to boot: libguestfs's as it is */
-    unsigned behind_running;  /* pool lock: background launches under way (guest_pool_free() waits for them) */
+    gint kernel_as_shipped;   /* atomic: boot libguestfs's kernel as shipped (the unpacked one cannot be made or failed) */
+    unsigned background_running; /* pool lock: background launches under way (guest_pool_free() waits for them) */
     char *boot_path;          /* pool lock: the unpacked appliance the last launch booted, for background launches */
-    GCond behind_cond;        /* pool lock: signalled when one ends */
-    gint plain_qemu;          /* atomic: the same for the script that bounds qemu's translated code under TCG */
+    GCond background_cond;    /* pool lock: signalled when one ends */
+    gint qemu_as_shipped;     /* atomic: run libguestfs's qemu as shipped, not through the script that bounds its translated
+                                 code under TCG (the script cannot be made or failed to boot) */
     struct guest_pool_stats stats;
-    GHashTable *lvm_disks;    /* "group\ntarget" of each disk found to hold LVM: its views go alone from the start */
-    GHashTable *looked_at;    /* "group\ntarget" of each disk whose image was looked at for LVM from the host */
+    GHashTable *lvm_disks;    /* pool lock: "group\ntarget" of each disk found to hold LVM: its views go alone from the start */
+    GHashTable *lvm_looked_for; /* pool lock: "group\ntarget" of each disk whose image was looked at for LVM from the host */
     GThread *timer;
     GThread *spawner;         /* forks the NBD servers: their parent-death signal is tied to this thread */
     GAsyncQueue *spawns;
     GMutex timer_lock;
     GCond timer_cond;
-    bool stopping;
+    bool stopping;            /* timer lock: guest_pool_free() stops the timer */
     /*
      * What every view cached, under one byte bound (see the policy atop cache.c).
      * The cache lock is taken last: nothing else is locked while it is held.
@@ -264,7 +269,7 @@ void guest_appliance_idle(struct guest_appliance *app);
  * pairs owned by @app, probed on first use; NULL if the appliance failed. App lock held. */
 char **guest_appliance_disk_filesystems(struct guest_appliance *app, size_t index);
 /* The logical volumes LVM finds on @app's disks, activated, as device, type pairs owned by @app; NULL if the
- * appliance failed.  Only an alone appliance may ask: anywhere else, the layers' copies of each volume group clash. */
+ * appliance failed.  Only an own-view appliance (own_view_key) may ask: anywhere else, the layers' copies of each volume group clash. */
 char **guest_appliance_logical_volumes(struct guest_appliance *app);
 /* Why a filesystem of type @type is not mounted ("swap space", ...), or NULL when it is. */
 const char *guest_fs_not_shown(const char *type);
@@ -359,7 +364,8 @@ void guest_dir_add(struct guest_dir *dir, const char *name, mode_t type, ino_t i
  */
 GStrv guest_dir_copy(struct guest_dir *dir, bool *stats, bool *xattrs, GArray **types, GArray **inos);
 /* Keep what is known of @path, taking @link and @xattrs (cache lock held); it may be evicted at once. */
-void guest_cache_put_node(struct guest_view *view, const char *path, const struct stat *st, char *link, GPtrArray *xattrs);
+void guest_cache_put_node(struct guest_view *view, const char *path, const struct stat *st, char *link,
+                          GPtrArray *xattrs);
 /* Keep the listing @dir of @path (cache lock held); it may be evicted at once. */
 void guest_cache_put_dir(struct guest_view *view, const char *path, struct guest_dir *dir);
 /* @node's xattrs came: keep them, if it has none yet (cache lock held). */
@@ -370,7 +376,7 @@ struct guest_dir *guest_cache_get_dir(struct guest_view *view, const char *path)
 bool guest_cache_dir_has(struct guest_view *view, const char *path, bool xattrs);
 /* Mark the listing of @path as holding stats or xattrs too, before the nodes are put (cache lock held). */
 void guest_cache_mark_dir(struct guest_view *view, const char *path, bool stats, bool xattrs);
-/* Copy what the view knows of @path (st, link, xattrs as asked); 1 if known, 0 if not, -1 ENOENT. Takes the cache lock. */
+/* Copy what the view knows of @path (st, link, xattrs as asked): 1 known, 0 not, -1 ENOENT.  Takes the cache lock. */
 int guest_cache_lookup(struct guest_view *view, const char *path, struct stat *st, char **link, GPtrArray **xattrs);
 /* File data under @key, fresh for @view, with a reference, or NULL; keeping it. Each takes the cache lock. */
 GBytes *guest_cache_get_data(struct guest_view *view, const char *key);

@@ -209,8 +209,8 @@ static void view_put_stats(struct guest_view *view, const char *path, char **nam
             continue;   /* vanished between readdir and lstat (a live view), or unreadable */
         child = guest_child_path(path, names[i]);
         stat_from_guest(&st, &stats->val[i], devs[i]);
-        guest_cache_put_node(view, child, &st, S_ISLNK(st.st_mode) && links && links[i] && links[i][0] ? g_strdup(links[i]) : NULL,
-                 NULL);
+        guest_cache_put_node(view, child, &st,
+                             S_ISLNK(st.st_mode) && links && links[i] && links[i][0] ? g_strdup(links[i]) : NULL, NULL);
     }
     g_mutex_unlock(&view->pool->cache_lock);
 }

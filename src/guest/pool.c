@@ -37,7 +37,7 @@
  * NULL while @view may share its domain's appliance; once one of its disks is known to hold LVM,
  * the keys of its drives, which name the appliance of its own.  Pool lock held.
  */
-static char *pool_alone_key(struct guest_pool *pool, struct guest_view *view)
+static char *pool_own_view_key(struct guest_pool *pool, struct guest_view *view)
 {
     g_autoptr(GString) key = g_string_new(NULL);
     bool lvm = false;
@@ -69,7 +69,7 @@ static void pool_look_for_lvm(struct guest_pool *pool, struct guest_view *view)
         if (drive->internal_snapshot)
             continue;
         g_mutex_lock(&pool->lock);
-        first = g_hash_table_add(pool->looked_at, g_strdup(disk));
+        first = g_hash_table_add(pool->lvm_looked_for, g_strdup(disk));
         g_mutex_unlock(&pool->lock);
         if (!first)
             continue;
@@ -143,13 +143,13 @@ static bool pool_make_room(struct guest_pool *pool, GPtrArray *evicted)
 }
 
 /* An appliance of @group that serves @view or can still take its disks, or NULL.  Pool lock held. */
-static struct guest_appliance *pool_find_for(struct guest_pool *pool, struct guest_view *view, const char *alone)
+static struct guest_appliance *pool_find_for(struct guest_pool *pool, struct guest_view *view, const char *own_key)
 {
     for (guint i = 0; i < pool->appliances->len; i++) {
         struct guest_appliance *a = g_ptr_array_index(pool->appliances, i);
 
         if (g_atomic_int_get(&a->dead) || g_atomic_int_get(&a->retire) || strcmp(a->group, view->group) != 0 ||
-            g_strcmp0(a->alone, alone) != 0)
+            g_strcmp0(a->own_view_key, own_key) != 0)
             continue;
         if (guest_appliance_has_view(a, view) || !a->launching) {
             if (!a->launching)
@@ -186,13 +186,13 @@ static GArray *pool_group_views(struct guest_pool *pool, const char *group, stru
     g_hash_table_iter_init(&iter, pool->views);
     while (g_hash_table_iter_next(&iter, NULL, &value)) {
         struct view_age one = { value, 0 };
-        g_autofree char *alone = NULL;
+        g_autofree char *own_key = NULL;
         GStatBuf st;
 
         if (one.view == except || strcmp(one.view->group, group) != 0 || one.view->n_drives == 0)
             continue;
-        alone = pool_alone_key(pool, one.view);
-        if (alone)
+        own_key = pool_own_view_key(pool, one.view);
+        if (own_key)
             continue;
         if (g_stat(one.view->drives[0].file, &st) == 0)
             one.mtime = (gint64)st.st_mtim.tv_sec * G_USEC_PER_SEC + st.st_mtim.tv_nsec / 1000;
@@ -203,17 +203,17 @@ static GArray *pool_group_views(struct guest_pool *pool, const char *group, stru
 }
 
 /*
- * A new appliance for @view: of its drives alone for LVM (@alone), else with the few views of its domain likeliest
+ * A new appliance for @view: of its drives alone for LVM (@own_key, taken), else with the few views of its domain likeliest
  * to be asked for next riding along (see the policy above).  Pool lock held.
  */
-static struct guest_appliance *pool_new_for(struct guest_pool *pool, struct guest_view *view, char *alone)
+static struct guest_appliance *pool_new_for(struct guest_pool *pool, struct guest_view *view, char *own_key)
 {
     struct guest_appliance *app = guest_appliance_new(pool, view->group);
 
-    app->alone = alone;
+    app->own_view_key = own_key;
     app->cap = GUEST_FIRST_DISKS;
     guest_appliance_add_view(app, view, false);
-    if (!app->alone) {
+    if (!app->own_view_key) {
         g_autoptr(GArray) others = pool_group_views(pool, app->group, view);
 
         for (guint i = 0; i < others->len && app->disks->len < app->cap; i++) {
@@ -246,7 +246,7 @@ static void pool_retire_covered(struct guest_pool *pool, struct guest_appliance 
                       i < pool->appliances->len; i++) {
         struct guest_appliance *a = g_ptr_array_index(pool->appliances, i);
 
-        if (a == behind || a->behind || a->alone || !a->launched || g_atomic_int_get(&a->dead) ||
+        if (a == behind || a->background || a->own_view_key || !a->launched || g_atomic_int_get(&a->dead) ||
             g_atomic_int_get(&a->retire) || strcmp(a->group, behind->group) != 0 || !appliance_covered_by(a, behind))
             continue;
         snapfs_info("appliance %u of domain '%s' retires: appliance %u serves its views and every other one",
@@ -256,14 +256,14 @@ static void pool_retire_covered(struct guest_pool *pool, struct guest_appliance 
     g_mutex_unlock(&pool->lock);
 }
 
-struct behind_launch {
+struct background_launch {
     struct guest_pool *pool;
     struct guest_appliance *app;   /* a reference */
 };
 
-static gpointer behind_thread(gpointer data)
+static gpointer background_launch_thread(gpointer data)
 {
-    struct behind_launch *job = data;
+    struct background_launch *job = data;
     struct guest_pool *pool = job->pool;
     struct guest_appliance *app = job->app;
     bool up;
@@ -281,8 +281,8 @@ static gpointer behind_thread(gpointer data)
     guest_appliance_unref(app);
     /* The last touch of the pool: guest_pool_free() waits for this. */
     g_mutex_lock(&pool->lock);
-    pool->behind_running--;
-    g_cond_broadcast(&pool->behind_cond);
+    pool->background_running--;
+    g_cond_broadcast(&pool->background_cond);
     g_mutex_unlock(&pool->lock);
     return NULL;
 }
@@ -291,11 +291,11 @@ void guest_pool_fill_in(struct guest_pool *pool, struct guest_appliance *app)
 {
     g_autoptr(GArray) views = NULL;
     struct guest_appliance *behind = NULL;
-    struct behind_launch *job;
+    struct background_launch *job;
     guint alive = 0;
     bool missing = false;
 
-    if (app->alone || app->behind || !app->launched)
+    if (app->own_view_key || app->background || !app->launched)
         return;
     g_mutex_lock(&pool->lock);
     if (g_atomic_int_get(&pool->aborting))
@@ -306,7 +306,7 @@ void guest_pool_fill_in(struct guest_pool *pool, struct guest_appliance *app)
         if (g_atomic_int_get(&a->dead))
             continue;
         alive++;
-        if (a->behind && strcmp(a->group, app->group) == 0)
+        if (a->background && strcmp(a->group, app->group) == 0)
             goto cleanup;   /* one is there or on its way */
     }
     /* Only into room max_appliances leaves: a look nobody asked for evicts nothing. */
@@ -318,7 +318,7 @@ void guest_pool_fill_in(struct guest_pool *pool, struct guest_appliance *app)
     if (!missing)
         goto cleanup;
     behind = guest_appliance_new(pool, app->group);
-    behind->behind = true;
+    behind->background = true;
     /* The views @app serves first, so that it can retire; then the others, newest first. */
     for (int pass = 0; pass < 2; pass++) {
         for (guint i = 0; i < views->len && behind->disks->len < behind->cap; i++) {
@@ -329,14 +329,14 @@ void guest_pool_fill_in(struct guest_pool *pool, struct guest_appliance *app)
         }
     }
     g_ptr_array_add(pool->appliances, behind);
-    job = g_new0(struct behind_launch, 1);
+    job = g_new0(struct background_launch, 1);
     job->pool = pool;
     job->app = behind;
     g_atomic_int_inc(&behind->refs);   /* the thread's */
-    pool->behind_running++;
+    pool->background_running++;
     snapfs_info("domain '%s' has views appliance %u does not serve: appliance %u starts in the background with %u disks",
                 app->group, app->serial, behind->serial, behind->disks->len);
-    g_thread_unref(g_thread_new("snapfs-behind", behind_thread, job));
+    g_thread_unref(g_thread_new("snapfs-behind", background_launch_thread, job));
 
 cleanup:
     g_mutex_unlock(&pool->lock);
@@ -353,13 +353,13 @@ struct guest_appliance *guest_pool_appliance_for(struct guest_pool *pool, struct
 
     pool_look_for_lvm(pool, view);
     for (;;) {
-        g_autofree char *alone = NULL;
+        g_autofree char *own_key = NULL;
 
         g_mutex_lock(&pool->lock);
-        alone = pool_alone_key(pool, view);
-        app = pool_find_for(pool, view, alone);
+        own_key = pool_own_view_key(pool, view);
+        app = pool_find_for(pool, view, own_key);
         if (!app && pool_make_room(pool, evicted))
-            app = pool_new_for(pool, view, g_steal_pointer(&alone));
+            app = pool_new_for(pool, view, g_steal_pointer(&own_key));
         if (app)
             break;
         g_mutex_unlock(&pool->lock);
@@ -497,11 +497,11 @@ struct guest_pool *guest_pool_new(const struct guest_pool_config *config)
     g_mutex_init(&pool->lock);
     g_mutex_init(&pool->timer_lock);
     g_cond_init(&pool->timer_cond);
-    g_cond_init(&pool->behind_cond);
+    g_cond_init(&pool->background_cond);
     pool->views = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, (GDestroyNotify)guest_view_unref);
     pool->appliances = g_ptr_array_new();
     pool->lvm_disks = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-    pool->looked_at = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    pool->lvm_looked_for = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     guest_cache_init(pool);
     /*
      * Each chunk is a buffer of up to 2 MiB that libguestfs allocates.  With glibc's sliding
@@ -534,8 +534,8 @@ void guest_pool_free(struct guest_pool *pool)
     guest_pool_abort(pool);
     /* Background launches see the abort within 0.2 s; none starts from now on. */
     g_mutex_lock(&pool->lock);
-    while (pool->behind_running)
-        g_cond_wait(&pool->behind_cond, &pool->lock);
+    while (pool->background_running)
+        g_cond_wait(&pool->background_cond, &pool->lock);
     g_mutex_unlock(&pool->lock);
     g_mutex_lock(&pool->timer_lock);
     pool->stopping = true;
@@ -555,7 +555,7 @@ void guest_pool_free(struct guest_pool *pool)
     }
     g_ptr_array_unref(pool->appliances);
     g_hash_table_unref(pool->lvm_disks);
-    g_hash_table_unref(pool->looked_at);
+    g_hash_table_unref(pool->lvm_looked_for);
     free(pool->hv);
     g_async_queue_push(pool->spawns, pool);
     g_thread_join(pool->spawner);
@@ -564,7 +564,7 @@ void guest_pool_free(struct guest_pool *pool)
     g_mutex_clear(&pool->lock);
     g_mutex_clear(&pool->timer_lock);
     g_cond_clear(&pool->timer_cond);
-    g_cond_clear(&pool->behind_cond);
+    g_cond_clear(&pool->background_cond);
     g_free(pool->boot_path);
     g_free(pool);
 }

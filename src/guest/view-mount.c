@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* Mounting a view in an appliance, and entering it: the appliance that serves the view, started and mounted if needed. */
+/* Mounting a view in an appliance, and entering it: the view's appliance, started and the view mounted if needed. */
 #include "guest-priv.h"
 
 #include "snapfs/error.h"
@@ -332,7 +332,7 @@ static int view_add_logical_volumes(struct guest_view *view, struct guest_applia
 {
     char **lvs;
 
-    if (!app->alone) {
+    if (!app->own_view_key) {
         for (guint i = 0; i < lvm_disks->len; i++)
             guest_pool_mark_lvm(view->pool, view->group, g_ptr_array_index(lvm_disks, i));
         snapfs_info("%s: its disks hold LVM physical volumes: it moves to an appliance of its own", view->label);

@@ -15,7 +15,7 @@ static void mount_free(struct guest_mount *m)
 }
 
 
-static const char *view_keep(struct guest_view *view, const char *s)
+static const char *view_keep_string(struct guest_view *view, const char *s)
 {
     char *copy = g_strdup(s);
 
@@ -46,10 +46,10 @@ struct guest_view *guest_pool_view(struct guest_pool *pool, const struct guest_v
     view->n_drives = spec->n_drives;
     view->drives = g_new0(struct guest_drive, spec->n_drives ? spec->n_drives : 1);
     for (size_t i = 0; i < spec->n_drives; i++) {
-        view->drives[i].file = view_keep(view, spec->drives[i].file);
-        view->drives[i].format = view_keep(view, spec->drives[i].format);
-        view->drives[i].internal_snapshot = view_keep(view, spec->drives[i].internal_snapshot);
-        view->drives[i].target = view_keep(view, spec->drives[i].target);
+        view->drives[i].file = view_keep_string(view, spec->drives[i].file);
+        view->drives[i].format = view_keep_string(view, spec->drives[i].format);
+        view->drives[i].internal_snapshot = view_keep_string(view, spec->drives[i].internal_snapshot);
+        view->drives[i].target = view_keep_string(view, spec->drives[i].target);
     }
     g_mutex_init(&view->setup_lock);
     g_mutex_init(&view->fetch_lock);
