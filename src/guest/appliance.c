@@ -182,7 +182,6 @@ struct guest_appliance *guest_appliance_new(struct guest_pool *pool, const char 
     return app;
 }
 
-
 /* How an appliance boots beside libguestfs's defaults (boot.c). */
 enum {
     BOOT_UNPACKED = 1,  /* the kernel unpacked */
@@ -575,7 +574,6 @@ fail:
     g_mutex_unlock(&pool->lock);
     return -1;
 }
-
 
 void guest_appliance_error(struct guest_appliance *app, const char *what, const char *path)
 {

@@ -7,8 +7,6 @@
 
 #include <string.h>
 
-/* ---- caches ----------------------------------------------------------------- */
-
 /*
  * Cache policy.  A view keeps what the appliance answered: each path's attributes, link target and
  * xattrs (a guest_node), each directory's listing (a guest_dir), and file data in chunks.  Frozen
@@ -38,7 +36,6 @@ struct guest_chunk {
     GBytes *data;
     gint64 when;
 };
-
 
 static void xattr_free(gpointer data)
 {
@@ -101,7 +98,6 @@ void guest_dir_add(struct guest_dir *dir, const char *name, mode_t type, ino_t i
     g_array_append_val(dir->inos, ino);
     g_hash_table_insert(dir->index, copy, GUINT_TO_POINTER(dir->names->len));
 }
-
 
 static size_t heap(size_t n)
 {
@@ -313,7 +309,6 @@ void guest_cache_set_cap(struct guest_pool *pool, size_t bytes, size_t data_byte
     g_mutex_unlock(&pool->cache_lock);
 }
 
-
 /* lxattrlist's flat answer: per name a count entry ("" = "N"), then N attributes. */
 GPtrArray **guest_xattrs_split(const struct guestfs_xattr_list *list, size_t n_names)
 {
@@ -379,7 +374,6 @@ void guest_cache_set_xattrs(struct guest_node *node, GPtrArray *xattrs)
     node_recount(node);
 }
 
-
 /* The fresh listing of @path, or NULL (cache lock held). */
 struct guest_dir *guest_cache_get_dir(struct guest_view *view, const char *path)
 {
@@ -410,7 +404,6 @@ GStrv guest_dir_copy(struct guest_dir *dir, bool *stats, bool *xattrs, GArray **
     return names;
 }
 
-
 /* Whether @path's fresh listing already holds what is asked (stats, or xattrs too): no copy of its names. */
 bool guest_cache_dir_has(struct guest_view *view, const char *path, bool xattrs)
 {
@@ -437,7 +430,6 @@ void guest_cache_mark_dir(struct guest_view *view, const char *path, bool stats,
         dir->xattrs |= xattrs && dir->stats;
     }
 }
-
 
 /* Copy what the view knows of @path into @out (st, link, xattrs as asked); 1 if known, 0 if not, -1 ENOENT. */
 int guest_cache_lookup(struct guest_view *view, const char *path, struct stat *st, char **link, GPtrArray **xattrs)
@@ -470,7 +462,6 @@ int guest_cache_lookup(struct guest_view *view, const char *path, struct stat *s
     g_mutex_unlock(&view->pool->cache_lock);
     return ret;
 }
-
 
 static void chunk_free(struct guest_chunk *chunk)
 {

@@ -122,7 +122,6 @@ void guest_nbd_stop(GPid pid)
     }
 }
 
-
 static bool appliance_tmpdir(struct guest_appliance *app)
 {
     g_autoptr(GError) error = NULL;

@@ -29,7 +29,6 @@ static void stat_from_guest(struct stat *st, const struct guestfs_statns *ns, de
     st->st_ctim.tv_nsec = (long)ns->st_ctime_nsec;
 }
 
-
 /* The root of a view where nothing is mounted, kept as an empty read-only folder without xattrs: those, to hand on. */
 static GPtrArray *view_put_empty_root(struct guest_view *view, struct stat *st)
 {
@@ -105,7 +104,6 @@ static mode_t dirent_type(char ftyp)
     }
 }
 
-
 /*
  * The names of directory @path in one round trip (guestfs_readdir): each entry's type and inode come
  * with it.  Kept, and copied as guest_dir_copy() does; NULL with the reason.
@@ -160,7 +158,6 @@ GStrv guest_view_dir_names(struct guest_view *view, const char *path, bool *stat
     g_mutex_unlock(&view->pool->cache_lock);
     return view_list_dir(view, path, stats, xattrs, types, inos);
 }
-
 
 /*
  * One entry a damaged filesystem cannot stat fails the batch: stat the @n @names of @apath one by one,
@@ -261,7 +258,6 @@ int guest_view_stat_dir(struct guest_view *view, const char *path)
     return 0;
 }
 
-
 /* A live view whose answers expired: make the appliance forget what its kernel cached too. */
 static void view_refresh(struct guest_view *view)
 {
@@ -295,7 +291,6 @@ static bool path_valid(const char *path)
     }
     return true;
 }
-
 
 /*
  * @path alone, in one or two round trips: its parent's listing brought it, but the cache could not

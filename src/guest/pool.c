@@ -1,18 +1,13 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* The pool of libguestfs appliances: which appliance serves a view, starting, idle timeout, watchdog, qemu-nbd. */
+/* The pool of appliances: which appliance serves a view, background starts, eviction, idle timer and watchdog. */
 #include "guest-priv.h"
 
-#include "snapfs/chain.h"
 #include "snapfs/error.h"
 #include "snapfs/log.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <glib/gstdio.h>
 #include <malloc.h>
-#include <signal.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -393,7 +388,6 @@ void guest_pool_mark_lvm(struct guest_pool *pool, const char *group, const char 
     g_mutex_unlock(&pool->lock);
 }
 
-
 char *guest_pool_progress(struct guest_pool *pool, const char *group)
 {
     char *progress = NULL;
@@ -410,7 +404,6 @@ char *guest_pool_progress(struct guest_pool *pool, const char *group)
     g_mutex_unlock(&pool->lock);
     return progress;
 }
-
 
 void guest_pool_abort(struct guest_pool *pool)
 {

@@ -14,8 +14,6 @@
 /* A view that could not be set up is not tried again before this (an appliance start is costly). */
 #define GUEST_RETRY_US (10 * G_USEC_PER_SEC)
 
-/* ---- mounting a view ---------------------------------------------------- */
-
 /* A filesystem of the view: the appliance device, its type and the name the view gives it ("sda1"). */
 struct view_fs {
     const char *device;
@@ -648,7 +646,6 @@ char *guest_view_path(struct guest_view *view, const char *path)
 {
     return strcmp(path, "/") == 0 ? g_strdup(view->prefix) : g_strconcat(view->prefix, path, NULL);
 }
-
 
 /* The index of the guest filesystem holding @path: st_dev that does not change when an appliance does. */
 dev_t guest_view_dev(struct guest_view *view, const char *path)

@@ -14,7 +14,6 @@ static void mount_free(struct guest_mount *m)
     g_free(m);
 }
 
-
 static const char *view_keep_string(struct guest_view *view, const char *s)
 {
     char *copy = g_strdup(s);
@@ -122,7 +121,6 @@ char *guest_view_error(struct guest_view *view)
     g_mutex_unlock(&view->lock);
     return error;
 }
-
 
 pid_t guest_view_qemu_pid(struct guest_view *view)
 {

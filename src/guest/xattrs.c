@@ -61,7 +61,6 @@ static int view_xattr_dir(struct guest_view *view, const char *path)
     return 0;
 }
 
-
 #define SNAPFS_SELINUX_XATTR "security.selinux"
 
 /* The guest's xattrs of @path, fetched alone when its directory's batch did not bring them. */
