@@ -316,51 +316,61 @@ static bool appliance_complete(const char *dir)
     return true;
 }
 
-/* Make @fixed from @built: hard links to its initrd and root, its kernel unpacked. */
-static int appliance_make(const char *built, const char *mine, const char *fixed, const char *stamp)
+/* Fill the directory @tmp from @built: hard links to its initrd and root, its kernel unpacked. */
+static int fixed_appliance_fill(const char *built, const char *tmp)
 {
-    g_autofree char *tmp = g_build_filename(mine, "appliance.XXXXXX", NULL);
     g_autofree char *kernel = g_build_filename(built, "kernel", NULL);
-    g_autofree char *out = NULL, *again = NULL;
+    g_autofree char *out = NULL;
     g_autofree char *image = NULL;
     g_autoptr(GBytes) unpacked = NULL;
     g_autoptr(GError) error = NULL;
     gsize len;
-    int rc = -1;
 
-    if (!g_mkdtemp_full(tmp, 0755)) {
-        snapfs_error_set(errno, "cannot make a directory in %s: %s", mine, g_strerror(errno));
-        return -1;
-    }
     for (const char *const *part = (const char *const[]){ "initrd", "root", NULL }; *part; part++) {
         g_autofree char *from = g_build_filename(built, *part, NULL);
         g_autofree char *to = g_build_filename(tmp, *part, NULL);
 
         if (link(from, to) < 0) {
             snapfs_error_set(errno, "cannot link %s to %s: %s", from, to, g_strerror(errno));
-            goto cleanup;
+            return -1;
         }
     }
     if (!g_file_get_contents(kernel, &image, &len, &error)) {
         snapfs_error_set(EIO, "cannot read the appliance's kernel: %s", error->message);
-        goto cleanup;
+        return -1;
     }
     unpacked = guest_boot_unpack((const guint8 *)image, len);
     if (!unpacked)
-        goto cleanup;
+        return -1;
     out = g_build_filename(tmp, "kernel", NULL);
     if (!g_file_set_contents_full(out, g_bytes_get_data(unpacked, NULL), g_bytes_get_size(unpacked),
                                   G_FILE_SET_CONTENTS_CONSISTENT, 0644, &error)) {
         snapfs_error_set(EIO, "cannot write the unpacked kernel: %s", error->message);
-        goto cleanup;
+        return -1;
     }
     /* libguestfs takes a directory with this file in it for a ready-made appliance. */
     g_free(out);
     out = g_build_filename(tmp, "README.fixed", NULL);
     if (!g_file_set_contents(out, "Made by snapfs from libguestfs's appliance, its kernel unpacked.\n", -1, &error)) {
         snapfs_error_set(EIO, "cannot write %s: %s", out, error->message);
-        goto cleanup;
+        return -1;
     }
+    return 0;
+}
+
+/* Make @fixed from @built: hard links to its initrd and root, its kernel unpacked. */
+static int appliance_make(const char *built, const char *mine, const char *fixed, const char *stamp)
+{
+    g_autofree char *tmp = g_build_filename(mine, "appliance.XXXXXX", NULL);
+    g_autofree char *again = NULL;
+    int rc = -1;
+
+    if (!g_mkdtemp_full(tmp, 0755)) {
+        snapfs_error_set(errno, "cannot make a directory in %s: %s", mine, g_strerror(errno));
+        return -1;
+    }
+    if (fixed_appliance_fill(built, tmp) < 0)
+        goto cleanup;
     /* supermin rebuilt the appliance meanwhile: these links may mix two builds. */
     again = appliance_stamp(built);
     if (g_strcmp0(again, stamp) != 0) {

@@ -12,7 +12,7 @@
 #include <string.h>
 
 /*
- * Why: a view whose disks hold LVM needs an appliance of its own drives (guest-appliance.c), and the
+ * Why: a view whose disks hold LVM needs an appliance of its own drives (pool.c), and the
  * appliance's blkid finds that out only after booting the shared one: a boot more, seconds under TCG.
  * The LVM label sits in one of the first four sectors of the physical volume, which is the whole disk
  * or a partition, so a few KiB read through qemu-io (which knows every image format and chain) tell
