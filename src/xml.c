@@ -89,16 +89,18 @@ char *snapfs_xml_string(xmlXPathContextPtr ctxt, xmlNodePtr node, const char *ex
     return value;
 }
 
-/* The element nodes @expr selects, or NULL. */
-static xmlXPathObjectPtr xml_nodes(xmlXPathContextPtr ctxt, const char *expr)
+GPtrArray *snapfs_xml_nodes(xmlXPathContextPtr ctxt, const char *expr)
 {
-    xmlXPathObjectPtr obj = xmlXPathEval((const xmlChar *)expr, ctxt);
+    GPtrArray *nodes = g_ptr_array_new();
+    xmlNodePtr saved = ctxt->node;
+    g_autoptr(xmlXPathObject) obj = NULL;
 
-    if (obj && (obj->type != XPATH_NODESET || !obj->nodesetval)) {
-        xmlXPathFreeObject(obj);
-        return NULL;
-    }
-    return obj;
+    ctxt->node = xmlDocGetRootElement(ctxt->doc);
+    obj = xmlXPathEval((const xmlChar *)expr, ctxt);
+    ctxt->node = saved;
+    for (int i = 0; obj && obj->type == XPATH_NODESET && obj->nodesetval && i < obj->nodesetval->nodeNr; i++)
+        g_ptr_array_add(nodes, obj->nodesetval->nodeTab[i]);
+    return nodes;
 }
 
 static char *xml_source(xmlXPathContextPtr ctxt, xmlNodePtr node)
@@ -112,10 +114,10 @@ GPtrArray *snapfs_xml_disks(xmlXPathContextPtr ctxt, const char *prefix)
 {
     g_autofree char *expr = g_strdup_printf("%s/devices/disk", prefix);
     GPtrArray *disks = g_ptr_array_new_with_free_func((GDestroyNotify)snapfs_disk_free);
-    xmlXPathObjectPtr obj = xml_nodes(ctxt, expr);
+    g_autoptr(GPtrArray) nodes = snapfs_xml_nodes(ctxt, expr);
 
-    for (int i = 0; obj && i < obj->nodesetval->nodeNr; i++) {
-        xmlNodePtr node = obj->nodesetval->nodeTab[i];
+    for (guint i = 0; i < nodes->len; i++) {
+        xmlNodePtr node = g_ptr_array_index(nodes, i);
         struct snapfs_disk *disk = g_new0(struct snapfs_disk, 1);
         g_autofree char *readonly = snapfs_xml_string(ctxt, node, "string(count(readonly))");
 
@@ -136,17 +138,16 @@ GPtrArray *snapfs_xml_disks(xmlXPathContextPtr ctxt, const char *prefix)
         }
         g_ptr_array_add(disks, disk);
     }
-    xmlXPathFreeObject(obj);
     return disks;
 }
 
 GPtrArray *snapfs_xml_snapshot_disks(xmlXPathContextPtr ctxt)
 {
     GPtrArray *disks = g_ptr_array_new_with_free_func((GDestroyNotify)snapfs_snapshot_disk_free);
-    xmlXPathObjectPtr obj = xml_nodes(ctxt, "/domainsnapshot/disks/disk");
+    g_autoptr(GPtrArray) nodes = snapfs_xml_nodes(ctxt, "/domainsnapshot/disks/disk");
 
-    for (int i = 0; obj && i < obj->nodesetval->nodeNr; i++) {
-        xmlNodePtr node = obj->nodesetval->nodeTab[i];
+    for (guint i = 0; i < nodes->len; i++) {
+        xmlNodePtr node = g_ptr_array_index(nodes, i);
         struct snapfs_snapshot_disk *disk = g_new0(struct snapfs_snapshot_disk, 1);
 
         disk->target = snapfs_xml_string(ctxt, node, "string(@name)");
@@ -161,7 +162,6 @@ GPtrArray *snapfs_xml_snapshot_disks(xmlXPathContextPtr ctxt)
         }
         g_ptr_array_add(disks, disk);
     }
-    xmlXPathFreeObject(obj);
     return disks;
 }
 
@@ -192,19 +192,6 @@ char *snapfs_xml_set_description(const char *xml, const char *description)
     return snapfs_xml_dump(doc);
 }
 
-GPtrArray *snapfs_xml_nodes(xmlXPathContextPtr ctxt, const char *expr)
-{
-    GPtrArray *nodes = g_ptr_array_new();
-    xmlNodePtr saved = ctxt->node;
-    g_autoptr(xmlXPathObject) obj = NULL;
-
-    ctxt->node = xmlDocGetRootElement(ctxt->doc);
-    obj = xmlXPathEval((const xmlChar *)expr, ctxt);
-    ctxt->node = saved;
-    for (int i = 0; obj && obj->type == XPATH_NODESET && obj->nodesetval && i < obj->nodesetval->nodeNr; i++)
-        g_ptr_array_add(nodes, obj->nodesetval->nodeTab[i]);
-    return nodes;
-}
 
 /* The first child element of @node named @name, or NULL. */
 static xmlNodePtr xml_first_child(xmlNodePtr node, const char *name)
