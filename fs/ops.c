@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /* The FUSE operations: each finds its node, asks the tree, and answers the kernel with attributes, data or -errno. */
-#include "fs.h"
+#include "ops-priv.h"
 #include "snapfs/error.h"
 #include "snapfs/log.h"
 
@@ -9,8 +9,6 @@
 #include <string.h>
 #include <sys/statvfs.h>
 
-/* Frozen content never changes: let the kernel keep it for as long as it likes. */
-#define FS_FOREVER (365.0 * 86400.0)
 #define FS_LIVE 1.0
 /*
  * Names libvirt gives (hosts, domains, snapshots) and snapfs's fixed folders, with their
@@ -21,25 +19,7 @@
  */
 #define FS_NAME 0.25
 
-/*
- * The errnos in each handler's comment (src/README.md, "Errors", says which failure gets
- * which).  "Node errnos": every handler that finds its node by id answers EACCES to a
- * caller fs_may_enter() turns away and ESTALE for an id the kernel should no longer hold
- * (fs_node()).  "View errnos": whatever reads a snapshot's or a layer's content may answer
- * what the tree's views and the guest reader do: ENOENT, ENOTDIR, EIO (an appliance that
- * failed or was killed past its deadline, images changed under a view, a host not
- * connected), EAGAIN (every appliance busy), EBUSY (a snapshot operation is changing its
- * images), ENOTSUP (images on another host, a format nobody recorded), ELOOP (a chain that
- * loops), and the guest's own errno as libguestfs reports it.  Libvirt's errors come mapped
- * by snapfs_errno_from_virt_code() (ENOENT, EACCES, EBUSY, EINVAL, ENOTSUP, else EIO).
- */
-
-static struct fs_context *fs_ctx(fuse_req_t req)
-{
-    return fuse_req_userdata(req);
-}
-
-static double fs_timeout(const struct snapfs_node *node)
+double fs_timeout(const struct snapfs_node *node)
 {
     switch (snapfs_node_cache(node)) {
     case SNAPFS_CACHE_FOREVER:
@@ -56,7 +36,7 @@ static double fs_timeout(const struct snapfs_node *node)
 }
 
 /* The one place where a failure of src/ becomes an errno for the kernel. */
-static void fs_reply_error(fuse_req_t req, const char *op, const struct snapfs_node *node)
+void fs_reply_error(fuse_req_t req, const char *op, const struct snapfs_node *node)
 {
     int err = snapfs_error_errno();
 
@@ -67,80 +47,6 @@ static void fs_reply_error(fuse_req_t req, const char *op, const struct snapfs_n
         snapfs_debug("%s of %s: %s", op, where, message);
     }
     fuse_reply_err(req, err);
-}
-
-/*
- * With allow_other, who may enter is snapfs's to check (the kernel lets in everyone): root, the
- * mounting user, the users of allow_users= and the members of allow_groups= (the caller's gid or
- * one of its supplementary groups, as /proc says them).  Where the groups cannot be read (the
- * process is gone, or in another pid namespace), the caller is not let in.
- */
-static bool fs_may_enter(fuse_req_t req)
-{
-    struct fs_context *ctx = fs_ctx(req);
-    const struct fuse_ctx *caller = fuse_req_ctx(req);
-    gid_t some[64];
-    g_autofree gid_t *more = NULL;
-    gid_t *groups = some;
-    int n;
-
-    if (!ctx->admission || caller->uid == 0 || caller->uid == ctx->owner)
-        return true;
-    for (guint i = 0; i < ctx->allowed_uids->len; i++) {
-        if (g_array_index(ctx->allowed_uids, guint32, i) == caller->uid)
-            return true;
-    }
-    if (ctx->allowed_gids->len == 0)
-        return false;
-    /* The count of all the groups, however many fit (negative where they cannot be read). */
-    n = fuse_req_getgroups(req, G_N_ELEMENTS(some), some);
-    if (n > (int)G_N_ELEMENTS(some)) {
-        int size = n;
-
-        groups = more = g_new(gid_t, size);
-        n = MIN(fuse_req_getgroups(req, size, more), size);
-    }
-    for (guint i = 0; i < ctx->allowed_gids->len; i++) {
-        guint32 gid = g_array_index(ctx->allowed_gids, guint32, i);
-
-        if (gid == caller->gid)
-            return true;
-        for (int j = 0; j < n; j++) {
-            if (groups[j] == gid)
-                return true;
-        }
-    }
-    return false;
-}
-
-/* Answers EACCES to a caller who may not enter (fs_may_enter()); true when it did. */
-static bool fs_refused(fuse_req_t req)
-{
-    if (fs_may_enter(req))
-        return false;
-    fuse_reply_err(req, EACCES);
-    return true;
-}
-
-/* Finds the node of @ino, or answers ESTALE for an id the kernel should no longer hold, EACCES to one who may not enter. */
-static struct snapfs_node *fs_node(fuse_req_t req, fuse_ino_t ino)
-{
-    struct snapfs_node *node;
-
-    if (fs_refused(req))
-        return NULL;
-    node = fs_inodes_node(fs_ctx(req)->inodes, ino);
-    if (!node)
-        fuse_reply_err(req, ESTALE);
-    return node;
-}
-
-/* Only root and the mounting user may take, delete or revert snapshots. */
-static bool fs_may_administer(fuse_req_t req)
-{
-    const struct fuse_ctx *caller = fuse_req_ctx(req);
-
-    return caller->uid == 0 || caller->uid == fs_ctx(req)->owner;
 }
 
 /* Session start: readdirplus, cached symlinks, atomic O_TRUNC, and POSIX ACLs where the kernel checks permissions. */
@@ -164,8 +70,8 @@ static void fs_init(void *userdata, struct fuse_conn_info *conn)
         conn->want |= FUSE_CAP_POSIX_ACL;
 }
 
-static void fs_entry(fuse_req_t req, fuse_ino_t parent, const char *name,
-                     const struct snapfs_node *node, const struct stat *st)
+void fs_entry(fuse_req_t req, fuse_ino_t parent, const char *name,
+              const struct snapfs_node *node, const struct stat *st)
 {
     struct fuse_entry_param entry = { 0 };
 
@@ -174,6 +80,21 @@ static void fs_entry(fuse_req_t req, fuse_ino_t parent, const char *name,
     entry.attr_timeout = entry.entry_timeout = fs_timeout(node);
     if (fuse_reply_entry(req, &entry) == -ENOENT)
         fs_inodes_forget(fs_ctx(req)->inodes, entry.ino, 1);
+}
+
+/*
+ * Answers an open and counts the handle the kernel then holds, until its release: the exit watcher
+ * (fs/main.c) must know whether anyone still uses a mount that has gone from its namespace.  False
+ * when the opener was interrupted (no release comes).
+ */
+bool fs_reply_open(struct fs_context *ctx, fuse_req_t req, struct fuse_file_info *fi)
+{
+    g_atomic_int_inc(&ctx->open_handles);   /* before the answer, which lets the release come */
+    if (fuse_reply_open(req, fi) == -ENOENT) {
+        g_atomic_int_add(&ctx->open_handles, -1);
+        return false;
+    }
+    return true;
 }
 
 /*
@@ -363,21 +284,6 @@ static void fs_forget_vanished(fuse_req_t req, fuse_ino_t ino, const struct fs_d
 
         fuse_lowlevel_notify_inval_entry(ctx->session, ino, name, strlen(name));
     }
-}
-
-/*
- * Answers an open and counts the handle the kernel then holds, until its release: the exit watcher
- * (fs/main.c) must know whether anyone still uses a mount that has gone from its namespace.  False
- * when the opener was interrupted (no release comes).
- */
-static bool fs_reply_open(struct fs_context *ctx, fuse_req_t req, struct fuse_file_info *fi)
-{
-    g_atomic_int_inc(&ctx->open_handles);   /* before the answer, which lets the release come */
-    if (fuse_reply_open(req, fi) == -ENOENT) {
-        g_atomic_int_add(&ctx->open_handles, -1);
-        return false;
-    }
-    return true;
 }
 
 /*

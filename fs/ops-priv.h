@@ -1,0 +1,47 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* What the files of the FUSE handlers share: admission, the errno and entry replies, the listing cache, revert files. */
+#pragma once
+
+#include "fs.h"
+
+/*
+ * The errnos in each handler's comment (src/README.md, "Errors", says which failure gets
+ * which).  "Node errnos": every handler that finds its node by id answers EACCES to a
+ * caller fs_may_enter() turns away and ESTALE for an id the kernel should no longer hold
+ * (fs_node()).  "View errnos": whatever reads a snapshot's or a layer's content may answer
+ * what the tree's views and the guest reader do: ENOENT, ENOTDIR, EIO (an appliance that
+ * failed or was killed past its deadline, images changed under a view, a host not
+ * connected), EAGAIN (every appliance busy), EBUSY (a snapshot operation is changing its
+ * images), ENOTSUP (images on another host, a format nobody recorded), ELOOP (a chain that
+ * loops), and the guest's own errno as libguestfs reports it.  Libvirt's errors come mapped
+ * by snapfs_errno_from_virt_code() (ENOENT, EACCES, EBUSY, EINVAL, ENOTSUP, else EIO).
+ */
+
+/* Frozen content never changes: let the kernel keep it for as long as it likes. */
+#define FS_FOREVER (365.0 * 86400.0)
+
+static inline struct fs_context *fs_ctx(fuse_req_t req)
+{
+    return fuse_req_userdata(req);
+}
+
+/* ---- fs/access.c: who may enter, and who may change things ---------------- */
+
+/* Answers EACCES to a caller who may not enter (allow_users=, allow_groups=); true when it did. */
+bool fs_refused(fuse_req_t req);
+/* Finds the node of @ino, or answers ESTALE for an id the kernel should no longer hold, EACCES to one who may not enter. */
+struct snapfs_node *fs_node(fuse_req_t req, fuse_ino_t ino);
+/* Only root and the mounting user may take, delete or revert snapshots. */
+bool fs_may_administer(fuse_req_t req);
+
+/* ---- fs/ops.c: replies every handler shares --------------------------------- */
+
+/* How long the kernel may keep @node's entry and attributes. */
+double fs_timeout(const struct snapfs_node *node);
+/* The one place where a failure of src/ becomes an errno for the kernel (and a debug line). */
+void fs_reply_error(fuse_req_t req, const char *op, const struct snapfs_node *node);
+/* Answers a lookup (or mkdir) of @name in @parent with @node and its attributes, counting the lookup. */
+void fs_entry(fuse_req_t req, fuse_ino_t parent, const char *name, const struct snapfs_node *node,
+              const struct stat *st);
+/* Answers an open and counts the handle until its release; false when the opener was interrupted (no release comes). */
+bool fs_reply_open(struct fs_context *ctx, fuse_req_t req, struct fuse_file_info *fi);
