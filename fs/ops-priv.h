@@ -45,3 +45,13 @@ void fs_entry(fuse_req_t req, fuse_ino_t parent, const char *name, const struct 
               const struct stat *st);
 /* Answers an open and counts the handle until its release; false when the opener was interrupted (no release comes). */
 bool fs_reply_open(struct fs_context *ctx, fuse_req_t req, struct fuse_file_info *fi);
+
+/* ---- fs/dir.c: folders and the listing cache ---------------------------------- */
+
+/* The kernel forgot folder @ino for good: its last listing goes too (listings_lock taken). */
+void fs_listing_forget(struct fs_context *ctx, fuse_ino_t ino);
+
+void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, struct fuse_file_info *fi);
+void fs_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, struct fuse_file_info *fi);
+void fs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
