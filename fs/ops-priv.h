@@ -55,3 +55,19 @@ void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, struct fuse_file_info *fi);
 void fs_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, struct fuse_file_info *fi);
 void fs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+
+/* ---- fs/control.c: open revert files ------------------------------------------- */
+
+/* One open revert file's state (its own lock guards it). */
+struct fs_control;
+
+/* Opens a revert file (the caller checked who may write): its state is kept until the release. */
+void fs_control_open(struct fs_context *ctx, fuse_req_t req, struct fuse_file_info *fi);
+/* The control state behind @fh, or NULL where @fh is a guest file's handle (listings_lock taken, not the control's). */
+struct fs_control *fs_control_of(struct fs_context *ctx, uint64_t fh);
+/* The release of a revert file: a request still gathering is dropped with a warning, the state freed. */
+void fs_control_release(struct fs_context *ctx, struct fs_control *control);
+
+void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t offset,
+              struct fuse_file_info *fi);
+void fs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
