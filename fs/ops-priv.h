@@ -71,3 +71,10 @@ void fs_control_release(struct fs_context *ctx, struct fs_control *control);
 void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t offset,
               struct fuse_file_info *fi);
 void fs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+
+/* ---- fs/file.c -------------------------------------------------------------------- */
+
+void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, struct fuse_file_info *fi);
+void fs_readlink(fuse_req_t req, fuse_ino_t ino);
+void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
