@@ -4,12 +4,17 @@
 
 #include <string.h>
 
+/* One name of a listing and its attributes, as the tree gave them. */
 struct fs_dirent {
     char *name;
     struct stat st;
 };
 
-/* A directory's entries, read once at opendir so that offsets stay valid while it is read. */
+/*
+ * A directory's entries, read once at opendir so that offsets stay valid while it is read.  No lock:
+ * filled before opendir answers, read-only until releasedir frees it (its place in open_dirs is
+ * listings_lock's).
+ */
 struct fs_dir {
     struct snapfs_node *node;
     struct snapfs_handle *handle;   /* what it was opened on: a merge under it makes it fail */

@@ -37,6 +37,19 @@ void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     snapfs_node_free(node);
 }
 
+/* Ends an open: a revert request still gathering is dropped, with a warning; always 0. */
+void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    struct fs_control *control = fs_control_of(fs_ctx(req), fi->fh);
+
+    g_atomic_int_add(&fs_ctx(req)->open_handles, -1);
+    if (control)
+        fs_control_release(fs_ctx(req), control);
+    else
+        snapfs_tree_release(fs_ctx(req)->tree, (struct snapfs_handle *)(uintptr_t)fi->fh);
+    fuse_reply_err(req, 0);
+}
+
 /*
  * Reads a guest file through the view it was opened on (EIO once its images changed), or revert's content
  * (the current snapshot's name).  EISDIR, EINVAL (not a regular file), libvirt's errnos, view errnos, node errnos.
@@ -75,17 +88,4 @@ void fs_readlink(fuse_req_t req, fuse_ino_t ino)
     else
         fuse_reply_readlink(req, target);
     snapfs_node_free(node);
-}
-
-/* Ends an open: a revert request still gathering is dropped, with a warning; always 0. */
-void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
-{
-    struct fs_control *control = fs_control_of(fs_ctx(req), fi->fh);
-
-    g_atomic_int_add(&fs_ctx(req)->open_handles, -1);
-    if (control)
-        fs_control_release(fs_ctx(req), control);
-    else
-        snapfs_tree_release(fs_ctx(req)->tree, (struct snapfs_handle *)(uintptr_t)fi->fh);
-    fuse_reply_err(req, 0);
 }

@@ -15,17 +15,21 @@
  * images), ENOTSUP (images on another host, a format nobody recorded), ELOOP (a chain that
  * loops), and the guest's own errno as libguestfs reports it.  Libvirt's errors come mapped
  * by snapfs_errno_from_virt_code() (ENOENT, EACCES, EBUSY, EINVAL, ENOTSUP, else EIO).
+ *
+ * The handlers are declared below, by the file that holds them, for fs/ops.c's table; what each
+ * exposes and which errnos it answers is said where it is defined.
  */
 
 /* Frozen content never changes: let the kernel keep it for as long as it likes. */
 #define FS_FOREVER (365.0 * 86400.0)
 
+/* The mount's context (fuse_session_new()'s userdata): take it before answering, the request goes with the answer. */
 static inline struct fs_context *fs_ctx(fuse_req_t req)
 {
     return fuse_req_userdata(req);
 }
 
-/* ---- fs/access.c: who may enter, and who may change things ---------------- */
+/* ---- fs/access.c: who may enter, and who may change things ------------------------------- */
 
 /* Answers EACCES to a caller who may not enter (allow_users=, allow_groups=); true when it did. */
 bool fs_refused(fuse_req_t req);
@@ -34,7 +38,7 @@ struct snapfs_node *fs_node(fuse_req_t req, fuse_ino_t ino);
 /* Only root and the mounting user may take, delete or revert snapshots. */
 bool fs_may_administer(fuse_req_t req);
 
-/* ---- fs/ops.c: replies every handler shares --------------------------------- */
+/* ---- fs/ops.c: replies every handler shares ---------------------------------------------- */
 
 /* How long the kernel may keep @node's entry and attributes. */
 double fs_timeout(const struct snapfs_node *node);
@@ -46,7 +50,7 @@ void fs_entry(fuse_req_t req, fuse_ino_t parent, const char *name, const struct 
 /* Answers an open and counts the handle until its release; false when the opener was interrupted (no release comes). */
 bool fs_reply_open(struct fs_context *ctx, fuse_req_t req, struct fuse_file_info *fi);
 
-/* ---- fs/dir.c: folders and the listing cache ---------------------------------- */
+/* ---- fs/dir.c: folders and the listing cache --------------------------------------------- */
 
 /* The kernel forgot folder @ino for good: its last listing goes too (listings_lock taken). */
 void fs_listing_forget(struct fs_context *ctx, fuse_ino_t ino);
@@ -56,7 +60,7 @@ void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, struc
 void fs_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, struct fuse_file_info *fi);
 void fs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 
-/* ---- fs/control.c: open revert files ------------------------------------------- */
+/* ---- fs/control.c: open revert files ----------------------------------------------------- */
 
 /* One open revert file's state (its own lock guards it). */
 struct fs_control;
@@ -72,21 +76,21 @@ void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_
               struct fuse_file_info *fi);
 void fs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 
-/* ---- fs/file.c -------------------------------------------------------------------- */
+/* ---- fs/file.c --------------------------------------------------------------------------- */
 
 void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, struct fuse_file_info *fi);
 void fs_readlink(fuse_req_t req, fuse_ino_t ino);
 void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 
-/* ---- fs/lookup.c ------------------------------------------------------------------ */
+/* ---- fs/lookup.c ------------------------------------------------------------------------- */
 
 void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name);
 void fs_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup);
 void fs_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets);
 void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 
-/* ---- fs/changes.c ----------------------------------------------------------------- */
+/* ---- fs/changes.c ------------------------------------------------------------------------ */
 
 /* A change no node takes (snapfs_tree_refuse_change()): EROFS in snapshots and layers, EPERM elsewhere, node errnos. */
 void fs_refuse(fuse_req_t req, fuse_ino_t ino, const char *what);
@@ -102,7 +106,7 @@ void fs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name);
 void fs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name);
 void fs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t parent, const char *name);
 
-/* ---- fs/xattr.c ------------------------------------------------------------------- */
+/* ---- fs/xattr.c -------------------------------------------------------------------------- */
 
 void fs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size);
 void fs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size);

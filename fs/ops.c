@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* The FUSE operations: each finds its node, asks the tree, and answers the kernel with attributes, data or -errno. */
+/* The FUSE operations table, session start and statfs, and the replies every handler shares (fs_reply_error() maps the errno). */
 #include "ops-priv.h"
 #include "snapfs/error.h"
 #include "snapfs/log.h"
@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <sys/statvfs.h>
 
+/* A live disk's files change under snapfs: the kernel may keep them a second. */
 #define FS_LIVE 1.0
 /*
  * Names libvirt gives (hosts, domains, snapshots) and snapfs's fixed folders, with their
@@ -17,6 +18,7 @@
  */
 #define FS_NAME 0.25
 
+/* How long the kernel may keep a node's entry and attributes, by what the tree says of its content. */
 double fs_timeout(const struct snapfs_node *node)
 {
     switch (snapfs_node_cache(node)) {
@@ -68,6 +70,7 @@ static void fs_init(void *userdata, struct fuse_conn_info *conn)
         conn->want |= FUSE_CAP_POSIX_ACL;
 }
 
+/* An entry with its id (a lookup counted) and attributes; an interrupted lookup's count is taken back. */
 void fs_entry(fuse_req_t req, fuse_ino_t parent, const char *name,
               const struct snapfs_node *node, const struct stat *st)
 {
