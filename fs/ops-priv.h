@@ -38,7 +38,7 @@ struct snapfs_node *fs_node(fuse_req_t req, fuse_ino_t ino);
 /* Only root and the mounting user may take, delete or revert snapshots. */
 bool fs_may_administer(fuse_req_t req);
 
-/* ---- fs/ops.c: replies every handler shares ---------------------------------------------- */
+/* ---- fs/reply.c: replies every handler shares -------------------------------------------- */
 
 /* How long the kernel may keep @node's entry and attributes. */
 double fs_timeout(const struct snapfs_node *node);
