@@ -143,6 +143,7 @@ static size_t fs_add_direntry_plus(fuse_req_t req, fuse_ino_t ino, const struct 
     return fuse_add_direntry_plus(req, buf, size, entry->name, &param, next);
 }
 
+/* readdir and readdirplus: entries from @offset (an index into the listing) while they fit in @size. */
 static void fs_readdir_any(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset,
                            struct fuse_file_info *fi, bool plus)
 {

@@ -14,6 +14,7 @@ static void fs_invalidate(gpointer data, gpointer user_data)
     fuse_lowlevel_notify_inval_inode(ctx->session, (fuse_ino_t)GPOINTER_TO_SIZE(data), 0, 0);
 }
 
+/* The tree's stale function, called from any thread: the id waits for fs_invalidate()'s thread. */
 static void fs_stale(guint64 cookie, void *opaque)
 {
     struct fs_context *ctx = opaque;

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 
+/* A getxattr or listxattr answer: the size alone when asked with @size 0, else the bytes. */
 static void fs_reply_xattr(fuse_req_t req, const char *buf, size_t size, ssize_t n, const char *op,
                            const struct snapfs_node *node)
 {
