@@ -24,6 +24,10 @@ struct snapfs_node *fs_inodes_node(struct fs_inodes *inodes, fuse_ino_t ino);
 /* Counts @nlookup lookups forgotten; true when the kernel holds @ino no more and it is gone (never reused). */
 bool fs_inodes_forget(struct fs_inodes *inodes, fuse_ino_t ino, uint64_t nlookup);
 
+/*
+ * The mount's state, the userdata of every request.  What no lock or atomic is named for is set
+ * before the session serves and read-only while it does; the tree and the inode table lock themselves.
+ */
 struct fs_context {
     struct snapfs_tree *tree;
     struct fs_inodes *inodes;
@@ -33,14 +37,14 @@ struct fs_context {
     bool admission;           /* every request is checked against the two lists */
     GArray *allowed_uids;     /* uid_t: allow_users= */
     GArray *allowed_gids;     /* gid_t: allow_groups=, matched against the caller's gid and supplementary groups */
-    struct fuse_session *session;
-    GMutex listings_lock;
-    GHashTable *listings;     /* node id of a folder libvirt fills -> the names it showed last (a set), until forgotten */
+    struct fuse_session *session;   /* set with the session, before the mount */
+    GMutex listings_lock;     /* a leaf: nothing is taken while it is held (src/README.md, "Locks") */
+    GHashTable *listings;     /* listings_lock: node id of a folder libvirt fills -> the names it showed last (a set), until forgotten */
     gint stopped;             /* atomic: the FUSE loop has returned */
     gint open_handles;        /* atomic: files and folders the kernel has open (opened, not yet released) */
     GHashTable *open_dirs;    /* listings_lock: the set of struct fs_dir * the kernel has open */
     GHashTable *open_controls;   /* listings_lock: the struct fs_control * of revert files open (freed with it) */
-    GThreadPool *invalidations;   /* node ids whose cached pages the kernel must drop */
+    GThreadPool *invalidations;   /* node ids whose cached pages the kernel must drop (fs_watch_stale() to fs_unwatch_stale()) */
 };
 
 /* The session of a mount that left this namespace but lives on in others: left to the exit (fs/main.c says why). */
@@ -49,6 +53,7 @@ extern struct fuse_session *fs_session_left;
 /* FUSE worker threads at most (GUEST_MAX_INFLIGHT of them may wait on appliances). */
 #define FS_MAX_THREADS 64
 
+/* Every handler, each in the file of its group (fs/ops-priv.h lists them). */
 extern const struct fuse_lowlevel_ops fs_operations;
 /* After the session: free the listings of folders still open (no releasedir will come). */
 void fs_free_open_dirs(struct fs_context *ctx);

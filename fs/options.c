@@ -250,7 +250,7 @@ static bool parse_ids(const char *list, bool groups, GArray *ids)
 
 /*
  * Who may enter: without allow_other the kernel lets in the mounting user alone.  With it,
- * snapfs checks every request itself (fs/ops.c), and lets in root, the mounting user and
+ * snapfs checks every request itself (fs/access.c), and lets in root, the mounting user and
  * those the lists name; allow_other alone names nobody more, so that sharing a mount, which
  * shows every guest's files and the host's image paths, is always a choice made by name.
  */

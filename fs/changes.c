@@ -1,0 +1,133 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* Changes: mkdir takes a snapshot, rmdir deletes one; rename, setattr and every other change are refused. */
+#include "ops-priv.h"
+
+#include <errno.h>
+
+/*
+ * mkdir DOMAIN/NAME takes a snapshot: EACCES for others than root and the mounting user, EEXIST a name
+ * taken or reserved (or an overlay file in the way), EINVAL an unusable name, ENAMETOOLONG an overlay
+ * name too long, EBUSY another operation or a block job, EROFS with -o ro or inside content, EPERM
+ * elsewhere, ENOTSUP (a disk without a local image or a recorded format, or libvirt cannot), libvirt's
+ * other errnos (EIO, ...), node errnos.
+ */
+void fs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+    struct fs_context *ctx = fs_ctx(req);
+    struct snapfs_node *dir = fs_node(req, parent);
+    struct snapfs_node *child = NULL;
+    struct stat st;
+
+    if (!dir)
+        return;
+    if (snapfs_tree_holds_snapshots(dir) && !fs_may_administer(req))
+        fuse_reply_err(req, EACCES);
+    else if (snapfs_tree_mkdir(ctx->tree, dir, name) < 0)
+        fs_reply_error(req, "mkdir", dir);
+    else if (snapfs_tree_lookup(ctx->tree, dir, name, &child, &st) < 0)
+        fs_reply_error(req, "mkdir", dir);
+    else
+        fs_entry(req, parent, name, child, &st);
+    snapfs_node_free(child);
+    snapfs_node_free(dir);
+}
+
+/*
+ * rmdir DOMAIN/NAME deletes a snapshot: EACCES for others than root and the mounting user, ENOENT, EBUSY
+ * (another operation, a block job, files open in views it would change, an image someone else needs),
+ * ENOTSUP where libvirt cannot merge safely, EIO where who needs an image cannot be read, EPERM for
+ * `layers` or outside a domain, EROFS with -o ro or inside content, node errnos.
+ */
+void fs_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+    struct snapfs_node *dir = fs_node(req, parent);
+
+    if (!dir)
+        return;
+    if (snapfs_tree_holds_snapshots(dir) && !fs_may_administer(req))
+        fuse_reply_err(req, EACCES);
+    else if (snapfs_tree_rmdir(fs_ctx(req)->tree, dir, name) < 0)
+        fs_reply_error(req, "rmdir", dir);
+    else
+        fuse_reply_err(req, 0);
+    snapfs_node_free(dir);
+}
+
+/*
+ * Renaming snapshots is not supported (optional: src/README.md, "Operations"): ENOTSUP within a domain's
+ * folder, EXDEV out of it (so mv copies), EROFS or EPERM elsewhere, node errnos.
+ */
+void fs_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+               const char *newname, unsigned int flags)
+{
+    struct snapfs_node *dir = fs_node(req, parent);
+
+    if (!dir)
+        return;
+    snapfs_tree_rename(dir, parent == newparent);
+    fs_reply_error(req, "rename", dir);
+    snapfs_node_free(dir);
+}
+
+/*
+ * Nothing's attributes can be changed: EROFS in snapshots and layers, EPERM elsewhere (revert too if its
+ * attributes cannot be read); truncating revert to 0 changes nothing and succeeds.  Node errnos.
+ */
+void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi)
+{
+    struct snapfs_node *node = fs_node(req, ino);
+    struct stat st;
+
+    if (!node)
+        return;
+    if (snapfs_tree_is_control(node) && to_set == FUSE_SET_ATTR_SIZE && attr->st_size == 0 &&
+        snapfs_tree_getattr(fs_ctx(req)->tree, node, &st) == 0) {
+        fuse_reply_attr(req, &st, 0.0);
+    } else {
+        snapfs_tree_refuse_change(node, "change attributes");
+        fs_reply_error(req, "setattr", node);
+    }
+    snapfs_node_free(node);
+}
+
+/* A change no node takes (snapfs_tree_refuse_change()): EROFS in snapshots and layers, EPERM elsewhere, node errnos. */
+void fs_refuse(fuse_req_t req, fuse_ino_t ino, const char *what)
+{
+    struct snapfs_node *node = fs_node(req, ino);
+
+    if (!node)
+        return;
+    snapfs_tree_refuse_change(node, what);
+    fs_reply_error(req, what, node);
+    snapfs_node_free(node);
+}
+
+/* mknod: refused (fs_refuse()): EROFS, EPERM, node errnos. */
+void fs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
+{
+    fs_refuse(req, parent, "mknod");
+}
+
+/* Creating a file: refused (fs_refuse()): EROFS, EPERM, node errnos. */
+void fs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi)
+{
+    fs_refuse(req, parent, "create a file");
+}
+
+/* unlink: refused (fs_refuse()), revert included: EROFS, EPERM, node errnos. */
+void fs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+    fs_refuse(req, parent, "unlink");
+}
+
+/* symlink: refused (fs_refuse()): EROFS, EPERM, node errnos. */
+void fs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
+{
+    fs_refuse(req, parent, "make a symlink");
+}
+
+/* Hard links: refused in the new parent (fs_refuse()): EROFS, EPERM, node errnos. */
+void fs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t parent, const char *name)
+{
+    fs_refuse(req, parent, "make a hard link");
+}
