@@ -20,16 +20,16 @@ void fs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
 
     if (!dir)
         return;
-    if (snapfs_tree_holds_snapshots(dir) && !fs_may_administer(req))
+    if (tree_holds_snapshots(dir) && !fs_may_administer(req))
         fuse_reply_err(req, EACCES);
-    else if (snapfs_tree_mkdir(ctx->tree, dir, name) < 0)
+    else if (tree_mkdir(ctx->tree, dir, name) < 0)
         fs_reply_error(req, "mkdir", dir);
-    else if (snapfs_tree_lookup(ctx->tree, dir, name, &child, &st) < 0)
+    else if (tree_lookup(ctx->tree, dir, name, &child, &st) < 0)
         fs_reply_error(req, "mkdir", dir);
     else
         fs_entry(req, parent, name, child, &st);
-    snapfs_node_free(child);
-    snapfs_node_free(dir);
+    tree_node_free(child);
+    tree_node_free(dir);
 }
 
 /*
@@ -44,13 +44,13 @@ void fs_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 
     if (!dir)
         return;
-    if (snapfs_tree_holds_snapshots(dir) && !fs_may_administer(req))
+    if (tree_holds_snapshots(dir) && !fs_may_administer(req))
         fuse_reply_err(req, EACCES);
-    else if (snapfs_tree_rmdir(fs_ctx(req)->tree, dir, name) < 0)
+    else if (tree_rmdir(fs_ctx(req)->tree, dir, name) < 0)
         fs_reply_error(req, "rmdir", dir);
     else
         fuse_reply_err(req, 0);
-    snapfs_node_free(dir);
+    tree_node_free(dir);
 }
 
 /*
@@ -64,9 +64,9 @@ void fs_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t n
 
     if (!dir)
         return;
-    snapfs_tree_rename(dir, parent == newparent);
+    tree_rename(dir, parent == newparent);
     fs_reply_error(req, "rename", dir);
-    snapfs_node_free(dir);
+    tree_node_free(dir);
 }
 
 /*
@@ -80,26 +80,26 @@ void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, s
 
     if (!node)
         return;
-    if (snapfs_tree_is_control(node) && to_set == FUSE_SET_ATTR_SIZE && attr->st_size == 0 &&
-        snapfs_tree_getattr(fs_ctx(req)->tree, node, &st) == 0) {
+    if (tree_is_control(node) && to_set == FUSE_SET_ATTR_SIZE && attr->st_size == 0 &&
+        tree_getattr(fs_ctx(req)->tree, node, &st) == 0) {
         fuse_reply_attr(req, &st, 0.0);
     } else {
-        snapfs_tree_refuse_change(node, "change attributes");
+        tree_refuse_change(node, "change attributes");
         fs_reply_error(req, "setattr", node);
     }
-    snapfs_node_free(node);
+    tree_node_free(node);
 }
 
-/* A change no node takes (snapfs_tree_refuse_change()): EROFS in snapshots and layers, EPERM elsewhere, node errnos. */
+/* A change no node takes (tree_refuse_change()): EROFS in snapshots and layers, EPERM elsewhere, node errnos. */
 void fs_refuse(fuse_req_t req, fuse_ino_t ino, const char *what)
 {
     struct snapfs_node *node = fs_node(req, ino);
 
     if (!node)
         return;
-    snapfs_tree_refuse_change(node, what);
+    tree_refuse_change(node, what);
     fs_reply_error(req, what, node);
-    snapfs_node_free(node);
+    tree_node_free(node);
 }
 
 /* mknod: refused (fs_refuse()): EROFS, EPERM, node errnos. */

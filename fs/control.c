@@ -7,7 +7,7 @@
 #include <string.h>
 
 /*
- * What an open revert file was written: one request per open (snapfs_tree_write()).  A request that
+ * What an open revert file was written: one request per open (tree_write()).  A request that
  * ends with a newline (echo) is carried out by the write that completes it; text without one is
  * gathered and carried out when the file is closed, so that a writer in pieces (dd bs=1) never
  * reverts to a prefix of the name.
@@ -87,7 +87,7 @@ void fs_control_open(struct fs_context *ctx, fuse_req_t req, struct fuse_file_in
 void fs_control_release(struct fs_context *ctx, struct fs_control *control)
 {
     if (control->state == FS_CONTROL_GATHERING)
-        snapfs_warn("a revert request ('%.*s') was closed by another process than its writer: not carried out",
+        log_warn("a revert request ('%.*s') was closed by another process than its writer: not carried out",
                        (int)MIN(control->text->len, 300), control->text->str);
     fs_control_free(ctx, control);
 }
@@ -95,7 +95,7 @@ void fs_control_release(struct fs_context *ctx, struct fs_control *control)
 /* Carries out the request gathered in @control (lock held): 0, or -1 with the error set. */
 static int fs_control_carry_out(fuse_req_t req, struct snapfs_node *node, struct fs_control *control)
 {
-    int ret = snapfs_tree_write(fs_ctx(req)->tree, node, control->text->str, control->text->len, 0, true);
+    int ret = tree_write(fs_ctx(req)->tree, node, control->text->str, control->text->len, 0, true);
 
     control->state = ret < 0 ? FS_CONTROL_REFUSED : FS_CONTROL_DONE;
     g_string_free(g_steal_pointer(&control->text), TRUE);
@@ -126,14 +126,14 @@ static int fs_control_gather(fuse_req_t req, struct snapfs_node *node, struct fs
     return 0;
 }
 
-/* Out of order or too long: refused (snapfs_tree_write() says why), and so is what was gathered (lock held). */
+/* Out of order or too long: refused (tree_write() says why), and so is what was gathered (lock held). */
 static int fs_control_refuse(fuse_req_t req, struct snapfs_node *node, struct fs_control *control, const char *buf,
                              size_t size, off_t offset)
 {
     if (control->text)
         g_string_free(g_steal_pointer(&control->text), TRUE);
     control->state = FS_CONTROL_REFUSED;
-    return snapfs_tree_write(fs_ctx(req)->tree, node, buf, size, offset, false);
+    return tree_write(fs_ctx(req)->tree, node, buf, size, offset, false);
 }
 
 /*
@@ -141,7 +141,7 @@ static int fs_control_refuse(fuse_req_t req, struct snapfs_node *node, struct fs
  * goes on with writes that follow on where the last ended; it is carried out once a newline ends it
  * (this write's status says how it went) or else at close (close(2)'s).  A refused write moved
  * nothing, so the writer may try again from the start (a buffered writer's close does).  Any other write is EINVAL
- * (snapfs_tree_write()), except a lone newline after a request that was carried out (an unbuffered
+ * (tree_write()), except a lone newline after a request that was carried out (an unbuffered
  * print() writes the name and its newline apart).  Everything else is read-only.  The answer goes
  * out only once the control's lock is let go: the release it lets come frees the control.
  * Errnos: EROFS for any other file and with -o ro, EINVAL, and revert_write()'s (ENOENT, EBUSY,
@@ -156,10 +156,10 @@ void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_
 
     if (!node)
         return;
-    control = snapfs_tree_is_control(node) ? fs_control_of(fs_ctx(req), fi->fh) : NULL;
+    control = tree_is_control(node) ? fs_control_of(fs_ctx(req), fi->fh) : NULL;
     if (!control) {
         fuse_reply_err(req, EROFS);   /* only an open control file takes writes */
-        snapfs_node_free(node);
+        tree_node_free(node);
         return;
     }
     g_mutex_lock(&control->lock);
@@ -174,7 +174,7 @@ void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_
         fs_reply_error(req, "revert", node);
     else
         fuse_reply_write(req, size);
-    snapfs_node_free(node);
+    tree_node_free(node);
 }
 
 /*
@@ -202,5 +202,5 @@ void fs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         fs_reply_error(req, "revert", node);
     else
         fuse_reply_err(req, 0);
-    snapfs_node_free(node);
+    tree_node_free(node);
 }

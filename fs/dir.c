@@ -26,9 +26,9 @@ static void fs_dir_free(struct fs_context *ctx, struct fs_dir *dir)
     g_mutex_lock(&ctx->listings_lock);
     g_hash_table_remove(ctx->open_dirs, dir);
     g_mutex_unlock(&ctx->listings_lock);
-    snapfs_tree_release(ctx->tree, dir->handle);
+    tree_release(ctx->tree, dir->handle);
     g_array_unref(dir->entries);
-    snapfs_node_free(dir->node);
+    tree_node_free(dir->node);
     g_free(dir);
 }
 
@@ -108,16 +108,16 @@ void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     g_mutex_lock(&ctx->listings_lock);
     g_hash_table_add(ctx->open_dirs, dir);
     g_mutex_unlock(&ctx->listings_lock);
-    dir->handle = snapfs_tree_open(ctx->tree, node, ino);
-    if (!dir->handle || snapfs_tree_readdir(ctx->tree, node, fs_dir_collect, dir) < 0) {
+    dir->handle = tree_open(ctx->tree, node, ino);
+    if (!dir->handle || tree_readdir(ctx->tree, node, fs_dir_collect, dir) < 0) {
         fs_reply_error(req, "readdir", node);
         fs_dir_free(ctx, dir);
         return;
     }
     fi->fh = (uintptr_t)dir;
-    if (snapfs_node_cache(node) == SNAPFS_CACHE_SHORT)
+    if (tree_node_cache(node) == SNAPFS_CACHE_SHORT)
         fs_forget_vanished(req, ino, dir);
-    if (snapfs_node_cache(node) == SNAPFS_CACHE_FOREVER) {
+    if (tree_node_cache(node) == SNAPFS_CACHE_FOREVER) {
         fi->keep_cache = 1;
         fi->cache_readdir = 1;
     }
@@ -127,18 +127,18 @@ void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 
 /*
  * One entry of readdirplus: with its attributes and a lookup counted where the tree knows them
- * exactly (guest content, snapfs_tree_listed_node()); else the kernel looks it up when it needs them.
+ * exactly (guest content, tree_listed_node()); else the kernel looks it up when it needs them.
  */
 static size_t fs_add_direntry_plus(fuse_req_t req, fuse_ino_t ino, const struct fs_dir *dir,
                                    const struct fs_dirent *entry, char *buf, size_t size, off_t next)
 {
-    struct snapfs_node *child = snapfs_tree_listed_node(dir->node, entry->name, &entry->st);
+    struct snapfs_node *child = tree_listed_node(dir->node, entry->name, &entry->st);
     struct fuse_entry_param param = { .attr = entry->st };
 
     if (child) {
         param.attr_timeout = param.entry_timeout = fs_timeout(child);
         param.ino = fs_inodes_get(fs_ctx(req)->inodes, ino, entry->name, child, S_ISDIR(entry->st.st_mode));
-        snapfs_node_free(child);
+        tree_node_free(child);
     }
     return fuse_add_direntry_plus(req, buf, size, entry->name, &param, next);
 }
@@ -154,7 +154,7 @@ static void fs_readdir_any(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
     if (fs_refused(req))
         return;
     /* A listing of what the images no longer hold is not shown. */
-    if (snapfs_tree_handle_check(fs_ctx(req)->tree, dir->handle) < 0) {
+    if (tree_handle_check(fs_ctx(req)->tree, dir->handle) < 0) {
         fs_reply_error(req, "readdir", dir->node);
         return;
     }

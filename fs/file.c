@@ -20,21 +20,21 @@ void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 
     if (!node)
         return;
-    if (snapfs_tree_is_control(node)) {
+    if (tree_is_control(node)) {
         if (writing && !fs_may_administer(req)) {
             fuse_reply_err(req, EACCES);
         } else {
             fs_control_open(ctx, req, fi);
         }
-    } else if (snapfs_tree_check_open(node, writing) < 0 || !(handle = snapfs_tree_open(ctx->tree, node, ino))) {
+    } else if (tree_check_open(node, writing) < 0 || !(handle = tree_open(ctx->tree, node, ino))) {
         fs_reply_error(req, "open", node);
     } else {
         fi->fh = (uintptr_t)handle;
-        fi->keep_cache = snapfs_node_cache(node) == SNAPFS_CACHE_FOREVER;
+        fi->keep_cache = tree_node_cache(node) == SNAPFS_CACHE_FOREVER;
         if (!fs_reply_open(ctx, req, fi))
-            snapfs_tree_release(ctx->tree, handle);   /* the opener was interrupted: no release comes */
+            tree_release(ctx->tree, handle);   /* the opener was interrupted: no release comes */
     }
-    snapfs_node_free(node);
+    tree_node_free(node);
 }
 
 /* Ends an open: a revert request still gathering is dropped, with a warning; always 0. */
@@ -46,7 +46,7 @@ void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     if (control)
         fs_control_release(fs_ctx(req), control);
     else
-        snapfs_tree_release(fs_ctx(req)->tree, (struct snapfs_handle *)(uintptr_t)fi->fh);
+        tree_release(fs_ctx(req)->tree, (struct snapfs_handle *)(uintptr_t)fi->fh);
     fuse_reply_err(req, 0);
 }
 
@@ -64,15 +64,15 @@ void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, struct f
     if (!node)
         return;
     buf = g_malloc(size ? size : 1);
-    if (!snapfs_tree_is_control(node) && handle)
-        n = snapfs_tree_handle_read(fs_ctx(req)->tree, handle, buf, size, offset);
+    if (!tree_is_control(node) && handle)
+        n = tree_handle_read(fs_ctx(req)->tree, handle, buf, size, offset);
     else
-        n = snapfs_tree_read(fs_ctx(req)->tree, node, buf, size, offset);
+        n = tree_read(fs_ctx(req)->tree, node, buf, size, offset);
     if (n < 0)
         fs_reply_error(req, "read", node);
     else
         fuse_reply_buf(req, buf, (size_t)n);
-    snapfs_node_free(node);
+    tree_node_free(node);
 }
 
 /* A guest symlink's target as the guest has it, never followed: EINVAL for anything else, view errnos, node errnos. */
@@ -83,9 +83,9 @@ void fs_readlink(fuse_req_t req, fuse_ino_t ino)
 
     if (!node)
         return;
-    if (snapfs_tree_readlink(fs_ctx(req)->tree, node, &target) < 0)
+    if (tree_readlink(fs_ctx(req)->tree, node, &target) < 0)
         fs_reply_error(req, "readlink", node);
     else
         fuse_reply_readlink(req, target);
-    snapfs_node_free(node);
+    tree_node_free(node);
 }

@@ -47,7 +47,7 @@ static void inode_free(gpointer data)
     struct fs_inode *inode = data;
 
     g_free(inode->key);
-    snapfs_node_free(inode->node);
+    tree_node_free(inode->node);
     g_free(inode);
 }
 
@@ -64,7 +64,7 @@ struct fs_inodes *fs_inodes_new(unsigned limit)
     inodes->by_key = g_hash_table_new(g_str_hash, g_str_equal);
     root->ino = FUSE_ROOT_ID;
     root->key = g_strdup("");
-    root->node = snapfs_node_root();
+    root->node = tree_node_root();
     root->nlookup = 1;
     g_hash_table_insert(inodes->by_ino, &root->ino, root);
     inodes->next = FUSE_ROOT_ID + 1;
@@ -109,8 +109,8 @@ fuse_ino_t fs_inodes_get(struct fs_inodes *inodes, fuse_ino_t parent, const char
     inode = g_hash_table_lookup(inodes->by_key, key);
     if (inode) {
         /* The name may lead to a new object now (a layer renumbered): keep the freshest node. */
-        snapfs_node_free(inode->node);
-        inode->node = snapfs_node_copy(node);
+        tree_node_free(inode->node);
+        inode->node = tree_node_copy(node);
         inode_touch(inodes, inode);
     } else {
         inode = g_new0(struct fs_inode, 1);
@@ -120,7 +120,7 @@ fuse_ino_t fs_inodes_get(struct fs_inodes *inodes, fuse_ino_t parent, const char
         inode->name_at = (size_t)(strchr(inode->key, ':') + 1 - inode->key);
         inode->name_len = strlen(name);
         inode->dir = dir;
-        inode->node = snapfs_node_copy(node);
+        inode->node = tree_node_copy(node);
         inode->link.data = inode;
         g_hash_table_insert(inodes->by_ino, &inode->ino, inode);
         g_hash_table_insert(inodes->by_key, inode->key, inode);
@@ -146,7 +146,7 @@ struct snapfs_node *fs_inodes_node(struct fs_inodes *inodes, fuse_ino_t ino)
     g_mutex_lock(&inodes->lock);
     inode = g_hash_table_lookup(inodes->by_ino, &key);
     if (inode)
-        node = snapfs_node_copy(inode->node);
+        node = tree_node_copy(inode->node);
     g_mutex_unlock(&inodes->lock);
     return node;
 }

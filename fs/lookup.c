@@ -17,20 +17,20 @@ void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 
     if (!dir)
         return;
-    if (snapfs_tree_lookup(fs_ctx(req)->tree, dir, name, &child, &st) < 0) {
-        if (snapfs_error_errno() == ENOENT && snapfs_node_cache(dir) == SNAPFS_CACHE_FOREVER) {
+    if (tree_lookup(fs_ctx(req)->tree, dir, name, &child, &st) < 0) {
+        if (error_errno() == ENOENT && tree_node_cache(dir) == SNAPFS_CACHE_FOREVER) {
             struct fuse_entry_param negative = { .entry_timeout = FS_FOREVER };
 
             fuse_reply_entry(req, &negative);
         } else {
             fs_reply_error(req, "lookup", dir);
         }
-        snapfs_node_free(dir);
+        tree_node_free(dir);
         return;
     }
     fs_entry(req, parent, name, child, &st);
-    snapfs_node_free(child);
-    snapfs_node_free(dir);
+    tree_node_free(child);
+    tree_node_free(dir);
 }
 
 /* The kernel let go of @ino @nlookup times: at the last, what snapfs kept for it goes too (ids are never reused). */
@@ -66,7 +66,7 @@ void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 
     if (!node)
         return;
-    if (snapfs_tree_getattr(fs_ctx(req)->tree, node, &st) < 0)
+    if (tree_getattr(fs_ctx(req)->tree, node, &st) < 0)
         fs_reply_error(req, "getattr", node);
     else if (ino == FUSE_ROOT_ID && fs_ctx(req)->admission)
         /*
@@ -77,5 +77,5 @@ void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         fuse_reply_attr(req, &st, 0.0);
     else
         fuse_reply_attr(req, &st, fs_timeout(node));
-    snapfs_node_free(node);
+    tree_node_free(node);
 }

@@ -137,7 +137,7 @@ static gpointer exit_watch_run(gpointer data)
             gone_at = g_get_monotonic_time();
         }
         if (gone_at && !g_atomic_int_get(&watch->gone)) {
-            snapfs_debug("the mount on %s has gone from this mount namespace", watch->mountpoint);
+            log_debug("the mount on %s has gone from this mount namespace", watch->mountpoint);
             g_atomic_int_set(&watch->gone, 1);
         }
         /* The last close of a lazy unmount ends the session by itself: idle for a while first. */
@@ -150,7 +150,7 @@ static gpointer exit_watch_run(gpointer data)
             !fuse_session_exited(ctx->session)) {
             g_autofree char *holders = mount_holders_describe(watch->device);
 
-            snapfs_info("%s was unmounted, but copies of the mount in other mount namespaces keep it alive (%s): "
+            log_info("%s was unmounted, but copies of the mount in other mount namespaces keep it alive (%s): "
                         "ending the session", watch->mountpoint, holders);
             fuse_session_exit(ctx->session);
             pthread_kill(watch->main_thread, SIGTERM);   /* libfuse's handler: the loop ends as on SIGTERM */
@@ -160,8 +160,8 @@ static gpointer exit_watch_run(gpointer data)
     if (fd >= 0)
         close(fd);
     if (!g_atomic_int_get(&ctx->stopped))
-        snapfs_debug("the session ends: stopping every appliance");
-    snapfs_tree_abort(ctx->tree);
+        log_debug("the session ends: stopping every appliance");
+    tree_abort(ctx->tree);
     return NULL;
 }
 
@@ -183,8 +183,8 @@ static int command_answer_early(struct command_run *run, const char *prog)
         return -1;
     if (uris->len == 0)
         g_ptr_array_add(uris, NULL);
-    problems = snapfs_check((const char *const *)uris->pdata, uris->len, stdout);
-    snapfs_virt_stop_events();
+    problems = check_run((const char *const *)uris->pdata, uris->len, stdout);
+    host_stop_events();
     return problems ? EXIT_FAILURE : EXIT_SUCCESS;
 }
 
@@ -235,7 +235,7 @@ static void command_context_init(struct command_run *run)
     ctx->listings = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, (GDestroyNotify)g_hash_table_unref);
     ctx->open_dirs = g_hash_table_new(g_direct_hash, g_direct_equal);
     ctx->open_controls = g_hash_table_new_full(g_direct_hash, g_direct_equal, fs_control_destroy, NULL);
-    ctx->tree = snapfs_tree_new((struct snapfs_host **)run->hosts->pdata, run->hosts->len, &run->config);
+    ctx->tree = tree_new((struct snapfs_host **)run->hosts->pdata, run->hosts->len, &run->config);
 }
 
 /* The FUSE loop, until the session ends; libfuse's result. */
@@ -273,7 +273,7 @@ static int command_serve(struct command_run *run, const char *described)
 
     fs_inodes_start_pruning(run->ctx.inodes, se);
     if (!mountinfo_find_fuse(mountpoint, watch.device, sizeof(watch.device)))
-        snapfs_debug("the mount on %s is not in /proc/self/mountinfo: its unmount is left to the kernel to tell",
+        log_debug("the mount on %s is not in /proc/self/mountinfo: its unmount is left to the kernel to tell",
                      mountpoint);
     exit_watch = g_thread_new("snapfs-exit", exit_watch_run, &watch);
     ret = command_loop(run);
@@ -294,7 +294,7 @@ static int command_serve(struct command_run *run, const char *described)
         fuse_session_unmount(se);
         fuse_remove_signal_handlers(se);
     }
-    snapfs_info("unmounted %s from %s", described, mountpoint);
+    log_info("unmounted %s from %s", described, mountpoint);
     return ret;
 }
 
@@ -323,7 +323,7 @@ static int command_mount(struct command_run *run)
         fuse_set_log_func(startup_daemon_fuse_log);
     }
     described = startup_hosts_described(run->hosts);
-    snapfs_info("mounted %s on %s", described, run->cmdline.mountpoint);
+    log_info("mounted %s on %s", described, run->cmdline.mountpoint);
     return command_serve(run, described);
 }
 
@@ -343,15 +343,15 @@ static void command_teardown(struct command_run *run)
     }
     if (ctx->open_controls)
         g_hash_table_unref(ctx->open_controls);
-    snapfs_tree_free(ctx->tree);
+    tree_free(ctx->tree);
     fs_inodes_free(ctx->inodes);
     if (ctx->listings) {
         g_hash_table_unref(ctx->listings);
         g_mutex_clear(&ctx->listings_lock);
     }
-    snapfs_hosts_close((struct snapfs_host **)run->hosts->pdata, run->hosts->len);
+    host_close_all((struct snapfs_host **)run->hosts->pdata, run->hosts->len);
     g_ptr_array_unref(run->hosts);
-    snapfs_virt_stop_events();
+    host_stop_events();
     free(run->cmdline.mountpoint);
     fuse_opt_free_args(&run->args);
     options_free(&run->options);
@@ -388,15 +388,15 @@ int main(int argc, char **argv)
     if (!run.cmdline.foreground && startup_daemonize() < 0)
         goto out;
     /* A daemon logs to syslog from the start, and to the terminal too until it has mounted. */
-    snapfs_log_init(!run.cmdline.foreground, run.cmdline.debug || run.options.debug);
+    log_init(!run.cmdline.foreground, run.cmdline.debug || run.options.debug);
     if (run.state_fd >= 0 && startup_state_lock(&run.config, run.state_fd) < 0)
         goto out;
-    engine_lock_set_dir(run.lock_fd);
+    domain_lock_set_dir(run.lock_fd);
     if (startup_hosts_open(&run) < 0)
         goto out;
     startup_hosts_recover(&run);
     if (run.options.allow_other && !run.options.allow_users && !run.options.allow_groups)
-        snapfs_warn("-o allow_other without allow_users= or allow_groups= lets in root and the mounting user "
+        log_warn("-o allow_other without allow_users= or allow_groups= lets in root and the mounting user "
                     "only: name the others who may enter");
     ret = command_mount(&run);
 

@@ -14,7 +14,7 @@
  * connected), EAGAIN (every appliance busy), EBUSY (a snapshot operation is changing its
  * images), ENOTSUP (images on another host, a format nobody recorded), ELOOP (a chain that
  * loops), and the guest's own errno as libguestfs reports it.  Libvirt's errors come mapped
- * by snapfs_errno_from_virt_code() (ENOENT, EACCES, EBUSY, EINVAL, ENOTSUP, else EIO).
+ * by error_errno_from_virt_code() (ENOENT, EACCES, EBUSY, EINVAL, ENOTSUP, else EIO).
  *
  * The handlers are declared below, by the file that holds them, for fs/ops.c's table; what each
  * exposes and which errnos it answers is said where it is defined.
@@ -92,7 +92,7 @@ void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 
 /* ---- fs/changes.c ------------------------------------------------------------------------ */
 
-/* A change no node takes (snapfs_tree_refuse_change()): EROFS in snapshots and layers, EPERM elsewhere, node errnos. */
+/* A change no node takes (tree_refuse_change()): EROFS in snapshots and layers, EPERM elsewhere, node errnos. */
 void fs_refuse(fuse_req_t req, fuse_ino_t ino, const char *what);
 
 void fs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode);

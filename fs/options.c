@@ -127,7 +127,7 @@ void options_usage(const char *prog)
            "                           and data together, least recently used evicted (default %u)\n"
            "    -o quiesce=auto|on|off freeze guest filesystems through the agent for mkdir (auto)\n"
            "    -o revert_keep=on|off  keep the state a revert leaves as pre-revert-DATE (on)\n"
-           "    -o state_dir=DIR       where snapfs journals by-hand operations (" SNAPFS_STATE_DIR_ROOT " for\n"
+           "    -o state_dir=DIR       where snapfs journals by-hand operations (" STATE_DIR_ROOT " for\n"
            "                           root, else $XDG_STATE_HOME/snapfs or ~/.local/state/snapfs)\n"
            "    -o allow_other         let other users in: root and those allow_users and\n"
            "                           allow_groups name (alone: nobody more); reading then follows\n"
@@ -292,6 +292,6 @@ bool options_build_config(const struct snapfs_options *options, struct snapfs_tr
     }
     if (!parse_on_off(options->revert_keep, true, "revert_keep", &config->revert.keep))
         return false;
-    config->revert.state_dir = options->state_dir ? g_strdup(options->state_dir) : snapfs_state_dir_default();
+    config->revert.state_dir = options->state_dir ? g_strdup(options->state_dir) : state_dir_default();
     return true;
 }

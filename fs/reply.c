@@ -20,7 +20,7 @@
 /* How long the kernel may keep a node's entry and attributes, by what the tree says of its content. */
 double fs_timeout(const struct snapfs_node *node)
 {
-    switch (snapfs_node_cache(node)) {
+    switch (tree_node_cache(node)) {
     case SNAPFS_CACHE_FOREVER:
         return FS_FOREVER;
     case SNAPFS_CACHE_LIVE:
@@ -37,13 +37,13 @@ double fs_timeout(const struct snapfs_node *node)
 /* The one place where a failure of src/ becomes an errno for the kernel. */
 void fs_reply_error(fuse_req_t req, const char *op, const struct snapfs_node *node)
 {
-    int err = snapfs_error_errno();
+    int err = error_errno();
 
-    if (err != ENOENT && err != ENODATA && err != ERANGE && snapfs_log_debug_enabled()) {
-        g_autofree char *message = g_strdup(snapfs_error_message());
-        g_autofree char *where = snapfs_node_describe(fs_ctx(req)->tree, node);
+    if (err != ENOENT && err != ENODATA && err != ERANGE && log_debug_enabled()) {
+        g_autofree char *message = g_strdup(error_message());
+        g_autofree char *where = tree_node_describe(fs_ctx(req)->tree, node);
 
-        snapfs_debug("%s of %s: %s", op, where, message);
+        log_debug("%s of %s: %s", op, where, message);
     }
     fuse_reply_err(req, err);
 }

@@ -25,13 +25,13 @@ static void fs_stale(guint64 cookie, void *opaque)
 void fs_watch_stale(struct fs_context *ctx)
 {
     ctx->invalidations = g_thread_pool_new(fs_invalidate, ctx, 1, FALSE, NULL);
-    snapfs_tree_set_stale_fn(ctx->tree, fs_stale, ctx);
+    tree_set_stale_fn(ctx->tree, fs_stale, ctx);
 }
 
 void fs_unwatch_stale(struct fs_context *ctx)
 {
     if (!ctx->invalidations)
         return;
-    snapfs_tree_set_stale_fn(ctx->tree, NULL, NULL);
+    tree_set_stale_fn(ctx->tree, NULL, NULL);
     g_thread_pool_free(g_steal_pointer(&ctx->invalidations), TRUE, TRUE);
 }

@@ -89,7 +89,7 @@ void startup_daemon_ready(void)
     if (daemon_status_fd < 0)
         return;
     if (chdir("/") < 0)
-        snapfs_warn("cannot change to /: %s", g_strerror(errno));
+        log_warn("cannot change to /: %s", g_strerror(errno));
     null = open("/dev/null", O_RDWR);
     if (null >= 0) {
         dup2(null, STDIN_FILENO);
@@ -98,9 +98,9 @@ void startup_daemon_ready(void)
         if (null > STDERR_FILENO)
             close(null);
     }
-    snapfs_log_detach();
+    log_detach();
     if (write(daemon_status_fd, &ok, 1) != 1)
-        snapfs_warn("cannot tell the parent that the mount is ready");
+        log_warn("cannot tell the parent that the mount is ready");
     close(daemon_status_fd);
     daemon_status_fd = -1;
 }
@@ -112,13 +112,13 @@ void startup_daemon_fuse_log(enum fuse_log_level level, const char *fmt, va_list
 
     g_strchomp(message);
     if (level <= FUSE_LOG_ERR)
-        snapfs_log(SNAPFS_LOG_ERROR, "%s", message);
+        log_line(LOG_LEVEL_ERROR, "%s", message);
     else if (level == FUSE_LOG_WARNING)
-        snapfs_log(SNAPFS_LOG_WARN, "%s", message);
+        log_line(LOG_LEVEL_WARN, "%s", message);
     else if (level < FUSE_LOG_DEBUG)
-        snapfs_log(SNAPFS_LOG_INFO, "%s", message);
+        log_line(LOG_LEVEL_INFO, "%s", message);
     else
-        snapfs_log(SNAPFS_LOG_DEBUG, "%s", message);
+        log_line(LOG_LEVEL_DEBUG, "%s", message);
 }
 
 /*
@@ -133,7 +133,7 @@ void startup_daemon_fuse_log(enum fuse_log_level level, const char *fmt, va_list
 /* Where the per-domain lock files of every snapfs of this user on this host go (a tmpfs: none survives a boot). */
 static char *lock_dir_default(void)
 {
-    return snapfs_runtime_dir();
+    return state_dir_runtime();
 }
 
 /*
@@ -147,11 +147,11 @@ int startup_state_open(const struct snapfs_tree_config *config, int *state_fd, i
 {
     g_autofree char *lock_dir = lock_dir_default();
 
-    *state_fd = snapfs_state_dir_open(config->revert.state_dir, true);
+    *state_fd = state_dir_open(config->revert.state_dir, true);
     if (*state_fd >= 0)
-        *lock_fd = snapfs_state_dir_open(lock_dir, true);
+        *lock_fd = state_dir_open(lock_dir, true);
     if (*state_fd < 0 || *lock_fd < 0) {
-        fprintf(stderr, "snapfs: %s\n", snapfs_error_message());
+        fprintf(stderr, "snapfs: %s\n", error_message());
         return -1;
     }
     return 0;
@@ -160,15 +160,15 @@ int startup_state_open(const struct snapfs_tree_config *config, int *state_fd, i
 /* The state directory's lock, for the process's life (after daemonizing: the daemon holds it); -1 after a message. */
 int startup_state_lock(const struct snapfs_tree_config *config, int state_fd)
 {
-    if (snapfs_state_dir_lock(state_fd, config->revert.state_dir, 0) == 0)
+    if (state_dir_lock(state_fd, config->revert.state_dir, 0) == 0)
         return 0;
-    if (snapfs_error_errno() == EBUSY) {
-        snapfs_warn("%s; waiting up to %d s for it to end", snapfs_error_message(), STATE_LOCK_WAIT_MS / 1000);
-        if (snapfs_state_dir_lock(state_fd, config->revert.state_dir, STATE_LOCK_WAIT_MS) == 0)
+    if (error_errno() == EBUSY) {
+        log_warn("%s; waiting up to %d s for it to end", error_message(), STATE_LOCK_WAIT_MS / 1000);
+        if (state_dir_lock(state_fd, config->revert.state_dir, STATE_LOCK_WAIT_MS) == 0)
             return 0;
     }
     fprintf(stderr, "snapfs: %s (one snapfs at a time acts on a state directory: stop it, or give this one "
-            "another -o state_dir)\n", snapfs_error_message());
+            "another -o state_dir)\n", error_message());
     return -1;
 }
 
@@ -176,23 +176,23 @@ int startup_hosts_open(struct command_run *run)
 {
     GPtrArray *uris = run->options.uris;
 
-    if (snapfs_virt_start_events() < 0) {
-        fprintf(stderr, "snapfs: %s\n", snapfs_error_message());
+    if (host_start_events() < 0) {
+        fprintf(stderr, "snapfs: %s\n", error_message());
         return -1;
     }
     if (uris->len == 0)
         g_ptr_array_add(uris, NULL);   /* libvirt's default */
     for (guint i = 0; i < uris->len; i++) {
         /* With several hosts, one that is down now must not keep the others from being mounted. */
-        struct snapfs_host *host = snapfs_host_open(g_ptr_array_index(uris, i), uris->len > 1);
+        struct snapfs_host *host = host_open(g_ptr_array_index(uris, i), uris->len > 1);
 
         if (!host) {
-            fprintf(stderr, "snapfs: %s\n", snapfs_error_message());
+            fprintf(stderr, "snapfs: %s\n", error_message());
             return -1;
         }
         g_ptr_array_add(run->hosts, host);
     }
-    snapfs_hosts_name((struct snapfs_host **)run->hosts->pdata, run->hosts->len);
+    host_name_all((struct snapfs_host **)run->hosts->pdata, run->hosts->len);
     return 0;
 }
 
@@ -201,11 +201,11 @@ void startup_hosts_recover(struct command_run *run)
 {
     for (guint i = 0; i < run->hosts->len; i++) {
         struct snapfs_host *host = g_ptr_array_index(run->hosts, i);
-        g_autoptr(virConnect) conn = snapfs_host_conn(host);
+        g_autoptr(virConnect) conn = host_conn(host);
 
         if (conn && run->state_fd >= 0 && revert_recover(conn, &run->config.revert) < 0)
-            snapfs_warn("cannot recover every interrupted revert on %s: %s", snapfs_host_uri(host),
-                        snapfs_error_message());
+            log_warn("cannot recover every interrupted revert on %s: %s", host_uri(host),
+                        error_message());
     }
 }
 
@@ -217,8 +217,8 @@ char *startup_hosts_described(GPtrArray *hosts)
     for (guint i = 0; i < hosts->len; i++) {
         struct snapfs_host *host = g_ptr_array_index(hosts, i);
 
-        g_string_append_printf(text, "%s%s (%s)", i ? ", " : "", snapfs_host_name(host),
-                               snapfs_host_uri(host) ? snapfs_host_uri(host) : "libvirt's default URI");
+        g_string_append_printf(text, "%s%s (%s)", i ? ", " : "", host_name(host),
+                               host_uri(host) ? host_uri(host) : "libvirt's default URI");
     }
     return g_string_free(text, FALSE);
 }

@@ -28,8 +28,8 @@ void fs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 
     if (!node)
         return;
-    fs_reply_xattr(req, buf, size, snapfs_tree_getxattr(fs_ctx(req)->tree, node, name, buf, size), "getxattr", node);
-    snapfs_node_free(node);
+    fs_reply_xattr(req, buf, size, tree_getxattr(fs_ctx(req)->tree, node, name, buf, size), "getxattr", node);
+    tree_node_free(node);
 }
 
 /* The names fs_getxattr() answers for: ERANGE, ENOENT, libvirt's errnos, view errnos, node errnos. */
@@ -40,8 +40,8 @@ void fs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 
     if (!node)
         return;
-    fs_reply_xattr(req, buf, size, snapfs_tree_listxattr(fs_ctx(req)->tree, node, buf, size), "listxattr", node);
-    snapfs_node_free(node);
+    fs_reply_xattr(req, buf, size, tree_listxattr(fs_ctx(req)->tree, node, buf, size), "listxattr", node);
+    tree_node_free(node);
 }
 
 /*
@@ -56,13 +56,13 @@ void fs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *v
 
     if (!node)
         return;
-    if (snapfs_tree_is_describable(node) && !fs_may_administer(req))
+    if (tree_is_describable(node) && !fs_may_administer(req))
         fuse_reply_err(req, EACCES);
-    else if (snapfs_tree_setxattr(fs_ctx(req)->tree, node, name, value, size) < 0)
+    else if (tree_setxattr(fs_ctx(req)->tree, node, name, value, size) < 0)
         fs_reply_error(req, "setxattr", node);
     else
         fuse_reply_err(req, 0);
-    snapfs_node_free(node);
+    tree_node_free(node);
 }
 
 /* No xattr can be removed (fs_refuse()): EROFS in snapshots and layers, EPERM elsewhere, node errnos. */

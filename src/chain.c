@@ -14,7 +14,7 @@
 #define QCOW2_MAX_BACKING_NAME 1023   /* QEMU's own limit */
 #define CHAIN_MAX_DEPTH 256
 
-void snapfs_layer_free(struct snapfs_layer *layer)
+void chain_layer_free(struct snapfs_layer *layer)
 {
     if (!layer)
         return;
@@ -67,7 +67,7 @@ static const char *const chain_formats[] = {
     "raw", "qcow2", "qcow", "qed", "vmdk", "vdi", "vpc", "vhdx", "luks", "bochs", "cloop", "dmg", "parallels",
 };
 
-bool snapfs_chain_format_known(const char *format)
+bool chain_format_known(const char *format)
 {
     for (size_t i = 0; format && i < G_N_ELEMENTS(chain_formats); i++) {
         if (strcmp(format, chain_formats[i]) == 0)
@@ -89,13 +89,13 @@ static int chain_read_qcow2(int fd, const unsigned char *head, struct snapfs_lay
     if (backing_offset == 0)
         return 0;
     if (backing_size == 0 || backing_size > QCOW2_MAX_BACKING_NAME) {
-        snapfs_error_set(EIO, "cannot read image '%s': its backing file name is %u bytes long",
+        error_set(EIO, "cannot read image '%s': its backing file name is %u bytes long",
                          layer->file, backing_size);
         return -1;
     }
     layer->backing = g_malloc0(backing_size + 1);
     if (!read_exact(fd, layer->backing, backing_size, backing_offset)) {
-        snapfs_error_set(EIO, "cannot read the backing file name of image '%s'", layer->file);
+        error_set(EIO, "cannot read the backing file name of image '%s'", layer->file);
         return -1;
     }
     /* Extensions run from the end of the header to the backing name; type 0 ends them. */
@@ -178,7 +178,7 @@ static uint64_t chain_other_size(int fd, const char *format, const unsigned char
     return 0;
 }
 
-struct snapfs_layer *snapfs_chain_read_layer(const char *file, const char *format)
+struct snapfs_layer *chain_read_layer(const char *file, const char *format)
 {
     struct snapfs_layer *layer = g_new0(struct snapfs_layer, 1);
     unsigned char head[512] = { 0 };
@@ -188,32 +188,32 @@ struct snapfs_layer *snapfs_chain_read_layer(const char *file, const char *forma
     layer->file = g_strdup(file);
     /* Probing would take a raw disk's guest-written qcow2 header for the truth: refuse instead. */
     if (!format) {
-        snapfs_error_set(ENOTSUP, "the format of image '%s' is recorded neither by libvirt nor by the image "
+        error_set(ENOTSUP, "the format of image '%s' is recorded neither by libvirt nor by the image "
                          "below which it stands: snapfs does not guess formats", file);
         goto error;
     }
-    if (!snapfs_chain_format_known(format)) {
+    if (!chain_format_known(format)) {
         g_autofree char *shown = g_strescape(format, NULL);
 
-        snapfs_error_set(ENOTSUP, "image '%s' is said to be of format '%s', which is not a disk image format "
+        error_set(ENOTSUP, "image '%s' is said to be of format '%s', which is not a disk image format "
                          "snapfs accepts", file, shown);
         goto error;
     }
     fd = open(file, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        snapfs_error_set(errno == ENOENT ? ENOENT : EIO, "cannot open image '%s': %s",
+        error_set(errno == ENOENT ? ENOENT : EIO, "cannot open image '%s': %s",
                          file, g_strerror(errno));
         goto error;
     }
     len = pread(fd, head, sizeof(head), 0);
     if (len < 0) {
-        snapfs_error_set(EIO, "cannot read image '%s': %s", file, g_strerror(errno));
+        error_set(EIO, "cannot read image '%s': %s", file, g_strerror(errno));
         goto error;
     }
     layer->format = g_strdup(format);
     if (strcmp(layer->format, "qcow2") == 0) {
         if (len < 104 || be32(head) != QCOW2_MAGIC) {
-            snapfs_error_set(EIO, "image '%s' is not a qcow2 image", file);
+            error_set(EIO, "image '%s' is not a qcow2 image", file);
             goto error;
         }
         if (chain_read_qcow2(fd, head, layer) < 0)
@@ -227,11 +227,11 @@ struct snapfs_layer *snapfs_chain_read_layer(const char *file, const char *forma
 error:
     if (fd >= 0)
         close(fd);
-    snapfs_layer_free(layer);
+    chain_layer_free(layer);
     return NULL;
 }
 
-GPtrArray *snapfs_chain_internal_snapshots(const char *file)
+GPtrArray *chain_internal_snapshots(const char *file)
 {
     g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
     unsigned char head[72];
@@ -240,7 +240,7 @@ GPtrArray *snapfs_chain_internal_snapshots(const char *file)
     int fd = open(file, O_RDONLY | O_CLOEXEC);
 
     if (fd < 0) {
-        snapfs_error_set(errno == ENOENT ? ENOENT : EIO, "cannot open image '%s': %s", file, g_strerror(errno));
+        error_set(errno == ENOENT ? ENOENT : EIO, "cannot open image '%s': %s", file, g_strerror(errno));
         return NULL;
     }
     if (!read_exact(fd, head, sizeof(head), 0) || be32(head) != QCOW2_MAGIC) {
@@ -272,7 +272,7 @@ GPtrArray *snapfs_chain_internal_snapshots(const char *file)
     return g_steal_pointer(&names);
 }
 
-char *snapfs_chain_resolve(const char *file, const char *backing)
+char *chain_resolve(const char *file, const char *backing)
 {
     g_autofree char *dir = NULL;
 
@@ -291,9 +291,9 @@ static bool chain_is_protocol(const char *backing)
     return colon && (!slash || colon < slash);
 }
 
-GPtrArray *snapfs_chain_read(const char *top, const char *format)
+GPtrArray *chain_read(const char *top, const char *format)
 {
-    g_autoptr(GPtrArray) chain = g_ptr_array_new_with_free_func((GDestroyNotify)snapfs_layer_free);
+    g_autoptr(GPtrArray) chain = g_ptr_array_new_with_free_func((GDestroyNotify)chain_layer_free);
     g_autofree char *file = g_strdup(top);
     g_autofree char *fmt = g_strdup(format);
 
@@ -301,7 +301,7 @@ GPtrArray *snapfs_chain_read(const char *top, const char *format)
         struct snapfs_layer *layer;
 
         if (chain->len >= CHAIN_MAX_DEPTH) {
-            snapfs_error_set(ELOOP, "the backing chain of '%s' is deeper than %d images or loops",
+            error_set(ELOOP, "the backing chain of '%s' is deeper than %d images or loops",
                              top, CHAIN_MAX_DEPTH);
             return NULL;
         }
@@ -309,11 +309,11 @@ GPtrArray *snapfs_chain_read(const char *top, const char *format)
             struct snapfs_layer *seen = g_ptr_array_index(chain, i);
 
             if (strcmp(seen->file, file) == 0) {
-                snapfs_error_set(ELOOP, "the backing chain of '%s' loops at '%s'", top, file);
+                error_set(ELOOP, "the backing chain of '%s' loops at '%s'", top, file);
                 return NULL;
             }
         }
-        layer = snapfs_chain_read_layer(file, fmt);
+        layer = chain_read_layer(file, fmt);
         if (!layer)
             return NULL;
         g_ptr_array_add(chain, layer);
@@ -321,12 +321,12 @@ GPtrArray *snapfs_chain_read(const char *top, const char *format)
         g_clear_pointer(&fmt, g_free);
         if (layer->backing && !chain_is_protocol(layer->backing)) {
             if (!layer->backing_format) {
-                snapfs_error_set(ENOTSUP, "image '%s' names its backing file '%s' without its format, and snapfs "
+                error_set(ENOTSUP, "image '%s' names its backing file '%s' without its format, and snapfs "
                                  "does not guess formats (record it with qemu-img rebase -u -F FORMAT -b ...)",
                                  layer->file, layer->backing);
                 return NULL;
             }
-            file = snapfs_chain_resolve(layer->file, layer->backing);
+            file = chain_resolve(layer->file, layer->backing);
             fmt = g_strdup(layer->backing_format);
         }
     }
@@ -340,7 +340,7 @@ GPtrArray *snapfs_chain_read(const char *top, const char *format)
     return g_steal_pointer(&chain);
 }
 
-char *snapfs_chain_backing_xml(GPtrArray *chain)
+char *chain_backing_xml(GPtrArray *chain)
 {
     GString *xml = g_string_new(NULL);
 
@@ -359,7 +359,7 @@ char *snapfs_chain_backing_xml(GPtrArray *chain)
     return g_string_free(xml, FALSE);
 }
 
-bool snapfs_chain_qcow2_empty(const char *file)
+bool chain_qcow2_empty(const char *file)
 {
     unsigned char head[104];
     g_autofree unsigned char *l1 = NULL;

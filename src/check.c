@@ -34,19 +34,19 @@ static int check_fuse(FILE *out)
 
 static int check_connection(FILE *out, const char *uri)
 {
-    struct snapfs_host *host = snapfs_host_open(uri, false);
+    struct snapfs_host *host = host_open(uri, false);
     g_autofree char *what = NULL;
     g_autoptr(GPtrArray) names = NULL;
 
     if (!host) {
-        what = g_strdup_printf("libvirt connection %s: %s", uri ? uri : "(default)", snapfs_error_message());
+        what = g_strdup_printf("libvirt connection %s: %s", uri ? uri : "(default)", error_message());
         return check_report(out, false, what,
                             "start libvirtd (systemctl start libvirtd, or virtlogd -d && libvirtd -d), "
                             "check the URI with virsh -c URI list --all");
     }
-    names = snapfs_host_list_domains(host);
-    what = g_strdup_printf("libvirt connection %s: %u domain(s)", snapfs_host_uri(host), names ? names->len : 0);
-    snapfs_host_close(host);
+    names = host_list_domains(host);
+    what = g_strdup_printf("libvirt connection %s: %u domain(s)", host_uri(host), names ? names->len : 0);
+    host_close(host);
     return check_report(out, names != NULL, what, "check that this user may list domains (virsh list --all)");
 }
 
@@ -82,7 +82,7 @@ static char *check_launch(bool force_tcg, double *seconds, bool *kvm_stalled)
 
     if (guest_try_launch(force_tcg, &limits, seconds, kvm_stalled) == 0)
         return NULL;
-    return g_strdup(snapfs_error_message());
+    return g_strdup(error_message());
 }
 
 static int check_appliance(FILE *out)
@@ -113,12 +113,12 @@ static int check_appliance(FILE *out)
                         "backend, and without /dev/kvm the appliance is slow but works");
 }
 
-int snapfs_check(const char *const *uris, size_t n_uris, FILE *out)
+int check_run(const char *const *uris, size_t n_uris, FILE *out)
 {
     int problems = check_fuse(out);
 
-    if (snapfs_virt_start_events() < 0) {
-        problems += check_report(out, false, snapfs_error_message(), NULL);
+    if (host_start_events() < 0) {
+        problems += check_report(out, false, error_message(), NULL);
     } else {
         for (size_t i = 0; i < n_uris; i++)
             problems += check_connection(out, uris[i]);

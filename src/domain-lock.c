@@ -22,7 +22,7 @@
  * is held only for a moment, so one domain's long merge never blocks another
  * domain's lock.
  */
-struct engine_lock {
+struct domain_lock {
     char *key;
     bool held;
     char *doing;      /* what the holder does: "deleting snapshot 's2'" */
@@ -47,12 +47,12 @@ static int lock_dir_fd = -1;
  * starts again.  A process that dies leaves its file, unlocked: the next
  * taker locks it and removes it.
  */
-void engine_lock_set_dir(int dir_fd)
+void domain_lock_set_dir(int dir_fd)
 {
     lock_dir_fd = dir_fd;
 }
 
-char *engine_lock_file_name(const char *key)
+char *domain_lock_file_name(const char *key)
 {
     g_autofree char *sum = g_compute_checksum_for_string(G_CHECKSUM_SHA256, key, -1);
 
@@ -83,14 +83,14 @@ static char *lock_file_holder(int fd)
 /* The file lock of @key, waited for until @deadline: its fd, or -1 with EBUSY (naming the holder) or EIO recorded. */
 static int lock_file_take(const char *key, const char *doing, gint64 deadline, const char *what)
 {
-    g_autofree char *name = engine_lock_file_name(key);
+    g_autofree char *name = domain_lock_file_name(key);
     g_autofree char *text = g_strdup_printf("pid %ld: %s\n", (long)getpid(), doing ? doing : "unnamed");
 
     for (;;) {
         int fd = openat(lock_dir_fd, name, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
 
         if (fd < 0) {
-            snapfs_error_set(EIO, "%s: cannot open its lock file '%s': %s", what, name, g_strerror(errno));
+            error_set(EIO, "%s: cannot open its lock file '%s': %s", what, name, g_strerror(errno));
             return -1;
         }
         while (flock(fd, LOCK_EX | LOCK_NB) < 0) {
@@ -99,13 +99,13 @@ static int lock_file_take(const char *key, const char *doing, gint64 deadline, c
             if (errno == EINTR)
                 continue;
             if (errno != EWOULDBLOCK) {
-                snapfs_error_set(EIO, "%s: cannot lock its lock file '%s': %s", what, name, g_strerror(errno));
+                error_set(EIO, "%s: cannot lock its lock file '%s': %s", what, name, g_strerror(errno));
                 close(fd);
                 return -1;
             }
             if (g_get_monotonic_time() >= deadline) {
                 holder = lock_file_holder(fd);
-                snapfs_error_set(EBUSY, "%s: another snapfs process acts on it (%s)", what,
+                error_set(EBUSY, "%s: another snapfs process acts on it (%s)", what,
                                  holder ? holder : "pid unknown");
                 close(fd);
                 return -1;
@@ -118,14 +118,14 @@ static int lock_file_take(const char *key, const char *doing, gint64 deadline, c
         }
         /* Without it only the next one refused misses the name: the lock is held all the same. */
         if (ftruncate(fd, 0) < 0 || pwrite(fd, text, strlen(text), 0) < 0)
-            snapfs_debug("cannot write who holds lock file '%s': %s", name, g_strerror(errno));
+            log_debug("cannot write who holds lock file '%s': %s", name, g_strerror(errno));
         return fd;
     }
 }
 
 static void lock_file_drop(int fd, const char *key)
 {
-    g_autofree char *name = engine_lock_file_name(key);
+    g_autofree char *name = domain_lock_file_name(key);
 
     if (fd < 0)
         return;
@@ -133,7 +133,7 @@ static void lock_file_drop(int fd, const char *key)
     close(fd);
 }
 
-static void lock_release_user(struct engine_lock *lock)
+static void lock_release_user(struct domain_lock *lock)
 {
     if (--lock->users > 0)
         return;
@@ -144,17 +144,17 @@ static void lock_release_user(struct engine_lock *lock)
     g_free(lock);
 }
 
-struct engine_lock *engine_lock_domain(const char *key, const char *doing, unsigned wait_ms, const char *what)
+struct domain_lock *domain_lock_acquire(const char *key, const char *doing, unsigned wait_ms, const char *what)
 {
     gint64 deadline = g_get_monotonic_time() + (gint64)wait_ms * G_TIME_SPAN_MILLISECOND;
-    struct engine_lock *lock;
+    struct domain_lock *lock;
 
     g_mutex_lock(&table_mutex);
     if (!table)
         table = g_hash_table_new(g_str_hash, g_str_equal);
     lock = g_hash_table_lookup(table, key);
     if (!lock) {
-        lock = g_new0(struct engine_lock, 1);
+        lock = g_new0(struct domain_lock, 1);
         lock->key = g_strdup(key);
         g_cond_init(&lock->cond);
         g_hash_table_insert(table, lock->key, lock);
@@ -162,7 +162,7 @@ struct engine_lock *engine_lock_domain(const char *key, const char *doing, unsig
     lock->users++;
     while (lock->held) {
         if (!g_cond_wait_until(&lock->cond, &table_mutex, deadline) && lock->held) {
-            snapfs_error_set(EBUSY, "%s: another snapshot operation on it is under way (%s)", what,
+            error_set(EBUSY, "%s: another snapshot operation on it is under way (%s)", what,
                              lock->doing ? lock->doing : "unnamed");
             lock_release_user(lock);
             g_mutex_unlock(&table_mutex);
@@ -176,18 +176,18 @@ struct engine_lock *engine_lock_domain(const char *key, const char *doing, unsig
     if (lock_dir_fd >= 0) {
         lock->file_fd = lock_file_take(key, doing, deadline, what);
         if (lock->file_fd < 0) {
-            g_autofree char *reason = g_strdup(snapfs_error_message());
-            int errnum = snapfs_error_errno();
+            g_autofree char *reason = g_strdup(error_message());
+            int errnum = error_errno();
 
-            engine_unlock_domain(lock);
-            snapfs_error_set(errnum, "%s", reason);
+            domain_lock_release(lock);
+            error_set(errnum, "%s", reason);
             return NULL;
         }
     }
     return lock;
 }
 
-void engine_unlock_domain(struct engine_lock *lock)
+void domain_lock_release(struct domain_lock *lock)
 {
     if (!lock)
         return;
@@ -201,9 +201,9 @@ void engine_unlock_domain(struct engine_lock *lock)
     g_mutex_unlock(&table_mutex);
 }
 
-char *engine_lock_holder(const char *key)
+char *domain_lock_holder(const char *key)
 {
-    struct engine_lock *lock;
+    struct domain_lock *lock;
     char *doing = NULL;
 
     g_mutex_lock(&table_mutex);
@@ -214,17 +214,17 @@ char *engine_lock_holder(const char *key)
     return doing;
 }
 
-char *engine_domain_key(virConnectPtr conn, const char *domain)
+char *domain_lock_key(virConnectPtr conn, const char *domain)
 {
     g_autofree char *uri = conn ? virConnectGetURI(conn) : NULL;
 
     return g_strdup_printf("%s\n%s", uri ? uri : "", domain);
 }
 
-struct engine_lock *engine_lock_domain_conn(virConnectPtr conn, const char *domain, const char *doing,
+struct domain_lock *domain_lock_acquire_conn(virConnectPtr conn, const char *domain, const char *doing,
                                             const char *what)
 {
-    g_autofree char *key = engine_domain_key(conn, domain);
+    g_autofree char *key = domain_lock_key(conn, domain);
 
-    return engine_lock_domain(key, doing, ENGINE_LOCK_WAIT_MS, what);
+    return domain_lock_acquire(key, doing, DOMAIN_LOCK_WAIT_MS, what);
 }

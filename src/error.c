@@ -41,7 +41,7 @@ static void error_record(int errnum, char *message)
     state->message = message;
 }
 
-void snapfs_error_set(int errnum, const char *fmt, ...)
+void error_set(int errnum, const char *fmt, ...)
 {
     va_list ap;
 
@@ -50,7 +50,7 @@ void snapfs_error_set(int errnum, const char *fmt, ...)
     va_end(ap);
 }
 
-int snapfs_errno_from_virt_code(int code)
+int error_errno_from_virt_code(int code)
 {
     switch (code) {
     case VIR_ERR_NO_DOMAIN:
@@ -79,7 +79,7 @@ int snapfs_errno_from_virt_code(int code)
     }
 }
 
-void snapfs_error_from_virt(const char *fmt, ...)
+void error_from_virt(const char *fmt, ...)
 {
     virErrorPtr err = virGetLastError();
     g_autofree char *prefix = NULL;
@@ -92,25 +92,25 @@ void snapfs_error_from_virt(const char *fmt, ...)
         error_record(EIO, g_strdup_printf("%s: unknown libvirt error", prefix));
         return;
     }
-    error_record(snapfs_errno_from_virt_code(err->code),
+    error_record(error_errno_from_virt_code(err->code),
                  g_strdup_printf("%s: %s", prefix, err->message ? err->message : "unknown libvirt error"));
 }
 
-int snapfs_error_errno(void)
+int error_errno(void)
 {
     struct snapfs_error_state *state = error_this_thread();
 
     return state->errnum > 0 ? state->errnum : EIO;
 }
 
-const char *snapfs_error_message(void)
+const char *error_message(void)
 {
     struct snapfs_error_state *state = error_this_thread();
 
     return state->message ? state->message : "unknown error";
 }
 
-void snapfs_error_clear(void)
+void error_clear(void)
 {
     error_record(0, NULL);
 }

@@ -30,7 +30,7 @@
  * A host's connections belong to its reconnector thread: it opens them and
  * it releases them, the last ones too once the host is closing, so that only
  * that thread ever waits on a peer.  The host is freed by whichever of
- * snapfs_hosts_close(), the reconnector and libvirt (for a connection's
+ * host_close_all(), the reconnector and libvirt (for a connection's
  * lifecycle callback) lets go of it last (refs).
  */
 struct snapfs_host {
@@ -61,7 +61,7 @@ static gpointer events_run_loop(gpointer data)
 {
     while (!g_atomic_int_get(&event_quit)) {
         if (virEventRunDefaultImpl() < 0)
-            snapfs_warn("libvirt's event loop failed: %s", virGetLastErrorMessage());
+            log_warn("libvirt's event loop failed: %s", virGetLastErrorMessage());
     }
     return NULL;
 }
@@ -74,16 +74,16 @@ static void events_wake_nop(int timer, void *opaque)
 static void libvirt_error_to_log(void *opaque, virErrorPtr err)
 {
     if (err && err->message)
-        snapfs_debug("libvirt: %s", err->message);
+        log_debug("libvirt: %s", err->message);
 }
 
-int snapfs_virt_start_events(void)
+int host_start_events(void)
 {
     if (event_thread)
         return 0;
     virSetErrorFunc(NULL, libvirt_error_to_log);
     if (virInitialize() < 0 || virEventRegisterDefaultImpl() < 0) {
-        snapfs_error_from_virt("cannot start libvirt's event loop");
+        error_from_virt("cannot start libvirt's event loop");
         return -1;
     }
     /* A disabled timer that stop() arms to wake the loop up. */
@@ -92,7 +92,7 @@ int snapfs_virt_start_events(void)
     return 0;
 }
 
-void snapfs_virt_stop_events(void)
+void host_stop_events(void)
 {
     if (!event_thread)
         return;
@@ -117,13 +117,13 @@ static void snapshot_info_free(gpointer data)
     g_free(snap);
 }
 
-struct snapfs_domain *snapfs_domain_ref(struct snapfs_domain *domain)
+struct snapfs_domain *host_domain_ref(struct snapfs_domain *domain)
 {
     g_atomic_int_inc(&domain->refs);
     return domain;
 }
 
-void snapfs_domain_unref(struct snapfs_domain *domain)
+void host_domain_unref(struct snapfs_domain *domain)
 {
     if (!domain || !g_atomic_int_dec_and_test(&domain->refs))
         return;
@@ -141,10 +141,10 @@ static void domain_disks_from_xml(struct snapfs_domain *domain, const char *xml)
     g_autoptr(xmlXPathContext) ctxt = NULL;
     g_autoptr(GPtrArray) disks = NULL;
 
-    doc = snapfs_xml_read(xml, &ctxt);
+    doc = xml_read(xml, &ctxt);
     if (!doc)
         return;
-    disks = snapfs_xml_disks(ctxt, "/domain");
+    disks = xml_disks(ctxt, "/domain");
     for (guint i = 0; i < disks->len; i++) {
         struct snapfs_disk *disk = g_ptr_array_index(disks, i);
 
@@ -161,21 +161,21 @@ static struct snapfs_snapshot *snapshot_from_xml(const char *xml)
     g_autofree char *created = NULL;
     g_autofree char *memory = NULL;
 
-    doc = snapfs_xml_read(xml, &ctxt);
+    doc = xml_read(xml, &ctxt);
     if (!doc)
         return NULL;
     snap = g_new0(struct snapfs_snapshot, 1);
-    snap->name = snapfs_xml_string(ctxt, NULL, "string(/domainsnapshot/name)");
-    snap->parent = snapfs_xml_string(ctxt, NULL, "string(/domainsnapshot/parent/name)");
-    snap->description = snapfs_xml_string(ctxt, NULL, "string(/domainsnapshot/description)");
+    snap->name = xml_string(ctxt, NULL, "string(/domainsnapshot/name)");
+    snap->parent = xml_string(ctxt, NULL, "string(/domainsnapshot/parent/name)");
+    snap->description = xml_string(ctxt, NULL, "string(/domainsnapshot/description)");
     if (!snap->description)
         snap->description = g_strdup("");
-    snap->state = snapfs_xml_string(ctxt, NULL, "string(/domainsnapshot/state)");
-    created = snapfs_xml_string(ctxt, NULL, "string(/domainsnapshot/creationTime)");
+    snap->state = xml_string(ctxt, NULL, "string(/domainsnapshot/state)");
+    created = xml_string(ctxt, NULL, "string(/domainsnapshot/creationTime)");
     snap->created = created ? g_ascii_strtoll(created, NULL, 10) : 0;
-    memory = snapfs_xml_string(ctxt, NULL, "string(/domainsnapshot/memory/@snapshot)");
+    memory = xml_string(ctxt, NULL, "string(/domainsnapshot/memory/@snapshot)");
     snap->external = memory && strcmp(memory, "external") == 0;
-    snap->disks = snapfs_xml_snapshot_disks(ctxt);
+    snap->disks = xml_snapshot_disks(ctxt);
     for (guint i = 0; i < snap->disks->len; i++) {
         struct snapfs_snapshot_disk *disk = g_ptr_array_index(snap->disks, i);
 
@@ -208,13 +208,13 @@ static struct snapfs_domain *domain_fetch_from_libvirt(virConnectPtr conn, const
     int state = 0, n;
 
     if (!dom) {
-        snapfs_error_from_virt("cannot look up domain '%s'", name);
+        error_from_virt("cannot look up domain '%s'", name);
         return NULL;
     }
     domain = g_new0(struct snapfs_domain, 1);
     domain->refs = 1;
     domain->name = g_strdup(virDomainGetName(dom));
-    domain->disks = g_ptr_array_new_with_free_func((GDestroyNotify)snapfs_disk_free);
+    domain->disks = g_ptr_array_new_with_free_func((GDestroyNotify)xml_disk_free);
     domain->snapshots = g_ptr_array_new_with_free_func(snapshot_info_free);
     if (virDomainGetUUIDString(dom, uuid) == 0)
         domain->uuid = g_strdup(uuid);
@@ -243,12 +243,12 @@ static struct snapfs_domain *domain_fetch_from_libvirt(virConnectPtr conn, const
     return domain;
 
 error:
-    snapfs_error_from_virt("cannot read domain '%s'", name);
-    snapfs_domain_unref(domain);
+    error_from_virt("cannot read domain '%s'", name);
+    host_domain_unref(domain);
     return NULL;
 }
 
-struct snapfs_snapshot *snapfs_domain_find_snapshot(struct snapfs_domain *domain, const char *name)
+struct snapfs_snapshot *host_domain_find_snapshot(struct snapfs_domain *domain, const char *name)
 {
     for (guint i = 0; i < domain->snapshots->len; i++) {
         struct snapfs_snapshot *snap = g_ptr_array_index(domain->snapshots, i);
@@ -259,7 +259,7 @@ struct snapfs_snapshot *snapfs_domain_find_snapshot(struct snapfs_domain *domain
     return NULL;
 }
 
-struct snapfs_snapshot *snapfs_domain_current(struct snapfs_domain *domain)
+struct snapfs_snapshot *host_domain_current_snapshot(struct snapfs_domain *domain)
 {
     for (guint i = 0; i < domain->snapshots->len; i++) {
         struct snapfs_snapshot *snap = g_ptr_array_index(domain->snapshots, i);
@@ -270,14 +270,14 @@ struct snapfs_snapshot *snapfs_domain_current(struct snapfs_domain *domain)
     return NULL;
 }
 
-struct snapfs_disk *snapfs_domain_find_disk(struct snapfs_domain *domain, const char *target)
+struct snapfs_disk *host_domain_find_disk(struct snapfs_domain *domain, const char *target)
 {
-    return snapfs_disk_find(domain->disks, target);
+    return xml_disk_find(domain->disks, target);
 }
 
 /* ---- hosts ------------------------------------------------------------------- */
 
-/* The hosts snapfs_hosts_name() named: log lines about a connection's domains name its folder. */
+/* The hosts host_name_all() named: log lines about a connection's domains name its folder. */
 static GMutex named_lock;
 static GPtrArray *named_hosts;   /* struct snapfs_host *, not owned */
 
@@ -287,11 +287,11 @@ static void host_lifecycle_event(virConnectPtr conn, virDomainPtr dom, int event
 
     static const char *const events[] = { "defined", "undefined", "started", "suspended", "resumed",
                                           "stopped", "shut down", "suspended by the guest", "crashed" };
-    g_autofree char *label = snapfs_host_domain_label(host, virDomainGetName(dom));
+    g_autofree char *label = host_domain_label(host, virDomainGetName(dom));
 
-    snapfs_debug("domain '%s': %s", label,
+    log_debug("domain '%s': %s", label,
                  event >= 0 && event < (int)G_N_ELEMENTS(events) ? events[event] : "lifecycle event");
-    snapfs_host_invalidate(host, virDomainGetName(dom));
+    host_invalidate(host, virDomainGetName(dom));
 }
 
 static void host_conn_closed(virConnectPtr conn, int reason, void *opaque)
@@ -301,7 +301,7 @@ static void host_conn_closed(virConnectPtr conn, int reason, void *opaque)
 
     g_mutex_lock(&host->lock);
     if (host->conn == conn) {
-        snapfs_warn("%s: the connection to %s was closed by %s; reconnecting", host->name, host->uri,
+        log_warn("%s: the connection to %s was closed by %s; reconnecting", host->name, host->uri,
                     reason >= 0 && reason < (int)G_N_ELEMENTS(reasons) ? reasons[reason] : "libvirt");
         g_free(host->down_reason);
         host->down_reason = g_strdup_printf("the connection to '%s' was lost; reconnecting", host->uri);
@@ -336,7 +336,7 @@ static virConnectPtr host_connect(struct snapfs_host *host)
     virConnectPtr conn = virConnectOpen(host->uri);
 
     if (!conn) {
-        snapfs_error_from_virt("cannot connect to '%s'", host->uri ? host->uri : "the default URI");
+        error_from_virt("cannot connect to '%s'", host->uri ? host->uri : "the default URI");
         return NULL;
     }
     /* Keepalive notices a dead peer; drivers without it (embed, test) refuse, which is fine. */
@@ -398,7 +398,7 @@ static gpointer host_reconnect_loop(gpointer data)
         conn = host_connect(host);
         g_mutex_lock(&host->lock);
         if (conn && !host->closing) {
-            snapfs_info("%s: reconnected to %s", host->name, host->uri);
+            log_info("%s: reconnected to %s", host->name, host->uri);
             host->conn = conn;
             g_clear_pointer(&host->down_reason, g_free);
             g_hash_table_remove_all(host->domains);
@@ -409,7 +409,7 @@ static gpointer host_reconnect_loop(gpointer data)
             break;
         }
         g_free(host->down_reason);
-        host->down_reason = g_strdup(snapfs_error_message());
+        host->down_reason = g_strdup(error_message());
         g_cond_wait_until(&host->wake, &host->lock, g_get_monotonic_time() + HOST_RECONNECT_USEC);
     }
     conn = g_steal_pointer(&host->conn);
@@ -447,7 +447,7 @@ static bool libvirt_error_means_down(void)
     return libvirt_error_is_one_of(down, G_N_ELEMENTS(down));
 }
 
-struct snapfs_host *snapfs_host_open(const char *uri, bool tolerate_down)
+struct snapfs_host *host_open(const char *uri, bool tolerate_down)
 {
     struct snapfs_host *host = g_new0(struct snapfs_host, 1);
     virConnectPtr conn;
@@ -459,10 +459,10 @@ struct snapfs_host *snapfs_host_open(const char *uri, bool tolerate_down)
     g_mutex_init(&host->lock);
     g_cond_init(&host->wake);
     host->domains = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
-                                          (GDestroyNotify)snapfs_domain_unref);
+                                          (GDestroyNotify)host_domain_unref);
     conn = host_connect(host);
     if (!conn && !(tolerate_down && uri && libvirt_error_means_down())) {
-        snapfs_host_close(host);
+        host_close(host);
         return NULL;
     }
     if (conn) {
@@ -474,8 +474,8 @@ struct snapfs_host *snapfs_host_open(const char *uri, bool tolerate_down)
         }
         host->conn = conn;
     } else {
-        snapfs_warn("%s: not answering yet (%s); retrying in the background", uri, snapfs_error_message());
-        host->down_reason = g_strdup(snapfs_error_message());
+        log_warn("%s: not answering yet (%s); retrying in the background", uri, error_message());
+        host->down_reason = g_strdup(error_message());
     }
     g_atomic_int_inc(&host->refs);
     host->reconnector = g_thread_new("snapfs-reconnect", host_reconnect_loop, host);
@@ -492,7 +492,7 @@ static char *uri_server(const char *uri)
     return server;
 }
 
-bool snapfs_uri_is_local(const char *uri)
+bool host_uri_is_local(const char *uri)
 {
     g_autofree char *server = uri_server(uri);
 
@@ -501,9 +501,9 @@ bool snapfs_uri_is_local(const char *uri)
            strcmp(server, "::1") == 0 || g_ascii_strcasecmp(server, g_get_host_name()) == 0;
 }
 
-bool snapfs_host_is_local(struct snapfs_host *host)
+bool host_is_local(struct snapfs_host *host)
 {
-    return snapfs_uri_is_local(host->uri);
+    return host_uri_is_local(host->uri);
 }
 
 /* Waits until @deadline for the reconnector to release the host's connections; past it, leaves them to it. */
@@ -519,14 +519,14 @@ static void host_finish_close(struct snapfs_host *host, gint64 deadline)
     if (released) {
         g_thread_join(host->reconnector);
     } else {
-        snapfs_warn("%s: %s did not answer while its connection was closed; the connection is left to the exit",
-                    snapfs_host_name(host), host->uri);
+        log_warn("%s: %s did not answer while its connection was closed; the connection is left to the exit",
+                    host_name(host), host->uri);
         g_thread_unref(host->reconnector);
     }
     host_unref(host);
 }
 
-void snapfs_hosts_close(struct snapfs_host **hosts, size_t n)
+void host_close_all(struct snapfs_host **hosts, size_t n)
 {
     gint64 deadline = g_get_monotonic_time() + HOST_CLOSE_USEC;
 
@@ -549,10 +549,10 @@ void snapfs_hosts_close(struct snapfs_host **hosts, size_t n)
     }
 }
 
-void snapfs_host_close(struct snapfs_host *host)
+void host_close(struct snapfs_host *host)
 {
     if (host)
-        snapfs_hosts_close(&host, 1);
+        host_close_all(&host, 1);
 }
 
 /* A host's folder name before clashes are counted: the URI's server, "localhost" for a local URI. */
@@ -563,7 +563,7 @@ static char *uri_folder_name(const char *uri)
     return server ? server : g_strdup("localhost");
 }
 
-void snapfs_hosts_name(struct snapfs_host **hosts, size_t n)
+void host_name_all(struct snapfs_host **hosts, size_t n)
 {
     g_mutex_lock(&named_lock);
     if (!named_hosts)
@@ -585,7 +585,7 @@ void snapfs_hosts_name(struct snapfs_host **hosts, size_t n)
     g_mutex_unlock(&named_lock);
 }
 
-char *snapfs_host_domain_label(struct snapfs_host *host, const char *name)
+char *host_domain_label(struct snapfs_host *host, const char *name)
 {
     char *label;
 
@@ -601,7 +601,7 @@ char *snapfs_host_domain_label(struct snapfs_host *host, const char *name)
     return label;
 }
 
-char *snapfs_domain_label(virConnectPtr conn, const char *name)
+char *host_conn_domain_label(virConnectPtr conn, const char *name)
 {
     g_autofree char *uri = conn ? virConnectGetURI(conn) : NULL;
     g_autofree char *base = NULL;
@@ -621,17 +621,17 @@ char *snapfs_domain_label(virConnectPtr conn, const char *name)
     return g_strdup_printf("%s/%s", base, name);
 }
 
-const char *snapfs_host_name(struct snapfs_host *host)
+const char *host_name(struct snapfs_host *host)
 {
     return host->name ? host->name : "localhost";
 }
 
-const char *snapfs_host_uri(struct snapfs_host *host)
+const char *host_uri(struct snapfs_host *host)
 {
     return host->uri;
 }
 
-virConnectPtr snapfs_host_conn(struct snapfs_host *host)
+virConnectPtr host_conn(struct snapfs_host *host)
 {
     virConnectPtr conn = NULL;
 
@@ -640,13 +640,13 @@ virConnectPtr snapfs_host_conn(struct snapfs_host *host)
         conn = host->conn;
         virConnectRef(conn);
     } else {
-        snapfs_error_set(EIO, "%s", host->down_reason ? host->down_reason : "not connected to libvirt");
+        error_set(EIO, "%s", host->down_reason ? host->down_reason : "not connected to libvirt");
     }
     g_mutex_unlock(&host->lock);
     return conn;
 }
 
-char *snapfs_host_error(struct snapfs_host *host)
+char *host_error(struct snapfs_host *host)
 {
     char *reason;
 
@@ -669,7 +669,7 @@ static gint domain_name_compare(gconstpointer a, gconstpointer b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-GPtrArray *snapfs_host_list_domains(struct snapfs_host *host)
+GPtrArray *host_list_domains(struct snapfs_host *host)
 {
     g_autoptr(virConnect) conn = NULL;
     g_autofree virDomainPtr *doms = NULL;
@@ -684,11 +684,11 @@ GPtrArray *snapfs_host_list_domains(struct snapfs_host *host)
     }
     g_mutex_unlock(&host->lock);
 
-    conn = snapfs_host_conn(host);
+    conn = host_conn(host);
     n = conn ? virConnectListAllDomains(conn, &doms, 0) : -1;
     if (n < 0) {
         if (conn)
-            snapfs_error_from_virt("cannot list the domains of '%s'", host->uri);
+            error_from_virt("cannot list the domains of '%s'", host->uri);
         /* While libvirt is away, the last answer is better than nothing. */
         g_mutex_lock(&host->lock);
         names = host->domain_names ? g_ptr_array_ref(host->domain_names) : NULL;
@@ -712,7 +712,7 @@ GPtrArray *snapfs_host_list_domains(struct snapfs_host *host)
     return names;
 }
 
-struct snapfs_domain *snapfs_host_get_domain(struct snapfs_host *host, const char *name)
+struct snapfs_domain *host_get_domain(struct snapfs_host *host, const char *name)
 {
     struct snapfs_domain *domain, *cached;
     g_autoptr(virConnect) conn = NULL;
@@ -720,37 +720,37 @@ struct snapfs_domain *snapfs_host_get_domain(struct snapfs_host *host, const cha
     g_mutex_lock(&host->lock);
     cached = g_hash_table_lookup(host->domains, name);
     if (cached && g_get_monotonic_time() - cached->fetched < HOST_CACHE_USEC) {
-        snapfs_domain_ref(cached);
+        host_domain_ref(cached);
         g_mutex_unlock(&host->lock);
         return cached;
     }
     if (cached)
-        snapfs_domain_ref(cached);
+        host_domain_ref(cached);
     g_mutex_unlock(&host->lock);
 
-    conn = snapfs_host_conn(host);
+    conn = host_conn(host);
     domain = conn ? domain_fetch_from_libvirt(conn, name) : NULL;
     if (!domain) {
         bool lost = !conn || libvirt_error_means_lost();
 
         if (lost && cached)
             return cached;
-        snapfs_domain_unref(cached);
-        if (snapfs_error_errno() == ENOENT) {
+        host_domain_unref(cached);
+        if (error_errno() == ENOENT) {
             g_mutex_lock(&host->lock);
             g_hash_table_remove(host->domains, name);
             g_mutex_unlock(&host->lock);
         }
         return NULL;
     }
-    snapfs_domain_unref(cached);
+    host_domain_unref(cached);
     g_mutex_lock(&host->lock);
-    g_hash_table_replace(host->domains, g_strdup(name), snapfs_domain_ref(domain));
+    g_hash_table_replace(host->domains, g_strdup(name), host_domain_ref(domain));
     g_mutex_unlock(&host->lock);
     return domain;
 }
 
-void snapfs_host_invalidate(struct snapfs_host *host, const char *name)
+void host_invalidate(struct snapfs_host *host, const char *name)
 {
     g_mutex_lock(&host->lock);
     if (name)

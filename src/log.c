@@ -12,12 +12,12 @@ static gint log_to_stderr = 1;
 static gint log_keep_debug;
 static GMutex log_lock;   /* one line at a time on stderr (src/README.md, "Locks and their order") */
 
-bool snapfs_log_debug_enabled(void)
+bool log_debug_enabled(void)
 {
     return g_atomic_int_get(&log_keep_debug) != 0;
 }
 
-void snapfs_log_init(bool to_syslog, bool debug)
+void log_init(bool to_syslog, bool debug)
 {
     if (to_syslog)
         openlog("snapfs", LOG_PID, LOG_DAEMON);
@@ -26,21 +26,21 @@ void snapfs_log_init(bool to_syslog, bool debug)
     g_atomic_int_set(&log_to_syslog, to_syslog);
 }
 
-void snapfs_log_detach(void)
+void log_detach(void)
 {
     /* Only where syslog takes over: a line must always go somewhere. */
     if (g_atomic_int_get(&log_to_syslog))
         g_atomic_int_set(&log_to_stderr, 0);
 }
 
-void snapfs_log(enum snapfs_log_level level, const char *fmt, ...)
+void log_line(enum log_level level, const char *fmt, ...)
 {
     static const int priorities[] = { LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG };
     static const char *const names[] = { "error", "warning", "info", "debug" };
     g_autofree char *message = NULL;
     va_list ap;
 
-    if (level == SNAPFS_LOG_DEBUG && !g_atomic_int_get(&log_keep_debug))
+    if (level == LOG_LEVEL_DEBUG && !g_atomic_int_get(&log_keep_debug))
         return;
     va_start(ap, fmt);
     message = g_strdup_vprintf(fmt, ap);

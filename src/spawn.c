@@ -77,7 +77,7 @@ static bool spawn_reap(GPid pid, bool in_time, gint64 deadline, int *status)
     return in_time;
 }
 
-int snapfs_spawn_sync(const char *const *argv, unsigned timeout_s, char **out, char **err, int *status)
+int spawn_sync(const char *const *argv, unsigned timeout_s, char **out, char **err, int *status)
 {
     g_autoptr(GError) error = NULL;
     g_autoptr(GString) outbuf = g_string_new(NULL);
@@ -91,14 +91,14 @@ int snapfs_spawn_sync(const char *const *argv, unsigned timeout_s, char **out, c
                                   G_SPAWN_SEARCH_PATH | G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_CLOEXEC_PIPES |
                                       (out ? 0 : G_SPAWN_STDOUT_TO_DEV_NULL),
                                   spawn_in_own_group, NULL, &pid, NULL, out ? &fds[0] : NULL, &fds[1], &error)) {
-        snapfs_error_set(EIO, "cannot run %s: %s", argv[0], error->message);
+        error_set(EIO, "cannot run %s: %s", argv[0], error->message);
         return -1;
     }
     /* The parent sets the group too: a kill right after the fork must not miss it. */
     setpgid(pid, pid);
     in_time = spawn_collect(fds, outbuf, errbuf, deadline);
     if (!spawn_reap(pid, in_time, deadline, status)) {
-        snapfs_error_set(EIO, "%s did not finish within %u s: killed", argv[0], timeout_s);
+        error_set(EIO, "%s did not finish within %u s: killed", argv[0], timeout_s);
         return -1;
     }
     if (out)

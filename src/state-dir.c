@@ -50,7 +50,7 @@ static int refuse_unsafe_dir(const char *path, const struct stat *st)
     char buf[128];
     const char *why = unsafe_reason(st, buf, sizeof(buf));
 
-    snapfs_error_set(S_ISDIR(st->st_mode) || S_ISLNK(st->st_mode) ? EACCES : ENOTDIR,
+    error_set(S_ISDIR(st->st_mode) || S_ISLNK(st->st_mode) ? EACCES : ENOTDIR,
                      "cannot use '%s' as snapfs's directory: %s", path, why);
     return -1;
 }
@@ -60,13 +60,13 @@ static int create_private_dir(const char *path)
     g_autofree char *parent = g_path_get_dirname(path);
 
     if (g_mkdir_with_parents(parent, 0700) < 0 || (mkdir(path, 0700) < 0 && errno != EEXIST)) {
-        snapfs_error_set(EIO, "cannot create snapfs's directory '%s': %s", path, g_strerror(errno));
+        error_set(EIO, "cannot create snapfs's directory '%s': %s", path, g_strerror(errno));
         return -1;
     }
     return 0;
 }
 
-int snapfs_state_dir_open(const char *path, bool create)
+int state_dir_open(const char *path, bool create)
 {
     struct stat before, after;
     char buf[128];
@@ -77,7 +77,7 @@ int snapfs_state_dir_open(const char *path, bool create)
             return -1;
     }
     if (lstat(path, &before) < 0) {
-        snapfs_error_set(errno == ENOENT ? ENOENT : EIO, "cannot use '%s' as snapfs's directory: %s", path,
+        error_set(errno == ENOENT ? ENOENT : EIO, "cannot use '%s' as snapfs's directory: %s", path,
                          g_strerror(errno));
         return -1;
     }
@@ -85,12 +85,12 @@ int snapfs_state_dir_open(const char *path, bool create)
         return refuse_unsafe_dir(path, &before);
     fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) {
-        snapfs_error_set(errno == ELOOP || errno == ENOTDIR ? EACCES : EIO,
+        error_set(errno == ELOOP || errno == ENOTDIR ? EACCES : EIO,
                          "cannot use '%s' as snapfs's directory: %s", path, g_strerror(errno));
         return -1;
     }
     if (fstat(fd, &after) < 0) {
-        snapfs_error_set(EIO, "cannot use '%s' as snapfs's directory: %s", path, g_strerror(errno));
+        error_set(EIO, "cannot use '%s' as snapfs's directory: %s", path, g_strerror(errno));
         close(fd);
         return -1;
     }
@@ -99,7 +99,7 @@ int snapfs_state_dir_open(const char *path, bool create)
         return refuse_unsafe_dir(path, &after);
     }
     if (after.st_dev != before.st_dev || after.st_ino != before.st_ino) {
-        snapfs_error_set(EACCES, "cannot use '%s' as snapfs's directory: it was replaced while snapfs opened it",
+        error_set(EACCES, "cannot use '%s' as snapfs's directory: it was replaced while snapfs opened it",
                          path);
         close(fd);
         return -1;
@@ -147,7 +147,7 @@ static char *describe_lock_holder(const struct stat *st)
     return NULL;
 }
 
-int snapfs_state_dir_lock(int fd, const char *path, unsigned wait_ms)
+int state_dir_lock(int fd, const char *path, unsigned wait_ms)
 {
     gint64 deadline = g_get_monotonic_time() + (gint64)wait_ms * G_TIME_SPAN_MILLISECOND;
     g_autofree char *holder = NULL;
@@ -157,13 +157,13 @@ int snapfs_state_dir_lock(int fd, const char *path, unsigned wait_ms)
         if (errno == EINTR)
             continue;
         if (errno != EWOULDBLOCK) {
-            snapfs_error_set(EIO, "cannot lock the state directory '%s': %s", path, g_strerror(errno));
+            error_set(EIO, "cannot lock the state directory '%s': %s", path, g_strerror(errno));
             return -1;
         }
         if (g_get_monotonic_time() >= deadline) {
             if (fstat(fd, &st) == 0)
                 holder = describe_lock_holder(&st);
-            snapfs_error_set(EBUSY, "the state directory '%s' is in use by %s", path,
+            error_set(EBUSY, "the state directory '%s' is in use by %s", path,
                              holder ? holder : "another snapfs process");
             return -1;
         }
@@ -172,12 +172,12 @@ int snapfs_state_dir_lock(int fd, const char *path, unsigned wait_ms)
     return 0;
 }
 
-char *snapfs_state_dir_default(void)
+char *state_dir_default(void)
 {
-    return getuid() == 0 ? g_strdup(SNAPFS_STATE_DIR_ROOT) : g_build_filename(g_get_user_state_dir(), "snapfs", NULL);
+    return getuid() == 0 ? g_strdup(STATE_DIR_ROOT) : g_build_filename(g_get_user_state_dir(), "snapfs", NULL);
 }
 
-char *snapfs_runtime_dir(void)
+char *state_dir_runtime(void)
 {
     return getuid() == 0 ? g_strdup("/run/snapfs") : g_build_filename(g_get_user_runtime_dir(), "snapfs", NULL);
 }

@@ -6,7 +6,7 @@
 #include <libxml/parser.h>
 #include <string.h>
 
-void snapfs_disk_free(struct snapfs_disk *disk)
+void xml_disk_free(struct snapfs_disk *disk)
 {
     if (!disk)
         return;
@@ -19,7 +19,7 @@ void snapfs_disk_free(struct snapfs_disk *disk)
     g_free(disk);
 }
 
-void snapfs_snapshot_disk_free(struct snapfs_snapshot_disk *disk)
+void xml_snapshot_disk_free(struct snapfs_snapshot_disk *disk)
 {
     if (!disk)
         return;
@@ -30,7 +30,7 @@ void snapfs_snapshot_disk_free(struct snapfs_snapshot_disk *disk)
     g_free(disk);
 }
 
-struct snapfs_disk *snapfs_disk_find(GPtrArray *disks, const char *target)
+struct snapfs_disk *xml_disk_find(GPtrArray *disks, const char *target)
 {
     for (guint i = 0; disks && i < disks->len; i++) {
         struct snapfs_disk *disk = g_ptr_array_index(disks, i);
@@ -41,7 +41,7 @@ struct snapfs_disk *snapfs_disk_find(GPtrArray *disks, const char *target)
     return NULL;
 }
 
-xmlDocPtr snapfs_xml_read(const char *xml, xmlXPathContextPtr *ctxt)
+xmlDocPtr xml_read(const char *xml, xmlXPathContextPtr *ctxt)
 {
     xmlDocPtr doc = xmlReadMemory(xml, (int)strlen(xml), "libvirt.xml", NULL,
                                   XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
@@ -54,13 +54,13 @@ xmlDocPtr snapfs_xml_read(const char *xml, xmlXPathContextPtr *ctxt)
     return doc;
 }
 
-void snapfs_xml_free(xmlDocPtr doc, xmlXPathContextPtr ctxt)
+void xml_free(xmlDocPtr doc, xmlXPathContextPtr ctxt)
 {
     xmlXPathFreeContext(ctxt);
     xmlFreeDoc(doc);
 }
 
-char *snapfs_xml_dump(xmlDocPtr doc)
+char *xml_dump(xmlDocPtr doc)
 {
     xmlChar *mem = NULL;
     int size = 0;
@@ -74,7 +74,7 @@ char *snapfs_xml_dump(xmlDocPtr doc)
     return text;
 }
 
-char *snapfs_xml_string(xmlXPathContextPtr ctxt, xmlNodePtr node, const char *expr)
+char *xml_string(xmlXPathContextPtr ctxt, xmlNodePtr node, const char *expr)
 {
     xmlNodePtr saved = ctxt->node;
     xmlXPathObjectPtr obj;
@@ -89,7 +89,7 @@ char *snapfs_xml_string(xmlXPathContextPtr ctxt, xmlNodePtr node, const char *ex
     return value;
 }
 
-GPtrArray *snapfs_xml_nodes(xmlXPathContextPtr ctxt, const char *expr)
+GPtrArray *xml_nodes(xmlXPathContextPtr ctxt, const char *expr)
 {
     GPtrArray *nodes = g_ptr_array_new();
     xmlNodePtr saved = ctxt->node;
@@ -105,35 +105,35 @@ GPtrArray *snapfs_xml_nodes(xmlXPathContextPtr ctxt, const char *expr)
 
 static char *xml_source(xmlXPathContextPtr ctxt, xmlNodePtr node)
 {
-    char *file = snapfs_xml_string(ctxt, node, "string(source/@file)");
+    char *file = xml_string(ctxt, node, "string(source/@file)");
 
-    return file ? file : snapfs_xml_string(ctxt, node, "string(source/@dev)");
+    return file ? file : xml_string(ctxt, node, "string(source/@dev)");
 }
 
-GPtrArray *snapfs_xml_disks(xmlXPathContextPtr ctxt, const char *prefix)
+GPtrArray *xml_disks(xmlXPathContextPtr ctxt, const char *prefix)
 {
     g_autofree char *expr = g_strdup_printf("%s/devices/disk", prefix);
-    GPtrArray *disks = g_ptr_array_new_with_free_func((GDestroyNotify)snapfs_disk_free);
-    g_autoptr(GPtrArray) nodes = snapfs_xml_nodes(ctxt, expr);
+    GPtrArray *disks = g_ptr_array_new_with_free_func((GDestroyNotify)xml_disk_free);
+    g_autoptr(GPtrArray) nodes = xml_nodes(ctxt, expr);
 
     for (guint i = 0; i < nodes->len; i++) {
         xmlNodePtr node = g_ptr_array_index(nodes, i);
         struct snapfs_disk *disk = g_new0(struct snapfs_disk, 1);
-        g_autofree char *readonly = snapfs_xml_string(ctxt, node, "string(count(readonly))");
+        g_autofree char *readonly = xml_string(ctxt, node, "string(count(readonly))");
 
-        disk->target = snapfs_xml_string(ctxt, node, "string(target/@dev)");
-        disk->type = snapfs_xml_string(ctxt, node, "string(@type)");
-        disk->device = snapfs_xml_string(ctxt, node, "string(@device)");
-        disk->snapshot = snapfs_xml_string(ctxt, node, "string(@snapshot)");
+        disk->target = xml_string(ctxt, node, "string(target/@dev)");
+        disk->type = xml_string(ctxt, node, "string(@type)");
+        disk->device = xml_string(ctxt, node, "string(@device)");
+        disk->snapshot = xml_string(ctxt, node, "string(@snapshot)");
         disk->file = xml_source(ctxt, node);
-        disk->format = snapfs_xml_string(ctxt, node, "string(driver/@type)");
+        disk->format = xml_string(ctxt, node, "string(driver/@type)");
         disk->readonly = readonly && strcmp(readonly, "0") != 0;
         if (!disk->type)
             disk->type = g_strdup("file");
         if (!disk->device)
             disk->device = g_strdup("disk");
         if (!disk->target) {
-            snapfs_disk_free(disk);
+            xml_disk_free(disk);
             continue;
         }
         g_ptr_array_add(disks, disk);
@@ -141,23 +141,23 @@ GPtrArray *snapfs_xml_disks(xmlXPathContextPtr ctxt, const char *prefix)
     return disks;
 }
 
-GPtrArray *snapfs_xml_snapshot_disks(xmlXPathContextPtr ctxt)
+GPtrArray *xml_snapshot_disks(xmlXPathContextPtr ctxt)
 {
-    GPtrArray *disks = g_ptr_array_new_with_free_func((GDestroyNotify)snapfs_snapshot_disk_free);
-    g_autoptr(GPtrArray) nodes = snapfs_xml_nodes(ctxt, "/domainsnapshot/disks/disk");
+    GPtrArray *disks = g_ptr_array_new_with_free_func((GDestroyNotify)xml_snapshot_disk_free);
+    g_autoptr(GPtrArray) nodes = xml_nodes(ctxt, "/domainsnapshot/disks/disk");
 
     for (guint i = 0; i < nodes->len; i++) {
         xmlNodePtr node = g_ptr_array_index(nodes, i);
         struct snapfs_snapshot_disk *disk = g_new0(struct snapfs_snapshot_disk, 1);
 
-        disk->target = snapfs_xml_string(ctxt, node, "string(@name)");
-        disk->kind = snapfs_xml_string(ctxt, node, "string(@snapshot)");
+        disk->target = xml_string(ctxt, node, "string(@name)");
+        disk->kind = xml_string(ctxt, node, "string(@snapshot)");
         disk->file = xml_source(ctxt, node);
-        disk->format = snapfs_xml_string(ctxt, node, "string(driver/@type)");
+        disk->format = xml_string(ctxt, node, "string(driver/@type)");
         if (!disk->kind)
             disk->kind = g_strdup("no");
         if (!disk->target) {
-            snapfs_snapshot_disk_free(disk);
+            xml_snapshot_disk_free(disk);
             continue;
         }
         g_ptr_array_add(disks, disk);
@@ -165,17 +165,17 @@ GPtrArray *snapfs_xml_snapshot_disks(xmlXPathContextPtr ctxt)
     return disks;
 }
 
-bool snapfs_xml_exists(xmlXPathContextPtr ctxt, const char *expr)
+bool xml_exists(xmlXPathContextPtr ctxt, const char *expr)
 {
     g_autoptr(xmlXPathObject) obj = xmlXPathEval((const xmlChar *)expr, ctxt);
 
     return obj && obj->type == XPATH_NODESET && obj->nodesetval && obj->nodesetval->nodeNr > 0;
 }
 
-char *snapfs_xml_set_description(const char *xml, const char *description)
+char *xml_set_description(const char *xml, const char *description)
 {
     g_autoptr(xmlXPathContext) ctxt = NULL;
-    g_autoptr(xmlDoc) doc = snapfs_xml_read(xml, &ctxt);
+    g_autoptr(xmlDoc) doc = xml_read(xml, &ctxt);
     xmlNodePtr root = doc ? xmlDocGetRootElement(doc) : NULL;
     xmlNodePtr desc = NULL;
 
@@ -189,7 +189,7 @@ char *snapfs_xml_set_description(const char *xml, const char *description)
     /* xmlNodeSetContent would take '&' for an entity reference; the text must stay as the user wrote it. */
     xmlNodeSetContent(desc, NULL);
     xmlNodeAddContent(desc, (const xmlChar *)description);
-    return snapfs_xml_dump(doc);
+    return xml_dump(doc);
 }
 
 
@@ -225,10 +225,10 @@ static void xml_set_text(xmlNodePtr node, const char *text)
     xmlNodeAddContent(node, (const xmlChar *)text);
 }
 
-xmlDocPtr snapfs_xml_read_snapshot_domain(const char *snapshot_xml, xmlXPathContextPtr *ctxt)
+xmlDocPtr xml_read_snapshot_domain(const char *snapshot_xml, xmlXPathContextPtr *ctxt)
 {
     g_autoptr(xmlXPathContext) sctxt = NULL;
-    g_autoptr(xmlDoc) sdoc = snapfs_xml_read(snapshot_xml, &sctxt);
+    g_autoptr(xmlDoc) sdoc = xml_read(snapshot_xml, &sctxt);
     g_autoptr(xmlDoc) doc = NULL;
     xmlNodePtr root, dom;
 
@@ -248,7 +248,7 @@ xmlDocPtr snapfs_xml_read_snapshot_domain(const char *snapshot_xml, xmlXPathCont
     return *ctxt ? g_steal_pointer(&doc) : NULL;
 }
 
-void snapfs_xml_domain_set_identity(xmlDocPtr doc, const char *name, const char *uuid)
+void xml_domain_set_identity(xmlDocPtr doc, const char *name, const char *uuid)
 {
     xmlNodePtr root = xmlDocGetRootElement(doc);
     xmlNodePtr name_node = xml_first_child(root, "name");
@@ -261,7 +261,7 @@ void snapfs_xml_domain_set_identity(xmlDocPtr doc, const char *name, const char 
     xmlUnsetProp(root, (const xmlChar *)"id");
 }
 
-void snapfs_xml_disk_set_top(xmlNodePtr disk, const char *file, const char *format)
+void xml_disk_set_top(xmlNodePtr disk, const char *file, const char *format)
 {
     xmlNodePtr driver, source;
 
@@ -273,7 +273,7 @@ void snapfs_xml_disk_set_top(xmlNodePtr disk, const char *file, const char *form
         xmlAddChild(disk, driver);
     }
     xmlSetProp(driver, (const xmlChar *)"type", (const xmlChar *)format);
-    /* The old top's chain is not the new one's: snapfs_xml_disk_set_backing() spells that out. */
+    /* The old top's chain is not the new one's: xml_disk_set_backing() spells that out. */
     xml_drop_children(disk, "backingStore");
     xml_drop_children(disk, "source");
     source = xmlNewDocNode(disk->doc, NULL, (const xmlChar *)"source", NULL);
@@ -281,9 +281,9 @@ void snapfs_xml_disk_set_top(xmlNodePtr disk, const char *file, const char *form
     xmlAddNextSibling(driver, source);
 }
 
-int snapfs_xml_disk_set_backing(xmlNodePtr disk, GPtrArray *chain)
+int xml_disk_set_backing(xmlNodePtr disk, GPtrArray *chain)
 {
-    g_autofree char *inner = snapfs_chain_backing_xml(chain);
+    g_autofree char *inner = chain_backing_xml(chain);
     g_autofree char *wrapped = g_strdup_printf("<x>%s</x>", inner);
     g_autoptr(xmlDoc) frag = xmlReadMemory(wrapped, (int)strlen(wrapped), "backing.xml", NULL,
                                            XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
@@ -327,7 +327,7 @@ static void xml_append_snapshot_disk(GString *xml, const struct snapfs_snapshot_
     }
 }
 
-char *snapfs_xml_snapshot_new(const char *name, const char *description, const char *parent, gint64 created,
+char *xml_snapshot_new(const char *name, const char *description, const char *parent, gint64 created,
                               GPtrArray *disks, const char *domain_xml)
 {
     g_autofree char *name_text = xml_escaped(name);

@@ -15,7 +15,7 @@ struct snapfs_layer {
     char *backing_format;/* as the image records it, NULL if it does not */
 };
 
-void snapfs_layer_free(struct snapfs_layer *layer);
+void chain_layer_free(struct snapfs_layer *layer);
 
 /*
  * Formats are never guessed from an image's content (a raw disk's guest can
@@ -23,14 +23,14 @@ void snapfs_layer_free(struct snapfs_layer *layer);
  * backing format the image above records, and must be one of the disk image
  * formats qemu-img knows.  Whether @format is one.
  */
-bool snapfs_chain_format_known(const char *format);
+bool chain_format_known(const char *format);
 
 /*
  * Read one image's header, taking it to be of @format.  Returns NULL and
  * records the reason (snapfs_error_*) if the file cannot be read, ENOTSUP if
- * @format is NULL or not a format snapfs_chain_format_known() accepts.
+ * @format is NULL or not a format chain_format_known() accepts.
  */
-struct snapfs_layer *snapfs_chain_read_layer(const char *file, const char *format);
+struct snapfs_layer *chain_read_layer(const char *file, const char *format);
 
 /*
  * The whole chain of @top, base first: element 0 is the base, the last is
@@ -40,21 +40,21 @@ struct snapfs_layer *snapfs_chain_read_layer(const char *file, const char *forma
  * and so (ENOTSUP) is a backing file whose format the image does not record.
  * Returns a GPtrArray of struct snapfs_layer *, or NULL with the reason.
  */
-GPtrArray *snapfs_chain_read(const char *top, const char *format);
+GPtrArray *chain_read(const char *top, const char *format);
 
 /* Names of the internal snapshots a qcow2 image holds (empty for other formats), or NULL with the reason. */
-GPtrArray *snapfs_chain_internal_snapshots(const char *file);
+GPtrArray *chain_internal_snapshots(const char *file);
 
 /* Absolute path of @backing as named by the image @file. */
-char *snapfs_chain_resolve(const char *file, const char *backing);
+char *chain_resolve(const char *file, const char *backing);
 
 /*
  * The <source> and nested <backingStore> elements that spell out @chain
- * (base first, as from snapfs_chain_read) below a <disk> element, for domain
+ * (base first, as from chain_read) below a <disk> element, for domain
  * XML that libvirt 9.0 needs to delete external snapshots of a shut-off
  * domain.  The result starts with the <backingStore> of the layer below the top.
  */
-char *snapfs_chain_backing_xml(GPtrArray *chain);
+char *chain_backing_xml(GPtrArray *chain);
 
 /*
  * Whether @file is a qcow2 overlay that holds no data of its own: no
@@ -62,4 +62,4 @@ char *snapfs_chain_backing_xml(GPtrArray *chain);
  * keeps data elsewhere), and an L1 table of zeros (nothing was ever written
  * to it).  Errs on "not empty": false where it cannot be read.
  */
-bool snapfs_chain_qcow2_empty(const char *file);
+bool chain_qcow2_empty(const char *file);

@@ -6,4 +6,4 @@
 #include <stdio.h>
 
 /* Checks /dev/fuse, each connection (NULL: libvirt's default) and one libguestfs appliance launch. Returns the number of problems. */
-int snapfs_check(const char *const *uris, size_t n_uris, FILE *out);
+int check_run(const char *const *uris, size_t n_uris, FILE *out);

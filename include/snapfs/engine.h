@@ -62,7 +62,7 @@ void engine_set_chain_changed(void (*fn)(const char *file, void *opaque), void *
  * snapshot metadata), @fn is called on the thread that does it, with the
  * domain's lock held, with every image file the operation is going to
  * write, rebase or remove (NULL-terminated).  A non-zero return, after
- * snapfs_error_set() (EBUSY: files open in views of them), stops the
+ * error_set() (EBUSY: files open in views of them), stops the
  * operation with nothing changed.  Set once at startup; NULL asks nobody.
  * @label is "HOST/DOMAIN", @what the sentence a refusal starts with.
  */

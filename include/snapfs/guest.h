@@ -88,7 +88,7 @@ bool guest_pool_has_group(struct guest_pool *pool, const char *group);
 
 /*
  * Paths are absolute within the view ("/" is its root).  Each returns -1
- * after snapfs_error_set() on failure (ENOENT, EIO, ...).
+ * after error_set() on failure (ENOENT, EIO, ...).
  * st_dev is the index of the guest filesystem within the view (stable),
  * st_ino the guest's inode number: together unique within a view.
  */

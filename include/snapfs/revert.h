@@ -8,7 +8,7 @@
 
 struct revert_options {
     bool keep;             /* -o revert_keep: keep the state left behind as pre-revert-... */
-    const char *state_dir; /* where the journal lives: checked private (snapfs_state_dir_open), made 0700 if missing */
+    const char *state_dir; /* where the journal lives: checked private (state_dir_open), made 0700 if missing */
 };
 
 /*

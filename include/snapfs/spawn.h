@@ -13,8 +13,8 @@
  * cannot be started.  Otherwise 0 and its wait status in @status, which the
  * caller judges (g_spawn_check_wait_status).
  */
-int snapfs_spawn_sync(const char *const *argv, unsigned timeout_s, char **out, char **err, int *status);
+int spawn_sync(const char *const *argv, unsigned timeout_s, char **out, char **err, int *status);
 
 /* How long the tools snapfs runs may take: a qemu-img or qemu-io on a local image, supermin's build. */
-#define SNAPFS_TOOL_TIMEOUT_S 60
-#define SNAPFS_BUILD_TIMEOUT_S 300
+#define SPAWN_TOOL_TIMEOUT_S 60
+#define SPAWN_BUILD_TIMEOUT_S 300

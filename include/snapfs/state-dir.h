@@ -13,7 +13,7 @@
  * The fd, or -1 with the reason recorded (EACCES unsafe, ENOTDIR not a
  * directory, ENOENT missing, EIO otherwise); nothing is created inside.
  */
-int snapfs_state_dir_open(const char *path, bool create);
+int state_dir_open(const char *path, bool create);
 
 /*
  * Takes the exclusive advisory lock (flock) of the directory @fd opened
@@ -23,18 +23,18 @@ int snapfs_state_dir_open(const char *path, bool create);
  * naming that process: "the state directory '/var/lib/snapfs' is in use by
  * snapfs pid 1234 (snapfs -c qemu:///system /mnt)".
  */
-int snapfs_state_dir_lock(int fd, const char *path, unsigned wait_ms);
+int state_dir_lock(int fd, const char *path, unsigned wait_ms);
 
 /* The state directory of a snapfs run as root, when -o state_dir= does not name one. */
-#define SNAPFS_STATE_DIR_ROOT "/var/lib/snapfs"
+#define STATE_DIR_ROOT "/var/lib/snapfs"
 /*
- * Where snapfs journals by-hand operations when -o state_dir= does not say: SNAPFS_STATE_DIR_ROOT
+ * Where snapfs journals by-hand operations when -o state_dir= does not say: STATE_DIR_ROOT
  * for root, else $XDG_STATE_HOME/snapfs (~/.local/state/snapfs).  Caller frees.
  */
-char *snapfs_state_dir_default(void);
+char *state_dir_default(void);
 
 /*
  * snapfs's directory for what lasts a boot (per-domain lock files, what KVM did): /run/snapfs
  * for root, else the user's runtime directory's snapfs/ (a tmpfs: nothing in it survives a boot).
  */
-char *snapfs_runtime_dir(void);
+char *state_dir_runtime(void);

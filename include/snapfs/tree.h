@@ -55,31 +55,31 @@ struct snapfs_tree_config {
 
 struct snapfs_tree;
 
-struct snapfs_tree *snapfs_tree_new(struct snapfs_host **hosts, size_t n_hosts,
+struct snapfs_tree *tree_new(struct snapfs_host **hosts, size_t n_hosts,
                                     const struct snapfs_tree_config *config);
-void snapfs_tree_free(struct snapfs_tree *tree);
+void tree_free(struct snapfs_tree *tree);
 /* Unmounting or SIGTERM: whatever appliances do, requests in them answer EIO now, so snapfs can end. */
-void snapfs_tree_abort(struct snapfs_tree *tree);
+void tree_abort(struct snapfs_tree *tree);
 
-struct snapfs_node *snapfs_node_root(void);
-struct snapfs_node *snapfs_node_copy(const struct snapfs_node *node);
-void snapfs_node_free(struct snapfs_node *node);
-enum snapfs_cache snapfs_node_cache(const struct snapfs_node *node);
+struct snapfs_node *tree_node_root(void);
+struct snapfs_node *tree_node_copy(const struct snapfs_node *node);
+void tree_node_free(struct snapfs_node *node);
+enum snapfs_cache tree_node_cache(const struct snapfs_node *node);
 /* What log lines call @node: "'/etc/passwd' in snapshot 'before' of domain 'localhost/web01'". */
-char *snapfs_node_describe(struct snapfs_tree *tree, const struct snapfs_node *node);
+char *tree_node_describe(struct snapfs_tree *tree, const struct snapfs_node *node);
 
 /* Every call returns -1 after recording errno and reason (snapfs_error_*) on failure. */
-int snapfs_tree_lookup(struct snapfs_tree *tree, const struct snapfs_node *parent, const char *name,
+int tree_lookup(struct snapfs_tree *tree, const struct snapfs_node *parent, const char *name,
                        struct snapfs_node **child, struct stat *st);
-int snapfs_tree_getattr(struct snapfs_tree *tree, const struct snapfs_node *node, struct stat *st);
+int tree_getattr(struct snapfs_tree *tree, const struct snapfs_node *node, struct stat *st);
 
 /* @st of an entry whose attributes are not known yet has st_nlink 0 and only st_mode's type and st_ino. */
 typedef int (*snapfs_dirent_fn)(void *opaque, const char *name, const struct stat *st);
-int snapfs_tree_readdir(struct snapfs_tree *tree, const struct snapfs_node *node,
+int tree_readdir(struct snapfs_tree *tree, const struct snapfs_node *node,
                         snapfs_dirent_fn fn, void *opaque);
 
-int snapfs_tree_readlink(struct snapfs_tree *tree, const struct snapfs_node *node, char **target);
-ssize_t snapfs_tree_read(struct snapfs_tree *tree, const struct snapfs_node *node,
+int tree_readlink(struct snapfs_tree *tree, const struct snapfs_node *node, char **target);
+ssize_t tree_read(struct snapfs_tree *tree, const struct snapfs_node *node,
                          char *buf, size_t size, off_t offset);
 /*
  * A revert request to DOMAIN/revert: @buf is the whole text of one open, at @offset 0 and
@@ -89,18 +89,18 @@ ssize_t snapfs_tree_read(struct snapfs_tree *tree, const struct snapfs_node *nod
  * a request still gathering.  Anything else is EINVAL and changes nothing (with the reason
  * in last_error), as a malformed request does.
  */
-int snapfs_tree_write(struct snapfs_tree *tree, const struct snapfs_node *node,
+int tree_write(struct snapfs_tree *tree, const struct snapfs_node *node,
                       const char *buf, size_t size, off_t offset, bool first);
 
-ssize_t snapfs_tree_getxattr(struct snapfs_tree *tree, const struct snapfs_node *node,
+ssize_t tree_getxattr(struct snapfs_tree *tree, const struct snapfs_node *node,
                              const char *name, char *buf, size_t size);
-ssize_t snapfs_tree_listxattr(struct snapfs_tree *tree, const struct snapfs_node *node,
+ssize_t tree_listxattr(struct snapfs_tree *tree, const struct snapfs_node *node,
                               char *buf, size_t size);
-int snapfs_tree_setxattr(struct snapfs_tree *tree, const struct snapfs_node *node,
+int tree_setxattr(struct snapfs_tree *tree, const struct snapfs_node *node,
                          const char *name, const char *value, size_t size);
 
-int snapfs_tree_mkdir(struct snapfs_tree *tree, const struct snapfs_node *parent, const char *name);
-int snapfs_tree_rmdir(struct snapfs_tree *tree, const struct snapfs_node *parent, const char *name);
+int tree_mkdir(struct snapfs_tree *tree, const struct snapfs_node *parent, const char *name);
+int tree_rmdir(struct snapfs_tree *tree, const struct snapfs_node *parent, const char *name);
 
 /*
  * An open file or directory of a snapshot or a layer (a handle of open(2) or
@@ -113,43 +113,43 @@ int snapfs_tree_rmdir(struct snapfs_tree *tree, const struct snapfs_node *parent
  * (fs/ drops the kernel's cache of that inode).  NULL with the reason.
  */
 struct snapfs_handle;
-struct snapfs_handle *snapfs_tree_open(struct snapfs_tree *tree, const struct snapfs_node *node, guint64 cookie);
-void snapfs_tree_release(struct snapfs_tree *tree, struct snapfs_handle *handle);
+struct snapfs_handle *tree_open(struct snapfs_tree *tree, const struct snapfs_node *node, guint64 cookie);
+void tree_release(struct snapfs_tree *tree, struct snapfs_handle *handle);
 /* 0 while what @handle was opened on is still what its images hold, else -1 with EIO. */
-int snapfs_tree_handle_check(struct snapfs_tree *tree, struct snapfs_handle *handle);
-/* snapfs_tree_read() of the handle's node, through the view it was opened on, checked before and after. */
-ssize_t snapfs_tree_handle_read(struct snapfs_tree *tree, struct snapfs_handle *handle, char *buf, size_t size,
+int tree_handle_check(struct snapfs_tree *tree, struct snapfs_handle *handle);
+/* tree_read() of the handle's node, through the view it was opened on, checked before and after. */
+ssize_t tree_handle_read(struct snapfs_tree *tree, struct snapfs_handle *handle, char *buf, size_t size,
                                 off_t offset);
 /*
  * @fn is called (from any thread, no lock held) with the cookie of every
  * handle whose view's images changed.  Set once, before anything is opened.
  */
-void snapfs_tree_set_stale_fn(struct snapfs_tree *tree, void (*fn)(guint64 cookie, void *opaque), void *opaque);
+void tree_set_stale_fn(struct snapfs_tree *tree, void (*fn)(guint64 cookie, void *opaque), void *opaque);
 
-/* Whether @node is a control file (revert): opened, it takes writes, and snapfs_tree_read() makes its content. */
-bool snapfs_tree_is_control(const struct snapfs_node *node);
+/* Whether @node is a control file (revert): opened, it takes writes, and tree_read() makes its content. */
+bool tree_is_control(const struct snapfs_node *node);
 
 /*
  * Where a change would reach libvirt, for fs/ to let only root and the mounting user ask it
  * (EACCES); elsewhere the tree refuses it by kind, whoever asks: mkdir and rmdir in a domain's
  * folder (it holds snapshots), user.snapfs.description set on a snapshot (it is describable).
  */
-bool snapfs_tree_holds_snapshots(const struct snapfs_node *node);
-bool snapfs_tree_is_describable(const struct snapfs_node *node);
+bool tree_holds_snapshots(const struct snapfs_node *node);
+bool tree_is_describable(const struct snapfs_node *node);
 
 /*
  * The changes no node takes (create, unlink, mknod, symlink, link, chmod and the like,
  * removexattr): -1 with EROFS in snapshots, layers and guest files, EPERM in snapfs's own
  * folders and files, and the reason.  @what says what was asked ("create a file").
  */
-int snapfs_tree_refuse_change(const struct snapfs_node *node, const char *what);
+int tree_refuse_change(const struct snapfs_node *node, const char *what);
 /* Renaming in folder @parent (to the same folder when @same_folder): -1 with ENOTSUP, EXDEV, or as above. */
-int snapfs_tree_rename(const struct snapfs_node *parent, bool same_folder);
+int tree_rename(const struct snapfs_node *parent, bool same_folder);
 /* Before a file is opened (a control file's open goes to fs/): -1 with EISDIR for a folder, EROFS for writing. */
-int snapfs_tree_check_open(const struct snapfs_node *node, bool writing);
+int tree_check_open(const struct snapfs_node *node, bool writing);
 /*
- * The node of entry @name that snapfs_tree_readdir() of @dir listed with @st, where that
+ * The node of entry @name that tree_readdir() of @dir listed with @st, where that
  * listing knows its attributes exactly (a guest folder's entries: readdirplus may hand them
  * to the kernel); NULL where it does not.  The caller frees it.
  */
-struct snapfs_node *snapfs_tree_listed_node(const struct snapfs_node *dir, const char *name, const struct stat *st);
+struct snapfs_node *tree_listed_node(const struct snapfs_node *dir, const char *name, const struct stat *st);

@@ -18,23 +18,23 @@
 int engine_check_name(const char *name)
 {
     if (!name || !*name) {
-        snapfs_error_set(EINVAL, "a snapshot needs a name");
+        error_set(EINVAL, "a snapshot needs a name");
         return -1;
     }
     if (engine_name_reserved(name)) {
-        snapfs_error_set(EEXIST, "'%s' is reserved in a domain's directory and cannot name a snapshot", name);
+        error_set(EEXIST, "'%s' is reserved in a domain's directory and cannot name a snapshot", name);
         return -1;
     }
     /* File managers and editors make dot-directories of their own; they must never become snapshots. */
     if (name[0] == '.') {
-        snapfs_error_set(EINVAL, "'%s' cannot name a snapshot: it starts with a dot", name);
+        error_set(EINVAL, "'%s' cannot name a snapshot: it starts with a dot", name);
         return -1;
     }
     for (const unsigned char *p = (const unsigned char *)name; *p; p++) {
         if (*p == '/' || *p < 0x20 || *p == 0x7f) {
             g_autofree char *shown = g_strescape(name, NULL);
 
-            snapfs_error_set(EINVAL, "'%s' cannot name a snapshot: it holds a '/' or a control character", shown);
+            error_set(EINVAL, "'%s' cannot name a snapshot: it holds a '/' or a control character", shown);
             return -1;
         }
     }
@@ -42,7 +42,7 @@ int engine_check_name(const char *name)
     if (!g_utf8_validate(name, -1, NULL)) {
         g_autofree char *shown = g_strescape(name, NULL);
 
-        snapfs_error_set(EINVAL, "'%s' cannot name a snapshot: it is not valid UTF-8", shown);
+        error_set(EINVAL, "'%s' cannot name a snapshot: it is not valid UTF-8", shown);
         return -1;
     }
     return 0;
@@ -64,9 +64,9 @@ static bool create_agent_connected(virDomainPtr dom)
 {
     g_autofree char *xml = virDomainGetXMLDesc(dom, 0);
     g_autoptr(xmlXPathContext) ctxt = NULL;
-    g_autoptr(xmlDoc) doc = xml ? snapfs_xml_read(xml, &ctxt) : NULL;
+    g_autoptr(xmlDoc) doc = xml ? xml_read(xml, &ctxt) : NULL;
 
-    return doc && snapfs_xml_exists(ctxt, "/domain/devices/channel/target"
+    return doc && xml_exists(ctxt, "/domain/devices/channel/target"
                                           "[@name='org.qemu.guest_agent.0' and @state='connected']");
 }
 
@@ -78,7 +78,7 @@ static int create_check(virDomainPtr dom, const char *domain, const char *name, 
     guint snapshotted = 0;
 
     if (existing) {
-        snapfs_error_set(EEXIST, "%s: a snapshot of that name exists", what);
+        error_set(EEXIST, "%s: a snapshot of that name exists", what);
         return -1;
     }
     if (engine_block_job_running(dom, disks, what))
@@ -92,7 +92,7 @@ static int create_check(virDomainPtr dom, const char *domain, const char *name, 
         if (!engine_disk_is_snapshotted(disk))
             continue;
         if (!disk->file) {
-            snapfs_error_set(ENOTSUP, "%s: disk %s has no local image to put an overlay beside", what,
+            error_set(ENOTSUP, "%s: disk %s has no local image to put an overlay beside", what,
                              disk->target);
             return -1;
         }
@@ -100,29 +100,29 @@ static int create_check(virDomainPtr dom, const char *domain, const char *name, 
         overlay = create_overlay_name(disk->file, name);
         base = g_path_get_basename(overlay);
         if (strlen(base) > NAME_MAX) {
-            snapfs_error_set(ENAMETOOLONG, "%s: the overlay of disk %s would be named '%s', too long a file name",
+            error_set(ENAMETOOLONG, "%s: the overlay of disk %s would be named '%s', too long a file name",
                              what, disk->target, base);
             return -1;
         }
         /* lstat: a link, dangling or not, takes the name too (libvirt would write through it). */
         if (local && lstat(overlay, &st) == 0) {
-            snapfs_error_set(EEXIST, "%s: the overlay of disk %s, '%s', exists already", what, disk->target, overlay);
+            error_set(EEXIST, "%s: the overlay of disk %s, '%s', exists already", what, disk->target, overlay);
             return -1;
         }
         /* libvirt writes the formats it finds into the overlay: every one must be recorded, none guessed. */
         if (local && strcmp(disk->type, "network") != 0) {
-            g_autoptr(GPtrArray) chain = snapfs_chain_read(disk->file, disk->format);
+            g_autoptr(GPtrArray) chain = chain_read(disk->file, disk->format);
 
             if (!chain) {
-                g_autofree char *reason = g_strdup(snapfs_error_message());
+                g_autofree char *reason = g_strdup(error_message());
 
-                snapfs_error_set(snapfs_error_errno(), "%s: disk %s: %s", what, disk->target, reason);
+                error_set(error_errno(), "%s: disk %s: %s", what, disk->target, reason);
                 return -1;
             }
         }
     }
     if (!snapshotted) {
-        snapfs_error_set(ENOTSUP, "%s: it has no writable disk to snapshot", what);
+        error_set(ENOTSUP, "%s: it has no writable disk to snapshot", what);
         return -1;
     }
     return 0;
@@ -133,8 +133,8 @@ static long create_qemu_uid(virDomainPtr dom)
 {
     g_autofree char *xml = virDomainGetXMLDesc(dom, 0);
     g_autoptr(xmlXPathContext) ctxt = NULL;
-    g_autoptr(xmlDoc) doc = xml ? snapfs_xml_read(xml, &ctxt) : NULL;
-    g_autofree char *label = doc ? snapfs_xml_string(ctxt, NULL, "string(/domain/seclabel[@model='dac']/label)")
+    g_autoptr(xmlDoc) doc = xml ? xml_read(xml, &ctxt) : NULL;
+    g_autofree char *label = doc ? xml_string(ctxt, NULL, "string(/domain/seclabel[@model='dac']/label)")
                                  : NULL;
     long uid = -1;
 
@@ -162,16 +162,16 @@ static void create_make_private(const char *label, const char *file, long qemu_u
 
     if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
         if (fd >= 0 || errno != ENOENT)
-            snapfs_warn("cannot make overlay '%s' of domain '%s' private: %s", file, label,
+            log_warn("cannot make overlay '%s' of domain '%s' private: %s", file, label,
                         fd >= 0 ? "it is not a regular file" : g_strerror(errno));
         if (fd >= 0)
             close(fd);
         return;
     }
     if ((st.st_mode & 07777) != 0600 && (long)st.st_uid == qemu_uid && fchmod(fd, 0600) < 0)
-        snapfs_warn("cannot make overlay '%s' of domain '%s' mode 0600: %s", file, label, g_strerror(errno));
+        log_warn("cannot make overlay '%s' of domain '%s' mode 0600: %s", file, label, g_strerror(errno));
     else if ((st.st_mode & 077) && (long)st.st_uid != qemu_uid)
-        snapfs_warn("overlay '%s' of running domain '%s' is left mode %04o: qemu does not own it, and closing "
+        log_warn("overlay '%s' of running domain '%s' is left mode %04o: qemu does not own it, and closing "
                     "it could cut the guest off its disk", file, label, (unsigned)(st.st_mode & 07777));
     close(fd);
 }
@@ -184,7 +184,7 @@ static void create_make_overlays_private(virDomainPtr dom, virDomainSnapshotPtr 
     long qemu_uid = create_qemu_uid(dom);
 
     if (!info) {
-        snapfs_warn("cannot make the overlays of domain '%s' private: the snapshot's XML cannot be read", label);
+        log_warn("cannot make the overlays of domain '%s' private: the snapshot's XML cannot be read", label);
         return;
     }
     for (guint i = 0; i < info->disks->len; i++) {
@@ -258,9 +258,9 @@ static char *create_make_overlays(const char *domain, const char *name, GPtrArra
         m->file = create_overlay_name(disk->file, name);
         fd = engine_image_create_overlay(m->file, disk->file, disk->format);
         if (fd < 0) {
-            g_autofree char *reason = g_strdup(snapfs_error_message());
+            g_autofree char *reason = g_strdup(error_message());
 
-            snapfs_error_set(snapfs_error_errno(), "cannot create snapshot '%s' of '%s': disk %s: %s", name, domain,
+            error_set(error_errno(), "cannot create snapshot '%s' of '%s': disk %s: %s", name, domain,
                              disk->target, reason);
             m->fd = -1;
             create_made_free(m);
@@ -290,7 +290,7 @@ static virDomainSnapshotPtr create_call(virDomainPtr dom, const char *xml, unsig
         if (snap || quiesce == ENGINE_QUIESCE_ON)
             return snap;
         /* ATOMIC: the failed attempt left nothing behind, so trying again unquiesced is safe. */
-        snapfs_warn("snapshot '%s' of domain '%s' is taken without quiescing: %s", name, label,
+        log_warn("snapshot '%s' of domain '%s' is taken without quiescing: %s", name, label,
                     virGetLastErrorMessage());
     }
     return virDomainSnapshotCreateXML(dom, xml, flags);
@@ -321,7 +321,7 @@ static int create_locked(virConnectPtr conn, const char *domain, const char *nam
     bool running, local;
 
     if (!dom) {
-        snapfs_error_from_virt("cannot create snapshot '%s' of '%s'", name, domain);
+        error_from_virt("cannot create snapshot '%s' of '%s'", name, domain);
         return -1;
     }
     running = virDomainIsActive(dom) == 1;
@@ -346,14 +346,14 @@ static int create_locked(virConnectPtr conn, const char *domain, const char *nam
     snap = create_call(dom, xml, flags, running, quiesce, label, name);
     /* Record libvirt's reason now: the calls that end the progress reset libvirt's last error. */
     if (!snap)
-        snapfs_error_from_virt("cannot create snapshot '%s' of '%s'", name, domain);
+        error_from_virt("cannot create snapshot '%s' of '%s'", name, domain);
     engine_progress_end(progress);
     if (!snap) {
         /* ATOMIC: libvirt changed nothing, so what snapfs made is nobody's. */
         create_made_remove(made);
         return -1;
     }
-    snapfs_info("created snapshot '%s' of domain '%s'%s", name, label, running ? " (live)" : "");
+    log_info("created snapshot '%s' of domain '%s'%s", name, label, running ? " (live)" : "");
     if (local && running)
         create_make_overlays_private(dom, snap, label);
     create_notify_frozen(label, disks);
@@ -366,20 +366,20 @@ int engine_snapshot_create(virConnectPtr conn, const char *domain, const char *n
     g_autofree char *label = NULL;
     g_autofree char *doing = NULL;
     g_autofree char *what = NULL;
-    struct engine_lock *lock;
+    struct domain_lock *lock;
     int ret;
 
     if (engine_check_name(name) < 0)
         return -1;
-    label = snapfs_domain_label(conn, domain);
+    label = host_conn_domain_label(conn, domain);
     doing = g_strdup_printf("creating snapshot '%s'", name);
     what = g_strdup_printf("cannot create snapshot '%s' of '%s'", name, domain);
     /* Two mkdirs of one name: the second waits here (within the bound), then finds the name taken. */
-    lock = engine_lock_domain_conn(conn, domain, doing, what);
+    lock = domain_lock_acquire_conn(conn, domain, doing, what);
     if (!lock)
         return -1;
     ret = create_locked(conn, domain, name, options ? options->quiesce : ENGINE_QUIESCE_AUTO, label, doing);
-    engine_unlock_domain(lock);
+    domain_lock_release(lock);
     return ret;
 }
 
@@ -397,24 +397,24 @@ static int describe_locked(virConnectPtr conn, const char *domain, const char *n
     unsigned int flags = VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE;
 
     if (!g_utf8_validate(description, -1, NULL)) {
-        snapfs_error_set(EINVAL, "%s: the text is not valid UTF-8", what);
+        error_set(EINVAL, "%s: the text is not valid UTF-8", what);
         return -1;
     }
     dom = virDomainLookupByName(conn, domain);
     snap = dom ? virDomainSnapshotLookupByName(dom, name, 0) : NULL;
     if (!snap) {
-        snapfs_error_from_virt("%s", what);
+        error_from_virt("%s", what);
         return -1;
     }
     /* SECURE: the redefinition must carry every secret the snapshot's domain XML holds. */
     xml = virDomainSnapshotGetXMLDesc(snap, VIR_DOMAIN_SNAPSHOT_XML_SECURE);
     if (!xml) {
-        snapfs_error_from_virt("%s", what);
+        error_from_virt("%s", what);
         return -1;
     }
-    changed = snapfs_xml_set_description(xml, description);
+    changed = xml_set_description(xml, description);
     if (!changed) {
-        snapfs_error_set(EIO, "%s: its XML cannot be parsed", what);
+        error_set(EIO, "%s: its XML cannot be parsed", what);
         return -1;
     }
     /* Redefining without CURRENT would leave the domain with no current snapshot. */
@@ -422,7 +422,7 @@ static int describe_locked(virConnectPtr conn, const char *domain, const char *n
         flags |= VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT;
     redefined = virDomainSnapshotCreateXML(dom, changed, flags);
     if (!redefined) {
-        snapfs_error_from_virt("%s", what);
+        error_from_virt("%s", what);
         return -1;
     }
     return 0;
@@ -433,12 +433,12 @@ int engine_snapshot_set_description(virConnectPtr conn, const char *domain, cons
 {
     g_autofree char *doing = g_strdup_printf("describing snapshot '%s'", name);
     g_autofree char *what = g_strdup_printf("cannot describe snapshot '%s' of '%s'", name, domain);
-    struct engine_lock *lock = engine_lock_domain_conn(conn, domain, doing, what);
+    struct domain_lock *lock = domain_lock_acquire_conn(conn, domain, doing, what);
     int ret;
 
     if (!lock)
         return -1;
     ret = describe_locked(conn, domain, name, description, what);
-    engine_unlock_domain(lock);
+    domain_lock_release(lock);
     return ret;
 }

@@ -51,13 +51,13 @@ static int delete_check_not_shared(struct delete_ctx *ctx, const char *overlay, 
     g_autofree char *other = engine_images_user(ctx->images, overlay, ctx->domain);
 
     if (other) {
-        snapfs_error_set(EBUSY, "%s: %s stands on its overlay '%s', which the merge would remove",
+        error_set(EBUSY, "%s: %s stands on its overlay '%s', which the merge would remove",
                          ctx->what, other, overlay);
         return -1;
     }
     other = engine_images_user(ctx->images, frozen, ctx->domain);
     if (other) {
-        snapfs_error_set(EBUSY, "%s: %s stands on '%s', which the merge would change", ctx->what, other, frozen);
+        error_set(EBUSY, "%s: %s stands on '%s', which the merge would change", ctx->what, other, frozen);
         return -1;
     }
     return 0;
@@ -66,15 +66,15 @@ static int delete_check_not_shared(struct delete_ctx *ctx, const char *overlay, 
 /* libvirt 9.0 unlinks the overlay with every internal snapshot inside it (seen: a child's, after a revert). */
 static int delete_check_no_internal(struct delete_ctx *ctx, const char *overlay)
 {
-    g_autoptr(GPtrArray) internal = snapfs_chain_internal_snapshots(overlay);
+    g_autoptr(GPtrArray) internal = chain_internal_snapshots(overlay);
 
     if (!internal) {
-        snapfs_error_set(EIO, "%s: cannot tell whether its overlay '%s' holds internal snapshots: %s", ctx->what,
-                         overlay, snapfs_error_message());
+        error_set(EIO, "%s: cannot tell whether its overlay '%s' holds internal snapshots: %s", ctx->what,
+                         overlay, error_message());
         return -1;
     }
     if (internal->len > 0) {
-        snapfs_error_set(ENOTSUP, "%s: its overlay '%s' holds internal snapshot '%s', which the merge would destroy",
+        error_set(ENOTSUP, "%s: its overlay '%s' holds internal snapshot '%s', which the merge would destroy",
                          ctx->what, overlay, (const char *)g_ptr_array_index(internal, 0));
         return -1;
     }
@@ -90,7 +90,7 @@ static int delete_check_no_branch(struct delete_ctx *ctx, const char *overlay, c
 
     for (size_t i = 0; over_deps[i]; i++) {
         if (strcmp(over_deps[i], above) != 0) {
-            snapfs_error_set(ENOTSUP, "%s: '%s' is built on its overlay '%s' outside the disk's chain (a branch); "
+            error_set(ENOTSUP, "%s: '%s' is built on its overlay '%s' outside the disk's chain (a branch); "
                              "the merge would break it", ctx->what, over_deps[i], overlay);
             return -1;
         }
@@ -98,7 +98,7 @@ static int delete_check_no_branch(struct delete_ctx *ctx, const char *overlay, c
     frozen_deps = engine_images_dependents(ctx->images, frozen);
     for (size_t i = 0; frozen_deps[i]; i++) {
         if (strcmp(frozen_deps[i], overlay) != 0) {
-            snapfs_error_set(ENOTSUP, "%s: '%s' is also built on '%s', which the merge would change",
+            error_set(ENOTSUP, "%s: '%s' is also built on '%s', which the merge would change",
                              ctx->what, frozen_deps[i], frozen);
             return -1;
         }
@@ -119,7 +119,7 @@ static int delete_check_merge_disk(struct delete_ctx *ctx, struct snapfs_snapsho
     const char *user;
 
     if (!frozen || !*frozen) {
-        snapfs_error_set(ENOTSUP, "%s: its overlay '%s' of disk %s has no backing image to merge into",
+        error_set(ENOTSUP, "%s: its overlay '%s' of disk %s has no backing image to merge into",
                          ctx->what, overlay, sd->target);
         return -1;
     }
@@ -128,13 +128,13 @@ static int delete_check_merge_disk(struct delete_ctx *ctx, struct snapfs_snapsho
         return -1;
     user = g_hash_table_lookup(ctx->images->tops, frozen);
     if (user) {
-        snapfs_error_set(ENOTSUP, "%s: '%s', which the merge would change, is the disk of %s",
+        error_set(ENOTSUP, "%s: '%s', which the merge would change, is the disk of %s",
                          ctx->what, frozen, user);
         return -1;
     }
     user = g_hash_table_lookup(ctx->images->tops, overlay);
     if (user && strcmp(overlay, disk->file) != 0) {
-        snapfs_error_set(ENOTSUP, "%s: its overlay '%s' is the disk of %s", ctx->what, overlay, user);
+        error_set(ENOTSUP, "%s: its overlay '%s' is the disk of %s", ctx->what, overlay, user);
         return -1;
     }
     return 0;
@@ -148,21 +148,21 @@ static int delete_check_merge_disk(struct delete_ctx *ctx, struct snapfs_snapsho
  */
 static int delete_spell_out_disk(struct delete_ctx *ctx, xmlXPathContextPtr xpath, xmlNodePtr disk)
 {
-    g_autofree char *file = snapfs_xml_string(xpath, disk, "string(source/@file)");
-    g_autofree char *format = snapfs_xml_string(xpath, disk, "string(driver/@type)");
-    g_autofree char *spelled = snapfs_xml_string(xpath, disk, "string(count(backingStore/node()))");
+    g_autofree char *file = xml_string(xpath, disk, "string(source/@file)");
+    g_autofree char *format = xml_string(xpath, disk, "string(driver/@type)");
+    g_autofree char *spelled = xml_string(xpath, disk, "string(count(backingStore/node()))");
     g_autoptr(GPtrArray) chain = NULL;
 
     /* Already spelled out (a non-empty <backingStore>), or nothing to spell. */
     if (!file || g_strcmp0(spelled, "0") != 0)
         return 0;
-    chain = snapfs_chain_read(file, format);
+    chain = chain_read(file, format);
     if (!chain)
         return -1;
     if (chain->len <= 1)
         return 0;
-    if (snapfs_xml_disk_set_backing(disk, chain) < 0) {
-        snapfs_error_set(EIO, "%s: cannot spell out the chain of '%s'", ctx->what, file);
+    if (xml_disk_set_backing(disk, chain) < 0) {
+        error_set(EIO, "%s: cannot spell out the chain of '%s'", ctx->what, file);
         return -1;
     }
     return 1;
@@ -184,11 +184,11 @@ static int delete_spell_out_chains(struct delete_ctx *ctx)
     bool changed = false;
 
     if (!xml) {
-        snapfs_error_from_virt("%s", ctx->what);
+        error_from_virt("%s", ctx->what);
         return -1;
     }
-    doc = snapfs_xml_read(xml, &xpath);
-    disks = doc ? snapfs_xml_nodes(xpath, "/domain/devices/disk") : NULL;
+    doc = xml_read(xml, &xpath);
+    disks = doc ? xml_nodes(xpath, "/domain/devices/disk") : NULL;
     for (guint i = 0; disks && i < disks->len; i++) {
         int spelled = delete_spell_out_disk(ctx, xpath, g_ptr_array_index(disks, i));
 
@@ -198,13 +198,13 @@ static int delete_spell_out_chains(struct delete_ctx *ctx)
     }
     if (!changed)
         return 0;
-    out = snapfs_xml_dump(doc);
+    out = xml_dump(doc);
     redefined = out ? virDomainDefineXML(ctx->conn, out) : NULL;
     if (!redefined) {
-        snapfs_error_from_virt("%s: cannot spell out the backing chains in its XML", ctx->what);
+        error_from_virt("%s: cannot spell out the backing chains in its XML", ctx->what);
         return -1;
     }
-    snapfs_debug("spelled out the backing chains of domain '%s' for libvirt to delete snapshot '%s'",
+    log_debug("spelled out the backing chains of domain '%s' for libvirt to delete snapshot '%s'",
                  ctx->label, ctx->name);
     return 0;
 }
@@ -239,7 +239,7 @@ static int delete_internal(struct delete_ctx *ctx)
         return -1;
     /* libvirt 9.0 finds each disk's internal snapshot where the snapshot's own XML says it is. */
     if (virDomainSnapshotDelete(ctx->snap, 0) < 0) {
-        snapfs_error_from_virt("%s", ctx->what);
+        error_from_virt("%s", ctx->what);
         return -1;
     }
     return 0;
@@ -282,13 +282,13 @@ static int delete_off_branch(struct delete_ctx *ctx)
     if (delete_ask(ctx, doomed) < 0)
         return -1;
     if (virDomainSnapshotDelete(ctx->snap, VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY) < 0) {
-        snapfs_error_from_virt("%s", ctx->what);
+        error_from_virt("%s", ctx->what);
         return -1;
     }
     after = engine_images_collect(ctx->conn, ctx->domain, NULL, ctx->what);
     if (!after) {
-        snapfs_warn("deleted snapshot '%s' of domain '%s' but kept its overlays: %s", ctx->name, ctx->label,
-                    snapfs_error_message());
+        log_warn("deleted snapshot '%s' of domain '%s' but kept its overlays: %s", ctx->name, ctx->label,
+                    error_message());
         return 0;
     }
     g_ptr_array_unref(doomed);
@@ -298,8 +298,8 @@ static int delete_off_branch(struct delete_ctx *ctx)
         const char *one[] = { g_ptr_array_index(doomed, i), NULL };
 
         if (engine_check_not_open(ctx->uuid, ctx->what, one) < 0) {
-            snapfs_debug("'%s' of deleted snapshot '%s' of domain '%s' stays: %s", one[0], ctx->name, ctx->label,
-                         snapfs_error_message());
+            log_debug("'%s' of deleted snapshot '%s' of domain '%s' stays: %s", one[0], ctx->name, ctx->label,
+                         error_message());
             g_ptr_array_remove_index(doomed, i--);
         }
     }
@@ -307,14 +307,14 @@ static int delete_off_branch(struct delete_ctx *ctx)
         struct snapfs_snapshot_disk *sd = g_ptr_array_index(ctx->info->disks, i);
 
         if (strcmp(sd->kind, "external") == 0 && sd->file && !g_ptr_array_find(doomed, sd->file, NULL))
-            snapfs_info("kept '%s' of deleted snapshot '%s' of domain '%s': something still reads it",
+            log_info("kept '%s' of deleted snapshot '%s' of domain '%s': something still reads it",
                         sd->file, ctx->name, ctx->label);
     }
     for (guint i = 0; i < doomed->len; i++) {
         const char *file = g_ptr_array_index(doomed, i);
 
         if (unlink(file) < 0)
-            snapfs_warn("cannot remove '%s' of deleted snapshot '%s' of domain '%s': %s", file, ctx->name,
+            log_warn("cannot remove '%s' of deleted snapshot '%s' of domain '%s': %s", file, ctx->name,
                         ctx->label, g_strerror(errno));
         else
             engine_notify_chain_changed(ctx->label, file);
@@ -344,7 +344,7 @@ static int delete_make_current(struct delete_ctx *ctx, virDomainSnapshotPtr *pre
     *previous = virDomainHasCurrentSnapshot(ctx->dom, 0) == 1 ? virDomainSnapshotCurrent(ctx->dom, 0) : NULL;
     redefined = delete_redefine_current(ctx->dom, xml);
     if (!redefined) {
-        snapfs_error_from_virt("%s", ctx->what);
+        error_from_virt("%s", ctx->what);
         g_clear_pointer(previous, virDomainSnapshotFree);
         return -1;
     }
@@ -358,7 +358,7 @@ static void delete_restore_current(struct delete_ctx *ctx, virDomainSnapshotPtr 
     g_autoptr(virDomainSnapshot) redefined = delete_redefine_current(ctx->dom, xml);
 
     if (!redefined)
-        snapfs_warn("cannot make snapshot '%s' the current snapshot of domain '%s' again after failing to "
+        log_warn("cannot make snapshot '%s' the current snapshot of domain '%s' again after failing to "
                     "delete snapshot '%s'", virDomainSnapshotGetName(previous), ctx->label, ctx->name);
 }
 
@@ -374,13 +374,13 @@ static int delete_count_in_chain(struct delete_ctx *ctx, guint *in_chain, guint 
         struct snapfs_disk *disk;
 
         if (strcmp(sd->kind, "internal") == 0) {
-            snapfs_error_set(ENOTSUP, "%s: it mixes internal and external disks", ctx->what);
+            error_set(ENOTSUP, "%s: it mixes internal and external disks", ctx->what);
             return -1;
         }
         if (strcmp(sd->kind, "external") != 0)
             continue;
         (*external)++;
-        disk = snapfs_disk_find(ctx->disks, sd->target);
+        disk = xml_disk_find(ctx->disks, sd->target);
         if (sd->file && disk && disk->file && delete_above_in_chain(ctx->images, disk->file, sd->file))
             (*in_chain)++;
     }
@@ -392,16 +392,16 @@ static int delete_check_mergeable(struct delete_ctx *ctx, int children, int curr
                                   guint external)
 {
     if (in_chain != external) {
-        snapfs_error_set(ENOTSUP, "%s: some of its disks run on it and others no longer do", ctx->what);
+        error_set(ENOTSUP, "%s: some of its disks run on it and others no longer do", ctx->what);
         return -1;
     }
     if (children > 1) {
-        snapfs_error_set(ENOTSUP, "%s: it has %d children (a branched tree); libvirt cannot merge it into both",
+        error_set(ENOTSUP, "%s: it has %d children (a branched tree); libvirt cannot merge it into both",
                          ctx->what, children);
         return -1;
     }
     if (current == 1 && children > 0) {
-        snapfs_error_set(ENOTSUP, "%s: it is the current snapshot (reverted to) and has children; "
+        error_set(ENOTSUP, "%s: it is the current snapshot (reverted to) and has children; "
                          "libvirt 9.0 cannot merge it", ctx->what);
         return -1;
     }
@@ -411,7 +411,7 @@ static int delete_check_mergeable(struct delete_ctx *ctx, int children, int curr
 
         if (strcmp(sd->kind, "external") != 0)
             continue;
-        disk = snapfs_disk_find(ctx->disks, sd->target);
+        disk = xml_disk_find(ctx->disks, sd->target);
         if (delete_check_merge_disk(ctx, sd, disk, delete_above_in_chain(ctx->images, disk->file, sd->file)) < 0)
             return -1;
     }
@@ -430,7 +430,7 @@ static int delete_ask_merge(struct delete_ctx *ctx)
         if (strcmp(sd->kind, "external") != 0)
             continue;
         frozen = g_hash_table_lookup(ctx->images->backing, sd->file);
-        above = delete_above_in_chain(ctx->images, snapfs_disk_find(ctx->disks, sd->target)->file, sd->file);
+        above = delete_above_in_chain(ctx->images, xml_disk_find(ctx->disks, sd->target)->file, sd->file);
         g_ptr_array_add(changed, sd->file);
         if (frozen && *frozen)
             g_ptr_array_add(changed, (gpointer)frozen);
@@ -458,7 +458,7 @@ static int delete_merge(struct delete_ctx *ctx)
     ret = virDomainSnapshotDelete(ctx->snap, 0);
     /* Record libvirt's reason now: the calls that end the progress reset libvirt's last error. */
     if (ret < 0)
-        snapfs_error_from_virt("%s", ctx->what);
+        error_from_virt("%s", ctx->what);
     engine_progress_end(progress);
     return ret < 0 ? -1 : 0;
 }
@@ -494,11 +494,11 @@ static int delete_external(struct delete_ctx *ctx)
     guint in_chain, external;
 
     if (children < 0 || current < 0) {
-        snapfs_error_from_virt("%s", ctx->what);
+        error_from_virt("%s", ctx->what);
         return -1;
     }
     if (!engine_conn_is_local(ctx->conn)) {
-        snapfs_error_set(ENOTSUP, "%s: libvirt 9.0 loses data merging some snapshot trees, so snapfs checks the "
+        error_set(ENOTSUP, "%s: libvirt 9.0 loses data merging some snapshot trees, so snapfs checks the "
                          "images first, and it needs them as files on this host", ctx->what);
         return -1;
     }
@@ -553,19 +553,19 @@ static int delete_locked(struct delete_ctx *ctx)
 
     /* Tests only: a delete that holds the domain's lock for a while, as a long merge does. */
     if (g_strcmp0(g_getenv("SNAPFS_FAULT"), "engine:slow-delete") == 0) {
-        snapfs_warn("SNAPFS_FAULT: holding the lock of domain '%s' for 8 s", ctx->label);
+        log_warn("SNAPFS_FAULT: holding the lock of domain '%s' for 8 s", ctx->label);
         g_usleep(8 * G_USEC_PER_SEC);
     }
     ctx->dom = virDomainLookupByName(ctx->conn, ctx->domain);
     ctx->snap = ctx->dom ? virDomainSnapshotLookupByName(ctx->dom, ctx->name, 0) : NULL;
     if (!ctx->snap) {
-        snapfs_error_from_virt("%s", ctx->what);
+        error_from_virt("%s", ctx->what);
         return -1;
     }
     xml = virDomainSnapshotGetXMLDesc(ctx->snap, 0);
     ctx->info = xml ? engine_parse_snapshot(xml) : NULL;
     if (!ctx->info || virDomainGetUUIDString(ctx->dom, ctx->uuid) < 0) {
-        snapfs_error_from_virt("%s", ctx->what);
+        error_from_virt("%s", ctx->what);
         return -1;
     }
     ctx->running = virDomainIsActive(ctx->dom) == 1;
@@ -576,7 +576,7 @@ static int delete_locked(struct delete_ctx *ctx)
 
     ret = ctx->info->external ? delete_external(ctx) : delete_internal(ctx);
     if (ret == 0) {
-        snapfs_info("deleted snapshot '%s' of domain '%s'", ctx->name, ctx->label);
+        log_info("deleted snapshot '%s' of domain '%s'", ctx->name, ctx->label);
         engine_notify_changed_since(ctx->label, before);
     }
     return ret;
@@ -585,15 +585,15 @@ static int delete_locked(struct delete_ctx *ctx)
 int engine_snapshot_delete(virConnectPtr conn, const char *domain, const char *name)
 {
     struct delete_ctx ctx = { .conn = conn, .domain = domain, .name = name,
-                              .label = snapfs_domain_label(conn, domain) };
+                              .label = host_conn_domain_label(conn, domain) };
     g_autofree char *doing = g_strdup_printf("deleting snapshot '%s'", name);
-    struct engine_lock *lock;
+    struct domain_lock *lock;
     int ret;
 
     ctx.what = g_strdup_printf("cannot delete snapshot '%s' of '%s'", name, domain);
-    lock = engine_lock_domain_conn(conn, domain, doing, ctx.what);
+    lock = domain_lock_acquire_conn(conn, domain, doing, ctx.what);
     ret = lock ? delete_locked(&ctx) : -1;
     delete_ctx_clear(&ctx);
-    engine_unlock_domain(lock);
+    domain_lock_release(lock);
     return ret;
 }

@@ -10,11 +10,11 @@
 GPtrArray *engine_parse_disks(const char *xml, bool inside_snapshot)
 {
     g_autoptr(xmlXPathContext) ctxt = NULL;
-    g_autoptr(xmlDoc) doc = snapfs_xml_read(xml, &ctxt);
+    g_autoptr(xmlDoc) doc = xml_read(xml, &ctxt);
 
     if (!doc)
         return NULL;
-    return snapfs_xml_disks(ctxt, inside_snapshot ? "/domainsnapshot/domain" : "/domain");
+    return xml_disks(ctxt, inside_snapshot ? "/domainsnapshot/domain" : "/domain");
 }
 
 bool engine_disk_is_snapshotted(const struct snapfs_disk *disk)
@@ -43,24 +43,24 @@ void engine_snapshot_info_free(struct engine_snapshot_info *info)
 struct engine_snapshot_info *engine_parse_snapshot(const char *xml)
 {
     g_autoptr(xmlXPathContext) ctxt = NULL;
-    g_autoptr(xmlDoc) doc = snapfs_xml_read(xml, &ctxt);
+    g_autoptr(xmlDoc) doc = xml_read(xml, &ctxt);
     struct engine_snapshot_info *info;
 
     if (!doc)
         return NULL;
     info = g_new0(struct engine_snapshot_info, 1);
-    info->name = snapfs_xml_string(ctxt, NULL, "string(/domainsnapshot/name)");
-    info->description = snapfs_xml_string(ctxt, NULL, "string(/domainsnapshot/description)");
+    info->name = xml_string(ctxt, NULL, "string(/domainsnapshot/name)");
+    info->description = xml_string(ctxt, NULL, "string(/domainsnapshot/description)");
     if (!info->description)
         info->description = g_strdup("");
-    info->disks = snapfs_xml_snapshot_disks(ctxt);
+    info->disks = xml_snapshot_disks(ctxt);
     for (guint i = 0; i < info->disks->len; i++) {
         struct snapfs_snapshot_disk *disk = g_ptr_array_index(info->disks, i);
 
         if (strcmp(disk->kind, "external") == 0)
             info->external = true;
     }
-    info->domain_disks = snapfs_xml_disks(ctxt, "/domainsnapshot/domain");
+    info->domain_disks = xml_disks(ctxt, "/domainsnapshot/domain");
     return info;
 }
 
@@ -68,7 +68,7 @@ bool engine_conn_is_local(virConnectPtr conn)
 {
     g_autofree char *uri = virConnectGetURI(conn);
 
-    return snapfs_uri_is_local(uri);
+    return host_uri_is_local(uri);
 }
 
 GPtrArray *engine_domain_disks(virDomainPtr dom, bool inactive)
@@ -77,12 +77,12 @@ GPtrArray *engine_domain_disks(virDomainPtr dom, bool inactive)
     GPtrArray *disks;
 
     if (!xml) {
-        snapfs_error_from_virt("cannot read the XML of '%s'", virDomainGetName(dom));
+        error_from_virt("cannot read the XML of '%s'", virDomainGetName(dom));
         return NULL;
     }
     disks = engine_parse_disks(xml, false);
     if (!disks)
-        snapfs_error_set(EIO, "cannot parse the XML of '%s'", virDomainGetName(dom));
+        error_set(EIO, "cannot parse the XML of '%s'", virDomainGetName(dom));
     return disks;
 }
 
@@ -97,7 +97,7 @@ bool engine_block_job_running(virDomainPtr dom, GPtrArray *disks, const char *wh
         if (!disk->target || !disk->file)
             continue;
         if (virDomainGetBlockJobInfo(dom, disk->target, &info, 0) > 0) {
-            snapfs_error_set(EBUSY, "%s: a block job is running on disk %s of '%s'", what, disk->target,
+            error_set(EBUSY, "%s: a block job is running on disk %s of '%s'", what, disk->target,
                              virDomainGetName(dom));
             return true;
         }

@@ -74,7 +74,7 @@ static bool backing_is_protocol(const char *backing)
 /* EIO for what cannot be read, but ENOTSUP stays ENOTSUP: a format recorded nowhere is a refusal with its own reason. */
 static int graph_failure_errno(void)
 {
-    return snapfs_error_errno() == ENOTSUP ? ENOTSUP : EIO;
+    return error_errno() == ENOTSUP ? ENOTSUP : EIO;
 }
 
 int engine_images_add_chain(struct engine_images *images, const char *file, const char *format)
@@ -90,21 +90,21 @@ int engine_images_add_chain(struct engine_images *images, const char *file, cons
         if (g_hash_table_contains(images->backing, cur))
             return 0;
         if (depth >= 256) {
-            snapfs_error_set(EIO, "the backing chain of '%s' is deeper than 256 images", file);
+            error_set(EIO, "the backing chain of '%s' is deeper than 256 images", file);
             return -1;
         }
-        layer = snapfs_chain_read_layer(cur, fmt);
+        layer = chain_read_layer(cur, fmt);
         if (!layer) {
             /* What an unreadable image stands on is unknown: nothing below it may be taken for unneeded. */
-            snapfs_error_set(graph_failure_errno(), "%s", snapfs_error_message());
+            error_set(graph_failure_errno(), "%s", error_message());
             return -1;
         }
         if (layer->backing && !backing_is_protocol(layer->backing))
-            below = snapfs_chain_resolve(cur, layer->backing);
+            below = chain_resolve(cur, layer->backing);
         g_hash_table_insert(images->backing, g_strdup(cur), g_strdup(below ? below : ""));
         g_free(fmt);
         fmt = g_strdup(layer->backing_format);
-        snapfs_layer_free(layer);
+        chain_layer_free(layer);
         g_free(cur);
         cur = below;
     }
@@ -119,7 +119,7 @@ GPtrArray *engine_chain_files(const char *top, const char *format)
 
     /* What was read before an unreadable image is still the chain as far as it is known. */
     if (engine_images_add_chain(images, top, format) < 0)
-        snapfs_debug("cannot read the whole chain of '%s': %s", top, snapfs_error_message());
+        log_debug("cannot read the whole chain of '%s': %s", top, error_message());
     g_ptr_array_add(files, g_strdup(top));
     for (cur = g_hash_table_lookup(images->backing, top); cur && *cur && files->len < 256;
          cur = g_hash_table_lookup(images->backing, cur))
@@ -141,7 +141,7 @@ static int images_add_root(struct engine_images *images, const char *file, const
                           : g_strdup_printf("disk %s of domain '%s'", target, domain);
 
     if (engine_images_add_chain(images, file, format) < 0) {
-        snapfs_error_set(graph_failure_errno(), "cannot tell what %s stands on: %s", user, snapfs_error_message());
+        error_set(graph_failure_errno(), "cannot tell what %s stands on: %s", user, error_message());
         g_free(user);
         return -1;
     }
@@ -183,7 +183,7 @@ static bool images_virt_failed(int gone_code, const char *fmt, ...)
     va_start(ap, fmt);
     what = g_strdup_vprintf(fmt, ap);
     va_end(ap);
-    snapfs_error_set(EIO, "%s: %s", what, virGetLastErrorMessage());
+    error_set(EIO, "%s: %s", what, virGetLastErrorMessage());
     return false;
 }
 
@@ -195,7 +195,7 @@ static bool images_virt_failed(int gone_code, const char *fmt, ...)
  */
 static bool snapshot_overlay_discarded(const struct engine_snapshot_info *info, const struct snapfs_snapshot_disk *disk)
 {
-    struct snapfs_disk *then = snapfs_disk_find(info->domain_disks, disk->target);
+    struct snapfs_disk *then = xml_disk_find(info->domain_disks, disk->target);
     struct stat st;
 
     return then && then->file && strcmp(then->file, disk->file) != 0 && lstat(disk->file, &st) < 0 &&
@@ -214,7 +214,7 @@ static int images_add_snapshot(struct engine_images *images, virDomainSnapshotPt
                                   snap_name, domain) ? 0 : -1;
     info = engine_parse_snapshot(xml);
     if (!info || !info->domain_disks) {
-        snapfs_error_set(EIO, "cannot parse snapshot '%s' of domain '%s'", snap_name, domain);
+        error_set(EIO, "cannot parse snapshot '%s' of domain '%s'", snap_name, domain);
         goto cleanup;
     }
     for (guint d = 0; d < info->disks->len; d++) {
@@ -223,7 +223,7 @@ static int images_add_snapshot(struct engine_images *images, virDomainSnapshotPt
         if (!disk->file || strcmp(disk->kind, "external") != 0)
             continue;
         if (snapshot_overlay_discarded(info, disk)) {
-            snapfs_debug("snapshot '%s' of domain '%s' (disk %s): its overlay '%s' was discarded by a revert; what "
+            log_debug("snapshot '%s' of domain '%s' (disk %s): its overlay '%s' was discarded by a revert; what "
                          "it froze is read from the snapshot's domain", snap_name, domain, disk->target, disk->file);
             continue;
         }
@@ -254,7 +254,7 @@ static int images_add_domain(struct engine_images *images, virDomainPtr dom, con
             return images_virt_failed(VIR_ERR_NO_DOMAIN, "cannot read the XML of domain '%s'", name) ? 0 : -1;
         disks = engine_parse_disks(xml, false);
         if (!disks) {
-            snapfs_error_set(EIO, "cannot parse the XML of domain '%s'", name);
+            error_set(EIO, "cannot parse the XML of domain '%s'", name);
             return -1;
         }
         ret = images_add_disks(images, disks, name, NULL);
@@ -285,7 +285,7 @@ struct engine_images *engine_images_collect(virConnectPtr conn, const char *doma
     int ret = 0;
 
     if (n < 0) {
-        snapfs_error_set(EIO, "%s: cannot list the domains to see which images they use: %s", what,
+        error_set(EIO, "%s: cannot list the domains to see which images they use: %s", what,
                          virGetLastErrorMessage());
         engine_images_free(images);
         return NULL;
@@ -298,8 +298,8 @@ struct engine_images *engine_images_collect(virConnectPtr conn, const char *doma
     }
     free(doms);
     if (ret < 0) {
-        snapfs_error_set(graph_failure_errno(), "%s: %s; snapfs changes nothing while it cannot tell which images are needed",
-                         what, snapfs_error_message());
+        error_set(graph_failure_errno(), "%s: %s; snapfs changes nothing while it cannot tell which images are needed",
+                         what, error_message());
         engine_images_free(images);
         return NULL;
     }

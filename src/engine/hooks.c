@@ -28,7 +28,7 @@ void engine_notify_chain_changed(const char *label, const char *file)
     fn = notify_fn;
     opaque = notify_opaque;
     g_mutex_unlock(&notify_mutex);
-    snapfs_debug("image '%s' of domain '%s' moved or merged", file, label);
+    log_debug("image '%s' of domain '%s' moved or merged", file, label);
     if (fn)
         fn(file, opaque);
 }

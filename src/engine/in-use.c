@@ -86,7 +86,7 @@ int engine_check_not_open(const char *uuid, const char *what, const char *const 
     for (size_t i = 0; i < n; i++) {
         if (stat(files[i], &want[i]) < 0) {
             if (errno != ENOENT) {
-                snapfs_error_set(EIO, "%s: cannot tell who holds '%s' open: %s", what, files[i], g_strerror(errno));
+                error_set(EIO, "%s: cannot tell who holds '%s' open: %s", what, files[i], g_strerror(errno));
                 return -1;
             }
             memset(&want[i], 0, sizeof(want[i]));
@@ -98,7 +98,7 @@ int engine_check_not_open(const char *uuid, const char *what, const char *const 
         return 0;
     proc = opendir("/proc");
     if (!proc) {
-        snapfs_error_set(EIO, "%s: cannot tell who holds its images open: /proc: %s", what, g_strerror(errno));
+        error_set(EIO, "%s: cannot tell who holds its images open: /proc: %s", what, g_strerror(errno));
         return -1;
     }
     while (ret == 0 && (de = readdir(proc))) {
@@ -109,13 +109,13 @@ int engine_check_not_open(const char *uuid, const char *what, const char *const 
             continue;
         file = pid_holds(de->d_name, files, want, &err);
         if (err) {
-            snapfs_error_set(EIO, "%s: cannot tell whether process %s holds its images open: %s", what, de->d_name,
+            error_set(EIO, "%s: cannot tell whether process %s holds its images open: %s", what, de->d_name,
                              g_strerror(err));
             ret = -1;
         } else if (file && !pid_is_domain_qemu(de->d_name, uuid)) {
             g_autofree char *comm = pid_comm(de->d_name);
 
-            snapfs_error_set(EBUSY, "%s: process %s (%s) holds '%s' open", what, de->d_name, comm, file);
+            error_set(EBUSY, "%s: process %s (%s) holds '%s' open", what, de->d_name, comm, file);
             ret = -1;
         }
     }
@@ -135,7 +135,7 @@ int engine_check_unused(virConnectPtr conn, const char *domain, const char *what
         g_autofree char *user = engine_images_user(images, files[i], domain);
 
         if (user) {
-            snapfs_error_set(EBUSY, "%s: %s stands on '%s'", what, user, files[i]);
+            error_set(EBUSY, "%s: %s stands on '%s'", what, user, files[i]);
             engine_images_free(images);
             return -1;
         }
@@ -149,7 +149,7 @@ int engine_check_unused(virConnectPtr conn, const char *domain, const char *what
             uuid = g_strdup(buf);
     }
     if (!uuid) {
-        snapfs_error_set(EIO, "%s: cannot read the domain's UUID: %s", what, virGetLastErrorMessage());
+        error_set(EIO, "%s: cannot read the domain's UUID: %s", what, virGetLastErrorMessage());
         return -1;
     }
     return engine_check_not_open(uuid, what, files);

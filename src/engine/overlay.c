@@ -19,11 +19,11 @@ bool engine_image_remove_made(const char *file, int fd)
     if (fstat(fd, &mine) < 0 || lstat(file, &named) < 0)
         return false;
     if (mine.st_dev != named.st_dev || mine.st_ino != named.st_ino) {
-        snapfs_warn("'%s' is left where it is: it is no longer the file snapfs made under that name", file);
+        log_warn("'%s' is left where it is: it is no longer the file snapfs made under that name", file);
         return false;
     }
     if (unlink(file) < 0) {
-        snapfs_warn("cannot remove '%s', which snapfs made: %s", file, g_strerror(errno));
+        log_warn("cannot remove '%s', which snapfs made: %s", file, g_strerror(errno));
         return false;
     }
     return true;
@@ -47,7 +47,7 @@ static int overlay_open_private(const char *file, const char *backing)
     int fd;
 
     if (stat(backing, &below) < 0) {
-        snapfs_error_set(errno == ENOENT ? ENOENT : EIO, "cannot create overlay '%s': cannot stat its backing "
+        error_set(errno == ENOENT ? ENOENT : EIO, "cannot create overlay '%s': cannot stat its backing "
                          "image '%s': %s", file, backing, g_strerror(errno));
         return -1;
     }
@@ -55,13 +55,13 @@ static int overlay_open_private(const char *file, const char *backing)
     if (fd < 0) {
         int e = errno;
 
-        snapfs_error_set(e == EEXIST ? EEXIST : EIO, "cannot create overlay '%s': %s", file,
+        error_set(e == EEXIST ? EEXIST : EIO, "cannot create overlay '%s': %s", file,
                          e == EEXIST ? "a file of that name exists (snapfs never overwrites one)" : g_strerror(e));
         return -1;
     }
     /* The umask may have taken bits away, never added: 0600 exactly, whatever it is. */
     if (fchown(fd, below.st_uid, below.st_gid) < 0 || fchmod(fd, 0600) < 0) {
-        snapfs_error_set(EIO, "cannot give overlay '%s' the owner of '%s': %s", file, backing, g_strerror(errno));
+        error_set(EIO, "cannot give overlay '%s' the owner of '%s': %s", file, backing, g_strerror(errno));
         overlay_discard(file, fd);
         return -1;
     }
@@ -80,21 +80,21 @@ static int overlay_write_header(int fd, const char *file, const char *backing, c
     const char *argv[] = { "qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", backing_format, "-b", backing,
                            file, size, NULL };
 
-    if (snapfs_spawn_sync(argv, SNAPFS_TOOL_TIMEOUT_S, &out, &err, &status) < 0)
+    if (spawn_sync(argv, SPAWN_TOOL_TIMEOUT_S, &out, &err, &status) < 0)
         return -1;
     if (!g_spawn_check_wait_status(status, NULL)) {
         g_strstrip(err);
-        snapfs_error_set(EIO, "cannot create overlay '%s' on '%s': %s", file, backing, err);
+        error_set(EIO, "cannot create overlay '%s' on '%s': %s", file, backing, err);
         return -1;
     }
     /* qemu-img opened the name: it must still be the file made here, and still private. */
     if (fstat(fd, &made) < 0 || lstat(file, &named) < 0 || made.st_dev != named.st_dev ||
         made.st_ino != named.st_ino || (made.st_mode & 07777) != 0600) {
-        snapfs_error_set(EIO, "cannot create overlay '%s': the file changed under snapfs while qemu-img wrote it", file);
+        error_set(EIO, "cannot create overlay '%s': the file changed under snapfs while qemu-img wrote it", file);
         return -1;
     }
     if (fsync(fd) < 0) {
-        snapfs_error_set(EIO, "cannot flush overlay '%s' to disk: %s", file, g_strerror(errno));
+        error_set(EIO, "cannot flush overlay '%s' to disk: %s", file, g_strerror(errno));
         return -1;
     }
     return 0;
@@ -107,16 +107,16 @@ int engine_image_create_overlay(const char *file, const char *backing, const cha
     int fd;
 
     /* The format goes into the overlay's header, where qemu takes it for the truth: never a guess. */
-    if (!backing_format || !snapfs_chain_format_known(backing_format)) {
-        snapfs_error_set(ENOTSUP, "cannot create overlay '%s' on '%s': the format of '%s' is %s", file, backing,
+    if (!backing_format || !chain_format_known(backing_format)) {
+        error_set(ENOTSUP, "cannot create overlay '%s' on '%s': the format of '%s' is %s", file, backing,
                          backing, backing_format ? "not one snapfs accepts" : "recorded neither by libvirt nor by an image");
         return -1;
     }
-    layer = snapfs_chain_read_layer(backing, backing_format);
+    layer = chain_read_layer(backing, backing_format);
     if (!layer)
         return -1;
     size = g_strdup_printf("%" G_GUINT64_FORMAT, layer->virtual_size);
-    snapfs_layer_free(layer);
+    chain_layer_free(layer);
     fd = overlay_open_private(file, backing);
     if (fd < 0)
         return -1;

@@ -23,7 +23,7 @@ static void progress_set(const char *key, char *text)
 
 char *engine_progress(virConnectPtr conn, const char *domain)
 {
-    g_autofree char *key = engine_domain_key(conn, domain);
+    g_autofree char *key = domain_lock_key(conn, domain);
     char *text = NULL;
 
     g_mutex_lock(&progress_mutex);
@@ -31,7 +31,7 @@ char *engine_progress(virConnectPtr conn, const char *domain)
         text = g_strdup(g_hash_table_lookup(progress, key));
     g_mutex_unlock(&progress_mutex);
     /* Between the steps that report a percentage, what holds the domain's lock. */
-    return text ? text : engine_lock_holder(key);
+    return text ? text : domain_lock_holder(key);
 }
 
 /* All but @stop are set before the poller starts and only read until it is joined. */
@@ -77,7 +77,7 @@ static gpointer progress_poll(gpointer data)
             progress_set(p->key, g_strdup_printf("%s: merging, %d%%", p->what, percent));
             if (percent / 10 != logged) {
                 logged = percent / 10;
-                snapfs_info("%s of domain '%s': merging, %d%%", p->what, p->label, percent);
+                log_info("%s of domain '%s': merging, %d%%", p->what, p->label, percent);
             }
         }
         g_mutex_lock(&p->mutex);
@@ -93,9 +93,9 @@ struct engine_progress *engine_progress_begin(virConnectPtr conn, virDomainPtr d
 {
     struct engine_progress *p = g_new0(struct engine_progress, 1);
 
-    p->key = engine_domain_key(conn, domain);
+    p->key = domain_lock_key(conn, domain);
     p->what = g_strdup(what);
-    p->label = snapfs_domain_label(conn, domain);
+    p->label = host_conn_domain_label(conn, domain);
     progress_set(p->key, g_strdup(what));
     if (!dom || !targets || targets->len == 0)
         return p;

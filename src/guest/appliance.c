@@ -60,9 +60,9 @@ static void appliance_add_drive(struct guest_appliance *app, const struct guest_
      * file's format where none is recorded: only a drive whose whole chain
      * snapfs can read with formats libvirt or the images name is added.
      */
-    chain = snapfs_chain_read(drive->file, drive->format);
+    chain = chain_read(drive->file, drive->format);
     if (!chain) {
-        snapfs_debug("image '%s' is not added to an appliance: %s", drive->file, snapfs_error_message());
+        log_debug("image '%s' is not added to an appliance: %s", drive->file, error_message());
         return;
     }
     ext = g_new0(struct guest_disk_ext, 1);
@@ -157,7 +157,7 @@ void guest_appliance_close(struct guest_appliance *app)
 {
     g_atomic_int_set(&app->dead, 1);
     if (app->g) {
-        snapfs_debug("closing appliance %u of domain '%s'", app->serial, app->group);
+        log_debug("closing appliance %u of domain '%s'", app->serial, app->group);
         guestfs_close(app->g);
         app->g = NULL;
     }
@@ -202,7 +202,7 @@ static bool appliance_use_boot_file(guestfs_h *g, gint *as_shipped, char *(*prep
     made = prepare(g);
     if (made && apply(g, made) == 0)
         return true;
-    snapfs_info("appliances %s as it is: %s", without, made ? guestfs_last_error(g) : snapfs_error_message());
+    log_info("appliances %s as it is: %s", without, made ? guestfs_last_error(g) : error_message());
     g_atomic_int_set(as_shipped, 1);
     return false;
 }
@@ -214,7 +214,7 @@ static guestfs_h *appliance_new_handle(struct guest_appliance *app, bool force_t
     g_autofree char *ident = NULL;
 
     if (!g) {
-        snapfs_error_set(EIO, "cannot create a libguestfs handle: %s", g_strerror(errno));
+        error_set(EIO, "cannot create a libguestfs handle: %s", g_strerror(errno));
         return NULL;
     }
     guestfs_set_error_handler(g, NULL, NULL);
@@ -222,7 +222,7 @@ static guestfs_h *appliance_new_handle(struct guest_appliance *app, bool force_t
     if (!app->launch_dir) {
         app->launch_dir = g_build_filename(app->tmpdir, "launch", NULL);
         if (g_mkdir(app->launch_dir, 0700) < 0) {
-            snapfs_error_set(EIO, "cannot make '%s': %s", app->launch_dir, g_strerror(errno));
+            error_set(EIO, "cannot make '%s': %s", app->launch_dir, g_strerror(errno));
             return NULL;
         }
     }
@@ -299,7 +299,7 @@ static int appliance_add_disks(struct guest_appliance *app, guestfs_h *g)
                                        GUESTFS_ADD_DRIVE_OPTS_FORMAT, ext->disk.format, -1);
         }
         if (r < 0) {
-            snapfs_error_set(EIO, "cannot add image '%s' to an appliance: %s", ext->disk.file, guestfs_last_error(g));
+            error_set(EIO, "cannot add image '%s' to an appliance: %s", ext->disk.file, guestfs_last_error(g));
             return -1;
         }
     }
@@ -455,7 +455,7 @@ static void pool_kvm_check(struct guest_pool *pool)
         g_autofree char *before = guest_kvm_failed_before(pool->hv);
 
         if (before) {
-            snapfs_info("appliances start on TCG: KVM failed an appliance of an earlier snapfs of this boot: %s", before);
+            log_info("appliances start on TCG: KVM failed an appliance of an earlier snapfs of this boot: %s", before);
             g_atomic_int_set(&pool->force_tcg, 1);
         }
     }
@@ -489,13 +489,13 @@ static guestfs_h *appliance_boot(struct guest_pool *pool, struct guest_appliance
          * TCG from now on, said once.
          */
         if (!tcg) {
-            snapfs_warn("appliance %u of domain '%s': %s; trying again without KVM, and every appliance from now on",
-                        app->serial, app->group, snapfs_error_message());
+            log_warn("appliance %u of domain '%s': %s; trying again without KVM, and every appliance from now on",
+                        app->serial, app->group, error_message());
             g_atomic_int_set(&pool->force_tcg, 1);
-            kvm_failed = g_strdup(snapfs_error_message());
+            kvm_failed = g_strdup(error_message());
         } else if (*boot) {
-            snapfs_warn("appliance %u of domain '%s': %s; trying again with libguestfs's kernel and qemu as they are",
-                        app->serial, app->group, snapfs_error_message());
+            log_warn("appliance %u of domain '%s': %s; trying again with libguestfs's kernel and qemu as they are",
+                        app->serial, app->group, error_message());
             g_atomic_int_set(&pool->kernel_as_shipped, 1);
             g_atomic_int_set(&pool->qemu_as_shipped, 1);
         } else {
@@ -536,12 +536,12 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
     app->launching = true;
     app->launch_started = started;
     g_mutex_unlock(&pool->lock);
-    snapfs_info("starting appliance %u of domain '%s' with %u disks", app->serial, app->group, app->disks->len);
+    log_info("starting appliance %u of domain '%s' with %u disks", app->serial, app->group, app->disks->len);
 
     pool_kvm_check(pool);
     if (guest_nbd_start_servers(pool, app) < 0)
         goto fail;
-    snapfs_debug("appliance %u of domain '%s': images served after %.2f s", app->serial, app->group,
+    log_debug("appliance %u of domain '%s': images served after %.2f s", app->serial, app->group,
                  (double)(g_get_monotonic_time() - started) / G_USEC_PER_SEC);
     g = appliance_boot(pool, app, &boot);
     if (!g)
@@ -549,7 +549,7 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
     app->qemu_pid = guestfs_get_pid(g);
     if (boot & BOOT_UNPACKED)
         guest_boot_release(app->qemu_pid, guestfs_get_path(g));
-    snapfs_debug("appliance %u of domain '%s': booted after %.2f s", app->serial, app->group,
+    log_debug("appliance %u of domain '%s': booted after %.2f s", app->serial, app->group,
                  (double)(g_get_monotonic_time() - started) / G_USEC_PER_SEC);
     appliance_name_devices(app);
     app->g = g_steal_pointer(&g);
@@ -562,12 +562,12 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
     pool->stats.launches++;
     app->launch_started = 0;
     g_mutex_unlock(&pool->lock);
-    snapfs_info("appliance %u of domain '%s' started with %u disks in %.1f s", app->serial, app->group,
+    log_info("appliance %u of domain '%s' started with %u disks in %.1f s", app->serial, app->group,
                 app->disks->len, (double)(g_get_monotonic_time() - started) / G_USEC_PER_SEC);
     return 0;
 
 fail:
-    snapfs_warn("appliance %u of domain '%s': %s", app->serial, app->group, snapfs_error_message());
+    log_warn("appliance %u of domain '%s': %s", app->serial, app->group, error_message());
     g_atomic_int_set(&app->dead, 1);
     g_mutex_lock(&pool->lock);
     app->launch_started = 0;
@@ -585,14 +585,14 @@ void guest_appliance_error(struct guest_appliance *app, const char *what, const 
 
         g_atomic_int_set(&app->dead, 1);
         if (killed)
-            snapfs_error_set(EIO, "cannot %s '%s': %s", what, path, killed);
+            error_set(EIO, "cannot %s '%s': %s", what, path, killed);
         else
-            snapfs_error_set(EIO, "cannot %s '%s': the appliance of domain '%s' stopped (%s)", what, path,
+            error_set(EIO, "cannot %s '%s': the appliance of domain '%s' stopped (%s)", what, path,
                              app->group, message ? message : "qemu exited");
-        snapfs_warn("appliance %u of domain '%s': %s", app->serial, app->group, snapfs_error_message());
+        log_warn("appliance %u of domain '%s': %s", app->serial, app->group, error_message());
         return;
     }
-    snapfs_error_set(err > 0 ? err : EIO, "cannot %s '%s' in the guest: %s", what, path, message ? message : "unknown error");
+    error_set(err > 0 ? err : EIO, "cannot %s '%s' in the guest: %s", what, path, message ? message : "unknown error");
 }
 
 /* @items names (a listing): a second more per thousand of them (a stat and its xattrs each, under TCG). */
@@ -625,9 +625,9 @@ void guest_appliance_kill(struct guest_appliance *app, char *why, bool warn)
     if (!g_atomic_pointer_compare_and_exchange(&app->killed, NULL, why))
         g_free(why);
     else if (warn)
-        snapfs_warn("%s", why);
+        log_warn("%s", why);
     else
-        snapfs_debug("%s", why);
+        log_debug("%s", why);
     g_atomic_int_set(&app->dead, 1);
     if (app->qemu_pid > 0)
         kill(app->qemu_pid, SIGKILL);

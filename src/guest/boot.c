@@ -98,7 +98,7 @@ static int unpack_xz(const guint8 *in, size_t length, GByteArray *out)
     lzma_ret r;
 
     if (lzma_stream_decoder(&xz, UINT64_MAX, 0) != LZMA_OK) {
-        snapfs_error_set(ENOMEM, "cannot start an xz decoder");
+        error_set(ENOMEM, "cannot start an xz decoder");
         return -1;
     }
     xz.next_in = in;
@@ -115,7 +115,7 @@ static int unpack_xz(const guint8 *in, size_t length, GByteArray *out)
     } while (r == LZMA_OK && out->len < (512u << 20));
     lzma_end(&xz);
     if (r != LZMA_STREAM_END) {
-        snapfs_error_set(EINVAL, "the kernel's xz payload is damaged (%s)",
+        error_set(EINVAL, "the kernel's xz payload is damaged (%s)",
                          r == LZMA_OK ? "larger than 512 MiB" : "xz error");
         return -1;
     }
@@ -132,7 +132,7 @@ static int unpack_zstd(const guint8 *in, size_t length, GByteArray *out)
     size_t r = 1;
 
     if (!zs) {
-        snapfs_error_set(ENOMEM, "cannot start a zstd decoder");
+        error_set(ENOMEM, "cannot start a zstd decoder");
         return -1;
     }
     /* The kernel's own decompressor allows frames made with --ultra -22 (a window of up to 2^27 bytes). */
@@ -150,7 +150,7 @@ static int unpack_zstd(const guint8 *in, size_t length, GByteArray *out)
     }
     ZSTD_freeDStream(zs);
     if (r != 0) {
-        snapfs_error_set(EINVAL, "the kernel's zstd payload is damaged (%s)",
+        error_set(EINVAL, "the kernel's zstd payload is damaged (%s)",
                          ZSTD_isError(r) ? ZSTD_getErrorName(r) : out->len >= (512u << 20) ? "larger than 512 MiB"
                                                                                           : "truncated");
         return -1;
@@ -165,11 +165,11 @@ GBytes *guest_boot_unpack(const guint8 *image, size_t len)
     g_autoptr(GByteArray) out = g_byte_array_new();
 
     if (len < BZ_HEADER_END || memcmp(image + BZ_MAGIC, "HdrS", 4) != 0) {
-        snapfs_error_set(EINVAL, "the kernel is not a bzImage");
+        error_set(EINVAL, "the kernel is not a bzImage");
         return NULL;
     }
     if (guest_le(image + BZ_VERSION, 2) < 0x208) {
-        snapfs_error_set(EINVAL, "the kernel's boot protocol %#x is older than 2.08, which names its payload",
+        error_set(EINVAL, "the kernel's boot protocol %#x is older than 2.08, which names its payload",
                          (unsigned)guest_le(image + BZ_VERSION, 2));
         return NULL;
     }
@@ -177,7 +177,7 @@ GBytes *guest_boot_unpack(const guint8 *image, size_t len)
     start = (setup + 1) * 512 + guest_le(image + BZ_PAYLOAD_OFFSET, 4);
     length = guest_le(image + BZ_PAYLOAD_LENGTH, 4);
     if (start > len || length > len - start || length < 6) {
-        snapfs_error_set(EINVAL, "the kernel's payload lies outside the file");
+        error_set(EINVAL, "the kernel's payload lies outside the file");
         return NULL;
     }
     /* The payload's format is the one its header names (the kernel's own decompressor goes by it too). */
@@ -189,15 +189,15 @@ GBytes *guest_boot_unpack(const guint8 *image, size_t len)
         if (unpack_zstd(image + start, length, out) < 0)
             return NULL;
 #else
-        snapfs_error_set(ENOTSUP, "the kernel is compressed with zstd, and snapfs was built without libzstd");
+        error_set(ENOTSUP, "the kernel is compressed with zstd, and snapfs was built without libzstd");
         return NULL;
 #endif
     } else {
-        snapfs_error_set(ENOTSUP, "the kernel is compressed with a format other than xz and zstd");
+        error_set(ENOTSUP, "the kernel is compressed with a format other than xz and zstd");
         return NULL;
     }
     if (!elf_has_pvh_note(out->data, out->len)) {
-        snapfs_error_set(ENOTSUP, "the unpacked kernel has no PVH entry note (CONFIG_PVH) for qemu to boot it by");
+        error_set(ENOTSUP, "the unpacked kernel has no PVH entry note (CONFIG_PVH) for qemu to boot it by");
         return NULL;
     }
     return g_byte_array_free_to_bytes(g_steal_pointer(&out));
@@ -219,12 +219,12 @@ static char *cache_dir(const char *cachedir)
     g_autofree char *mine = NULL;
 
     if (!cachedir) {
-        snapfs_error_set(EIO, "libguestfs names no cache directory");
+        error_set(EIO, "libguestfs names no cache directory");
         return NULL;
     }
     mine = g_strdup_printf("%s/.snapfs-%ju", cachedir, (uintmax_t)geteuid());
     if (!dir_is_ours(mine)) {
-        snapfs_error_set(EPERM, "%s is not a directory of user %ju alone", mine, (uintmax_t)geteuid());
+        error_set(EPERM, "%s is not a directory of user %ju alone", mine, (uintmax_t)geteuid());
         return NULL;
     }
     return g_steal_pointer(&mine);
@@ -265,10 +265,10 @@ static int appliance_refresh(const char *supermin_d, const char *base, const cha
     const char *argv[] = { "supermin", "--build", "--if-newer", "--lock", lock, "--copy-kernel", "-f", "ext2",
                            "--host-cpu", u.machine, supermin_d, "-o", built, NULL };
     /* supermin waits for its lock without limit: a wedged build elsewhere must not wedge this start. */
-    if (snapfs_spawn_sync(argv, SNAPFS_BUILD_TIMEOUT_S, NULL, &err, &status) < 0)
+    if (spawn_sync(argv, SPAWN_BUILD_TIMEOUT_S, NULL, &err, &status) < 0)
         return -1;
     if (!g_spawn_check_wait_status(status, NULL)) {
-        snapfs_error_set(EIO, "supermin failed: %s", g_strstrip(err));
+        error_set(EIO, "supermin failed: %s", g_strstrip(err));
         return -1;
     }
     return 0;
@@ -331,12 +331,12 @@ static int fixed_appliance_fill(const char *built, const char *tmp)
         g_autofree char *to = g_build_filename(tmp, *part, NULL);
 
         if (link(from, to) < 0) {
-            snapfs_error_set(errno, "cannot link %s to %s: %s", from, to, g_strerror(errno));
+            error_set(errno, "cannot link %s to %s: %s", from, to, g_strerror(errno));
             return -1;
         }
     }
     if (!g_file_get_contents(kernel, &image, &len, &error)) {
-        snapfs_error_set(EIO, "cannot read the appliance's kernel: %s", error->message);
+        error_set(EIO, "cannot read the appliance's kernel: %s", error->message);
         return -1;
     }
     unpacked = guest_boot_unpack((const guint8 *)image, len);
@@ -345,14 +345,14 @@ static int fixed_appliance_fill(const char *built, const char *tmp)
     out = g_build_filename(tmp, "kernel", NULL);
     if (!g_file_set_contents_full(out, g_bytes_get_data(unpacked, NULL), g_bytes_get_size(unpacked),
                                   G_FILE_SET_CONTENTS_CONSISTENT, 0644, &error)) {
-        snapfs_error_set(EIO, "cannot write the unpacked kernel: %s", error->message);
+        error_set(EIO, "cannot write the unpacked kernel: %s", error->message);
         return -1;
     }
     /* libguestfs takes a directory with this file in it for a ready-made appliance. */
     g_free(out);
     out = g_build_filename(tmp, "README.fixed", NULL);
     if (!g_file_set_contents(out, "Made by snapfs from libguestfs's appliance, its kernel unpacked.\n", -1, &error)) {
-        snapfs_error_set(EIO, "cannot write %s: %s", out, error->message);
+        error_set(EIO, "cannot write %s: %s", out, error->message);
         return -1;
     }
     return 0;
@@ -366,7 +366,7 @@ static int appliance_make(const char *built, const char *mine, const char *fixed
     int rc = -1;
 
     if (!g_mkdtemp_full(tmp, 0755)) {
-        snapfs_error_set(errno, "cannot make a directory in %s: %s", mine, g_strerror(errno));
+        error_set(errno, "cannot make a directory in %s: %s", mine, g_strerror(errno));
         return -1;
     }
     if (fixed_appliance_fill(built, tmp) < 0)
@@ -374,11 +374,11 @@ static int appliance_make(const char *built, const char *mine, const char *fixed
     /* supermin rebuilt the appliance meanwhile: these links may mix two builds. */
     again = appliance_stamp(built);
     if (g_strcmp0(again, stamp) != 0) {
-        snapfs_error_set(EAGAIN, "libguestfs's appliance changed while it was copied");
+        error_set(EAGAIN, "libguestfs's appliance changed while it was copied");
         goto cleanup;
     }
     if (rename(tmp, fixed) < 0 && errno != EEXIST && errno != ENOTEMPTY) {
-        snapfs_error_set(errno, "cannot rename %s to %s: %s", tmp, fixed, g_strerror(errno));
+        error_set(errno, "cannot rename %s to %s: %s", tmp, fixed, g_strerror(errno));
         goto cleanup;
     }
     rc = 0;
@@ -407,7 +407,7 @@ char *guest_boot_appliance(guestfs_h *g)
             supermin_d = g_steal_pointer(&d);
     }
     if (!supermin_d) {
-        snapfs_error_set(ENOENT, "libguestfs has no supermin appliance in %s", guestfs_get_path(g));
+        error_set(ENOENT, "libguestfs has no supermin appliance in %s", guestfs_get_path(g));
         return NULL;
     }
     cachedir = guestfs_get_cachedir(g);
@@ -419,14 +419,14 @@ char *guest_boot_appliance(guestfs_h *g)
     base = g_strdup_printf("%s/.guestfs-%ju", cachedir, (uintmax_t)geteuid());
     built = g_build_filename(base, "appliance.d", NULL);
     if (!dir_is_ours(base)) {
-        snapfs_error_set(EPERM, "%s is not a directory of user %ju alone", base, (uintmax_t)geteuid());
+        error_set(EPERM, "%s is not a directory of user %ju alone", base, (uintmax_t)geteuid());
         return NULL;
     }
     if (appliance_refresh(supermin_d, base, built) < 0)
         return NULL;
     stamp = appliance_stamp(built);
     if (!stamp) {
-        snapfs_error_set(ENOENT, "supermin left no kernel, initrd and root in %s", built);
+        error_set(ENOENT, "supermin left no kernel, initrd and root in %s", built);
         return NULL;
     }
     sum = g_compute_checksum_for_string(G_CHECKSUM_SHA256, stamp, -1);
@@ -435,7 +435,7 @@ char *guest_boot_appliance(guestfs_h *g)
         remove_appliance(fixed); /* what another snapfs left half removed */
         if (appliance_make(built, mine, fixed, stamp) < 0)
             return NULL;
-        snapfs_info("appliances boot the kernel of %s unpacked, from %s", built, fixed);
+        log_info("appliances boot the kernel of %s unpacked, from %s", built, fixed);
     }
     return g_steal_pointer(&fixed);
 }
@@ -475,9 +475,9 @@ void guest_boot_release(pid_t qemu, const char *fixed)
     released = process_madvise(pidfd, (const struct iovec *)ranges->data, ranges->len, MADV_PAGEOUT, 0);
     close(pidfd);
     if (released < 0)
-        snapfs_debug("cannot page out qemu %d's copy of the appliance's kernel: %s", (int)qemu, g_strerror(errno));
+        log_debug("cannot page out qemu %d's copy of the appliance's kernel: %s", (int)qemu, g_strerror(errno));
     else
-        snapfs_debug("qemu %d: %zu MiB of the kernel and initrd it booted paged out", (int)qemu, bytes >> 20);
+        log_debug("qemu %d: %zu MiB of the kernel and initrd it booted paged out", (int)qemu, bytes >> 20);
 }
 
 /*
@@ -516,11 +516,11 @@ char *guest_boot_qemu(guestfs_h *g)
 
     /* The user chose a qemu: theirs. */
     if (g_getenv("LIBGUESTFS_HV")) {
-        snapfs_error_set(EEXIST, "LIBGUESTFS_HV names the qemu to run");
+        error_set(EEXIST, "LIBGUESTFS_HV names the qemu to run");
         return NULL;
     }
     if (!hv || !g_path_is_absolute(hv) || strchr(hv, '\'') || strchr(hv, '\n')) {
-        snapfs_error_set(EINVAL, "libguestfs's qemu '%s' cannot be named in a script", hv ? hv : "");
+        error_set(EINVAL, "libguestfs's qemu '%s' cannot be named in a script", hv ? hv : "");
         return NULL;
     }
     locker = g_mutex_locker_new(&kernel_lock);
@@ -528,7 +528,7 @@ char *guest_boot_qemu(guestfs_h *g)
     if (!mine)
         return NULL;
     if (statvfs(mine, &fs) == 0 && (fs.f_flag & ST_NOEXEC)) {
-        snapfs_error_set(EPERM, "%s is on a filesystem mounted noexec", mine);
+        error_set(EPERM, "%s is on a filesystem mounted noexec", mine);
         return NULL;
     }
     script = g_strdup_printf(qemu_script, TCG_CACHE_MB, TCG_CACHE_MB, TCG_CACHE_MB, TCG_CACHE_MB, TCG_CACHE_MB,
@@ -539,9 +539,9 @@ char *guest_boot_qemu(guestfs_h *g)
         g_file_test(path, G_FILE_TEST_IS_EXECUTABLE))
         return g_steal_pointer(&path);
     if (!g_file_set_contents_full(path, script, -1, G_FILE_SET_CONTENTS_CONSISTENT, 0755, &error)) {
-        snapfs_error_set(EIO, "cannot write %s: %s", path, error->message);
+        error_set(EIO, "cannot write %s: %s", path, error->message);
         return NULL;
     }
-    snapfs_info("appliances under TCG keep %d MiB of translated code: qemu runs through %s", TCG_CACHE_MB, path);
+    log_info("appliances under TCG keep %d MiB of translated code: qemu runs through %s", TCG_CACHE_MB, path);
     return g_steal_pointer(&path);
 }

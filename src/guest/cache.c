@@ -455,7 +455,7 @@ int guest_cache_lookup(struct guest_view *view, const char *path, struct stat *s
 
         /* The parent was listed and this name was not in it (or its attributes are known and it has none). */
         if (dir && (!g_hash_table_contains(dir->index, name) || dir->stats)) {
-            snapfs_error_set(ENOENT, "no '%s' in the guest", path);
+            error_set(ENOENT, "no '%s' in the guest", path);
             ret = -1;
         }
     }

@@ -61,15 +61,15 @@ ssize_t guest_view_read(struct guest_view *view, const char *path, char *buf, si
     if (guest_view_resolve(view, path, &st, NULL, NULL) < 0)
         return -1;
     if (S_ISDIR(st.st_mode)) {
-        snapfs_error_set(EISDIR, "'%s' is a directory in the guest", path);
+        error_set(EISDIR, "'%s' is a directory in the guest", path);
         return -1;
     }
     if (!S_ISREG(st.st_mode)) {
-        snapfs_error_set(EINVAL, "'%s' is not a regular file in the guest", path);
+        error_set(EINVAL, "'%s' is not a regular file in the guest", path);
         return -1;
     }
     if (offset < 0) {
-        snapfs_error_set(EINVAL, "negative offset reading '%s'", path);
+        error_set(EINVAL, "negative offset reading '%s'", path);
         return -1;
     }
     if (offset >= st.st_size)

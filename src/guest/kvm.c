@@ -31,7 +31,7 @@ static char *verdict_dir(void)
 {
     const char *dir = g_getenv("SNAPFS_RUNTIME_DIR");
 
-    return dir && *dir ? g_strdup(dir) : snapfs_runtime_dir();
+    return dir && *dir ? g_strdup(dir) : state_dir_runtime();
 }
 
 /* "boot ... qemu ... kvm ..." for @hv on this machine now, or NULL when one of them cannot be read. */
@@ -74,7 +74,7 @@ char *guest_kvm_failed_before(const char *hv)
 
     if (!key)
         return NULL;
-    dfd = snapfs_state_dir_open(dir, false);
+    dfd = state_dir_open(dir, false);
     if (dfd < 0)
         return NULL;
     name = verdict_name(key);
@@ -115,9 +115,9 @@ void guest_kvm_remember_failed(const char *hv, const char *why)
 
     if (!key)
         return;
-    dfd = snapfs_state_dir_open(dir, true);
+    dfd = state_dir_open(dir, true);
     if (dfd < 0) {
-        snapfs_debug("KVM's failure is not remembered: %s", snapfs_error_message());
+        log_debug("KVM's failure is not remembered: %s", error_message());
         return;
     }
     name = verdict_name(key);
@@ -134,7 +134,7 @@ void guest_kvm_remember_failed(const char *hv, const char *why)
         bool written = write(fd, text, len) == (ssize_t)len;
 
         if (close(fd) == 0 && written && renameat(dfd, tmp, dfd, name) == 0)
-            snapfs_info("KVM failed and TCG worked: later snapfs processes of this boot start on TCG at once "
+            log_info("KVM failed and TCG worked: later snapfs processes of this boot start on TCG at once "
                         "(%s/%s; remove it to try KVM again)", dir, name);
         else
             unlinkat(dfd, tmp, 0);

@@ -165,7 +165,7 @@ int guest_launch(guestfs_h *g, const char *tmpdir, bool kvm, const struct guest_
     if (kvm_stalled)
         *kvm_stalled = false;
     if (g_atomic_int_get(stopping)) {
-        snapfs_error_set(EIO, "cannot start a libguestfs appliance: snapfs is stopping");
+        error_set(EIO, "cannot start a libguestfs appliance: snapfs is stopping");
         return -1;
     }
     handle = guestfs_set_event_callback(g, launch_console, GUESTFS_EVENT_APPLIANCE, 0, &w);
@@ -191,7 +191,7 @@ int guest_launch(guestfs_h *g, const char *tmpdir, bool kvm, const struct guest_
         return 0;
     if (kvm_stalled)
         *kvm_stalled = g_atomic_int_get(&w.verdict) == LAUNCH_KVM_STALLED;
-    snapfs_error_set(EIO, "cannot start a libguestfs appliance: %s",
+    error_set(EIO, "cannot start a libguestfs appliance: %s",
                      why ? why : guestfs_last_error(g) ? guestfs_last_error(g) : "it did not start");
     return -1;
 }
@@ -208,12 +208,12 @@ int guest_try_launch(bool force_tcg, const struct guest_launch_limits *limits, d
 
     *kvm_stalled = false;
     if (!tmpdir) {
-        snapfs_error_set(EIO, "cannot make a directory for the appliance: %s", error->message);
+        error_set(EIO, "cannot make a directory for the appliance: %s", error->message);
         return -1;
     }
     g = guestfs_create();
     if (!g) {
-        snapfs_error_set(EIO, "cannot create a libguestfs handle: %s", g_strerror(errno));
+        error_set(EIO, "cannot create a libguestfs handle: %s", g_strerror(errno));
         goto cleanup;
     }
     guestfs_set_error_handler(g, NULL, NULL);
@@ -221,7 +221,7 @@ int guest_try_launch(bool force_tcg, const struct guest_launch_limits *limits, d
     if (force_tcg)
         guestfs_set_backend_settings(g, settings);
     if (guestfs_add_drive_scratch(g, 16 << 20, -1) < 0) {
-        snapfs_error_set(EIO, "cannot add a scratch disk: %s", guestfs_last_error(g));
+        error_set(EIO, "cannot add a scratch disk: %s", guestfs_last_error(g));
         goto cleanup;
     }
     r = guest_launch(g, tmpdir, !force_tcg && access("/dev/kvm", R_OK | W_OK) == 0, limits, &never, kvm_stalled);

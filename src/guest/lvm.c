@@ -69,7 +69,7 @@ static int image_read(const char *file, const char *format, struct region *regio
     g_ptr_array_add(argv, g_strdup("--image-opts"));
     g_ptr_array_add(argv, guest_image_opts(format, file));
     g_ptr_array_add(argv, NULL);
-    if (snapfs_spawn_sync((const char *const *)argv->pdata, SNAPFS_TOOL_TIMEOUT_S, &out, &err, &status) < 0)
+    if (spawn_sync((const char *const *)argv->pdata, SPAWN_TOOL_TIMEOUT_S, &out, &err, &status) < 0)
         return -1;
     /* A read past the end of the image fails alone: qemu-io goes on with the others, then exits with 1. */
     lines = g_strsplit(out, "\n", -1);
@@ -80,7 +80,7 @@ static int image_read(const char *file, const char *format, struct region *regio
             return 0;
     }
     if (!g_spawn_check_wait_status(status, NULL)) {
-        snapfs_error_set(EIO, "qemu-io cannot read '%s': %s", file, g_strstrip(err));
+        error_set(EIO, "qemu-io cannot read '%s': %s", file, g_strstrip(err));
         return -1;
     }
     return 0;
@@ -162,7 +162,7 @@ int guest_image_holds_lvm(const char *file, const char *format)
     if (image_read(file, format, first, 2) < 0)
         return -1;
     if (first[0].filled < LABEL_BYTES) {
-        snapfs_error_set(EIO, "qemu-io read %zu bytes of the first %u of '%s'", first[0].filled, LABEL_BYTES, file);
+        error_set(EIO, "qemu-io read %zu bytes of the first %u of '%s'", first[0].filled, LABEL_BYTES, file);
         return -1;
     }
     if (has_label(head))
@@ -186,7 +186,7 @@ int guest_image_holds_lvm(const char *file, const char *format)
             return 1;
     }
     if (unseen)
-        snapfs_debug("'%s': partitions this look does not read (logical, or a damaged table): the appliance will see "
+        log_debug("'%s': partitions this look does not read (logical, or a damaged table): the appliance will see "
                      "whether they hold LVM", file);
     return 0;
 }

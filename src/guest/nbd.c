@@ -87,7 +87,7 @@ static int server_start(struct guest_pool *pool, struct guest_appliance *app, GP
     if (nullfd >= 0)
         close(nullfd);
     if (!spawned) {
-        snapfs_error_set(EIO, "cannot start %s for '%s': %s", (char *)argv->pdata[0], what, error->message);
+        error_set(EIO, "cannot start %s for '%s': %s", (char *)argv->pdata[0], what, error->message);
         return -1;
     }
     while (!g_file_test(socket, G_FILE_TEST_EXISTS)) {
@@ -101,7 +101,7 @@ static int server_start(struct guest_pool *pool, struct guest_appliance *app, GP
             g_file_get_contents(errfile, &why, NULL, NULL);
             if (why)
                 g_strstrip(why);
-            snapfs_error_set(EIO, "%s could not serve %s: %s", (char *)argv->pdata[0], what,
+            error_set(EIO, "%s could not serve %s: %s", (char *)argv->pdata[0], what,
                              why && *why ? why : "it did not start");
             return -1;
         }
@@ -127,7 +127,7 @@ static bool appliance_tmpdir(struct guest_appliance *app)
     g_autoptr(GError) error = NULL;
 
     if (!app->tmpdir && !(app->tmpdir = g_dir_make_tmp("snapfs-nbd-XXXXXX", &error))) {
-        snapfs_error_set(EIO, "cannot make a directory for NBD sockets: %s", error->message);
+        error_set(EIO, "cannot make a directory for NBD sockets: %s", error->message);
         return false;
     }
     return true;

@@ -239,7 +239,7 @@ int guest_view_stat_dir(struct guest_view *view, const char *path)
     if (n > 0) {
         stats = guestfs_lstatnslist(app->g, apath, names);
         if (!stats && guestfs_is_ready(app->g)) {
-            snapfs_warn("%s: cannot stat the entries of '%s' together (%s): one by one", view->label, path,
+            log_warn("%s: cannot stat the entries of '%s' together (%s): one by one", view->label, path,
                         guestfs_last_error(app->g));
             stats = appliance_stat_one_by_one(app, apath, names, n);
         }
@@ -286,7 +286,7 @@ static void view_refresh(struct guest_view *view)
 static bool path_valid(const char *path)
 {
     if (!path || path[0] != '/') {
-        snapfs_error_set(EINVAL, "'%s' is not an absolute path", path ? path : "(null)");
+        error_set(EINVAL, "'%s' is not an absolute path", path ? path : "(null)");
         return false;
     }
     return true;
@@ -355,7 +355,7 @@ int guest_view_resolve(struct guest_view *view, const char *path, struct stat *s
         if (guest_view_resolve(view, parent, &pst, NULL, NULL) < 0)
             return -1;
         if (!S_ISDIR(pst.st_mode)) {
-            snapfs_error_set(ENOTDIR, "'%s' is not a directory in the guest", parent);
+            error_set(ENOTDIR, "'%s' is not a directory in the guest", parent);
             return -1;
         }
         if (guest_view_stat_dir(view, parent) < 0)
@@ -434,7 +434,7 @@ int guest_view_readdir(struct guest_view *view, const char *path, guest_dirent_f
     if (guest_view_resolve(view, path, &st, NULL, NULL) < 0)
         return -1;
     if (!S_ISDIR(st.st_mode)) {
-        snapfs_error_set(ENOTDIR, "'%s' is not a directory in the guest", path);
+        error_set(ENOTDIR, "'%s' is not a directory in the guest", path);
         return -1;
     }
     /*
@@ -470,7 +470,7 @@ int guest_view_readlink(struct guest_view *view, const char *path, char **target
     if (guest_view_resolve(view, path, &st, &link, NULL) < 0)
         return -1;
     if (!S_ISLNK(st.st_mode)) {
-        snapfs_error_set(EINVAL, "'%s' is not a symbolic link in the guest", path);
+        error_set(EINVAL, "'%s' is not a symbolic link in the guest", path);
         return -1;
     }
     if (link) {

@@ -70,10 +70,10 @@ static void pool_look_for_lvm(struct guest_pool *pool, struct guest_view *view)
             continue;
         lvm = guest_image_holds_lvm(drive->file, drive->format);
         if (lvm < 0) {
-            snapfs_debug("disk '%s' of domain '%s': no look from the host: %s", drive->target,
-                         view->group, snapfs_error_message());
+            log_debug("disk '%s' of domain '%s': no look from the host: %s", drive->target,
+                         view->group, error_message());
         } else if (lvm) {
-            snapfs_info("disk '%s' of domain '%s' holds LVM physical volumes: its views get appliances of their own",
+            log_info("disk '%s' of domain '%s' holds LVM physical volumes: its views get appliances of their own",
                         drive->target, view->group);
             guest_pool_mark_lvm(pool, view->group, drive->target);
         }
@@ -244,7 +244,7 @@ static void pool_retire_covered(struct guest_pool *pool, struct guest_appliance 
         if (a == behind || a->background || a->own_view_key || !a->launched || g_atomic_int_get(&a->dead) ||
             g_atomic_int_get(&a->retire) || strcmp(a->group, behind->group) != 0 || !appliance_covered_by(a, behind))
             continue;
-        snapfs_info("appliance %u of domain '%s' retires: appliance %u serves its views and every other one",
+        log_info("appliance %u of domain '%s' retires: appliance %u serves its views and every other one",
                     a->serial, a->group, behind->serial);
         g_atomic_int_set(&a->retire, 1);
     }
@@ -329,7 +329,7 @@ void guest_pool_fill_in(struct guest_pool *pool, struct guest_appliance *app)
     job->app = behind;
     g_atomic_int_inc(&behind->refs);   /* the thread's */
     pool->background_running++;
-    snapfs_info("domain '%s' has views appliance %u does not serve: appliance %u starts in the background with %u disks",
+    log_info("domain '%s' has views appliance %u does not serve: appliance %u starts in the background with %u disks",
                 app->group, app->serial, behind->serial, behind->disks->len);
     g_thread_unref(g_thread_new("snapfs-behind", background_launch_thread, job));
 
@@ -359,9 +359,9 @@ struct guest_appliance *guest_pool_appliance_for(struct guest_pool *pool, struct
             break;
         g_mutex_unlock(&pool->lock);
         if (g_get_monotonic_time() > deadline || g_atomic_int_get(&pool->aborting)) {
-            snapfs_error_set(EAGAIN, "%s cannot be read now: all %u appliances (-o max_appliances) are busy",
+            error_set(EAGAIN, "%s cannot be read now: all %u appliances (-o max_appliances) are busy",
                              view->group, pool->config.max_appliances);
-            snapfs_warn("domain '%s': %s", view->group, snapfs_error_message());
+            log_warn("domain '%s': %s", view->group, error_message());
             return NULL;
         }
         g_usleep(50 * 1000);
@@ -372,7 +372,7 @@ struct guest_appliance *guest_pool_appliance_for(struct guest_pool *pool, struct
     for (guint i = 0; i < evicted->len; i++) {
         struct guest_appliance *a = g_ptr_array_index(evicted, i);
 
-        snapfs_info("stopping appliance %u of domain '%s' to make room (max_appliances=%u)", a->serial, a->group,
+        log_info("stopping appliance %u of domain '%s' to make room (max_appliances=%u)", a->serial, a->group,
                     pool->config.max_appliances);
         guest_appliance_close(a);
         g_mutex_unlock(&a->lock);
@@ -461,7 +461,7 @@ static gpointer pool_timer(gpointer data)
             struct guest_appliance *app = g_ptr_array_index(closing, i);
 
             if (!g_atomic_int_get(&app->dead))
-                snapfs_info("appliance %u of domain '%s' idle: stopping it", app->serial, app->group);
+                log_info("appliance %u of domain '%s' idle: stopping it", app->serial, app->group);
             guest_appliance_close(app);
             g_mutex_unlock(&app->lock);
             guest_appliance_unref(app);
@@ -596,7 +596,7 @@ static void pool_close_matching(struct guest_pool *pool, bool (*match)(struct gu
         struct guest_appliance *app = g_ptr_array_index(closing, i);
 
         g_mutex_lock(&app->lock);
-        snapfs_info("stopping appliance %u of domain '%s': its images change", app->serial, app->group);
+        log_info("stopping appliance %u of domain '%s': its images change", app->serial, app->group);
         guest_appliance_close(app);
         g_mutex_unlock(&app->lock);
         guest_appliance_unref(app);

@@ -69,7 +69,7 @@ static void appliance_remount(struct guest_appliance *app)
         const char *where = g_ptr_array_index(app->mount_log, i + 2);
 
         if (mount_one(app, device, g_ptr_array_index(app->mount_log, i + 1), where) < 0)
-            snapfs_warn("appliance %u of domain '%s': cannot mount %s on %s again after inspection: %s", app->serial,
+            log_warn("appliance %u of domain '%s': cannot mount %s on %s again after inspection: %s", app->serial,
                         app->group, device,
                         where, guestfs_last_error(app->g));
     }
@@ -150,14 +150,14 @@ static bool view_mount_os(struct guest_view *view, struct guest_appliance *app, 
         if (!found) {
             if (i == 0)
                 return false;
-            snapfs_warn("%s: %s (%s) is not on its disks: not mounted", view->label, item[0], item[1]);
+            log_warn("%s: %s (%s) is not on its disks: not mounted", view->label, item[0], item[1]);
             continue;
         }
         where = strcmp(item[0], "/") == 0 ? g_strdup(view->prefix) : g_strconcat(view->prefix, item[0], NULL);
         if (view_mount_one(app, found->device, found->type, where) < 0) {
             if (i == 0)
                 return false;
-            snapfs_warn("%s: cannot mount %s on %s: %s", view->label, found->name, item[0], guestfs_last_error(app->g));
+            log_warn("%s: cannot mount %s on %s: %s", view->label, found->name, item[0], guestfs_last_error(app->g));
             continue;
         }
         struct guest_mount *m = g_new0(struct guest_mount, 1);
@@ -280,7 +280,7 @@ static void view_fault_freeze(struct guest_appliance *app)
 
     if (fault && strcmp(fault, "guest:freeze-at-mount") == 0 && app->qemu_pid > 0 &&
         g_atomic_int_compare_and_exchange(&done, 0, 1)) {
-        snapfs_warn("SNAPFS_FAULT: freezing appliance %u of domain '%s' before its first mount", app->serial,
+        log_warn("SNAPFS_FAULT: freezing appliance %u of domain '%s' before its first mount", app->serial,
                     app->group);
         kill(app->qemu_pid, SIGSTOP);
     }
@@ -299,7 +299,7 @@ static int view_find_filesystems(struct guest_view *view, struct guest_appliance
         int index = guest_appliance_find_disk(app, key);
 
         if (index < 0 || !app->devices[index]) {
-            snapfs_error_set(EIO, "image '%s' is missing from its appliance", view->drives[i].file);
+            error_set(EIO, "image '%s' is missing from its appliance", view->drives[i].file);
             return -1;
         }
         char **found = guest_appliance_disk_filesystems(app, (size_t)index);
@@ -333,7 +333,7 @@ static int view_add_logical_volumes(struct guest_view *view, struct guest_applia
     if (!app->own_view_key) {
         for (guint i = 0; i < lvm_disks->len; i++)
             guest_pool_mark_lvm(view->pool, view->group, g_ptr_array_index(lvm_disks, i));
-        snapfs_info("%s: its disks hold LVM physical volumes: it moves to an appliance of its own", view->label);
+        log_info("%s: its disks hold LVM physical volumes: it moves to an appliance of its own", view->label);
         return 1;
     }
     lvs = guest_appliance_logical_volumes(app);
@@ -358,7 +358,7 @@ static int appliance_inspect_for(struct guest_view *view, struct guest_appliance
     gint64 started = g_get_monotonic_time();
 
     app->roots = guestfs_inspect_os(app->g);
-    snapfs_debug("appliance %u of domain '%s' inspected in %.1f s: %u operating systems", app->serial, app->group,
+    log_debug("appliance %u of domain '%s' inspected in %.1f s: %u operating systems", app->serial, app->group,
                  (double)(g_get_monotonic_time() - started) / G_USEC_PER_SEC,
                  app->roots ? g_strv_length(app->roots) : 0);
     if (!app->roots && !guestfs_is_ready(app->g)) {
@@ -423,7 +423,7 @@ static void view_say_nothing_mounted(struct guest_view *view, GArray *fss, GStri
     g_string_prepend(why, "no filesystem that libguestfs can mount");
     g_string_append_printf(why, " (on %s)", files->str);
     guest_view_set_error(view, why->str);
-    snapfs_info("%s: %s", view->label, why->str);
+    log_info("%s: %s", view->label, why->str);
 }
 
 /*
@@ -460,7 +460,7 @@ static int view_mount(struct guest_view *view, struct guest_appliance *app)
         view_say_nothing_mounted(view, fss, why);
     } else {
         guest_view_set_error(view, NULL);
-        snapfs_debug("%s mounted at %s in appliance %u (%s, %u filesystems)", view->label, view->prefix,
+        log_debug("%s mounted at %s in appliance %u (%s, %u filesystems)", view->label, view->prefix,
                      app->serial, view->os ? "inspected" : "by device", view->mounts->len);
     }
     return 0;
@@ -470,21 +470,21 @@ static int view_mount(struct guest_view *view, struct guest_appliance *app)
 static void view_failed(struct guest_view *view)
 {
     guest_store64(&view->failed_at, g_get_monotonic_time());
-    g_atomic_int_set(&view->failed_errno, snapfs_error_errno());
-    guest_view_set_error(view, snapfs_error_message());
+    g_atomic_int_set(&view->failed_errno, error_errno());
+    guest_view_set_error(view, error_message());
 }
 
 /* Whether @view may ask for an appliance now: snapfs is not stopping, and the request is counted in flight. */
 static bool view_admit(struct guest_view *view)
 {
     if (g_atomic_int_get(&view->pool->aborting)) {
-        snapfs_error_set(EIO, "%s cannot be read: snapfs is stopping", view->label);
+        error_set(EIO, "%s cannot be read: snapfs is stopping", view->label);
         return false;
     }
     /* A wedged domain must not take every FUSE thread: the tree and other domains keep some. */
     if (g_atomic_int_add(&view->pool->inflight, 1) >= GUEST_MAX_INFLIGHT) {
         g_atomic_int_add(&view->pool->inflight, -1);
-        snapfs_error_set(EAGAIN, "%s cannot be read now: %d requests already wait for appliances", view->label,
+        error_set(EAGAIN, "%s cannot be read now: %d requests already wait for appliances", view->label,
                          GUEST_MAX_INFLIGHT);
         return false;
     }
@@ -514,7 +514,7 @@ static bool view_failed_recently(struct guest_view *view)
         g_get_monotonic_time() - guest_load64(&view->failed_at) >= GUEST_RETRY_US)
         return false;
     error = guest_view_error(view);
-    snapfs_error_set(g_atomic_int_get(&view->failed_errno), "%s", error ? error : "the view could not be read");
+    error_set(g_atomic_int_get(&view->failed_errno), "%s", error ? error : "the view could not be read");
     return true;
 }
 
@@ -523,7 +523,7 @@ static bool view_images_readable(struct guest_view *view)
 {
     for (size_t i = 0; i < view->n_drives; i++) {
         if (g_access(view->drives[i].file, R_OK) != 0) {
-            snapfs_error_set(EIO, "cannot read image '%s' of disk '%s': %s", view->drives[i].file,
+            error_set(EIO, "cannot read image '%s' of disk '%s': %s", view->drives[i].file,
                              view->drives[i].target ? view->drives[i].target : "?", g_strerror(errno));
             return false;
         }
@@ -567,7 +567,7 @@ static enum view_try view_try_appliance(struct guest_view *view, struct guest_ap
         guest_appliance_unref(app);
         /* Killed past its deadline: the next try waits like any failure (the kernel retries a read at once). */
         if (died && !killed) {
-            guest_view_set_error(view, snapfs_error_message());
+            guest_view_set_error(view, error_message());
             return VIEW_TRY_GAVE_UP;
         }
         return VIEW_TRY_FAILED;

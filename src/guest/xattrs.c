@@ -108,7 +108,7 @@ static ssize_t copy_out(const void *value, size_t len, char *buf, size_t size)
     if (size == 0)
         return (ssize_t)len;
     if (size < len) {
-        snapfs_error_set(ERANGE, "the buffer is too small for the attribute");
+        error_set(ERANGE, "the buffer is too small for the attribute");
         return -1;
     }
     memcpy(buf, value, len);
@@ -176,10 +176,10 @@ ssize_t guest_view_getxattr(struct guest_view *view, const char *path, const cha
      * A label a file does have is always given.
      */
     if (strcmp(name, SNAPFS_SELINUX_XATTR) == 0 && view_unlabelled(view)) {
-        snapfs_error_set(ENOTSUP, "the guest's filesystems carry no SELinux labels");
+        error_set(ENOTSUP, "the guest's filesystems carry no SELinux labels");
         return -1;
     }
-    snapfs_error_set(ENODATA, "'%s' has no attribute '%s' in the guest", path, name);
+    error_set(ENODATA, "'%s' has no attribute '%s' in the guest", path, name);
     return -1;
 }
 

@@ -49,10 +49,10 @@ void revert_state_free(struct revert_state *st)
 /* What the external disk @node of a snapshot's <disks> made (its overlay) and froze, recorded in @snap. */
 static void revert_snapshot_add_disk(struct revert_snapshot *snap, xmlXPathContextPtr ctxt, xmlNodePtr node)
 {
-    g_autofree char *target = snapfs_xml_string(ctxt, node, "string(@name)");
-    g_autofree char *kind = snapfs_xml_string(ctxt, node, "string(@snapshot)");
-    g_autofree char *file = snapfs_xml_string(ctxt, node, "string(source/@file)");
-    g_autofree char *file_format = snapfs_xml_string(ctxt, node, "string(driver/@type)");
+    g_autofree char *target = xml_string(ctxt, node, "string(@name)");
+    g_autofree char *kind = xml_string(ctxt, node, "string(@snapshot)");
+    g_autofree char *file = xml_string(ctxt, node, "string(source/@file)");
+    g_autofree char *file_format = xml_string(ctxt, node, "string(driver/@type)");
     g_autofree char *frozen = NULL;
     g_autofree char *frozen_format = NULL;
     struct snapfs_disk *then;
@@ -64,7 +64,7 @@ static void revert_snapshot_add_disk(struct revert_snapshot *snap, xmlXPathConte
         return;
     /* What the snapshot froze: its overlay's backing, or else the disk of the domain as it was. */
     frozen = revert_image_backing(file, file_format, &frozen_format);
-    then = snap->domain_disks ? snapfs_disk_find(snap->domain_disks, target) : NULL;
+    then = snap->domain_disks ? xml_disk_find(snap->domain_disks, target) : NULL;
     if (!frozen && then && then->file) {
         frozen = g_strdup(then->file);
         frozen_format = g_strdup(then->format);
@@ -86,7 +86,7 @@ static struct revert_snapshot *revert_snapshot_parse(const char *name, char *xml
 {
     struct revert_snapshot *snap = g_new0(struct revert_snapshot, 1);
     g_autoptr(xmlXPathContext) ctxt = NULL;
-    g_autoptr(xmlDoc) doc = snapfs_xml_read(xml, &ctxt);
+    g_autoptr(xmlDoc) doc = xml_read(xml, &ctxt);
     g_autoptr(GPtrArray) nodes = NULL;
 
     snap->name = g_strdup(name);
@@ -99,8 +99,8 @@ static struct revert_snapshot *revert_snapshot_parse(const char *name, char *xml
         revert_snapshot_free(snap);
         return NULL;
     }
-    snap->domain_disks = snapfs_xml_disks(ctxt, "/domainsnapshot/domain");
-    nodes = snapfs_xml_nodes(ctxt, "/domainsnapshot/disks/disk");
+    snap->domain_disks = xml_disks(ctxt, "/domainsnapshot/domain");
+    nodes = xml_nodes(ctxt, "/domainsnapshot/disks/disk");
     for (guint i = 0; i < nodes->len; i++)
         revert_snapshot_add_disk(snap, ctxt, g_ptr_array_index(nodes, i));
     return snap;
@@ -121,9 +121,9 @@ struct revert_snapshot *revert_state_snapshot(struct revert_state *st, const cha
 static GPtrArray *revert_domain_disks_parse(const char *xml)
 {
     g_autoptr(xmlXPathContext) ctxt = NULL;
-    g_autoptr(xmlDoc) doc = snapfs_xml_read(xml, &ctxt);
+    g_autoptr(xmlDoc) doc = xml_read(xml, &ctxt);
 
-    return doc ? snapfs_xml_disks(ctxt, "/domain") : NULL;
+    return doc ? xml_disks(ctxt, "/domain") : NULL;
 }
 
 /*
@@ -140,14 +140,14 @@ static bool revert_state_add_snapshot(struct revert_state *st, virDomainSnapshot
 
     if (!xml || cur < 0) {
         if (virGetLastErrorCode() != VIR_ERR_NO_DOMAIN_SNAPSHOT && !failed)
-            snapfs_error_set(EIO, "cannot read snapshot '%s' of domain '%s': %s", snap_name, st->name,
+            error_set(EIO, "cannot read snapshot '%s' of domain '%s': %s", snap_name, st->name,
                              virGetLastErrorMessage());
         g_free(xml);
         return virGetLastErrorCode() == VIR_ERR_NO_DOMAIN_SNAPSHOT;
     }
     if (!(snap = revert_snapshot_parse(snap_name, xml))) {
         if (!failed)
-            snapfs_error_set(EIO, "cannot parse snapshot '%s' of domain '%s'", snap_name, st->name);
+            error_set(EIO, "cannot parse snapshot '%s' of domain '%s'", snap_name, st->name);
         return false;
     }
     g_ptr_array_add(st->snaps, snap);
@@ -170,24 +170,24 @@ struct revert_state *revert_state_read(virConnectPtr conn, virDomainPtr dom)
     virDomainRef(dom);
     st->uri = virConnectGetURI(conn);
     st->name = g_strdup(virDomainGetName(dom));
-    st->label = snapfs_domain_label(conn, st->name);
+    st->label = host_conn_domain_label(conn, st->name);
     if (virDomainGetUUIDString(dom, uuid) == 0)
         st->uuid = g_strdup(uuid);
     st->xml = virDomainGetXMLDesc(dom, VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE);
     if (!st->xml || !st->uri) {
-        snapfs_error_from_virt("cannot read the definition of domain '%s'", st->name);
+        error_from_virt("cannot read the definition of domain '%s'", st->name);
         return NULL;
     }
     st->disks = revert_domain_disks_parse(st->xml);
     if (!st->disks) {
-        snapfs_error_set(EIO, "cannot parse the definition of domain '%s'", st->name);
+        error_set(EIO, "cannot parse the definition of domain '%s'", st->name);
         return NULL;
     }
 
     st->snaps = g_ptr_array_new_with_free_func((GDestroyNotify)revert_snapshot_free);
     n = virDomainListAllSnapshots(dom, &list, 0);
     if (n < 0) {
-        snapfs_error_from_virt("cannot list the snapshots of domain '%s'", st->name);
+        error_from_virt("cannot list the snapshots of domain '%s'", st->name);
         return NULL;
     }
     /* Fail closed: a snapshot that cannot be read may be what needs an image the revert would drop. */
@@ -234,11 +234,11 @@ int revert_chains_hold(GPtrArray *tops, GPtrArray *formats, const char *file)
 {
     for (guint i = 0; i < tops->len; i++) {
         const char *top = g_ptr_array_index(tops, i);
-        g_autoptr(GPtrArray) chain = snapfs_chain_read(top, formats ? g_ptr_array_index(formats, i) : NULL);
+        g_autoptr(GPtrArray) chain = chain_read(top, formats ? g_ptr_array_index(formats, i) : NULL);
 
         if (!chain) {
-            snapfs_error_set(EIO, "cannot tell whether the chain of '%s' reads '%s': %s", top, file,
-                             snapfs_error_message());
+            error_set(EIO, "cannot tell whether the chain of '%s' reads '%s': %s", top, file,
+                             error_message());
             return -1;
         }
         for (guint j = 0; j < chain->len; j++) {
@@ -273,7 +273,7 @@ struct revert_snapshot *revert_state_identical(struct revert_state *st, struct r
             if (!revert_disk_is_local(disk) || !g_hash_table_contains(target->frozen, disk->target))
                 continue;
             frozen = g_hash_table_lookup(snap->frozen, disk->target);
-            backing = frozen && snapfs_chain_qcow2_empty(disk->file) ? revert_image_backing(disk->file, disk->format, NULL)
+            backing = frozen && chain_qcow2_empty(disk->file) ? revert_image_backing(disk->file, disk->format, NULL)
                                                               : NULL;
             same = backing && strcmp(backing, frozen) == 0;
             compared++;
@@ -292,7 +292,7 @@ int revert_snapshot_redefine(struct revert_state *st, const char *xml, const cha
     g_autoptr(virDomainSnapshot) snap = virDomainSnapshotCreateXML(st->dom, xml, flags);
 
     if (!snap) {
-        snapfs_error_from_virt("cannot redefine snapshot '%s' of domain '%s'", name, st->name);
+        error_from_virt("cannot redefine snapshot '%s' of domain '%s'", name, st->name);
         return -1;
     }
     return 0;
@@ -305,13 +305,13 @@ int revert_snapshot_make_current(struct revert_state *st, const char *name)
     g_autofree char *xml = NULL;
 
     if (!snap) {
-        snapfs_error_from_virt("cannot find snapshot '%s' of domain '%s'", name, st->name);
+        error_from_virt("cannot find snapshot '%s' of domain '%s'", name, st->name);
         return -1;
     }
     xml = virDomainSnapshotGetXMLDesc(snap, VIR_DOMAIN_SNAPSHOT_XML_SECURE);
     g_clear_pointer(&snap, virDomainSnapshotFree);
     if (!xml) {
-        snapfs_error_from_virt("cannot read snapshot '%s' of domain '%s'", name, st->name);
+        error_from_virt("cannot read snapshot '%s' of domain '%s'", name, st->name);
         return -1;
     }
     return revert_snapshot_redefine(st, xml, name, true);
@@ -331,7 +331,7 @@ char *revert_keep_xml(struct revert_state *st, const struct revert_journal *jour
     g_autofree char *when = g_date_time_format(now, "%Y-%m-%d %H:%M:%S");
     g_autofree char *description = g_strdup_printf("What the disks held when snapfs reverted to '%s' at %s.",
                                                    journal->target, when);
-    g_autoptr(GPtrArray) disks = g_ptr_array_new_with_free_func((GDestroyNotify)snapfs_snapshot_disk_free);
+    g_autoptr(GPtrArray) disks = g_ptr_array_new_with_free_func((GDestroyNotify)xml_snapshot_disk_free);
 
     for (guint i = 0; i < st->disks->len; i++) {
         struct snapfs_disk *disk = g_ptr_array_index(st->disks, i);
@@ -350,7 +350,7 @@ char *revert_keep_xml(struct revert_state *st, const struct revert_journal *jour
         kept->format = g_strdup("qcow2");
         g_ptr_array_add(disks, kept);
     }
-    return snapfs_xml_snapshot_new(journal->keep_name, description, st->current, g_date_time_to_unix(now), disks,
+    return xml_snapshot_new(journal->keep_name, description, st->current, g_date_time_to_unix(now), disks,
                                    strstr(st->xml, "<domain"));
 }
 
@@ -358,15 +358,15 @@ char *revert_keep_xml(struct revert_state *st, const struct revert_journal *jour
 static int revert_disk_on_new_top(xmlNodePtr disk, const struct revert_disk *rd, const char *frozen,
                                   const char *format)
 {
-    g_autoptr(GPtrArray) chain = snapfs_chain_read(frozen, format);
+    g_autoptr(GPtrArray) chain = chain_read(frozen, format);
 
     if (!chain)
         return -1;
     /* The top layer only stands for the new overlay: only what lies below it is spelled out. */
     g_ptr_array_add(chain, g_new0(struct snapfs_layer, 1));
-    snapfs_xml_disk_set_top(disk, rd->new_top, "qcow2");
-    if (snapfs_xml_disk_set_backing(disk, chain) < 0) {
-        snapfs_error_set(EIO, "cannot spell out the backing chain of '%s'", frozen);
+    xml_disk_set_top(disk, rd->new_top, "qcow2");
+    if (xml_disk_set_backing(disk, chain) < 0) {
+        error_set(EIO, "cannot spell out the backing chain of '%s'", frozen);
         return -1;
     }
     return 0;
@@ -394,28 +394,28 @@ static const struct revert_disk *revert_journal_moved_disk(const struct revert_j
 char *revert_domain_xml(struct revert_state *st, struct revert_snapshot *target, const struct revert_journal *journal)
 {
     g_autoptr(xmlXPathContext) ctxt = NULL;
-    g_autoptr(xmlDoc) doc = snapfs_xml_read_snapshot_domain(target->xml, &ctxt);
+    g_autoptr(xmlDoc) doc = xml_read_snapshot_domain(target->xml, &ctxt);
     g_autoptr(GPtrArray) disks = NULL;
 
     if (!doc)
-        doc = snapfs_xml_read(st->xml, &ctxt);
+        doc = xml_read(st->xml, &ctxt);
     if (!doc) {
-        snapfs_error_set(EIO, "cannot parse the definition of domain '%s'", st->name);
+        error_set(EIO, "cannot parse the definition of domain '%s'", st->name);
         return NULL;
     }
     /* The same domain, whatever the snapshot recorded. */
-    snapfs_xml_domain_set_identity(doc, st->name, st->uuid);
-    disks = snapfs_xml_nodes(ctxt, "/domain/devices/disk");
+    xml_domain_set_identity(doc, st->name, st->uuid);
+    disks = xml_nodes(ctxt, "/domain/devices/disk");
     for (guint i = 0; i < disks->len; i++) {
         xmlNodePtr disk = g_ptr_array_index(disks, i);
-        g_autofree char *t = snapfs_xml_string(ctxt, disk, "string(target/@dev)");
+        g_autofree char *t = xml_string(ctxt, disk, "string(target/@dev)");
         const struct revert_disk *rd = revert_journal_moved_disk(journal, t);
 
         if (rd && revert_disk_on_new_top(disk, rd, g_hash_table_lookup(target->frozen, t),
                                          g_hash_table_lookup(target->frozen_format, t)) < 0)
             return NULL;
     }
-    return snapfs_xml_dump(doc);
+    return xml_dump(doc);
 }
 
 /* Whether the domain's persistent definition runs every reverted disk on its new top. */
@@ -429,7 +429,7 @@ bool revert_domain_on_new_tops(struct revert_state *st, const struct revert_jour
 
         if (!rd->new_top)
             continue;
-        disk = snapfs_disk_find(st->disks, rd->target);
+        disk = xml_disk_find(st->disks, rd->target);
         if (!disk || !disk->file || strcmp(disk->file, rd->new_top) != 0)
             return false;
         any = true;
@@ -444,7 +444,7 @@ GPtrArray *revert_domain_disks_now(struct revert_state *st)
     GPtrArray *disks = xml ? revert_domain_disks_parse(xml) : NULL;
 
     if (!disks)
-        snapfs_warn("cannot read the definition of domain '%s': %s", st->label,
+        log_warn("cannot read the definition of domain '%s': %s", st->label,
                     xml ? "it cannot be parsed" : virGetLastErrorMessage());
     return disks;
 }

@@ -65,7 +65,7 @@ void revert_fault(const char *step)
     const char *fault = getenv("SNAPFS_FAULT");
 
     if (fault && g_str_has_prefix(fault, "revert:") && strcmp(fault + strlen("revert:"), step) == 0) {
-        snapfs_warn("SNAPFS_FAULT: stopping dead after revert step '%s'", step);
+        log_warn("SNAPFS_FAULT: stopping dead after revert step '%s'", step);
         _exit(137);
     }
 }
@@ -106,7 +106,7 @@ static bool native_is_safe(struct revert_state *st, const struct revert_journal 
         return false;
     g_hash_table_iter_init(&it, current->overlay);
     while (g_hash_table_iter_next(&it, &key, &value)) {
-        struct snapfs_disk *disk = snapfs_disk_find(st->disks, key);
+        struct snapfs_disk *disk = xml_disk_find(st->disks, key);
 
         if (!disk || !disk->file || strcmp(disk->file, value) != 0)
             return false;
@@ -124,10 +124,10 @@ static bool native_advertised(virConnectPtr conn)
     g_autofree char *caps = virConnectGetCapabilities(conn);
     g_autofree char *found = NULL;
     g_autoptr(xmlXPathContext) ctxt = NULL;
-    g_autoptr(xmlDoc) doc = caps ? snapfs_xml_read(caps, &ctxt) : NULL;
+    g_autoptr(xmlDoc) doc = caps ? xml_read(caps, &ctxt) : NULL;
 
     if (doc)
-        found = snapfs_xml_string(ctxt, NULL, "name(/capabilities/guest/features/externalSnapshot)");
+        found = xml_string(ctxt, NULL, "name(/capabilities/guest/features/externalSnapshot)");
     return found != NULL;
 }
 
@@ -156,7 +156,7 @@ static void native_make_private(struct revert_state *st)
 
     for (guint i = 0; now && i < now->len; i++) {
         struct snapfs_disk *disk = g_ptr_array_index(now, i);
-        struct snapfs_disk *before = snapfs_disk_find(st->disks, disk->target);
+        struct snapfs_disk *before = xml_disk_find(st->disks, disk->target);
         struct snapfs_layer *layer;
         g_autofree char *below = NULL;
         struct stat st_below, st_new;
@@ -165,21 +165,21 @@ static void native_make_private(struct revert_state *st)
         /* Only the overlays libvirt has just made: a disk it left on its image is not one. */
         if (!disk->file || !revert_disk_is_local(disk) || (before && before->file && strcmp(before->file, disk->file) == 0))
             continue;
-        layer = snapfs_chain_read_layer(disk->file, disk->format);
-        below = layer && layer->backing ? snapfs_chain_resolve(disk->file, layer->backing) : NULL;
+        layer = chain_read_layer(disk->file, disk->format);
+        below = layer && layer->backing ? chain_resolve(disk->file, layer->backing) : NULL;
         if (layer)
-            snapfs_layer_free(layer);
+            chain_layer_free(layer);
         fd = open(disk->file, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY);
         if (!below || fd < 0 || fstat(fd, &st_new) < 0 || !S_ISREG(st_new.st_mode) || stat(below, &st_below) < 0) {
-            snapfs_warn("cannot give overlay '%s' of domain '%s' the owner of the image below it", disk->file,
+            log_warn("cannot give overlay '%s' of domain '%s' the owner of the image below it", disk->file,
                         st->label);
         } else {
             if ((st_new.st_uid != st_below.st_uid || st_new.st_gid != st_below.st_gid) &&
                 fchown(fd, st_below.st_uid, st_below.st_gid) < 0)
-                snapfs_warn("cannot give overlay '%s' of domain '%s' the owner of '%s': %s", disk->file, st->label,
+                log_warn("cannot give overlay '%s' of domain '%s' the owner of '%s': %s", disk->file, st->label,
                             below, g_strerror(errno));
             if ((st_new.st_mode & 07777) != 0600 && fchmod(fd, 0600) < 0)
-                snapfs_warn("cannot make overlay '%s' of domain '%s' mode 0600: %s", disk->file, st->label,
+                log_warn("cannot make overlay '%s' of domain '%s' mode 0600: %s", disk->file, st->label,
                             g_strerror(errno));
         }
         if (fd >= 0)
@@ -201,7 +201,7 @@ static int external_keep(struct revert_state *st, struct revert_snapshot *target
         if (rd->keep_overlay &&
             revert_image_create_overlay(rd->keep_overlay, rd->old_top, revert_old_top_format(st, journal, rd)) < 0) {
             /* Someone else's file of that name is theirs: the rollback leaves it alone. */
-            if (snapfs_error_errno() == EEXIST)
+            if (error_errno() == EEXIST)
                 g_clear_pointer(&rd->keep_overlay, g_free);
             return -1;
         }
@@ -219,7 +219,7 @@ static int external_keep(struct revert_state *st, struct revert_snapshot *target
         return -1;
     g_free(st->current);
     st->current = g_strdup(journal->keep_name);
-    snapfs_info("kept the state domain '%s' leaves as snapshot '%s' before reverting it to snapshot '%s'",
+    log_info("kept the state domain '%s' leaves as snapshot '%s' before reverting it to snapshot '%s'",
                 st->label, journal->keep_name, target->name);
     revert_fault("keep");
     return 0;
@@ -238,7 +238,7 @@ static int external_native(struct revert_state *st, struct revert_snapshot *targ
     int rc;
 
     if (!native_is_safe(st, journal)) {
-        snapfs_debug("libvirt's own revert of domain '%s' to snapshot '%s' would unlink images snapshots still "
+        log_debug("libvirt's own revert of domain '%s' to snapshot '%s' would unlink images snapshots still "
                      "need: snapfs does it", st->label, target->name);
         *unsupported = true;
         return -1;
@@ -248,9 +248,9 @@ static int external_native(struct revert_state *st, struct revert_snapshot *targ
     /* Read before virDomainSnapshotFree(), which clears libvirt's last error. */
     *unsupported = rc < 0 && native_refused_as_unsupported();
     if (rc < 0 && !*unsupported)
-        snapfs_error_from_virt("cannot revert domain '%s' to '%s'", st->name, target->name);
+        error_from_virt("cannot revert domain '%s' to '%s'", st->name, target->name);
     else if (*unsupported)
-        snapfs_debug("libvirt cannot revert domain '%s' to external snapshot '%s' (%s): snapfs does it",
+        log_debug("libvirt cannot revert domain '%s' to external snapshot '%s' (%s): snapfs does it",
                      st->label, target->name, virGetLastErrorMessage());
     return rc;
 }
@@ -264,7 +264,7 @@ static int external_overlays(struct revert_snapshot *target, struct revert_journ
 
         if (rd->new_top && rd->new_created &&
             revert_image_create_overlay(rd->new_top, frozen, g_hash_table_lookup(target->frozen_format, rd->target)) < 0) {
-            if (snapfs_error_errno() == EEXIST)
+            if (error_errno() == EEXIST)
                 rd->new_created = false;
             return -1;
         }
@@ -289,7 +289,7 @@ static int external_define(struct revert_state *st, struct revert_snapshot *targ
         return -1;
     dom = virDomainDefineXML(st->conn, domain_xml);
     if (!dom) {
-        snapfs_error_from_virt("cannot redefine domain '%s' on the overlays of snapshot '%s'",
+        error_from_virt("cannot redefine domain '%s' on the overlays of snapshot '%s'",
                                st->name, target->name);
         return -1;
     }
@@ -310,11 +310,11 @@ static int external_by_hand(struct revert_state *st, struct revert_snapshot *tar
         return -1;
     if (external_overlays(target, journal) < 0 || external_define(st, target, journal) < 0)
         return -1;
-    snapfs_info("domain '%s' now runs on new overlays over snapshot '%s'", st->label, target->name);
+    log_info("domain '%s' now runs on new overlays over snapshot '%s'", st->label, target->name);
     revert_fault("domain");
     if (revert_roll_forward(st, journal, true) < 0) {
-        snapfs_warn("domain '%s' was reverted to snapshot '%s' but not everything was finished (the next "
-                    "start of snapfs finishes it): %s", st->label, target->name, snapfs_error_message());
+        log_warn("domain '%s' was reverted to snapshot '%s' but not everything was finished (the next "
+                    "start of snapfs finishes it): %s", st->label, target->name, error_message());
     }
     return 0;
 }
@@ -327,7 +327,7 @@ int revert_external(struct revert_state *st, struct revert_snapshot *target, str
 
     if (noop) {
         /* Nothing was written since the domain left @target: only its name is missing. */
-        snapfs_info("domain '%s' reads as snapshot '%s' already", st->label, target->name);
+        log_info("domain '%s' reads as snapshot '%s' already", st->label, target->name);
         return st->current && strcmp(st->current, target->name) == 0 ? 0 : revert_snapshot_make_current(st, target->name);
     }
     if (revert_journal_write(journal) < 0)
@@ -336,7 +336,7 @@ int revert_external(struct revert_state *st, struct revert_snapshot *target, str
     if (journal->keep_name && external_keep(st, target, journal) < 0)
         return revert_undo(st, journal, " (the next start of snapfs tries again)");
     if (external_native(st, target, journal, &unsupported) == 0) {
-        snapfs_info("libvirt reverted domain '%s' to snapshot '%s'", st->label, target->name);
+        log_info("libvirt reverted domain '%s' to snapshot '%s'", st->label, target->name);
         native_make_private(st);
         g_free(st->current);
         st->current = g_strdup(target->name);

@@ -12,7 +12,7 @@
 /* The image @file (of @file_format) is backed by, as an absolute path (and its recorded format), or NULL. */
 char *revert_image_backing(const char *file, const char *file_format, char **format)
 {
-    struct snapfs_layer *layer = snapfs_chain_read_layer(file, file_format);
+    struct snapfs_layer *layer = chain_read_layer(file, file_format);
     char *backing = NULL;
 
     if (format)
@@ -20,11 +20,11 @@ char *revert_image_backing(const char *file, const char *file_format, char **for
     if (!layer)
         return NULL;
     if (layer->backing) {
-        backing = snapfs_chain_resolve(layer->file, layer->backing);
+        backing = chain_resolve(layer->file, layer->backing);
         if (format)
             *format = g_strdup(layer->backing_format);
     }
-    snapfs_layer_free(layer);
+    chain_layer_free(layer);
     return backing;
 }
 

@@ -18,12 +18,12 @@ int revert_internal_check(struct revert_state *st, struct revert_snapshot *targe
 {
     for (guint i = 0; target->domain_disks && i < target->domain_disks->len; i++) {
         struct snapfs_disk *then = g_ptr_array_index(target->domain_disks, i);
-        struct snapfs_disk *now = snapfs_disk_find(st->disks, then->target);
+        struct snapfs_disk *now = xml_disk_find(st->disks, then->target);
 
         if (!then->file || !revert_disk_is_local(then))
             continue;
         if (!now || !now->file || strcmp(now->file, then->file) != 0) {
-            snapfs_error_set(ENOTSUP, "cannot revert '%s' to internal snapshot '%s': libvirt would rewrite "
+            error_set(ENOTSUP, "cannot revert '%s' to internal snapshot '%s': libvirt would rewrite "
                              "image '%s', which the domain no longer runs on and external snapshots may "
                              "stand on", st->name, target->name, then->file);
             return -1;
@@ -36,7 +36,7 @@ int revert_internal_check(struct revert_state *st, struct revert_snapshot *targe
             g_hash_table_iter_init(&it, other->frozen);
             while (g_hash_table_iter_next(&it, NULL, &value)) {
                 if (strcmp(value, then->file) == 0) {
-                    snapfs_error_set(ENOTSUP, "cannot revert '%s' to internal snapshot '%s': libvirt would "
+                    error_set(ENOTSUP, "cannot revert '%s' to internal snapshot '%s': libvirt would "
                                      "rewrite image '%s', which snapshot '%s' froze",
                                      st->name, target->name, then->file, other->name);
                     return -1;
@@ -51,11 +51,11 @@ int revert_internal_check(struct revert_state *st, struct revert_snapshot *targe
 static int internal_keep(struct revert_state *st, struct revert_snapshot *target, const struct revert_journal *journal)
 {
     g_autofree char *description = g_strdup_printf("What the disks held when snapfs reverted to '%s'.", target->name);
-    g_autofree char *xml = snapfs_xml_snapshot_new(journal->keep_name, description, NULL, 0, NULL, NULL);
+    g_autofree char *xml = xml_snapshot_new(journal->keep_name, description, NULL, 0, NULL, NULL);
     g_autoptr(virDomainSnapshot) snap = virDomainSnapshotCreateXML(st->dom, xml, 0);
 
     if (!snap) {
-        snapfs_error_from_virt("cannot keep the state of domain '%s' as snapshot '%s' before reverting",
+        error_from_virt("cannot keep the state of domain '%s' as snapshot '%s' before reverting",
                                st->name, journal->keep_name);
         return -1;
     }
@@ -70,19 +70,19 @@ static int internal_keep(struct revert_state *st, struct revert_snapshot *target
  */
 static int internal_cut_short(const struct revert_journal *journal)
 {
-    g_autofree char *reason = g_strdup(snapfs_error_message());
+    g_autofree char *reason = g_strdup(error_message());
 
     if (revert_journal_remove(journal) < 0)
-        snapfs_warn("%s", snapfs_error_message());
+        log_warn("%s", error_message());
     if (journal->keep_name) {
-        snapfs_error_set(EIO, "%s; some of its disks may be reverted already: what they held before is kept "
+        error_set(EIO, "%s; some of its disks may be reverted already: what they held before is kept "
                          "as snapshot '%s' (write '%s' to revert to go back to it)", reason,
                          journal->keep_name, journal->keep_name);
     } else {
-        snapfs_error_set(EIO, "%s; some of its disks may be reverted already (revert_keep=off: nothing of "
+        error_set(EIO, "%s; some of its disks may be reverted already (revert_keep=off: nothing of "
                          "their state before was kept)", reason);
     }
-    snapfs_warn("%s", snapfs_error_message());
+    log_warn("%s", error_message());
     return -1;
 }
 
@@ -93,7 +93,7 @@ static int internal_apply(struct revert_state *st, struct revert_snapshot *targe
     int rc;
 
     if (!snap) {
-        snapfs_error_from_virt("cannot revert domain '%s' to '%s'", st->name, target->name);
+        error_from_virt("cannot revert domain '%s' to '%s'", st->name, target->name);
         return revert_undo(st, journal, "");
     }
     /* From here on a crash is never rolled back (revert_settle_asked()): the journal must say so first. */
@@ -106,7 +106,7 @@ static int internal_apply(struct revert_state *st, struct revert_snapshot *targe
     revert_fault("asked");
     rc = virDomainRevertToSnapshot(snap, 0);
     if (rc < 0)
-        snapfs_error_from_virt("cannot revert domain '%s' to '%s'", st->name, target->name);
+        error_from_virt("cannot revert domain '%s' to '%s'", st->name, target->name);
     g_clear_pointer(&snap, virDomainSnapshotFree);
     if (rc < 0)
         return internal_cut_short(journal);

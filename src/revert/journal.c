@@ -17,7 +17,7 @@
 /*
  * A journal says what the next start of snapfs unlinks and redefines, so
  * it is only ever written and read in the checked state directory
- * (snapfs_state_dir_open(): the effective user's, writable by nobody
+ * (state_dir_open(): the effective user's, writable by nobody
  * else), relative to its fd, without following a link and never over a
  * file that is there already; and what a journal read back names is
  * removed only where it is an image a revert makes, next to the domain's
@@ -73,7 +73,7 @@ char *revert_journal_path(const char *state_dir, const char *uri, const char *do
 
 int revert_journal_prepare_dir(const char *state_dir)
 {
-    int fd = snapfs_state_dir_open(state_dir, true);
+    int fd = state_dir_open(state_dir, true);
 
     if (fd < 0)
         return -1;
@@ -87,13 +87,13 @@ static int journal_dir_open(const char *path, char **base)
     g_autofree char *dir = g_path_get_dirname(path);
 
     *base = g_path_get_basename(path);
-    return snapfs_state_dir_open(dir, false);
+    return state_dir_open(dir, false);
 }
 
 static int sync_dir_fd(int dir_fd, const char *path)
 {
     if (fsync(dir_fd) < 0) {
-        snapfs_error_set(EIO, "cannot flush the directory of '%s' to disk: %s", path, g_strerror(errno));
+        error_set(EIO, "cannot flush the directory of '%s' to disk: %s", path, g_strerror(errno));
         return -1;
     }
     return 0;
@@ -105,7 +105,7 @@ int revert_sync_path(const char *path)
     int ret = 0;
 
     if (fd < 0 || fsync(fd) < 0) {
-        snapfs_error_set(EIO, "cannot flush '%s' to disk: %s", path, g_strerror(errno));
+        error_set(EIO, "cannot flush '%s' to disk: %s", path, g_strerror(errno));
         ret = -1;
     }
     if (fd >= 0)
@@ -155,7 +155,7 @@ int revert_journal_write(const struct revert_journal *journal)
     unlinkat(dir_fd, tmp, 0);
     fd = openat(dir_fd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0 || write(fd, data, len) != (ssize_t)len || fsync(fd) < 0) {
-        snapfs_error_set(EIO, "cannot write the revert journal '%s.tmp': %s", journal->path, g_strerror(errno));
+        error_set(EIO, "cannot write the revert journal '%s.tmp': %s", journal->path, g_strerror(errno));
         if (fd >= 0) {
             close(fd);
             unlinkat(dir_fd, tmp, 0);
@@ -166,7 +166,7 @@ int revert_journal_write(const struct revert_journal *journal)
     close(fd);
     /* rename() then a flushed directory: the journal is either the old or the new one after a crash. */
     if (renameat(dir_fd, tmp, dir_fd, base) < 0) {
-        snapfs_error_set(EIO, "cannot write the revert journal '%s': %s", journal->path, g_strerror(errno));
+        error_set(EIO, "cannot write the revert journal '%s': %s", journal->path, g_strerror(errno));
         unlinkat(dir_fd, tmp, 0);
         close(dir_fd);
         return -1;
@@ -213,7 +213,7 @@ static char *journal_read(const char *path, gsize *len)
     if (fd >= 0)
         close(fd);
     if (why) {
-        snapfs_error_set(EIO, "cannot read the revert journal '%s': %s", path, why);
+        error_set(EIO, "cannot read the revert journal '%s': %s", path, why);
         return NULL;
     }
     text[st.st_size] = '\0';
@@ -235,7 +235,7 @@ struct revert_journal *revert_journal_load(const char *path)
     if (!text)
         return NULL;
     if (!g_key_file_load_from_data(kf, text, len, G_KEY_FILE_NONE, &error)) {
-        snapfs_error_set(EIO, "cannot read the revert journal '%s': %s", path, error->message);
+        error_set(EIO, "cannot read the revert journal '%s': %s", path, error->message);
         return NULL;
     }
     journal->path = g_strdup(path);
@@ -247,7 +247,7 @@ struct revert_journal *revert_journal_load(const char *path)
     journal->old_current = key_get(kf, JOURNAL_GROUP, "old-current");
     phase = key_get(kf, JOURNAL_GROUP, "phase");
     if (!journal->uri || !journal->domain || !journal->target || !phase) {
-        snapfs_error_set(EIO, "the revert journal '%s' is incomplete", path);
+        error_set(EIO, "the revert journal '%s' is incomplete", path);
         return NULL;
     }
     for (journal->phase = 0; journal->phase < G_N_ELEMENTS(phase_names); journal->phase++) {
@@ -255,7 +255,7 @@ struct revert_journal *revert_journal_load(const char *path)
             break;
     }
     if (journal->phase >= G_N_ELEMENTS(phase_names)) {
-        snapfs_error_set(EIO, "the revert journal '%s' names an unknown phase '%s'", path, phase);
+        error_set(EIO, "the revert journal '%s' names an unknown phase '%s'", path, phase);
         return NULL;
     }
     journal->disks = g_ptr_array_new_with_free_func((GDestroyNotify)revert_disk_free);
@@ -286,7 +286,7 @@ int revert_journal_remove(const struct revert_journal *journal)
     if (dir_fd < 0)
         return -1;
     if (unlinkat(dir_fd, base, 0) < 0 && errno != ENOENT) {
-        snapfs_error_set(EIO, "cannot remove the revert journal '%s': %s", journal->path, g_strerror(errno));
+        error_set(EIO, "cannot remove the revert journal '%s': %s", journal->path, g_strerror(errno));
         close(dir_fd);
         return -1;
     }
@@ -369,7 +369,7 @@ static void vet_file(struct revert_state *st, const struct revert_journal *journ
     why = untrusted_reason(st, dirs, *file, target, prefix, other_prefix);
     if (!why)
         return;
-    snapfs_warn("leaving '%s' as it is: the revert journal '%s' of domain '%s' names it, but %s", *file,
+    log_warn("leaving '%s' as it is: the revert journal '%s' of domain '%s' names it, but %s", *file,
                 journal->path, st->label, why);
     if (flag)
         *flag = false;
@@ -382,7 +382,7 @@ void revert_journal_vet(struct revert_journal *journal, struct revert_state *st)
     g_autoptr(GHashTable) dirs = domain_image_dirs(st);
 
     if (journal->keep_name && !g_str_has_prefix(journal->keep_name, "pre-revert-")) {
-        snapfs_warn("leaving snapshot '%s' of domain '%s' as it is: the revert journal '%s' names it as the "
+        log_warn("leaving snapshot '%s' of domain '%s' as it is: the revert journal '%s' names it as the "
                     "state a revert kept, but snapfs names those pre-revert-DATE", journal->keep_name,
                     st->label, journal->path);
         g_clear_pointer(&journal->keep_name, g_free);
@@ -404,14 +404,14 @@ static gint path_compare(gconstpointer a, gconstpointer b)
 GPtrArray *revert_journal_list(const char *state_dir)
 {
     GPtrArray *paths = g_ptr_array_new_with_free_func(g_free);
-    int dir_fd = snapfs_state_dir_open(state_dir, false);
+    int dir_fd = state_dir_open(state_dir, false);
     DIR *dir = dir_fd < 0 ? NULL : fdopendir(dir_fd);
     struct dirent *entry;
 
     if (dir_fd >= 0 && !dir)
         close(dir_fd);
-    if (dir_fd < 0 && snapfs_error_errno() != ENOENT)
-        snapfs_warn("%s", snapfs_error_message());
+    if (dir_fd < 0 && error_errno() != ENOENT)
+        log_warn("%s", error_message());
     while (dir && (entry = readdir(dir))) {
         if (g_str_has_suffix(entry->d_name, JOURNAL_SUFFIX))
             g_ptr_array_add(paths, g_build_filename(state_dir, entry->d_name, NULL));

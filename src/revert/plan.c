@@ -108,7 +108,7 @@ static int plan_own_reusable(struct revert_state *st, struct revert_snapshot *ta
     g_autofree char *backing = NULL;
     int held, free_of_others;
 
-    if (!own || !snapfs_chain_qcow2_empty(own) || revert_state_names_file(st, own, target->name))
+    if (!own || !chain_qcow2_empty(own) || revert_state_names_file(st, own, target->name))
         return 0;
     backing = revert_image_backing(own, g_hash_table_lookup(target->overlay_format, t), NULL);
     held = revert_chains_hold(tops, formats, own);
@@ -175,7 +175,7 @@ static int plan_drop_old(struct revert_state *st, struct revert_snapshot *target
 
         if (!rd->old_top || !rd->new_top || strcmp(rd->old_top, rd->new_top) == 0)
             continue;
-        if (!snapfs_chain_qcow2_empty(rd->old_top) && options->keep)
+        if (!chain_qcow2_empty(rd->old_top) && options->keep)
             continue;
         if (revert_state_names_file(st, rd->old_top, NULL))
             continue;
@@ -239,16 +239,16 @@ int revert_plan_image_free(struct revert_state *st, struct revert_snapshot *targ
     const char *reason;
 
     /* Another host's files are not here to be read: nothing there is reused or unlinked. */
-    if (!snapfs_uri_is_local(st->uri))
+    if (!host_uri_is_local(st->uri))
         return 0;
     if (engine_check_unused(st->conn, st->name, what, files) == 0)
         return 1;
-    if (snapfs_error_errno() != EBUSY)
+    if (error_errno() != EBUSY)
         return -1;
-    reason = snapfs_error_message();
+    reason = error_message();
     if (g_str_has_prefix(reason, what) && reason[strlen(what)] == ':')
         reason += strlen(what) + 2;
-    snapfs_info("the revert of domain '%s' to snapshot '%s' leaves '%s' as it is: %s", st->label, target->name,
+    log_info("the revert of domain '%s' to snapshot '%s' leaves '%s' as it is: %s", st->label, target->name,
                 file, reason);
     return 0;
 }
@@ -276,21 +276,21 @@ int revert_check_images(struct revert_state *st, struct revert_snapshot *target,
             if (!made[k] || !below[k])
                 continue;
             if (lstat(made[k], &sb) == 0) {
-                snapfs_error_set(EEXIST, "cannot revert '%s' to '%s': '%s' exists already (snapfs never "
+                error_set(EEXIST, "cannot revert '%s' to '%s': '%s' exists already (snapfs never "
                                  "overwrites a file)", st->name, target->name, made[k]);
                 return -1;
             }
             if (!format[k]) {
-                snapfs_error_set(ENOTSUP, "cannot revert '%s' to '%s': neither libvirt nor an image records "
+                error_set(ENOTSUP, "cannot revert '%s' to '%s': neither libvirt nor an image records "
                                  "the format of '%s', and snapfs does not guess formats", st->name,
                                  target->name, below[k]);
                 return -1;
             }
-            chain = snapfs_chain_read(below[k], format[k]);
+            chain = chain_read(below[k], format[k]);
             if (!chain) {
-                g_autofree char *reason = g_strdup(snapfs_error_message());
+                g_autofree char *reason = g_strdup(error_message());
 
-                snapfs_error_set(snapfs_error_errno(), "cannot revert '%s' to '%s': %s", st->name, target->name,
+                error_set(error_errno(), "cannot revert '%s' to '%s': %s", st->name, target->name,
                                  reason);
                 return -1;
             }
@@ -308,8 +308,8 @@ int revert_check_local(struct revert_state *st, struct revert_snapshot *target)
     GHashTableIter it;
     gpointer value;
 
-    if (!snapfs_uri_is_local(st->uri)) {
-        snapfs_error_set(ENOTSUP, "cannot revert '%s' to '%s': libvirt at '%s' cannot revert to external "
+    if (!host_uri_is_local(st->uri)) {
+        error_set(ENOTSUP, "cannot revert '%s' to '%s': libvirt at '%s' cannot revert to external "
                          "snapshots and snapfs needs the images as local files to do it by hand",
                          st->name, target->name, st->uri);
         return -1;
@@ -318,7 +318,7 @@ int revert_check_local(struct revert_state *st, struct revert_snapshot *target)
         struct snapfs_disk *disk = g_ptr_array_index(st->disks, i);
 
         if (revert_disk_is_local(disk) && !g_file_test(disk->file, G_FILE_TEST_EXISTS)) {
-            snapfs_error_set(ENOTSUP, "cannot revert '%s' to '%s': its image '%s' is not a file snapfs can see "
+            error_set(ENOTSUP, "cannot revert '%s' to '%s': its image '%s' is not a file snapfs can see "
                              "on this host", st->name, target->name, disk->file);
             return -1;
         }
@@ -326,7 +326,7 @@ int revert_check_local(struct revert_state *st, struct revert_snapshot *target)
     g_hash_table_iter_init(&it, target->frozen);
     while (g_hash_table_iter_next(&it, NULL, &value)) {
         if (!g_file_test(value, G_FILE_TEST_EXISTS)) {
-            snapfs_error_set(ENOTSUP, "cannot revert '%s' to '%s': its image '%s' is not a file snapfs can see "
+            error_set(ENOTSUP, "cannot revert '%s' to '%s': its image '%s' is not a file snapfs can see "
                              "on this host", st->name, target->name, (const char *)value);
             return -1;
         }

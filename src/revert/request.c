@@ -28,22 +28,22 @@ int revert_parse(const char *buf, size_t len, struct revert_request *request)
     if (len > 0 && buf[len - 1] == '\n')
         len--;
     if (len == 0) {
-        snapfs_error_set(EINVAL, "a revert request names a snapshot: nothing was written");
+        error_set(EINVAL, "a revert request names a snapshot: nothing was written");
         return -1;
     }
     if (memchr(buf, '\n', len)) {
-        snapfs_error_set(EINVAL, "a revert request names one snapshot on one line");
+        error_set(EINVAL, "a revert request names one snapshot on one line");
         return -1;
     }
     for (size_t i = 0; i < len; i++) {
         if ((unsigned char)buf[i] < 0x20 || buf[i] == 0x7f) {
-            snapfs_error_set(EINVAL, "a revert request cannot hold control characters");
+            error_set(EINVAL, "a revert request cannot hold control characters");
             return -1;
         }
     }
     text = g_strndup(buf, len);
     if (strlen(text) != len || !g_utf8_validate(text, -1, NULL)) {
-        snapfs_error_set(EINVAL, "a revert request must be UTF-8 text");
+        error_set(EINVAL, "a revert request must be UTF-8 text");
         return -1;
     }
     n = strlen(text);
@@ -53,11 +53,11 @@ int revert_parse(const char *buf, size_t len, struct revert_request *request)
         text[n] = '\0';
     }
     if (n == 0 || text[0] == ' ' || text[n - 1] == ' ') {
-        snapfs_error_set(EINVAL, "a revert request is 'NAME' or 'NAME --force', without blanks around NAME");
+        error_set(EINVAL, "a revert request is 'NAME' or 'NAME --force', without blanks around NAME");
         return -1;
     }
     if (g_str_has_prefix(text, "--")) {
-        snapfs_error_set(EINVAL, "'%s': options follow the snapshot name ('NAME --force')", text);
+        error_set(EINVAL, "'%s': options follow the snapshot name ('NAME --force')", text);
         return -1;
     }
     /* A last word that looks like an option and is not --force. */
@@ -65,7 +65,7 @@ int revert_parse(const char *buf, size_t len, struct revert_request *request)
         const char *last = strrchr(text, ' ');
 
         if (last && g_str_has_prefix(last, " --")) {
-            snapfs_error_set(EINVAL, "unknown option '%s' in a revert request (only --force)", last + 1);
+            error_set(EINVAL, "unknown option '%s' in a revert request (only --force)", last + 1);
             return -1;
         }
     }
@@ -75,9 +75,9 @@ int revert_parse(const char *buf, size_t len, struct revert_request *request)
 
 static int revert_stop(virDomainPtr dom, const char *domain, const char *label, const char *target)
 {
-    snapfs_info("stopping domain '%s' to revert it to snapshot '%s', as asked", label, target);
+    log_info("stopping domain '%s' to revert it to snapshot '%s', as asked", label, target);
     if (virDomainDestroyFlags(dom, VIR_DOMAIN_DESTROY_GRACEFUL) < 0 && virDomainDestroy(dom) < 0) {
-        snapfs_error_from_virt("cannot stop domain '%s' to revert it to '%s'", domain, target);
+        error_from_virt("cannot stop domain '%s' to revert it to '%s'", domain, target);
         return -1;
     }
     return 0;
@@ -92,11 +92,11 @@ static int revert_not_found(virDomainPtr dom, const char *domain, const char *na
     while ((space = strrchr(prefix, ' '))) {
         *space = '\0';
         if (revert_snapshot_exists(dom, prefix)) {
-            snapfs_error_set(EINVAL, "cannot revert '%s': unexpected text after snapshot name '%s'", domain, prefix);
+            error_set(EINVAL, "cannot revert '%s': unexpected text after snapshot name '%s'", domain, prefix);
             return -1;
         }
     }
-    snapfs_error_set(ENOENT, "cannot revert '%s' to '%s': there is no such snapshot", domain, name);
+    error_set(ENOENT, "cannot revert '%s' to '%s': there is no such snapshot", domain, name);
     return -1;
 }
 
@@ -129,13 +129,13 @@ static int prepare_external(struct revert_state *st, struct revert_snapshot *tar
     gpointer key;
 
     if (g_hash_table_size(target->frozen) == 0) {
-        snapfs_error_set(EIO, "%s: the snapshot names no image it froze", what);
+        error_set(EIO, "%s: the snapshot names no image it froze", what);
         return -1;
     }
     g_hash_table_iter_init(&it, target->overlay);
     while (g_hash_table_iter_next(&it, &key, NULL)) {
         if (!g_hash_table_contains(target->frozen, key)) {
-            snapfs_error_set(EIO, "%s: cannot tell which image of disk %s the snapshot froze", what,
+            error_set(EIO, "%s: cannot tell which image of disk %s the snapshot froze", what,
                              (const char *)key);
             return -1;
         }
@@ -149,7 +149,7 @@ static int prepare_external(struct revert_state *st, struct revert_snapshot *tar
         return -1;
     }
     /* The overlays it makes: names free, formats recorded. */
-    if (!*noop && snapfs_uri_is_local(st->uri) && revert_check_images(st, target, *plan) < 0) {
+    if (!*noop && host_uri_is_local(st->uri) && revert_check_images(st, target, *plan) < 0) {
         g_clear_pointer(plan, revert_journal_free);
         return -1;
     }
@@ -163,7 +163,7 @@ static int prepare_internal(struct revert_state *st, struct revert_snapshot *tar
 
     if (revert_internal_check(st, target) < 0)
         return -1;
-    if (!snapfs_uri_is_local(st->uri))
+    if (!host_uri_is_local(st->uri))
         return 0;
     /* qemu-img snapshot -c (pre-revert) and -a rewrite every image that holds it. */
     files = g_ptr_array_new();
@@ -204,7 +204,7 @@ static char *request_journal_path(virConnectPtr conn, virDomainPtr dom, const ch
     g_autofree char *path = NULL;
 
     if (!uri) {
-        snapfs_error_from_virt("cannot revert '%s'", domain);
+        error_from_virt("cannot revert '%s'", domain);
         return NULL;
     }
     if (revert_journal_prepare_dir(revert_state_dir(options)) < 0)
@@ -229,23 +229,23 @@ static int request_check_domain(virDomainPtr dom, const char *domain, const stru
 {
     *active = virDomainIsActive(dom);
     if (*active < 0) {
-        snapfs_error_from_virt("cannot revert '%s'", domain);
+        error_from_virt("cannot revert '%s'", domain);
         return -1;
     }
     if (virDomainIsPersistent(dom) == 0) {
         /* Stopping it would make it vanish, and redefining it would change what kind of domain it is. */
-        snapfs_error_set(ENOTSUP, "cannot revert '%s' to '%s': it is a transient domain (revert needs a "
+        error_set(ENOTSUP, "cannot revert '%s' to '%s': it is a transient domain (revert needs a "
                          "defined one, as virsh define makes it)", domain, request->name);
         return -1;
     }
     if (*active && !request->force) {
-        snapfs_error_set(EBUSY, "cannot revert '%s' to '%s': the domain is running (write '%s --force' "
+        error_set(EBUSY, "cannot revert '%s' to '%s': the domain is running (write '%s --force' "
                          "to stop it first)", domain, request->name, request->name);
         return -1;
     }
     *saved = virDomainHasManagedSaveImage(dom, 0) == 1;
     if (*saved && !request->force) {
-        snapfs_error_set(EBUSY, "cannot revert '%s' to '%s': it has a saved memory state that would not "
+        error_set(EBUSY, "cannot revert '%s' to '%s': it has a saved memory state that would not "
                          "match the reverted disks (write '%s --force' to discard it)",
                          domain, request->name, request->name);
         return -1;
@@ -262,7 +262,7 @@ static struct revert_snapshot *request_read_target(virConnectPtr conn, virDomain
     *st = revert_state_read(conn, dom);
     target = *st ? revert_state_snapshot(*st, name) : NULL;
     if (*st && !target)
-        snapfs_error_set(ENOENT, "cannot revert '%s' to '%s': there is no such snapshot", domain, name);
+        error_set(ENOENT, "cannot revert '%s' to '%s': there is no such snapshot", domain, name);
     return target;
 }
 
@@ -296,12 +296,12 @@ static int request_carry_out(virConnectPtr conn, virDomainPtr dom, const char *d
             return -1;
     }
     if (saved && virDomainManagedSaveRemove(dom, 0) < 0) {
-        snapfs_error_from_virt("cannot discard the saved memory state of '%s'", domain);
+        error_from_virt("cannot discard the saved memory state of '%s'", domain);
         return -1;
     }
     ret = target->external ? revert_external(st, target, plan, noop) : revert_internal(st, target, path, options);
     if (ret == 0)
-        snapfs_info("reverted domain '%s' to snapshot '%s'", label, request->name);
+        log_info("reverted domain '%s' to snapshot '%s'", label, request->name);
     return ret;
 }
 
@@ -309,29 +309,29 @@ int revert_write(virConnectPtr conn, const char *domain, const char *buf, size_t
                  const struct revert_options *options)
 {
     struct revert_request request = { 0 };
-    struct engine_lock *lock = NULL;
+    struct domain_lock *lock = NULL;
     g_autoptr(virDomain) dom = NULL;
     g_autofree char *label = NULL;
     int ret = -1;
 
     if (revert_parse(buf, len, &request) < 0)
         return -1;
-    label = snapfs_domain_label(conn, domain);
+    label = host_conn_domain_label(conn, domain);
     {
         g_autofree char *doing = g_strdup_printf("reverting to snapshot '%s'", request.name);
         g_autofree char *what = g_strdup_printf("cannot revert '%s' to '%s'", domain, request.name);
 
-        lock = engine_lock_domain_conn(conn, domain, doing, what);
+        lock = domain_lock_acquire_conn(conn, domain, doing, what);
     }
     if (lock) {
         dom = virDomainLookupByName(conn, domain);
         if (!dom)
-            snapfs_error_from_virt("cannot revert '%s'", domain);
+            error_from_virt("cannot revert '%s'", domain);
         else
             ret = request_carry_out(conn, dom, domain, label, &request, options);
     }
     g_clear_pointer(&dom, virDomainFree);
-    engine_unlock_domain(lock);
+    domain_lock_release(lock);
     revert_request_clear(&request);
     return ret;
 }

@@ -12,7 +12,7 @@
 /*
  * Locks: none of these structures is shared.  Each is made, used and freed
  * by the one thread carrying out a revert (or the startup recovery) while it
- * holds the domain's operation lock (engine_lock_domain_conn(); src/README.md,
+ * holds the domain's operation lock (domain_lock_acquire_conn(); src/README.md,
  * "Locks and their order"), which also keeps every other snapfs operation
  * off the domain's snapshots and images; so their fields take no lock.
  */

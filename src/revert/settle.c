@@ -18,10 +18,10 @@ static void settle_unlink_logged(const struct revert_state *st, const struct rev
                                  const char *file, const char *why)
 {
     if (unlink(file) == 0)
-        snapfs_info("removed '%s' of domain '%s' (%s the revert to snapshot '%s')", file, st->label, why,
+        log_info("removed '%s' of domain '%s' (%s the revert to snapshot '%s')", file, st->label, why,
                     journal->target);
     else if (errno != ENOENT)
-        snapfs_warn("cannot remove '%s' of domain '%s' (%s the revert to snapshot '%s'): %s", file, st->label,
+        log_warn("cannot remove '%s' of domain '%s' (%s the revert to snapshot '%s'): %s", file, st->label,
                     why, journal->target, g_strerror(errno));
 }
 
@@ -31,7 +31,7 @@ int revert_roll_back(struct revert_state *st, const struct revert_journal *journ
     int ret = 0;
 
     if (journal->phase == REVERT_PHASE_INTERNAL_ASKED) {
-        snapfs_error_set(EIO, "the revert of domain '%s' to snapshot '%s' cannot be rolled back: libvirt was asked "
+        error_set(EIO, "the revert of domain '%s' to snapshot '%s' cannot be rolled back: libvirt was asked "
                          "to apply it", st->name, journal->target);
         return -1;
     }
@@ -40,7 +40,7 @@ int revert_roll_back(struct revert_state *st, const struct revert_journal *journ
         unsigned int flags = journal->phase == REVERT_PHASE_INTERNAL ? 0 : VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY;
 
         if (!snap || virDomainSnapshotDelete(snap, flags) < 0) {
-            snapfs_error_from_virt("cannot remove snapshot '%s' of domain '%s' while rolling back",
+            error_from_virt("cannot remove snapshot '%s' of domain '%s' while rolling back",
                                    journal->keep_name, st->name);
             ret = -1;
         }
@@ -109,12 +109,12 @@ int revert_roll_forward(struct revert_state *st, const struct revert_journal *jo
 static int revert_settle_asked(struct revert_state *st, struct revert_journal *journal)
 {
     if (journal->keep_name && revert_snapshot_exists(st->dom, journal->keep_name))
-        snapfs_warn("the revert of domain '%s' to snapshot '%s' was cut short after libvirt was asked to apply "
+        log_warn("the revert of domain '%s' to snapshot '%s' was cut short after libvirt was asked to apply "
                     "it: some of its disks may be reverted already; what they held before is kept as snapshot "
                     "'%s' (write '%s' to revert to go back to it)", st->label, journal->target,
                     journal->keep_name, journal->keep_name);
     else
-        snapfs_warn("the revert of domain '%s' to snapshot '%s' was cut short after libvirt was asked to apply "
+        log_warn("the revert of domain '%s' to snapshot '%s' was cut short after libvirt was asked to apply "
                     "it: some of its disks may be reverted already, and %s", st->label, journal->target,
                     journal->keep_name ? "the snapshot of their state before is missing"
                                        : "nothing of their state before was kept (revert_keep=off)");
@@ -136,7 +136,7 @@ int revert_settle(struct revert_state *st, struct revert_journal *journal)
     else
         committed = st->current && strcmp(st->current, journal->target) == 0 &&
                     (!journal->keep_name || revert_snapshot_exists(st->dom, journal->keep_name));
-    snapfs_info("%s the interrupted revert of domain '%s' to snapshot '%s'",
+    log_info("%s the interrupted revert of domain '%s' to snapshot '%s'",
                 committed ? "finishing" : "rolling back", st->label, journal->target);
     return committed ? revert_roll_forward(st, journal, false) : revert_roll_back(st, journal);
 }
@@ -147,19 +147,19 @@ int revert_settle(struct revert_state *st, struct revert_journal *journal)
  */
 int revert_undo(struct revert_state *st, const struct revert_journal *journal, const char *note)
 {
-    g_autofree char *reason = g_strdup(snapfs_error_message());
-    int errnum = snapfs_error_errno();
+    g_autofree char *reason = g_strdup(error_message());
+    int errnum = error_errno();
 
     if (revert_roll_back(st, journal) < 0)
-        snapfs_warn("cannot roll back the revert of domain '%s' to snapshot '%s'%s: %s", st->label, journal->target,
-                    note, snapfs_error_message());
-    snapfs_error_set(errnum, "%s", reason);
+        log_warn("cannot roll back the revert of domain '%s' to snapshot '%s'%s: %s", st->label, journal->target,
+                    note, error_message());
+    error_set(errnum, "%s", reason);
     return -1;
 }
 
 const char *revert_state_dir(const struct revert_options *options)
 {
-    return options && options->state_dir ? options->state_dir : SNAPFS_STATE_DIR_ROOT;
+    return options && options->state_dir ? options->state_dir : STATE_DIR_ROOT;
 }
 
 /*
@@ -170,30 +170,30 @@ const char *revert_state_dir(const struct revert_options *options)
 static int recover_one(virConnectPtr conn, struct revert_journal *journal)
 {
     g_autoptr(revert_state) st = NULL;
-    g_autofree char *label = snapfs_domain_label(conn, journal->domain);
+    g_autofree char *label = host_conn_domain_label(conn, journal->domain);
     g_autoptr(virDomain) dom = NULL;
-    struct engine_lock *lock;
+    struct domain_lock *lock;
     int ret = 0;
 
     /* At startup nobody else acts on the domain through this snapfs; another process may (the state lock's business). */
-    lock = engine_lock_domain_conn(conn, journal->domain, "recovering an interrupted revert",
+    lock = domain_lock_acquire_conn(conn, journal->domain, "recovering an interrupted revert",
                                    "cannot recover an interrupted revert");
     if (!lock) {
-        snapfs_warn("%s", snapfs_error_message());
+        log_warn("%s", error_message());
         return -1;
     }
     dom = journal->uuid ? virDomainLookupByUUIDString(conn, journal->uuid)
                         : virDomainLookupByName(conn, journal->domain);
     if (!dom && virGetLastErrorCode() != VIR_ERR_NO_DOMAIN) {
         /* Not an answer about the domain (libvirt down, a timeout): the journal waits for one. */
-        snapfs_error_from_virt("cannot look up domain '%s' of an interrupted revert to snapshot '%s' (its "
+        error_from_virt("cannot look up domain '%s' of an interrupted revert to snapshot '%s' (its "
                                "journal '%s' is kept for the next revert of it or the next start)",
                                label, journal->target, journal->path);
-        snapfs_warn("%s", snapfs_error_message());
+        log_warn("%s", error_message());
         ret = -1;
     } else if (!dom) {
         /* The domain is gone (libvirt says so): nothing of it to settle, its images are left as they are. */
-        snapfs_warn("domain '%s' of an interrupted revert to snapshot '%s' no longer exists; dropping its "
+        log_warn("domain '%s' of an interrupted revert to snapshot '%s' no longer exists; dropping its "
                     "journal '%s'", label, journal->target, journal->path);
         if (revert_journal_remove(journal) < 0)
             ret = -1;
@@ -201,12 +201,12 @@ static int recover_one(virConnectPtr conn, struct revert_journal *journal)
         st = revert_state_read(conn, dom);
         g_clear_pointer(&dom, virDomainFree);
         if (!st || revert_settle(st, journal) < 0) {
-            snapfs_warn("cannot settle the interrupted revert of domain '%s' to snapshot '%s': %s", label,
-                        journal->target, snapfs_error_message());
+            log_warn("cannot settle the interrupted revert of domain '%s' to snapshot '%s': %s", label,
+                        journal->target, error_message());
             ret = -1;
         }
     }
-    engine_unlock_domain(lock);
+    domain_lock_release(lock);
     return ret;
 }
 
@@ -220,7 +220,7 @@ int revert_recover(virConnectPtr conn, const struct revert_options *options)
         g_autoptr(revert_journal) journal = revert_journal_load(g_ptr_array_index(paths, i));
 
         if (!journal) {
-            snapfs_warn("%s", snapfs_error_message());
+            log_warn("%s", error_message());
             ret = -1;
             continue;
         }

@@ -18,37 +18,37 @@
 
 /* ---- refusals ---------------------------------------------------------------- */
 
-int snapfs_tree_refuse_change(const struct snapfs_node *node, const char *what)
+int tree_refuse_change(const struct snapfs_node *node, const char *what)
 {
     if (tree_is_content(node))
-        snapfs_error_set(EROFS, "cannot %s inside a snapshot or a layer: they are read-only", what);
+        error_set(EROFS, "cannot %s inside a snapshot or a layer: they are read-only", what);
     else
-        snapfs_error_set(EPERM, "cannot %s here: snapfs's own folders take only snapshots, made and deleted in "
+        error_set(EPERM, "cannot %s here: snapfs's own folders take only snapshots, made and deleted in "
                          "a domain's folder", what);
     return -1;
 }
 
-int snapfs_tree_rename(const struct snapfs_node *parent, bool same_folder)
+int tree_rename(const struct snapfs_node *parent, bool same_folder)
 {
-    if (!snapfs_tree_holds_snapshots(parent))
-        return snapfs_tree_refuse_change(parent, "rename");
+    if (!tree_holds_snapshots(parent))
+        return tree_refuse_change(parent, "rename");
     if (same_folder)
-        snapfs_error_set(ENOTSUP, "snapshots cannot be renamed");
+        error_set(ENOTSUP, "snapshots cannot be renamed");
     else
-        snapfs_error_set(EXDEV, "snapshots cannot be moved out of their domain's folder");
+        error_set(EXDEV, "snapshots cannot be moved out of their domain's folder");
     return -1;
 }
 
-int snapfs_tree_check_open(const struct snapfs_node *node, bool writing)
+int tree_check_open(const struct snapfs_node *node, bool writing)
 {
     const struct tree_kind *kind = tree_kind_of(node);
 
     if (!kind->read) {
-        snapfs_error_set(EISDIR, "this is a directory");
+        error_set(EISDIR, "this is a directory");
         return -1;
     }
     if (writing && !kind->write) {
-        snapfs_error_set(EROFS, "guest files are read-only");
+        error_set(EROFS, "guest files are read-only");
         return -1;
     }
     return 0;
@@ -57,10 +57,10 @@ int snapfs_tree_check_open(const struct snapfs_node *node, bool writing)
 /* mkdir and rmdir: only in a domain's folder, not with -o ro. */
 static int changes_check_domain_folder(struct snapfs_tree *tree, const struct snapfs_node *parent, const char *what)
 {
-    if (!snapfs_tree_holds_snapshots(parent))
-        return snapfs_tree_refuse_change(parent, what);
+    if (!tree_holds_snapshots(parent))
+        return tree_refuse_change(parent, what);
     if (tree->config.read_only) {
-        snapfs_error_set(EROFS, "cannot %s in '%s': mounted read-only", what, parent->domain);
+        error_set(EROFS, "cannot %s in '%s': mounted read-only", what, parent->domain);
         return -1;
     }
     return 0;
@@ -76,13 +76,13 @@ static int changes_check_revertable(const char *name)
     int ret = 0;
 
     if (revert_parse(name, strlen(name), &request) < 0) {
-        g_autofree char *why = g_strdup(snapfs_error_message());
+        g_autofree char *why = g_strdup(error_message());
 
-        snapfs_error_set(EINVAL, "'%s' cannot name a snapshot: it could not be reverted to (%s)", name, why);
+        error_set(EINVAL, "'%s' cannot name a snapshot: it could not be reverted to (%s)", name, why);
         return -1;
     }
     if (request.force || strcmp(request.name, name) != 0) {
-        snapfs_error_set(EINVAL, "'%s' cannot name a snapshot: written to revert, it would ask for '%s'%s", name,
+        error_set(EINVAL, "'%s' cannot name a snapshot: written to revert, it would ask for '%s'%s", name,
                          request.name, request.force ? " with --force" : "");
         ret = -1;
     }
@@ -103,7 +103,7 @@ typedef int (*changes_fn)(struct snapfs_tree *tree, virConnectPtr conn, const st
 static int changes_carry_out(struct snapfs_tree *tree, const struct snapfs_node *node, const char *what,
                              const char *snapshot, changes_fn fn, const void *arg)
 {
-    g_autoptr(virConnect) conn = snapfs_host_conn(tree_host(tree, node));
+    g_autoptr(virConnect) conn = host_conn(tree_host(tree, node));
     int ret;
 
     if (!conn)
@@ -111,7 +111,7 @@ static int changes_carry_out(struct snapfs_tree *tree, const struct snapfs_node 
     ret = fn(tree, conn, node, arg);
     if (ret < 0)
         tree_remember_error(tree, node, what, snapshot);
-    snapfs_host_invalidate(tree_host(tree, node), node->domain);
+    host_invalidate(tree_host(tree, node), node->domain);
     return ret;
 }
 
@@ -146,7 +146,7 @@ static void changes_forget_chains(struct snapfs_tree *tree, struct snapfs_domain
     tree_forget_views(tree);
     for (guint i = 0; before && i < before->disks->len; i++) {
         struct snapfs_disk *disk = g_ptr_array_index(before->disks, i);
-        g_autoptr(GPtrArray) chain = disk->file ? snapfs_chain_read(disk->file, disk->format) : NULL;
+        g_autoptr(GPtrArray) chain = disk->file ? chain_read(disk->file, disk->format) : NULL;
 
         for (guint j = 0; chain && j < chain->len; j++)
             guest_pool_forget_file(tree->guests, ((struct snapfs_layer *)g_ptr_array_index(chain, j))->file);
@@ -169,13 +169,13 @@ static int changes_revert_domain(struct snapfs_tree *tree, virConnectPtr conn, c
     tree_changes_done(tree);
     if (ret == 0)
         changes_forget_chains(tree, before);
-    snapfs_domain_unref(before);
+    host_domain_unref(before);
     return ret;
 }
 
 /* ---- the changes ------------------------------------------------------------------ */
 
-int snapfs_tree_mkdir(struct snapfs_tree *tree, const struct snapfs_node *parent, const char *name)
+int tree_mkdir(struct snapfs_tree *tree, const struct snapfs_node *parent, const char *name)
 {
     if (changes_check_domain_folder(tree, parent, "create a snapshot") < 0)
         return -1;
@@ -186,26 +186,26 @@ int snapfs_tree_mkdir(struct snapfs_tree *tree, const struct snapfs_node *parent
     return changes_carry_out(tree, parent, "mkdir", name, changes_create_snapshot, name);
 }
 
-int snapfs_tree_rmdir(struct snapfs_tree *tree, const struct snapfs_node *parent, const char *name)
+int tree_rmdir(struct snapfs_tree *tree, const struct snapfs_node *parent, const char *name)
 {
     if (changes_check_domain_folder(tree, parent, "delete a snapshot") < 0)
         return -1;
     if (engine_name_reserved(name)) {
-        snapfs_error_set(EPERM, "'%s' is not a snapshot", name);
+        error_set(EPERM, "'%s' is not a snapshot", name);
         return -1;
     }
     return changes_carry_out(tree, parent, "rmdir", name, changes_delete_snapshot, name);
 }
 
-int snapfs_tree_setxattr(struct snapfs_tree *tree, const struct snapfs_node *node,
+int tree_setxattr(struct snapfs_tree *tree, const struct snapfs_node *node,
                          const char *name, const char *value, size_t size)
 {
     g_autofree char *text = NULL;
 
-    if (!snapfs_tree_is_describable(node) || strcmp(name, XATTR_PREFIX "description") != 0)
-        return snapfs_tree_refuse_change(node, "set an attribute other than user.snapfs.description of a snapshot");
+    if (!tree_is_describable(node) || strcmp(name, XATTR_PREFIX "description") != 0)
+        return tree_refuse_change(node, "set an attribute other than user.snapfs.description of a snapshot");
     if (tree->config.read_only) {
-        snapfs_error_set(EROFS, "cannot describe snapshot '%s': mounted read-only", node->snapshot);
+        error_set(EROFS, "cannot describe snapshot '%s': mounted read-only", node->snapshot);
         return -1;
     }
     text = g_strndup(value, size);
@@ -213,7 +213,7 @@ int snapfs_tree_setxattr(struct snapfs_tree *tree, const struct snapfs_node *nod
 }
 
 /*
- * The revert kind's write (snapfs_tree_write() in tree.h says what a request is).  Refused
+ * The revert kind's write (tree_write() in tree.h says what a request is).  Refused
  * before anything is asked or touched (libvirt, appliances, caches) when out of order or malformed.
  */
 int tree_revert_write(struct snapfs_tree *tree, const struct snapfs_node *node, const char *buf, size_t size,
@@ -223,11 +223,11 @@ int tree_revert_write(struct snapfs_tree *tree, const struct snapfs_node *node, 
     struct changes_revert_request whole = { buf, size };
 
     if (tree->config.read_only) {
-        snapfs_error_set(EROFS, "cannot revert '%s': mounted read-only", node->domain);
+        error_set(EROFS, "cannot revert '%s': mounted read-only", node->domain);
         return -1;
     }
     if (offset != 0 || !first) {
-        snapfs_error_set(EINVAL, "a revert request is written from the start of the file, in order, by one open "
+        error_set(EINVAL, "a revert request is written from the start of the file, in order, by one open "
                          "(as echo NAME > revert makes it): a %s was refused, nothing was reverted by it",
                          offset != 0 ? "write out of order" : "second request of one open file");
         tree_remember_error(tree, node, "revert", NULL);

@@ -8,10 +8,10 @@
 static char *revert_file_text(struct snapfs_tree *tree, const struct snapfs_node *node)
 {
     struct snapfs_domain *domain = tree_domain(tree, node);
-    struct snapfs_snapshot *current = domain ? snapfs_domain_current(domain) : NULL;
+    struct snapfs_snapshot *current = domain ? host_domain_current_snapshot(domain) : NULL;
     char *text = domain ? g_strdup_printf("%s%s", current ? current->name : "", current ? "\n" : "") : NULL;
 
-    snapfs_domain_unref(domain);
+    host_domain_unref(domain);
     return text;
 }
 

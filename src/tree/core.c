@@ -10,7 +10,7 @@
 
 /* ---- nodes -------------------------------------------------------------- */
 
-struct snapfs_node *snapfs_node_root(void)
+struct snapfs_node *tree_node_root(void)
 {
     struct snapfs_node *node = g_new0(struct snapfs_node, 1);
 
@@ -19,7 +19,7 @@ struct snapfs_node *snapfs_node_root(void)
     return node;
 }
 
-struct snapfs_node *snapfs_node_copy(const struct snapfs_node *node)
+struct snapfs_node *tree_node_copy(const struct snapfs_node *node)
 {
     struct snapfs_node *copy = g_memdup2(node, sizeof(*node));
 
@@ -32,7 +32,7 @@ struct snapfs_node *snapfs_node_copy(const struct snapfs_node *node)
     return copy;
 }
 
-void snapfs_node_free(struct snapfs_node *node)
+void tree_node_free(struct snapfs_node *node)
 {
     if (!node)
         return;
@@ -47,7 +47,7 @@ void snapfs_node_free(struct snapfs_node *node)
 
 struct snapfs_node *tree_child_of_kind(const struct snapfs_node *parent, enum snapfs_node_kind kind)
 {
-    struct snapfs_node *child = snapfs_node_copy(parent);
+    struct snapfs_node *child = tree_node_copy(parent);
 
     child->kind = kind;
     return child;
@@ -55,7 +55,7 @@ struct snapfs_node *tree_child_of_kind(const struct snapfs_node *parent, enum sn
 
 int tree_no_such_entry(const char *name)
 {
-    snapfs_error_set(ENOENT, "'%s' does not exist here", name);
+    error_set(ENOENT, "'%s' does not exist here", name);
     return -1;
 }
 
@@ -70,7 +70,7 @@ static void tree_on_chain_changed(const char *file, void *opaque)
     guest_pool_forget_file(tree->guests, file);
 }
 
-struct snapfs_tree *snapfs_tree_new(struct snapfs_host **hosts, size_t n_hosts,
+struct snapfs_tree *tree_new(struct snapfs_host **hosts, size_t n_hosts,
                                     const struct snapfs_tree_config *config)
 {
     struct snapfs_tree *tree = g_new0(struct snapfs_tree, 1);
@@ -93,13 +93,13 @@ struct snapfs_tree *snapfs_tree_new(struct snapfs_host **hosts, size_t n_hosts,
     return tree;
 }
 
-void snapfs_tree_abort(struct snapfs_tree *tree)
+void tree_abort(struct snapfs_tree *tree)
 {
     if (tree)
         guest_pool_abort(tree->guests);
 }
 
-void snapfs_tree_free(struct snapfs_tree *tree)
+void tree_free(struct snapfs_tree *tree)
 {
     if (!tree)
         return;
@@ -124,24 +124,24 @@ struct snapfs_host *tree_host(struct snapfs_tree *tree, const struct snapfs_node
 
 struct snapfs_domain *tree_domain(struct snapfs_tree *tree, const struct snapfs_node *node)
 {
-    return snapfs_host_get_domain(tree_host(tree, node), node->domain);
+    return host_get_domain(tree_host(tree, node), node->domain);
 }
 
 int tree_check_local(struct snapfs_tree *tree, const struct snapfs_node *node)
 {
     struct snapfs_host *host = tree_host(tree, node);
 
-    if (snapfs_host_is_local(host))
+    if (host_is_local(host))
         return 0;
-    snapfs_error_set(ENOTSUP, "the images of '%s' are not files on this machine: its layers and guest files "
-                     "can only be browsed where they are (mount snapfs on that host)", snapfs_host_name(host));
+    error_set(ENOTSUP, "the images of '%s' are not files on this machine: its layers and guest files "
+                     "can only be browsed where they are (mount snapfs on that host)", host_name(host));
     return -1;
 }
 
 /* What a node below a domain is, in a log line: "snapshot 's1' of domain 'h/web01'". */
 static char *tree_describe_in_domain(struct snapfs_tree *tree, const struct snapfs_node *node)
 {
-    g_autofree char *domain = g_strdup_printf("domain '%s/%s'", snapfs_host_name(tree_host(tree, node)),
+    g_autofree char *domain = g_strdup_printf("domain '%s/%s'", host_name(tree_host(tree, node)),
                                               node->domain);
 
     if (node->snapshot)
@@ -154,14 +154,14 @@ static char *tree_describe_in_domain(struct snapfs_tree *tree, const struct snap
     return g_steal_pointer(&domain);
 }
 
-char *snapfs_node_describe(struct snapfs_tree *tree, const struct snapfs_node *node)
+char *tree_node_describe(struct snapfs_tree *tree, const struct snapfs_node *node)
 {
     g_autofree char *where = NULL;
 
     if (node->kind == SNAPFS_NODE_ROOT)
         return g_strdup("the mount's root");
     if (!node->domain)
-        return g_strdup_printf("host '%s'", snapfs_host_name(tree_host(tree, node)));
+        return g_strdup_printf("host '%s'", host_name(tree_host(tree, node)));
     where = tree_describe_in_domain(tree, node);
     if (node->kind == SNAPFS_NODE_GUEST)
         return g_strdup_printf("'%s' in %s", node->path, where);
@@ -238,7 +238,7 @@ int tree_list_entry(struct snapfs_tree *tree, const struct snapfs_node *child, c
     struct stat st;
 
     memset(&st, 0, sizeof(st));
-    st.st_mode = snapfs_tree_is_control(child) ? S_IFREG : S_IFDIR;
+    st.st_mode = tree_is_control(child) ? S_IFREG : S_IFDIR;
     tree_stat_ino(tree, child, &st);
     return fn(opaque, name, &st);
 }
@@ -247,17 +247,17 @@ int tree_list_entry(struct snapfs_tree *tree, const struct snapfs_node *child, c
 void tree_remember_error(struct snapfs_tree *tree, const struct snapfs_node *node, const char *what,
                          const char *snapshot)
 {
-    int err = snapfs_error_errno();
-    g_autofree char *message = g_strdup(snapfs_error_message());
-    g_autofree char *label = snapfs_host_domain_label(tree_host(tree, node), node->domain);
+    int err = error_errno();
+    g_autofree char *message = g_strdup(error_message());
+    g_autofree char *label = host_domain_label(tree_host(tree, node), node->domain);
 
     if (snapshot)
-        snapfs_warn("domain '%s': %s of snapshot '%s' failed: %s", label, what, snapshot, message);
+        log_warn("domain '%s': %s of snapshot '%s' failed: %s", label, what, snapshot, message);
     else
-        snapfs_warn("domain '%s': %s failed: %s", label, what, message);
-    snapfs_error_set(err, "%s", message);   /* naming the domain may have asked libvirt */
+        log_warn("domain '%s': %s failed: %s", label, what, message);
+    error_set(err, "%s", message);   /* naming the domain may have asked libvirt */
     g_mutex_lock(&tree->lock);
     g_hash_table_replace(tree->last_errors, g_strdup_printf("%d/%s", node->host, node->domain),
-                         g_strdup(snapfs_error_message()));
+                         g_strdup(error_message()));
     g_mutex_unlock(&tree->lock);
 }

@@ -106,7 +106,7 @@ int tree_content_root_readdir(struct snapfs_tree *tree, const struct snapfs_node
 void tree_content_put_error(struct snapfs_tree *tree, const struct snapfs_node *node, struct tree_xattrs *list)
 {
     struct guest_view *view = tree_guest_view(tree, node);
-    char *why = view ? guest_view_error(view) : g_strdup(snapfs_error_message());
+    char *why = view ? guest_view_error(view) : g_strdup(error_message());
 
     if (why)
         tree_xattr_put(list, "error", why);

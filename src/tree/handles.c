@@ -5,24 +5,24 @@
 
 #include <errno.h>
 
-void snapfs_tree_set_stale_fn(struct snapfs_tree *tree, void (*fn)(guint64 cookie, void *opaque), void *opaque)
+void tree_set_stale_fn(struct snapfs_tree *tree, void (*fn)(guint64 cookie, void *opaque), void *opaque)
 {
     tree->stale_fn = fn;
     tree->stale_opaque = opaque;
 }
 
-struct snapfs_handle *snapfs_tree_open(struct snapfs_tree *tree, const struct snapfs_node *node, guint64 cookie)
+struct snapfs_handle *tree_open(struct snapfs_tree *tree, const struct snapfs_node *node, guint64 cookie)
 {
     struct snapfs_handle *handle = g_new0(struct snapfs_handle, 1);
 
-    if (node->kind == SNAPFS_NODE_GUEST || (tree_is_content(node) && snapfs_host_is_local(tree_host(tree, node)))) {
+    if (node->kind == SNAPFS_NODE_GUEST || (tree_is_content(node) && host_is_local(tree_host(tree, node)))) {
         handle->tv = tree_view_entry(tree, node);
         if (!handle->tv) {
             g_free(handle);
             return NULL;
         }
     }
-    handle->node = snapfs_node_copy(node);
+    handle->node = tree_node_copy(node);
     handle->cookie = cookie;
     g_mutex_lock(&tree->lock);
     g_hash_table_add(tree->handles, handle);
@@ -36,10 +36,10 @@ void tree_release_all(struct snapfs_tree *tree)
     g_autofree gpointer *open = (gpointer *)g_hash_table_get_keys_as_array(tree->handles, NULL);
 
     for (gpointer *h = open; *h; h++)
-        snapfs_tree_release(tree, *h);
+        tree_release(tree, *h);
 }
 
-void snapfs_tree_release(struct snapfs_tree *tree, struct snapfs_handle *handle)
+void tree_release(struct snapfs_tree *tree, struct snapfs_handle *handle)
 {
     if (!handle)
         return;
@@ -47,32 +47,32 @@ void snapfs_tree_release(struct snapfs_tree *tree, struct snapfs_handle *handle)
     g_hash_table_remove(tree->handles, handle);
     g_mutex_unlock(&tree->lock);
     tree_view_unref(handle->tv);
-    snapfs_node_free(handle->node);
+    tree_node_free(handle->node);
     g_free(handle);
 }
 
-int snapfs_tree_handle_check(struct snapfs_tree *tree, struct snapfs_handle *handle)
+int tree_handle_check(struct snapfs_tree *tree, struct snapfs_handle *handle)
 {
     if (!handle->tv || tree_view_current(tree, handle->tv))
         return 0;
-    snapfs_error_set(EIO, "the images of %s changed since '%s' was opened (merged, moved or rewritten): it "
+    error_set(EIO, "the images of %s changed since '%s' was opened (merged, moved or rewritten): it "
                      "cannot be read any more; open it again", tree_view_label(handle->tv),
                      handle->node->path ? handle->node->path : "/");
     return -1;
 }
 
-ssize_t snapfs_tree_handle_read(struct snapfs_tree *tree, struct snapfs_handle *handle, char *buf, size_t size,
+ssize_t tree_handle_read(struct snapfs_tree *tree, struct snapfs_handle *handle, char *buf, size_t size,
                                 off_t offset)
 {
     ssize_t n;
 
     if (!handle->tv)
-        return snapfs_tree_read(tree, handle->node, buf, size, offset);
-    if (snapfs_tree_handle_check(tree, handle) < 0)
+        return tree_read(tree, handle->node, buf, size, offset);
+    if (tree_handle_check(tree, handle) < 0)
         return -1;
     n = guest_view_read(tree_view_guest(handle->tv), handle->node->path, buf, size, offset);
     /* Checked again: bytes read while an image changed are not the view's either. */
-    if (n >= 0 && snapfs_tree_handle_check(tree, handle) < 0)
+    if (n >= 0 && tree_handle_check(tree, handle) < 0)
         return -1;
     return n;
 }
@@ -160,7 +160,7 @@ int tree_before_change(const char *label, const char *what, const char *const *f
         g_autofree char *list = handles_describe(open);
 
         g_mutex_unlock(&tree->lock);
-        snapfs_error_set(EBUSY, "%s: files or directories are open in views it would change (%s); close them "
+        error_set(EBUSY, "%s: files or directories are open in views it would change (%s); close them "
                          "and try again", what, list);
         return -1;
     }

@@ -22,10 +22,10 @@ static bool root_is_host_folder(struct snapfs_tree *tree)
 /* Whether the host of one of several hosts' folders is down; records the reason when it is. */
 static bool host_folder_down(struct snapfs_tree *tree, const struct snapfs_node *node)
 {
-    g_autofree char *down = snapfs_host_error(tree_host(tree, node));
+    g_autofree char *down = host_error(tree_host(tree, node));
 
     if (down)
-        snapfs_error_set(EIO, "%s is not reachable: %s", snapfs_host_name(tree_host(tree, node)), down);
+        error_set(EIO, "%s is not reachable: %s", host_name(tree_host(tree, node)), down);
     return down != NULL;
 }
 
@@ -45,7 +45,7 @@ static int root_lookup(struct snapfs_tree *tree, const struct snapfs_node *paren
     if (root_is_host_folder(tree))
         return hosts_lookup_domain(parent, name, child);
     for (size_t i = 0; i < tree->n_hosts; i++) {
-        if (strcmp(snapfs_host_name(tree->hosts[i]), name) == 0) {
+        if (strcmp(host_name(tree->hosts[i]), name) == 0) {
             *child = tree_child_of_kind(parent, SNAPFS_NODE_HOST);
             (*child)->host = (int)i;
             return 0;
@@ -80,13 +80,13 @@ static int domain_lookup(struct snapfs_tree *tree, const struct snapfs_node *par
     domain = tree_domain(tree, parent);
     if (!domain)
         return -1;
-    snap = snapfs_domain_find_snapshot(domain, name);
+    snap = host_domain_find_snapshot(domain, name);
     if (snap) {
         *child = tree_child_of_kind(parent, SNAPFS_NODE_SNAPSHOT);
         (*child)->snapshot = g_strdup(name);
         (*child)->identity = tree_snapshot_identity(snap);
     }
-    snapfs_domain_unref(domain);
+    host_domain_unref(domain);
     return snap ? 0 : tree_no_such_entry(name);
 }
 
@@ -115,7 +115,7 @@ static int domain_getattr(struct snapfs_tree *tree, const struct snapfs_node *no
         return -1;
     tree_stat_dir(tree, st, tree->config.read_only ? 0555 : 0755, tree->mounted);
     st->st_nlink = 3 + domain->snapshots->len;
-    snapfs_domain_unref(domain);
+    host_domain_unref(domain);
     tree_stat_ino(tree, node, st);
     return 0;
 }
@@ -126,7 +126,7 @@ static int domain_getattr(struct snapfs_tree *tree, const struct snapfs_node *no
 static int hosts_list_domains(struct snapfs_tree *tree, const struct snapfs_node *node, snapfs_dirent_fn fn,
                               void *opaque)
 {
-    g_autoptr(GPtrArray) names = snapfs_host_list_domains(tree_host(tree, node));
+    g_autoptr(GPtrArray) names = host_list_domains(tree_host(tree, node));
     struct snapfs_node child = *node;
     int ret = 0;
 
@@ -151,7 +151,7 @@ static int root_readdir(struct snapfs_tree *tree, const struct snapfs_node *node
     child.kind = SNAPFS_NODE_HOST;
     for (size_t i = 0; i < tree->n_hosts && ret == 0; i++) {
         child.host = (int)i;
-        ret = tree_list_entry(tree, &child, snapfs_host_name(tree->hosts[i]), fn, opaque);
+        ret = tree_list_entry(tree, &child, host_name(tree->hosts[i]), fn, opaque);
     }
     return 0;
 }
@@ -194,7 +194,7 @@ static int domain_readdir(struct snapfs_tree *tree, const struct snapfs_node *no
         child.snapshot = snap->name;
         ret = tree_list_entry(tree, &child, snap->name, fn, opaque);
     }
-    snapfs_domain_unref(domain);
+    host_domain_unref(domain);
     return 0;
 }
 
@@ -204,9 +204,9 @@ static int domain_readdir(struct snapfs_tree *tree, const struct snapfs_node *no
 static void hosts_put_xattrs(struct snapfs_tree *tree, const struct snapfs_node *node, struct tree_xattrs *list)
 {
     struct snapfs_host *host = tree_host(tree, node);
-    char *down = snapfs_host_error(host);
+    char *down = host_error(host);
 
-    tree_xattr_put(list, "uri", g_strdup(snapfs_host_uri(host)));
+    tree_xattr_put(list, "uri", g_strdup(host_uri(host)));
     if (down)
         tree_xattr_put(list, "error", down);
 }
@@ -237,7 +237,7 @@ static int host_xattrs(struct snapfs_tree *tree, const struct snapfs_node *node,
 /* What the domain is doing: an operation of the engine, else an appliance starting; NULL for nothing. */
 static char *domain_progress(struct snapfs_tree *tree, const struct snapfs_node *node)
 {
-    g_autoptr(virConnect) conn = snapfs_host_conn(tree_host(tree, node));
+    g_autoptr(virConnect) conn = host_conn(tree_host(tree, node));
     g_autofree char *group = NULL;
     char *progress = conn ? engine_progress(conn, node->domain) : NULL;
 
@@ -266,7 +266,7 @@ static int domain_xattrs(struct snapfs_tree *tree, const struct snapfs_node *nod
         tree_xattr_put(list, "last_error", last);
     if (progress)
         tree_xattr_put(list, "progress", progress);
-    snapfs_domain_unref(domain);
+    host_domain_unref(domain);
     return 0;
 }
 

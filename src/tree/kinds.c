@@ -36,7 +36,7 @@ bool tree_is_content(const struct snapfs_node *node)
     return tree_kind_of(node)->content;
 }
 
-enum snapfs_cache snapfs_node_cache(const struct snapfs_node *node)
+enum snapfs_cache tree_node_cache(const struct snapfs_node *node)
 {
     enum snapfs_cache cache = tree_kind_of(node)->cache;
 
@@ -44,29 +44,29 @@ enum snapfs_cache snapfs_node_cache(const struct snapfs_node *node)
     return cache == SNAPFS_CACHE_FOREVER && node->live ? SNAPFS_CACHE_LIVE : cache;
 }
 
-bool snapfs_tree_is_control(const struct snapfs_node *node)
+bool tree_is_control(const struct snapfs_node *node)
 {
     return tree_kind_of(node)->write != NULL;
 }
 
-bool snapfs_tree_holds_snapshots(const struct snapfs_node *node)
+bool tree_holds_snapshots(const struct snapfs_node *node)
 {
     return tree_kind_of(node)->holds_snapshots;
 }
 
-bool snapfs_tree_is_describable(const struct snapfs_node *node)
+bool tree_is_describable(const struct snapfs_node *node)
 {
     return tree_kind_of(node)->describable;
 }
 
-struct snapfs_node *snapfs_tree_listed_node(const struct snapfs_node *dir, const char *name, const struct stat *st)
+struct snapfs_node *tree_listed_node(const struct snapfs_node *dir, const char *name, const struct stat *st)
 {
     const struct tree_kind *kind = tree_kind_of(dir);
 
     return kind->listed_node ? kind->listed_node(dir, name, st) : NULL;
 }
 
-int snapfs_tree_lookup(struct snapfs_tree *tree, const struct snapfs_node *parent, const char *name,
+int tree_lookup(struct snapfs_tree *tree, const struct snapfs_node *parent, const char *name,
                        struct snapfs_node **child_out, struct stat *st)
 {
     const struct tree_kind *kind = tree_kind_of(parent);
@@ -76,20 +76,20 @@ int snapfs_tree_lookup(struct snapfs_tree *tree, const struct snapfs_node *paren
         return tree_no_such_entry(name);
     if (kind->lookup(tree, parent, name, &child) < 0)
         return -1;
-    if (snapfs_tree_getattr(tree, child, st) < 0) {
-        snapfs_node_free(child);
+    if (tree_getattr(tree, child, st) < 0) {
+        tree_node_free(child);
         return -1;
     }
     *child_out = child;
     return 0;
 }
 
-int snapfs_tree_getattr(struct snapfs_tree *tree, const struct snapfs_node *node, struct stat *st)
+int tree_getattr(struct snapfs_tree *tree, const struct snapfs_node *node, struct stat *st)
 {
     return tree_kind_of(node)->getattr(tree, node, st);
 }
 
-int snapfs_tree_readdir(struct snapfs_tree *tree, const struct snapfs_node *node,
+int tree_readdir(struct snapfs_tree *tree, const struct snapfs_node *node,
                         snapfs_dirent_fn fn, void *opaque)
 {
     const struct tree_kind *kind = tree_kind_of(node);
@@ -97,34 +97,34 @@ int snapfs_tree_readdir(struct snapfs_tree *tree, const struct snapfs_node *node
     return kind->readdir ? kind->readdir(tree, node, fn, opaque) : 0;
 }
 
-int snapfs_tree_readlink(struct snapfs_tree *tree, const struct snapfs_node *node, char **target)
+int tree_readlink(struct snapfs_tree *tree, const struct snapfs_node *node, char **target)
 {
     const struct tree_kind *kind = tree_kind_of(node);
 
     if (kind->readlink)
         return kind->readlink(tree, node, target);
-    snapfs_error_set(EINVAL, "'%s' is not a symbolic link", node->domain ? node->domain : "/");
+    error_set(EINVAL, "'%s' is not a symbolic link", node->domain ? node->domain : "/");
     return -1;
 }
 
-ssize_t snapfs_tree_read(struct snapfs_tree *tree, const struct snapfs_node *node,
+ssize_t tree_read(struct snapfs_tree *tree, const struct snapfs_node *node,
                          char *buf, size_t size, off_t offset)
 {
     const struct tree_kind *kind = tree_kind_of(node);
 
     if (kind->read)
         return kind->read(tree, node, buf, size, offset);
-    snapfs_error_set(EISDIR, "this is a directory");
+    error_set(EISDIR, "this is a directory");
     return -1;
 }
 
-int snapfs_tree_write(struct snapfs_tree *tree, const struct snapfs_node *node, const char *buf, size_t size,
+int tree_write(struct snapfs_tree *tree, const struct snapfs_node *node, const char *buf, size_t size,
                       off_t offset, bool first)
 {
     const struct tree_kind *kind = tree_kind_of(node);
 
     if (kind->write)
         return kind->write(tree, node, buf, size, offset, first);
-    snapfs_error_set(EROFS, "only DOMAIN/revert can be written");
+    error_set(EROFS, "only DOMAIN/revert can be written");
     return -1;
 }

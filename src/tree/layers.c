@@ -17,13 +17,13 @@
 
 GPtrArray *tree_disk_chain(struct snapfs_domain *domain, const char *target)
 {
-    struct snapfs_disk *disk = snapfs_domain_find_disk(domain, target);
+    struct snapfs_disk *disk = host_domain_find_disk(domain, target);
 
     if (!disk || !disk->file) {
-        snapfs_error_set(ENOENT, "domain '%s' has no disk image for '%s'", domain->name, target);
+        error_set(ENOENT, "domain '%s' has no disk image for '%s'", domain->name, target);
         return NULL;
     }
-    return snapfs_chain_read(disk->file, disk->format);
+    return chain_read(disk->file, disk->format);
 }
 
 static char *layer_folder_name(guint index, const struct snapfs_layer *layer)
@@ -41,12 +41,12 @@ struct snapfs_layer *tree_layer_of(struct snapfs_domain *domain, const struct sn
     if (!chain)
         return NULL;
     if (node->layer < 0 || (guint)node->layer >= chain->len) {
-        snapfs_error_set(ENOENT, "disk '%s' of domain '%s' has no layer %d", node->disk, domain->name, node->layer);
+        error_set(ENOENT, "disk '%s' of domain '%s' has no layer %d", node->disk, domain->name, node->layer);
         return NULL;
     }
     layer = g_ptr_array_index(chain, node->layer);
     if (strcmp(layer->file, node->layer_file) != 0) {
-        snapfs_error_set(ENOENT, "layer %d of disk '%s' of domain '%s' is no longer '%s'",
+        error_set(ENOENT, "layer %d of disk '%s' of domain '%s' is no longer '%s'",
                          node->layer, node->disk, domain->name, node->layer_file);
         return NULL;
     }
@@ -72,15 +72,15 @@ char *tree_layer_identity(const struct snapfs_layer *layer, bool live)
 /* Whether @disk of a snapshot, an overlay, stands on @layer's image (read from the overlay's header). */
 static bool layer_stands_on(const struct snapfs_snapshot_disk *disk, const struct snapfs_layer *layer)
 {
-    struct snapfs_layer *overlay = snapfs_chain_read_layer(disk->file, disk->format);
+    struct snapfs_layer *overlay = chain_read_layer(disk->file, disk->format);
     bool on = false;
 
     if (overlay && overlay->backing) {
-        g_autofree char *frozen = snapfs_chain_resolve(overlay->file, overlay->backing);
+        g_autofree char *frozen = chain_resolve(overlay->file, overlay->backing);
 
         on = strcmp(frozen, layer->file) == 0;
     }
-    snapfs_layer_free(overlay);
+    chain_layer_free(overlay);
     return on;
 }
 
@@ -112,7 +112,7 @@ static struct snapfs_snapshot *layer_frozen_by(struct snapfs_domain *domain, con
                 standing_on = snap;
         }
     }
-    snapfs_error_clear();
+    error_clear();
     return standing_on;
 }
 
@@ -127,12 +127,12 @@ static int layers_lookup(struct snapfs_tree *tree, const struct snapfs_node *par
 
     if (!domain)
         return -1;
-    disk = snapfs_domain_find_disk(domain, name);
+    disk = host_domain_find_disk(domain, name);
     if (disk && disk->file) {
         *child = tree_child_of_kind(parent, SNAPFS_NODE_DISK);
         (*child)->disk = g_strdup(name);
     }
-    snapfs_domain_unref(domain);
+    host_domain_unref(domain);
     return *child ? 0 : tree_no_such_entry(name);
 }
 
@@ -151,7 +151,7 @@ static int disk_lookup(struct snapfs_tree *tree, const struct snapfs_node *paren
         return tree_no_such_entry(name);
     domain = tree_domain(tree, parent);
     chain = domain ? tree_disk_chain(domain, parent->disk) : NULL;
-    snapfs_domain_unref(domain);
+    host_domain_unref(domain);
     if (!chain)
         return -1;
     if (index >= chain->len)
@@ -177,7 +177,7 @@ static int layers_folder_getattr(struct snapfs_tree *tree, const struct snapfs_n
 
     if (!domain)
         return -1;
-    snapfs_domain_unref(domain);
+    host_domain_unref(domain);
     tree_stat_dir(tree, st, 0555, tree->mounted);
     tree_stat_ino(tree, node, st);
     return 0;
@@ -203,7 +203,7 @@ static int layer_getattr(struct snapfs_tree *tree, const struct snapfs_node *nod
         }
         tree_stat_ino(tree, node, st);
     }
-    snapfs_domain_unref(domain);
+    host_domain_unref(domain);
     return layer ? 0 : -1;
 }
 
@@ -228,7 +228,7 @@ static int layers_readdir(struct snapfs_tree *tree, const struct snapfs_node *no
         child.disk = disk->target;
         ret = tree_list_entry(tree, &child, disk->target, fn, opaque);
     }
-    snapfs_domain_unref(domain);
+    host_domain_unref(domain);
     return 0;
 }
 
@@ -248,9 +248,9 @@ static int disk_readdir(struct snapfs_tree *tree, const struct snapfs_node *node
     chain = tree_disk_chain(domain, node->disk);
     if (!chain) {
         /* A chain snapfs will not read (a format nobody recorded) is a refusal: logged, kept. */
-        if (snapfs_error_errno() == ENOTSUP)
+        if (error_errno() == ENOTSUP)
             tree_remember_error(tree, node, "listing the layers", NULL);
-        snapfs_domain_unref(domain);
+        host_domain_unref(domain);
         return -1;
     }
     child.kind = SNAPFS_NODE_LAYER;
@@ -264,7 +264,7 @@ static int disk_readdir(struct snapfs_tree *tree, const struct snapfs_node *node
     }
 
 done:
-    snapfs_domain_unref(domain);
+    host_domain_unref(domain);
     return 0;
 }
 
@@ -278,8 +278,8 @@ static int layers_xattrs(struct snapfs_tree *tree, const struct snapfs_node *nod
     if (!domain)
         return -1;
     if (tree_check_local(tree, node) < 0)
-        tree_xattr_put(list, "error", g_strdup(snapfs_error_message()));
-    snapfs_domain_unref(domain);
+        tree_xattr_put(list, "error", g_strdup(error_message()));
+    host_domain_unref(domain);
     return 0;
 }
 
@@ -292,8 +292,8 @@ static int disk_xattrs(struct snapfs_tree *tree, const struct snapfs_node *node,
     if (!domain)
         return -1;
     if (tree_check_local(tree, node) < 0 || !(chain = tree_disk_chain(domain, node->disk)))
-        tree_xattr_put(list, "error", g_strdup(snapfs_error_message()));
-    snapfs_domain_unref(domain);
+        tree_xattr_put(list, "error", g_strdup(error_message()));
+    host_domain_unref(domain);
     return 0;
 }
 
@@ -309,7 +309,7 @@ static int layer_xattrs(struct snapfs_tree *tree, const struct snapfs_node *node
         return -1;
     layer = tree_layer_of(domain, node, &chain);
     if (!layer) {
-        snapfs_domain_unref(domain);
+        host_domain_unref(domain);
         return -1;
     }
     frozen_by = layer_frozen_by(domain, node->disk, chain, (guint)node->layer);
@@ -317,11 +317,11 @@ static int layer_xattrs(struct snapfs_tree *tree, const struct snapfs_node *node
     tree_xattr_put(list, "format", g_strdup(layer->format));
     tree_xattr_put(list, "virtual_size", g_strdup_printf("%" G_GUINT64_FORMAT, layer->virtual_size));
     if (layer->backing)
-        tree_xattr_put(list, "backing", snapfs_chain_resolve(layer->file, layer->backing));
+        tree_xattr_put(list, "backing", chain_resolve(layer->file, layer->backing));
     if (frozen_by)
         tree_xattr_put(list, "snapshot", g_strdup(frozen_by->name));
     tree_xattr_put(list, "live", g_strdup((guint)node->layer == chain->len - 1 ? "1" : "0"));
-    snapfs_domain_unref(domain);
+    host_domain_unref(domain);
     tree_content_put_error(tree, node, list);
     return 0;
 }

@@ -19,10 +19,10 @@ char *tree_snapshot_identity(const struct snapfs_snapshot *snap)
 /* The node's snapshot in @domain, or NULL with ENOENT. */
 static struct snapfs_snapshot *snapshot_find(struct snapfs_domain *domain, const struct snapfs_node *node)
 {
-    struct snapfs_snapshot *snap = snapfs_domain_find_snapshot(domain, node->snapshot);
+    struct snapfs_snapshot *snap = host_domain_find_snapshot(domain, node->snapshot);
 
     if (!snap)
-        snapfs_error_set(ENOENT, "domain '%s' has no snapshot '%s'", domain->name, node->snapshot);
+        error_set(ENOENT, "domain '%s' has no snapshot '%s'", domain->name, node->snapshot);
     return snap;
 }
 
@@ -38,7 +38,7 @@ static int snapshot_getattr(struct snapfs_tree *tree, const struct snapfs_node *
         tree_stat_dir(tree, st, 0555, (time_t)snap->created);
         tree_stat_ino(tree, node, st);
     }
-    snapfs_domain_unref(domain);
+    host_domain_unref(domain);
     return snap ? 0 : -1;
 }
 
@@ -52,7 +52,7 @@ static int snapshot_xattrs(struct snapfs_tree *tree, const struct snapfs_node *n
         return -1;
     snap = snapshot_find(domain, node);
     if (!snap) {
-        snapfs_domain_unref(domain);
+        host_domain_unref(domain);
         return -1;
     }
     if (snap->parent)
@@ -62,7 +62,7 @@ static int snapshot_xattrs(struct snapfs_tree *tree, const struct snapfs_node *n
     tree_xattr_put(list, "state", g_strdup(snap->state));
     tree_xattr_put(list, "kind", g_strdup(snap->external ? "external" : "internal"));
     tree_xattr_put(list, "current", g_strdup(snap->current ? "1" : "0"));
-    snapfs_domain_unref(domain);
+    host_domain_unref(domain);
     tree_content_put_error(tree, node, list);
     return 0;
 }

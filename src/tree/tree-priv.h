@@ -70,7 +70,7 @@ struct tree_kind {
     int (*readlink)(struct snapfs_tree *tree, const struct snapfs_node *node, char **target);
     int (*write)(struct snapfs_tree *tree, const struct snapfs_node *node, const char *buf, size_t size,
                  off_t offset, bool first);
-    /* snapfs_tree_listed_node(): where a listing of this kind knows its entries' attributes exactly. */
+    /* tree_listed_node(): where a listing of this kind knows its entries' attributes exactly. */
     struct snapfs_node *(*listed_node)(const struct snapfs_node *dir, const char *name, const struct stat *st);
 };
 
@@ -157,7 +157,7 @@ void tree_changes_done(struct snapfs_tree *tree);
 
 /* ---- changes.c: what acts on a domain ---- */
 
-/* The revert kind's write: a request to revert the domain (snapfs_tree_write()). */
+/* The revert kind's write: a request to revert the domain (tree_write()). */
 int tree_revert_write(struct snapfs_tree *tree, const struct snapfs_node *node, const char *buf, size_t size,
                       off_t offset, bool first);
 

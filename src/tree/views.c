@@ -144,7 +144,7 @@ static void tree_files_changed(struct snapfs_tree *tree, const char *const *file
     }
     g_mutex_unlock(&tree->lock);
     for (guint i = 0; files[i]; i++) {
-        snapfs_warn("image '%s' changed behind snapfs (merged, moved or rewritten): what is open in views of it "
+        log_warn("image '%s' changed behind snapfs (merged, moved or rewritten): what is open in views of it "
                     "answers EIO from now on", files[i]);
         guest_pool_forget_file(tree->guests, files[i]);
     }
@@ -240,7 +240,7 @@ static int views_internal_holder(GPtrArray *chain, const char *name)
 {
     for (guint i = 0; i < chain->len; i++) {
         struct snapfs_layer *layer = g_ptr_array_index(chain, i);
-        g_autoptr(GPtrArray) names = snapfs_chain_internal_snapshots(layer->file);
+        g_autoptr(GPtrArray) names = chain_internal_snapshots(layer->file);
 
         for (guint j = 0; names && j < names->len; j++) {
             if (strcmp(g_ptr_array_index(names, j), name) == 0)
@@ -257,11 +257,11 @@ static int views_snapshot_drives(struct snapfs_domain *domain, struct snapfs_sna
         struct snapfs_snapshot_disk *sd = g_ptr_array_index(snap->disks, i);
 
         if (strcmp(sd->kind, "external") == 0 && sd->file) {
-            g_autoptr(GPtrArray) chain = snapfs_chain_read(sd->file, sd->format);
+            g_autoptr(GPtrArray) chain = chain_read(sd->file, sd->format);
 
             if (!chain || chain->len < 2) {
                 if (chain)
-                    snapfs_error_set(EIO, "the overlay '%s' of snapshot '%s' has no backing image", sd->file, snap->name);
+                    error_set(EIO, "the overlay '%s' of snapshot '%s' has no backing image", sd->file, snap->name);
                 return -1;
             }
             views_add_layer(v, sd->target, chain, chain->len - 2, NULL);
@@ -271,7 +271,7 @@ static int views_snapshot_drives(struct snapfs_domain *domain, struct snapfs_sna
 
             if (holder < 0) {
                 if (chain)
-                    snapfs_error_set(EIO, "no image of disk '%s' holds internal snapshot '%s'", sd->target, snap->name);
+                    error_set(EIO, "no image of disk '%s' holds internal snapshot '%s'", sd->target, snap->name);
                 return -1;
             }
             views_add_layer(v, sd->target, chain, (guint)holder, g_strdup(snap->name));
@@ -283,7 +283,7 @@ static int views_snapshot_drives(struct snapfs_domain *domain, struct snapfs_sna
 /* The guest reader's group of a domain: views of one group share appliances; it names the domain in log lines. */
 char *tree_group(struct snapfs_tree *tree, const struct snapfs_node *node)
 {
-    return g_strdup_printf("%s/%s", snapfs_host_name(tree_host(tree, node)), node->domain);
+    return g_strdup_printf("%s/%s", host_name(tree_host(tree, node)), node->domain);
 }
 
 /*
@@ -302,7 +302,7 @@ static int view_stamp(struct snapfs_tree *tree, struct view_drives *v, const cha
 
         if (g_hash_table_contains(tree->changing, img->file)) {
             g_mutex_unlock(&tree->lock);
-            snapfs_error_set(EBUSY, "%s cannot be read now: a snapshot operation is changing its image '%s'",
+            error_set(EBUSY, "%s cannot be read now: a snapshot operation is changing its image '%s'",
                              label, img->file);
             return -1;
         }
@@ -402,12 +402,12 @@ static void tree_register_group(struct snapfs_tree *tree, const char *group, str
         tree_view_unref(tree_make_view(tree, group, domain, g_ptr_array_index(domain->snapshots, i), NULL, NULL, 0));
     for (guint i = 0; i < domain->disks->len; i++) {
         struct snapfs_disk *disk = g_ptr_array_index(domain->disks, i);
-        g_autoptr(GPtrArray) chain = disk->file ? snapfs_chain_read(disk->file, disk->format) : NULL;
+        g_autoptr(GPtrArray) chain = disk->file ? chain_read(disk->file, disk->format) : NULL;
 
         for (guint j = 0; chain && j < chain->len; j++)
             tree_view_unref(tree_make_view(tree, group, domain, NULL, disk->target, chain, j));
     }
-    snapfs_error_clear();
+    error_clear();
 }
 
 /*
@@ -433,11 +433,11 @@ static struct tree_view *tree_find_view(struct snapfs_tree *tree, const struct s
     if (!guest_pool_has_group(tree->guests, group))
         tree_register_group(tree, group, domain);
     if (node->snapshot) {
-        struct snapfs_snapshot *snap = snapfs_domain_find_snapshot(domain, node->snapshot);
+        struct snapfs_snapshot *snap = host_domain_find_snapshot(domain, node->snapshot);
 
         now = snap ? tree_snapshot_identity(snap) : NULL;
         if (!snap || (node->identity && strcmp(now, node->identity) != 0))
-            snapfs_error_set(gone, "snapshot '%s' of domain '%s' was deleted since '%s' was looked up",
+            error_set(gone, "snapshot '%s' of domain '%s' was deleted since '%s' was looked up",
                              node->snapshot, group, node->path ? node->path : "/");
         else
             view = tree_make_view(tree, group, domain, snap, NULL, NULL, 0);
@@ -446,16 +446,16 @@ static struct tree_view *tree_find_view(struct snapfs_tree *tree, const struct s
 
         now = tree_layer_identity(layer, (guint)node->layer == chain->len - 1);
         if (node->identity && strcmp(now, node->identity) != 0)
-            snapfs_error_set(gone, "layer %d of disk '%s' of domain '%s' changed since '%s' was looked up",
+            error_set(gone, "layer %d of disk '%s' of domain '%s' changed since '%s' was looked up",
                              node->layer, node->disk, group, node->path ? node->path : "/");
         else
             view = tree_make_view(tree, group, domain, NULL, node->disk, chain, (guint)node->layer);
     } else if (gone == EIO) {
-        snapfs_error_set(EIO, "%s", snapfs_error_message());
+        error_set(EIO, "%s", error_message());
     }
 
 cleanup:
-    snapfs_domain_unref(domain);
+    host_domain_unref(domain);
     return view;
 }
 

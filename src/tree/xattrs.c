@@ -40,7 +40,7 @@ static int xattrs_of(struct snapfs_tree *tree, const struct snapfs_node *node, s
  */
 static const char *xattrs_find(const struct tree_xattrs *list, const char *name)
 {
-    snapfs_error_set(ENODATA, "no attribute '%s'", name);
+    error_set(ENODATA, "no attribute '%s'", name);
     for (guint i = 0; i < list->names->len; i++) {
         if (strcmp(g_ptr_array_index(list->names, i), name) == 0)
             return g_ptr_array_index(list->values, i);
@@ -54,14 +54,14 @@ static ssize_t xattrs_copy_out(const char *value, size_t len, char *buf, size_t 
     if (size == 0)
         return (ssize_t)len;
     if (size < len) {
-        snapfs_error_set(ERANGE, "the buffer is too small");
+        error_set(ERANGE, "the buffer is too small");
         return -1;
     }
     memcpy(buf, value, len);
     return (ssize_t)len;
 }
 
-ssize_t snapfs_tree_getxattr(struct snapfs_tree *tree, const struct snapfs_node *node,
+ssize_t tree_getxattr(struct snapfs_tree *tree, const struct snapfs_node *node,
                              const char *name, char *buf, size_t size)
 {
     const struct tree_kind *kind = tree_kind_of(node);
@@ -77,7 +77,7 @@ ssize_t snapfs_tree_getxattr(struct snapfs_tree *tree, const struct snapfs_node 
     return ret;
 }
 
-ssize_t snapfs_tree_listxattr(struct snapfs_tree *tree, const struct snapfs_node *node, char *buf, size_t size)
+ssize_t tree_listxattr(struct snapfs_tree *tree, const struct snapfs_node *node, char *buf, size_t size)
 {
     const struct tree_kind *kind = tree_kind_of(node);
     g_autoptr(GString) names = g_string_new(NULL);

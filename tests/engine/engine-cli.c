@@ -19,9 +19,9 @@ static void print_changed(const char *file, void *opaque)
 /* Reports like fs/ would: the errno's name, then the sentence. */
 static int fail(void)
 {
-    int err = snapfs_error_errno();
+    int err = error_errno();
 
-    fprintf(stderr, "%s: %s\n", strerrorname_np(err) ? strerrorname_np(err) : "?", snapfs_error_message());
+    fprintf(stderr, "%s: %s\n", strerrorname_np(err) ? strerrorname_np(err) : "?", error_message());
     return err;
 }
 
@@ -37,7 +37,7 @@ static gpointer race(gpointer data)
     struct racer *r = data;
     struct engine_options options = { ENGINE_QUIESCE_OFF };
 
-    r->result = engine_snapshot_create(r->conn, r->domain, r->name, &options) < 0 ? snapfs_error_errno() : 0;
+    r->result = engine_snapshot_create(r->conn, r->domain, r->name, &options) < 0 ? error_errno() : 0;
     return NULL;
 }
 
@@ -100,7 +100,7 @@ int main(int argc, char **argv)
                         "       delete-watch DOMAIN NAME | describe DOMAIN NAME TEXT | race DOMAIN NAME\n");
         return 2;
     }
-    snapfs_log_init(false, g_getenv("ENGINE_DEBUG") != NULL);
+    log_init(false, g_getenv("ENGINE_DEBUG") != NULL);
     virSetErrorFunc(NULL, ignore_error);
     cmd = argv[2];
     if (strcmp(cmd, "check") == 0 && argc == 4)

@@ -14,9 +14,9 @@
 /* Reports as fs/ would: the errno's name, then the sentence. */
 static int fail(void)
 {
-    int err = snapfs_error_errno();
+    int err = error_errno();
 
-    fprintf(stderr, "%s: %s\n", strerrorname_np(err) ? strerrorname_np(err) : "?", snapfs_error_message());
+    fprintf(stderr, "%s: %s\n", strerrorname_np(err) ? strerrorname_np(err) : "?", error_message());
     return 1;
 }
 
@@ -37,24 +37,24 @@ int main(int argc, char **argv)
                         "       (REQUEST is written as given: add the newline yourself; REVERT_KEEP=off)\n");
         return 2;
     }
-    snapfs_log_init(false, g_getenv("REVERT_DEBUG") != NULL);
+    log_init(false, g_getenv("REVERT_DEBUG") != NULL);
     virSetErrorFunc(NULL, ignore_error);
     options.state_dir = argv[2];
     options.keep = !(keep && strcmp(keep, "off") == 0);
     conn = virConnectOpen(argv[1]);
     if (!conn) {
-        snapfs_error_from_virt("cannot connect to '%s'", argv[1]);
+        error_from_virt("cannot connect to '%s'", argv[1]);
         return fail();
     }
     if (strcmp(argv[3], "write") == 0) {
         if (revert_write(conn, argv[4], argv[5], strlen(argv[5]), &options) < 0)
             ret = fail();
     } else if (strcmp(argv[3], "busy") == 0) {
-        struct engine_lock *lock = engine_lock_domain_conn(conn, argv[4], "holding the lock for a test", "cannot hold");
+        struct domain_lock *lock = domain_lock_acquire_conn(conn, argv[4], "holding the lock for a test", "cannot hold");
 
         if (revert_write(conn, argv[4], argv[5], strlen(argv[5]), &options) < 0)
             ret = fail();
-        engine_unlock_domain(lock);
+        domain_lock_release(lock);
     } else if (strcmp(argv[3], "recover") == 0) {
         if (revert_recover(conn, &options) < 0)
             ret = fail();

@@ -28,7 +28,7 @@ static void test_chain_three_deep(void)
     run("qemu-img create -q -f qcow2 -F raw -b base.raw a.qcow2");
     run("qemu-img create -q -f qcow2 -F qcow2 -b a.qcow2 b.qcow2 16M");
     run("qemu-img create -q -f qcow2 -F qcow2 -b $PWD/b.qcow2 c.qcow2");
-    chain = snapfs_chain_read(top, "qcow2");
+    chain = chain_read(top, "qcow2");
     g_assert_nonnull(chain);
     g_assert_cmpuint(chain->len, ==, 4);
     base = g_ptr_array_index(chain, 0);
@@ -44,7 +44,7 @@ static void test_chain_three_deep(void)
     g_assert_cmpuint(upper->virtual_size, ==, 16 << 20);
     g_assert_cmpstr(upper->file, ==, top);
 
-    g_autofree char *xml = snapfs_chain_backing_xml(chain);
+    g_autofree char *xml = chain_backing_xml(chain);
     g_assert_nonnull(strstr(xml, "<backingStore type='file'><format type='qcow2'/>"));
     g_assert_nonnull(strstr(xml, "base.raw'/><backingStore/></backingStore></backingStore></backingStore>"));
 }
@@ -60,22 +60,22 @@ static void test_chain_given_formats(void)
 
     run("qemu-img create -q -f vdi d.vdi 4M && qemu-img create -q -f vpc d.vhd 4M");
     run("qemu-img create -q -f vmdk d.vmdk 4M && qemu-img create -q -f vhdx d.vhdx 4M");
-    layer = snapfs_chain_read_layer(vdi, "vdi");
+    layer = chain_read_layer(vdi, "vdi");
     g_assert_cmpstr(layer->format, ==, "vdi");
     g_assert_cmpuint(layer->virtual_size, ==, 4 << 20);
-    snapfs_layer_free(layer);
-    layer = snapfs_chain_read_layer(vpc, "vpc");
+    chain_layer_free(layer);
+    layer = chain_read_layer(vpc, "vpc");
     g_assert_cmpstr(layer->format, ==, "vpc");
     g_assert_cmpuint(layer->virtual_size, >=, 4 << 20);   /* vpc rounds up to its geometry */
-    snapfs_layer_free(layer);
-    layer = snapfs_chain_read_layer(vmdk, "vmdk");
+    chain_layer_free(layer);
+    layer = chain_read_layer(vmdk, "vmdk");
     g_assert_cmpstr(layer->format, ==, "vmdk");
     g_assert_cmpuint(layer->virtual_size, ==, 4 << 20);
-    snapfs_layer_free(layer);
-    layer = snapfs_chain_read_layer(vhdx, "vhdx");
+    chain_layer_free(layer);
+    layer = chain_read_layer(vhdx, "vhdx");
     g_assert_cmpstr(layer->format, ==, "vhdx");
     g_assert_cmpuint(layer->virtual_size, ==, 4 << 20);
-    snapfs_layer_free(layer);
+    chain_layer_free(layer);
 }
 
 /*
@@ -128,24 +128,24 @@ static void test_chain_no_guessing(void)
     struct snapfs_layer *layer;
 
     run("qemu-img create -q -f qcow2 plain.qcow2 4M");
-    g_assert_null(snapfs_chain_read_layer(plain, NULL));
-    g_assert_cmpint(snapfs_error_errno(), ==, ENOTSUP);
-    g_assert_nonnull(strstr(snapfs_error_message(), "plain.qcow2"));
-    g_assert_null(snapfs_chain_read(plain, NULL));
-    g_assert_cmpint(snapfs_error_errno(), ==, ENOTSUP);
+    g_assert_null(chain_read_layer(plain, NULL));
+    g_assert_cmpint(error_errno(), ==, ENOTSUP);
+    g_assert_nonnull(strstr(error_message(), "plain.qcow2"));
+    g_assert_null(chain_read(plain, NULL));
+    g_assert_cmpint(error_errno(), ==, ENOTSUP);
     for (const char *const *bad = (const char *const[]){ "vvfat", "file", "nbd", "host_device", "json", "", NULL };
          *bad; bad++) {
-        g_assert_null(snapfs_chain_read_layer(plain, *bad));
-        g_assert_cmpint(snapfs_error_errno(), ==, ENOTSUP);
+        g_assert_null(chain_read_layer(plain, *bad));
+        g_assert_cmpint(error_errno(), ==, ENOTSUP);
     }
-    g_assert_true(snapfs_chain_format_known("qcow2"));
-    g_assert_true(snapfs_chain_format_known("raw"));
-    g_assert_false(snapfs_chain_format_known(NULL));
-    g_assert_false(snapfs_chain_format_known("vvfat"));
+    g_assert_true(chain_format_known("qcow2"));
+    g_assert_true(chain_format_known("raw"));
+    g_assert_false(chain_format_known(NULL));
+    g_assert_false(chain_format_known("vvfat"));
 
     /* A raw disk whose guest wrote a qcow2 header naming a host file: raw it stays, nothing below it. */
     run("(echo host-secret > secret.txt) && qemu-img create -q -f qcow2 -F raw -b $PWD/secret.txt -u guest.raw 4M");
-    chain = snapfs_chain_read(raw, "raw");
+    chain = chain_read(raw, "raw");
     g_assert_nonnull(chain);
     g_assert_cmpuint(chain->len, ==, 1);
     layer = g_ptr_array_index(chain, 0);
@@ -156,22 +156,22 @@ static void test_chain_no_guessing(void)
     /* An overlay naming that raw disk as its backing file without a format: refused, not probed. */
     run("qemu-img create -q -f qcow2 -F raw -b guest.raw -u unrecorded.qcow2 4M");
     patch_backing_format("unrecorded.qcow2", NULL);
-    layer = snapfs_chain_read_layer(unrecorded, "qcow2");
+    layer = chain_read_layer(unrecorded, "qcow2");
     g_assert_nonnull(layer);
     g_assert_cmpstr(layer->backing, ==, "guest.raw");
     g_assert_null(layer->backing_format);
-    snapfs_layer_free(layer);
-    g_assert_null(snapfs_chain_read(unrecorded, "qcow2"));
-    g_assert_cmpint(snapfs_error_errno(), ==, ENOTSUP);
-    g_assert_nonnull(strstr(snapfs_error_message(), "guest.raw"));
-    g_assert_null(strstr(snapfs_error_message(), "secret"));
+    chain_layer_free(layer);
+    g_assert_null(chain_read(unrecorded, "qcow2"));
+    g_assert_cmpint(error_errno(), ==, ENOTSUP);
+    g_assert_nonnull(strstr(error_message(), "guest.raw"));
+    g_assert_null(strstr(error_message(), "secret"));
 
     /* A header extension naming what is no disk image format: refused. */
     run("qemu-img create -q -f qcow2 -F qcow2 -b plain.qcow2 -u odd.qcow2 4M");
     patch_backing_format("odd.qcow2", "vvfat");
-    g_assert_null(snapfs_chain_read(odd, "qcow2"));
-    g_assert_cmpint(snapfs_error_errno(), ==, ENOTSUP);
-    g_assert_nonnull(strstr(snapfs_error_message(), "vvfat"));
+    g_assert_null(chain_read(odd, "qcow2"));
+    g_assert_cmpint(error_errno(), ==, ENOTSUP);
+    g_assert_nonnull(strstr(error_message(), "vvfat"));
 }
 
 static void test_chain_internal_snapshots(void)
@@ -181,7 +181,7 @@ static void test_chain_internal_snapshots(void)
 
     run("qemu-img create -q -f qcow2 internal.qcow2 4M");
     run("qemu-img snapshot -c first internal.qcow2 && qemu-img snapshot -c 'second one' internal.qcow2");
-    names = snapfs_chain_internal_snapshots(file);
+    names = chain_internal_snapshots(file);
     g_assert_nonnull(names);
     g_assert_cmpuint(names->len, ==, 2);
     g_assert_cmpstr(g_ptr_array_index(names, 0), ==, "first");
@@ -193,21 +193,21 @@ static void test_chain_errors(void)
     g_autofree char *missing = g_build_filename(tmpdir, "missing.qcow2", NULL);
     g_autofree char *loop = g_build_filename(tmpdir, "loop1.qcow2", NULL);
 
-    g_assert_null(snapfs_chain_read(missing, "qcow2"));
-    g_assert_cmpint(snapfs_error_errno(), ==, ENOENT);
-    g_assert_nonnull(strstr(snapfs_error_message(), "missing.qcow2"));
+    g_assert_null(chain_read(missing, "qcow2"));
+    g_assert_cmpint(error_errno(), ==, ENOENT);
+    g_assert_nonnull(strstr(error_message(), "missing.qcow2"));
 
     /* A dangling backing file is reported by name. */
     run("qemu-img create -q -f qcow2 -F raw -b gone.raw -u dangling.qcow2 4M");
     g_autofree char *dangling = g_build_filename(tmpdir, "dangling.qcow2", NULL);
-    g_assert_null(snapfs_chain_read(dangling, "qcow2"));
-    g_assert_nonnull(strstr(snapfs_error_message(), "gone.raw"));
+    g_assert_null(chain_read(dangling, "qcow2"));
+    g_assert_nonnull(strstr(error_message(), "gone.raw"));
 
     /* Two images naming each other. */
     run("qemu-img create -q -f qcow2 -F qcow2 -b loop2.qcow2 -u loop1.qcow2 4M");
     run("qemu-img create -q -f qcow2 -F qcow2 -b loop1.qcow2 -u loop2.qcow2 4M");
-    g_assert_null(snapfs_chain_read(loop, "qcow2"));
-    g_assert_cmpint(snapfs_error_errno(), ==, ELOOP);
+    g_assert_null(chain_read(loop, "qcow2"));
+    g_assert_cmpint(error_errno(), ==, ELOOP);
 }
 
 int main(int argc, char **argv)

@@ -30,14 +30,14 @@ static void test_names(void)
     for (size_t i = 0; i < G_N_ELEMENTS(rows); i++) {
         int ret;
 
-        snapfs_error_clear();
+        error_clear();
         ret = engine_check_name(rows[i].name);
         if (rows[i].err == 0) {
             g_assert_cmpint(ret, ==, 0);
         } else {
             g_assert_cmpint(ret, ==, -1);
-            g_assert_cmpint(snapfs_error_errno(), ==, rows[i].err);
-            g_assert_nonnull(strstr(snapfs_error_message(), "snapshot"));
+            g_assert_cmpint(error_errno(), ==, rows[i].err);
+            g_assert_nonnull(strstr(error_message(), "snapshot"));
         }
     }
 }
@@ -80,7 +80,7 @@ static void test_parse_snapshot(void)
 
 static void test_set_description(void)
 {
-    g_autofree char *changed = snapfs_xml_set_description(snapshot_xml, "a < b & \"c\" &amp;");
+    g_autofree char *changed = xml_set_description(snapshot_xml, "a < b & \"c\" &amp;");
     g_autofree char *added = NULL;
     struct engine_snapshot_info *info;
 
@@ -92,7 +92,7 @@ static void test_set_description(void)
     g_assert_cmpuint(info->disks->len, ==, 2);
     engine_snapshot_info_free(info);
 
-    added = snapfs_xml_set_description("<domainsnapshot><name>x</name></domainsnapshot>", "new");
+    added = xml_set_description("<domainsnapshot><name>x</name></domainsnapshot>", "new");
     info = engine_parse_snapshot(added);
     g_assert_cmpstr(info->description, ==, "new");
     engine_snapshot_info_free(info);
@@ -160,10 +160,10 @@ static void test_images_unreadable(void)
     run("qemu-img create -q -f qcow2 -F qcow2 -b broken.qcow2 on-broken.qcow2");
     run("truncate -s 50 broken.qcow2");
     g_assert_cmpint(engine_images_add_chain(images, top, "qcow2"), ==, -1);
-    g_assert_cmpint(snapfs_error_errno(), ==, EIO);
-    g_assert_nonnull(strstr(snapfs_error_message(), "broken.qcow2"));
+    g_assert_cmpint(error_errno(), ==, EIO);
+    g_assert_nonnull(strstr(error_message(), "broken.qcow2"));
     g_assert_cmpint(engine_images_add_chain(images, gone, "qcow2"), ==, -1);
-    g_assert_cmpint(snapfs_error_errno(), ==, EIO);
+    g_assert_cmpint(error_errno(), ==, EIO);
     engine_images_free(images);
 }
 

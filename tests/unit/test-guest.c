@@ -66,7 +66,7 @@ static void compare_tree(struct guest_view *view, const char *hpath, const char 
     DIR *dir = opendir(hpath);
     struct dirent *de;
 
-    CHECK(guest_view_readdir(view, vpath, collect, entries) == 0, "readdir %s: %s", vpath, snapfs_error_message());
+    CHECK(guest_view_readdir(view, vpath, collect, entries) == 0, "readdir %s: %s", vpath, error_message());
     while (dir && (de = readdir(dir))) {
         if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0 && strcmp(de->d_name, "lost+found") != 0)
             g_ptr_array_add(host_names, g_strdup(de->d_name));
@@ -87,7 +87,7 @@ static void compare_tree(struct guest_view *view, const char *hpath, const char 
         CHECK(listed != NULL, "'%s' missing from the listing", v);
         if (!listed || lstat(h, &hs) < 0)
             continue;
-        CHECK(guest_view_getattr(view, v, &gs) == 0, "getattr '%s': %s", v, snapfs_error_message());
+        CHECK(guest_view_getattr(view, v, &gs) == 0, "getattr '%s': %s", v, error_message());
         /* A listing without attributes yet (st_nlink 0) still gives the type and the inode. */
         CHECK(gs.st_ino == listed->st_ino && (listed->st_nlink == 0 ? (gs.st_mode & S_IFMT) == listed->st_mode
                                                                     : gs.st_mode == listed->st_mode),
@@ -125,7 +125,7 @@ static void compare_tree(struct guest_view *view, const char *hpath, const char 
             CHECK(got && g_bytes_get_size(got) == want_len &&
               (want_len == 0 || memcmp(g_bytes_get_data(got, NULL), want, want_len) == 0),
                   "'%s': bytes differ (%zu read, %zu on the host): %s", v, got ? g_bytes_get_size(got) : 0, want_len,
-                  got ? "" : snapfs_error_message());
+                  got ? "" : error_message());
             /* A read at an offset inside a chunk, across a chunk boundary. */
             if (want_len > (3u << 20)) {
                 char buf[8192];
@@ -141,7 +141,7 @@ static void compare_tree(struct guest_view *view, const char *hpath, const char 
 
             target[n < 0 ? 0 : n] = '\0';
             CHECK(guest_view_readlink(view, v, &got) == 0 && strcmp(got, target) == 0, "'%s': link '%s', host '%s'", v,
-                  got ? got : snapfs_error_message(), target);
+                  got ? got : error_message(), target);
         } else if (S_ISDIR(hs.st_mode)) {
             compare_tree(view, h, v, inodes);
         }
@@ -157,7 +157,7 @@ static void compare_tree(struct guest_view *view, const char *hpath, const char 
                 if (strncmp(names + k, "user.", 5) != 0)
                     continue;
                 CHECK(gl == hl && memcmp(hv, gv, (size_t)hl) == 0, "'%s': xattr %s differs (%zd, host %zd): %s", v,
-                      names + k, gl, hl, gl < 0 ? snapfs_error_message() : "");
+                      names + k, gl, hl, gl < 0 ? error_message() : "");
             }
         }
     }
@@ -167,7 +167,7 @@ static void compare_tree(struct guest_view *view, const char *hpath, const char 
         GHashTableIter iter;
         gpointer name, value;
 
-        CHECK(guest_view_readdir(view, vpath, collect, again) == 0, "readdir %s again: %s", vpath, snapfs_error_message());
+        CHECK(guest_view_readdir(view, vpath, collect, again) == 0, "readdir %s again: %s", vpath, error_message());
         g_hash_table_iter_init(&iter, again);
         while (g_hash_table_iter_next(&iter, &name, &value)) {
             const struct stat *listed = value;
@@ -193,7 +193,7 @@ static void compare_view(struct guest_view *view, const char *host)
     /* No OS on these disks: one folder per filesystem, named after its device. */
     CHECK(guest_view_readdir(view, "/", collect, root) == 0 && g_hash_table_size(root) == 1 &&
           g_hash_table_contains(root, "sda"), "the root holds exactly 'sda' (%u entries): %s", g_hash_table_size(root),
-          snapfs_error_message());
+          error_message());
     compare_tree(view, host, "/sda", inodes);
 }
 
@@ -243,8 +243,8 @@ static struct guest_view *view_of(struct guest_pool *pool, const char *group, co
 
 static void expect_errno(int ret, int err, const char *what)
 {
-    CHECK(ret < 0 && snapfs_error_errno() == err, "%s: %d, errno %d (%s), want %d", what, ret, snapfs_error_errno(),
-          snapfs_error_message(), err);
+    CHECK(ret < 0 && error_errno() == err, "%s: %d, errno %d (%s), want %d", what, ret, error_errno(),
+          error_message(), err);
 }
 
 static unsigned calls(struct guest_pool *pool)
@@ -301,7 +301,7 @@ static void test_many(const char *dir)
         g_autoptr(GBytes) got = read_all(views[n], "/sda/gen.txt", 100);
 
         CHECK(got && g_bytes_get_size(got) == strlen(want) && memcmp(g_bytes_get_data(got, NULL), want, strlen(want)) == 0,
-              "view %d shows its generation: %s", n, got ? "wrong bytes" : snapfs_error_message());
+              "view %d shows its generation: %s", n, got ? "wrong bytes" : error_message());
     }
     CHECK(launches(pool) == 2, "%d views of one domain: %u appliances started, not 2", MANY + 1, launches(pool));
     for (int i = 0; i < 100; i++) {
@@ -352,7 +352,7 @@ int main(int argc, char **argv)
     g_setenv("LIBGUESTFS_BACKEND", "direct", FALSE);
     /* The data cache may take all of the bound. */
     g_setenv("SNAPFS_DATA_CACHE_MB", "1024", TRUE);
-    snapfs_log_init(false, g_getenv("GUEST_DEBUG") != NULL);
+    log_init(false, g_getenv("GUEST_DEBUG") != NULL);
     cmd = g_strdup_printf("sh %s %s >/dev/null 2>&1", fixture, dir);
     if (!g_spawn_command_line_sync(cmd, NULL, NULL, &status, NULL) || !g_spawn_check_wait_status(status, NULL)) {
         fprintf(stderr, "FAIL: cannot build the test images with %s\n", cmd);
@@ -405,7 +405,7 @@ int main(int argc, char **argv)
         ssize_t n = guest_view_getxattr(internal, "/sda/which", "security.selinux", label, sizeof(label));
 
         CHECK(n > 0 && g_strstr_len(label, n, "etc_t") != NULL, "a labelled file's label: %s",
-              n < 0 ? snapfs_error_message() : "wrong value");
+              n < 0 ? error_message() : "wrong value");
         expect_errno(guest_view_getxattr(internal, "/sda/plain", "security.selinux", label, sizeof(label)), ENODATA,
                      "an unlabelled file of a labelled filesystem");
         expect_errno(guest_view_getxattr(layer0, "/sda/small.txt", "security.selinux", label, sizeof(label)), ENOTSUP,
@@ -419,12 +419,12 @@ int main(int argc, char **argv)
         struct stat root, boot, kernel, note;
         g_autoptr(GBytes) data = NULL;
 
-        CHECK(guest_view_getattr(os, "/", &root) == 0 && S_ISDIR(root.st_mode), "os: stat /: %s", snapfs_error_message());
-        CHECK(guest_view_getattr(os, "/boot", &boot) == 0 && S_ISDIR(boot.st_mode), "os: stat /boot: %s", snapfs_error_message());
+        CHECK(guest_view_getattr(os, "/", &root) == 0 && S_ISDIR(root.st_mode), "os: stat /: %s", error_message());
+        CHECK(guest_view_getattr(os, "/boot", &boot) == 0 && S_ISDIR(boot.st_mode), "os: stat /boot: %s", error_message());
         CHECK(boot.st_dev != root.st_dev, "os: /boot is its own filesystem (dev %lu and %lu)", (unsigned long)boot.st_dev,
               (unsigned long)root.st_dev);
-        CHECK(guest_view_getattr(os, "/boot/vmlinuz-test", &kernel) == 0, "os: /boot/vmlinuz-test: %s", snapfs_error_message());
-        CHECK(guest_view_getattr(os, "/root/note", &note) == 0, "os: /root/note: %s", snapfs_error_message());
+        CHECK(guest_view_getattr(os, "/boot/vmlinuz-test", &kernel) == 0, "os: /boot/vmlinuz-test: %s", error_message());
+        CHECK(guest_view_getattr(os, "/root/note", &note) == 0, "os: /root/note: %s", error_message());
         data = read_all(os, "/etc/hostname", 100);
         CHECK(data && g_bytes_get_size(data) == 9 && memcmp(g_bytes_get_data(data, NULL), "testhost\n", 9) == 0,
               "os: /etc/hostname");
@@ -440,7 +440,7 @@ int main(int argc, char **argv)
         g_usleep(600000);
         data = read_all(current, "/sda/which", 100);
         CHECK(data && g_bytes_get_size(data) == 17 && memcmp(g_bytes_get_data(data, NULL), "after snapshot A\n", 17) == 0,
-              "the live view after inspection: %s", data ? "wrong bytes" : snapfs_error_message());
+              "the live view after inspection: %s", data ? "wrong bytes" : error_message());
         CHECK(calls(pool) > before, "the live view asked the appliance again");
     }
 
@@ -492,9 +492,9 @@ int main(int argc, char **argv)
         /* Cached before the bound shrank, and evicted since. */
         CHECK(lstat(hsmall, &hs) == 0 && guest_view_getattr(layer0, "/sda/small.txt", &st) == 0 &&
               st.st_size == hs.st_size && st.st_mtim.tv_sec == hs.st_mtim.tv_sec, "small.txt again: %s",
-              snapfs_error_message());
+              error_message());
         CHECK(guest_view_getxattr(layer0, "/sda/small.txt", "user.snapfs_test", value, sizeof(value)) == 10 &&
-              memcmp(value, "some value", 10) == 0, "small.txt's xattr again: %s", snapfs_error_message());
+              memcmp(value, "some value", 10) == 0, "small.txt's xattr again: %s", error_message());
         CHECK(calls(pool) > before, "an evicted entry was asked again");
         bounded = true;
         compare_tree(layer0, hdir, "/sda/dir", inodes);
@@ -534,11 +534,11 @@ int main(int argc, char **argv)
         g_usleep(200000);
         start = g_get_monotonic_time();
         n = guest_view_read(again, "/sda/big.bin", buf, sizeof(buf), 0);
-        CHECK(n < 0 && snapfs_error_errno() == EIO, "a read after qemu died: %zd (%s)", n, snapfs_error_message());
+        CHECK(n < 0 && error_errno() == EIO, "a read after qemu died: %zd (%s)", n, error_message());
         CHECK(g_get_monotonic_time() - start < 10 * G_USEC_PER_SEC, "the failing read took %.1f s",
               (double)(g_get_monotonic_time() - start) / 1e6);
         n = guest_view_read(again, "/sda/big.bin", buf, sizeof(buf), 0);
-        CHECK(n == (ssize_t)sizeof(buf), "the next read starts a new appliance: %zd (%s)", n, snapfs_error_message());
+        CHECK(n == (ssize_t)sizeof(buf), "the next read starts a new appliance: %zd (%s)", n, error_message());
         /* The new one, and perhaps already the one it starts behind it for the other views. */
         CHECK(launches(pool) == 3 || launches(pool) == 4, "%u appliances started", launches(pool));
         CHECK(guest_view_getattr(layer2, "/sda/newdir/new2.txt", &st) == 0, "cached answers survive the appliance");
@@ -584,7 +584,7 @@ int main(int argc, char **argv)
         guest_pool_forget_file(pool, f_l1);
         guest_view_unref(layer1);
         layer1 = view_of(pool, "g1", "layer1", false, &(struct guest_drive){ f_l1, "qcow2", NULL, "vda" }, 1);
-        CHECK(guest_view_getattr(layer1, "/sda/new1.txt", &st) == 0, "layer1 after forget_file: %s", snapfs_error_message());
+        CHECK(guest_view_getattr(layer1, "/sda/new1.txt", &st) == 0, "layer1 after forget_file: %s", error_message());
     }
 
     guest_view_unref(layer0);

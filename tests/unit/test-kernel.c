@@ -111,8 +111,8 @@ static void test_kernel_unpacks_zstd(void)
         g_autoptr(GByteArray) cut = make_bzimage(packed->data, len - 1040);
 
         g_assert_null(guest_boot_unpack(cut->data, cut->len));
-        g_assert_cmpint(snapfs_error_errno(), ==, EINVAL);
-        g_assert_nonnull(strstr(snapfs_error_message(), "zstd"));
+        g_assert_cmpint(error_errno(), ==, EINVAL);
+        g_assert_nonnull(strstr(error_message(), "zstd"));
     }
 #else
     static const guint8 magic[] = { 0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0 };
@@ -121,8 +121,8 @@ static void test_kernel_unpacks_zstd(void)
     image = make_bzimage(packed->data, packed->len);
     out = guest_boot_unpack(image->data, image->len);
     g_assert_null(out);
-    g_assert_cmpint(snapfs_error_errno(), ==, ENOTSUP);
-    g_assert_nonnull(strstr(snapfs_error_message(), "libzstd"));
+    g_assert_cmpint(error_errno(), ==, ENOTSUP);
+    g_assert_nonnull(strstr(error_message(), "libzstd"));
 #endif
 }
 
@@ -138,19 +138,19 @@ static void test_kernel_refuses(void)
 
     /* An ELF without the PVH note would not boot: qemu refuses it. */
     g_assert_null(guest_boot_unpack(image->data, image->len));
-    g_assert_cmpint(snapfs_error_errno(), ==, ENOTSUP);
-    g_assert_nonnull(strstr(snapfs_error_message(), "PVH"));
+    g_assert_cmpint(error_errno(), ==, ENOTSUP);
+    g_assert_nonnull(strstr(error_message(), "PVH"));
     g_assert_null(guest_boot_unpack(image2->data, image2->len));
     g_assert_null(guest_boot_unpack(gz->data, gz->len));
-    g_assert_cmpint(snapfs_error_errno(), ==, ENOTSUP);
-    g_assert_nonnull(strstr(snapfs_error_message(), "other than xz"));
+    g_assert_cmpint(error_errno(), ==, ENOTSUP);
+    g_assert_nonnull(strstr(error_message(), "other than xz"));
 
     /* Not a bzImage, or an old one. */
     g_assert_null(guest_boot_unpack(linux_note->data, linux_note->len));
-    g_assert_cmpint(snapfs_error_errno(), ==, EINVAL);
+    g_assert_cmpint(error_errno(), ==, EINVAL);
     put_le(image->data + 0x206, 0x207, 2);
     g_assert_null(guest_boot_unpack(image->data, image->len));
-    g_assert_nonnull(strstr(snapfs_error_message(), "2.08"));
+    g_assert_nonnull(strstr(error_message(), "2.08"));
 }
 
 /* Every truncation and a flipped byte anywhere: a reason, never a crash (the ASan build reads past nothing). */
@@ -191,7 +191,7 @@ static void test_kernel_damaged(void)
         bad_packed = xz(bad);
         bad_image = make_bzimage(bad_packed->data, bad_packed->len);
         g_assert_null(guest_boot_unpack(bad_image->data, bad_image->len));
-        g_assert_cmpint(snapfs_error_errno(), ==, ENOTSUP);
+        g_assert_cmpint(error_errno(), ==, ENOTSUP);
     }
 }
 
@@ -210,8 +210,8 @@ static void test_kernel_of_this_host(void)
     }
     g_autoptr(GBytes) out = guest_boot_unpack((const guint8 *)data, len);
 
-    if (!out && snapfs_error_errno() == ENOTSUP) {
-        g_test_skip(snapfs_error_message());
+    if (!out && error_errno() == ENOTSUP) {
+        g_test_skip(error_message());
     } else {
         g_assert_nonnull(out);
         g_assert_cmpuint(g_bytes_get_size(out), >, len);

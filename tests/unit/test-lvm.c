@@ -94,8 +94,8 @@ static void test_lvm_bad_input(void)
     g_assert_cmpint(holds("tiny.raw", "raw"), ==, 1);
     /* Missing, not of the format named, a comma in the name. */
     g_assert_cmpint(holds("missing.qcow2", "qcow2"), ==, -1);
-    g_assert_cmpint(snapfs_error_errno(), ==, EIO);
-    g_assert_nonnull(strstr(snapfs_error_message(), "missing.qcow2"));
+    g_assert_cmpint(error_errno(), ==, EIO);
+    g_assert_nonnull(strstr(error_message(), "missing.qcow2"));
     g_assert_cmpint(holds("whole.raw", "qcow2"), ==, -1);
     run("cp whole.raw 'a,b.raw'");
     g_assert_cmpint(holds("a,b.raw", "raw"), ==, 1);

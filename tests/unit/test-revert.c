@@ -110,7 +110,7 @@ static void check_einval(const char *text, size_t len)
     struct revert_request request;
 
     g_assert_cmpint(revert_parse(text, len, &request), ==, -1);
-    g_assert_cmpint(snapfs_error_errno(), ==, EINVAL);
+    g_assert_cmpint(error_errno(), ==, EINVAL);
     g_assert_null(request.name);
 }
 
@@ -202,7 +202,7 @@ static void test_journal(void)
     /* A state directory others may write in is neither written nor read. */
     g_assert_cmpint(chmod(dir, 0777), ==, 0);
     g_assert_cmpint(revert_journal_write(journal), ==, -1);
-    g_assert_cmpint(snapfs_error_errno(), ==, EACCES);
+    g_assert_cmpint(error_errno(), ==, EACCES);
     g_assert_cmpint(chmod(dir, 0700), ==, 0);
     g_assert_cmpint(g_rmdir(dir), ==, 0);
 }
@@ -239,11 +239,11 @@ static void test_native_revert(void)
     g_autofree char *old_top = g_build_filename(tmpdir, "web01.s2", NULL);
 
     g_assert_cmpint(revert_write(conn, "web01", "nosuch\n", 7, &options), ==, -1);
-    g_assert_cmpint(snapfs_error_errno(), ==, ENOENT);
+    g_assert_cmpint(error_errno(), ==, ENOENT);
     g_assert_cmpint(revert_write(conn, "web01", "s1 and more", 11, &options), ==, -1);
-    g_assert_cmpint(snapfs_error_errno(), ==, EINVAL);
+    g_assert_cmpint(error_errno(), ==, EINVAL);
     g_assert_cmpint(revert_write(conn, "nodomain", "s1", 2, &options), ==, -1);
-    g_assert_cmpint(snapfs_error_errno(), ==, ENOENT);
+    g_assert_cmpint(error_errno(), ==, ENOENT);
 
     g_assert_cmpint(revert_write(conn, "web01", "s1\n", 3, &options), ==, 0);
     current = current_snapshot();
@@ -253,7 +253,7 @@ static void test_native_revert(void)
     /* Its overlay (gone if libvirt removed it with the current snapshot's) is back, on the old top. */
     overlay = g_strdup_printf("%s/web01.vda.%s.qcow2", tmpdir, (char *)g_ptr_array_index(kept, 0));
     g_assert_true(g_file_test(overlay, G_FILE_TEST_EXISTS));
-    g_assert_true(snapfs_chain_qcow2_empty(overlay));
+    g_assert_true(chain_qcow2_empty(overlay));
     backing = revert_image_backing(overlay, "qcow2", NULL);
     g_assert_cmpstr(backing, ==, old_top);
     journals = revert_journal_list(dir);
@@ -368,21 +368,21 @@ static void test_overlay_private(void)
 
     run("(echo keep me > taken.qcow2)");
     g_assert_cmpint(revert_image_create_overlay(taken, below, "qcow2"), ==, -1);
-    g_assert_cmpint(snapfs_error_errno(), ==, EEXIST);
+    g_assert_cmpint(error_errno(), ==, EEXIST);
     g_assert_true(g_file_get_contents(taken, &content, NULL, NULL));
     g_assert_cmpstr(content, ==, "keep me\n");
 
     /* A dangling link is a name taken too: never followed to make its target. */
     run("ln -s link-target link.qcow2");
     g_assert_cmpint(revert_image_create_overlay(link, below, "qcow2"), ==, -1);
-    g_assert_cmpint(snapfs_error_errno(), ==, EEXIST);
+    g_assert_cmpint(error_errno(), ==, EEXIST);
     g_assert_false(g_file_test(target, G_FILE_TEST_EXISTS));
 
     g_assert_cmpint(unlink(overlay), ==, 0);
     g_assert_cmpint(revert_image_create_overlay(overlay, below, NULL), ==, -1);
-    g_assert_cmpint(snapfs_error_errno(), ==, ENOTSUP);
+    g_assert_cmpint(error_errno(), ==, ENOTSUP);
     g_assert_cmpint(revert_image_create_overlay(overlay, below, "vvfat"), ==, -1);
-    g_assert_cmpint(snapfs_error_errno(), ==, ENOTSUP);
+    g_assert_cmpint(error_errno(), ==, ENOTSUP);
     g_assert_false(g_file_test(overlay, G_FILE_TEST_EXISTS));
 }
 

@@ -47,7 +47,7 @@ static void run(const char *cmd)
 static struct snapfs_node *lookup_path(const char *path)
 {
     g_auto(GStrv) parts = g_strsplit(path, "/", -1);
-    struct snapfs_node *node = snapfs_node_root();
+    struct snapfs_node *node = tree_node_root();
 
     for (int i = 0; parts[i]; i++) {
         struct snapfs_node *child = NULL;
@@ -55,11 +55,11 @@ static struct snapfs_node *lookup_path(const char *path)
 
         if (!parts[i][0])
             continue;
-        if (snapfs_tree_lookup(tree, node, parts[i], &child, &st) < 0) {
-            snapfs_node_free(node);
+        if (tree_lookup(tree, node, parts[i], &child, &st) < 0) {
+            tree_node_free(node);
             return NULL;
         }
-        snapfs_node_free(node);
+        tree_node_free(node);
         node = child;
     }
     return node;
@@ -77,8 +77,8 @@ static char *listing(const char *path)
     GString *names = g_string_new(NULL);
 
     g_assert_nonnull(node);
-    g_assert_cmpint(snapfs_tree_readdir(tree, node, collect, names), ==, 0);
-    snapfs_node_free(node);
+    g_assert_cmpint(tree_readdir(tree, node, collect, names), ==, 0);
+    tree_node_free(node);
     return g_string_free(names, FALSE);
 }
 
@@ -89,8 +89,8 @@ static char *xattr(const char *path, const char *name)
     ssize_t n;
 
     g_assert_nonnull(node);
-    n = snapfs_tree_getxattr(tree, node, name, buf, sizeof(buf));
-    snapfs_node_free(node);
+    n = tree_getxattr(tree, node, name, buf, sizeof(buf));
+    tree_node_free(node);
     return n < 0 ? NULL : g_strndup(buf, (gsize)n);
 }
 
@@ -113,11 +113,11 @@ static void test_tree_snapshot_attrs(void)
     struct stat st;
 
     g_assert_nonnull(node);
-    g_assert_cmpint(snapfs_tree_getattr(tree, node, &st), ==, 0);
+    g_assert_cmpint(tree_getattr(tree, node, &st), ==, 0);
     g_assert_true(S_ISDIR(st.st_mode));
     g_assert_cmpint(st.st_mode & 07777, ==, 0555);
     g_assert_cmpint(st.st_mtime, ==, 1700000000);
-    snapfs_node_free(node);
+    tree_node_free(node);
 
     g_autofree char *parent1 = xattr("/web01/s1", "user.snapfs.parent");
     g_autofree char *parent2 = xattr("/web01/s2", "user.snapfs.parent");
@@ -129,7 +129,7 @@ static void test_tree_snapshot_attrs(void)
     g_autofree char *current2 = xattr("/web01/s2", "user.snapfs.current");
 
     g_assert_null(parent1);
-    g_assert_cmpint(snapfs_error_errno(), ==, ENODATA);
+    g_assert_cmpint(error_errno(), ==, ENODATA);
     g_assert_cmpstr(parent2, ==, "s1");
     g_assert_cmpstr(created, ==, "1700000100");
     g_assert_cmpstr(desc, ==, "first one");
@@ -170,41 +170,41 @@ static void test_tree_revert_content(void)
     struct stat st;
 
     g_assert_nonnull(node);
-    g_assert_cmpint(snapfs_tree_getattr(tree, node, &st), ==, 0);
+    g_assert_cmpint(tree_getattr(tree, node, &st), ==, 0);
     g_assert_true(S_ISREG(st.st_mode));
     g_assert_cmpint(st.st_size, ==, 3);
-    g_assert_cmpint(snapfs_tree_read(tree, node, buf, sizeof(buf), 0), ==, 3);
+    g_assert_cmpint(tree_read(tree, node, buf, sizeof(buf), 0), ==, 3);
     g_assert_cmpstr(buf, ==, "s2\n");
-    g_assert_cmpint(snapfs_tree_read(tree, node, buf, sizeof(buf), 3), ==, 0);
-    snapfs_node_free(node);
+    g_assert_cmpint(tree_read(tree, node, buf, sizeof(buf), 3), ==, 0);
+    tree_node_free(node);
 }
 
 static void test_tree_errors(void)
 {
-    struct snapfs_node *root = snapfs_node_root();
+    struct snapfs_node *root = tree_node_root();
     struct snapfs_node *domain = lookup_path("/web01");
 
     g_assert_null(lookup_path("/nosuch"));
-    g_assert_cmpint(snapfs_error_errno(), ==, ENOENT);
+    g_assert_cmpint(error_errno(), ==, ENOENT);
     g_assert_null(lookup_path("/web01/nosuch"));
-    g_assert_cmpint(snapfs_error_errno(), ==, ENOENT);
+    g_assert_cmpint(error_errno(), ==, ENOENT);
     g_assert_null(lookup_path("/web01/layers/vdb"));
-    g_assert_cmpint(snapfs_error_errno(), ==, ENOENT);
+    g_assert_cmpint(error_errno(), ==, ENOENT);
     g_assert_null(lookup_path("/web01/layers/hdc"));
-    g_assert_cmpint(snapfs_error_errno(), ==, ENOENT);
+    g_assert_cmpint(error_errno(), ==, ENOENT);
     g_assert_null(lookup_path("/web01/layers/vda/3-web01.s2"));
-    g_assert_cmpint(snapfs_error_errno(), ==, ENOENT);
+    g_assert_cmpint(error_errno(), ==, ENOENT);
     g_assert_null(lookup_path("/web01/layers/vda/1-base.qcow2"));
-    g_assert_cmpint(snapfs_error_errno(), ==, ENOENT);
+    g_assert_cmpint(error_errno(), ==, ENOENT);
 
-    g_assert_cmpint(snapfs_tree_mkdir(tree, root, "newdomain"), ==, -1);
-    g_assert_cmpint(snapfs_error_errno(), ==, EPERM);
-    g_assert_cmpint(snapfs_tree_write(tree, domain, "x", 1, 0, true), ==, -1);
-    g_assert_cmpint(snapfs_error_errno(), ==, EROFS);
-    g_assert_cmpint(snapfs_tree_rmdir(tree, domain, "layers"), ==, -1);
-    g_assert_cmpint(snapfs_error_errno(), ==, EPERM);
-    snapfs_node_free(domain);
-    snapfs_node_free(root);
+    g_assert_cmpint(tree_mkdir(tree, root, "newdomain"), ==, -1);
+    g_assert_cmpint(error_errno(), ==, EPERM);
+    g_assert_cmpint(tree_write(tree, domain, "x", 1, 0, true), ==, -1);
+    g_assert_cmpint(error_errno(), ==, EROFS);
+    g_assert_cmpint(tree_rmdir(tree, domain, "layers"), ==, -1);
+    g_assert_cmpint(error_errno(), ==, EPERM);
+    tree_node_free(domain);
+    tree_node_free(root);
 }
 
 /* What each kind refuses, and with which errno: fs/ops.c answers the kernel with it unchanged. */
@@ -222,60 +222,60 @@ static void test_tree_refusals_by_kind(void)
         struct snapfs_node *node = lookup_path(content[i]);
 
         g_assert_nonnull(node);
-        g_assert_cmpint(snapfs_tree_refuse_change(node, "unlink"), ==, -1);
-        g_assert_cmpint(snapfs_error_errno(), ==, EROFS);
-        g_assert_cmpint(snapfs_tree_rename(node, true), ==, -1);
-        g_assert_cmpint(snapfs_error_errno(), ==, EROFS);
-        g_assert_cmpint(snapfs_tree_check_open(node, false), ==, -1);
-        g_assert_cmpint(snapfs_error_errno(), ==, EISDIR);
-        g_assert_null(snapfs_tree_listed_node(node, "etc", &st));
-        snapfs_node_free(node);
+        g_assert_cmpint(tree_refuse_change(node, "unlink"), ==, -1);
+        g_assert_cmpint(error_errno(), ==, EROFS);
+        g_assert_cmpint(tree_rename(node, true), ==, -1);
+        g_assert_cmpint(error_errno(), ==, EROFS);
+        g_assert_cmpint(tree_check_open(node, false), ==, -1);
+        g_assert_cmpint(error_errno(), ==, EISDIR);
+        g_assert_null(tree_listed_node(node, "etc", &st));
+        tree_node_free(node);
     }
     for (guint i = 0; i < G_N_ELEMENTS(own); i++) {
         struct snapfs_node *node = lookup_path(own[i]);
 
         g_assert_nonnull(node);
-        g_assert_cmpint(snapfs_tree_refuse_change(node, "unlink"), ==, -1);
-        g_assert_cmpint(snapfs_error_errno(), ==, EPERM);
-        g_assert_null(snapfs_tree_listed_node(node, "x", &st));
-        snapfs_node_free(node);
+        g_assert_cmpint(tree_refuse_change(node, "unlink"), ==, -1);
+        g_assert_cmpint(error_errno(), ==, EPERM);
+        g_assert_null(tree_listed_node(node, "x", &st));
+        tree_node_free(node);
     }
-    g_assert_cmpint(snapfs_tree_rename(domain, true), ==, -1);
-    g_assert_cmpint(snapfs_error_errno(), ==, ENOTSUP);
-    g_assert_cmpint(snapfs_tree_rename(domain, false), ==, -1);
-    g_assert_cmpint(snapfs_error_errno(), ==, EXDEV);
-    g_assert_true(snapfs_tree_holds_snapshots(domain));
-    g_assert_false(snapfs_tree_holds_snapshots(snapshot));
-    g_assert_true(snapfs_tree_is_describable(snapshot));
-    g_assert_false(snapfs_tree_is_describable(domain));
-    g_assert_true(snapfs_tree_is_control(revert));
-    g_assert_false(snapfs_tree_is_control(domain));
-    g_assert_cmpint(snapfs_tree_check_open(revert, true), ==, 0);
-    g_assert_cmpint(snapfs_node_cache(revert), ==, SNAPFS_CACHE_NONE);
-    g_assert_cmpint(snapfs_node_cache(domain), ==, SNAPFS_CACHE_SHORT);
+    g_assert_cmpint(tree_rename(domain, true), ==, -1);
+    g_assert_cmpint(error_errno(), ==, ENOTSUP);
+    g_assert_cmpint(tree_rename(domain, false), ==, -1);
+    g_assert_cmpint(error_errno(), ==, EXDEV);
+    g_assert_true(tree_holds_snapshots(domain));
+    g_assert_false(tree_holds_snapshots(snapshot));
+    g_assert_true(tree_is_describable(snapshot));
+    g_assert_false(tree_is_describable(domain));
+    g_assert_true(tree_is_control(revert));
+    g_assert_false(tree_is_control(domain));
+    g_assert_cmpint(tree_check_open(revert, true), ==, 0);
+    g_assert_cmpint(tree_node_cache(revert), ==, SNAPFS_CACHE_NONE);
+    g_assert_cmpint(tree_node_cache(domain), ==, SNAPFS_CACHE_SHORT);
 
     /* A guest file, made by hand: looking one up would start an appliance. */
-    file = snapfs_node_copy(snapshot);
+    file = tree_node_copy(snapshot);
     file->kind = SNAPFS_NODE_GUEST;
     file->path = g_strdup("/etc");
-    g_assert_cmpint(snapfs_tree_check_open(file, false), ==, 0);
-    g_assert_cmpint(snapfs_tree_check_open(file, true), ==, -1);
-    g_assert_cmpint(snapfs_error_errno(), ==, EROFS);
-    g_assert_cmpint(snapfs_tree_refuse_change(file, "create a file"), ==, -1);
-    g_assert_cmpint(snapfs_error_errno(), ==, EROFS);
-    g_assert_cmpint(snapfs_node_cache(file), ==, SNAPFS_CACHE_FOREVER);
-    child = snapfs_tree_listed_node(file, "passwd", &st);
+    g_assert_cmpint(tree_check_open(file, false), ==, 0);
+    g_assert_cmpint(tree_check_open(file, true), ==, -1);
+    g_assert_cmpint(error_errno(), ==, EROFS);
+    g_assert_cmpint(tree_refuse_change(file, "create a file"), ==, -1);
+    g_assert_cmpint(error_errno(), ==, EROFS);
+    g_assert_cmpint(tree_node_cache(file), ==, SNAPFS_CACHE_FOREVER);
+    child = tree_listed_node(file, "passwd", &st);
     g_assert_nonnull(child);
     g_assert_cmpint(child->kind, ==, SNAPFS_NODE_GUEST);
     g_assert_cmpstr(child->path, ==, "/etc/passwd");
     g_assert_cmpstr(child->identity, ==, snapshot->identity);
-    snapfs_node_free(child);
+    tree_node_free(child);
     st.st_nlink = 0;   /* listed without its attributes */
-    g_assert_null(snapfs_tree_listed_node(file, "passwd", &st));
-    snapfs_node_free(file);
-    snapfs_node_free(snapshot);
-    snapfs_node_free(revert);
-    snapfs_node_free(domain);
+    g_assert_null(tree_listed_node(file, "passwd", &st));
+    tree_node_free(file);
+    tree_node_free(snapshot);
+    tree_node_free(revert);
+    tree_node_free(domain);
 }
 
 static void test_tree_host_names(void)
@@ -284,9 +284,9 @@ static void test_tree_host_names(void)
 
     two[0] = hosts[0];
     two[1] = hosts[1];
-    snapfs_hosts_name(two, 2);
-    g_assert_cmpstr(snapfs_host_name(two[0]), ==, "localhost");
-    g_assert_cmpstr(snapfs_host_name(two[1]), ==, "localhost-2");
+    host_name_all(two, 2);
+    g_assert_cmpstr(host_name(two[0]), ==, "localhost");
+    g_assert_cmpstr(host_name(two[1]), ==, "localhost-2");
 }
 
 int main(int argc, char **argv)
@@ -310,13 +310,13 @@ int main(int argc, char **argv)
     g_assert_true(g_file_set_contents(path, text->str, -1, NULL));
     uri = g_strdup_printf("test://%s", path);
 
-    g_assert_cmpint(snapfs_virt_start_events(), ==, 0);
-    hosts[0] = snapfs_host_open(uri, false);
-    hosts[1] = snapfs_host_open(uri, false);
+    g_assert_cmpint(host_start_events(), ==, 0);
+    hosts[0] = host_open(uri, false);
+    hosts[1] = host_open(uri, false);
     g_assert_nonnull(hosts[0]);
     g_assert_nonnull(hosts[1]);
-    g_assert_null(snapfs_host_open("nosuchdriver:///x", true));
-    tree = snapfs_tree_new(hosts, 1, &config);
+    g_assert_null(host_open("nosuchdriver:///x", true));
+    tree = tree_new(hosts, 1, &config);
 
     g_test_add_func("/tree/listings", test_tree_listings);
     g_test_add_func("/tree/snapshot-attrs", test_tree_snapshot_attrs);
@@ -327,10 +327,10 @@ int main(int argc, char **argv)
     g_test_add_func("/tree/host-names", test_tree_host_names);
     ret = g_test_run();
 
-    snapfs_tree_free(tree);
-    snapfs_host_close(hosts[0]);
-    snapfs_host_close(hosts[1]);
-    snapfs_virt_stop_events();
+    tree_free(tree);
+    host_close(hosts[0]);
+    host_close(hosts[1]);
+    host_stop_events();
     if (test_remove_dir(tmpdir))
         ret = 1;
     g_free(tmpdir);
