@@ -3,6 +3,7 @@
 #include "guest-priv.h"
 
 #include "snapfs/error.h"
+#include "snapfs/xattr.h"
 #include "snapfs/log.h"
 
 #include <errno.h>
@@ -103,18 +104,6 @@ static GPtrArray *view_xattrs(struct guest_view *view, const char *path)
     return xattrs;
 }
 
-static ssize_t copy_out(const void *value, size_t len, char *buf, size_t size)
-{
-    if (size == 0)
-        return (ssize_t)len;
-    if (size < len) {
-        error_set(ERANGE, "the buffer is too small for the attribute");
-        return -1;
-    }
-    memcpy(buf, value, len);
-    return (ssize_t)len;
-}
-
 static bool xattrs_have(GPtrArray *xattrs, const char *name)
 {
     for (guint i = 0; xattrs && i < xattrs->len; i++) {
@@ -166,7 +155,7 @@ ssize_t guest_view_getxattr(struct guest_view *view, const char *path, const cha
             gsize len;
             const void *value = g_bytes_get_data(x->value, &len);
 
-            return copy_out(value, len, buf, size);
+            return xattr_copy_out(value, len, buf, size);
         }
     }
     /*
@@ -195,6 +184,6 @@ ssize_t guest_view_listxattr(struct guest_view *view, const char *path, char *bu
 
         g_string_append_len(names, x->name, (gssize)strlen(x->name) + 1);
     }
-    return copy_out(names->str, names->len, buf, size);
+    return xattr_copy_out(names->str, names->len, buf, size);
 }
 

@@ -2,6 +2,7 @@
 /* Extended attributes: the user.snapfs.* list each kind makes, read one by one or listed; the guest's own inside content. */
 #include "tree-priv.h"
 #include "snapfs/error.h"
+#include "snapfs/xattr.h"
 
 #include <errno.h>
 #include <string.h>
@@ -48,19 +49,6 @@ static const char *xattrs_find(const struct tree_xattrs *list, const char *name)
     return NULL;
 }
 
-/* getxattr(2)'s answer: the size alone when @size is 0, ERANGE when @buf is too small. */
-static ssize_t xattrs_copy_out(const char *value, size_t len, char *buf, size_t size)
-{
-    if (size == 0)
-        return (ssize_t)len;
-    if (size < len) {
-        error_set(ERANGE, "the buffer is too small");
-        return -1;
-    }
-    memcpy(buf, value, len);
-    return (ssize_t)len;
-}
-
 ssize_t tree_getxattr(struct snapfs_tree *tree, const struct snapfs_node *node,
                              const char *name, char *buf, size_t size)
 {
@@ -72,7 +60,7 @@ ssize_t tree_getxattr(struct snapfs_tree *tree, const struct snapfs_node *node,
     if (kind->getxattr)
         return kind->getxattr(tree, node, name, buf, size);
     if (xattrs_of(tree, node, &list) == 0 && (value = xattrs_find(&list, name)))
-        ret = xattrs_copy_out(value, strlen(value), buf, size);
+        ret = xattr_copy_out(value, strlen(value), buf, size);
     xattrs_clear(&list);
     return ret;
 }
@@ -91,7 +79,7 @@ ssize_t tree_listxattr(struct snapfs_tree *tree, const struct snapfs_node *node,
         for (guint i = 0; i < list.names->len; i++)
             g_string_append_len(names, g_ptr_array_index(list.names, i),
                                 (gssize)strlen(g_ptr_array_index(list.names, i)) + 1);
-        ret = xattrs_copy_out(names->str, names->len, buf, size);
+        ret = xattr_copy_out(names->str, names->len, buf, size);
     }
     xattrs_clear(&list);
     return ret;
