@@ -85,7 +85,7 @@ struct snapfs_tree *tree_new(struct snapfs_host **hosts, size_t n_hosts,
     tree->next_ino = 2;   /* 1 is the root's */
     tree->last_errors = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     tree->views = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)tree_view_unref);
-    tree->images = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, view_image_free);
+    tree->images = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, tree_view_image_free);
     tree->handles = g_hash_table_new(g_direct_hash, g_direct_equal);
     tree->changing = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     engine_set_chain_changed(tree_on_chain_changed, tree);

@@ -140,7 +140,7 @@ bool tree_view_reads(const struct tree_view *tv, const char *const *files);
 /* The guest reader's group of a domain: "host/domain". */
 char *tree_group(struct snapfs_tree *tree, const struct snapfs_node *node);
 void tree_forget_views(struct snapfs_tree *tree);
-void view_image_free(gpointer data);
+void tree_view_image_free(gpointer data);
 
 /* A file or directory open: it reads through the view it was opened on, or fails. */
 struct snapfs_handle {

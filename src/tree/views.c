@@ -44,7 +44,7 @@ static void view_image_clear(gpointer data)
     g_free(((struct view_image *)data)->file);
 }
 
-void view_image_free(gpointer data)
+void tree_view_image_free(gpointer data)
 {
     view_image_clear(data);
     g_free(data);
