@@ -60,16 +60,6 @@
  * XML only ever names complete images.
  */
 
-void revert_fault(const char *step)
-{
-    const char *fault = getenv("SNAPFS_FAULT");
-
-    if (fault && g_str_has_prefix(fault, "revert:") && strcmp(fault + strlen("revert:"), step) == 0) {
-        log_warn("SNAPFS_FAULT: stopping dead after revert step '%s'", step);
-        _exit(137);
-    }
-}
-
 /*
  * Whether libvirt's own revert refused because it cannot do this one, never
  * having touched anything: 9.0-9.8 answer "revert to external snapshot not

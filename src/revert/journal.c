@@ -421,3 +421,18 @@ GPtrArray *revert_journal_list(const char *state_dir)
     g_ptr_array_sort(paths, path_compare);
     return paths;
 }
+
+/*
+ * The crash tests' stop: with SNAPFS_FAULT=revert:STEP the process ends right after STEP, as a
+ * kill -9 would (the steps and their order: src/revert/external.c).  Here, beside the journal
+ * every step writes, so that each step's file can stop without calling the others.
+ */
+void revert_fault(const char *step)
+{
+    const char *fault = getenv("SNAPFS_FAULT");
+
+    if (fault && g_str_has_prefix(fault, "revert:") && strcmp(fault + strlen("revert:"), step) == 0) {
+        log_warn("SNAPFS_FAULT: stopping dead after revert step '%s'", step);
+        _exit(137);
+    }
+}

@@ -88,6 +88,9 @@ int revert_journal_remove(const struct revert_journal *journal);
 /* Paths of every journal under @state_dir (empty if the directory does not exist). */
 GPtrArray *revert_journal_list(const char *state_dir);
 
+/* For the crash tests: _exit(137) right after @step where SNAPFS_FAULT=revert:@step (REVERT_FAULT_STEPS). */
+void revert_fault(const char *step);
+
 /* fsync @path (a file or a directory); -1 with the reason. */
 int revert_sync_path(const char *path);
 
@@ -190,8 +193,6 @@ int revert_check_local(struct revert_state *st, struct revert_snapshot *target);
 
 /* ---- the steps (external.c, internal.c) ---- */
 
-/* For the crash tests: _exit(137) right after @step where SNAPFS_FAULT=revert:@step (REVERT_FAULT_STEPS). */
-void revert_fault(const char *step);
 /* Whether libvirt's own external revert will be tried. */
 bool revert_native_possible(struct revert_state *st, const struct revert_journal *journal);
 /* The revert to external snapshot @target as @journal plans it; -1 with the reason, rolled back. */
