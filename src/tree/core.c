@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* The tree itself: its life, nodes and what log lines call them, inode numbers, folders' attributes and refusals remembered. */
+/* Nodes and what log lines call them, inode numbers, folders' attributes, xattr lists, refusals remembered: what every file of the tree uses. */
 #include "tree-priv.h"
 #include "snapfs/error.h"
 #include "snapfs/log.h"
@@ -57,64 +57,6 @@ int tree_no_such_entry(const char *name)
 {
     error_set(ENOENT, "'%s' does not exist here", name);
     return -1;
-}
-
-/* ---- the tree ------------------------------------------------------------- */
-
-/* The engine names each image a create or delete changed: views reading it must go. */
-static void tree_on_chain_changed(const char *file, void *opaque)
-{
-    struct snapfs_tree *tree = opaque;
-
-    tree_forget_views(tree);
-    guest_pool_forget_file(tree->guests, file);
-}
-
-struct snapfs_tree *tree_new(struct snapfs_host **hosts, size_t n_hosts,
-                                    const struct snapfs_tree_config *config)
-{
-    struct snapfs_tree *tree = g_new0(struct snapfs_tree, 1);
-
-    tree->hosts = hosts;
-    tree->n_hosts = n_hosts;
-    tree->config = *config;
-    tree->guests = guest_pool_new(&config->guest);
-    tree->mounted = time(NULL);
-    g_mutex_init(&tree->lock);
-    tree->inos = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-    tree->next_ino = 2;   /* 1 is the root's */
-    tree->last_errors = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-    tree->views = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)tree_view_unref);
-    tree->images = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, tree_view_image_free);
-    tree->handles = g_hash_table_new(g_direct_hash, g_direct_equal);
-    tree->changing = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-    engine_set_chain_changed(tree_on_chain_changed, tree);
-    engine_set_before_change(tree_before_change, tree);
-    return tree;
-}
-
-void tree_abort(struct snapfs_tree *tree)
-{
-    if (tree)
-        guest_pool_abort(tree->guests);
-}
-
-void tree_free(struct snapfs_tree *tree)
-{
-    if (!tree)
-        return;
-    engine_set_chain_changed(NULL, NULL);
-    engine_set_before_change(NULL, NULL);
-    tree_release_all(tree);
-    g_hash_table_unref(tree->views);
-    g_hash_table_unref(tree->images);
-    g_hash_table_unref(tree->handles);
-    g_hash_table_unref(tree->changing);
-    guest_pool_free(tree->guests);
-    g_hash_table_unref(tree->inos);
-    g_hash_table_unref(tree->last_errors);
-    g_mutex_clear(&tree->lock);
-    g_free(tree);
 }
 
 struct snapfs_host *tree_host(struct snapfs_tree *tree, const struct snapfs_node *node)
@@ -232,17 +174,6 @@ void tree_stat_dir(struct snapfs_tree *tree, struct stat *st, mode_t mode, time_
     st->st_atime = st->st_mtime = st->st_ctime = when;
 }
 
-int tree_list_entry(struct snapfs_tree *tree, const struct snapfs_node *child, const char *name,
-                    snapfs_dirent_fn fn, void *opaque)
-{
-    struct stat st;
-
-    memset(&st, 0, sizeof(st));
-    st.st_mode = tree_is_control(child) ? S_IFREG : S_IFDIR;
-    tree_stat_ino(tree, child, &st);
-    return fn(opaque, name, &st);
-}
-
 /* A request on a domain failed: log it, naming the domain (and the snapshot), and keep it for user.snapfs.last_error. */
 void tree_remember_error(struct snapfs_tree *tree, const struct snapfs_node *node, const char *what,
                          const char *snapshot)
@@ -261,3 +192,10 @@ void tree_remember_error(struct snapfs_tree *tree, const struct snapfs_node *nod
                          g_strdup(error_message()));
     g_mutex_unlock(&tree->lock);
 }
+
+void tree_xattr_put(struct tree_xattrs *list, const char *name, char *value)
+{
+    g_ptr_array_add(list->names, g_strconcat(XATTR_PREFIX, name, NULL));
+    g_ptr_array_add(list->values, value);
+}
+

@@ -128,3 +128,15 @@ int tree_write(struct snapfs_tree *tree, const struct snapfs_node *node, const c
     error_set(EROFS, "only DOMAIN/revert can be written");
     return -1;
 }
+
+int tree_list_entry(struct snapfs_tree *tree, const struct snapfs_node *child, const char *name,
+                    snapfs_dirent_fn fn, void *opaque)
+{
+    struct stat st;
+
+    memset(&st, 0, sizeof(st));
+    st.st_mode = tree_is_control(child) ? S_IFREG : S_IFDIR;
+    tree_stat_ino(tree, child, &st);
+    return fn(opaque, name, &st);
+}
+

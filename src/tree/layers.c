@@ -15,58 +15,11 @@
 #include <errno.h>
 #include <string.h>
 
-GPtrArray *tree_disk_chain(struct snapfs_domain *domain, const char *target)
-{
-    struct snapfs_disk *disk = host_domain_find_disk(domain, target);
-
-    if (!disk || !disk->file) {
-        error_set(ENOENT, "domain '%s' has no disk image for '%s'", domain->name, target);
-        return NULL;
-    }
-    return chain_read(disk->file, disk->format);
-}
-
 static char *layer_folder_name(guint index, const struct snapfs_layer *layer)
 {
     g_autofree char *base = g_path_get_basename(layer->file);
 
     return g_strdup_printf("%u-%s", index, base);
-}
-
-struct snapfs_layer *tree_layer_of(struct snapfs_domain *domain, const struct snapfs_node *node, GPtrArray **chain_out)
-{
-    g_autoptr(GPtrArray) chain = tree_disk_chain(domain, node->disk);
-    struct snapfs_layer *layer;
-
-    if (!chain)
-        return NULL;
-    if (node->layer < 0 || (guint)node->layer >= chain->len) {
-        error_set(ENOENT, "disk '%s' of domain '%s' has no layer %d", node->disk, domain->name, node->layer);
-        return NULL;
-    }
-    layer = g_ptr_array_index(chain, node->layer);
-    if (strcmp(layer->file, node->layer_file) != 0) {
-        error_set(ENOENT, "layer %d of disk '%s' of domain '%s' is no longer '%s'",
-                         node->layer, node->disk, domain->name, node->layer_file);
-        return NULL;
-    }
-    *chain_out = g_ptr_array_ref(chain);
-    return layer;
-}
-
-/*
- * What a layer's content depends on: a merge (rmdir, revert) rewrites a
- * frozen image in place, so its modification time is part of it.  The live
- * top changes all the time and is cached only briefly anyway.
- */
-char *tree_layer_identity(const struct snapfs_layer *layer, bool live)
-{
-    struct stat st;
-
-    if (live || stat(layer->file, &st) < 0)
-        return g_strdup(layer->file);
-    return g_strdup_printf("%s@%lld.%09ld:%lld", layer->file, (long long)st.st_mtim.tv_sec,
-                           st.st_mtim.tv_nsec, (long long)st.st_size);
 }
 
 /* Whether @disk of a snapshot, an overlay, stands on @layer's image (read from the overlay's header). */

@@ -11,11 +11,6 @@
 
 #include <errno.h>
 
-char *tree_snapshot_identity(const struct snapfs_snapshot *snap)
-{
-    return g_strdup_printf("%s@%lld", snap->name, snap->created);
-}
-
 /* The node's snapshot in @domain, or NULL with ENOENT. */
 static struct snapfs_snapshot *snapshot_find(struct snapfs_domain *domain, const struct snapfs_node *node)
 {

@@ -37,8 +37,6 @@ struct tree_xattrs {
     GPtrArray *values;
 };
 
-/* Appends user.snapfs.@name with @value (taken). */
-void tree_xattr_put(struct tree_xattrs *list, const char *name, char *value);
 
 /*
  * What one kind of node does (OpenZFS's ctldir gives each kind of node its own table
@@ -88,8 +86,14 @@ extern const struct tree_kind tree_kind_guest;
 /* kinds.c: the kind of @node; whether it is content (a snapshot, a layer or a guest file). */
 const struct tree_kind *tree_kind_of(const struct snapfs_node *node);
 bool tree_is_content(const struct snapfs_node *node);
+/* Hands the entry @child, called @name, to a readdir callback, with its type and inode number only. */
+int tree_list_entry(struct snapfs_tree *tree, const struct snapfs_node *child, const char *name,
+                    snapfs_dirent_fn fn, void *opaque);
 
-/* ---- core.c: nodes, inode numbers, folders' attributes, refusals remembered ---- */
+/* ---- core.c: nodes, inode numbers, folders' attributes, xattr lists, refusals remembered ---- */
+
+/* Appends user.snapfs.@name with @value (taken). */
+void tree_xattr_put(struct tree_xattrs *list, const char *name, char *value);
 
 struct snapfs_host *tree_host(struct snapfs_tree *tree, const struct snapfs_node *node);
 /* The node's domain as libvirt says it now (a reference), or NULL with the reason. */
@@ -107,13 +111,10 @@ ino_t tree_ino(struct snapfs_tree *tree, const char *key);
 void tree_stat_dir(struct snapfs_tree *tree, struct stat *st, mode_t mode, time_t when);
 /* Gives @st the inode number of @node's key: stable while snapfs runs. */
 void tree_stat_ino(struct snapfs_tree *tree, const struct snapfs_node *node, struct stat *st);
-/* Hands the entry @child, called @name, to a readdir callback, with its type and inode number only. */
-int tree_list_entry(struct snapfs_tree *tree, const struct snapfs_node *child, const char *name,
-                    snapfs_dirent_fn fn, void *opaque);
 void tree_remember_error(struct snapfs_tree *tree, const struct snapfs_node *node, const char *what,
                          const char *snapshot);
 
-/* ---- layers.c, snapshots.c: what views are made of ---- */
+/* ---- identity.c: what views are made of ---- */
 
 /* The backing chain of disk @target of @domain, base first; NULL with the reason. */
 GPtrArray *tree_disk_chain(struct snapfs_domain *domain, const char *target);

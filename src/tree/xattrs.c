@@ -7,12 +7,6 @@
 #include <errno.h>
 #include <string.h>
 
-void tree_xattr_put(struct tree_xattrs *list, const char *name, char *value)
-{
-    g_ptr_array_add(list->names, g_strconcat(XATTR_PREFIX, name, NULL));
-    g_ptr_array_add(list->values, value);
-}
-
 static void xattrs_init(struct tree_xattrs *list)
 {
     list->names = g_ptr_array_new_with_free_func(g_free);
