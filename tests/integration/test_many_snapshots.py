@@ -8,7 +8,7 @@ from pathlib import Path
 from conftest import IMAGE_ROOT, run, wait_for, guest_set_fixtures
 
 SNAPSHOTS = 30
-# What the design promises for one domain whose views fit in one appliance (guest-appliance.c): the first look starts
+# What the design promises for one domain whose views fit in one appliance (src/guest/pool.c): the first look starts
 # an appliance of at most this many disks, and one more starts in the background with all of them.
 FIRST_DISKS = 6
 

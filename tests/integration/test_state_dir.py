@@ -63,7 +63,7 @@ def listing(path):
 
 
 def journal_path(state, domain, uri=URI):
-    """Where snapfs keeps DOMAIN's revert journal (src/revert-journal.c: a hash of the URI and the name)."""
+    """Where snapfs keeps DOMAIN's revert journal (src/revert/journal.c: a hash of the URI and the name)."""
     return state / (hashlib.sha256(f"{uri}\n{domain}".encode()).hexdigest()[:16] + ".revert-journal")
 
 
