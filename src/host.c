@@ -86,7 +86,7 @@ int host_start_events(void)
         error_from_virt("cannot start libvirt's event loop");
         return -1;
     }
-    /* A disabled timer that stop() arms to wake the loop up. */
+    /* A disabled timer that host_stop_events() arms to wake the loop up. */
     event_wake_timer = virEventAddTimeout(-1, events_wake_nop, NULL, NULL);
     event_thread = g_thread_new("snapfs-events", events_run_loop, NULL);
     return 0;

@@ -107,7 +107,7 @@ int tree_no_such_entry(const char *name);
 void tree_key_add(GString *key, const char *field);
 char *tree_key_of(const struct snapfs_node *node);
 ino_t tree_ino(struct snapfs_tree *tree, const char *key);
-/* A folder of snapfs's own, owned by the mounting user; st_ino is left 0 (tree_number() sets it). */
+/* A folder of snapfs's own, owned by the mounting user; st_ino is left 0 (tree_stat_ino() sets it). */
 void tree_stat_dir(struct snapfs_tree *tree, struct stat *st, mode_t mode, time_t when);
 /* Gives @st the inode number of @node's key: stable while snapfs runs. */
 void tree_stat_ino(struct snapfs_tree *tree, const struct snapfs_node *node, struct stat *st);

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* Unit test of src/guest-boot.c: the ELF kernel inside a bzImage, found, unpacked and checked for its PVH entry. */
+/* Unit test of src/guest/boot.c: the ELF kernel inside a bzImage, found, unpacked and checked for its PVH entry. */
 #include "snapfs/error.h"
 
 #include "../../src/guest/guest-priv.h"

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* Unit test of src/guest-lvm.c: LVM labels found from the host on whole disks, MBR and GPT partitions, through qcow2. */
+/* Unit test of src/guest/lvm.c: LVM labels found from the host on whole disks, MBR and GPT partitions, through qcow2. */
 #include "snapfs/error.h"
 
 #include "test-util.h"
