@@ -91,7 +91,7 @@ def check_reverted(m, dom, snap):
     assert dom.current() == snap
     assert wait_for(lambda: read(m.p(dom.name, "revert")).rstrip("\n") == snap)
     listed = sorted(os.listdir(m.p(dom.name)))
-    assert sorted(["layers", "revert", *dom.snapshots()]) == listed
+    assert sorted(["layers", "live", "revert", *dom.snapshots()]) == listed
     dom.start()
     assert dom.state() == "running"
     dom.destroy()
