@@ -58,7 +58,7 @@ def test_demo_runs_twice(demo_mount):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "warning" not in proc.stderr, proc.stderr[-3000:]
     assert is_mount(mnt)
-    assert sorted(os.listdir(os.path.join(mnt, "scratch"))) == ["layers", "revert"]
+    assert sorted(os.listdir(os.path.join(mnt, "scratch"))) == ["layers", "live", "revert"]
 
 
 def test_rotate(demo_mount):

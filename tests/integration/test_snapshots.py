@@ -227,7 +227,7 @@ def test_rmdir_middle_leaf_root(new_domain, mount, workdir, running):
         assert os.path.exists(base)
         assert dom.state() == ("running" if running else "shut off")
     assert dom.snapshots() == ["s3"]
-    assert sorted(os.listdir(m.p(dom.name))) == ["layers", "revert", "s3"]
+    assert sorted(os.listdir(m.p(dom.name))) == ["layers", "live", "revert", "s3"]
 
 
 def test_rmdir_internal(new_domain, mount, workdir):
