@@ -21,6 +21,7 @@ class GuestSet:
     running:  run.qcow2 over layer2.qcow2, started, live snapshot 'live1'.
     internal: a qcow2 whose internal snapshot 'int1' holds srcB while the image now holds srcA.
     blank:    a disk with no filesystem, snapshot 'empty1'.
+    os:       a small Linux on two disks, root (an overlay over osroot.raw) and /boot (osboot.qcow2), joined by fstab.
     """
 
     def __init__(self, images, doms):
@@ -31,6 +32,7 @@ class GuestSet:
         run("qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", d / "layer2.qcow2", d / "run.qcow2")
         shutil.copy(d / "internal.qcow2", d / "int.qcow2")
         run("qemu-img", "create", "-q", "-f", "qcow2", d / "blank.qcow2", "16M")
+        run("qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", d / "osroot.raw", d / "osroot.qcow2")
         for f in d.iterdir():
             if f.is_file():
                 f.chmod(0o644)
@@ -47,6 +49,8 @@ class GuestSet:
         (d / "a.raw").unlink()
         self.blank = doms.define([("vda", d / "blank.qcow2", "qcow2")], suffix="gblank")
         self.blank.snapshot("empty1")
+        self.os = doms.define([("vda", d / "osroot.qcow2", "qcow2"), ("vdb", d / "osboot.qcow2", "qcow2")],
+                              suffix="gos")
 
     def write_top(self, dom, name, small):
         """Makes DOM's top image (an overlay over top.qcow2) hold tree NAME: src2 with SMALL in small.txt, and live.txt."""
@@ -333,3 +337,13 @@ def test_live_follows_a_chain_change(guest, mnt):
                     timeout=5)
     assert (dom / "live" / "sda" / "live.txt").read_text() == "only in srclive2\n"
     assert (dom / "then" / "sda" / "small.txt").read_text() == "changed in the live disk\n"
+
+
+def test_live_of_an_os_on_two_disks(guest, mnt):
+    """live/ reads every disk of the domain: where inspection finds an OS, its root with its fstab's mounts."""
+    live = mnt / guest.os.name / "live"
+    assert {"etc", "boot", "root", "bin", "usr"} <= set(os.listdir(live))
+    assert (live / "etc" / "hostname").read_text() == "testhost\n"
+    assert (live / "boot" / "vmlinuz-test").read_text() == "kernel\n"
+    assert (live / "root" / "note").read_text() == "root file\n"
+    assert os.stat(live / "boot").st_ino != os.stat(live / "etc").st_ino
