@@ -36,7 +36,7 @@ void fs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
  * rmdir DOMAIN/NAME deletes a snapshot: EACCES for others than root and the mounting user, ENOENT, EBUSY
  * (another operation, a block job, files open in views it would change, an image someone else needs),
  * ENOTSUP where libvirt cannot merge safely, EIO where who needs an image cannot be read, EPERM for
- * `layers` or outside a domain, EROFS with -o ro or inside content, node errnos.
+ * `layers`, `live` or outside a domain, EROFS with -o ro or inside content, node errnos.
  */
 void fs_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {

@@ -18,11 +18,11 @@ struct engine_options {
 int engine_check_name(const char *name);
 /*
  * Whether @name is one a domain's folder holds besides its snapshots (the revert file, the layers
- * folder), which no snapshot may take (src/README.md, "The tree and its names").
+ * and live folders), which no snapshot may take (src/README.md, "The tree and its names").
  */
 static inline bool engine_name_reserved(const char *name)
 {
-    return strcmp(name, "revert") == 0 || strcmp(name, "layers") == 0;
+    return strcmp(name, "revert") == 0 || strcmp(name, "layers") == 0 || strcmp(name, "live") == 0;
 }
 
 /* mkdir: external, disk-only, atomic snapshot @name of every disk of @domain. */

@@ -20,7 +20,8 @@ enum snapfs_node_kind {
     SNAPFS_NODE_DISK,       /* DOMAIN/layers/vda */
     SNAPFS_NODE_LAYER,      /* DOMAIN/layers/vda/N-FILE */
     SNAPFS_NODE_SNAPSHOT,   /* DOMAIN/NAME */
-    SNAPFS_NODE_GUEST,      /* anything below a snapshot or a layer */
+    SNAPFS_NODE_GUEST,      /* anything below a snapshot, a layer or live */
+    SNAPFS_NODE_LIVE,       /* DOMAIN/live: the guest as its disks read now */
 };
 
 /* How long the kernel may keep what a node says. */
@@ -40,8 +41,8 @@ struct snapfs_node {
     int layer;              /* LAYER: index from the base; -1 otherwise */
     char *layer_file;       /* LAYER: the image, so a renumbered chain is noticed */
     char *path;             /* GUEST: path inside the view, "/" at its root */
-    bool live;              /* below the top layer: content moves */
-    char *identity;         /* SNAPSHOT, LAYER and below: changes when the same name shows other content */
+    bool live;              /* below the top layer or live: content moves */
+    char *identity;         /* SNAPSHOT, LAYER, LIVE and below: changes when the same name shows other content */
 };
 
 struct snapfs_tree_config {

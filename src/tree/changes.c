@@ -2,7 +2,7 @@
 /* What the tree changes: mkdir, rmdir, revert and setfattr handed to the engine and revert, and the changes refused by kind. */
 
 /*
- * Policy.  Snapshots, layers and guest files are read-only (EROFS); snapfs's own folders take
+ * Policy.  Snapshots, layers, live and guest files are read-only (EROFS); snapfs's own folders take
  * only mkdir and rmdir of snapshots in a domain's folder, a description set on a snapshot
  * and a request written to revert (EPERM for anything else); -o ro refuses those too
  * (EROFS).  A change that fails past these first checks is logged and kept as the domain's
@@ -21,7 +21,7 @@
 int tree_refuse_change(const struct snapfs_node *node, const char *what)
 {
     if (tree_is_content(node))
-        error_set(EROFS, "cannot %s inside a snapshot or a layer: they are read-only", what);
+        error_set(EROFS, "cannot %s inside a snapshot, a layer or live: they are read-only", what);
     else
         error_set(EPERM, "cannot %s here: snapfs's own folders take only snapshots, made and deleted in "
                          "a domain's folder", what);

@@ -53,6 +53,12 @@ struct snapfs_node *tree_child_of_kind(const struct snapfs_node *parent, enum sn
     return child;
 }
 
+bool tree_node_in_live(const struct snapfs_node *node)
+{
+    /* A guest file names the snapshot or the disk of the layer it is in; one below live/ neither. */
+    return node->kind == SNAPFS_NODE_LIVE || (node->kind == SNAPFS_NODE_GUEST && !node->snapshot && !node->disk);
+}
+
 int tree_no_such_entry(const char *name)
 {
     error_set(ENOENT, "'%s' does not exist here", name);
@@ -90,6 +96,8 @@ static char *tree_describe_in_domain(struct snapfs_tree *tree, const struct snap
         return g_strdup_printf("snapshot '%s' of %s", node->snapshot, domain);
     if (node->layer >= 0)
         return g_strdup_printf("layer %d of disk '%s' of %s", node->layer, node->disk, domain);
+    if (tree_node_in_live(node))
+        return g_strdup_printf("live of %s", domain);
     if (node->kind == SNAPFS_NODE_REVERT || node->kind == SNAPFS_NODE_LAYERS || node->kind == SNAPFS_NODE_DISK)
         return g_strdup_printf("%s%s%s of %s", node->kind == SNAPFS_NODE_REVERT ? "revert" : "layers",
                                node->disk ? "/" : "", node->disk ? node->disk : "", domain);
@@ -172,6 +180,18 @@ void tree_stat_dir(struct snapfs_tree *tree, struct stat *st, mode_t mode, time_
     st->st_gid = tree->config.gid;
     st->st_blksize = 4096;
     st->st_atime = st->st_mtime = st->st_ctime = when;
+}
+
+int tree_domain_folder_getattr(struct snapfs_tree *tree, const struct snapfs_node *node, struct stat *st)
+{
+    struct snapfs_domain *domain = tree_domain(tree, node);
+
+    if (!domain)
+        return -1;
+    host_domain_unref(domain);
+    tree_stat_dir(tree, st, 0555, tree->mounted);
+    tree_stat_ino(tree, node, st);
+    return 0;
 }
 
 /* A request on a domain failed: log it, naming the domain (and the snapshot), and keep it for user.snapfs.last_error. */

@@ -62,12 +62,15 @@ static int host_lookup(struct snapfs_tree *tree, const struct snapfs_node *paren
     return hosts_lookup_domain(parent, name, child);
 }
 
-/* revert, layers, or a snapshot: a snapshot deleted and made again under the same name is another directory. */
+/*
+ * revert, layers, live, or a snapshot: a snapshot deleted and made again under the same name is
+ * another directory, and so is live once a chain change gave the disks other top images.
+ */
 static int domain_lookup(struct snapfs_tree *tree, const struct snapfs_node *parent, const char *name,
                          struct snapfs_node **child)
 {
     struct snapfs_domain *domain;
-    struct snapfs_snapshot *snap;
+    struct snapfs_snapshot *snap = NULL;
 
     if (strcmp(name, "revert") == 0) {
         *child = tree_child_of_kind(parent, SNAPFS_NODE_REVERT);
@@ -80,14 +83,17 @@ static int domain_lookup(struct snapfs_tree *tree, const struct snapfs_node *par
     domain = tree_domain(tree, parent);
     if (!domain)
         return -1;
-    snap = host_domain_find_snapshot(domain, name);
-    if (snap) {
+    if (strcmp(name, "live") == 0) {
+        *child = tree_child_of_kind(parent, SNAPFS_NODE_LIVE);
+        (*child)->live = true;
+        (*child)->identity = tree_live_identity(domain);
+    } else if ((snap = host_domain_find_snapshot(domain, name))) {
         *child = tree_child_of_kind(parent, SNAPFS_NODE_SNAPSHOT);
         (*child)->snapshot = g_strdup(name);
         (*child)->identity = tree_snapshot_identity(snap);
     }
     host_domain_unref(domain);
-    return snap ? 0 : tree_no_such_entry(name);
+    return *child ? 0 : tree_no_such_entry(name);
 }
 
 /* ---- getattr ------------------------------------------------------------------ */
@@ -106,7 +112,7 @@ static int host_getattr(struct snapfs_tree *tree, const struct snapfs_node *node
     return 0;
 }
 
-/* Writable (mkdir, rmdir) unless mounted ro; a link for each snapshot folder, and layers. */
+/* Writable (mkdir, rmdir) unless mounted ro; a link for each snapshot folder, layers and live. */
 static int domain_getattr(struct snapfs_tree *tree, const struct snapfs_node *node, struct stat *st)
 {
     struct snapfs_domain *domain = tree_domain(tree, node);
@@ -114,7 +120,7 @@ static int domain_getattr(struct snapfs_tree *tree, const struct snapfs_node *no
     if (!domain)
         return -1;
     tree_stat_dir(tree, st, tree->config.read_only ? 0555 : 0755, tree->mounted);
-    st->st_nlink = 3 + domain->snapshots->len;
+    st->st_nlink = 4 + domain->snapshots->len;
     host_domain_unref(domain);
     tree_stat_ino(tree, node, st);
     return 0;
@@ -185,6 +191,9 @@ static int domain_readdir(struct snapfs_tree *tree, const struct snapfs_node *no
     child.kind = SNAPFS_NODE_LAYERS;
     if (ret == 0)
         ret = tree_list_entry(tree, &child, "layers", fn, opaque);
+    child.kind = SNAPFS_NODE_LIVE;
+    if (ret == 0)
+        ret = tree_list_entry(tree, &child, "live", fn, opaque);
     child.kind = SNAPFS_NODE_SNAPSHOT;
     for (guint i = 0; i < domain->snapshots->len && ret == 0; i++) {
         struct snapfs_snapshot *snap = g_ptr_array_index(domain->snapshots, i);

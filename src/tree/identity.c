@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* What a snapshot or a layer stands for: a disk's chain now, the layer a node names in it, and the identities views are keyed by. */
+/* What a snapshot, a layer or live stands for: a disk's chain now, the layer a node names in it, and the identities views are keyed by. */
 
 /*
  * Policy.  A view is made once per identity: a snapshot's is its name and creation time (one
@@ -70,3 +70,25 @@ char *tree_snapshot_identity(const struct snapfs_snapshot *snap)
     return g_strdup_printf("%s@%lld", snap->name, snap->created);
 }
 
+
+/*
+ * live/ reads each disk through its whole chain from the top: mkdir puts a new top on every
+ * disk, a revert new tops on another base, an rmdir of the latest snapshot pivots back to the
+ * image below, so each of them makes live/ another folder with another view.  A merge below an
+ * unchanged top keeps this identity: the view notices it through its images (views.c).
+ */
+char *tree_live_identity(const struct snapfs_domain *domain)
+{
+    GString *id = g_string_new("live");
+
+    for (guint i = 0; i < domain->disks->len; i++) {
+        const struct snapfs_disk *disk = g_ptr_array_index(domain->disks, i);
+
+        if (!disk->file)
+            continue;
+        g_string_append_c(id, '|');
+        tree_key_add(id, disk->target);
+        tree_key_add(id, disk->file);
+    }
+    return g_string_free(id, FALSE);
+}

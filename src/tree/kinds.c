@@ -3,7 +3,7 @@
 
 /*
  * Policy.  What a node does depends on its kind alone: each kind's operations live
- * together in the file of its family (hosts.c, layers.c, snapshots.c, guest-files.c,
+ * together in the file of its family (hosts.c, layers.c, snapshots.c, live.c, guest-files.c,
  * control.c) and are reached only through this table, as OpenZFS's .zfs ctldir gives each
  * kind of node its own operations.  Adding a kind is one table entry and one file's functions
  * (src/README.md, "The tree and its names").
@@ -23,6 +23,7 @@ static const struct tree_kind *const tree_kinds[] = {
     [SNAPFS_NODE_LAYER] = &tree_kind_layer,
     [SNAPFS_NODE_SNAPSHOT] = &tree_kind_snapshot,
     [SNAPFS_NODE_GUEST] = &tree_kind_guest,
+    [SNAPFS_NODE_LIVE] = &tree_kind_live,
 };
 
 const struct tree_kind *tree_kind_of(const struct snapfs_node *node)
@@ -40,7 +41,7 @@ enum snapfs_cache tree_node_cache(const struct snapfs_node *node)
 {
     enum snapfs_cache cache = tree_kind_of(node)->cache;
 
-    /* Frozen content never changes; below the live top layer it moves. */
+    /* Frozen content never changes; below the live top layer and live it moves. */
     return cache == SNAPFS_CACHE_FOREVER && node->live ? SNAPFS_CACHE_LIVE : cache;
 }
 

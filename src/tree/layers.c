@@ -123,19 +123,6 @@ static int disk_lookup(struct snapfs_tree *tree, const struct snapfs_node *paren
 
 /* ---- getattr ------------------------------------------------------------------ */
 
-/* The layers folder and a disk's: read-only folders, present while the domain is. */
-static int layers_folder_getattr(struct snapfs_tree *tree, const struct snapfs_node *node, struct stat *st)
-{
-    struct snapfs_domain *domain = tree_domain(tree, node);
-
-    if (!domain)
-        return -1;
-    host_domain_unref(domain);
-    tree_stat_dir(tree, st, 0555, tree->mounted);
-    tree_stat_ino(tree, node, st);
-    return 0;
-}
-
 /* A layer's times are its image's. */
 static int layer_getattr(struct snapfs_tree *tree, const struct snapfs_node *node, struct stat *st)
 {
@@ -282,7 +269,7 @@ static int layer_xattrs(struct snapfs_tree *tree, const struct snapfs_node *node
 const struct tree_kind tree_kind_layers = {
     .cache = SNAPFS_CACHE_SHORT,
     .lookup = layers_lookup,
-    .getattr = layers_folder_getattr,
+    .getattr = tree_domain_folder_getattr,
     .readdir = layers_readdir,
     .xattrs = layers_xattrs,
 };
@@ -290,7 +277,7 @@ const struct tree_kind tree_kind_layers = {
 const struct tree_kind tree_kind_disk = {
     .cache = SNAPFS_CACHE_SHORT,
     .lookup = disk_lookup,
-    .getattr = layers_folder_getattr,
+    .getattr = tree_domain_folder_getattr,
     .readdir = disk_readdir,
     .xattrs = disk_xattrs,
 };

@@ -46,9 +46,9 @@ struct tree_xattrs {
  * EINVAL, write EROFS; getattr is never NULL.
  */
 struct tree_kind {
-    /* Snapshots, layers and guest files: content, read-only (EROFS); snapfs's own folders refuse with EPERM. */
+    /* Snapshots, layers, live and guest files: content, read-only (EROFS); snapfs's own folders refuse with EPERM. */
     bool content;
-    /* How long the kernel may keep what the node says (FOREVER is LIVE below the live top layer). */
+    /* How long the kernel may keep what the node says (FOREVER is LIVE below the live top layer and live). */
     enum snapfs_cache cache;
     /* A domain's folder: mkdir and rmdir in it make and delete snapshots. */
     bool holds_snapshots;
@@ -82,8 +82,10 @@ extern const struct tree_kind tree_kind_layers, tree_kind_disk, tree_kind_layer;
 extern const struct tree_kind tree_kind_snapshot;
 /* guest-files.c */
 extern const struct tree_kind tree_kind_guest;
+/* live.c */
+extern const struct tree_kind tree_kind_live;
 
-/* kinds.c: the kind of @node; whether it is content (a snapshot, a layer or a guest file). */
+/* kinds.c: the kind of @node; whether it is content (a snapshot, a layer, live or a guest file). */
 const struct tree_kind *tree_kind_of(const struct snapfs_node *node);
 bool tree_is_content(const struct snapfs_node *node);
 /* Hands the entry @child, called @name, to a readdir callback, with its type and inode number only. */
@@ -100,6 +102,8 @@ struct snapfs_host *tree_host(struct snapfs_tree *tree, const struct snapfs_node
 struct snapfs_domain *tree_domain(struct snapfs_tree *tree, const struct snapfs_node *node);
 /* Layers and guest files are read from the image files: -1 with ENOTSUP where the host is not this machine. */
 int tree_check_local(struct snapfs_tree *tree, const struct snapfs_node *node);
+/* Whether @node is DOMAIN/live or a guest file below it. */
+bool tree_node_in_live(const struct snapfs_node *node);
 /* A copy of @parent that is of @kind: the start of every child node. */
 struct snapfs_node *tree_child_of_kind(const struct snapfs_node *parent, enum snapfs_node_kind kind);
 /* -1 with ENOENT: @name names nothing in its folder. */
@@ -109,6 +113,8 @@ char *tree_key_of(const struct snapfs_node *node);
 ino_t tree_ino(struct snapfs_tree *tree, const char *key);
 /* A folder of snapfs's own, owned by the mounting user; st_ino is left 0 (tree_stat_ino() sets it). */
 void tree_stat_dir(struct snapfs_tree *tree, struct stat *st, mode_t mode, time_t when);
+/* getattr of a read-only folder of snapfs's own in a domain (layers, a disk's, live): present while the domain is. */
+int tree_domain_folder_getattr(struct snapfs_tree *tree, const struct snapfs_node *node, struct stat *st);
 /* Gives @st the inode number of @node's key: stable while snapfs runs. */
 void tree_stat_ino(struct snapfs_tree *tree, const struct snapfs_node *node, struct stat *st);
 void tree_remember_error(struct snapfs_tree *tree, const struct snapfs_node *node, const char *what,
@@ -122,13 +128,15 @@ GPtrArray *tree_disk_chain(struct snapfs_domain *domain, const char *target);
 struct snapfs_layer *tree_layer_of(struct snapfs_domain *domain, const struct snapfs_node *node, GPtrArray **chain_out);
 char *tree_layer_identity(const struct snapfs_layer *layer, bool live);
 char *tree_snapshot_identity(const struct snapfs_snapshot *snap);
+/* What DOMAIN/live reads now: each disk's top image. */
+char *tree_live_identity(const struct snapfs_domain *domain);
 
-/* ---- views.c: the views of snapshots and layers (src/README.md, "Caches: lifetime and bound") ---- */
+/* ---- views.c: the views of snapshots, layers and live (src/README.md, "Caches: lifetime and bound") ---- */
 
 struct tree_view;
 struct tree_view *tree_view_ref(struct tree_view *tv);
 void tree_view_unref(struct tree_view *tv);
-/* The view behind a SNAPSHOT, LAYER or GUEST node (a reference), or NULL with the reason. */
+/* The view behind a SNAPSHOT, LAYER, LIVE or GUEST node (a reference), or NULL with the reason. */
 struct tree_view *tree_view_entry(struct snapfs_tree *tree, const struct snapfs_node *node);
 /* The guest reader's view behind a content node (a reference), or NULL with the reason. */
 struct guest_view *tree_guest_view(struct snapfs_tree *tree, const struct snapfs_node *node);
@@ -173,8 +181,8 @@ int tree_content_lookup(struct snapfs_tree *tree, const struct snapfs_node *pare
                         struct snapfs_node **child);
 int tree_content_readdir(struct snapfs_tree *tree, const struct snapfs_node *node, snapfs_dirent_fn fn,
                          void *opaque);
-/* Readdir of a snapshot's or a layer's root: a remote host's is an empty folder (user.snapfs.error says why). */
+/* Readdir of a snapshot's, a layer's or live's root: a remote host's is an empty folder (user.snapfs.error says why). */
 int tree_content_root_readdir(struct snapfs_tree *tree, const struct snapfs_node *node, snapfs_dirent_fn fn,
                               void *opaque);
-/* user.snapfs.error of a snapshot or a layer: why its root shows nothing, if it does not. */
+/* user.snapfs.error of a snapshot, a layer or live: why its root shows nothing, if it does not. */
 void tree_content_put_error(struct snapfs_tree *tree, const struct snapfs_node *node, struct tree_xattrs *list);

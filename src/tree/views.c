@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* Views of snapshots and layers: which images a content node reads, found once, and checked against the images before every read. */
+/* Views of snapshots, layers and live: which images a content node reads, found once, and checked against the images before every read. */
 #include "tree-priv.h"
 #include "snapfs/chain.h"
 #include "snapfs/error.h"
@@ -348,6 +348,31 @@ static char *views_of_layer(struct view_drives *v, const char *group, const char
     return g_strdup_printf("layer %u (%s) of disk '%s' of domain '%s'", index, layer->file, target, group);
 }
 
+/*
+ * The drives, id and label of live's view: every disk of @domain with an image, as its XML lists
+ * them now, each read through its whole chain from its top (what a snapshot made now would hold).
+ */
+static char *views_of_live(struct view_drives *v, const char *group, struct snapfs_domain *domain)
+{
+    g_autofree char *identity = tree_live_identity(domain);
+
+    tree_key_add(v->id, group);
+    g_string_append(v->id, "/live/");
+    tree_key_add(v->id, identity);
+    for (guint i = 0; i < domain->disks->len; i++) {
+        struct snapfs_disk *disk = g_ptr_array_index(domain->disks, i);
+        g_autoptr(GPtrArray) chain = NULL;
+
+        if (!disk->file)
+            continue;
+        chain = chain_read(disk->file, disk->format);
+        if (!chain)
+            return NULL;
+        views_add_layer(v, disk->target, chain, chain->len - 1, NULL);
+    }
+    return g_strdup_printf("live of domain '%s'", group);
+}
+
 /* The guest reader's view of @v, stamped with its images as they are now; NULL with the reason. */
 static struct tree_view *views_open(struct snapfs_tree *tree, const char *group, struct view_drives *v,
                                     const char *label, bool live)
@@ -371,7 +396,7 @@ static struct tree_view *views_open(struct snapfs_tree *tree, const char *group,
     return tv;
 }
 
-/* The view of snapshot @snap, or of layer @index of @chain (of disk @target) when @snap is NULL. */
+/* The view of snapshot @snap; of layer @index of @chain (of disk @target) when @snap is NULL; of live with no @chain either. */
 static struct tree_view *tree_make_view(struct snapfs_tree *tree, const char *group, struct snapfs_domain *domain,
                                         struct snapfs_snapshot *snap, const char *target, GPtrArray *chain,
                                         guint index)
@@ -383,10 +408,12 @@ static struct tree_view *tree_make_view(struct snapfs_tree *tree, const char *gr
     view_drives_init(&v);
     if (snap)
         label = views_of_snapshot(&v, group, domain, snap);
-    else
+    else if (chain)
         label = views_of_layer(&v, group, target, chain, index);
+    else
+        label = views_of_live(&v, group, domain);
     if (label)
-        tv = views_open(tree, group, &v, label, !snap && index == chain->len - 1);
+        tv = views_open(tree, group, &v, label, !snap && (!chain || index == chain->len - 1));
     view_drives_clear(&v);
     return tv;
 }
@@ -411,10 +438,12 @@ static void tree_register_group(struct snapfs_tree *tree, const char *group, str
 }
 
 /*
- * The view behind a SNAPSHOT, LAYER or GUEST node, found from libvirt and the
- * images; NULL with the reason.  A node stands for what it showed when it was
- * looked up: inside a snapshot deleted or a layer changed since (a shell's
- * working directory, which holds no handle), EIO.
+ * The view behind a SNAPSHOT, LAYER, LIVE or GUEST node, found from libvirt and
+ * the images; NULL with the reason.  A node stands for what it showed when it
+ * was looked up: inside a snapshot deleted or a layer changed since (a shell's
+ * working directory, which holds no handle), EIO.  But live is what the disks
+ * hold now, whenever it was looked up: a chain change there is no reason to
+ * fail a shell standing in it.
  */
 static struct tree_view *tree_find_view(struct snapfs_tree *tree, const struct snapfs_node *node)
 {
@@ -441,6 +470,8 @@ static struct tree_view *tree_find_view(struct snapfs_tree *tree, const struct s
                              node->snapshot, group, node->path ? node->path : "/");
         else
             view = tree_make_view(tree, group, domain, snap, NULL, NULL, 0);
+    } else if (tree_node_in_live(node)) {
+        view = tree_make_view(tree, group, domain, NULL, NULL, NULL, 0);
     } else if (tree_layer_of(domain, node, &chain)) {
         struct snapfs_layer *layer = g_ptr_array_index(chain, node->layer);
 
@@ -504,7 +535,7 @@ struct tree_view *tree_view_entry(struct snapfs_tree *tree, const struct snapfs_
     return tv;
 }
 
-/* A chain changed: which images a snapshot or layer reads must be found again. */
+/* A chain changed: which images a snapshot, a layer or live reads must be found again. */
 void tree_forget_views(struct snapfs_tree *tree)
 {
     g_mutex_lock(&tree->lock);

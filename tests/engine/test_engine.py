@@ -30,6 +30,7 @@ def build_chain(dom, engine, names):
     ("del\x7f", "EINVAL"),
     ("revert", "EEXIST"),
     ("layers", "EEXIST"),
+    ("live", "EEXIST"),
     ("before-upgrade", "OK"),
     ("with space", "OK"),
     ("ünïcödé", "OK"),
@@ -111,8 +112,8 @@ def test_refusals_change_nothing(make_domain, engine):
     blocker = dom.dir / (dom.name + "-vda.blocked")
     blocker.write_text("not an image")
     before = dom.fingerprint()
-    for name, err in [("s1", "EEXIST"), ("revert", "EEXIST"), ("layers", "EEXIST"), ("", "EINVAL"),
-                      (".Trash-0", "EINVAL"), ("a\nb", "EINVAL"), ("blocked", "EEXIST")]:
+    for name, err in [("s1", "EEXIST"), ("revert", "EEXIST"), ("layers", "EEXIST"), ("live", "EEXIST"),
+                      ("", "EINVAL"), (".Trash-0", "EINVAL"), ("a\nb", "EINVAL"), ("blocked", "EEXIST")]:
         result, _, msg = engine("create", dom.name, name)
         assert result == err, (name, msg)
         assert dom.fingerprint() == before, name

@@ -38,8 +38,8 @@ def test_demo_tree(demo_mount):
     mnt, env = demo_mount
     assert sorted(os.listdir(mnt)) == ["db01", "scratch", "web01"]
     assert sorted(os.listdir(os.path.join(mnt, "web01"))) == \
-        ["after-upgrade", "before-upgrade", "layers", "nightly-2026-11-24", "revert"]
-    assert sorted(os.listdir(os.path.join(mnt, "db01"))) == ["initial-load", "layers", "revert", "with-orders"]
+        ["after-upgrade", "before-upgrade", "layers", "live", "nightly-2026-11-24", "revert"]
+    assert sorted(os.listdir(os.path.join(mnt, "db01"))) == ["initial-load", "layers", "live", "revert", "with-orders"]
     layers = sorted(os.listdir(os.path.join(mnt, "web01", "layers", "vda")))
     assert layers == ["0-demo-template.qcow2", "1-web01.qcow2", "2-web01.before-upgrade",
                       "3-web01.after-upgrade", "4-web01.nightly-2026-11-24"]
@@ -58,7 +58,7 @@ def test_demo_runs_twice(demo_mount):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "warning" not in proc.stderr, proc.stderr[-3000:]
     assert is_mount(mnt)
-    assert sorted(os.listdir(os.path.join(mnt, "scratch"))) == ["layers", "revert"]
+    assert sorted(os.listdir(os.path.join(mnt, "scratch"))) == ["layers", "live", "revert"]
 
 
 def test_rotate(demo_mount):

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 # Guest files through a real mount: every byte, name, mode and link of snapshots and layers compared with the source trees.
 import errno
+import json
 import os
 import shutil
 import stat
@@ -8,17 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IMAGE_ROOT, REPO, run, virsh, guest_set_fixtures
+from conftest import IMAGE_ROOT, REPO, errno_of, run, virsh, wait_for, guest_set_fixtures
 
 FIXTURE = REPO / "tests" / "unit" / "guest-fixture.sh"
 
 
 class GuestSet:
     """The images of tests/unit/guest-fixture.sh behind four domains:
-    chain:    vda = base.raw <- layer1.qcow2 <- layer2.qcow2 <- top.qcow2, snapshot 'snap1' (freezes top: src2).
+    chain:    vda = base.raw <- layer1.qcow2 <- layer2.qcow2 <- top.qcow2, snapshot 'snap1' (freezes top: src2);
+              the overlay libvirt made for it, the live disk, then holds srclive (small.txt changed, live.txt new).
     running:  run.qcow2 over layer2.qcow2, started, live snapshot 'live1'.
     internal: a qcow2 whose internal snapshot 'int1' holds srcB while the image now holds srcA.
     blank:    a disk with no filesystem, snapshot 'empty1'.
+    os:       a small Linux on two disks, root (an overlay over osroot.raw) and /boot (osboot.qcow2), joined by fstab.
     """
 
     def __init__(self, images, doms):
@@ -29,11 +32,13 @@ class GuestSet:
         run("qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", d / "layer2.qcow2", d / "run.qcow2")
         shutil.copy(d / "internal.qcow2", d / "int.qcow2")
         run("qemu-img", "create", "-q", "-f", "qcow2", d / "blank.qcow2", "16M")
+        run("qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", d / "osroot.raw", d / "osroot.qcow2")
         for f in d.iterdir():
             if f.is_file():
                 f.chmod(0o644)
         self.chain = doms.define([("vda", d / "top.qcow2", "qcow2")], suffix="gchain")
         self.chain.snapshot("snap1")
+        self.write_top(self.chain, "srclive", "changed in the live disk\n")
         self.running = doms.define([("vda", d / "run.qcow2", "qcow2")], suffix="grun", start=True)
         self.running.snapshot("live1")
         self.internal = doms.define([("vda", d / "int.qcow2", "qcow2")], suffix="gint")
@@ -44,6 +49,24 @@ class GuestSet:
         (d / "a.raw").unlink()
         self.blank = doms.define([("vda", d / "blank.qcow2", "qcow2")], suffix="gblank")
         self.blank.snapshot("empty1")
+        self.os = doms.define([("vda", d / "osroot.qcow2", "qcow2"), ("vdb", d / "osboot.qcow2", "qcow2")],
+                              suffix="gos")
+
+    def write_top(self, dom, name, small):
+        """Makes DOM's top image (an overlay over top.qcow2) hold tree NAME: src2 with SMALL in small.txt, and live.txt."""
+        src = self.dir / name
+        shutil.rmtree(src, ignore_errors=True)
+        run("cp", "-a", self.dir / "src2", src)
+        (src / "small.txt").write_text(small)
+        (src / "live.txt").write_text(f"only in {name}\n")
+        raw, top = self.dir / f"{name}.raw", dom.top("vda")
+        # The UUID of guest-fixture.sh: the same filesystem, changed.
+        run("mkfs.ext4", "-q", "-F", "-U", "0f6c6a1e-5b53-4d7c-9a38-8c1b3b0e7a11", "-d", src, raw, "96M")
+        below = run("qemu-img", "info", "-U", "--output=json", top).stdout
+        os.unlink(top)
+        run("qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", "-B", json.loads(below)["backing-filename"],
+            "-F", "qcow2", raw, top)
+        raw.unlink()
 
     def src(self, name):
         return self.dir / name
@@ -250,3 +273,77 @@ def test_no_filesystem(guest, mnt):
     assert os.listdir(snap) == []
     why = os.getxattr(snap, "user.snapfs.error").decode()
     assert "no filesystem" in why and "blank" in why, why
+
+
+def test_live_reads_the_disks_now(guest, mnt):
+    """DOMAIN/live is the guest as the current top reads: where the top differs from the last snapshot, live/ shows
+    the top's bytes and the snapshot folder its own."""
+    dom = mnt / guest.chain.name
+    live = dom / "live"
+    assert os.listdir(dom) == ["revert", "layers", "live", "snap1"]
+    assert stat.S_ISDIR(os.stat(live).st_mode)
+    assert os.getxattr(live, "user.snapfs.live") == b"1"
+    assert os.listdir(live) == ["sda"]
+    assert (live / "sda" / "small.txt").read_text() == "changed in the live disk\n"
+    assert (dom / "snap1" / "sda" / "small.txt").read_text() == "changed in layer 2\n"
+    assert (live / "sda" / "live.txt").read_text() == "only in srclive\n"
+    assert not (dom / "snap1" / "sda" / "live.txt").exists()
+    want = sorted(os.listdir(guest.src("srclive")) + ["lost+found"])
+    assert sorted(os.listdir(live / "sda")) == want
+    assert (live / "sda" / "dir" / "f7").read_bytes() == guest.src("srclive").joinpath("dir", "f7").read_bytes()
+    assert "user.snapfs.error" not in os.listxattr(live)
+
+
+def test_live_is_read_only(guest, mnt):
+    dom = mnt / guest.chain.name
+    live = dom / "live"
+    f = live / "sda" / "small.txt"
+    attempts = {
+        "create": lambda: open(live / "sda" / "new-file", "w"),
+        "create at its root": lambda: open(live / "new-file", "w"),
+        "write": lambda: open(f, "r+b"),
+        "truncate": lambda: os.truncate(f, 0),
+        "unlink": lambda: os.unlink(f),
+        "mkdir": lambda: os.mkdir(live / "sda" / "made-here"),
+        "mkdir at its root": lambda: os.mkdir(live / "made-here"),
+        "rename": lambda: os.rename(f, live / "sda" / "moved"),
+        "setxattr": lambda: os.setxattr(f, "user.x", b"1"),
+    }
+    for what, call in attempts.items():
+        with pytest.raises(OSError) as e:
+            call()
+        assert e.value.errno == errno.EROFS, f"{what}: {e.value}"
+    assert errno_of(os.mkdir, live) == errno.EEXIST
+    assert errno_of(os.rmdir, live) == errno.EPERM
+    assert f.read_text() == "changed in the live disk\n"
+    assert guest.chain.snapshots() == ["snap1"]
+
+
+def test_live_of_a_running_domain(guest, mnt):
+    live = mnt / guest.running.name / "live"
+    assert os.getxattr(live, "user.snapfs.live") == b"1"
+    assert (live / "sda" / "small.txt").read_text() == "changed in layer 2\n"
+    assert (live / "sda" / "newdir" / "new2.txt").read_text() == "new in layer 2\n"
+    assert virsh("domstate", guest.running.name).stdout.strip() == "running"
+
+
+def test_live_follows_a_chain_change(guest, mnt):
+    """mkdir through the mount puts a new top on the disk: live/ reads it (a new view), the new snapshot what was."""
+    dom = mnt / guest.chain.name
+    assert (dom / "live" / "sda" / "small.txt").read_text() == "changed in the live disk\n"
+    os.mkdir(dom / "then")
+    guest.write_top(guest.chain, "srclive2", "changed after snapshot then\n")
+    assert wait_for(lambda: (dom / "live" / "sda" / "small.txt").read_text() == "changed after snapshot then\n",
+                    timeout=5)
+    assert (dom / "live" / "sda" / "live.txt").read_text() == "only in srclive2\n"
+    assert (dom / "then" / "sda" / "small.txt").read_text() == "changed in the live disk\n"
+
+
+def test_live_of_an_os_on_two_disks(guest, mnt):
+    """live/ reads every disk of the domain: where inspection finds an OS, its root with its fstab's mounts."""
+    live = mnt / guest.os.name / "live"
+    assert {"etc", "boot", "root", "bin", "usr"} <= set(os.listdir(live))
+    assert (live / "etc" / "hostname").read_text() == "testhost\n"
+    assert (live / "boot" / "vmlinuz-test").read_text() == "kernel\n"
+    assert (live / "root" / "note").read_text() == "root file\n"
+    assert os.stat(live / "boot").st_ino != os.stat(live / "etc").st_ino

@@ -288,7 +288,7 @@ def test_one_folder_per_host(mount, host2_up, remote_dom, local_dom):
     assert local_dom.name in local
     assert remote_dom.name not in local
     assert errno_of(os.stat, m.p("127.0.0.1", local_dom.name)) == errno.ENOENT
-    assert sorted(os.listdir(m.p("localhost", local_dom.name))) == ["layers", "revert"]
+    assert sorted(os.listdir(m.p("localhost", local_dom.name))) == ["layers", "live", "revert"]
 
 
 def test_names_on_clashes(mount, host2_up, remote_dom):
@@ -307,7 +307,7 @@ def test_names_on_clashes(mount, host2_up, remote_dom):
 def test_remote_snapshots_and_xattrs(mount, host2_up, remote_dom):
     m = mount("-c", host2_up.uri)
     d = m.p("127.0.0.1", remote_dom.name)
-    assert sorted(os.listdir(d)) == ["layers", "revert", "s1", "s2"]
+    assert sorted(os.listdir(d)) == ["layers", "live", "revert", "s1", "s2"]
     s1, s2 = xattrs(os.path.join(d, "s1")), xattrs(os.path.join(d, "s2"))
     assert "parent" not in s1
     assert s2["parent"] == "s1"
@@ -396,16 +396,16 @@ def _says_not_local(text):
 
 
 def test_nonlocal_host_has_no_files(mount, host2_up, remote_dom):
-    """Where the images are not files here, snapshots and layers are empty directories that say why: never a hang,
+    """Where the images are not files here, snapshots, live and layers are empty directories that say why: never a hang,
     never what a local file of the same name holds (here it would be the very image, and show host2.txt)."""
     m = mount("-c", host2_up.nonlocal_uri)
     assert sorted(os.listdir(m.p())) == [NONLOCAL_NAME, "localhost"]
     d = m.p(NONLOCAL_NAME, remote_dom.name)
-    assert sorted(os.listdir(d)) == ["layers", "revert", *remote_dom.snapshots()]
+    assert sorted(os.listdir(d)) == ["layers", "live", "revert", *remote_dom.snapshots()]
     # What libvirt's API tells still shows.
     assert xattrs(os.path.join(d, "s2"))["parent"] == "s1"
 
-    for snap in ("s1", "s2"):
+    for snap in ("s1", "s2", "live"):
         t0 = time.monotonic()
         assert listing(os.path.join(d, snap), timeout=10) == ("ok", []), snap
         assert time.monotonic() - t0 < 5, f"{snap} took {time.monotonic() - t0:.1f} s to say it is empty"
@@ -522,7 +522,7 @@ def test_host_killed_while_mounted(mount, host2_up, remote_dom, local_dom):
             outcome, value = call_with_timeout(fn, timeout=5)
             assert outcome != "hung", "a call below a host that is down hung"
         assert _local_works(m, local_dom)
-        assert listing(m.p("localhost", local_dom.name)) == ("ok", ["layers", "revert"])
+        assert listing(m.p("localhost", local_dom.name)) == ("ok", ["layers", "live", "revert"])
         assert wait_for(lambda: _down(m, "127.0.0.1"), timeout=DOWN_LIMIT, interval=0.2), \
             (f"{DOWN_LIMIT} s after the second libvirtd was killed, its folder holds "
              f"{listing(m.p('127.0.0.1'))} with xattrs {xattrs(m.p('127.0.0.1'))}")
@@ -547,7 +547,7 @@ def test_host_restarted_while_mounted(mount, host2_up, remote_dom):
                     "error" not in xattrs(m.p("127.0.0.1")), timeout=BACK_LIMIT, interval=0.2), \
         f"not back {BACK_LIMIT} s after the second libvirtd answered again:\n{m.stderr_text()[-3000:]}"
     print(f"back {time.monotonic() - t0:.1f} s after the second libvirtd answered")
-    assert sorted(os.listdir(m.p("127.0.0.1", remote_dom.name))) == ["layers", "revert", *remote_dom.snapshots()]
+    assert sorted(os.listdir(m.p("127.0.0.1", remote_dom.name))) == ["layers", "live", "revert", *remote_dom.snapshots()]
     assert xattrs(m.p("127.0.0.1", remote_dom.name, "s2"))["kind"] == "external"
 
 
@@ -734,7 +734,7 @@ def test_lazy_unmount_serves_open_folders_until_closed(mount, host2_up, remote_d
         run("fusermount3", "-u", "-z", m.path)
         time.sleep(2.5)   # past the second after which snapfs ends a session nobody uses
         assert m.proc.poll() is None, f"snapfs ended with a folder open:\n{m.stderr_text()[-3000:]}"
-        assert sorted(os.listdir(fd)) == ["layers", "revert", *remote_dom.snapshots()]
+        assert sorted(os.listdir(fd)) == ["layers", "live", "revert", *remote_dom.snapshots()]
     finally:
         os.close(fd)
     print(f"snapfs exited {_unmount_within(m):.1f} s after the last close")

@@ -91,7 +91,7 @@ def check_reverted(m, dom, snap):
     assert dom.current() == snap
     assert wait_for(lambda: read(m.p(dom.name, "revert")).rstrip("\n") == snap)
     listed = sorted(os.listdir(m.p(dom.name)))
-    assert sorted(["layers", "revert", *dom.snapshots()]) == listed
+    assert sorted(["layers", "live", "revert", *dom.snapshots()]) == listed
     dom.start()
     assert dom.state() == "running"
     dom.destroy()
@@ -129,7 +129,10 @@ def test_content_after_revert(mount, chained):
     state as the live disk did, the other snapshots as they always did."""
     dom = chained
     m = mount("-o", f"state_dir={dom.state_dir}")
+    # live/ read before the revert (another appliance start, the revert closes it) shows the revert after it.
+    assert read(m.p(dom.name, "live", "sda", "etc", "hostname")) == "live\n"
     write(m.p(dom.name, "revert"), "s2\n")
+    assert read(m.p(dom.name, "live", "sda", "etc", "hostname")) == "s2\n"
     kept = [s for s in dom.snapshots() if s.startswith("pre-revert-")]
     layers = sorted(os.listdir(m.p(dom.name, "layers", "vda")), key=lambda n: int(n.split("-", 1)[0]))
     # snapfs's own overlay says what it is; libvirt's own revert (libvirt 11) names it after the image below.

@@ -110,10 +110,10 @@ def test_mkdir_takes_a_snapshot(new_domain, mount):
 def test_mkdir_running(new_domain, mount):
     dom = new_domain(start=True)
     m = mount()
-    os.mkdir(m.p(dom.name, "live"))
+    os.mkdir(m.p(dom.name, "while-running"))
     assert dom.state() == "running"
-    assert dom.snapshots() == ["live"]
-    assert dom.top("vda").endswith(".live")
+    assert dom.snapshots() == ["while-running"]
+    assert dom.top("vda").endswith(".while-running")
 
 
 def test_bad_names_change_nothing(new_domain, mount):
@@ -122,7 +122,7 @@ def test_bad_names_change_nothing(new_domain, mount):
     os.mkdir(m.p(dom.name, "taken"))
     before = state_of(dom)
     for name, err in [("taken", errno.EEXIST), ("revert", errno.EEXIST), ("layers", errno.EEXIST),
-                      (".hidden", errno.EINVAL), (".Trash-0", errno.EINVAL), ("a\nb", errno.EINVAL),
+                      ("live", errno.EEXIST), (".hidden", errno.EINVAL), (".Trash-0", errno.EINVAL), ("a\nb", errno.EINVAL),
                       ("tab\tname", errno.EINVAL)]:
         assert errno_of(os.mkdir, m.p(dom.name, name)) == err, name
         assert state_of(dom) == before, name
@@ -227,7 +227,7 @@ def test_rmdir_middle_leaf_root(new_domain, mount, workdir, running):
         assert os.path.exists(base)
         assert dom.state() == ("running" if running else "shut off")
     assert dom.snapshots() == ["s3"]
-    assert sorted(os.listdir(m.p(dom.name))) == ["layers", "revert", "s3"]
+    assert sorted(os.listdir(m.p(dom.name))) == ["layers", "live", "revert", "s3"]
 
 
 def test_rmdir_internal(new_domain, mount, workdir):

@@ -123,15 +123,15 @@ def test_root_lists_domains(shared_mount, demo):
 
 
 def test_domain_dir_entries(shared_mount, demo):
-    assert sorted(os.listdir(shared_mount.p(demo.chain.name))) == ["layers", "revert", "s1", "s2", "s3"]
-    assert sorted(os.listdir(shared_mount.p(demo.internal.name))) == ["int1", "int2", "layers", "revert"]
-    assert sorted(os.listdir(shared_mount.p(demo.running.name))) == ["layers", "live1", "revert"]
+    assert sorted(os.listdir(shared_mount.p(demo.chain.name))) == ["layers", "live", "revert", "s1", "s2", "s3"]
+    assert sorted(os.listdir(shared_mount.p(demo.internal.name))) == ["int1", "int2", "layers", "live", "revert"]
+    assert sorted(os.listdir(shared_mount.p(demo.running.name))) == ["layers", "live", "live1", "revert"]
 
 
 def test_domain_without_snapshots(mount, domains):
     dom = domains.simple()
     m = mount()
-    assert sorted(os.listdir(m.p(dom.name))) == ["layers", "revert"]
+    assert sorted(os.listdir(m.p(dom.name))) == ["layers", "live", "revert"]
     assert read(m.p(dom.name, "revert")) == ""
     assert os.listdir(m.p(dom.name, "layers")) == ["vda"]
     assert len(os.listdir(m.p(dom.name, "layers", "vda"))) == 2
@@ -299,7 +299,7 @@ def test_writes_refused(shared_mount, demo):
             wrong.append(f"{what}: {errno.errorcode.get(e, e)}")
     assert not wrong, "expected EROFS or EPERM:\n" + "\n".join(wrong)
     # and nothing changed
-    assert sorted(os.listdir(m.p(d))) == ["layers", "revert", "s1", "s2", "s3"]
+    assert sorted(os.listdir(m.p(d))) == ["layers", "live", "revert", "s1", "s2", "s3"]
     assert demo.chain.snapshots() == ["s1", "s2", "s3"]
 
 
@@ -388,7 +388,7 @@ def test_awkward_names(mount, domains, images):
     root = os.listdir(m.path)
     for dom in made:
         assert dom.name in root, repr(dom.name)
-        assert sorted(os.listdir(m.p(dom.name))) == ["layers", "revert"]
+        assert sorted(os.listdir(m.p(dom.name))) == ["layers", "live", "revert"]
     listed = os.listdir(m.p(snaps.name))
     for snap in AWKWARD_SNAPSHOTS:
         assert snap in listed, repr(snap)
@@ -427,5 +427,5 @@ def test_libvirtd_restart(mount, demo):
     assert wait_for(in_step, timeout=15, interval=0.2), \
         f"no reconnect within 15 s after libvirtd restarted:\n{m.stderr_text()[-3000:]}"
     print(f"in step again {time.monotonic() - t0:.1f} s after libvirtd answered")
-    assert sorted(os.listdir(m.p(d))) == ["layers", "revert", "s1", "s2", "s3"]
+    assert sorted(os.listdir(m.p(d))) == ["layers", "live", "revert", "s1", "s2", "s3"]
     assert xattrs(m.p(d, "s2"))["parent"] == "s1"

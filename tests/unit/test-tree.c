@@ -5,6 +5,7 @@
 #include "snapfs/tree.h"
 
 #include "test-util.h"
+#include <libvirt/virterror.h>
 
 #include <errno.h>
 #include <stdio.h>
@@ -102,7 +103,7 @@ static void test_tree_listings(void)
     g_autofree char *layers = listing("/web01/layers/vda");
 
     g_assert_cmpstr(root, ==, "db 01 é/,web01/,");
-    g_assert_cmpstr(domain, ==, "revert,layers/,s1/,s2/,");
+    g_assert_cmpstr(domain, ==, "revert,layers/,live/,s1/,s2/,");
     g_assert_cmpstr(disks, ==, "vda/,");   /* the cdrom is no disk */
     g_assert_cmpstr(layers, ==, "0-base.qcow2/,1-web01.s1/,2-web01.s2/,");
 }
@@ -210,7 +211,7 @@ static void test_tree_errors(void)
 /* What each kind refuses, and with which errno: fs/ops.c answers the kernel with it unchanged. */
 static void test_tree_refusals_by_kind(void)
 {
-    const char *content[] = { "/web01/s1", "/web01/layers/vda/0-base.qcow2" };
+    const char *content[] = { "/web01/s1", "/web01/layers/vda/0-base.qcow2", "/web01/live" };
     const char *own[] = { "/", "/web01", "/web01/revert", "/web01/layers", "/web01/layers/vda" };
     struct snapfs_node *domain = lookup_path("/web01");
     struct snapfs_node *revert = lookup_path("/web01/revert");
@@ -278,6 +279,64 @@ static void test_tree_refusals_by_kind(void)
     tree_node_free(domain);
 }
 
+/* A snapshot libvirt has under NAME, made behind the tree's back (redefined, as a restore would), not current. */
+static void define_snapshot(const char *name)
+{
+    g_autoptr(virConnect) conn = host_conn(hosts[0]);
+    g_autoptr(virDomain) dom = conn ? virDomainLookupByName(conn, "web01") : NULL;
+    g_autofree char *domain_xml = dom ? virDomainGetXMLDesc(dom, VIR_DOMAIN_XML_INACTIVE) : NULL;
+    g_autofree char *xml = NULL;
+    g_autoptr(virDomainSnapshot) snap = NULL;
+
+    g_assert_nonnull(domain_xml);
+    xml = g_strdup_printf("<domainsnapshot><name>%s</name><creationTime>1700000200</creationTime>"
+                          "<state>shutoff</state><parent><name>s2</name></parent>"
+                          "<disks><disk name='vda' snapshot='internal'/></disks>%s</domainsnapshot>", name, domain_xml);
+    snap = virDomainSnapshotCreateXML(dom, xml, VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE);
+    if (!snap)
+        g_error("libvirt did not take snapshot '%s': %s", name, virGetLastErrorMessage());
+    host_invalidate(hosts[0], "web01");
+}
+
+/* DOMAIN/live: a reserved name, a folder of content that moves, read from the disks' tops now. */
+static void test_tree_live(void)
+{
+    struct snapfs_node *domain = lookup_path("/web01");
+    struct snapfs_node *live = lookup_path("/web01/live");
+    g_autofree char *flag = xattr("/web01/live", "user.snapfs.live");
+    g_autofree char *listed = NULL;
+    struct snapfs_domain *web01;
+    struct stat st;
+
+    g_assert_nonnull(live);
+    g_assert_cmpint(live->kind, ==, SNAPFS_NODE_LIVE);
+    g_assert_cmpint(tree_getattr(tree, live, &st), ==, 0);
+    g_assert_true(S_ISDIR(st.st_mode));
+    g_assert_cmpint(st.st_mode & 07777, ==, 0555);
+    g_assert_cmpint(tree_node_cache(live), ==, SNAPFS_CACHE_LIVE);
+    g_assert_cmpstr(flag, ==, "1");
+    g_assert_nonnull(strstr(live->identity, "/web01.s2"));
+    g_assert_cmpint(tree_mkdir(tree, domain, "live"), ==, -1);
+    g_assert_cmpint(error_errno(), ==, EEXIST);
+    g_assert_cmpint(tree_rmdir(tree, domain, "live"), ==, -1);
+    g_assert_cmpint(error_errno(), ==, EPERM);
+
+    /* One libvirt has under that name is not shown, and the name still finds live. */
+    define_snapshot("live");
+    web01 = host_get_domain(hosts[0], "web01");
+    g_assert_nonnull(host_domain_find_snapshot(web01, "live"));
+    host_domain_unref(web01);
+    listed = listing("/web01");
+    g_assert_cmpstr(listed, ==, "revert,layers/,live/,s1/,s2/,");
+    tree_node_free(live);
+    live = lookup_path("/web01/live");
+    g_assert_nonnull(live);
+    g_assert_cmpint(live->kind, ==, SNAPFS_NODE_LIVE);
+    g_assert_null(live->snapshot);
+    tree_node_free(live);
+    tree_node_free(domain);
+}
+
 static void test_tree_host_names(void)
 {
     struct snapfs_host *two[3];
@@ -325,6 +384,7 @@ int main(int argc, char **argv)
     g_test_add_func("/tree/errors", test_tree_errors);
     g_test_add_func("/tree/refusals-by-kind", test_tree_refusals_by_kind);
     g_test_add_func("/tree/host-names", test_tree_host_names);
+    g_test_add_func("/tree/live", test_tree_live);
     ret = g_test_run();
 
     tree_free(tree);
