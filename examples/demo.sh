@@ -187,12 +187,13 @@ cat <<EOF
 snapfs is mounted at $mnt: three demo VMs in a private libvirt ($uri).
 
   ls $mnt                                  web01  db01  scratch
-  ls $mnt/web01                            its snapshots, layers/ and revert
+  ls $mnt/web01                            its snapshots, layers/, live/ and revert
   ls $mnt/web01/layers/vda                 the backing chain, 0 = the template
   getfattr -d $mnt/web01/after-upgrade     parent, created, description, state, kind, current
   getfattr -d $mnt/web01/layers/vda/*      file, format, virtual_size, backing, snapshot
   cat $mnt/web01/revert                    the current snapshot
   cat $mnt/web01/before-upgrade/etc/hostname
+  cat $mnt/web01/live/etc/hostname         the guest's files now (read-only)
   diff -r $mnt/web01/before-upgrade $mnt/web01/nightly-2026-11-24
   ls $mnt/db01                             internal snapshots
   mkdir $mnt/scratch/first                 take a snapshot
