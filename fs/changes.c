@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* Changes: mkdir takes a snapshot, rmdir deletes one; rename, setattr and every other change are refused. */
+/* Changes: mkdir takes a snapshot, rmdir deletes one; inside live/ they and rename and setattr are the guest's (fs/live.c). */
 #include "ops-priv.h"
 
 #include <errno.h>
@@ -20,7 +20,9 @@ void fs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
 
     if (!dir)
         return;
-    if (tree_holds_snapshots(dir) && !fs_may_administer(req))
+    if (tree_in_live(dir))
+        fs_live_mkdir(req, parent, name, mode);
+    else if (tree_holds_snapshots(dir) && !fs_may_administer(req))
         fuse_reply_err(req, EACCES);
     else if (tree_mkdir(ctx->tree, dir, name) < 0)
         fs_reply_error(req, "mkdir", dir);
@@ -44,7 +46,9 @@ void fs_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 
     if (!dir)
         return;
-    if (tree_holds_snapshots(dir) && !fs_may_administer(req))
+    if (tree_in_live(dir))
+        fs_live_rmdir(req, parent, name);
+    else if (tree_holds_snapshots(dir) && !fs_may_administer(req))
         fuse_reply_err(req, EACCES);
     else if (tree_rmdir(fs_ctx(req)->tree, dir, name) < 0)
         fs_reply_error(req, "rmdir", dir);
@@ -64,8 +68,12 @@ void fs_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t n
 
     if (!dir)
         return;
-    tree_rename(dir, parent == newparent);
-    fs_reply_error(req, "rename", dir);
+    if (tree_in_live(dir)) {
+        fs_live_rename(req, parent, dir, name, newparent, newname, flags);
+    } else {
+        tree_rename(dir, parent == newparent);
+        fs_reply_error(req, "rename", dir);
+    }
     tree_node_free(dir);
 }
 
@@ -80,7 +88,9 @@ void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, s
 
     if (!node)
         return;
-    if (tree_is_control(node) && to_set == FUSE_SET_ATTR_SIZE && attr->st_size == 0 &&
+    if (tree_in_live(node) && node->path) {
+        fs_live_setattr(req, node, attr, to_set);
+    } else if (tree_is_control(node) && to_set == FUSE_SET_ATTR_SIZE && attr->st_size == 0 &&
         tree_getattr(fs_ctx(req)->tree, node, &st) == 0) {
         fuse_reply_attr(req, &st, 0.0);
     } else {
@@ -88,46 +98,4 @@ void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, s
         fs_reply_error(req, "setattr", node);
     }
     tree_node_free(node);
-}
-
-/* A change no node takes (tree_refuse_change()): EROFS in snapshots and layers, EPERM elsewhere, node errnos. */
-void fs_refuse(fuse_req_t req, fuse_ino_t ino, const char *what)
-{
-    struct snapfs_node *node = fs_node(req, ino);
-
-    if (!node)
-        return;
-    tree_refuse_change(node, what);
-    fs_reply_error(req, what, node);
-    tree_node_free(node);
-}
-
-/* mknod: refused (fs_refuse()): EROFS, EPERM, node errnos. */
-void fs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
-{
-    fs_refuse(req, parent, "mknod");
-}
-
-/* Creating a file: refused (fs_refuse()): EROFS, EPERM, node errnos. */
-void fs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi)
-{
-    fs_refuse(req, parent, "create a file");
-}
-
-/* unlink: refused (fs_refuse()), revert included: EROFS, EPERM, node errnos. */
-void fs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
-{
-    fs_refuse(req, parent, "unlink");
-}
-
-/* symlink: refused (fs_refuse()): EROFS, EPERM, node errnos. */
-void fs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
-{
-    fs_refuse(req, parent, "make a symlink");
-}
-
-/* Hard links: refused in the new parent (fs_refuse()): EROFS, EPERM, node errnos. */
-void fs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t parent, const char *name)
-{
-    fs_refuse(req, parent, "make a hard link");
 }

@@ -21,6 +21,7 @@ struct snapfs_options {
     unsigned kvm_timeout;
     unsigned cache_size;
     char *quiesce;
+    char *restore_keep;
     char *revert_keep;
     char *state_dir;
     char *allow_users;

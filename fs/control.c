@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /* The revert control file: what an open of it was written, gathered in order and carried out by a newline or the writer's close. */
 #include "ops-priv.h"
+#include "snapfs/error.h"
 #include "snapfs/log.h"
 
 #include <stdlib.h>
@@ -158,7 +159,13 @@ void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_
         return;
     control = tree_is_control(node) ? fs_control_of(fs_ctx(req), fi->fh) : NULL;
     if (!control) {
-        fuse_reply_err(req, EROFS);   /* only an open control file takes writes */
+        /* Else only a file of live/ opened for writing takes writes (fs/live.c). */
+        ssize_t n = tree_handle_write(fs_ctx(req)->tree, (struct snapfs_handle *)(uintptr_t)fi->fh, buf, size, offset);
+
+        if (n < 0)
+            fs_reply_error(req, "write", node);
+        else
+            fuse_reply_write(req, (size_t)n);
         tree_node_free(node);
         return;
     }
@@ -189,7 +196,11 @@ void fs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     int ret = 0;
 
     if (!control) {
-        fuse_reply_err(req, 0);
+        /* A file of live/ written through this handle: on the host's disk when close(2) returns. */
+        if (tree_handle_flush(fs_ctx(req)->tree, (struct snapfs_handle *)(uintptr_t)fi->fh) < 0)
+            fuse_reply_err(req, error_errno());
+        else
+            fuse_reply_err(req, 0);
         return;
     }
     if (!(node = fs_node(req, ino)))

@@ -23,6 +23,8 @@ fuse_ino_t fs_inodes_get(struct fs_inodes *inodes, fuse_ino_t parent, const char
 struct snapfs_node *fs_inodes_node(struct fs_inodes *inodes, fuse_ino_t ino);
 /* Counts @nlookup lookups forgotten; true when the kernel holds @ino no more and it is gone (never reused). */
 bool fs_inodes_forget(struct fs_inodes *inodes, fuse_ino_t ino, uint64_t nlookup);
+/* Guest path @from in live/ of @dir's domain was renamed to @to: the ids of it and of what is below it name @to now. */
+void fs_inodes_renamed(struct fs_inodes *inodes, const struct snapfs_node *dir, const char *from, const char *to);
 
 /*
  * The mount's state, the userdata of every request.  What no lock or atomic is named for is set

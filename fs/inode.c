@@ -137,6 +137,29 @@ fuse_ino_t fs_inodes_get(struct fs_inodes *inodes, fuse_ino_t parent, const char
     return ino;
 }
 
+void fs_inodes_renamed(struct fs_inodes *inodes, const struct snapfs_node *dir, const char *from, const char *to)
+{
+    size_t n = strlen(from);
+    GHashTableIter iter;
+    gpointer value;
+
+    g_mutex_lock(&inodes->lock);
+    g_hash_table_iter_init(&iter, inodes->by_ino);
+    while (g_hash_table_iter_next(&iter, NULL, &value)) {
+        struct snapfs_node *node = ((struct fs_inode *)value)->node;
+        char *path;
+
+        if (!node || !node->path || !tree_in_live(node) || node->host != dir->host ||
+            g_strcmp0(node->domain, dir->domain) != 0 || strncmp(node->path, from, n) != 0 ||
+            (node->path[n] != '\0' && node->path[n] != '/'))
+            continue;
+        path = g_strconcat(to, node->path + n, NULL);
+        g_free(node->path);
+        node->path = path;
+    }
+    g_mutex_unlock(&inodes->lock);
+}
+
 struct snapfs_node *fs_inodes_node(struct fs_inodes *inodes, fuse_ino_t ino)
 {
     struct fs_inode *inode;

@@ -92,14 +92,24 @@ void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 
 /* ---- fs/changes.c ------------------------------------------------------------------------ */
 
-/* A change no node takes (tree_refuse_change()): EROFS in snapshots and layers, EPERM elsewhere, node errnos. */
-void fs_refuse(fuse_req_t req, fuse_ino_t ino, const char *what);
-
 void fs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode);
 void fs_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name);
 void fs_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
                const char *newname, unsigned int flags);
 void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi);
+
+/* ---- fs/live.c: restoring into live/ ------------------------------------------------------ */
+
+/* The parts of mkdir, rmdir, rename, setattr, setxattr, removexattr and a writing open inside live/ (@node there). */
+void fs_live_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode);
+void fs_live_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name);
+void fs_live_rename(fuse_req_t req, fuse_ino_t parent, struct snapfs_node *dir, const char *name,
+                    fuse_ino_t newparent, const char *newname, unsigned int flags);
+void fs_live_setattr(fuse_req_t req, struct snapfs_node *node, struct stat *attr, int to_set);
+void fs_live_xattr(fuse_req_t req, struct snapfs_node *node, const char *name, const char *value, size_t size,
+                   bool remove);
+bool fs_live_open_write(fuse_req_t req, fuse_ino_t ino, struct snapfs_node *node, struct fuse_file_info *fi);
+void fs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi);
 void fs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev);
 void fs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi);
 void fs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name);

@@ -64,4 +64,5 @@ const struct fuse_lowlevel_ops fs_operations = {
     .listxattr = fs_listxattr,
     .removexattr = fs_removexattr,
     .create = fs_create,
+    .fsync = fs_fsync,
 };

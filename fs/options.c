@@ -33,6 +33,7 @@ static const struct fuse_opt option_spec[] = {
     OPTION("cache_size=%u", cache_size),
     OPTION("quiesce=%s", quiesce),
     OPTION("revert_keep=%s", revert_keep),
+    OPTION("restore_keep=%s", restore_keep),
     OPTION("state_dir=%s", state_dir),
     OPTION("allow_users=%s", allow_users),
     OPTION("allow_groups=%s", allow_groups),
@@ -127,6 +128,8 @@ void options_usage(const char *prog)
            "                           and data together, least recently used evicted (default %u)\n"
            "    -o quiesce=auto|on|off freeze guest filesystems through the agent for mkdir (auto)\n"
            "    -o revert_keep=on|off  keep the state a revert leaves as pre-revert-DATE (on)\n"
+           "    -o restore_keep=on|off snapshot a shut-off domain as pre-restore-DATE before the\n"
+           "                           first change to its live/ folder (on)\n"
            "    -o state_dir=DIR       where snapfs journals by-hand operations (" STATE_DIR_ROOT " for\n"
            "                           root, else $XDG_STATE_HOME/snapfs or ~/.local/state/snapfs)\n"
            "    -o allow_other         let other users in: root and those allow_users and\n"
@@ -183,6 +186,7 @@ void options_free(struct snapfs_options *options)
 {
     g_ptr_array_unref(options->uris);
     g_free(options->quiesce);
+    g_free(options->restore_keep);
     g_free(options->revert_keep);
     g_free(options->state_dir);
     g_free(options->allow_users);
@@ -270,6 +274,8 @@ bool options_build_admission(const struct snapfs_options *options, struct fs_con
 
 bool options_build_config(const struct snapfs_options *options, struct snapfs_tree_config *config)
 {
+    bool keep_restore;
+
     config->read_only = options->read_only;
     config->uid = getuid();
     config->gid = getgid();
@@ -290,8 +296,10 @@ bool options_build_config(const struct snapfs_options *options, struct snapfs_tr
         fprintf(stderr, "snapfs: -o quiesce takes auto, on or off, not '%s'\n", options->quiesce);
         return false;
     }
-    if (!parse_on_off(options->revert_keep, true, "revert_keep", &config->revert.keep))
+    if (!parse_on_off(options->revert_keep, true, "revert_keep", &config->revert.keep) ||
+        !parse_on_off(options->restore_keep, true, "restore_keep", &keep_restore))
         return false;
+    config->restore_keep_off = !keep_restore;
     config->revert.state_dir = options->state_dir ? g_strdup(options->state_dir) : state_dir_default();
     return true;
 }

@@ -56,7 +56,9 @@ void fs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *v
 
     if (!node)
         return;
-    if (tree_is_describable(node) && !fs_may_administer(req))
+    if (tree_in_live(node) && node->path)
+        fs_live_xattr(req, node, name, value, size, false);
+    else if (tree_is_describable(node) && !fs_may_administer(req))
         fuse_reply_err(req, EACCES);
     else if (tree_setxattr(fs_ctx(req)->tree, node, name, value, size) < 0)
         fs_reply_error(req, "setxattr", node);
@@ -65,8 +67,18 @@ void fs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *v
     tree_node_free(node);
 }
 
-/* No xattr can be removed (fs_refuse()): EROFS in snapshots and layers, EPERM elsewhere, node errnos. */
+/* Only a guest xattr of a file in live/ can be removed (fs/live.c); elsewhere fs_refuse(): EROFS, EPERM, node errnos. */
 void fs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
-    fs_refuse(req, ino, "remove an attribute");
+    struct snapfs_node *node = fs_node(req, ino);
+
+    if (!node)
+        return;
+    if (tree_in_live(node) && node->path) {
+        fs_live_xattr(req, node, name, NULL, 0, true);
+    } else {
+        tree_refuse_change(node, "remove an attribute");
+        fs_reply_error(req, "removexattr", node);
+    }
+    tree_node_free(node);
 }

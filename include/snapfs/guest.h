@@ -7,7 +7,7 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 
-/* One disk of a view, always opened read-only. */
+/* One disk of a view: opened read-only, unless the view is writable. */
 struct guest_drive {
     const char *file;              /* image path (the top of the chain to read) */
     const char *format;            /* "qcow2", "raw", ...; never probed */
@@ -21,6 +21,12 @@ struct guest_view_spec {
     const char *id;      /* unique and stable id of this view, e.g. "host/web01/snap/before" */
     const char *label;   /* what log lines call it: "snapshot 'before' of domain 'host/web01'" */
     bool live;           /* content changes under us (a running domain's top layer): cache briefly */
+    /*
+     * live/ of a shut-off domain being written (src/tree/restore.c): an appliance of its own that opens the
+     * images read-write and locked, mounts the filesystems read-write, ends once it is idle and nothing holds it,
+     * and is never started again (a new writable view is made then).  Implies live.
+     */
+    bool writable;
     size_t n_drives;
     const struct guest_drive *drives;
 };
@@ -107,6 +113,59 @@ ssize_t guest_view_read(struct guest_view *view, const char *path, char *buf, si
 /* Like getxattr(2)/listxattr(2): size 0 asks for the length. */
 ssize_t guest_view_getxattr(struct guest_view *view, const char *path, const char *name, char *buf, size_t size);
 ssize_t guest_view_listxattr(struct guest_view *view, const char *path, char *buf, size_t size);
+
+/*
+ * A change to a writable view (write.c): the guest's own calls, made in its appliance, path within the view.
+ * The view's caches are dropped after each one.
+ */
+enum guest_change_op {
+    GUEST_CREATE,     /* an empty regular file of @mode (type bits ignored) */
+    GUEST_MKDIR,      /* @mode */
+    GUEST_MKNOD,      /* a FIFO, socket or device of @mode, @rdev */
+    GUEST_UNLINK,
+    GUEST_RMDIR,
+    GUEST_RENAME,     /* @path to @other */
+    GUEST_SYMLINK,    /* @path, pointing to @other (stored as given, never resolved) */
+    GUEST_LINK,       /* @path, a hard link to the existing @other */
+    GUEST_CHMOD,      /* @mode's permission bits */
+    GUEST_CHOWN,      /* @uid and @gid, -1 to keep one; a symlink itself, never its target */
+    GUEST_TRUNCATE,   /* to @size */
+    GUEST_UTIMENS,    /* @times as utimensat(2) takes them (UTIME_NOW, UTIME_OMIT), a symlink itself */
+    GUEST_SETXATTR,   /* @name to @value of @size bytes, a symlink itself */
+    GUEST_REMOVEXATTR,
+};
+
+struct guest_change {
+    enum guest_change_op op;
+    const char *path;
+    const char *other;
+    mode_t mode;
+    dev_t rdev;
+    uid_t uid;
+    gid_t gid;
+    off_t size;
+    struct timespec times[2];
+    const char *name;
+    const void *value;
+};
+
+/* What @change is, for log lines and errors: "create a file", "rename". */
+const char *guest_change_name(enum guest_change_op op);
+/* Carry @change out in @view (writable): 0, or -1 with the guest's errno and the reason. */
+int guest_view_change(struct guest_view *view, const struct guest_change *change);
+/* Write @size bytes of @buf at @offset of file @path: the bytes written, or -1 with the reason. */
+ssize_t guest_view_write(struct guest_view *view, const char *path, const char *buf, size_t size, off_t offset);
+/* Everything written so far is on the host's disk (the guest's sync, flushed through qemu): 0, or -1 with the reason. */
+int guest_view_flush(struct guest_view *view);
+/* Files open for writing in @view (+1 when one opens, -1 when it closes): its appliance stays while any is. */
+void guest_view_hold(struct guest_view *view, int delta);
+/*
+ * Whether the appliance of a writable view ended (idle, killed, closed): the view takes no more calls, and
+ * whatever was written through it is on disk.  False for a view that never started one.
+ */
+bool guest_view_ended(struct guest_view *view);
+/* A writable appliance lets go of its images this long after its last call, once no file holds it. */
+#define GUEST_WRITER_IDLE_S 5
 
 /*
  * Why the view's root shows nothing (no filesystem found, image unreadable),

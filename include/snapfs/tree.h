@@ -47,6 +47,7 @@ struct snapfs_node {
 
 struct snapfs_tree_config {
     bool read_only;                      /* -o ro */
+    bool restore_keep_off;               /* -o restore_keep=off: no pre-restore snapshot before live/ is written */
     uid_t uid;                           /* owner shown for snapfs's own nodes */
     gid_t gid;
     struct engine_options engine;
@@ -126,6 +127,28 @@ ssize_t tree_handle_read(struct snapfs_tree *tree, struct snapfs_handle *handle,
  * handle whose view's images changed.  Set once, before anything is opened.
  */
 void tree_set_stale_fn(struct snapfs_tree *tree, void (*fn)(guint64 cookie, void *opaque), void *opaque);
+
+/*
+ * Restoring into live/ of a shut-off domain (src/tree/restore.c; everywhere else these refuse as
+ * tree_refuse_change() does, and in live/ of a running domain, with -o ro, a disk neither qcow2 nor
+ * raw, with EROFS and the reason).  The first change takes the pre-restore snapshot.
+ *
+ * tree_change(): @change (its path left NULL) on entry @name of folder @dir, or on @dir itself when
+ * @name is NULL; a rename's or a link's @other is a path within live/ (tree_in_live_path()).
+ */
+bool tree_in_live(const struct snapfs_node *node);
+int tree_change(struct snapfs_tree *tree, const struct snapfs_node *dir, const char *name,
+                struct guest_change *change);
+/* The path within live/ of @node, or of entry @name of it: NULL where @node is not inside live/. */
+char *tree_in_live_path(const struct snapfs_node *node, const char *name);
+/*
+ * @node opened for writing: the handle holds the writer (the domain's images stay locked) until
+ * released; NULL with the reason.  Writes go through it; flush makes what it wrote durable.
+ */
+struct snapfs_handle *tree_open_write(struct snapfs_tree *tree, const struct snapfs_node *node, guint64 cookie);
+ssize_t tree_handle_write(struct snapfs_tree *tree, struct snapfs_handle *handle, const char *buf, size_t size,
+                          off_t offset);
+int tree_handle_flush(struct snapfs_tree *tree, struct snapfs_handle *handle);
 
 /* Whether @node is a control file (revert): opened, it takes writes, and tree_read() makes its content. */
 bool tree_is_control(const struct snapfs_node *node);

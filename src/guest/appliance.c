@@ -14,6 +14,8 @@
 #include <unistd.h>
 
 #define GUEST_APPLIANCE_MEMSIZE 512
+/* How long a writable appliance may take to unmount and sync its filesystems when it closes. */
+#define GUEST_SETTLE_S 30
 
 char *guest_drive_key(const struct guest_drive *drive, bool live)
 {
@@ -70,7 +72,8 @@ static void appliance_add_drive(struct guest_appliance *app, const struct guest_
     ext->disk.file = g_strdup(drive->file);
     ext->disk.format = g_strdup(drive->format);
     ext->disk.internal = g_strdup(drive->internal_snapshot);
-    ext->disk.force_share = live;
+    ext->disk.force_share = live && !app->writable;
+    ext->disk.writable = app->writable;
     for (guint i = 0; i < chain->len; i++)
         g_ptr_array_add(files, g_strdup(((struct snapfs_layer *)g_ptr_array_index(chain, i))->file));
     g_ptr_array_add(files, NULL);
@@ -153,8 +156,62 @@ void guest_appliance_unref(struct guest_appliance *app)
 }
 
 /* Stop @app's qemu and its qemu-nbd servers.  Called with app->lock held (or the app unreachable). */
+/* What appliance_settle() waits for, and the thread that kills qemu past the deadline. */
+struct settle_guard {
+    GMutex lock;
+    GCond cond;
+    bool done;
+    struct guest_appliance *app;
+};
+
+static gpointer settle_guard_thread(gpointer data)
+{
+    struct settle_guard *guard = data;
+    gint64 deadline = g_get_monotonic_time() + GUEST_SETTLE_S * G_USEC_PER_SEC;
+
+    g_mutex_lock(&guard->lock);
+    while (!guard->done && g_cond_wait_until(&guard->cond, &guard->lock, deadline))
+        ;
+    if (!guard->done)
+        guest_appliance_kill(guard->app, g_strdup_printf("appliance %u of domain '%s' did not unmount its "
+                                                         "filesystems within %d s and was killed", guard->app->serial,
+                                                         guard->app->group, GUEST_SETTLE_S), true);
+    g_mutex_unlock(&guard->lock);
+    return NULL;
+}
+
+/*
+ * Unmount a writable appliance's filesystems and sync them (app lock held), within GUEST_SETTLE_S: past it
+ * qemu is killed (what close() and fsync() returned for is on disk already; the rest is the guest's journal's).
+ */
+static void appliance_settle(struct guest_appliance *app)
+{
+    struct settle_guard guard = { .app = app };
+    GThread *thread;
+
+    g_mutex_init(&guard.lock);
+    g_cond_init(&guard.cond);
+    thread = g_thread_new("snapfs-settle", settle_guard_thread, &guard);
+    if (guestfs_umount_all(app->g) < 0 || guestfs_sync(app->g) < 0 || guestfs_shutdown(app->g) < 0)
+        log_warn("appliance %u of domain '%s' did not let go of its images cleanly: %s", app->serial, app->group,
+                 guestfs_last_error(app->g) ? guestfs_last_error(app->g) : "killed");
+    else
+        log_info("appliance %u of domain '%s' unmounted its filesystems and let go of its images", app->serial,
+                 app->group);
+    g_mutex_lock(&guard.lock);
+    guard.done = true;
+    g_cond_signal(&guard.cond);
+    g_mutex_unlock(&guard.lock);
+    g_thread_join(thread);
+    g_mutex_clear(&guard.lock);
+    g_cond_clear(&guard.cond);
+}
+
 void guest_appliance_close(struct guest_appliance *app)
 {
+    /* A writable appliance's filesystems are unmounted cleanly and synced first, unless it was killed. */
+    if (app->writable && app->g && app->launched && !g_atomic_int_get(&app->dead))
+        appliance_settle(app);
     g_atomic_int_set(&app->dead, 1);
     if (app->g) {
         log_debug("closing appliance %u of domain '%s'", app->serial, app->group);
@@ -290,12 +347,13 @@ static int appliance_add_disks(struct guest_appliance *app, guestfs_h *g)
             g_autofree char *server = g_strdup_printf("unix:%s", ext->disk.socket);
             const char *servers[2] = { server, NULL };
 
-            r = guestfs_add_drive_opts(g, ext->export ? ext->export : "", GUESTFS_ADD_DRIVE_OPTS_READONLY, 1,
+            r = guestfs_add_drive_opts(g, ext->export ? ext->export : "", GUESTFS_ADD_DRIVE_OPTS_READONLY,
+                                       !ext->disk.writable,
                                        GUESTFS_ADD_DRIVE_OPTS_FORMAT, "raw",
                                        GUESTFS_ADD_DRIVE_OPTS_PROTOCOL, "nbd",
                                        GUESTFS_ADD_DRIVE_OPTS_SERVER, servers, -1);
         } else {
-            r = guestfs_add_drive_opts(g, ext->disk.file, GUESTFS_ADD_DRIVE_OPTS_READONLY, 1,
+            r = guestfs_add_drive_opts(g, ext->disk.file, GUESTFS_ADD_DRIVE_OPTS_READONLY, !ext->disk.writable,
                                        GUESTFS_ADD_DRIVE_OPTS_FORMAT, ext->disk.format, -1);
         }
         if (r < 0) {

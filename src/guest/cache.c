@@ -299,6 +299,15 @@ void guest_cache_view_clear(struct guest_view *view)
     g_mutex_unlock(&view->pool->cache_lock);
 }
 
+void guest_cache_view_forget(struct guest_view *view)
+{
+    g_mutex_lock(&view->pool->cache_lock);
+    g_hash_table_remove_all(view->nodes);
+    g_hash_table_remove_all(view->dirs);
+    g_mutex_unlock(&view->pool->cache_lock);
+    guest_data_forget(view->pool, view->id);
+}
+
 void guest_cache_set_cap(struct guest_pool *pool, size_t bytes, size_t data_bytes)
 {
     g_mutex_lock(&pool->cache_lock);

@@ -5,6 +5,7 @@
  * two files call each other (checked by listing each file's non-static functions and grepping
  * the others for them).
  *
+ *   write.c            changes to a writable view (live/ of a shut-off domain)
  *   xattrs.c, data.c   a view's xattrs; its file data in chunks
  *   paths.c            resolving a view's paths: attributes, listings, links
  *   view-mount.c       entering a view: its appliance chosen, started, the view mounted in it
@@ -57,6 +58,7 @@ struct guest_disk {
     char *format;
     char *internal;   /* internal snapshot read through qemu-nbd, or NULL */
     bool force_share; /* a live image (a view of it is cached briefly) */
+    bool writable;    /* a writable view's: opened read-write and locked */
     char *socket;     /* the NBD server's socket */
 };
 
@@ -124,6 +126,7 @@ struct guest_view {
     char *label;                   /* for log lines: "snapshot 'S' of domain 'H/D'" */
     char *group;
     bool live;
+    bool writable;                 /* see guest_view_spec */
     size_t n_drives;
     struct guest_drive *drives;
     GPtrArray *strings;
@@ -139,6 +142,7 @@ struct guest_view {
     gint labels;                   /* atomic: 0 not known yet, 1 a filesystem root carries an SELinux label, -1 none does */
     gint64 failed_at;              /* atomic: when the view last failed */
     gint failed_errno;             /* atomic: why, 0 once it works; set also by guest_view_leave() */
+    int holds;                     /* setup lock: files open for writing (a writable view's) */
 
     GMutex lock;                   /* error and dropped_at */
     char *error;
@@ -161,6 +165,8 @@ struct guest_appliance {
     char *own_view_key;
     unsigned serial;
     bool background;          /* set at creation: started in the background with the domain's views (see pool.c) */
+    bool writable;            /* set at creation: a writable view's own appliance (its disks read-write) */
+    gint holds;               /* atomic: a writable appliance's files open for writing; the idle timer leaves it */
     unsigned cap;             /* set at creation: the disks other views' drives may fill, beyond the asking view's own */
     GPtrArray *disks;         /* struct guest_disk *; pool lock until launching is set */
     bool launching;           /* pool lock: the disk list is fixed */
@@ -352,6 +358,8 @@ void guest_cache_set_cap(struct guest_pool *pool, size_t bytes, size_t data_byte
 /* A new view's node and listing tables, and dropping them with everything they count (cache lock taken). */
 void guest_cache_view_init(struct guest_view *view);
 void guest_cache_view_clear(struct guest_view *view);
+/* Drop everything @view cached (nodes, listings, file data): a writable view's, after a change. */
+void guest_cache_view_forget(struct guest_view *view);
 /* The xattrs of a guestfs_lgetxattrs() answer; lxattrlist's answer split per name (@n_names arrays). */
 GPtrArray *guest_xattrs_from_list(const struct guestfs_xattr_list *xl);
 GPtrArray **guest_xattrs_split(const struct guestfs_xattr_list *list, size_t n_names);

@@ -174,10 +174,17 @@ int guest_nbd_start_servers(struct guest_pool *pool, struct guest_appliance *app
         ext->disk.socket = g_strdup(socket);
         ext->export = g_strdup_printf("d%u", i);
         g_ptr_array_add(argv, g_strdup("--blockdev"));
-        g_ptr_array_add(argv, g_strdup_printf("driver=%s,node-name=%s,read-only=on,force-share=on,file.driver=file,"
-                                              "file.filename=%s,file.locking=off", ext->disk.format, ext->export, file));
+        /* A writable view's image is locked as a domain's is: the domain cannot start while it is written. */
+        if (ext->disk.writable)
+            g_ptr_array_add(argv, g_strdup_printf("driver=%s,node-name=%s,file.driver=file,file.filename=%s,"
+                                                  "file.locking=on", ext->disk.format, ext->export, file));
+        else
+            g_ptr_array_add(argv, g_strdup_printf("driver=%s,node-name=%s,read-only=on,force-share=on,"
+                                                  "file.driver=file,file.filename=%s,file.locking=off",
+                                                  ext->disk.format, ext->export, file));
         g_ptr_array_add(argv, g_strdup("--export"));
-        g_ptr_array_add(argv, g_strdup_printf("type=nbd,id=e%u,node-name=%s,name=%s", i, ext->export, ext->export));
+        g_ptr_array_add(argv, g_strdup_printf("type=nbd,id=e%u,node-name=%s,name=%s%s", i, ext->export, ext->export,
+                                              ext->disk.writable ? ",writable=on" : ""));
         plain++;
     }
     if (plain == 0)

@@ -45,7 +45,10 @@ static char *pool_own_view_key(struct guest_pool *pool, struct guest_view *view)
         lvm |= g_hash_table_contains(pool->lvm_disks, disk);
         g_string_append_printf(key, "%s%s", i ? "\n" : "", one);
     }
-    return lvm ? g_string_free(g_steal_pointer(&key), FALSE) : NULL;
+    /* A writable view never shares: its images are opened read-write, and no other view may see them half-written. */
+    if (view->writable)
+        g_string_prepend(key, "writable\n");
+    return lvm || view->writable ? g_string_free(g_steal_pointer(&key), FALSE) : NULL;
 }
 
 /*
@@ -119,7 +122,8 @@ static bool pool_make_room(struct guest_pool *pool, GPtrArray *evicted)
     for (guint i = 0; i < running->len && evicted->len < need; i++) {
         struct guest_appliance *a = g_ptr_array_index(running, i);
 
-        if (g_mutex_trylock(&a->lock))
+        /* A writable appliance holding open files is not evicted: they would fail with EIO. */
+        if ((!a->writable || g_atomic_int_get(&a->holds) == 0) && g_mutex_trylock(&a->lock))
             g_ptr_array_add(evicted, a);
     }
     if (evicted->len < need) {
@@ -206,6 +210,7 @@ static struct guest_appliance *pool_new_for(struct guest_pool *pool, struct gues
     struct guest_appliance *app = guest_appliance_new(pool, view->group);
 
     app->own_view_key = own_key;
+    app->writable = view->writable;
     app->cap = GUEST_FIRST_DISKS;
     guest_appliance_add_view(app, view, false);
     if (!app->own_view_key) {
@@ -421,6 +426,17 @@ void guest_pool_abort(struct guest_pool *pool)
 }
 
 /* Once a second: kill hung appliances, stop idle and retired ones. */
+/*
+ * Whether @app, @idle microseconds since its last call, is to close: after -o appliance_idle; a writable one
+ * after GUEST_WRITER_IDLE_S once no file open for writing holds it (it locks the domain's images).  Pool lock held.
+ */
+static bool pool_idle(struct guest_pool *pool, struct guest_appliance *app, gint64 idle)
+{
+    if (app->writable)
+        return g_atomic_int_get(&app->holds) == 0 && idle >= (gint64)GUEST_WRITER_IDLE_S * G_USEC_PER_SEC;
+    return pool->config.idle_seconds && idle >= (gint64)pool->config.idle_seconds * G_USEC_PER_SEC;
+}
+
 static gpointer pool_timer(gpointer data)
 {
     struct guest_pool *pool = data;
@@ -446,8 +462,7 @@ static gpointer pool_timer(gpointer data)
                                                     pool->config.limits.timeout_seconds), true);
                 continue;
             }
-            if (!g_atomic_int_get(&app->dead) && !g_atomic_int_get(&app->retire) &&
-                (!pool->config.idle_seconds || idle < (gint64)pool->config.idle_seconds * G_USEC_PER_SEC))
+            if (!g_atomic_int_get(&app->dead) && !g_atomic_int_get(&app->retire) && !pool_idle(pool, app, idle))
                 continue;
             if (!g_mutex_trylock(&app->lock))
                 continue;

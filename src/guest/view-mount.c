@@ -42,12 +42,15 @@ static const char *mount_options(const char *type)
 
 static int mount_one(struct guest_appliance *app, const char *device, const char *type, const char *where)
 {
+    /* A writable appliance mounts read-write, or not at all: a file shown must be one it can change. */
+    const char *options = app->writable ? "" : mount_options(type);
+
     /* blkid named the type already: mount(8) need not probe the device again. */
-    if (*type && guestfs_mount_vfs(app->g, mount_options(type), type, device, where) == 0)
+    if (*type && guestfs_mount_vfs(app->g, options, type, device, where) == 0)
         return 0;
-    if (guestfs_mount_options(app->g, mount_options(type), device, where) == 0)
+    if (guestfs_mount_options(app->g, options, device, where) == 0)
         return 0;
-    return guestfs_mount_ro(app->g, device, where);
+    return app->writable ? -1 : guestfs_mount_ro(app->g, device, where);
 }
 
 /* Mount for a view, and remember it: a later inspection unmounts everything and this mounts it again. */
@@ -455,6 +458,11 @@ static int view_mount(struct guest_view *view, struct guest_appliance *app)
     }
     if (view_mount_filesystems(view, app, fss, why) < 0)
         return -1;
+    /* What a writer creates takes the mode it asks for, as on the host (the kernel applied the caller's umask). */
+    if (app->writable && guestfs_umask(app->g, 0) < 0) {
+        guest_appliance_error(app, "set the umask of", view->prefix);
+        return -1;
+    }
     view->empty = view->mounts->len == 0;
     if (view->mounts->len == 0) {
         view_say_nothing_mounted(view, fss, why);
@@ -596,6 +604,11 @@ struct guest_appliance *guest_view_enter(struct guest_view *view)
         app = view_current_appliance(view);
         if (app)
             break;
+        if (view->writable && view->app) {
+            error_set(EIO, "%s: the appliance that wrote it ended (idle, or killed); open the file again",
+                      view->label);
+            break;
+        }
         /* The appliance stopped (idle, evicted, killed): the view moves to another one. */
         guest_appliance_unref(g_steal_pointer(&view->app));
         if (view_failed_recently(view))
@@ -610,6 +623,7 @@ struct guest_appliance *guest_view_enter(struct guest_view *view)
         if (tried == VIEW_TRY_MOUNTED) {
             /* The reference guest_pool_appliance_for() gave is the view's; the caller's is taken below. */
             view->app = app;
+            g_atomic_int_add(&app->holds, view->holds);
             g_atomic_int_set(&view->failed_errno, 0);
             guest_pool_fill_in(view->pool, app);
         } else if (tried == VIEW_TRY_FAILED) {
@@ -625,6 +639,25 @@ struct guest_appliance *guest_view_enter(struct guest_view *view)
     }
     g_mutex_unlock(&view->setup_lock);
     return app;
+}
+
+void guest_view_hold(struct guest_view *view, int delta)
+{
+    g_mutex_lock(&view->setup_lock);
+    view->holds += delta;
+    if (view->app)
+        g_atomic_int_add(&view->app->holds, delta);
+    g_mutex_unlock(&view->setup_lock);
+}
+
+bool guest_view_ended(struct guest_view *view)
+{
+    bool ended;
+
+    g_mutex_lock(&view->setup_lock);
+    ended = view->writable && view->app && (g_atomic_int_get(&view->app->dead) || g_atomic_int_get(&view->app->retire));
+    g_mutex_unlock(&view->setup_lock);
+    return ended;
 }
 
 void guest_view_leave(struct guest_view *view, struct guest_appliance *app)

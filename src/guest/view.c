@@ -40,7 +40,8 @@ struct guest_view *guest_pool_view(struct guest_pool *pool, const struct guest_v
     view->id = g_strdup(spec->id);
     view->label = g_strdup(spec->label ? spec->label : spec->id);
     view->group = g_strdup(spec->group ? spec->group : spec->id);
-    view->live = spec->live;
+    view->live = spec->live || spec->writable;
+    view->writable = spec->writable;
     view->strings = g_ptr_array_new_with_free_func(g_free);
     view->n_drives = spec->n_drives;
     view->drives = g_new0(struct guest_drive, spec->n_drives ? spec->n_drives : 1);

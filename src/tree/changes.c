@@ -175,9 +175,20 @@ static int changes_revert_domain(struct snapfs_tree *tree, virConnectPtr conn, c
 
 /* ---- the changes ------------------------------------------------------------------ */
 
+int tree_snapshot_now(struct snapfs_tree *tree, const struct snapfs_node *node, const char *name)
+{
+    return changes_carry_out(tree, node, "mkdir", name, changes_create_snapshot, name);
+}
+
 int tree_mkdir(struct snapfs_tree *tree, const struct snapfs_node *parent, const char *name)
 {
+    g_autofree char *group = NULL;
+
     if (changes_check_domain_folder(tree, parent, "create a snapshot") < 0)
+        return -1;
+    /* A snapshot freezes the top images: a writer of live/ must have let go of them first. */
+    group = tree_group(tree, parent);
+    if (tree_writer_end(tree, group, "cannot create a snapshot") < 0)
         return -1;
     if (engine_check_name(name) < 0 || changes_check_revertable(name) < 0) {
         tree_remember_error(tree, parent, "mkdir", name);

@@ -11,23 +11,30 @@ void tree_set_stale_fn(struct snapfs_tree *tree, void (*fn)(guint64 cookie, void
     tree->stale_opaque = opaque;
 }
 
-struct snapfs_handle *tree_open(struct snapfs_tree *tree, const struct snapfs_node *node, guint64 cookie)
+struct snapfs_handle *tree_handle_new(struct snapfs_tree *tree, const struct snapfs_node *node, struct tree_view *tv,
+                                      guint64 cookie)
 {
     struct snapfs_handle *handle = g_new0(struct snapfs_handle, 1);
 
-    if (node->kind == SNAPFS_NODE_GUEST || (tree_is_content(node) && host_is_local(tree_host(tree, node)))) {
-        handle->tv = tree_view_entry(tree, node);
-        if (!handle->tv) {
-            g_free(handle);
-            return NULL;
-        }
-    }
+    handle->tv = tv ? tree_view_ref(tv) : NULL;
     handle->node = tree_node_copy(node);
     handle->cookie = cookie;
     g_mutex_lock(&tree->lock);
     g_hash_table_add(tree->handles, handle);
     g_mutex_unlock(&tree->lock);
     return handle;
+}
+
+struct snapfs_handle *tree_open(struct snapfs_tree *tree, const struct snapfs_node *node, guint64 cookie)
+{
+    g_autoptr(tree_view) tv = NULL;
+
+    if (node->kind == SNAPFS_NODE_GUEST || (tree_is_content(node) && host_is_local(tree_host(tree, node)))) {
+        tv = tree_view_entry(tree, node);
+        if (!tv)
+            return NULL;
+    }
+    return tree_handle_new(tree, node, tv, cookie);
 }
 
 /* Files still open when the session ended (SIGTERM, a lazy unmount): no release will come for them. */
@@ -46,6 +53,8 @@ void tree_release(struct snapfs_tree *tree, struct snapfs_handle *handle)
     g_mutex_lock(&tree->lock);
     g_hash_table_remove(tree->handles, handle);
     g_mutex_unlock(&tree->lock);
+    if (handle->writing)
+        tree_restore_release(tree, handle);
     tree_view_unref(handle->tv);
     tree_node_free(handle->node);
     g_free(handle);
@@ -154,6 +163,8 @@ int tree_before_change(const char *label, const char *what, const char *const *f
     struct snapfs_tree *tree = opaque;
     g_autoptr(GHashTable) open = NULL;
 
+    if (tree_writer_end(tree, label, what) < 0)
+        return -1;
     g_mutex_lock(&tree->lock);
     open = handles_wait_closed(tree, files);
     if (g_hash_table_size(open) > 0) {

@@ -20,6 +20,10 @@ struct snapfs_tree {
     GHashTable *images;        /* lock: file -> struct view_image: the state views were last made on */
     GHashTable *handles;       /* lock: the set of struct snapfs_handle * open now */
     GHashTable *changing;      /* lock: file -> GThread * of the rmdir or revert changing it now */
+    GHashTable *writers;       /* lock: "host/domain" -> struct tree_view * of live/ being written (restore.c) */
+    GHashTable *written;       /* lock: "host/domain" -> tree_images_signature() of the tops its last writer left */
+    unsigned writers_made;     /* restore lock */
+    GMutex restore_lock;       /* one writer starts at a time (its pre-restore snapshot is taken once) */
     void (*stale_fn)(guint64 cookie, void *opaque);   /* set once, before the first open */
     void *stale_opaque;
 };
@@ -134,8 +138,10 @@ char *tree_live_identity(const struct snapfs_domain *domain);
 /* ---- views.c: the views of snapshots, layers and live (src/README.md, "Caches: lifetime and bound") ---- */
 
 struct tree_view;
+typedef struct tree_view tree_view;
 struct tree_view *tree_view_ref(struct tree_view *tv);
 void tree_view_unref(struct tree_view *tv);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(tree_view, tree_view_unref)
 /* The view behind a SNAPSHOT, LAYER, LIVE or GUEST node (a reference), or NULL with the reason. */
 struct tree_view *tree_view_entry(struct snapfs_tree *tree, const struct snapfs_node *node);
 /* The guest reader's view behind a content node (a reference), or NULL with the reason. */
@@ -150,12 +156,22 @@ bool tree_view_reads(const struct tree_view *tv, const char *const *files);
 char *tree_group(struct snapfs_tree *tree, const struct snapfs_node *node);
 void tree_forget_views(struct snapfs_tree *tree);
 void tree_view_image_free(gpointer data);
+/* Writers (live/ of a shut-off domain written, restore.c): started, found, ended before a snapshot operation. */
+struct tree_view *tree_writer_start(struct snapfs_tree *tree, const struct snapfs_node *node,
+                                    struct snapfs_domain *domain);
+struct tree_view *tree_writer_of(struct snapfs_tree *tree, const struct snapfs_node *node);
+int tree_writer_end(struct snapfs_tree *tree, const char *group, const char *what);
+unsigned tree_writer_open_files(struct snapfs_tree *tree, struct tree_view *tv);
+/* Each of @files (NULL-terminated) as it is now: inode and mtime; any change to one changes it. */
+char *tree_images_signature(const char *const *files);
 
 /* A file or directory open: it reads through the view it was opened on, or fails. */
 struct snapfs_handle {
     struct snapfs_node *node;
     struct tree_view *tv;   /* NULL where no guest content is behind it (a remote host's snapshot) */
     guint64 cookie;         /* handed to tree->stale_fn when the view's images change */
+    bool writing;           /* open for writing in live/: @tv is the writer, which it holds (restore.c) */
+    guint64 written;        /* bytes written through it, for the log line at its release */
 };
 
 /* ---- handles.c: open files and folders, and the changes they hold off ---- */
@@ -164,7 +180,16 @@ void tree_release_all(struct snapfs_tree *tree);
 int tree_before_change(const char *label, const char *what, const char *const *files, void *opaque);
 void tree_changes_done(struct snapfs_tree *tree);
 
+/* restore.c: a handle open for writing in live/ is released (what it wrote is logged; it holds the writer no more). */
+void tree_restore_release(struct snapfs_tree *tree, struct snapfs_handle *handle);
+/* A new handle of @node on @tv (a reference taken), in the table of open ones. */
+struct snapfs_handle *tree_handle_new(struct snapfs_tree *tree, const struct snapfs_node *node, struct tree_view *tv,
+                                      guint64 cookie);
+
 /* ---- changes.c: what acts on a domain ---- */
+
+/* Take snapshot @name of @node's domain now, as mkdir does (the pre-restore snapshot): 0, or -1 with the reason. */
+int tree_snapshot_now(struct snapfs_tree *tree, const struct snapfs_node *node, const char *name);
 
 /* The revert kind's write: a request to revert the domain (tree_write()). */
 int tree_revert_write(struct snapfs_tree *tree, const struct snapfs_node *node, const char *buf, size_t size,

@@ -375,7 +375,7 @@ static char *views_of_live(struct view_drives *v, const char *group, struct snap
 
 /* The guest reader's view of @v, stamped with its images as they are now; NULL with the reason. */
 static struct tree_view *views_open(struct snapfs_tree *tree, const char *group, struct view_drives *v,
-                                    const char *label, bool live)
+                                    const char *label, bool live, bool writable)
 {
     struct tree_view *tv;
 
@@ -388,6 +388,7 @@ static struct tree_view *views_open(struct snapfs_tree *tree, const char *group,
         .id = v->id->str,
         .label = label,
         .live = live,
+        .writable = writable,
         .n_drives = v->drives->len,
         .drives = (const struct guest_drive *)v->drives->data,
     });
@@ -413,9 +414,155 @@ static struct tree_view *tree_make_view(struct snapfs_tree *tree, const char *gr
     else
         label = views_of_live(&v, group, domain);
     if (label)
-        tv = views_open(tree, group, &v, label, !snap && (!chain || index == chain->len - 1));
+        tv = views_open(tree, group, &v, label, !snap && (!chain || index == chain->len - 1), false);
     view_drives_clear(&v);
     return tv;
+}
+
+/* ---- writers: live/ of a shut-off domain being written (restore.c) ---- */
+
+/*
+ * A new writable view of live of @domain, every disk's top read-write in an appliance of its own, and
+ * the view live reads from now on in place of the read-only one; NULL with the reason.  A writer
+ * lives as long as its appliance: each gets an id of its own, so no cache of an earlier one is
+ * reused.  Restore lock held.
+ */
+struct tree_view *tree_writer_start(struct snapfs_tree *tree, const struct snapfs_node *node,
+                                    struct snapfs_domain *domain)
+{
+    g_autofree char *group = tree_group(tree, node);
+    g_autofree char *label = NULL;
+    struct tree_view *tv = NULL;
+    struct view_drives v;
+
+    view_drives_init(&v);
+    label = views_of_live(&v, group, domain);
+    if (label) {
+        g_string_append_printf(v.id, "/writable/%u", ++tree->writers_made);
+        g_free(label);
+        label = g_strdup_printf("live of domain '%s' (written)", group);
+        tv = views_open(tree, group, &v, label, true, true);
+    }
+    view_drives_clear(&v);
+    if (!tv)
+        return NULL;
+    g_mutex_lock(&tree->lock);
+    g_hash_table_replace(tree->writers, g_strdup(group), tree_view_ref(tv));
+    g_mutex_unlock(&tree->lock);
+    return tv;
+}
+
+/* The top images a writer wrote (NULL-terminated), and the writer gone from the table.  Tree lock held. */
+static GStrv writer_take(struct snapfs_tree *tree, const char *group, struct tree_view *tv)
+{
+    GPtrArray *tops = g_ptr_array_new();
+
+    for (guint i = 0; i < tv->images->len; i++) {
+        struct view_image *img = &g_array_index(tv->images, struct view_image, i);
+
+        if (img->moving)
+            g_ptr_array_add(tops, g_strdup(img->file));
+    }
+    g_ptr_array_add(tops, NULL);
+    g_hash_table_remove(tree->writers, group);
+    return (GStrv)g_ptr_array_free(tops, FALSE);
+}
+
+/*
+ * Let the images that @group's writer wrote go: its appliance unmounts, syncs and ends (if it has not),
+ * and every other view and appliance that read those images is dropped, so that live and the top layer
+ * are read afresh.  No lock held.
+ */
+static void writer_let_go(struct snapfs_tree *tree, const char *group, GStrv tops)
+{
+    tree_forget_views(tree);
+    for (guint i = 0; tops && tops[i]; i++)
+        guest_pool_forget_file(tree->guests, tops[i]);
+    /* As the writer left them: until anything else changes them, its pre-restore snapshot still undoes it all. */
+    g_mutex_lock(&tree->lock);
+    g_hash_table_replace(tree->written, g_strdup(group), tree_images_signature((const char *const *)tops));
+    g_mutex_unlock(&tree->lock);
+}
+
+char *tree_images_signature(const char *const *files)
+{
+    GString *s = g_string_new(NULL);
+
+    for (guint i = 0; files && files[i]; i++) {
+        struct stat st;
+
+        if (stat(files[i], &st) == 0)
+            g_string_append_printf(s, "%s:%llu:%lld.%09ld;", files[i], (unsigned long long)st.st_ino,
+                                   (long long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
+    }
+    return g_string_free(s, FALSE);
+}
+
+/*
+ * The writer of @node's domain, if one is running (a reference); NULL if none.  One whose
+ * appliance ended is let go here: live reads the disks read-only again.
+ */
+struct tree_view *tree_writer_of(struct snapfs_tree *tree, const struct snapfs_node *node)
+{
+    g_autofree char *group = tree_group(tree, node);
+    g_auto(GStrv) tops = NULL;
+    struct tree_view *tv;
+
+    g_mutex_lock(&tree->lock);
+    tv = g_hash_table_lookup(tree->writers, group);
+    if (tv && guest_view_ended(tv->view)) {
+        tops = writer_take(tree, group, tv);
+        tv = NULL;
+    } else if (tv) {
+        tree_view_ref(tv);
+    }
+    g_mutex_unlock(&tree->lock);
+    if (tops) {
+        log_info("domain '%s': the appliance that wrote into live/ let go of its images", group);
+        writer_let_go(tree, group, tops);
+    }
+    return tv;
+}
+
+/*
+ * Before a snapshot operation on @group: its writer, if any, ends first (its appliance unmounts and lets go
+ * of the images); -1 with EBUSY while files are open for writing in live/.
+ */
+int tree_writer_end(struct snapfs_tree *tree, const char *group, const char *what)
+{
+    g_auto(GStrv) tops = NULL;
+    struct tree_view *tv;
+
+    g_mutex_lock(&tree->lock);
+    tv = g_hash_table_lookup(tree->writers, group);
+    if (tv && tree_writer_open_files(tree, tv) > 0) {
+        g_mutex_unlock(&tree->lock);
+        error_set(EBUSY, "%s: files are open for writing in live/ of domain '%s'; close them and try again",
+                  what, group);
+        return -1;
+    }
+    if (tv)
+        tops = writer_take(tree, group, tv);
+    g_mutex_unlock(&tree->lock);
+    if (tops)
+        writer_let_go(tree, group, tops);
+    return 0;
+}
+
+/* How many handles open for writing use @tv.  Tree lock held. */
+unsigned tree_writer_open_files(struct snapfs_tree *tree, struct tree_view *tv)
+{
+    GHashTableIter iter;
+    gpointer key;
+    unsigned n = 0;
+
+    g_hash_table_iter_init(&iter, tree->handles);
+    while (g_hash_table_iter_next(&iter, &key, NULL)) {
+        struct snapfs_handle *handle = key;
+
+        n += handle->writing && handle->tv == tv;
+    }
+    return n;
 }
 
 /*
@@ -471,7 +618,9 @@ static struct tree_view *tree_find_view(struct snapfs_tree *tree, const struct s
         else
             view = tree_make_view(tree, group, domain, snap, NULL, NULL, 0);
     } else if (tree_node_in_live(node)) {
-        view = tree_make_view(tree, group, domain, NULL, NULL, NULL, 0);
+        view = tree_writer_of(tree, node);
+        if (!view)
+            view = tree_make_view(tree, group, domain, NULL, NULL, NULL, 0);
     } else if (tree_layer_of(domain, node, &chain)) {
         struct snapfs_layer *layer = g_ptr_array_index(chain, node->layer);
 
@@ -515,6 +664,9 @@ struct tree_view *tree_view_entry(struct snapfs_tree *tree, const struct snapfs_
     g_autofree char *key = NULL;
     struct tree_view *tv;
 
+    /* While live is written, it is read through the writer, never cached as the read-only view is. */
+    if (tree_node_in_live(node) && (tv = tree_writer_of(tree, node)))
+        return tv;
     if (!node->identity)
         return tree_find_view(tree, node);
     key = views_key_of(node);
