@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* The live kind: DOMAIN/live, the guest as the domain's disks read now, read-only for now. */
+/* The live kind: DOMAIN/live, the guest as the domain's disks read now (written while shut off: restore.c). */
 
 /*
  * Policy.  live is a snapshot folder of the present: every disk of the domain, read through its
@@ -7,7 +7,7 @@
  * it).  Its content moves, so the kernel and the guest reader keep it briefly, as the live top
  * layer's; its identity is the disks' top images, so a chain change makes it another folder
  * with another view.  A remote host's is an empty folder whose user.snapfs.error says why.
- * Writes are refused with EROFS as in snapshots (src/README.md, "The tree and its names").
+ * Changes below it are restore.c's (src/README.md, "Restoring into live").
  */
 #include "tree-priv.h"
 
@@ -23,7 +23,7 @@ const struct tree_kind tree_kind_live = {
     .content = true,
     .cache = SNAPFS_CACHE_LIVE,
     .lookup = tree_content_lookup,
-    .getattr = tree_domain_folder_getattr,   /* never writable for now, whatever -o ro says */
+    .getattr = tree_domain_folder_getattr,
     .readdir = tree_content_root_readdir,
     .xattrs = live_xattrs,
 };
