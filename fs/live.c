@@ -106,10 +106,7 @@ void fs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t parent, const char *name
 
     if (!node)
         return;
-    if (!other && tree_in_live(node))
-        fuse_reply_err(req, EXDEV);
-    else
-        live_make(req, parent, name, &(struct guest_change){ .op = GUEST_LINK, .other = other });
+    live_make(req, parent, name, &(struct guest_change){ .op = GUEST_LINK, .other = other });
     tree_node_free(node);
 }
 

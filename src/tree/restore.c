@@ -187,6 +187,10 @@ int tree_change(struct snapfs_tree *tree, const struct snapfs_node *dir, const c
 
     if (!tree_node_in_live(dir))
         return tree_refuse_change(dir, what);
+    if ((change->op == GUEST_LINK || change->op == GUEST_RENAME) && !change->other) {
+        error_set(EXDEV, "cannot %s from outside live/ into it", what);
+        return -1;
+    }
     if (!name && !dir->path) {
         error_set(EPERM, "cannot %s live/ itself: it is the guest's root", what);
         return -1;

@@ -185,6 +185,8 @@ def test_changes_in_live(restore, mnt):
     os.removexattr(d / "b", "user.note")
     assert "user.note" not in os.listxattr(d / "b")
     assert errno_of(os.setxattr, d / "b", "user.snapfs.error", b"x") == errno.EPERM
+    snap_file = mnt / restore.shut.name / "nightly" / "sda" / "etc" / "keep.txt"
+    assert errno_of(os.link, snap_file, d / "from-a-snapshot") == errno.EXDEV
     os.rename(d, live / "etc" / "work2")
     assert sorted(os.listdir(live / "etc" / "work2")) == ["b", "link"]
     assert errno_of(os.rmdir, live / "etc" / "work2") == errno.ENOTEMPTY
