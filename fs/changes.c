@@ -13,24 +13,18 @@
  */
 void fs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
 {
-    struct fs_context *ctx = fs_ctx(req);
     struct snapfs_node *dir = fs_node(req, parent);
-    struct snapfs_node *child = NULL;
-    struct stat st;
 
     if (!dir)
         return;
-    if (tree_in_live(dir))
+    if (tree_node_in_live(dir))
         fs_live_mkdir(req, parent, name, mode);
     else if (tree_holds_snapshots(dir) && !fs_may_administer(req))
         fuse_reply_err(req, EACCES);
-    else if (tree_mkdir(ctx->tree, dir, name) < 0)
-        fs_reply_error(req, "mkdir", dir);
-    else if (tree_lookup(ctx->tree, dir, name, &child, &st) < 0)
+    else if (tree_mkdir(fs_ctx(req)->tree, dir, name) < 0)
         fs_reply_error(req, "mkdir", dir);
     else
-        fs_entry(req, parent, name, child, &st);
-    tree_node_free(child);
+        fs_reply_made(req, parent, dir, name, "mkdir");
     tree_node_free(dir);
 }
 
@@ -46,7 +40,7 @@ void fs_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 
     if (!dir)
         return;
-    if (tree_in_live(dir))
+    if (tree_node_in_live(dir))
         fs_live_rmdir(req, parent, name);
     else if (tree_holds_snapshots(dir) && !fs_may_administer(req))
         fuse_reply_err(req, EACCES);
@@ -68,7 +62,7 @@ void fs_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t n
 
     if (!dir)
         return;
-    if (tree_in_live(dir)) {
+    if (tree_node_in_live(dir)) {
         fs_live_rename(req, parent, dir, name, newparent, newname, flags);
     } else {
         tree_rename(dir, parent == newparent);
@@ -88,7 +82,7 @@ void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, s
 
     if (!node)
         return;
-    if (tree_in_live(node) && node->path) {
+    if (tree_node_in_live(node) && node->path) {
         fs_live_setattr(req, node, attr, to_set);
     } else if (tree_is_control(node) && to_set == FUSE_SET_ATTR_SIZE && attr->st_size == 0 &&
         tree_getattr(fs_ctx(req)->tree, node, &st) == 0) {

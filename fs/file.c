@@ -26,7 +26,7 @@ void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         } else {
             fs_control_open(ctx, req, fi);
         }
-    } else if (writing && tree_in_live(node) && node->path) {
+    } else if (writing && tree_node_in_live(node) && node->path) {
         fs_live_open_write(req, ino, node, fi);
     } else if (tree_check_open(node, writing) < 0 || !(handle = tree_open(ctx->tree, node, ino))) {
         fs_reply_error(req, "open", node);

@@ -149,7 +149,7 @@ void fs_inodes_renamed(struct fs_inodes *inodes, const struct snapfs_node *dir, 
         struct snapfs_node *node = ((struct fs_inode *)value)->node;
         char *path;
 
-        if (!node || !node->path || !tree_in_live(node) || node->host != dir->host ||
+        if (!node || !node->path || !tree_node_in_live(node) || node->host != dir->host ||
             g_strcmp0(node->domain, dir->domain) != 0 || strncmp(node->path, from, n) != 0 ||
             (node->path[n] != '\0' && node->path[n] != '/'))
             continue;

@@ -18,7 +18,7 @@
 /* Whether a change inside live/ (@node is there) may be asked by this caller: if not, EACCES is answered. */
 static bool live_admitted(fuse_req_t req, const struct snapfs_node *node)
 {
-    if (!tree_in_live(node) || fs_may_administer(req))
+    if (!tree_node_in_live(node) || fs_may_administer(req))
         return true;
     fuse_reply_err(req, EACCES);
     return false;
@@ -37,20 +37,17 @@ static int live_change(fuse_req_t req, fuse_ino_t dir_ino, const struct snapfs_n
 /* @change making entry @name of folder @parent, answered with the new entry; node errnos for @parent. */
 static void live_make(fuse_req_t req, fuse_ino_t parent, const char *name, struct guest_change *change)
 {
-    struct fs_context *ctx = fs_ctx(req);
     struct snapfs_node *dir = fs_node(req, parent);
-    struct snapfs_node *child = NULL;
-    struct stat st;
+    const char *op = guest_change_name(change->op);
 
     if (!dir)
         return;
-    if (!live_admitted(req, dir))
-        ;
-    else if (live_change(req, parent, dir, name, change) < 0 || tree_lookup(ctx->tree, dir, name, &child, &st) < 0)
-        fs_reply_error(req, guest_change_name(change->op), dir);
-    else
-        fs_entry(req, parent, name, child, &st);
-    tree_node_free(child);
+    if (live_admitted(req, dir)) {
+        if (live_change(req, parent, dir, name, change) < 0)
+            fs_reply_error(req, op, dir);
+        else
+            fs_reply_made(req, parent, dir, name, op);
+    }
     tree_node_free(dir);
 }
 
@@ -61,12 +58,12 @@ static void live_remove(fuse_req_t req, fuse_ino_t parent, const char *name, str
 
     if (!dir)
         return;
-    if (!live_admitted(req, dir))
-        ;
-    else if (live_change(req, parent, dir, name, change) < 0)
-        fs_reply_error(req, guest_change_name(change->op), dir);
-    else
-        fuse_reply_err(req, 0);
+    if (live_admitted(req, dir)) {
+        if (live_change(req, parent, dir, name, change) < 0)
+            fs_reply_error(req, guest_change_name(change->op), dir);
+        else
+            fuse_reply_err(req, 0);
+    }
     tree_node_free(dir);
 }
 
@@ -205,26 +202,25 @@ void fs_live_xattr(fuse_req_t req, struct snapfs_node *node, const char *name, c
         fuse_reply_err(req, 0);
 }
 
-/* A file of live/ opened for writing: held until its release; O_TRUNC empties it.  0, or an errno answered. */
-bool fs_live_open_write(fuse_req_t req, fuse_ino_t ino, struct snapfs_node *node, struct fuse_file_info *fi)
+/* A file of live/ opened for writing, answered: held until its release; O_TRUNC empties it. */
+void fs_live_open_write(fuse_req_t req, fuse_ino_t ino, struct snapfs_node *node, struct fuse_file_info *fi)
 {
     struct fs_context *ctx = fs_ctx(req);
     struct snapfs_handle *handle;
 
     if (!live_admitted(req, node))
-        return false;
+        return;
     handle = tree_open_write(ctx->tree, node, ino);
     if (!handle || ((fi->flags & O_TRUNC) &&
                     tree_change(ctx->tree, node, NULL, &(struct guest_change){ .op = GUEST_TRUNCATE }) < 0)) {
         fs_reply_error(req, "open", node);
         tree_release(ctx->tree, handle);
-        return false;
+        return;
     }
     fi->fh = (uintptr_t)handle;
     fi->keep_cache = 0;
     if (!fs_reply_open(ctx, req, fi))
         tree_release(ctx->tree, handle);
-    return true;
 }
 
 /* A new file in live/, open for writing (errnos above). */

@@ -47,6 +47,8 @@ void fs_reply_error(fuse_req_t req, const char *op, const struct snapfs_node *no
 /* Answers a lookup (or mkdir) of @name in @parent with @node and its attributes, counting the lookup. */
 void fs_entry(fuse_req_t req, fuse_ino_t parent, const char *name, const struct snapfs_node *node,
               const struct stat *st);
+/* Entry @name was just made in folder @dir (id @parent): answers it as a lookup would, or @op's error. */
+void fs_reply_made(fuse_req_t req, fuse_ino_t parent, const struct snapfs_node *dir, const char *name, const char *op);
 /* Answers an open and counts the handle until its release; false when the opener was interrupted (no release comes). */
 bool fs_reply_open(struct fs_context *ctx, fuse_req_t req, struct fuse_file_info *fi);
 
@@ -108,7 +110,7 @@ void fs_live_rename(fuse_req_t req, fuse_ino_t parent, struct snapfs_node *dir, 
 void fs_live_setattr(fuse_req_t req, struct snapfs_node *node, struct stat *attr, int to_set);
 void fs_live_xattr(fuse_req_t req, struct snapfs_node *node, const char *name, const char *value, size_t size,
                    bool remove);
-bool fs_live_open_write(fuse_req_t req, fuse_ino_t ino, struct snapfs_node *node, struct fuse_file_info *fi);
+void fs_live_open_write(fuse_req_t req, fuse_ino_t ino, struct snapfs_node *node, struct fuse_file_info *fi);
 void fs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi);
 void fs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev);
 void fs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi);

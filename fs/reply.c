@@ -61,6 +61,18 @@ void fs_entry(fuse_req_t req, fuse_ino_t parent, const char *name,
         fs_inodes_forget(fs_ctx(req)->inodes, entry.ino, 1);
 }
 
+void fs_reply_made(fuse_req_t req, fuse_ino_t parent, const struct snapfs_node *dir, const char *name, const char *op)
+{
+    struct snapfs_node *child = NULL;
+    struct stat st;
+
+    if (tree_lookup(fs_ctx(req)->tree, dir, name, &child, &st) < 0)
+        fs_reply_error(req, op, dir);
+    else
+        fs_entry(req, parent, name, child, &st);
+    tree_node_free(child);
+}
+
 /*
  * Answers an open and counts the handle the kernel then holds, until its release: the exit watcher
  * (fs/main.c) must know whether anyone still uses a mount that has gone from its namespace.  False

@@ -56,7 +56,7 @@ void fs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *v
 
     if (!node)
         return;
-    if (tree_in_live(node) && node->path)
+    if (tree_node_in_live(node) && node->path)
         fs_live_xattr(req, node, name, value, size, false);
     else if (tree_is_describable(node) && !fs_may_administer(req))
         fuse_reply_err(req, EACCES);
@@ -74,7 +74,7 @@ void fs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 
     if (!node)
         return;
-    if (tree_in_live(node) && node->path) {
+    if (tree_node_in_live(node) && node->path) {
         fs_live_xattr(req, node, name, NULL, 0, true);
     } else {
         tree_refuse_change(node, "remove an attribute");

@@ -136,7 +136,8 @@ void tree_set_stale_fn(struct snapfs_tree *tree, void (*fn)(guint64 cookie, void
  * tree_change(): @change (its path left NULL) on entry @name of folder @dir, or on @dir itself when
  * @name is NULL; a rename's or a link's @other is a path within live/ (tree_in_live_path()).
  */
-bool tree_in_live(const struct snapfs_node *node);
+/* Whether @node is DOMAIN/live or a guest file below it. */
+bool tree_node_in_live(const struct snapfs_node *node);
 int tree_change(struct snapfs_tree *tree, const struct snapfs_node *dir, const char *name,
                 struct guest_change *change);
 /* The path within live/ of @node, or of entry @name of it: NULL where @node is not inside live/. */

@@ -155,7 +155,6 @@ void guest_appliance_unref(struct guest_appliance *app)
     g_free(app);
 }
 
-/* Stop @app's qemu and its qemu-nbd servers.  Called with app->lock held (or the app unreachable). */
 /* What appliance_settle() waits for, and the thread that kills qemu past the deadline. */
 struct settle_guard {
     GMutex lock;
@@ -207,6 +206,7 @@ static void appliance_settle(struct guest_appliance *app)
     g_cond_clear(&guard.cond);
 }
 
+/* Stop @app's qemu and its qemu-nbd servers.  Called with app->lock held (or the app unreachable). */
 void guest_appliance_close(struct guest_appliance *app)
 {
     /* A writable appliance's filesystems are unmounted cleanly and synced first, unless it was killed. */

@@ -422,6 +422,11 @@ void guest_view_leave(struct guest_view *view, struct guest_appliance *app);
 char *guest_view_path(struct guest_view *view, const char *path);
 /* The index of the guest filesystem holding @path: st_dev that does not change when an appliance does. */
 dev_t guest_view_dev(struct guest_view *view, const char *path);
+/*
+ * The same inside guest_view_enter() and guest_view_leave(), where the setup lock must not be taken (it comes
+ * before the app lock): the view's mounts change only under the lock of the appliance they are in, held there.
+ */
+dev_t guest_view_dev_entered(struct guest_view *view, const char *path);
 
 /* ---- paths.c ---- */
 

@@ -425,7 +425,6 @@ void guest_pool_abort(struct guest_pool *pool)
     g_mutex_unlock(&pool->lock);
 }
 
-/* Once a second: kill hung appliances, stop idle and retired ones. */
 /*
  * Whether @app, @idle microseconds since its last call, is to close: after -o appliance_idle; a writable one
  * after GUEST_WRITER_IDLE_S once no file open for writing holds it (it locks the domain's images).  Pool lock held.
@@ -437,6 +436,7 @@ static bool pool_idle(struct guest_pool *pool, struct guest_appliance *app, gint
     return pool->config.idle_seconds && idle >= (gint64)pool->config.idle_seconds * G_USEC_PER_SEC;
 }
 
+/* Once a second: kill hung appliances, stop idle and retired ones. */
 static gpointer pool_timer(gpointer data)
 {
     struct guest_pool *pool = data;

@@ -680,13 +680,11 @@ char *guest_view_path(struct guest_view *view, const char *path)
     return strcmp(path, "/") == 0 ? g_strdup(view->prefix) : g_strconcat(view->prefix, path, NULL);
 }
 
-/* The index of the guest filesystem holding @path: st_dev that does not change when an appliance does. */
-dev_t guest_view_dev(struct guest_view *view, const char *path)
+dev_t guest_view_dev_entered(struct guest_view *view, const char *path)
 {
     dev_t best = 0;
     size_t best_len = 0;
 
-    g_mutex_lock(&view->setup_lock);
     for (guint i = 0; i < view->mounts->len; i++) {
         struct guest_mount *m = g_ptr_array_index(view->mounts, i);
         size_t n = strlen(m->mountpoint);
@@ -698,7 +696,17 @@ dev_t guest_view_dev(struct guest_view *view, const char *path)
             best_len = n;
         }
     }
-    g_mutex_unlock(&view->setup_lock);
     return best;
+}
+
+/* The index of the guest filesystem holding @path: st_dev that does not change when an appliance does. */
+dev_t guest_view_dev(struct guest_view *view, const char *path)
+{
+    dev_t dev;
+
+    g_mutex_lock(&view->setup_lock);
+    dev = guest_view_dev_entered(view, path);
+    g_mutex_unlock(&view->setup_lock);
+    return dev;
 }
 

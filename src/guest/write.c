@@ -98,8 +98,8 @@ int guest_view_change(struct guest_view *view, const struct guest_change *change
     if (!app)
         return -1;
     /* A view of filesystems by device has a root of its own making: nothing may be made there. */
-    if (guest_view_dev(view, change->path) == 0 || (change->other && change->op != GUEST_SYMLINK &&
-                                                    guest_view_dev(view, change->other) == 0)) {
+    if (guest_view_dev_entered(view, change->path) == 0 ||
+        (change->other && change->op != GUEST_SYMLINK && guest_view_dev_entered(view, change->other) == 0)) {
         error_set(EPERM, "cannot %s '%s': it is not on a guest filesystem", guest_change_name(change->op),
                   change->path);
         guest_view_leave(view, app);

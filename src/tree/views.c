@@ -618,9 +618,7 @@ static struct tree_view *tree_find_view(struct snapfs_tree *tree, const struct s
         else
             view = tree_make_view(tree, group, domain, snap, NULL, NULL, 0);
     } else if (tree_node_in_live(node)) {
-        view = tree_writer_of(tree, node);
-        if (!view)
-            view = tree_make_view(tree, group, domain, NULL, NULL, NULL, 0);
+        view = tree_make_view(tree, group, domain, NULL, NULL, NULL, 0);
     } else if (tree_layer_of(domain, node, &chain)) {
         struct snapfs_layer *layer = g_ptr_array_index(chain, node->layer);
 

@@ -14,6 +14,7 @@ import atexit
 import contextlib
 import errno
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -725,6 +726,17 @@ def shared_mount(libvirtd, run_prefix, demo):
     m = Mount(_mountpoint("shared"), ["-c", URI])
     yield m
     m.check_clean_exit()
+
+
+def rewrite_top(top, src, uuid, size="96M"):
+    """Makes the overlay TOP hold tree SRC instead, over the same backing image: an ext4 with UUID (the backing
+    filesystem's, changed), made without any appliance."""
+    raw = Path(str(top) + ".raw")
+    run("mkfs.ext4", "-q", "-F", "-U", uuid, "-d", src, raw, size)
+    backing = json.loads(run("qemu-img", "info", "-U", "--output=json", top).stdout)["backing-filename"]
+    os.unlink(top)
+    run("qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", "-B", backing, "-F", "qcow2", raw, top)
+    raw.unlink()
 
 
 def wait_for(predicate, timeout=1.5, interval=0.05):

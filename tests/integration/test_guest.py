@@ -1,7 +1,6 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 # Guest files through a real mount: every byte, name, mode and link of snapshots and layers compared with the source trees.
 import errno
-import json
 import os
 import shutil
 import stat
@@ -9,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IMAGE_ROOT, REPO, errno_of, run, virsh, wait_for, guest_set_fixtures
+from conftest import IMAGE_ROOT, REPO, errno_of, rewrite_top, run, virsh, wait_for, guest_set_fixtures
 
 FIXTURE = REPO / "tests" / "unit" / "guest-fixture.sh"
 
@@ -59,14 +58,8 @@ class GuestSet:
         run("cp", "-a", self.dir / "src2", src)
         (src / "small.txt").write_text(small)
         (src / "live.txt").write_text(f"only in {name}\n")
-        raw, top = self.dir / f"{name}.raw", dom.top("vda")
         # The UUID of guest-fixture.sh: the same filesystem, changed.
-        run("mkfs.ext4", "-q", "-F", "-U", "0f6c6a1e-5b53-4d7c-9a38-8c1b3b0e7a11", "-d", src, raw, "96M")
-        below = run("qemu-img", "info", "-U", "--output=json", top).stdout
-        os.unlink(top)
-        run("qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", "-B", json.loads(below)["backing-filename"],
-            "-F", "qcow2", raw, top)
-        raw.unlink()
+        rewrite_top(dom.top("vda"), src, "0f6c6a1e-5b53-4d7c-9a38-8c1b3b0e7a11")
 
     def src(self, name):
         return self.dir / name
