@@ -21,51 +21,19 @@
 #include <errno.h>
 #include <string.h>
 
-/* Whether every disk of @domain with an image may be written: local qcow2 or raw.  -1 with EROFS and why. */
-static int restore_check_disks(struct snapfs_domain *domain)
-{
-    unsigned images = 0;
-
-    for (guint i = 0; i < domain->disks->len; i++) {
-        struct snapfs_disk *disk = g_ptr_array_index(domain->disks, i);
-
-        if (!disk->file)
-            continue;
-        images++;
-        if (!disk->format || (strcmp(disk->format, "qcow2") != 0 && strcmp(disk->format, "raw") != 0)) {
-            error_set(EROFS, "live/ of domain '%s' is read-only: disk '%s' is %s, and only qcow2 and raw disks "
-                      "are written", domain->name, disk->target, disk->format ? disk->format : "of no recorded format");
-            return -1;
-        }
-    }
-    if (images == 0) {
-        error_set(EROFS, "live/ of domain '%s' is read-only: it has no disk with an image", domain->name);
-        return -1;
-    }
-    return 0;
-}
-
 /* Whether live/ of @node's domain (@domain as libvirt says it now) takes changes: 0, or -1 with EROFS and why. */
 static int restore_check(struct snapfs_tree *tree, const struct snapfs_node *node, struct snapfs_domain *domain,
                          const char *what)
 {
+    g_autofree char *why = NULL;
+
     if (!tree_node_in_live(node))
         return tree_refuse_change(node, what);
-    if (tree->config.read_only) {
-        error_set(EROFS, "cannot %s in live/ of domain '%s': mounted read-only", what, node->domain);
-        return -1;
-    }
-    if (tree_check_local(tree, node) < 0) {
-        error_set(EROFS, "cannot %s in live/ of domain '%s': %s", what, node->domain, error_message());
-        return -1;
-    }
-    if (domain->running) {
-        error_set(EROFS, "cannot %s in live/ of domain '%s': it is running, and live/ of a running domain is "
-                  "read-only (writing through its guest agent is not done yet); shut it down first", what,
-                  node->domain);
-        return -1;
-    }
-    return restore_check_disks(domain);
+    why = tree_live_read_only(tree, node, domain);
+    if (!why)
+        return 0;
+    error_set(EROFS, "cannot %s in live/ of domain '%s': %s", what, node->domain, why);
+    return -1;
 }
 
 /* pre-restore-YYYYmmdd-HHMMSS, with -2, -3 ... where a snapshot of @domain has that name already. */
@@ -159,11 +127,6 @@ static struct tree_view *restore_writer(struct snapfs_tree *tree, const struct s
         tv = restore_start(tree, node, what);
     g_mutex_unlock(&tree->restore_lock);
     return tv;
-}
-
-bool tree_in_live(const struct snapfs_node *node)
-{
-    return tree_node_in_live(node);
 }
 
 char *tree_in_live_path(const struct snapfs_node *node, const char *name)

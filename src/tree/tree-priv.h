@@ -86,8 +86,9 @@ extern const struct tree_kind tree_kind_layers, tree_kind_disk, tree_kind_layer;
 extern const struct tree_kind tree_kind_snapshot;
 /* guest-files.c */
 extern const struct tree_kind tree_kind_guest;
-/* live.c */
+/* live.c; and why live/ of @node's domain (@domain as libvirt says it now) takes no changes, or NULL (restore.c asks). */
 extern const struct tree_kind tree_kind_live;
+char *tree_live_read_only(struct snapfs_tree *tree, const struct snapfs_node *node, struct snapfs_domain *domain);
 
 /* kinds.c: the kind of @node; whether it is content (a snapshot, a layer, live or a guest file). */
 const struct tree_kind *tree_kind_of(const struct snapfs_node *node);
@@ -106,8 +107,6 @@ struct snapfs_host *tree_host(struct snapfs_tree *tree, const struct snapfs_node
 struct snapfs_domain *tree_domain(struct snapfs_tree *tree, const struct snapfs_node *node);
 /* Layers and guest files are read from the image files: -1 with ENOTSUP where the host is not this machine. */
 int tree_check_local(struct snapfs_tree *tree, const struct snapfs_node *node);
-/* Whether @node is DOMAIN/live or a guest file below it. */
-bool tree_node_in_live(const struct snapfs_node *node);
 /* A copy of @parent that is of @kind: the start of every child node. */
 struct snapfs_node *tree_child_of_kind(const struct snapfs_node *parent, enum snapfs_node_kind kind);
 /* -1 with ENOENT: @name names nothing in its folder. */

@@ -1,14 +1,13 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 # Restoring into live/ of a shut-off domain: cp -a from a snapshot, read back without snapfs, undone by revert.
 import errno
-import json
 import os
 import stat
+import subprocess
 import time
+from pathlib import Path
 
-import pytest
-
-from conftest import IMAGE_ROOT, errno_of, run, virsh, wait_for, guest_set_fixtures
+from conftest import IMAGE_ROOT, errno_of, rewrite_top, run, virsh, wait_for, guest_set_fixtures
 from test_guest import compare
 
 # src/guest: GUEST_WRITER_IDLE_S after the last call, plus the unmount, the sync and the NBD server's exit.
@@ -70,11 +69,7 @@ class RestoreSet:
         self.shut.snapshot("nightly")
         # The disk now: the same filesystem without /etc/app (as if deleted since), written without any appliance.
         top = self.shut.top("vda")
-        backing = json.loads(run("qemu-img", "info", "-U", "--output=json", top).stdout)["backing-filename"]
-        run("mkfs.ext4", "-q", "-F", "-U", uuid, "-d", now, d / "now.raw", "64M")
-        os.unlink(top)
-        run("qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", "-B", backing, "-F", "qcow2",
-            d / "now.raw", top)
+        rewrite_top(top, now, uuid, "64M")
         os.chmod(top, 0o600)
         self.other = doms.define([("vda", d / "other.vmdk", "vmdk")], suffix="rvmdk")
         self.running = doms.define([("vda", d / "run.qcow2", "qcow2")], suffix="rrun", start=True)
@@ -102,6 +97,8 @@ def test_refusals_change_nothing(restore, mnt):
     }.items():
         assert errno_of(call) == errno.EROFS, what
     assert errno_of(os.mkdir, mnt / restore.other.name / "live" / "x") == errno.EROFS
+    assert b"while the domain runs" in os.getxattr(live.parent, "user.snapfs.error")
+    assert b"vmdk" in os.getxattr(mnt / restore.other.name / "live", "user.snapfs.error")
     after = {d.name: snapshots_and_top(d) for d in (restore.running, restore.other)}
     assert after == before
 
@@ -195,3 +192,30 @@ def test_changes_in_live(restore, mnt):
     os.rmdir(live / "etc" / "work2")
     assert not (live / "etc" / "work2").exists()
 
+
+
+def as_nobody(*argv):
+    return subprocess.run(["runuser", "-u", "nobody", "--", *argv], capture_output=True, text=True)
+
+
+def released(image):
+    """Whether no writer holds IMAGE: qemu-img takes its lock as a domain would."""
+    return run("qemu-img", "info", image, check=False).returncode == 0
+
+
+def test_read_only_mount_and_others_change_nothing(restore, mount):
+    """-o ro: EROFS, the reason in user.snapfs.error; another user let in (allow_other) by the guest's modes (/tmp
+    is 1777) gets EACCES before that; no snapshot taken, the top untouched."""
+    # The module's mount wrote last: its writer ends first, and its last sync moves the top's mtime.
+    assert wait_for(lambda: released(restore.shut.top("vda")), timeout=RELEASE_BOUND_S, interval=0.5)
+    before = snapshots_and_top(restore.shut)
+    m = mount("-o", "ro,allow_other", timeout=30)
+    live = Path(m.p(restore.shut.name, "live"))
+    assert b"mounted with -o ro" in os.getxattr(live, "user.snapfs.error")
+    assert errno_of(os.mkdir, live / "sda" / "tmp" / "by-root") == errno.EROFS
+    tried = as_nobody("sh", "-c", f"echo x > '{live / 'sda' / 'tmp' / 'by-nobody'}'")
+    assert tried.returncode != 0 and "Permission denied" in tried.stderr, tried.stderr
+    made = as_nobody("mkdir", live / "sda" / "tmp" / "dir-by-nobody")
+    assert made.returncode != 0 and "Permission denied" in made.stderr, made.stderr
+    assert sorted(os.listdir(live / "sda" / "tmp")) == []
+    assert snapshots_and_top(restore.shut) == before
