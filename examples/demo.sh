@@ -193,7 +193,9 @@ snapfs is mounted at $mnt: three demo VMs in a private libvirt ($uri).
   getfattr -d $mnt/web01/layers/vda/*      file, format, virtual_size, backing, snapshot
   cat $mnt/web01/revert                    the current snapshot
   cat $mnt/web01/before-upgrade/etc/hostname
-  cat $mnt/web01/live/etc/hostname         the guest's files now (read-only)
+  cat $mnt/web01/live/etc/hostname         the guest's files now
+  cp -a $mnt/web01/before-upgrade/etc/motd $mnt/web01/live/etc/
+                                           restore a file (a pre-restore snapshot first)
   diff -r $mnt/web01/before-upgrade $mnt/web01/nightly-2026-11-24
   ls $mnt/db01                             internal snapshots
   mkdir $mnt/scratch/first                 take a snapshot
