@@ -2,6 +2,7 @@
 # The mount itself: nosuid,nodev, who allow_other lets in, revert writes, unambiguous inode numbers, example scripts.
 import errno
 import os
+import stat
 import subprocess
 
 import pytest
@@ -177,6 +178,7 @@ def fake_domain(tmp_path):
     dom = tmp_path / "dom"
     snap = dom / "s1"
     (dom / "layers" / "vda").mkdir(parents=True)
+    (dom / "live" / "etc").mkdir(parents=True)
     (dom / "revert").write_text("s1\n")
     (snap / "etc").mkdir(parents=True)
     os.symlink("/etc/shadow", snap / "etc" / "passwd")
@@ -189,6 +191,35 @@ def fake_domain(tmp_path):
 def test_restore_file_refuses_guest_symlinks(fake_domain, rel):
     proc = run(EXAMPLES / "snapfs-restore-file.sh", fake_domain / "s1" / rel, check=False)
     assert proc.returncode == 1 and "symbolic link" in proc.stderr, proc.stderr
+
+
+def test_restore_file_is_cp_a_into_live(fake_domain):
+    """snapfs-restore-file.sh copies the snapshot's file to the same path under live/, bytes, mode and times kept;
+    a path in live/ or layers/ is no snapshot's."""
+    src = fake_domain / "s1" / "etc" / "motd"
+    src.write_text("as it was\n")
+    src.chmod(0o640)
+    os.utime(src, ns=(1_000_000_000_123_456_789, 1_000_000_000_123_456_789))
+    proc = run(EXAMPLES / "snapfs-restore-file.sh", src)
+    assert proc.stdout.strip() == "restored /etc/motd of dom from s1", proc.stdout
+    dst = fake_domain / "live" / "etc" / "motd"
+    assert dst.read_text() == "as it was\n"
+    assert stat.S_IMODE(dst.stat().st_mode) == 0o640 and dst.stat().st_mtime_ns == src.stat().st_mtime_ns
+    proc = run(EXAMPLES / "snapfs-restore-file.sh", dst, check=False)
+    assert proc.returncode == 1 and "not inside a snapshot" in proc.stderr, proc.stderr
+
+
+def test_restore_file_refuses_a_link_in_live(fake_domain, tmp_path):
+    """The folder the file goes into is a guest symlink in live/ (to a host folder, as the kernel would resolve it):
+    refused, and nothing is written where it points."""
+    (fake_domain / "s1" / "etc" / "motd").write_text("as it was\n")
+    host = tmp_path / "host-etc"
+    host.mkdir()
+    (fake_domain / "live" / "etc").rmdir()
+    os.symlink(host, fake_domain / "live" / "etc")
+    proc = run(EXAMPLES / "snapfs-restore-file.sh", fake_domain / "s1" / "etc" / "motd", check=False)
+    assert proc.returncode == 1 and "symbolic link" in proc.stderr, proc.stderr
+    assert list(host.iterdir()) == []
 
 
 def test_file_history_never_follows_guest_symlinks(fake_domain):
