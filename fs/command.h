@@ -18,6 +18,7 @@ struct snapfs_options {
     unsigned max_appliances;
     unsigned appliance_idle;
     unsigned appliance_timeout;
+    unsigned call_timeout;
     unsigned kvm_timeout;
     unsigned cache_size;
     char *quiesce;

@@ -29,6 +29,7 @@ static const struct fuse_opt option_spec[] = {
     OPTION("max_appliances=%u", max_appliances),
     OPTION("appliance_idle=%u", appliance_idle),
     OPTION("appliance_timeout=%u", appliance_timeout),
+    OPTION("call_timeout=%u", call_timeout),
     OPTION("kvm_timeout=%u", kvm_timeout),
     OPTION("cache_size=%u", cache_size),
     OPTION("quiesce=%s", quiesce),
@@ -119,9 +120,11 @@ void options_usage(const char *prog)
            "    -o nonempty            allow mounting over a non-empty directory\n"
            "    -o max_appliances=N    libguestfs appliances running at once (default 4)\n"
            "    -o appliance_idle=S    stop an appliance after S idle seconds (default 60)\n"
-           "    -o appliance_timeout=S an appliance that takes longer than S seconds to start or to\n"
-           "                           answer one step of a request is killed; the request gets EIO\n"
-           "                           and the next access starts a new one (default 120)\n"
+           "    -o appliance_timeout=S an appliance that takes longer than S seconds to start is\n"
+           "                           killed; the request gets EIO and the next access starts a\n"
+           "                           new one (default 120)\n"
+           "    -o call_timeout=S      the same for one step of a request (mounting a view, one\n"
+           "                           call) that takes longer (default: appliance_timeout)\n"
            "    -o kvm_timeout=S       a KVM appliance silent for S seconds while starting is\n"
            "                           stalled: snapfs uses TCG from then on (default 20)\n"
            "    -o cache_size=MIB      bound of what snapfs caches of guest files, names, attributes\n"
@@ -284,6 +287,8 @@ bool options_build_config(const struct snapfs_options *options, struct snapfs_tr
     config->guest.live_ttl_ms = 1000;
     config->guest.limits.timeout_seconds = options->appliance_timeout ? options->appliance_timeout
                                                                       : GUEST_DEFAULT_TIMEOUT_S;
+    config->guest.limits.call_seconds = options->call_timeout ? options->call_timeout
+                                                              : config->guest.limits.timeout_seconds;
     config->guest.limits.kvm_seconds = options->kvm_timeout ? options->kvm_timeout : GUEST_DEFAULT_KVM_TIMEOUT_S;
     config->guest.cache_bytes = (size_t)(options->cache_size ? options->cache_size : GUEST_CACHE_DEFAULT_MIB) << 20;
     if (!options->quiesce || strcmp(options->quiesce, "auto") == 0) {

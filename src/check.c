@@ -78,7 +78,8 @@ static int check_kernel(FILE *out)
  */
 static char *check_launch(bool force_tcg, double *seconds, bool *kvm_stalled)
 {
-    const struct guest_launch_limits limits = { GUEST_DEFAULT_TIMEOUT_S, GUEST_DEFAULT_KVM_TIMEOUT_S };
+    const struct guest_launch_limits limits = { .timeout_seconds = GUEST_DEFAULT_TIMEOUT_S,
+                                                .kvm_seconds = GUEST_DEFAULT_KVM_TIMEOUT_S };
 
     if (guest_try_launch(force_tcg, &limits, seconds, kvm_stalled) == 0)
         return NULL;

@@ -33,7 +33,8 @@ struct guest_view_spec {
 
 /* The deadlines of an appliance: past them it is killed and the request answers EIO. */
 struct guest_launch_limits {
-    unsigned timeout_seconds;  /* -o appliance_timeout: a launch, or one step of a request (default 120) */
+    unsigned timeout_seconds;  /* -o appliance_timeout: a launch (default 120) */
+    unsigned call_seconds;     /* -o call_timeout: one step of a request (default: timeout_seconds) */
     unsigned kvm_seconds;      /* -o kvm_timeout: a KVM launch silent this long is stalled: TCG from then on (20) */
 };
 

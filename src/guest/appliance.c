@@ -657,7 +657,7 @@ void guest_appliance_error(struct guest_appliance *app, const char *what, const 
 void guest_appliance_expect(struct guest_pool *pool, struct guest_appliance *app, size_t items)
 {
     guest_store64(&app->call_deadline, g_get_monotonic_time() +
-                                           (gint64)pool->config.limits.timeout_seconds * G_USEC_PER_SEC +
+                                           (gint64)pool->config.limits.call_seconds * G_USEC_PER_SEC +
                                            (gint64)(items / 1000) * G_USEC_PER_SEC);
 }
 

@@ -458,8 +458,8 @@ static gpointer pool_timer(gpointer data)
 
             if (deadline && now > deadline && app->qemu_pid > 0 && !g_atomic_int_get(&app->dead)) {
                 guest_appliance_kill(app, g_strdup_printf("appliance %u of domain '%s' did not answer within %u s "
-                                                    "(-o appliance_timeout) and was killed", app->serial, app->group,
-                                                    pool->config.limits.timeout_seconds), true);
+                                                    "(-o call_timeout) and was killed", app->serial, app->group,
+                                                    pool->config.limits.call_seconds), true);
                 continue;
             }
             if (!g_atomic_int_get(&app->dead) && !g_atomic_int_get(&app->retire) && !pool_idle(pool, app, idle))
@@ -494,6 +494,8 @@ struct guest_pool *guest_pool_new(const struct guest_pool_config *config)
     pool->config = *config;
     if (!pool->config.limits.timeout_seconds)
         pool->config.limits.timeout_seconds = GUEST_DEFAULT_TIMEOUT_S;
+    if (!pool->config.limits.call_seconds)
+        pool->config.limits.call_seconds = pool->config.limits.timeout_seconds;
     if (!pool->config.limits.kvm_seconds)
         pool->config.limits.kvm_seconds = GUEST_DEFAULT_KVM_TIMEOUT_S;
     pool->force_tcg = g_strrstr(g_getenv("LIBGUESTFS_BACKEND_SETTINGS") ? g_getenv("LIBGUESTFS_BACKEND_SETTINGS") : "", "force_tcg") != NULL;
