@@ -1,7 +1,6 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 # The README's demo (examples/demo.sh) and the example scripts run against it, in a directory of this test run.
 import os
-import subprocess
 import time
 
 import pytest
@@ -114,22 +113,3 @@ def test_file_history(demo_mount):
                                                "it was removed in nightly-2026-11-24")
     assert last("home/alice/notes.txt") == (0, "/home/alice/notes.txt last changed in nightly-2026-11-24")
     assert last("no/such/file")[0] == 1
-
-
-def test_restore_file(demo_mount):
-    """snapfs-restore-file.sh puts before-upgrade's index.html into web01's live/ (shut off: writable), with a
-    pre-restore snapshot first; the snapshots themselves do not change."""
-    mnt, _ = demo_mount
-    web = os.path.join(mnt, "web01")
-    src = os.path.join(web, "before-upgrade", "var", "www", "index.html")
-    with open(src) as f:
-        old = f.read()
-    before = set(os.listdir(web))
-    proc = run(EXAMPLES / "snapfs-restore-file.sh", src, timeout=600)
-    assert proc.stdout.strip() == "restored /var/www/index.html of web01 from before-upgrade", proc.stdout
-    with open(os.path.join(web, "live", "var", "www", "index.html")) as f:
-        assert f.read() == old
-    made = set(os.listdir(web)) - before
-    assert len(made) == 1 and made.pop().startswith("pre-restore-"), made
-    with open(os.path.join(web, "after-upgrade", "var", "www", "index.html")) as f:
-        assert "version 2" in f.read()

@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import IMAGE_ROOT, errno_of, rewrite_top, run, virsh, wait_for, guest_set_fixtures
+from conftest import IMAGE_ROOT, REPO, errno_of, rewrite_top, run, virsh, wait_for, guest_set_fixtures
 from test_guest import compare
 
 # src/guest: GUEST_WRITER_IDLE_S after the last call, plus the unmount, the sync and the NBD server's exit.
@@ -156,6 +156,10 @@ def test_cp_a_into_live_of_a_shut_off_domain(restore, mnt):
     compare(restore.old / "etc" / "app", live / "etc" / "app")
     assert (live / "etc" / "keep.txt").read_text() == "keep, as it is now\n"
     change_in_live(restore, mnt)
+    # examples/snapfs-restore-file.sh: cp -a of one file to its place in live/, through the same writer.
+    proc = run(REPO / "examples" / "snapfs-restore-file.sh", dom / "nightly" / "sda" / "etc" / "keep.txt")
+    assert proc.stdout.strip() == f"restored /sda/etc/keep.txt of {restore.shut.name} from nightly", proc.stdout
+    assert (live / "etc" / "keep.txt").read_text() == "keep, as it was\n"
 
     snaps = restore.shut.snapshots()
     pre = [s for s in snaps if s.startswith("pre-restore-")]
@@ -191,7 +195,7 @@ def test_cp_a_into_live_of_a_shut_off_domain(restore, mnt):
         "-C", out)
     compare(restore.old / "etc" / "app", out)
 
-    # Revert to pre-restore: the files are gone again.
+    # Revert to pre-restore: the files are gone again, and keep.txt is as it was before the restore.
     (dom / "revert").write_text(pre[0] + "\n")
     assert wait_for(lambda: not (live / "etc" / "app").exists(), timeout=10)
     assert (live / "etc" / "keep.txt").read_text() == "keep, as it is now\n"
