@@ -281,6 +281,26 @@ char **guest_appliance_logical_volumes(struct guest_appliance *app);
 const char *guest_fs_not_shown(const char *type);
 /* "a", "b", ... "z", "aa": the letters Linux gives the n-th disk. */
 char *guest_disk_letters(unsigned n);
+
+/* src/guest/fstab.c: a guest's /etc/fstab, read by snapfs instead of a full inspection where it can. */
+#define GUEST_FSTAB_MAX_ENTRIES 64
+#define GUEST_FSTAB_MAX_BYTES (256 << 10)
+struct guest_fstab_entry {
+    char *spec;         /* UUID=..., LABEL=..., /dev/vda1 ..., octal escapes undone */
+    char *mountpoint;   /* absolute and plain */
+    char *type;
+    char *options;
+};
+void guest_fstab_entry_free(gpointer entry);
+/* Whether the comma-separated @options hold @name, or name=... when @prefix. */
+bool guest_fstab_has_option(const char *options, const char *name, bool prefix);
+/*
+ * The entries of fstab @text (@len bytes) that mount a filesystem of the guest's disks, into @entries
+ * (freed by guest_fstab_entry_free); false when a line is one snapfs does not understand well enough
+ * to go by (a mountpoint with "..", a btrfs subvolume, two filesystems on one folder...): then full
+ * inspection decides.
+ */
+bool guest_fstab_parse(const char *text, size_t len, GPtrArray *entries);
 /* If @device lives on appliance disk @whole ("/dev/sdb" or "/dev/sdb2"), its partition suffix ("", "2"); else NULL. */
 const char *guest_device_suffix(const char *device, const char *whole);
 /* The index in @app of the disk with @key, or -1. */

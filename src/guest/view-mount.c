@@ -242,6 +242,233 @@ static int view_mount_devices(struct guest_view *view, struct guest_appliance *a
     return 0;
 }
 
+/* How fstab names a filesystem, and the name without its key: UUID, LABEL, or a device of the guest's own. */
+enum spec_kind { SPEC_UUID, SPEC_LABEL, SPEC_DEVICE, SPEC_OTHER };
+
+static enum spec_kind spec_kind(const char *spec, char **value)
+{
+    static const char *const devices[] = { "/dev/sd", "/dev/vd", "/dev/hd", "/dev/xvd", NULL };
+    enum spec_kind kind = SPEC_OTHER;
+    const char *rest = NULL;
+    size_t len;
+
+    if (g_str_has_prefix(spec, "UUID=") || g_str_has_prefix(spec, "/dev/disk/by-uuid/")) {
+        kind = SPEC_UUID;
+        rest = strchr(spec, '=') ? strchr(spec, '=') + 1 : spec + strlen("/dev/disk/by-uuid/");
+    } else if (g_str_has_prefix(spec, "LABEL=") ||
+               (g_str_has_prefix(spec, "/dev/disk/by-label/") && !strchr(spec, '\\'))) {
+        kind = SPEC_LABEL;
+        rest = g_str_has_prefix(spec, "LABEL=") ? spec + strlen("LABEL=") : spec + strlen("/dev/disk/by-label/");
+    } else {
+        for (size_t i = 0; devices[i] && kind == SPEC_OTHER; i++) {
+            if (g_str_has_prefix(spec, devices[i]) && g_ascii_islower(spec[strlen(devices[i])])) {
+                kind = SPEC_DEVICE;
+                rest = spec + strlen(devices[i]);
+            }
+        }
+    }
+    if (kind == SPEC_OTHER)
+        return SPEC_OTHER;
+    len = strlen(rest);
+    /* mount(8) takes UUID="..." too. */
+    if (kind != SPEC_DEVICE && len >= 2 && rest[0] == '"' && rest[len - 1] == '"')
+        *value = g_strndup(rest + 1, len - 2);
+    else
+        *value = g_strdup(rest);
+    return **value ? kind : SPEC_OTHER;
+}
+
+/*
+ * The filesystem of @fss that fstab's @spec names, or NULL when none does; *@understood false when
+ * snapfs cannot tell (a PARTUUID, a device mapper name, two filesystems with that UUID or label).
+ */
+static const struct view_fs *view_fs_of_spec(struct guest_appliance *app, GArray *fss, const char *spec,
+                                             bool *understood)
+{
+    g_autofree char *value = NULL;
+    enum spec_kind kind = spec_kind(spec, &value);
+    const struct view_fs *found = NULL;
+
+    *understood = kind != SPEC_OTHER;
+    for (guint j = 0; *understood && j < fss->len; j++) {
+        struct view_fs *fs = &g_array_index(fss, struct view_fs, j);
+        g_autofree char *label = NULL;
+        bool match;
+
+        if (kind == SPEC_DEVICE) {
+            match = strcmp(fs->name + strlen("sd"), value) == 0 && g_str_has_prefix(fs->name, "sd");
+        } else if (kind == SPEC_UUID) {
+            if (!fs->uuid)
+                fs->uuid = guestfs_vfs_uuid(app->g, fs->device);
+            match = fs->uuid && g_ascii_strcasecmp(fs->uuid, value) == 0;
+        } else {
+            label = guestfs_vfs_label(app->g, fs->device);
+            match = label && strcmp(label, value) == 0;
+        }
+        if (match && found)
+            *understood = false;
+        else if (match)
+            found = fs;
+    }
+    return *understood ? found : NULL;
+}
+
+/* Whether @path in the appliance is a folder, a file or a symlink, as lstat says (a guest's link is not followed). */
+static bool appliance_is(struct guest_appliance *app, const char *path, char what)
+{
+    switch (what) {
+    case 'd':
+        return guestfs_is_dir(app->g, path) > 0;
+    case 'f':
+        return guestfs_is_file(app->g, path) > 0;
+    default:
+        return guestfs_is_symlink(app->g, path) > 0;
+    }
+}
+
+/*
+ * The one filesystem @view mounted by device that looks like a Linux root (etc/, bin/ or usr/bin/, and
+ * etc/fstab or etc/os-release), or NULL when none or more than one does.
+ */
+static const struct guest_mount *view_linux_root(struct guest_view *view, struct guest_appliance *app)
+{
+    const struct guest_mount *root = NULL;
+
+    for (guint j = 0; j < view->mounts->len; j++) {
+        const struct guest_mount *m = g_ptr_array_index(view->mounts, j);
+        g_autofree char *top = g_strconcat(view->prefix, m->mountpoint, NULL);
+        g_autofree char *etc = g_strconcat(top, "/etc", NULL);
+        g_autofree char *bin = g_strconcat(top, "/bin", NULL);
+        g_autofree char *usr_bin = g_strconcat(top, "/usr/bin", NULL);
+        g_autofree char *fstab = g_strconcat(top, "/etc/fstab", NULL);
+        g_autofree char *release = g_strconcat(top, "/etc/os-release", NULL);
+
+        if (!appliance_is(app, etc, 'd') || !(appliance_is(app, usr_bin, 'd') || appliance_is(app, bin, 'd')))
+            continue;
+        if (!appliance_is(app, fstab, 'f') && !appliance_is(app, fstab, 'l') && !appliance_is(app, release, 'f') &&
+            !appliance_is(app, release, 'l'))
+            continue;
+        if (root)
+            return NULL;
+        root = m;
+    }
+    return root;
+}
+
+/* A mountpoint of the guest and the view's filesystem fstab puts there. */
+struct fstab_mount {
+    const char *mountpoint;
+    const struct view_fs *fs;
+};
+
+static gint fstab_mount_cmp(gconstpointer a, gconstpointer b)
+{
+    const struct fstab_mount *x = a, *y = b;
+
+    return (gint)strlen(x->mountpoint) - (gint)strlen(y->mountpoint);
+}
+
+/*
+ * The mounts of @root's fstab (@root a filesystem of @fss, its top in the appliance @top) into @out, the
+ * root first; false when snapfs cannot tell from it (then full inspection decides).
+ */
+static bool fstab_mounts(struct guest_view *view, struct guest_appliance *app, GArray *fss, const char *root,
+                         const char *top, GPtrArray *entries, GArray *out)
+{
+    g_autofree char *path = g_strconcat(top, "/etc/fstab", NULL);
+    g_autofree char *text = NULL;
+    const struct view_fs *root_fs = NULL;
+    size_t size = 0;
+    int64_t bytes;
+
+    for (guint j = 0; j < fss->len && !root_fs; j++) {
+        if (strcmp(g_array_index(fss, struct view_fs, j).device, root) == 0)
+            root_fs = &g_array_index(fss, struct view_fs, j);
+    }
+    if (!root_fs)
+        return false;
+    g_array_append_val(out, ((struct fstab_mount){ "/", root_fs }));
+    /* No fstab (os-release alone): the root alone, as inspection would have it. */
+    if (!appliance_is(app, path, 'f'))
+        return !appliance_is(app, path, 'l');
+    bytes = guestfs_filesize(app->g, path);
+    if (bytes < 0 || bytes > GUEST_FSTAB_MAX_BYTES || !(text = guestfs_read_file(app->g, path, &size)) ||
+        !guest_fstab_parse(text, size, entries))
+        return false;
+    for (guint i = 0; i < entries->len; i++) {
+        const struct guest_fstab_entry *e = g_ptr_array_index(entries, i);
+        bool understood;
+        const struct view_fs *fs = view_fs_of_spec(app, fss, e->spec, &understood);
+
+        if (!understood)
+            return false;
+        if (strcmp(e->mountpoint, "/") == 0) {
+            /* The root fstab names must be the one it was read from. */
+            if (fs != root_fs)
+                return false;
+            continue;
+        }
+        if (!fs) {
+            if (!guest_fstab_has_option(e->options, "noauto", false) && !guest_fstab_has_option(e->options, "nofail", false))
+                log_warn("%s: %s (%s) is not on its disks: not mounted", view->label, e->mountpoint, e->spec);
+            continue;
+        }
+        g_array_append_val(out, ((struct fstab_mount){ e->mountpoint, fs }));
+    }
+    g_array_sort(out, fstab_mount_cmp);
+    return true;
+}
+
+/*
+ * A Linux root among the filesystems @view mounted by device: mount it and what its fstab names, as
+ * inspection would, but from that fstab alone (src/guest/fstab.c says why).  1 when mounted so; 0 when
+ * there is none or snapfs cannot tell from its fstab (the view's mounts by device are as they were:
+ * full inspection decides); -1 if the appliance died.
+ */
+static int view_mount_by_fstab(struct guest_view *view, struct guest_appliance *app, GArray *fss, GString *why)
+{
+    const struct guest_mount *root = view_linux_root(view, app);
+    g_autoptr(GPtrArray) entries = g_ptr_array_new_with_free_func(guest_fstab_entry_free);
+    g_autoptr(GArray) mounts = g_array_new(FALSE, FALSE, sizeof(struct fstab_mount));
+    g_autofree char *top = NULL;
+    g_autofree char *device = NULL;
+
+    if (!root)
+        return guestfs_is_ready(app->g) ? 0 : -1;
+    top = g_strconcat(view->prefix, root->mountpoint, NULL);
+    device = g_strdup(root->device);
+    if (!fstab_mounts(view, app, fss, device, top, entries, mounts))
+        return guestfs_is_ready(app->g) ? 0 : -1;
+    view_unmount(view, app);
+    for (guint i = 0; i < mounts->len; i++) {
+        const struct fstab_mount *fm = &g_array_index(mounts, struct fstab_mount, i);
+        g_autofree char *where = i == 0 ? g_strdup(view->prefix) : g_strconcat(view->prefix, fm->mountpoint, NULL);
+
+        /* Onto the folder the root has there, as inspection's mounts go: none is made in the guest's root. */
+        if (view_mount_one(app, fm->fs->device, fm->fs->type, where) < 0) {
+            if (i > 0) {
+                log_warn("%s: cannot mount %s on %s: %s", view->label, fm->fs->name, fm->mountpoint,
+                         guestfs_last_error(app->g));
+                continue;
+            }
+            /* The root would not mount where it goes: by device again, and inspection decides. */
+            view_unmount(view, app);
+            g_string_truncate(why, 0);
+            if (view_mount_devices(view, app, fss, why) < 0)
+                return -1;
+            return 0;
+        }
+        struct guest_mount *m = g_new0(struct guest_mount, 1);
+        m->mountpoint = g_strdup(fm->mountpoint);
+        m->device = g_strdup(fm->fs->device);
+        g_ptr_array_add(view->mounts, m);
+    }
+    view->os = true;
+    log_debug("%s: a Linux root on %s, mounted as its fstab says (%u filesystems), without inspection", view->label,
+              device, view->mounts->len);
+    return 1;
+}
+
 /* The filesystem of @fss that inspection found to be an operating system's root, or NULL. */
 static const char *view_root(struct guest_appliance *app, GArray *fss)
 {
@@ -387,6 +614,10 @@ static int view_mount_filesystems(struct guest_view *view, struct guest_applianc
         if (view_mount_devices(view, app, fss, why) < 0)
             return -1;
         if (!app->roots && view_may_hold_os(view, app)) {
+            int read = view_mount_by_fstab(view, app, fss, why);
+
+            if (read != 0)
+                return read < 0 ? -1 : 0;
             if (appliance_inspect_for(view, app) < 0)
                 return -1;
             root = view_root(app, fss);
