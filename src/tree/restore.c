@@ -164,9 +164,14 @@ int tree_change(struct snapfs_tree *tree, const struct snapfs_node *dir, const c
     change->path = path;
     if (guest_view_change(tree_view_guest(tv), change) < 0)
         return -1;
-    log_info("domain '%s': live/: %s '%s'%s%s", dir->domain, what, path,
-             change->other ? (change->op == GUEST_RENAME ? " to " : " -> ") : "",
-             change->other ? change->other : "");
+    /* What appears, goes or moves is logged; a mode, owner, time or xattr set (cp -a sets four a file) at debug. */
+    if (change->op == GUEST_CHMOD || change->op == GUEST_CHOWN || change->op == GUEST_UTIMENS ||
+        change->op == GUEST_SETXATTR || change->op == GUEST_REMOVEXATTR)
+        log_debug("domain '%s': live/: %s '%s'", dir->domain, what, path);
+    else
+        log_info("domain '%s': live/: %s '%s'%s%s", dir->domain, what, path,
+                 change->other ? (change->op == GUEST_RENAME ? " to " : " -> ") : "",
+                 change->other ? change->other : "");
     return 0;
 }
 
