@@ -199,6 +199,7 @@ struct guest_pool_stats {
     unsigned launches;        /* appliances started since the pool was made */
     unsigned running;         /* appliances running now */
     unsigned calls;           /* calls made into appliances */
+    unsigned inspections;     /* full inspections (guestfs_inspect_os), where a root's fstab did not tell */
     size_t data_cached;       /* bytes of file data held */
     size_t cached;            /* bytes held by every cache, file data included */
     size_t cache_peak;        /* the most they ever held */

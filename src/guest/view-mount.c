@@ -587,6 +587,9 @@ static int appliance_inspect_for(struct guest_view *view, struct guest_appliance
 {
     gint64 started = g_get_monotonic_time();
 
+    g_mutex_lock(&view->pool->lock);
+    view->pool->stats.inspections++;
+    g_mutex_unlock(&view->pool->lock);
     app->roots = guestfs_inspect_os(app->g);
     log_debug("appliance %u of domain '%s' inspected in %.1f s: %u operating systems", app->serial, app->group,
                  (double)(g_get_monotonic_time() - started) / G_USEC_PER_SEC,

@@ -93,6 +93,12 @@ mkfs.ext4 -q -F -U "$RU" -d osroot osroot.raw 32M
 mkfs.ext4 -q -F -U "$BU" -d osboot osboot.raw 16M
 qemu-img convert -q -f raw -O qcow2 osboot.raw osboot.qcow2
 rm -f osboot.raw
+# The same OS on one disk, whose fstab names its root by PARTUUID (which snapfs does not resolve itself).
+mkdir -p osroot2
+cp -a osroot/. osroot2/
+printf 'PARTUUID=0a1b2c3d-01 / ext4 defaults 0 1\n' > osroot2/etc/fstab
+printf 'otherhost\n' > osroot2/etc/hostname
+mkfs.ext4 -q -F -d osroot2 osroot2.raw 32M
 
 # A hostile filesystem: the base with its metadata blocks scrambled (the same bytes every run).
 head -c 4194304 base.raw > fuzz.raw

@@ -272,13 +272,14 @@ int main(int argc, char **argv)
     struct guest_pool_config config = { .max_appliances = 3, .idle_seconds = 600, .live_ttl_ms = 500,
                                         .cache_bytes = (size_t)1 << 30 };
     struct guest_pool *pool;
-    struct guest_view *layer0, *layer1, *layer2, *internal, *current, *os, *missing, *fuzz, *again;
+    struct guest_view *layer0, *layer1, *layer2, *internal, *current, *os, *os2, *missing, *fuzz, *again;
     g_autofree char *f_base = g_build_filename(dir, "base.raw", NULL);
     g_autofree char *f_l1 = g_build_filename(dir, "layer1.qcow2", NULL);
     g_autofree char *f_l2 = g_build_filename(dir, "layer2.qcow2", NULL);
     g_autofree char *f_int = g_build_filename(dir, "internal.qcow2", NULL);
     g_autofree char *f_root = g_build_filename(dir, "osroot.raw", NULL);
     g_autofree char *f_boot = g_build_filename(dir, "osboot.qcow2", NULL);
+    g_autofree char *f_root2 = g_build_filename(dir, "osroot2.raw", NULL);
     g_autofree char *f_missing = g_build_filename(dir, "missing.qcow2", NULL);
     g_autofree char *f_fuzz = g_build_filename(dir, "fuzz.raw", NULL);
     g_autofree char *h0 = g_build_filename(dir, "src0", NULL);
@@ -314,6 +315,7 @@ int main(int argc, char **argv)
         struct guest_drive dA = { f_int, "qcow2", "snapA", "vda" };
         struct guest_drive dB = { f_int, "qcow2", NULL, "vda" };
         struct guest_drive dos[2] = { { f_root, "raw", NULL, "vda" }, { f_boot, "qcow2", NULL, "vdb" } };
+        struct guest_drive dos2 = { f_root2, "raw", NULL, "vda" };
         struct guest_drive dm = { f_missing, "qcow2", NULL, "vda" };
         struct guest_drive df = { f_fuzz, "raw", NULL, "vda" };
 
@@ -327,6 +329,7 @@ int main(int argc, char **argv)
         internal = view_of(pool, "g1", "internal-snapA", false, &dA, 1);
         current = view_of(pool, "g1", "internal-now", true, &dB, 1);
         os = view_of(pool, "g1", "os", false, dos, 2);
+        os2 = view_of(pool, "g1", "os-partuuid", false, &dos2, 1);
         missing = view_of(pool, "g2", "missing", false, &dm, 1);
         fuzz = view_of(pool, "g3", "fuzz", false, &df, 1);
         again = view_of(pool, "g1", "layer0-again", false, &d0, 1);
@@ -377,9 +380,35 @@ int main(int argc, char **argv)
               "os: /etc/hostname");
         expect_errno(guest_view_getattr(os, "/sda1", &note), ENOENT, "os: no device folders when an OS is found");
     }
-    CHECK(launches(pool) == 2, "two appliances (the first look's and the one behind it) served 6 views of one group "
+    /* Its fstab names both filesystems by UUID: read by snapfs, no full inspection of the appliance's disks. */
+    {
+        struct guest_pool_stats stats;
+
+        guest_pool_get_stats(pool, &stats);
+        CHECK(stats.inspections == 0, "the OS's fstab told where /boot goes, yet %u inspections ran", stats.inspections);
+    }
+    /* A PARTUUID in fstab: full inspection of the appliance's disks decides, once, and every view reads on after it. */
+    {
+        struct guest_pool_stats stats;
+        g_autoptr(GBytes) host = read_all(os2, "/etc/hostname", 100);
+        g_autoptr(GBytes) boot = NULL;
+        struct stat st;
+
+        CHECK(host && g_bytes_get_size(host) == 10 && memcmp(g_bytes_get_data(host, NULL), "otherhost\n", 10) == 0,
+              "os-partuuid: /etc/hostname: %s", host ? "wrong bytes" : error_message());
+        guest_pool_get_stats(pool, &stats);
+        CHECK(stats.inspections == 1, "a PARTUUID root: %u inspections, not 1", stats.inspections);
+        guest_cache_set_cap(pool, 0, 0);
+        guest_cache_set_cap(pool, (size_t)1 << 30, (size_t)1 << 30);
+        boot = read_all(os, "/boot/vmlinuz-test", 100);
+        CHECK(boot && g_bytes_get_size(boot) == 7, "os: /boot mounted again after the inspection: %s",
+              boot ? "wrong bytes" : error_message());
+        CHECK(guest_view_getattr(layer2, "/sda/small.txt", &st) == 0, "layer2 after the inspection: %s",
+              error_message());
+    }
+    CHECK(launches(pool) == 2, "two appliances (the first look's and the one behind it) served 7 views of one group "
           "(%u started)", launches(pool));
-    /* Inspection for the OS unmounted every view of the appliance: the live view (its answers expired) reads again. */
+    /* The live view's answers expire: it asks the appliance again. */
     {
         g_autoptr(GBytes) data = NULL;
         unsigned before = calls(pool);
@@ -387,7 +416,7 @@ int main(int argc, char **argv)
         g_usleep(600000);
         data = read_all(current, "/sda/which", 100);
         CHECK(data && g_bytes_get_size(data) == 17 && memcmp(g_bytes_get_data(data, NULL), "after snapshot A\n", 17) == 0,
-              "the live view after inspection: %s", data ? "wrong bytes" : error_message());
+              "the live view read again: %s", data ? "wrong bytes" : error_message());
         CHECK(calls(pool) > before, "the live view asked the appliance again");
     }
 
@@ -540,6 +569,7 @@ int main(int argc, char **argv)
     guest_view_unref(internal);
     guest_view_unref(current);
     guest_view_unref(os);
+    guest_view_unref(os2);
     guest_view_unref(missing);
     guest_view_unref(fuzz);
     guest_view_unref(again);
