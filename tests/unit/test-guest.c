@@ -392,19 +392,19 @@ int main(int argc, char **argv)
         struct guest_pool_stats stats;
         g_autoptr(GBytes) host = read_all(os2, "/etc/hostname", 100);
         g_autoptr(GBytes) boot = NULL;
-        struct stat st;
+        unsigned before;
 
         CHECK(host && g_bytes_get_size(host) == 10 && memcmp(g_bytes_get_data(host, NULL), "otherhost\n", 10) == 0,
               "os-partuuid: /etc/hostname: %s", host ? "wrong bytes" : error_message());
         guest_pool_get_stats(pool, &stats);
         CHECK(stats.inspections == 1, "a PARTUUID root: %u inspections, not 1", stats.inspections);
-        guest_cache_set_cap(pool, 0, 0);
-        guest_cache_set_cap(pool, (size_t)1 << 30, (size_t)1 << 30);
+        /* Bytes not read before: the appliance is asked, and /boot is mounted again (the live view's next read, below,
+         * asks again too). */
+        before = calls(pool);
         boot = read_all(os, "/boot/vmlinuz-test", 100);
-        CHECK(boot && g_bytes_get_size(boot) == 7, "os: /boot mounted again after the inspection: %s",
-              boot ? "wrong bytes" : error_message());
-        CHECK(guest_view_getattr(layer2, "/sda/small.txt", &st) == 0, "layer2 after the inspection: %s",
-              error_message());
+        CHECK(boot && g_bytes_get_size(boot) == 7 && memcmp(g_bytes_get_data(boot, NULL), "kernel\n", 7) == 0,
+              "os: /boot mounted again after the inspection: %s", boot ? "wrong bytes" : error_message());
+        CHECK(calls(pool) > before, "os: the kernel's bytes came from the appliance");
     }
     CHECK(launches(pool) == 2, "two appliances (the first look's and the one behind it) served 7 views of one group "
           "(%u started)", launches(pool));
