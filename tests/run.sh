@@ -64,7 +64,7 @@ export SNAPFS_TEST_RESTART_LIBVIRTD=1
 failed=()
 
 say "meson test (unit tests of src/, and the parts' tests against libvirtd)"
-meson test -C "$build" --print-errorlogs --num-processes 2 || failed+=("meson test")
+meson test -C "$build" --print-errorlogs --num-processes 3 || failed+=("meson test")
 
 say "integration tests through a real mount"
 # shellcheck disable=SC2086
