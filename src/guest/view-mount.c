@@ -280,16 +280,18 @@ static enum spec_kind spec_kind(const char *spec, char **value)
 
 /*
  * The filesystem of @fss that fstab's @spec names, or NULL when none does; *@understood false when
- * snapfs cannot tell (a PARTUUID, a device mapper name, two filesystems with that UUID or label).
+ * snapfs cannot tell (a PARTUUID, a device mapper name, two filesystems with that UUID or label, a
+ * device name for anything but the root: the guest's bus and disk order decide what /dev/sdb is,
+ * and the view knows neither, while the root is checked against the filesystem fstab was read from).
  */
 static const struct view_fs *view_fs_of_spec(struct guest_appliance *app, GArray *fss, const char *spec,
-                                             bool *understood)
+                                             bool root, bool *understood)
 {
     g_autofree char *value = NULL;
     enum spec_kind kind = spec_kind(spec, &value);
     const struct view_fs *found = NULL;
 
-    *understood = kind != SPEC_OTHER;
+    *understood = kind != SPEC_OTHER && (kind != SPEC_DEVICE || root);
     for (guint j = 0; *understood && j < fss->len; j++) {
         struct view_fs *fs = &g_array_index(fss, struct view_fs, j);
         g_autofree char *label = NULL;
@@ -398,7 +400,7 @@ static bool fstab_mounts(struct guest_view *view, struct guest_appliance *app, G
     for (guint i = 0; i < entries->len; i++) {
         const struct guest_fstab_entry *e = g_ptr_array_index(entries, i);
         bool understood;
-        const struct view_fs *fs = view_fs_of_spec(app, fss, e->spec, &understood);
+        const struct view_fs *fs = view_fs_of_spec(app, fss, e->spec, strcmp(e->mountpoint, "/") == 0, &understood);
 
         if (!understood)
             return false;
