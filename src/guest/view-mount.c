@@ -132,6 +132,23 @@ static const struct view_fs *view_fs_of_fstab_entry(struct guest_appliance *app,
     return found;
 }
 
+/* Mount @fs on @mountpoint of @view ("/": its own folder) and note it among the view's mounts; -1 if it would not. */
+static int view_mount_at(struct guest_view *view, struct guest_appliance *app, const char *mountpoint,
+                         const struct view_fs *fs)
+{
+    g_autofree char *where = strcmp(mountpoint, "/") == 0 ? g_strdup(view->prefix)
+                                                          : g_strconcat(view->prefix, mountpoint, NULL);
+    struct guest_mount *m;
+
+    if (view_mount_one(app, fs->device, fs->type, where) < 0)
+        return -1;
+    m = g_new0(struct guest_mount, 1);
+    m->mountpoint = g_strdup(mountpoint);
+    m->device = g_strdup(fs->device);
+    g_ptr_array_add(view->mounts, m);
+    return 0;
+}
+
 /* Mount what inspection found, as its fstab says; false if the root would not mount. */
 static bool view_mount_os(struct guest_view *view, struct guest_appliance *app, GArray *fss, const char *root)
 {
@@ -148,7 +165,6 @@ static bool view_mount_os(struct guest_view *view, struct guest_appliance *app, 
     for (guint i = 0; i < list->len; i++) {
         const char **item = &g_array_index(list, const char *, i * 2);
         const struct view_fs *found = view_fs_of_fstab_entry(app, fss, item[0], item[1], root);
-        g_autofree char *where = NULL;
 
         if (!found) {
             if (i == 0)
@@ -156,17 +172,11 @@ static bool view_mount_os(struct guest_view *view, struct guest_appliance *app, 
             log_warn("%s: %s (%s) is not on its disks: not mounted", view->label, item[0], item[1]);
             continue;
         }
-        where = strcmp(item[0], "/") == 0 ? g_strdup(view->prefix) : g_strconcat(view->prefix, item[0], NULL);
-        if (view_mount_one(app, found->device, found->type, where) < 0) {
+        if (view_mount_at(view, app, item[0], found) < 0) {
             if (i == 0)
                 return false;
             log_warn("%s: cannot mount %s on %s: %s", view->label, found->name, item[0], guestfs_last_error(app->g));
-            continue;
         }
-        struct guest_mount *m = g_new0(struct guest_mount, 1);
-        m->mountpoint = g_strdup(item[0]);
-        m->device = g_strdup(found->device);
-        g_ptr_array_add(view->mounts, m);
     }
     return view->mounts->len > 0;
 }
@@ -444,26 +454,19 @@ static int view_mount_by_fstab(struct guest_view *view, struct guest_appliance *
     view_unmount(view, app);
     for (guint i = 0; i < mounts->len; i++) {
         const struct fstab_mount *fm = &g_array_index(mounts, struct fstab_mount, i);
-        g_autofree char *where = i == 0 ? g_strdup(view->prefix) : g_strconcat(view->prefix, fm->mountpoint, NULL);
 
         /* Onto the folder the root has there, as inspection's mounts go: none is made in the guest's root. */
-        if (view_mount_one(app, fm->fs->device, fm->fs->type, where) < 0) {
-            if (i > 0) {
-                log_warn("%s: cannot mount %s on %s: %s", view->label, fm->fs->name, fm->mountpoint,
-                         guestfs_last_error(app->g));
-                continue;
-            }
-            /* The root would not mount where it goes: by device again, and inspection decides. */
-            view_unmount(view, app);
-            g_string_truncate(why, 0);
-            if (view_mount_devices(view, app, fss, why) < 0)
-                return -1;
-            return 0;
+        if (view_mount_at(view, app, fm->mountpoint, fm->fs) == 0)
+            continue;
+        if (i > 0) {
+            log_warn("%s: cannot mount %s on %s: %s", view->label, fm->fs->name, fm->mountpoint,
+                     guestfs_last_error(app->g));
+            continue;
         }
-        struct guest_mount *m = g_new0(struct guest_mount, 1);
-        m->mountpoint = g_strdup(fm->mountpoint);
-        m->device = g_strdup(fm->fs->device);
-        g_ptr_array_add(view->mounts, m);
+        /* The root would not mount where it goes: by device again, and inspection decides. */
+        view_unmount(view, app);
+        g_string_truncate(why, 0);
+        return view_mount_devices(view, app, fss, why) < 0 ? -1 : 0;
     }
     view->os = true;
     log_debug("%s: a Linux root on %s, mounted as its fstab says (%u filesystems), without inspection", view->label,
