@@ -165,6 +165,14 @@ void guest_view_hold(struct guest_view *view, int delta);
  * whatever was written through it is on disk.  False for a view that never started one.
  */
 bool guest_view_ended(struct guest_view *view);
+/*
+ * live/ of a running domain while it is written (src/tree/restore.c): a view whose reads and changes are
+ * the guest's own, through @agent (taken; snapfs/agent.h), never through an appliance.  It ends as a
+ * writable view does, GUEST_WRITER_IDLE_S after its last call once no file holds it.
+ */
+struct snapfs_agent;
+struct guest_view *guest_agent_view_new(struct snapfs_agent *agent, const char *group, const char *label);
+
 /* A writable appliance lets go of its images this long after its last call, once no file holds it. */
 #define GUEST_WRITER_IDLE_S 5
 

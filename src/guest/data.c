@@ -55,6 +55,8 @@ static GBytes *view_chunk(struct guest_view *view, const char *path, off_t size,
 
 ssize_t guest_view_read(struct guest_view *view, const char *path, char *buf, size_t size, off_t offset)
 {
+    if (view->agent)
+        return guest_agent_read(view, path, buf, size, offset);
     struct stat st;
     size_t done = 0;
 

@@ -6,6 +6,7 @@
  * the others for them).
  *
  *   write.c            changes to a writable view (live/ of a shut-off domain)
+ *   agent.c            live/ of a running domain while it is written: everything through its guest agent
  *   xattrs.c, data.c   a view's xattrs; its file data in chunks
  *   paths.c            resolving a view's paths: attributes, listings, links
  *   view-mount.c       entering a view: its appliance chosen, started, the view mounted in it
@@ -13,6 +14,7 @@
  *   view.c             a view's life cycle (the pool's view table frees views through it)
  *   appliance.c        one appliance: its disks, handle, launch, calls and errors
  *   cache.c            the node, listing and chunk tables under one byte bound
+ *   change.c           what a change to a writable view is called
  *   nbd.c, lvm.c       the NBD servers; a look from the host for LVM on an image
  *   image-opts.c       how qemu opens an image read-only and unlocked
  *   launch.c, boot.c, kvm.c   guestfs_launch() within its deadline; how appliances boot; KVM verdicts
@@ -143,6 +145,8 @@ struct guest_view {
     gint64 failed_at;              /* atomic: when the view last failed */
     gint failed_errno;             /* atomic: why, 0 once it works; set also by guest_view_leave() */
     int holds;                     /* setup lock: files open for writing (a writable view's) */
+
+    struct guest_agent_view *agent; /* set at creation: a running domain's live/ through its guest agent (agent.c) */
 
     GMutex lock;                   /* error and dropped_at */
     char *error;
@@ -316,6 +320,21 @@ bool guest_appliance_has_view(struct guest_appliance *app, struct guest_view *vi
 void guest_appliance_close(struct guest_appliance *app);
 /* Kill @app's qemu now, from any thread: the call in flight fails and says @why (taken); @warn logs it. */
 void guest_appliance_kill(struct guest_appliance *app, char *why, bool warn);
+
+/* ---- agent.c: each public guest_view_ call of a view with an agent is this file's ---- */
+struct guest_agent_view;
+void guest_agent_view_free(struct guest_view *view);
+int guest_agent_getattr(struct guest_view *view, const char *path, struct stat *st);
+int guest_agent_readdir(struct guest_view *view, const char *path, guest_dirent_fn fn, void *opaque);
+int guest_agent_readlink(struct guest_view *view, const char *path, char **target);
+ssize_t guest_agent_read(struct guest_view *view, const char *path, char *buf, size_t size, off_t offset);
+ssize_t guest_agent_getxattr(struct guest_view *view, const char *path, const char *name, char *buf, size_t size);
+ssize_t guest_agent_listxattr(struct guest_view *view, const char *path, char *buf, size_t size);
+int guest_agent_change(struct guest_view *view, const struct guest_change *change);
+ssize_t guest_agent_write(struct guest_view *view, const char *path, const char *buf, size_t size, off_t offset);
+int guest_agent_flush(struct guest_view *view);
+void guest_agent_hold(struct guest_view *view, int delta);
+bool guest_agent_ended(struct guest_view *view);
 
 /* ---- nbd.c ---- */
 

@@ -372,6 +372,8 @@ int guest_view_resolve(struct guest_view *view, const char *path, struct stat *s
 
 int guest_view_getattr(struct guest_view *view, const char *path, struct stat *st)
 {
+    if (view->agent)
+        return guest_agent_getattr(view, path, st);
     if (guest_view_resolve(view, path, st, NULL, NULL) < 0)
         return -1;
     /* find looks up folders only; ls -l, cp and diff look up files too. */
@@ -423,6 +425,8 @@ static GArray *view_listing_stats(struct guest_view *view, const char *path, cha
 
 int guest_view_readdir(struct guest_view *view, const char *path, guest_dirent_fn fn, void *opaque)
 {
+    if (view->agent)
+        return guest_agent_readdir(view, path, fn, opaque);
     g_auto(GStrv) names = NULL;
     g_autoptr(GArray) stats = NULL;   /* struct stat, one per name */
     g_autoptr(GArray) types = NULL;
@@ -462,6 +466,8 @@ int guest_view_readdir(struct guest_view *view, const char *path, guest_dirent_f
 
 int guest_view_readlink(struct guest_view *view, const char *path, char **target)
 {
+    if (view->agent)
+        return guest_agent_readlink(view, path, target);
     struct guest_appliance *app;
     g_autofree char *apath = NULL;
     struct stat st;

@@ -882,6 +882,10 @@ struct guest_appliance *guest_view_enter(struct guest_view *view)
 
 void guest_view_hold(struct guest_view *view, int delta)
 {
+    if (view->agent) {
+        guest_agent_hold(view, delta);
+        return;
+    }
     g_mutex_lock(&view->setup_lock);
     view->holds += delta;
     if (view->app)
@@ -891,6 +895,8 @@ void guest_view_hold(struct guest_view *view, int delta)
 
 bool guest_view_ended(struct guest_view *view)
 {
+    if (view->agent)
+        return guest_agent_ended(view);
     bool ended;
 
     g_mutex_lock(&view->setup_lock);

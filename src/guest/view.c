@@ -77,6 +77,10 @@ bool guest_pool_has_group(struct guest_pool *pool, const char *group)
 
 void guest_view_free(struct guest_view *view)
 {
+    if (view->agent) {
+        guest_agent_view_free(view);
+        return;
+    }
     guest_appliance_unref(view->app);
     g_free(view->prefix);
     g_ptr_array_unref(view->mounts);

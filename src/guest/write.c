@@ -16,21 +16,6 @@
  * The view's caches are dropped after every change, so the next read asks the appliance.
  */
 
-const char *guest_change_name(enum guest_change_op op)
-{
-    static const char *const names[] = {
-        [GUEST_CREATE] = "create a file",  [GUEST_MKDIR] = "make a directory",
-        [GUEST_MKNOD] = "make a special file", [GUEST_UNLINK] = "unlink",
-        [GUEST_RMDIR] = "remove a directory", [GUEST_RENAME] = "rename",
-        [GUEST_SYMLINK] = "make a symlink", [GUEST_LINK] = "make a hard link",
-        [GUEST_CHMOD] = "change the mode of", [GUEST_CHOWN] = "change the owner of",
-        [GUEST_TRUNCATE] = "truncate", [GUEST_UTIMENS] = "set the times of",
-        [GUEST_SETXATTR] = "set an xattr of", [GUEST_REMOVEXATTR] = "remove an xattr of",
-    };
-
-    return op < G_N_ELEMENTS(names) && names[op] ? names[op] : "change";
-}
-
 /* utimensat(2)'s special nanoseconds as guestfs_utimens() takes them: -1 now, -2 unchanged. */
 static int64_t change_nsec(const struct timespec *t)
 {
@@ -90,6 +75,8 @@ static struct guest_appliance *write_enter(struct guest_view *view)
 
 int guest_view_change(struct guest_view *view, const struct guest_change *change)
 {
+    if (view->agent)
+        return guest_agent_change(view, change);
     struct guest_appliance *app = write_enter(view);
     g_autofree char *path = NULL;
     g_autofree char *other = NULL;
@@ -118,6 +105,8 @@ int guest_view_change(struct guest_view *view, const struct guest_change *change
 
 ssize_t guest_view_write(struct guest_view *view, const char *path, const char *buf, size_t size, off_t offset)
 {
+    if (view->agent)
+        return guest_agent_write(view, path, buf, size, offset);
     struct guest_appliance *app = write_enter(view);
     g_autofree char *apath = NULL;
     int n;
@@ -135,6 +124,8 @@ ssize_t guest_view_write(struct guest_view *view, const char *path, const char *
 
 int guest_view_flush(struct guest_view *view)
 {
+    if (view->agent)
+        return guest_agent_flush(view);
     struct guest_appliance *app = write_enter(view);
     int r;
 

@@ -144,6 +144,8 @@ static bool view_unlabelled(struct guest_view *view)
 
 ssize_t guest_view_getxattr(struct guest_view *view, const char *path, const char *name, char *buf, size_t size)
 {
+    if (view->agent)
+        return guest_agent_getxattr(view, path, name, buf, size);
     g_autoptr(GPtrArray) xattrs = view_xattrs(view, path);
 
     if (!xattrs)
@@ -174,6 +176,8 @@ ssize_t guest_view_getxattr(struct guest_view *view, const char *path, const cha
 
 ssize_t guest_view_listxattr(struct guest_view *view, const char *path, char *buf, size_t size)
 {
+    if (view->agent)
+        return guest_agent_listxattr(view, path, buf, size);
     g_autoptr(GPtrArray) xattrs = view_xattrs(view, path);
     g_autoptr(GString) names = g_string_new(NULL);
 

@@ -38,9 +38,13 @@ char *tree_live_read_only(struct snapfs_tree *tree, const struct snapfs_node *no
         return g_strdup("read-only: mounted with -o ro");
     if (tree_check_local(tree, node) < 0)
         return g_strdup_printf("read-only: %s", error_message());
-    if (domain->running)
-        return g_strdup("read-only while the domain runs (writing through its guest agent is not done yet); "
-                        "shut it down to restore files into it");
+    if (domain->running) {
+        /* Written through the guest's own agent, whatever its disks' formats. */
+        g_autoptr(snapfs_agent) agent = tree_live_agent(tree, node);
+
+        return agent ? NULL : g_strdup_printf("read-only while the domain runs: %s; shut it down to restore files "
+                                              "into it", error_message());
+    }
     return live_disks_read_only(domain);
 }
 

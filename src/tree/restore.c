@@ -2,10 +2,12 @@
 /* Restoring into live/: the changes a shut-off domain's live/ takes, its pre-restore snapshot, and files open for writing. */
 
 /*
- * Policy.  live/ of a shut-off domain with local qcow2 or raw disks is read-write for those who may
+ * Policy.  live/ of a shut-off domain with local qcow2 or raw disks, and of a running domain whose
+ * guest agent answers and allows guest-exec and guest-file-*, is read-write for those who may
  * administer (fs/ checks that, EACCES); everywhere else it is read-only (EROFS, with the reason):
- * -o ro, a running domain (writing through its guest agent is not done yet), another disk format,
- * a remote host.  Before the first change, an external snapshot pre-restore-YYYYmmdd-HHMMSS is
+ * -o ro, a running domain without such an agent, another disk format, a remote host.  A running
+ * domain's changes are the guest's own, made by its agent (guest/agent.c); its pre-restore snapshot
+ * is a live one, quiesced where the agent can freeze (-o quiesce).  Before the first change, an external snapshot pre-restore-YYYYmmdd-HHMMSS is
  * taken as mkdir takes one (-o restore_keep=off skips it), so that revert undoes the whole restore.
  * The changes are the guest kernel's own, in an appliance that has the domain's new top images
  * read-write and locked (views.c's writer, guest/write.c): while it runs, virsh start fails on
@@ -102,15 +104,45 @@ static int restore_pre_snapshot(struct snapfs_tree *tree, const struct snapfs_no
     return *domain ? 0 : -1;
 }
 
-/* A writer for @node's domain: the checks, the pre-restore snapshot, a writable view of the tops.  Restore lock held. */
+/* The checks and the pre-restore snapshot before the first change through a writer that reads already: 0, or -1 with why. */
+static int restore_snapshot_before(struct snapfs_tree *tree, const struct snapfs_node *node, const char *what)
+{
+    struct snapfs_domain *domain = tree_domain(tree, node);
+    int r = -1;
+
+    if (domain && restore_check(tree, node, domain, what) == 0)
+        r = restore_pre_snapshot(tree, node, &domain, what);
+    if (domain)
+        host_domain_unref(domain);
+    return r;
+}
+
+/*
+ * A writer for @node's domain: the checks, the pre-restore snapshot, a writable view of the tops, or of
+ * a running domain through its guest agent (a live snapshot, quiesced when the agent can freeze: -o
+ * quiesce=auto).  Restore lock held.
+ */
 static struct tree_view *restore_start(struct snapfs_tree *tree, const struct snapfs_node *node, const char *what)
 {
     struct snapfs_domain *domain = tree_domain(tree, node);
+    g_autoptr(snapfs_agent) agent = NULL;
     struct tree_view *tv = NULL;
 
-    if (domain && restore_check(tree, node, domain, what) == 0 &&
-        restore_pre_snapshot(tree, node, &domain, what) == 0)
-        tv = tree_writer_start(tree, node, domain);
+    if (!domain || restore_check(tree, node, domain, what) < 0)
+        goto out;
+    if (domain->running) {
+        agent = tree_live_agent(tree, node);
+        if (!agent) {
+            g_autofree char *why = g_strdup(error_message());
+
+            error_set(EROFS, "cannot %s in live/ of domain '%s': read-only while the domain runs: %s", what,
+                      node->domain, why);
+            goto out;
+        }
+    }
+    if (restore_pre_snapshot(tree, node, &domain, what) == 0)
+        tv = tree_writer_start(tree, node, domain, g_steal_pointer(&agent), true);
+out:
     if (domain)
         host_domain_unref(domain);
     return tv;
@@ -123,8 +155,15 @@ static struct tree_view *restore_writer(struct snapfs_tree *tree, const struct s
 
     g_mutex_lock(&tree->restore_lock);
     tv = tree_writer_of(tree, node);
-    if (!tv)
+    if (!tv) {
         tv = restore_start(tree, node, what);
+    } else if (!tree_writer_restorable(tv)) {
+        /* A running domain's live/ read through its agent so far: its first change takes the snapshot. */
+        if (restore_snapshot_before(tree, node, what) == 0)
+            tree_writer_set_restorable(tv);
+        else
+            g_clear_pointer(&tv, tree_view_unref);
+    }
     g_mutex_unlock(&tree->restore_lock);
     return tv;
 }

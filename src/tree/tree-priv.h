@@ -3,6 +3,7 @@
 #pragma once
 
 #include "snapfs/tree.h"
+#include "snapfs/agent.h"
 
 #define XATTR_PREFIX "user.snapfs."
 
@@ -22,6 +23,7 @@ struct snapfs_tree {
     GHashTable *changing;      /* lock: file -> GThread * of the rmdir or revert changing it now */
     GHashTable *writers;       /* lock: "host/domain" -> struct tree_view * of live/ being written (restore.c) */
     GHashTable *written;       /* lock: "host/domain" -> tree_images_signature() of the tops its last writer left */
+    GHashTable *agentless;     /* lock: "host/domain" -> gint64 *: when its running domain's agent last did not answer */
     unsigned writers_made;     /* restore lock */
     GMutex restore_lock;       /* one writer starts at a time (its pre-restore snapshot is taken once) */
     void (*stale_fn)(guint64 cookie, void *opaque);   /* set once, before the first open */
@@ -155,9 +157,17 @@ bool tree_view_reads(const struct tree_view *tv, const char *const *files);
 char *tree_group(struct snapfs_tree *tree, const struct snapfs_node *node);
 void tree_forget_views(struct snapfs_tree *tree);
 void tree_view_image_free(gpointer data);
-/* Writers (live/ of a shut-off domain written, restore.c): started, found, ended before a snapshot operation. */
+/*
+ * Writers (live/ written, restore.c): started (with @agent, a running domain's), found, ended before a snapshot
+ * operation.  A running domain's is started by the first read of its live/ already (tree_view_entry()), without
+ * its pre-restore snapshot: restore.c takes that before the first change (tree_writer_restorable()).
+ */
 struct tree_view *tree_writer_start(struct snapfs_tree *tree, const struct snapfs_node *node,
-                                    struct snapfs_domain *domain);
+                                    struct snapfs_domain *domain, struct snapfs_agent *agent, bool restorable);
+bool tree_writer_restorable(struct tree_view *tv);
+void tree_writer_set_restorable(struct tree_view *tv);
+/* The guest agent live/ of @node's running domain is read and written through (guest-info within 5 s); NULL with EROFS and why. */
+struct snapfs_agent *tree_live_agent(struct snapfs_tree *tree, const struct snapfs_node *node);
 struct tree_view *tree_writer_of(struct snapfs_tree *tree, const struct snapfs_node *node);
 int tree_writer_end(struct snapfs_tree *tree, const char *group, const char *what);
 unsigned tree_writer_open_files(struct snapfs_tree *tree, struct tree_view *tv);

@@ -34,6 +34,7 @@ struct snapfs_tree *tree_new(struct snapfs_host **hosts, size_t n_hosts,
     tree->changing = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     tree->writers = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)tree_view_unref);
     tree->written = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    tree->agentless = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     g_mutex_init(&tree->restore_lock);
     engine_set_chain_changed(tree_on_chain_changed, tree);
     engine_set_before_change(tree_before_change, tree);
@@ -61,6 +62,7 @@ void tree_free(struct snapfs_tree *tree)
     g_hash_table_unref(tree->changing);
     g_hash_table_unref(tree->writers);
     g_hash_table_unref(tree->written);
+    g_hash_table_unref(tree->agentless);
     g_mutex_clear(&tree->restore_lock);
     guest_pool_free(tree->guests);
     g_hash_table_unref(tree->inos);

@@ -37,6 +37,7 @@ struct tree_view {
     char *label;      /* "snapshot 's2' of domain 'localhost/web'" */
     GArray *images;   /* struct view_image */
     gint stale;       /* atomic: an image changed since it was made */
+    bool restorable;  /* a writer: its pre-restore snapshot is taken, or none is wanted (restore lock) */
 };
 
 static void view_image_clear(gpointer data)
@@ -373,17 +374,25 @@ static char *views_of_live(struct view_drives *v, const char *group, struct snap
     return g_strdup_printf("live of domain '%s'", group);
 }
 
-/* The guest reader's view of @v, stamped with its images as they are now; NULL with the reason. */
+/*
+ * The guest reader's view of @v, stamped with its images as they are now; NULL with the reason.  With
+ * @agent (taken), a view through that guest agent, which reads no image itself.
+ */
 static struct tree_view *views_open(struct snapfs_tree *tree, const char *group, struct view_drives *v,
-                                    const char *label, bool live, bool writable)
+                                    const char *label, bool live, bool writable, struct snapfs_agent *agent)
 {
     struct tree_view *tv;
 
-    if (view_stamp(tree, v, label) < 0)
+    /* The guest's own calls read no image: nothing qemu or a snapshot does to them makes the view stale. */
+    if (agent)
+        g_array_set_size(v->images, 0);
+    if (view_stamp(tree, v, label) < 0) {
+        agent_free(agent);
         return NULL;
+    }
     tv = g_new0(struct tree_view, 1);
     tv->refs = 1;
-    tv->view = guest_pool_view(tree->guests, &(struct guest_view_spec){
+    tv->view = agent ? guest_agent_view_new(agent, group, label) : guest_pool_view(tree->guests, &(struct guest_view_spec){
         .group = group,
         .id = v->id->str,
         .label = label,
@@ -414,21 +423,22 @@ static struct tree_view *tree_make_view(struct snapfs_tree *tree, const char *gr
     else
         label = views_of_live(&v, group, domain);
     if (label)
-        tv = views_open(tree, group, &v, label, !snap && (!chain || index == chain->len - 1), false);
+        tv = views_open(tree, group, &v, label, !snap && (!chain || index == chain->len - 1), false, NULL);
     view_drives_clear(&v);
     return tv;
 }
 
-/* ---- writers: live/ of a shut-off domain being written (restore.c) ---- */
+/* ---- writers: live/ of a domain being written (restore.c) ---- */
 
 /*
- * A new writable view of live of @domain, every disk's top read-write in an appliance of its own, and
- * the view live reads from now on in place of the read-only one; NULL with the reason.  A writer
- * lives as long as its appliance: each gets an id of its own, so no cache of an earlier one is
- * reused.  Restore lock held.
+ * A new writable view of live of @domain, and the view live reads from now on in place of the
+ * read-only one; NULL with the reason.  Shut off, every disk's top is read-write in an appliance
+ * of its own; running, everything goes through its guest @agent (taken).  A writer lives as long
+ * as its appliance or its agent's calls: each gets an id of its own, so no cache of an earlier one
+ * is reused.  Restore lock held.
  */
 struct tree_view *tree_writer_start(struct snapfs_tree *tree, const struct snapfs_node *node,
-                                    struct snapfs_domain *domain)
+                                    struct snapfs_domain *domain, struct snapfs_agent *agent, bool restorable)
 {
     g_autofree char *group = tree_group(tree, node);
     g_autofree char *label = NULL;
@@ -440,15 +450,100 @@ struct tree_view *tree_writer_start(struct snapfs_tree *tree, const struct snapf
     if (label) {
         g_string_append_printf(v.id, "/writable/%u", ++tree->writers_made);
         g_free(label);
-        label = g_strdup_printf("live of domain '%s' (written)", group);
-        tv = views_open(tree, group, &v, label, true, true);
+        label = g_strdup_printf(agent ? "live of domain '%s' (written through its guest agent)"
+                                      : "live of domain '%s' (written)", group);
+        tv = views_open(tree, group, &v, label, true, true, g_steal_pointer(&agent));
     }
+    agent_free(agent);
     view_drives_clear(&v);
     if (!tv)
         return NULL;
+    tv->restorable = restorable;
     g_mutex_lock(&tree->lock);
     g_hash_table_replace(tree->writers, g_strdup(group), tree_view_ref(tv));
     g_mutex_unlock(&tree->lock);
+    return tv;
+}
+
+bool tree_writer_restorable(struct tree_view *tv)
+{
+    return tv->restorable;
+}
+
+void tree_writer_set_restorable(struct tree_view *tv)
+{
+    tv->restorable = true;
+}
+
+/* ---- live/ of a running domain through its guest agent ---- */
+
+/* How long guest-info may take where the agent is only asked whether it answers. */
+#define VIEWS_AGENT_PROBE_S 5
+/* How long a running domain whose agent did not answer reads live/ from its disks before its agent is asked again. */
+#define VIEWS_AGENT_RETRY_S 30
+
+struct snapfs_agent *tree_live_agent(struct snapfs_tree *tree, const struct snapfs_node *node)
+{
+    g_autoptr(virConnect) conn = host_conn(tree_host(tree, node));
+    g_autofree char *label = tree_group(tree, node);
+    unsigned timeout_s = tree->config.guest.limits.call_seconds;
+
+    if (!conn)
+        return NULL;
+    return agent_open(conn, node->domain, label, VIEWS_AGENT_PROBE_S,
+                      timeout_s ? timeout_s : GUEST_DEFAULT_TIMEOUT_S);
+}
+
+/* Whether @group's agent did not answer within the last VIEWS_AGENT_RETRY_S.  Tree lock held. */
+static bool views_agent_refused_lately(struct snapfs_tree *tree, const char *group)
+{
+    gint64 *when = g_hash_table_lookup(tree->agentless, group);
+
+    return when && g_get_monotonic_time() - *when < (gint64)VIEWS_AGENT_RETRY_S * G_USEC_PER_SEC;
+}
+
+/*
+ * live of @node's domain read through its guest agent, where the domain runs and the agent answers: made
+ * the domain's writer (what live/ reads while it lives), without its pre-restore snapshot yet.  NULL where
+ * live/ reads the disks: shut off, -o ro, a remote host, no agent (asked again VIEWS_AGENT_RETRY_S later).
+ */
+static struct tree_view *views_agent_reader(struct snapfs_tree *tree, const struct snapfs_node *node)
+{
+    g_autofree char *group = tree_group(tree, node);
+    struct snapfs_domain *domain;
+    struct tree_view *tv = NULL;
+    bool skip;
+
+    if (tree->config.read_only || !host_is_local(tree_host(tree, node)))
+        return NULL;
+    g_mutex_lock(&tree->lock);
+    skip = views_agent_refused_lately(tree, group);
+    g_mutex_unlock(&tree->lock);
+    domain = skip ? NULL : tree_domain(tree, node);
+    if (!domain || !domain->running) {
+        if (domain)
+            host_domain_unref(domain);
+        return NULL;
+    }
+    g_mutex_lock(&tree->restore_lock);
+    tv = tree_writer_of(tree, node);
+    if (!tv) {
+        struct snapfs_agent *agent = tree_live_agent(tree, node);
+
+        if (agent) {
+            tv = tree_writer_start(tree, node, domain, agent, false);
+        } else {
+            gint64 *now = g_new(gint64, 1);
+
+            *now = g_get_monotonic_time();
+            log_debug("domain '%s': live/ reads the disks: %s", group, error_message());
+            g_mutex_lock(&tree->lock);
+            g_hash_table_replace(tree->agentless, g_strdup(group), now);
+            g_mutex_unlock(&tree->lock);
+        }
+    }
+    g_mutex_unlock(&tree->restore_lock);
+    host_domain_unref(domain);
     return tv;
 }
 
@@ -505,12 +600,14 @@ char *tree_images_signature(const char *const *files)
 struct tree_view *tree_writer_of(struct snapfs_tree *tree, const struct snapfs_node *node)
 {
     g_autofree char *group = tree_group(tree, node);
+    g_autofree char *label = NULL;
     g_auto(GStrv) tops = NULL;
     struct tree_view *tv;
 
     g_mutex_lock(&tree->lock);
     tv = g_hash_table_lookup(tree->writers, group);
     if (tv && guest_view_ended(tv->view)) {
+        label = g_strdup(tv->label);
         tops = writer_take(tree, group, tv);
         tv = NULL;
     } else if (tv) {
@@ -518,7 +615,7 @@ struct tree_view *tree_writer_of(struct snapfs_tree *tree, const struct snapfs_n
     }
     g_mutex_unlock(&tree->lock);
     if (tops) {
-        log_info("domain '%s': the appliance that wrote into live/ let go of its images", group);
+        log_info("domain '%s': writing into live/ ended (%s): live/ reads the disks again", group, label);
         writer_let_go(tree, group, tops);
     }
     return tv;
@@ -662,8 +759,11 @@ struct tree_view *tree_view_entry(struct snapfs_tree *tree, const struct snapfs_
     g_autofree char *key = NULL;
     struct tree_view *tv;
 
-    /* While live is written, it is read through the writer, never cached as the read-only view is. */
-    if (tree_node_in_live(node) && (tv = tree_writer_of(tree, node)))
+    /*
+     * While live is written, it is read through the writer, never cached as the read-only view is; a running
+     * domain's live/ is read through its guest agent where one answers (what its page cache holds, not its disks).
+     */
+    if (tree_node_in_live(node) && ((tv = tree_writer_of(tree, node)) || (tv = views_agent_reader(tree, node))))
         return tv;
     if (!node->identity)
         return tree_find_view(tree, node);

@@ -331,12 +331,12 @@ def domain_xml(name, disks, memory_mib=64):
 class Domain:
     """A test domain on the real libvirtd, as virsh sees it."""
 
-    def __init__(self, owner, name, disks):
+    def __init__(self, owner, name, disks, xml=None):
         self.owner = owner
         self.name = name
         self.disks = list(disks)
         xml_file = owner.images.root / f"{abs(hash(name))}.xml"
-        xml_file.write_text(domain_xml(name, self.disks))
+        xml_file.write_text(xml or domain_xml(name, self.disks))
         # libvirtd probes qemu again when its capabilities cache is stale: over a minute on a loaded machine.
         virsh("define", xml_file, timeout=300)
         xml_file.unlink()
@@ -416,11 +416,12 @@ class Domains:
         self.serial += 1
         return self.prefix + (suffix if suffix is not None else f"d{self.serial}")
 
-    def define(self, disks, name=None, suffix=None, start=False):
-        """DISKS: [(target, file, format)]. NAME must hold the run prefix (suffix is appended to it)."""
+    def define(self, disks, name=None, suffix=None, start=False, xml=None):
+        """DISKS: [(target, file, format)]. NAME must hold the run prefix (suffix is appended to it).  XML, where
+        given, is the domain's whole definition (it must name NAME and DISKS)."""
         name = name or self.name(suffix)
         assert RUN_PREFIX in name, name
-        dom = Domain(self, name, disks)
+        dom = Domain(self, name, disks, xml)
         self.made.append(dom)
         if start:
             dom.start()

@@ -62,6 +62,10 @@ if [[ ${1:-} == --in-namespace ]]; then
     mount -t tmpfs -o mode=1777,nosuid,nodev snapfs-tmp "$root/tmp" || exit 1
     mkdir -p "$root/src/snapfs"
     mount --bind "$top" "$root/src/snapfs" || exit 1
+    # The bootable guest of tests/lib/agent-guest.sh is the same Debian 12 in every suite: the root uses the
+    # host's, made once (by the Debian 12 suite that runs first in CI), or makes it there.
+    mkdir -p "$cache/agent-guest" "$root/var/cache/snapfs-tests/agent-guest"
+    mount --bind "$cache/agent-guest" "$root/var/cache/snapfs-tests/agent-guest" || exit 1
     # Mounts made in here (FUSE, and those libvirt and libguestfs make) propagate among the
     # namespace's own mounts only: the peer group is new, the host's mounts are not in it.
     mount --make-rshared "$root" || exit 1

@@ -18,7 +18,7 @@ snapfs_debian_release() {
 SNAPFS_PACKAGES=(
     # build
     gcc libc6-dev meson ninja-build pkg-config
-    libfuse3-dev libvirt-dev libguestfs-dev libglib2.0-dev libxml2-dev liblzma-dev libzstd-dev
+    libfuse3-dev libvirt-dev libguestfs-dev libglib2.0-dev libxml2-dev liblzma-dev libzstd-dev libjson-glib-dev
     # run: FUSE, libvirtd with QEMU (TCG is enough), libguestfs's appliance and its kernel
     fuse3 libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-system-common qemu-utils
     libguestfs-tools linux-image-amd64
