@@ -382,7 +382,8 @@ ssize_t agent_file_read(struct snapfs_agent *agent, gint64 handle, char *buf, si
                   g_bytes_get_size(data));
         return -1;
     }
-    memcpy(buf, g_bytes_get_data(data, NULL), g_bytes_get_size(data));
+    if (g_bytes_get_size(data))
+        memcpy(buf, g_bytes_get_data(data, NULL), g_bytes_get_size(data));
     return (ssize_t)g_bytes_get_size(data);
 }
 

@@ -24,7 +24,7 @@
  * (GNU find's -printf), the coreutils for changes, each given its paths as arguments, never in a
  * shell's text.  Only what lies on a filesystem of the guest's disks is read or changed: /proc,
  * /sys, /dev, /run and other memory filesystems show as empty folders and refuse (EACCES), as
- * their mountpoints on the disks would.  Xattrs are the guest's getfattr(1) and setfattr(1)
+ * their mountpoints on the disks would (nothing below them is found: ENOENT).  Xattrs are the guest's getfattr(1) and setfattr(1)
  * (the attr package): the agent has no call for them.  A guest without them shows no POSIX ACL
  * (ENODATA: the kernel, which checks permissions with them, then goes by the mode alone, as the
  * guest would without ACLs) and answers ENOTSUP for every other xattr.
@@ -35,6 +35,7 @@ struct guest_agent_view {
     GMutex lock;           /* the fields below */
     GHashTable *devs;      /* guest st_dev -> index + 1, small and stable for the view's life */
     GHashTable *open;      /* path -> agent handle (gint64 *) of files written since their last flush */
+    GHashTable *reading;   /* path -> struct agent_reading: a file read lately, kept open for its next chunk */
     int holds;             /* files open for writing */
     gint64 last_call;      /* monotonic: when a call last ended */
     bool ended;            /* idle or the domain stopped: no more calls */
@@ -67,6 +68,15 @@ static void agent_handle_free(gpointer data)
     g_free(data);
 }
 
+/* A file kept open for reading: the kernel reads a file in chunks, each would cost a lookup, an open and a close. */
+struct agent_reading {
+    gint64 handle;
+    gint64 opened;   /* monotonic */
+};
+
+/* How long a file opened for reading serves further chunks: a file the guest replaces since is read anew. */
+#define AGENT_READING_US (1 * G_USEC_PER_SEC)
+
 struct guest_view *guest_agent_view_new(struct snapfs_agent *agent, const char *group, const char *label)
 {
     struct guest_view *view = g_new0(struct guest_view, 1);
@@ -85,6 +95,7 @@ struct guest_view *guest_agent_view_new(struct snapfs_agent *agent, const char *
     g_mutex_init(&av->lock);
     av->devs = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free, NULL);
     av->open = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, agent_handle_free);
+    av->reading = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     av->last_call = g_get_monotonic_time();
     view->agent = av;
     return view;
@@ -93,13 +104,13 @@ struct guest_view *guest_agent_view_new(struct snapfs_agent *agent, const char *
 void guest_agent_view_free(struct guest_view *view)
 {
     struct guest_agent_view *av = view->agent;
-    GHashTableIter iter;
-    gpointer value;
 
-    g_hash_table_iter_init(&iter, av->open);
-    while (g_hash_table_iter_next(&iter, NULL, &value))
-        agent_file_close(av->agent, *(gint64 *)value);
+    /*
+     * No call to the agent here (the tree may hold its lock): what is still open was closed by the flushes and
+     * agent_close_reading() (an ended view has no handle of its own open), or failed to close then.
+     */
     g_hash_table_unref(av->open);
+    g_hash_table_unref(av->reading);
     g_hash_table_unref(av->devs);
     agent_free(av->agent);
     g_mutex_clear(&av->lock);
@@ -305,8 +316,11 @@ static int agent_rdev(struct guest_view *view, const char *path, struct stat *st
 /* @path's own record (lstat), with @out holding the names it points into. */
 static int agent_lstat(struct guest_view *view, const char *path, GBytes **out, struct agent_entry *e)
 {
-    const char *argv[] = { "find", path, "-maxdepth", "0", "-printf", AGENT_FIND_FORMAT, NULL };
-    const char *at;
+    g_autofree char *parent = g_path_get_dirname(path);
+    /* The folder's record too (second): below a mountpoint of no disk, nothing is shown. */
+    const char *argv[] = { "find", path, parent, "-maxdepth", "0", "-printf", AGENT_FIND_FORMAT, NULL };
+    struct agent_entry up;
+    const char *at, *end;
     gsize size;
 
     if (agent_flush_open(view) < 0)
@@ -315,8 +329,13 @@ static int agent_lstat(struct guest_view *view, const char *path, GBytes **out, 
     if (!*out)
         return -1;
     at = g_bytes_get_data(*out, &size);
-    if (!at || agent_parse(view->agent, &at, at + size, e) < 0) {
+    end = at + size;
+    if (!at || agent_parse(view->agent, &at, end, e) < 0 || agent_parse(view->agent, &at, end, &up) < 0) {
         error_set(EIO, "%s: the guest gave no attributes for '%s'", view->label, path);
+        return -1;
+    }
+    if (!e->on_disk && !up.on_disk && strcmp(path, "/") != 0) {
+        error_set(ENOENT, "'%s' in %s is not on a filesystem of the guest's disks", path, view->label);
         return -1;
     }
     if ((S_ISBLK(e->st.st_mode) || S_ISCHR(e->st.st_mode)) && agent_rdev(view, path, &e->st) < 0)
@@ -420,6 +439,56 @@ static int agent_regular(struct guest_view *view, const char *path, const char *
     return 0;
 }
 
+/* Close the files kept open for reading (all, or those older than AGENT_READING_US): before a change, and lately opened. */
+static void agent_close_reading(struct guest_view *view, bool all)
+{
+    struct guest_agent_view *av = view->agent;
+    g_autoptr(GArray) close = g_array_new(FALSE, FALSE, sizeof(gint64));
+    gint64 now = g_get_monotonic_time();
+    GHashTableIter iter;
+    gpointer value;
+
+    g_mutex_lock(&av->lock);
+    g_hash_table_iter_init(&iter, av->reading);
+    while (g_hash_table_iter_next(&iter, NULL, &value)) {
+        struct agent_reading *r = value;
+
+        if (all || now - r->opened > AGENT_READING_US) {
+            g_array_append_val(close, r->handle);
+            g_hash_table_iter_remove(&iter);
+        }
+    }
+    g_mutex_unlock(&av->lock);
+    for (guint i = 0; i < close->len; i++)
+        agent_file_close(av->agent, g_array_index(close, gint64, i));
+}
+
+/* The agent's handle on @path for reading: kept from a read a moment ago, or opened after the checks.  -1 with why. */
+static gint64 agent_read_handle(struct guest_view *view, const char *path)
+{
+    struct guest_agent_view *av = view->agent;
+    struct agent_reading *r;
+    gint64 handle = -1;
+
+    agent_close_reading(view, false);
+    g_mutex_lock(&av->lock);
+    r = g_hash_table_lookup(av->reading, path);
+    if (r)
+        handle = r->handle;
+    g_mutex_unlock(&av->lock);
+    if (handle >= 0)
+        return handle;
+    if (agent_regular(view, path, "read") < 0 || (handle = agent_file_open(av->agent, path, "r")) < 0)
+        return -1;
+    r = g_new(struct agent_reading, 1);
+    r->handle = handle;
+    r->opened = g_get_monotonic_time();
+    g_mutex_lock(&av->lock);
+    g_hash_table_replace(av->reading, g_strdup(path), r);
+    g_mutex_unlock(&av->lock);
+    return handle;
+}
+
 ssize_t guest_agent_read(struct guest_view *view, const char *path, char *buf, size_t size, off_t offset)
 {
     struct snapfs_agent *agent = view->agent->agent;
@@ -428,7 +497,8 @@ ssize_t guest_agent_read(struct guest_view *view, const char *path, char *buf, s
 
     if (agent_enter(view) < 0)
         return -1;
-    if (agent_regular(view, path, "read") < 0 || (handle = agent_file_open(agent, path, "r")) < 0) {
+    /* What its handles wrote and did not flush yet is read too. */
+    if (agent_flush_open(view) < 0 || (handle = agent_read_handle(view, path)) < 0) {
         agent_done(view);
         return -1;
     }
@@ -446,7 +516,9 @@ ssize_t guest_agent_read(struct guest_view *view, const char *path, char *buf, s
     } else {
         done = (size_t)-1;
     }
-    agent_file_close(agent, handle);
+    /* Read to its end (or failed): no next chunk comes, and a view that ends leaves no handle open in the agent. */
+    if (done < size)
+        agent_close_reading(view, true);
     agent_done(view);
     return (ssize_t)done;
 }
@@ -480,6 +552,7 @@ ssize_t guest_agent_write(struct guest_view *view, const char *path, const char 
 
     if (agent_enter(view) < 0)
         return -1;
+    agent_close_reading(view, true);
     handle = agent_write_handle(view, path);
     if (handle >= 0 && agent_file_seek(view->agent->agent, handle, offset) == 0)
         n = agent_file_write(view->agent->agent, handle, buf, size);
@@ -522,6 +595,7 @@ int guest_agent_flush(struct guest_view *view)
     if (agent_enter(view) < 0)
         return -1;
     r = agent_sync(view);
+    agent_close_reading(view, true);
     agent_done(view);
     return r;
 }
@@ -589,7 +663,8 @@ static ssize_t agent_xattr_reply(const char *data, size_t len, char *buf, size_t
         error_set(ERANGE, "the value is %zu bytes, more than the %zu asked for", len, size);
         return -1;
     }
-    memcpy(buf, data, len);
+    if (len)
+        memcpy(buf, data, len);
     return (ssize_t)len;
 }
 
@@ -782,6 +857,7 @@ int guest_agent_change(struct guest_view *view, const struct guest_change *c)
      * its handles buffer reaches the guest's files before anything else changes them (a later write would move
      * the mtime cp -a just set).
      */
+    agent_close_reading(view, true);
     if (c->op == GUEST_RENAME || c->op == GUEST_UNLINK || c->op == GUEST_TRUNCATE)
         agent_sync(view);
     else
