@@ -63,6 +63,10 @@ export SNAPFS_TEST_RESTART_LIBVIRTD=1
 
 failed=()
 
+# The bootable guest of test_live_agent.py (a debootstrap, minutes on a fresh machine) is made while meson's
+# tests run; the test waits for it on the build's lock.
+tests/lib/agent-guest.sh build >"$build/agent-guest-build.log" 2>&1 &
+
 say "meson test (unit tests of src/, and the parts' tests against libvirtd)"
 meson test -C "$build" --print-errorlogs --num-processes 3 || failed+=("meson test")
 

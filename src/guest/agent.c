@@ -32,6 +32,8 @@
 
 struct guest_agent_view {
     struct snapfs_agent *agent;
+    GMutex io_lock;        /* reads, writes, flushes and changes one at a time: the kernel sends a file's chunks from
+                              several threads, and a handle's seek and read must stay together (before lock) */
     GMutex lock;           /* the fields below */
     GHashTable *devs;      /* guest st_dev -> index + 1, small and stable for the view's life */
     GHashTable *open;      /* path -> agent handle (gint64 *) of files written since their last flush */
@@ -93,6 +95,7 @@ struct guest_view *guest_agent_view_new(struct snapfs_agent *agent, const char *
     g_mutex_init(&view->lock);
     av->agent = agent;
     g_mutex_init(&av->lock);
+    g_mutex_init(&av->io_lock);
     av->devs = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free, NULL);
     av->open = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, agent_handle_free);
     av->reading = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
@@ -114,6 +117,7 @@ void guest_agent_view_free(struct guest_view *view)
     g_hash_table_unref(av->devs);
     agent_free(av->agent);
     g_mutex_clear(&av->lock);
+    g_mutex_clear(&av->io_lock);
     g_free(av);
     g_free(view->id);
     g_free(view->label);
@@ -439,7 +443,7 @@ static int agent_regular(struct guest_view *view, const char *path, const char *
     return 0;
 }
 
-/* Close the files kept open for reading (all, or those older than AGENT_READING_US): before a change, and lately opened. */
+/* Close the files kept open for reading (all, or those older than AGENT_READING_US).  io lock held. */
 static void agent_close_reading(struct guest_view *view, bool all)
 {
     struct guest_agent_view *av = view->agent;
@@ -463,7 +467,7 @@ static void agent_close_reading(struct guest_view *view, bool all)
         agent_file_close(av->agent, g_array_index(close, gint64, i));
 }
 
-/* The agent's handle on @path for reading: kept from a read a moment ago, or opened after the checks.  -1 with why. */
+/* The agent's handle on @path for reading: kept from a read a moment ago, or opened after the checks; -1 with why.  io lock held. */
 static gint64 agent_read_handle(struct guest_view *view, const char *path)
 {
     struct guest_agent_view *av = view->agent;
@@ -497,8 +501,10 @@ ssize_t guest_agent_read(struct guest_view *view, const char *path, char *buf, s
 
     if (agent_enter(view) < 0)
         return -1;
+    g_mutex_lock(&view->agent->io_lock);
     /* What its handles wrote and did not flush yet is read too. */
     if (agent_flush_open(view) < 0 || (handle = agent_read_handle(view, path)) < 0) {
+        g_mutex_unlock(&view->agent->io_lock);
         agent_done(view);
         return -1;
     }
@@ -519,6 +525,7 @@ ssize_t guest_agent_read(struct guest_view *view, const char *path, char *buf, s
     /* Read to its end (or failed): no next chunk comes, and a view that ends leaves no handle open in the agent. */
     if (done < size)
         agent_close_reading(view, true);
+    g_mutex_unlock(&view->agent->io_lock);
     agent_done(view);
     return (ssize_t)done;
 }
@@ -552,10 +559,12 @@ ssize_t guest_agent_write(struct guest_view *view, const char *path, const char 
 
     if (agent_enter(view) < 0)
         return -1;
+    g_mutex_lock(&view->agent->io_lock);
     agent_close_reading(view, true);
     handle = agent_write_handle(view, path);
     if (handle >= 0 && agent_file_seek(view->agent->agent, handle, offset) == 0)
         n = agent_file_write(view->agent->agent, handle, buf, size);
+    g_mutex_unlock(&view->agent->io_lock);
     agent_done(view);
     return n;
 }
@@ -594,8 +603,10 @@ int guest_agent_flush(struct guest_view *view)
 
     if (agent_enter(view) < 0)
         return -1;
+    g_mutex_lock(&view->agent->io_lock);
     r = agent_sync(view);
     agent_close_reading(view, true);
+    g_mutex_unlock(&view->agent->io_lock);
     agent_done(view);
     return r;
 }
@@ -857,12 +868,14 @@ int guest_agent_change(struct guest_view *view, const struct guest_change *c)
      * its handles buffer reaches the guest's files before anything else changes them (a later write would move
      * the mtime cp -a just set).
      */
+    g_mutex_lock(&view->agent->io_lock);
     agent_close_reading(view, true);
     if (c->op == GUEST_RENAME || c->op == GUEST_UNLINK || c->op == GUEST_TRUNCATE)
         agent_sync(view);
     else
         agent_flush_open(view);
     out = agent_output(view, (const char *const *)argv->pdata, guest_change_name(c->op), c->path);
+    g_mutex_unlock(&view->agent->io_lock);
     agent_done(view);
     if (!out && (c->op == GUEST_SETXATTR || c->op == GUEST_REMOVEXATTR)) {
         if (agent_no_program())
