@@ -6,12 +6,12 @@
  * the others for them).
  *
  *   write.c            changes to a writable view (live/ of a shut-off domain)
- *   agent.c            live/ of a running domain while it is written: everything through its guest agent
  *   xattrs.c, data.c   a view's xattrs; its file data in chunks
  *   paths.c            resolving a view's paths: attributes, listings, links
  *   view-mount.c       entering a view: its appliance chosen, started, the view mounted in it
  *   pool.c             which appliance serves a view; background starts, eviction, idle timer, watchdog
  *   view.c             a view's life cycle (the pool's view table frees views through it)
+ *   agent.c            live/ of a running domain: every call of its view through its guest agent
  *   appliance.c        one appliance: its disks, handle, launch, calls and errors
  *   cache.c            the node, listing and chunk tables under one byte bound
  *   change.c           what a change to a writable view is called
