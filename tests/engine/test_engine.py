@@ -169,7 +169,8 @@ def test_delete_middle_leaf_root(make_domain, engine, running):
     assert dom.snapshots() == ["s3"]
     # what is left still deletes
     saved = dom.save()
-    assert engine("delete", dom.name, "s3")[0] == "OK"
+    result, _, err = engine("delete", dom.name, "s3")
+    assert result == "OK", err
     dom.verify(saved, gone={"s3"})
     assert dom.snapshots() == []
 
@@ -353,7 +354,8 @@ def test_describe_after_merges(make_domain, engine):
     assert engine("describe", dom.name, "s1", "the root")[0] == "OK"
     assert dom.current() == "s3"
     saved = dom.save()
-    assert engine("delete", dom.name, "s3")[0] == "OK"
+    result, _, err = engine("delete", dom.name, "s3")
+    assert result == "OK", err
     dom.verify(saved, gone={"s3"})
 
 
