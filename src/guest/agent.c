@@ -46,7 +46,7 @@ struct guest_agent_view {
 /* Filesystems of disks: anything else (proc, sysfs, tmpfs, nfs ...) is not what live/ shows. */
 static const char *const agent_disk_fs[] = {
     "ext2", "ext3", "ext4", "xfs", "btrfs", "vfat", "msdos", "exfat", "f2fs", "jfs", "reiserfs",
-    "ntfs", "ntfs3", "hfsplus", "ufs", "minix",
+    "ntfs", "ntfs3", "hfsplus", "ufs", "minix", NULL,
 };
 
 /* The find(1) record of one file: type, mode, owners, size, links, inode, device, blocks, times, fs type; name, link. */
@@ -58,7 +58,7 @@ static const char *const agent_disk_fs[] = {
 
 static bool agent_fs_on_disk(const char *type)
 {
-    for (size_t i = 0; i < G_N_ELEMENTS(agent_disk_fs); i++) {
+    for (size_t i = 0; agent_disk_fs[i]; i++) {
         if (strcmp(type, agent_disk_fs[i]) == 0)
             return true;
     }
@@ -347,19 +347,27 @@ static int agent_lstat(struct guest_view *view, const char *path, GBytes **out, 
     return 0;
 }
 
-int guest_agent_getattr(struct guest_view *view, const char *path, struct stat *st)
+/* agent_lstat() as a call of its own: the view entered, and its last call noted. */
+static int agent_lstat_call(struct guest_view *view, const char *path, GBytes **out, struct agent_entry *e)
 {
-    g_autoptr(GBytes) out = NULL;
-    struct agent_entry e;
     int r;
 
     if (agent_enter(view) < 0)
         return -1;
-    r = agent_lstat(view, path, &out, &e);
-    if (r == 0)
-        *st = e.st;
+    r = agent_lstat(view, path, out, e);
     agent_done(view);
     return r;
+}
+
+int guest_agent_getattr(struct guest_view *view, const char *path, struct stat *st)
+{
+    g_autoptr(GBytes) out = NULL;
+    struct agent_entry e;
+
+    if (agent_lstat_call(view, path, &out, &e) < 0)
+        return -1;
+    *st = e.st;
+    return 0;
 }
 
 int guest_agent_readdir(struct guest_view *view, const char *path, guest_dirent_fn fn, void *opaque)
@@ -406,13 +414,8 @@ int guest_agent_readlink(struct guest_view *view, const char *path, char **targe
 {
     g_autoptr(GBytes) out = NULL;
     struct agent_entry e;
-    int r;
 
-    if (agent_enter(view) < 0)
-        return -1;
-    r = agent_lstat(view, path, &out, &e);
-    agent_done(view);
-    if (r < 0)
+    if (agent_lstat_call(view, path, &out, &e) < 0)
         return -1;
     if (!S_ISLNK(e.st.st_mode)) {
         error_set(EINVAL, "'%s' is not a symlink in %s", path, view->label);
@@ -745,17 +748,28 @@ static char *agent_touch_time(const struct timespec *t)
 
 /*
  * The script every change runs in: its first argument says how many paths follow that must be on a
- * filesystem of the guest's disks (AGENT_NOT_ON_DISK otherwise), then the command to run.
+ * filesystem of the guest's disks (AGENT_NOT_ON_DISK otherwise), then the command to run.  Its case
+ * pattern is agent_disk_fs, joined once.
  */
-static const char agent_check_script[] =
-    "n=$1; shift\n"
-    "while [ \"$n\" -gt 0 ]; do\n"
-    "  t=$(find \"$1\" -maxdepth 0 -printf %F) || exit 1\n"
-    "  case $t in ext2|ext3|ext4|xfs|btrfs|vfat|msdos|exfat|f2fs|jfs|reiserfs|ntfs|ntfs3|hfsplus|ufs|minix) ;;\n"
-    "  *) exit 125 ;; esac\n"
-    "  shift; n=$((n - 1))\n"
-    "done\n"
-    "exec \"$@\"\n";
+static const char *agent_check_script(void)
+{
+    static gsize made;
+    static char *script;
+
+    if (g_once_init_enter(&made)) {
+        g_autofree char *types = g_strjoinv("|", (char **)agent_disk_fs);
+
+        script = g_strdup_printf("n=$1; shift\n"
+                                 "while [ \"$n\" -gt 0 ]; do\n"
+                                 "  t=$(find \"$1\" -maxdepth 0 -printf %%F) || exit 1\n"
+                                 "  case $t in %s) ;; *) exit %d ;; esac\n"
+                                 "  shift; n=$((n - 1))\n"
+                                 "done\n"
+                                 "exec \"$@\"\n", types, AGENT_NOT_ON_DISK);
+        g_once_init_leave(&made, 1);
+    }
+    return script;
+}
 
 int guest_agent_change(struct guest_view *view, const struct guest_change *c)
 {
@@ -768,7 +782,7 @@ int guest_agent_change(struct guest_view *view, const struct guest_change *c)
 #define ARGF(...) g_ptr_array_add(argv, g_strdup_printf(__VA_ARGS__))
     ARG("sh");
     ARG("-c");
-    ARG(agent_check_script);
+    ARG(agent_check_script());
     ARG("sh");
     /* What must be on the guest's disks: the folder of what is made, the thing itself where it exists. */
     switch (c->op) {

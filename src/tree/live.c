@@ -32,18 +32,25 @@ static char *live_disks_read_only(struct snapfs_domain *domain)
     return images ? NULL : g_strdup("read-only: the domain has no disk with an image");
 }
 
-char *tree_live_read_only(struct snapfs_tree *tree, const struct snapfs_node *node, struct snapfs_domain *domain)
+char *tree_live_read_only(struct snapfs_tree *tree, const struct snapfs_node *node, struct snapfs_domain *domain,
+                          struct snapfs_agent **agent)
 {
     if (tree->config.read_only)
         return g_strdup("read-only: mounted with -o ro");
     if (tree_check_local(tree, node) < 0)
         return g_strdup_printf("read-only: %s", error_message());
     if (domain->running) {
-        /* Written through the guest's own agent, whatever its disks' formats. */
-        g_autoptr(snapfs_agent) agent = tree_live_agent(tree, node);
+        /* Written through the guest's own agent, whatever its disks' formats; the caller may keep the one asked. */
+        struct snapfs_agent *found = tree_live_agent(tree, node);
 
-        return agent ? NULL : g_strdup_printf("read-only while the domain runs: %s; shut it down to restore files "
-                                              "into it", error_message());
+        if (!found)
+            return g_strdup_printf("read-only while the domain runs: %s; shut it down to restore files into it",
+                                   error_message());
+        if (agent)
+            *agent = found;
+        else
+            agent_free(found);
+        return NULL;
     }
     return live_disks_read_only(domain);
 }
@@ -58,7 +65,7 @@ static int live_xattrs(struct snapfs_tree *tree, const struct snapfs_node *node,
     tree_xattr_put(list, "live", g_strdup("1"));
     tree_content_put_error(tree, node, list);
     if (list->names->len == shown + 1 && (domain = tree_domain(tree, node))) {
-        why = tree_live_read_only(tree, node, domain);
+        why = tree_live_read_only(tree, node, domain, NULL);
         host_domain_unref(domain);
     }
     if (why)

@@ -25,13 +25,13 @@
 
 /* Whether live/ of @node's domain (@domain as libvirt says it now) takes changes: 0, or -1 with EROFS and why. */
 static int restore_check(struct snapfs_tree *tree, const struct snapfs_node *node, struct snapfs_domain *domain,
-                         const char *what)
+                         const char *what, struct snapfs_agent **agent)
 {
     g_autofree char *why = NULL;
 
     if (!tree_node_in_live(node))
         return tree_refuse_change(node, what);
-    why = tree_live_read_only(tree, node, domain);
+    why = tree_live_read_only(tree, node, domain, agent);
     if (!why)
         return 0;
     error_set(EROFS, "cannot %s in live/ of domain '%s': %s", what, node->domain, why);
@@ -108,9 +108,10 @@ static int restore_pre_snapshot(struct snapfs_tree *tree, const struct snapfs_no
 static int restore_snapshot_before(struct snapfs_tree *tree, const struct snapfs_node *node, const char *what)
 {
     struct snapfs_domain *domain = tree_domain(tree, node);
+    g_autoptr(snapfs_agent) agent = NULL;
     int r = -1;
 
-    if (domain && restore_check(tree, node, domain, what) == 0)
+    if (domain && restore_check(tree, node, domain, what, &agent) == 0)
         r = restore_pre_snapshot(tree, node, &domain, what);
     if (domain)
         host_domain_unref(domain);
@@ -128,18 +129,9 @@ static struct tree_view *restore_start(struct snapfs_tree *tree, const struct sn
     g_autoptr(snapfs_agent) agent = NULL;
     struct tree_view *tv = NULL;
 
-    if (!domain || restore_check(tree, node, domain, what) < 0)
+    /* A running domain's agent comes from the check that asked it. */
+    if (!domain || restore_check(tree, node, domain, what, &agent) < 0)
         goto out;
-    if (domain->running) {
-        agent = tree_live_agent(tree, node);
-        if (!agent) {
-            g_autofree char *why = g_strdup(error_message());
-
-            error_set(EROFS, "cannot %s in live/ of domain '%s': read-only while the domain runs: %s", what,
-                      node->domain, why);
-            goto out;
-        }
-    }
     if (restore_pre_snapshot(tree, node, &domain, what) == 0)
         tv = tree_writer_start(tree, node, domain, g_steal_pointer(&agent), true);
 out:

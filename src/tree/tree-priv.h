@@ -90,7 +90,8 @@ extern const struct tree_kind tree_kind_snapshot;
 extern const struct tree_kind tree_kind_guest;
 /* live.c; and why live/ of @node's domain (@domain as libvirt says it now) takes no changes, or NULL (restore.c asks). */
 extern const struct tree_kind tree_kind_live;
-char *tree_live_read_only(struct snapfs_tree *tree, const struct snapfs_node *node, struct snapfs_domain *domain);
+char *tree_live_read_only(struct snapfs_tree *tree, const struct snapfs_node *node, struct snapfs_domain *domain,
+                          struct snapfs_agent **agent);   /* a running domain's agent, asked for the answer, if @agent */
 
 /* kinds.c: the kind of @node; whether it is content (a snapshot, a layer, live or a guest file). */
 const struct tree_kind *tree_kind_of(const struct snapfs_node *node);
