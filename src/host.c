@@ -439,11 +439,19 @@ static bool libvirt_error_is_one_of(const int *codes, size_t n)
     return false;
 }
 
-/* Whether a failed open means "not answering now" rather than "this can never work". */
+/*
+ * Whether a failed open means "not answering now" rather than "this can never work". A peer that
+ * closes the socket mid-handshake answers a read "end of file" (a system error), but a send that
+ * comes after libvirt marked the socket closed "client socket is closed", an internal error of the
+ * RPC layer: which of the two depends on timing (libvirt 11 meets the second more often).
+ */
 static bool libvirt_error_means_down(void)
 {
     static const int down[] = { VIR_ERR_SYSTEM_ERROR, VIR_ERR_RPC, VIR_ERR_OPERATION_TIMEOUT };
+    virErrorPtr err = virGetLastError();
 
+    if (err && err->domain == VIR_FROM_RPC && err->code == VIR_ERR_INTERNAL_ERROR)
+        return true;
     return libvirt_error_is_one_of(down, G_N_ELEMENTS(down));
 }
 
