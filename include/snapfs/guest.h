@@ -205,6 +205,7 @@ char *guest_pool_progress(struct guest_pool *pool, const char *group);
 /* Counters for tests, benchmarks and --check. */
 struct guest_pool_stats {
     unsigned launches;        /* appliances started since the pool was made */
+    unsigned disks_added;     /* disks added to running appliances (a view asked for after its domain's appliance was up) */
     unsigned running;         /* appliances running now */
     unsigned calls;           /* calls made into appliances */
     unsigned inspections;     /* full inspections (guestfs_inspect_os), where a root's fstab did not tell */

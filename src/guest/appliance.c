@@ -11,6 +11,7 @@
 #include <glib/gstdio.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #define GUEST_APPLIANCE_MEMSIZE 512
@@ -23,7 +24,7 @@ char *guest_drive_key(const struct guest_drive *drive, bool live)
                            drive->internal_snapshot ? drive->internal_snapshot : "", live);
 }
 
-static void disk_free(struct guest_disk_ext *ext)
+void guest_disk_free(struct guest_disk_ext *ext)
 {
     guest_nbd_stop(ext->nbd);
     g_free(ext->export);
@@ -47,16 +48,13 @@ int guest_appliance_find_disk(struct guest_appliance *app, const char *key)
     return -1;
 }
 
-/* Add one image unless it is there already; @drive's own layers below come too, so that views of older snapshots find them. */
-static void appliance_add_drive(struct guest_appliance *app, const struct guest_drive *drive, bool live, bool with_chain)
+struct guest_disk_ext *guest_disk_new(struct guest_appliance *app, const struct guest_drive *drive, bool live,
+                                      GPtrArray **chain_out)
 {
-    g_autofree char *key = guest_drive_key(drive, live);
     g_autoptr(GPtrArray) chain = NULL;
     g_autoptr(GPtrArray) files = g_ptr_array_new();
     struct guest_disk_ext *ext;
 
-    if (guest_appliance_find_disk(app, key) >= 0)
-        return;
     /*
      * qemu follows the chain as the images record it and probes a backing
      * file's format where none is recorded: only a drive whose whole chain
@@ -65,10 +63,10 @@ static void appliance_add_drive(struct guest_appliance *app, const struct guest_
     chain = chain_read(drive->file, drive->format);
     if (!chain) {
         log_debug("image '%s' is not added to an appliance: %s", drive->file, error_message());
-        return;
+        return NULL;
     }
     ext = g_new0(struct guest_disk_ext, 1);
-    ext->disk.key = g_steal_pointer(&key);
+    ext->disk.key = guest_drive_key(drive, live);
     ext->disk.file = g_strdup(drive->file);
     ext->disk.format = g_strdup(drive->format);
     ext->disk.internal = g_strdup(drive->internal_snapshot);
@@ -78,6 +76,23 @@ static void appliance_add_drive(struct guest_appliance *app, const struct guest_
         g_ptr_array_add(files, g_strdup(((struct snapfs_layer *)g_ptr_array_index(chain, i))->file));
     g_ptr_array_add(files, NULL);
     ext->chain = (char **)g_ptr_array_free(g_steal_pointer(&files), FALSE);
+    if (chain_out)
+        *chain_out = g_steal_pointer(&chain);
+    return ext;
+}
+
+/* Add one image unless it is there already; @drive's own layers below come too, so that views of older snapshots find them. */
+static void appliance_add_drive(struct guest_appliance *app, const struct guest_drive *drive, bool live, bool with_chain)
+{
+    g_autofree char *key = guest_drive_key(drive, live);
+    g_autoptr(GPtrArray) chain = NULL;
+    struct guest_disk_ext *ext;
+
+    if (guest_appliance_find_disk(app, key) >= 0)
+        return;
+    ext = guest_disk_new(app, drive, live, &chain);
+    if (!ext)
+        return;
     g_ptr_array_add(app->disks, ext);
 
     /* Each backing layer as a drive of its own: it is the content of an older snapshot or layer. */
@@ -148,6 +163,7 @@ void guest_appliance_unref(struct guest_appliance *app)
     }
     g_free(app->tmpdir);
     g_free(app->launch_dir);
+    g_free(app->qmp);
     g_free(app->group);
     g_free(app->own_view_key);
     g_free(app->killed);
@@ -233,7 +249,7 @@ struct guest_appliance *guest_appliance_new(struct guest_pool *pool, const char 
     app->group = g_strdup(group);
     app->serial = ++pool->serial;
     app->cap = GUEST_MAX_SHARED_DISKS;
-    app->disks = g_ptr_array_new_with_free_func((GDestroyNotify)disk_free);
+    app->disks = g_ptr_array_new_with_free_func((GDestroyNotify)guest_disk_free);
     app->mount_log = g_ptr_array_new_with_free_func(g_free);
     app->last_used = g_get_monotonic_time();
     return app;
@@ -243,6 +259,7 @@ struct guest_appliance *guest_appliance_new(struct guest_pool *pool, const char 
 enum {
     BOOT_UNPACKED = 1,  /* the kernel unpacked */
     BOOT_TCG_CACHE = 2, /* qemu through a script that bounds its translated code */
+    BOOT_MONITOR = 4,   /* qemu through a script that gives it a monitor socket (hotplug.c) */
 };
 
 /*
@@ -336,11 +353,64 @@ static unsigned appliance_choose_boot(struct guest_pool *pool, struct guest_appl
     return boot;
 }
 
+/*
+ * A domain's shared appliance runs qemu through a script of its own that adds a monitor socket (QMP) to what
+ * libguestfs runs: through it, views that come later are added to the running appliance as disks (hotplug.c)
+ * instead of booting another one.  Whether @g got it; where it cannot be, appliances take no disks once up.
+ */
+static bool appliance_use_monitor(struct guest_pool *pool, struct guest_appliance *app, guestfs_h *g)
+{
+    g_autofree char *hv = guestfs_get_hv(g), *socket = NULL, *opts = NULL, *script = NULL, *path = NULL;
+    g_autoptr(GError) error = NULL;
+    struct statvfs fs;
+
+    g_clear_pointer(&app->qmp, g_free);
+    if (app->writable || app->own_view_key || g_atomic_int_get(&pool->qemu_as_shipped) || !app->tmpdir)
+        return false;
+    socket = g_build_filename(app->tmpdir, "qmp.sock", NULL);
+    path = g_build_filename(app->tmpdir, "qemu", NULL);
+    if (!hv || !g_path_is_absolute(hv) || strpbrk(hv, "'\n") || strpbrk(socket, "'\n") ||
+        statvfs(app->tmpdir, &fs) != 0 || (fs.f_flag & ST_NOEXEC)) {
+        log_info("appliance %u of domain '%s' runs without a monitor: its qemu cannot be run through a script in %s",
+                  app->serial, app->group, app->tmpdir);
+        return false;
+    }
+    opts = guest_qemu_opts_escape(socket);
+    script = g_strdup_printf("#!/bin/sh\n"
+                             "# Made by snapfs: appliance %u's qemu, with a monitor to add disks to it while it runs.\n"
+                             "exec '%s' \"$@\" -qmp 'unix:%s,server=on,wait=off'\n", app->serial, hv, opts);
+    if (!g_file_set_contents_full(path, script, -1, G_FILE_SET_CONTENTS_CONSISTENT, 0700, &error) ||
+        guestfs_set_hv(g, path) < 0) {
+        log_info("appliance %u of domain '%s' runs without a monitor: %s", app->serial, app->group,
+                  error ? error->message : guestfs_last_error(g));
+        return false;
+    }
+    app->qmp = g_steal_pointer(&socket);
+    return true;
+}
+
+char *guest_disk_label(const char *kind, unsigned n)
+{
+    g_autofree char *letters = guest_disk_letters(n);
+
+    return g_strconcat("snapfs", kind, letters, NULL);
+}
+
+const char *guest_labelled_device(char *const *labels, const char *label)
+{
+    for (size_t i = 0; labels && labels[i] && labels[i + 1]; i += 2) {
+        if (strcmp(labels[i], label) == 0)
+            return labels[i + 1];
+    }
+    return NULL;
+}
+
 /* Add @app's disks to @g, each through its NBD server where it has one; -1 with the reason. */
 static int appliance_add_disks(struct guest_appliance *app, guestfs_h *g)
 {
     for (guint i = 0; i < app->disks->len; i++) {
         struct guest_disk_ext *ext = g_ptr_array_index(app->disks, i);
+        g_autofree char *label = guest_disk_label("boot", i);
         int r;
 
         if (ext->disk.socket) {
@@ -351,10 +421,12 @@ static int appliance_add_disks(struct guest_appliance *app, guestfs_h *g)
                                        !ext->disk.writable,
                                        GUESTFS_ADD_DRIVE_OPTS_FORMAT, "raw",
                                        GUESTFS_ADD_DRIVE_OPTS_PROTOCOL, "nbd",
-                                       GUESTFS_ADD_DRIVE_OPTS_SERVER, servers, -1);
+                                       GUESTFS_ADD_DRIVE_OPTS_SERVER, servers,
+                                       GUESTFS_ADD_DRIVE_OPTS_LABEL, label, -1);
         } else {
             r = guestfs_add_drive_opts(g, ext->disk.file, GUESTFS_ADD_DRIVE_OPTS_READONLY, !ext->disk.writable,
-                                       GUESTFS_ADD_DRIVE_OPTS_FORMAT, ext->disk.format, -1);
+                                       GUESTFS_ADD_DRIVE_OPTS_FORMAT, ext->disk.format,
+                                       GUESTFS_ADD_DRIVE_OPTS_LABEL, label, -1);
         }
         if (r < 0) {
             error_set(EIO, "cannot add image '%s' to an appliance: %s", ext->disk.file, guestfs_last_error(g));
@@ -374,6 +446,8 @@ static guestfs_h *appliance_handle(struct guest_pool *pool, struct guest_applian
     if (!g)
         return NULL;
     *boot = appliance_choose_boot(pool, app, g, force_tcg);
+    if (appliance_use_monitor(pool, app, g))
+        *boot |= BOOT_MONITOR;
     if (appliance_add_disks(app, g) < 0)
         return NULL;
     return g_steal_pointer(&g);
@@ -569,19 +643,31 @@ static guestfs_h *appliance_boot(struct guest_pool *pool, struct guest_appliance
 }
 
 /*
- * libguestfs names the disks /dev/sda, /dev/sdb, ... in the order they were added.  Their
- * filesystems are probed when a view first needs them: guestfs_list_filesystems() would
- * wait for udev and run blkid on every disk and LVM on all of them, seconds under TCG.
+ * Each disk's device, by the label it was added with (its SCSI serial, which the appliance's udev links
+ * under /dev/disk/guestfs/): not by the order libguestfs added them in, which the kernel keeps only as long as
+ * it probes the disks one at a time (a boot of 31 disks on two vCPUs named the last one after the appliance's
+ * own root).  Their filesystems are probed when a view first needs them: guestfs_list_filesystems() would wait
+ * for udev and run blkid on every disk and LVM on all of them, seconds under TCG.  -1 with the reason.
  */
-static void appliance_name_devices(struct guest_appliance *app)
+static int appliance_name_devices(struct guest_appliance *app, guestfs_h *g)
 {
+    g_auto(GStrv) labels = guestfs_list_disk_labels(g);
+
     app->devices = g_new0(char *, app->disks->len + 1);
     app->disk_fs = g_new0(char **, app->disks->len);
     for (guint i = 0; i < app->disks->len; i++) {
-        g_autofree char *letters = guest_disk_letters(i);
+        g_autofree char *label = guest_disk_label("boot", i);
+        const char *device = guest_labelled_device(labels, label);
 
-        app->devices[i] = g_strconcat("/dev/sd", letters, NULL);
+        if (!device || !g_str_has_prefix(device, "/dev/sd")) {
+            error_set(EIO, "appliance %u of domain '%s' does not show disk %u (%s) by its label: %s", app->serial,
+                      app->group, i, ((struct guest_disk *)g_ptr_array_index(app->disks, i))->file,
+                      labels ? "missing" : guestfs_last_error(g));
+            return -1;
+        }
+        app->devices[i] = g_strdup(device);
     }
+    return 0;
 }
 
 int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
@@ -609,7 +695,18 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
         guest_boot_release(app->qemu_pid, guestfs_get_path(g));
     log_debug("appliance %u of domain '%s': booted after %.2f s", app->serial, app->group,
                  (double)(g_get_monotonic_time() - started) / G_USEC_PER_SEC);
-    appliance_name_devices(app);
+    if (appliance_name_devices(app, g) < 0)
+        goto fail;
+    if (app->qmp) {
+        g_autoptr(JsonNode) status = json_from_string("{\"execute\": \"query-status\"}", NULL);
+
+        if (guest_qmp(app->qmp, status, GUEST_QMP_TIMEOUT_MS, NULL) < 0) {
+            log_info("appliance %u of domain '%s' takes no disks once up: %s", app->serial, app->group,
+                     error_message());
+            g_clear_pointer(&app->qmp, g_free);
+        }
+    }
+    g_atomic_int_set(&app->takes_disks, app->qmp != NULL);
     app->g = g_steal_pointer(&g);
     app->launched = true;
     g_mutex_lock(&pool->lock);

@@ -12,10 +12,11 @@
  *   pool.c             which appliance serves a view; background starts, eviction, idle timer, watchdog
  *   view.c             a view's life cycle (the pool's view table frees views through it)
  *   agent.c            live/ of a running domain: every call of its view through its guest agent
+ *   hotplug.c          a view's images added to its domain's running appliance as disks
  *   appliance.c        one appliance: its disks, handle, launch, calls and errors
  *   cache.c            the node, listing and chunk tables under one byte bound
  *   change.c           what a change to a writable view is called
- *   nbd.c, lvm.c       the NBD servers; a look from the host for LVM on an image
+ *   nbd.c, lvm.c, qmp.c   the NBD servers; a look from the host for LVM on an image; an appliance's qemu monitor
  *   image-opts.c       how qemu opens an image read-only and unlocked
  *   launch.c, boot.c, kvm.c   guestfs_launch() within its deadline; how appliances boot; KVM verdicts
  */
@@ -24,6 +25,7 @@
 #include "snapfs/guest.h"
 
 #include <guestfs.h>
+#include <json-glib/json-glib.h>
 #include <string.h>
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(guestfs_h, guestfs_close)
@@ -194,6 +196,9 @@ struct guest_appliance {
     char *tmpdir;             /* NBD sockets */
     char *launch_dir;         /* in @tmpdir: libguestfs's own temporary files (guestfs_set_tmpdir) */
     GPid storage_pid;         /* qemu-storage-daemon serving the disks' images */
+    char *qmp;                /* app lock: qemu's monitor socket, NULL where the appliance has none */
+    gint takes_disks;         /* atomic: up with a monitor that works, so views are added to it as disks (hotplug.c) */
+    unsigned hot_serial;      /* app lock: disks added while it runs, to name their nodes */
 };
 
 struct guest_pool {
@@ -285,6 +290,10 @@ char **guest_appliance_logical_volumes(struct guest_appliance *app);
 const char *guest_fs_not_shown(const char *type);
 /* "a", "b", ... "z", "aa": the letters Linux gives the n-th disk. */
 char *guest_disk_letters(unsigned n);
+/* The label (letters only, as libguestfs wants) of disk @n of @kind ("boot": added at launch; "plug": added later). */
+char *guest_disk_label(const char *kind, unsigned n);
+/* The device of the disk labelled @label in @labels (guestfs_list_disk_labels(): label, device pairs), or NULL. */
+const char *guest_labelled_device(char *const *labels, const char *label);
 
 /* src/guest/fstab.c: a guest's /etc/fstab, read by snapfs instead of a full inspection where it can. */
 #define GUEST_FSTAB_MAX_ENTRIES 64
@@ -335,6 +344,23 @@ ssize_t guest_agent_write(struct guest_view *view, const char *path, const char 
 int guest_agent_flush(struct guest_view *view);
 void guest_agent_hold(struct guest_view *view, int delta);
 bool guest_agent_ended(struct guest_view *view);
+
+/* ---- hotplug.c, qmp.c ---- */
+
+/*
+ * Add the drives of @view that the running @app lacks to it as disks (app lock held), through its qemu's monitor:
+ * each image opened read-only and unlocked as the NBD servers open theirs, under an overlay of its own, then
+ * plugged in and waited for in the appliance.  -1 with the reason: the appliance then takes no more disks.
+ */
+int guest_appliance_hot_add(struct guest_pool *pool, struct guest_appliance *app, struct guest_view *view);
+/* How long one monitor command may take. */
+#define GUEST_QMP_TIMEOUT_MS 5000
+/* Run @command on qemu's monitor at @socket within @timeout_ms; its "return" member into *@ret (may be NULL). */
+int guest_qmp(const char *socket, JsonNode *command, unsigned timeout_ms, JsonNode **ret);
+/* A new disk of @app for @drive (not added to it), with the files of its chain; NULL with the reason. */
+struct guest_disk_ext *guest_disk_new(struct guest_appliance *app, const struct guest_drive *drive, bool live,
+                                      GPtrArray **chain);
+void guest_disk_free(struct guest_disk_ext *ext);
 
 /* ---- nbd.c ---- */
 

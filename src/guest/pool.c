@@ -12,16 +12,20 @@
 #include <unistd.h>
 
 /*
- * Which appliance serves a view.  Every disk an appliance boots with costs its boot about a second under TCG
- * (udev runs blkid on it, mdadm and LVM scan it, libguestfs makes an overlay for it: measured in the README), and an
- * appliance cannot take disks after it started.  So a domain's first look starts an appliance with the disks of the
- * view asked for and of the few views likeliest to be asked next (the newest images first: the live top, the latest
- * snapshots), at most GUEST_FIRST_DISKS; as soon as that one is up, if the domain has views it does not serve, one
- * more appliance starts in the background with every view of the domain (at most GUEST_MAX_SHARED_DISKS disks).  Once
- * that one is up, the first one retires: its views move over on their next request (their caches are the views', so
- * only their mounts are made again), and the domain is back to one appliance.  A domain thus starts at most two
- * appliances for all its views (more only past GUEST_MAX_SHARED_DISKS disks, for LVM, or after an appliance stopped),
- * never more than two at a time, and the background one only where max_appliances leaves room without evicting.
+ * Which appliance serves a view.  Every disk an appliance boots with costs its boot about half a second under TCG
+ * (udev runs blkid on it, mdadm and LVM scan it, libguestfs makes an overlay for it: measured in the README).  So a
+ * domain's first look starts an appliance with the disks of the view asked for and of the few views likeliest to be
+ * asked next (the newest images first: the live top, the latest snapshots), at most GUEST_FIRST_DISKS.  A view asked
+ * for later is added to that running appliance as one more disk through its qemu's monitor (hotplug.c), about a second
+ * under TCG, up to GUEST_MAX_SHARED_DISKS disks: a domain starts one appliance for all its views (more only past that
+ * many disks, for LVM, for an internal snapshot, or after an appliance stopped).
+ *
+ * Where an appliance cannot take disks while it runs (its qemu has no monitor: a temporary directory mounted noexec,
+ * or an adding failed), or the domain has views it lacks that cannot be added (an internal snapshot, an image neither
+ * qcow2 nor raw), the older way stays: as soon as the first look's appliance is up, one more starts in the
+ * background with every view of the domain; once that one is up, the first
+ * one retires (its views move over on their next request; their caches are the views', so only their mounts are made
+ * again).  Never more than two at a time, and the background one only where max_appliances leaves room.
  */
 /* The most disks the appliance of a domain's first look takes: its boot stays that of one image's, about. */
 #define GUEST_FIRST_DISKS 6
@@ -141,6 +145,22 @@ static bool pool_make_room(struct guest_pool *pool, GPtrArray *evicted)
     return true;
 }
 
+/*
+ * Whether @view's images can be added to a running appliance (hotplug.c): qcow2 or raw, whose size snapfs reads as
+ * qemu does; not an internal snapshot, which needs a qemu-nbd of its own.
+ */
+static bool view_pluggable(struct guest_view *view)
+{
+    for (size_t i = 0; i < view->n_drives; i++) {
+        const struct guest_drive *drive = &view->drives[i];
+
+        if (drive->internal_snapshot || !drive->format ||
+            (strcmp(drive->format, "qcow2") != 0 && strcmp(drive->format, "raw") != 0))
+            return false;
+    }
+    return true;
+}
+
 /* An appliance of @group that serves @view or can still take its disks, or NULL.  Pool lock held. */
 static struct guest_appliance *pool_find_for(struct guest_pool *pool, struct guest_view *view, const char *own_key)
 {
@@ -155,6 +175,15 @@ static struct guest_appliance *pool_find_for(struct guest_pool *pool, struct gue
                 guest_appliance_add_view(a, view, false);
             return a;
         }
+    }
+    /* None has it: a running one of the domain that takes disks gets the view's added (hotplug.c). */
+    for (guint i = 0; !own_key && !view->writable && view_pluggable(view) && i < pool->appliances->len; i++) {
+        struct guest_appliance *a = g_ptr_array_index(pool->appliances, i);
+
+        if (!g_atomic_int_get(&a->dead) && !g_atomic_int_get(&a->retire) && g_atomic_int_get(&a->takes_disks) &&
+            !a->own_view_key && !a->writable && strcmp(a->group, view->group) == 0 &&
+            a->disks->len + view->n_drives <= GUEST_MAX_SHARED_DISKS)
+            return a;
     }
     return NULL;
 }
@@ -313,8 +342,13 @@ void guest_pool_fill_in(struct guest_pool *pool, struct guest_appliance *app)
     if (pool->config.max_appliances && alive >= pool->config.max_appliances)
         goto cleanup;
     views = pool_group_views(pool, app->group, NULL);
-    for (guint i = 0; i < views->len && !missing; i++)
-        missing = !guest_appliance_has_view(app, g_array_index(views, struct view_age, i).view);
+    /* One that takes disks while it runs gets the views it lacks added when they are asked for, where they can be. */
+    for (guint i = 0; i < views->len && !missing; i++) {
+        struct guest_view *view = g_array_index(views, struct view_age, i).view;
+
+        missing = !guest_appliance_has_view(app, view) &&
+                  (!g_atomic_int_get(&app->takes_disks) || !view_pluggable(view));
+    }
     if (!missing)
         goto cleanup;
     behind = guest_appliance_new(pool, app->group);

@@ -803,6 +803,15 @@ static enum view_try view_try_appliance(struct guest_view *view, struct guest_ap
     if (!app->launched)
         guest_appliance_launch(view->pool, app);
     guest_appliance_expect(view->pool, app, 0);
+    /* Chosen to take the view's disks while it runs: when that fails, it takes none from now on and the next try starts another. */
+    if (app->launched && app->g && !g_atomic_int_get(&app->dead) && !guest_appliance_has_view(app, view) &&
+        guest_appliance_hot_add(view->pool, app, view) < 0 && !g_atomic_int_get(&app->takes_disks) &&
+        !g_atomic_int_get(&app->dead)) {
+        guest_appliance_idle(app);
+        g_mutex_unlock(&app->lock);
+        guest_appliance_unref(app);
+        return VIEW_TRY_AGAIN;
+    }
     if (!app->launched || !app->g || (mounted = view_mount(view, app)) < 0) {
         /* An appliance that died under a running view is no reason to wait before the next try. */
         bool died = app->launched && g_atomic_int_get(&app->dead);

@@ -230,6 +230,7 @@ static int root_xattrs(struct snapfs_tree *tree, const struct snapfs_node *node,
     guest_pool_get_stats(tree->guests, &stats);
     tree_xattr_put(list, "appliances", g_strdup_printf("%u", stats.running));
     tree_xattr_put(list, "appliance_starts", g_strdup_printf("%u", stats.launches));
+    tree_xattr_put(list, "appliance_disks_added", g_strdup_printf("%u", stats.disks_added));
     tree_xattr_put(list, "appliance_calls", g_strdup_printf("%u", stats.calls));
     tree_xattr_put(list, "inspections", g_strdup_printf("%u", stats.inspections));
     /* Bytes the guest caches hold now and at most, within -o cache_size. */
