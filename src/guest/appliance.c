@@ -699,14 +699,13 @@ int guest_appliance_launch(struct guest_pool *pool, struct guest_appliance *app)
         goto fail;
     if (app->qmp) {
         g_autoptr(JsonNode) status = json_from_string("{\"execute\": \"query-status\"}", NULL);
+        bool answers = guest_qmp(app->qmp, status, GUEST_QMP_TIMEOUT_MS, NULL) == 0;
 
-        if (guest_qmp(app->qmp, status, GUEST_QMP_TIMEOUT_MS, NULL) < 0) {
+        if (!answers)
             log_info("appliance %u of domain '%s' takes no disks once up: %s", app->serial, app->group,
                      error_message());
-            g_clear_pointer(&app->qmp, g_free);
-        }
+        g_atomic_int_set(&app->takes_disks, answers);
     }
-    g_atomic_int_set(&app->takes_disks, app->qmp != NULL);
     app->g = g_steal_pointer(&g);
     app->launched = true;
     g_mutex_lock(&pool->lock);

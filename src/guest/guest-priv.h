@@ -174,7 +174,8 @@ struct guest_appliance {
     bool writable;            /* set at creation: a writable view's own appliance (its disks read-write) */
     gint holds;               /* atomic: a writable appliance's files open for writing; the idle timer leaves it */
     unsigned cap;             /* set at creation: the disks other views' drives may fill, beyond the asking view's own */
-    GPtrArray *disks;         /* struct guest_disk *; pool lock until launching is set */
+    GPtrArray *disks;         /* struct guest_disk *; pool lock until launching is set; then added to (hotplug.c)
+                                 with the app lock and the pool lock held, so either lock is enough to read it */
     bool launching;           /* pool lock: the disk list is fixed */
     gint64 launch_started;    /* pool lock: when the launch under way began (monotonic), 0 otherwise */
     bool launched;            /* app lock */
@@ -183,7 +184,7 @@ struct guest_appliance {
     gint stop;                /* atomic, a background appliance's: kill its launch (its images change, or snapfs stops) */
     guestfs_h *g;
     pid_t qemu_pid;
-    char **devices;           /* the appliance's whole-disk devices, one per disk, in the order added */
+    char **devices;           /* the appliance's whole-disk devices, one per disk, as their labels say */
     char ***disk_fs;          /* per disk, once probed: its filesystems as device, type pairs */
     char **lvs;               /* an own-view appliance's logical volumes as device, type pairs, once listed */
     char **partitions;        /* guestfs_list_partitions(), once a disk without a filesystem of its own needs it */
@@ -196,8 +197,8 @@ struct guest_appliance {
     char *tmpdir;             /* NBD sockets */
     char *launch_dir;         /* in @tmpdir: libguestfs's own temporary files (guestfs_set_tmpdir) */
     GPid storage_pid;         /* qemu-storage-daemon serving the disks' images */
-    char *qmp;                /* app lock: qemu's monitor socket, NULL where the appliance has none */
-    gint takes_disks;         /* atomic: up with a monitor that works, so views are added to it as disks (hotplug.c) */
+    char *qmp;                /* app lock: qemu's monitor socket, NULL where its qemu was not given one */
+    gint takes_disks;         /* atomic: up, its monitor answered, no adding failed: views are added to it (hotplug.c) */
     unsigned hot_serial;      /* app lock: disks added while it runs, to name their nodes */
 };
 
@@ -350,7 +351,8 @@ bool guest_agent_ended(struct guest_view *view);
 /*
  * Add the drives of @view that the running @app lacks to it as disks (app lock held), through its qemu's monitor:
  * each image opened read-only and unlocked as the NBD servers open theirs, under an overlay of its own, then
- * plugged in and waited for in the appliance.  -1 with the reason: the appliance then takes no more disks.
+ * plugged in and waited for in the appliance.  -1 with the reason; where the adding itself failed (not the image's
+ * chain), the appliance takes no more disks (takes_disks cleared).
  */
 int guest_appliance_hot_add(struct guest_pool *pool, struct guest_appliance *app, struct guest_view *view);
 /* How long one monitor command may take. */

@@ -16,7 +16,7 @@
  * (udev runs blkid on it, mdadm and LVM scan it, libguestfs makes an overlay for it: measured in the README).  So a
  * domain's first look starts an appliance with the disks of the view asked for and of the few views likeliest to be
  * asked next (the newest images first: the live top, the latest snapshots), at most GUEST_FIRST_DISKS.  A view asked
- * for later is added to that running appliance as one more disk through its qemu's monitor (hotplug.c), about a second
+ * for later is added to that running appliance as one more disk through its qemu's monitor (hotplug.c), 0.1-0.3 s
  * under TCG, up to GUEST_MAX_SHARED_DISKS disks: a domain starts one appliance for all its views (more only past that
  * many disks, for LVM, for an internal snapshot, or after an appliance stopped).
  *

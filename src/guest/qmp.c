@@ -45,12 +45,11 @@ static bool qmp_read_line(struct qmp_conn *conn, GString *line)
             return false;
         }
         n = poll(&pfd, 1, (int)MAX(1, left / 1000));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n == 0)
-            continue;
-        n = n < 0 ? -1 : read(conn->fd, chunk, sizeof(chunk));
-        if (n < 0 && errno == EINTR)
+        if (n > 0)
+            n = read(conn->fd, chunk, sizeof(chunk));
+        else if (n == 0)
+            continue;   /* the deadline is checked above */
+        if (n < 0 && (errno == EINTR || errno == EAGAIN))
             continue;
         if (n <= 0) {
             error_set(EIO, "qemu's monitor %s", n == 0 ? "closed the connection" : g_strerror(errno));
